@@ -1,0 +1,76 @@
+// Builds the npm package into pkg/:
+//   wasm32 release build -> wasm-bindgen (ES module) -> pkg-template files
+//   (package.json stamped with the crate version) -> wasm-opt -Oz,
+// then prints the raw and gzipped size of the .wasm.
+import { execFileSync } from 'node:child_process';
+import { cpSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync, renameSync } from 'node:fs';
+import { gzipSync } from 'node:zlib';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const pkg = join(root, 'pkg');
+const target = 'wasm32-unknown-unknown';
+
+function run(command, args) {
+  execFileSync(command, args, { cwd: root, stdio: ['ignore', 'inherit', 'inherit'] });
+}
+
+function crateVersion() {
+  const manifest = readFileSync(join(root, 'Cargo.toml'), 'utf8');
+  const match = manifest.match(/^\[package\][^[]*?^version\s*=\s*"([^"]+)"/ms);
+  if (!match) throw new Error('cannot read the package version from Cargo.toml');
+  return match[1];
+}
+
+function kib(bytes) {
+  return `${(bytes / 1024).toFixed(1)} KiB`;
+}
+
+console.log('build: compiling the wasm32 release build');
+run('cargo', ['build', '--quiet', '--lib', '--release', '--target', target]);
+
+rmSync(pkg, { recursive: true, force: true });
+mkdirSync(pkg, { recursive: true });
+console.log('build: generating JavaScript bindings (wasm-bindgen)');
+run('wasm-bindgen', [
+  '--target', 'web',
+  '--out-dir', pkg,
+  '--out-name', 'pluresdb',
+  '--remove-name-section',
+  '--remove-producers-section',
+  join(root, 'target', target, 'release', 'pluresdb.wasm'),
+]);
+
+for (const file of ['README.md', 'node.js']) {
+  cpSync(join(root, 'pkg-template', file), join(pkg, file));
+}
+const manifest = JSON.parse(readFileSync(join(root, 'pkg-template', 'package.json'), 'utf8'));
+manifest.version = crateVersion();
+writeFileSync(join(pkg, 'package.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+
+const wasm = join(pkg, 'pluresdb_bg.wasm');
+const before = statSync(wasm).size;
+console.log('build: optimising with wasm-opt -Oz');
+run('wasm-opt', [
+  '-Oz',
+  '--enable-bulk-memory', '--enable-reference-types', '--enable-nontrapping-float-to-int',
+  '--enable-sign-ext', '--enable-mutable-globals', '--enable-multivalue', '--enable-simd',
+  wasm, '-o', `${wasm}.opt`,
+]);
+renameSync(`${wasm}.opt`, wasm);
+
+const bytes = readFileSync(wasm);
+const gzipped = gzipSync(bytes, { level: 9 }).length;
+const glue = readFileSync(join(pkg, 'pluresdb.js'));
+console.log(
+  `build: pkg/pluresdb_bg.wasm ${kib(bytes.length)} raw (${kib(before)} before wasm-opt), ` +
+  `${kib(gzipped)} gzipped; JS glue ${kib(glue.length)} raw, ${kib(gzipSync(glue).length)} gzipped`,
+);
+writeFileSync(join(pkg, 'build-info.json'), `${JSON.stringify({
+  version: manifest.version,
+  wasmBytes: bytes.length,
+  wasmGzipBytes: gzipped,
+  glueBytes: glue.length,
+  glueGzipBytes: gzipSync(glue).length,
+}, null, 2)}\n`);

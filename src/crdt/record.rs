@@ -1,0 +1,541 @@
+//! Records, their versions, and the merge rule.
+//!
+//! A [`Record`] holds the *maximal* versions written for one id: the versions
+//! no other known version has seen. Usually that is one version; after
+//! concurrent writes it is several. The winner is the version with the
+//! greatest `(hlc, writer)`; the others are the record's conflicts, readable
+//! until a later write (whose clock covers them all) supersedes them.
+//!
+//! Merging keeps the set of maximal versions of the union of everything seen,
+//! which does not depend on delivery order, so merge is commutative,
+//! associative and idempotent.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::sync::Arc;
+
+use super::clock::{ActorId, Dot, Hlc, VectorClock};
+use crate::codec::{Reader, Writer};
+use crate::error::{DecodeError, InputError};
+
+/// Longest record id accepted, in UTF-8 bytes.
+pub const MAX_ID_BYTES: usize = 1024;
+/// Largest JSON document accepted, in UTF-8 bytes (8 MiB).
+pub const MAX_DOCUMENT_BYTES: usize = 8 * 1024 * 1024;
+/// Largest embedding dimension accepted.
+pub const MAX_EMBEDDING_DIM: usize = 8192;
+/// Version byte of the record and operation encodings.
+pub const RECORD_ENCODING_VERSION: u8 = 1;
+
+/// Checks that `id` is a valid record id: 1 to [`MAX_ID_BYTES`] bytes, no
+/// control characters.
+pub fn validate_id(id: &str) -> Result<(), InputError> {
+    if id.is_empty() {
+        return Err(InputError::InvalidId("ids must not be empty".into()));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(InputError::InvalidId(format!(
+            "ids are at most {MAX_ID_BYTES} bytes, got {}",
+            id.len()
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(InputError::InvalidId(
+            "ids must not contain control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A JSON document in canonical text form (object keys sorted, no
+/// insignificant white space), so equal documents are equal bytes on every
+/// replica.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Document(Arc<str>);
+
+impl Document {
+    /// Canonicalises a JSON value.
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, InputError> {
+        // serde_json's Map is ordered by key (no `preserve_order`), so this
+        // writes keys sorted.
+        let text =
+            serde_json::to_string(value).map_err(|e| InputError::InvalidDocument(e.to_string()))?;
+        Self::check_size(text.len())?;
+        Ok(Self(text.into()))
+    }
+
+    /// Parses and canonicalises JSON text.
+    pub fn parse(text: &str) -> Result<Self, InputError> {
+        Self::check_size(text.len())?;
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| InputError::InvalidDocument(format!("not valid JSON: {e}")))?;
+        Self::from_value(&value)
+    }
+
+    /// Wraps text that came from a trusted encoder after checking it is JSON.
+    fn from_encoded(text: &str) -> Result<Self, DecodeError> {
+        serde_json::from_str::<serde::de::IgnoredAny>(text)
+            .map_err(|e| DecodeError::Invalid(format!("document is not valid JSON: {e}")))?;
+        Ok(Self(text.into()))
+    }
+
+    fn check_size(len: usize) -> Result<(), InputError> {
+        if len > MAX_DOCUMENT_BYTES {
+            return Err(InputError::TooLarge {
+                what: "document",
+                size: len as u64,
+                limit: MAX_DOCUMENT_BYTES as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// The canonical JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The document as a JSON value.
+    pub fn to_value(&self) -> serde_json::Value {
+        // The text was produced by serde_json or checked to be JSON on decode.
+        serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl fmt::Debug for Document {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Document {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One write of a record: its data (or a tombstone), causal clock, HLC
+/// timestamp, writer and optional embedding.
+#[derive(Clone, PartialEq)]
+pub struct Version {
+    /// The actor that wrote it.
+    pub writer: ActorId,
+    /// Causal history; `clock[writer]` is this write's sequence number.
+    pub clock: VectorClock,
+    /// When it was written (hybrid logical time).
+    pub hlc: Hlc,
+    /// The document, or `None` for a delete (tombstone).
+    pub data: Option<Document>,
+    /// The vector indexed for semantic search, if any.
+    pub embedding: Option<Arc<[f32]>>,
+}
+
+impl Version {
+    /// This write's dot `(writer, clock[writer])`.
+    pub fn dot(&self) -> Dot {
+        Dot {
+            actor: self.writer,
+            seq: self.clock.get(&self.writer),
+        }
+    }
+
+    /// True for a delete.
+    pub fn is_tombstone(&self) -> bool {
+        self.data.is_none()
+    }
+
+    /// True when `other` has seen this version and is a different write.
+    pub fn is_superseded_by(&self, other: &Version) -> bool {
+        let dot = self.dot();
+        other.dot() != dot && other.clock.covers(&dot)
+    }
+
+    /// Total order among concurrent versions: greater `(hlc, writer)` wins.
+    pub fn precedence(&self, other: &Version) -> Ordering {
+        (self.hlc, self.writer).cmp(&(other.hlc, other.writer))
+    }
+
+    /// Appends the encoding (see `docs/ARCHITECTURE.md`, "Record encoding").
+    pub fn encode(&self, writer: &mut Writer) {
+        self.writer.encode(writer);
+        self.hlc.encode(writer);
+        self.clock.encode(writer);
+        let mut flags = 0u8;
+        if self.data.is_some() {
+            flags |= FLAG_HAS_DATA;
+        }
+        if self.embedding.is_some() {
+            flags |= FLAG_HAS_EMBEDDING;
+        }
+        writer.u8(flags);
+        if let Some(data) = &self.data {
+            writer.str(data.as_str());
+        }
+        if let Some(embedding) = &self.embedding {
+            writer.u32(crate::codec::len_u32(embedding.len()));
+            for value in embedding.iter() {
+                writer.f32(*value);
+            }
+        }
+    }
+
+    /// Decodes what [`encode`](Self::encode) wrote.
+    pub fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let writer = ActorId::decode(reader)?;
+        let hlc = Hlc::decode(reader)?;
+        let clock = VectorClock::decode(reader)?;
+        if clock.get(&writer) == 0 {
+            return Err(DecodeError::Invalid(
+                "a version's clock must contain its writer".into(),
+            ));
+        }
+        let flags = reader.u8()?;
+        if flags & !(FLAG_HAS_DATA | FLAG_HAS_EMBEDDING) != 0 {
+            return Err(DecodeError::Invalid(format!(
+                "unknown version flags {flags:#04x}"
+            )));
+        }
+        let data = if flags & FLAG_HAS_DATA != 0 {
+            let text = reader.str()?;
+            if text.len() > MAX_DOCUMENT_BYTES {
+                return Err(DecodeError::TooLarge {
+                    what: "document",
+                    len: text.len() as u64,
+                    max: MAX_DOCUMENT_BYTES as u64,
+                });
+            }
+            Some(Document::from_encoded(text)?)
+        } else {
+            None
+        };
+        let embedding = if flags & FLAG_HAS_EMBEDDING != 0 {
+            let dim = reader.count(4)?;
+            if dim == 0 || dim > MAX_EMBEDDING_DIM {
+                return Err(DecodeError::Invalid(format!(
+                    "embedding dimension {dim} is outside 1..={MAX_EMBEDDING_DIM}"
+                )));
+            }
+            let mut values = Vec::with_capacity(dim);
+            for _ in 0..dim {
+                let value = reader.f32()?;
+                if !value.is_finite() {
+                    return Err(DecodeError::Invalid(
+                        "embedding holds NaN or infinity".into(),
+                    ));
+                }
+                values.push(value);
+            }
+            Some(values.into())
+        } else {
+            None
+        };
+        Ok(Self {
+            writer,
+            clock,
+            hlc,
+            data,
+            embedding,
+        })
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut writer = Writer::new();
+        self.encode(&mut writer);
+        writer.finish()
+    }
+}
+
+const FLAG_HAS_DATA: u8 = 0b01;
+const FLAG_HAS_EMBEDDING: u8 = 0b10;
+
+impl fmt::Debug for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Version")
+            .field("dot", &self.dot())
+            .field("hlc", &self.hlc)
+            .field("clock", &self.clock)
+            .field("data", &self.data)
+            .field("embedding_dim", &self.embedding.as_ref().map(|e| e.len()))
+            .finish()
+    }
+}
+
+/// Everything known about one id: its maximal versions, winner first.
+#[derive(Clone, PartialEq)]
+pub struct Record {
+    id: String,
+    /// Non-empty antichain, sorted by descending precedence.
+    versions: Vec<Version>,
+}
+
+impl Record {
+    /// A record holding one version.
+    pub fn new(id: impl Into<String>, version: Version) -> Self {
+        Self {
+            id: id.into(),
+            versions: vec![version],
+        }
+    }
+
+    /// The record id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The winning version.
+    pub fn winner(&self) -> &Version {
+        &self.versions[0]
+    }
+
+    /// The winning document, or `None` when the record is deleted.
+    pub fn data(&self) -> Option<&Document> {
+        self.winner().data.as_ref()
+    }
+
+    /// True when the winning version is a tombstone.
+    pub fn is_deleted(&self) -> bool {
+        self.winner().is_tombstone()
+    }
+
+    /// Concurrent versions that lost to the winner, by descending precedence.
+    pub fn conflicts(&self) -> &[Version] {
+        &self.versions[1..]
+    }
+
+    /// Every maximal version, winner first.
+    pub fn versions(&self) -> &[Version] {
+        &self.versions
+    }
+
+    /// The pointwise maximum of all versions' clocks: what a new local write
+    /// must cover to supersede every version.
+    pub fn clock(&self) -> VectorClock {
+        let mut clock = self.versions[0].clock.clone();
+        for version in &self.versions[1..] {
+            clock.merge(&version.clock);
+        }
+        clock
+    }
+
+    /// Merges one version. Returns true when the record changed.
+    pub fn merge_version(&mut self, incoming: Version) -> bool {
+        let dot = incoming.dot();
+        if let Some(position) = self.versions.iter().position(|v| v.dot() == dot) {
+            // The same write arriving twice is a no-op. Two different payloads
+            // claiming one dot can only come from a broken peer; keep the one
+            // with the greater encoding so every replica still agrees.
+            let existing = &self.versions[position];
+            if existing == &incoming || existing.to_bytes() >= incoming.to_bytes() {
+                return false;
+            }
+            self.versions[position] = incoming;
+            self.sort();
+            return true;
+        }
+        if self.versions.iter().any(|v| incoming.is_superseded_by(v)) {
+            return false;
+        }
+        self.versions.retain(|v| !v.is_superseded_by(&incoming));
+        self.versions.push(incoming);
+        self.sort();
+        true
+    }
+
+    /// Merges every version of `other` (same id). Returns true on change.
+    pub fn merge(&mut self, other: &Record) -> bool {
+        debug_assert_eq!(self.id, other.id);
+        let mut changed = false;
+        for version in &other.versions {
+            changed |= self.merge_version(version.clone());
+        }
+        changed
+    }
+
+    fn sort(&mut self) {
+        self.versions.sort_by(|a, b| b.precedence(a));
+    }
+
+    /// Encodes as `u8 version, str id, u32 count, versions`.
+    pub fn encode(&self, writer: &mut Writer) {
+        writer.u8(RECORD_ENCODING_VERSION);
+        writer.str(&self.id);
+        writer.u32(crate::codec::len_u32(self.versions.len()));
+        for version in &self.versions {
+            version.encode(writer);
+        }
+    }
+
+    /// The encoding as a byte vector.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut writer = Writer::with_capacity(self.encoded_len_hint());
+        self.encode(&mut writer);
+        writer.finish()
+    }
+
+    fn encoded_len_hint(&self) -> usize {
+        let per_version: usize = self
+            .versions
+            .iter()
+            .map(|v| {
+                64 + v.clock.len() * 24
+                    + v.data.as_ref().map_or(0, |d| d.as_str().len())
+                    + v.embedding.as_ref().map_or(0, |e| 4 + e.len() * 4)
+            })
+            .sum();
+        8 + self.id.len() + per_version
+    }
+
+    /// Decodes a record, checking every invariant: a supported version byte,
+    /// a valid id, a non-empty antichain of versions in canonical order.
+    pub fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let format = reader.u8()?;
+        if format != RECORD_ENCODING_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                what: "record",
+                found: format,
+                supported: RECORD_ENCODING_VERSION,
+            });
+        }
+        let id = reader.str()?;
+        validate_id(id).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+        let count = reader.count(MIN_VERSION_LEN)?;
+        if count == 0 {
+            return Err(DecodeError::Invalid("a record has no versions".into()));
+        }
+        let mut versions = Vec::with_capacity(count);
+        for _ in 0..count {
+            versions.push(Version::decode(reader)?);
+        }
+        for pair in versions.windows(2) {
+            if pair[0].precedence(&pair[1]) != Ordering::Greater {
+                return Err(DecodeError::Invalid(
+                    "record versions are not in descending precedence order".into(),
+                ));
+            }
+        }
+        for (i, a) in versions.iter().enumerate() {
+            for (j, b) in versions.iter().enumerate() {
+                if i != j && a.clock.covers(&b.dot()) {
+                    return Err(DecodeError::Invalid(
+                        "a record holds a version superseded by another".into(),
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            id: id.to_owned(),
+            versions,
+        })
+    }
+
+    /// Decodes a standalone encoding, rejecting trailing bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let record = Self::decode(&mut reader)?;
+        reader.finish()?;
+        Ok(record)
+    }
+}
+
+/// Smallest possible encoded version: actor, hlc, empty clock, flags.
+const MIN_VERSION_LEN: usize = ActorId::LEN + Hlc::LEN + 4 + 1;
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("id", &self.id)
+            .field("versions", &self.versions)
+            .finish()
+    }
+}
+
+/// A replicated operation: one version of one record, as sent between
+/// replicas. Deletes are versions without data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrdtOperation {
+    /// The record id.
+    pub id: String,
+    /// The version to merge.
+    pub version: Version,
+}
+
+impl CrdtOperation {
+    /// True for a delete (tombstone) operation.
+    pub fn is_delete(&self) -> bool {
+        self.version.is_tombstone()
+    }
+
+    /// Encodes as `u8 version, str id, version`.
+    pub fn encode(&self, writer: &mut Writer) {
+        writer.u8(RECORD_ENCODING_VERSION);
+        writer.str(&self.id);
+        self.version.encode(writer);
+    }
+
+    /// The encoding as a byte vector.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut writer = Writer::new();
+        self.encode(&mut writer);
+        writer.finish()
+    }
+
+    /// Decodes what [`encode`](Self::encode) wrote.
+    pub fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let format = reader.u8()?;
+        if format != RECORD_ENCODING_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                what: "operation",
+                found: format,
+                supported: RECORD_ENCODING_VERSION,
+            });
+        }
+        let id = reader.str()?;
+        validate_id(id).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+        Ok(Self {
+            id: id.to_owned(),
+            version: Version::decode(reader)?,
+        })
+    }
+
+    /// Decodes a standalone encoding, rejecting trailing bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let op = Self::decode(&mut reader)?;
+        reader.finish()?;
+        Ok(op)
+    }
+}
+
+/// Version byte of an encoded batch of operations.
+pub const BATCH_ENCODING_VERSION: u8 = 1;
+
+/// Encodes a batch of operations: `u8 version, u32 count, operations`.
+pub fn encode_operations(ops: &[CrdtOperation]) -> Vec<u8> {
+    let mut writer = Writer::new();
+    writer.u8(BATCH_ENCODING_VERSION);
+    writer.u32(crate::codec::len_u32(ops.len()));
+    for op in ops {
+        op.encode(&mut writer);
+    }
+    writer.finish()
+}
+
+/// Decodes what [`encode_operations`] wrote.
+pub fn decode_operations(bytes: &[u8]) -> Result<Vec<CrdtOperation>, DecodeError> {
+    let mut reader = Reader::new(bytes);
+    let format = reader.u8()?;
+    if format != BATCH_ENCODING_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            what: "operation batch",
+            found: format,
+            supported: BATCH_ENCODING_VERSION,
+        });
+    }
+    let count = reader.count(1 + 4 + MIN_VERSION_LEN)?;
+    let mut ops = Vec::with_capacity(count);
+    for _ in 0..count {
+        ops.push(CrdtOperation::decode(&mut reader)?);
+    }
+    reader.finish()?;
+    Ok(ops)
+}

@@ -1,0 +1,565 @@
+//! The replicated record store: local writes, remote merges, the version
+//! vector and the delta feed.
+//!
+//! Writes are two-phase so that storage can make them durable before they are
+//! visible: [`CrdtStore::prepare_put`] / [`CrdtStore::prepare_delete`] stamp a
+//! dot and an HLC and return an operation; [`CrdtStore::preview`] computes the
+//! records as they will be after merging a batch of operations, without
+//! changing the store; once the batch is durable,
+//! [`CrdtStore::install`] makes it visible and reports what changed. Pure
+//! callers (tests, tools) use [`CrdtStore::put`], [`CrdtStore::delete`] and
+//! [`CrdtStore::apply`], which do all three at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::clock::{ActorId, Dot, Hlc, HlcClock, VersionVector};
+use super::record::{CrdtOperation, Document, Record, Version};
+use crate::codec::Writer;
+
+/// What a committed batch changed for one record, for subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The record id.
+    pub id: String,
+    /// Upsert or delete, judged by the winning version after the change.
+    pub kind: ChangeKind,
+}
+
+/// The kind of a [`Change`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The record now has live data (new, updated, or conflicts changed).
+    Upsert,
+    /// The record is now deleted.
+    Delete,
+}
+
+/// The in-memory CRDT state of one replica.
+#[derive(Debug, Clone)]
+pub struct CrdtStore {
+    actor: ActorId,
+    records: BTreeMap<String, Record>,
+    version_vector: VersionVector,
+    hlc: HlcClock,
+    /// The last sequence number this replica's actor issued.
+    last_seq: u64,
+    /// Local versions prepared but not yet installed, by id: later local
+    /// writes to the same id must supersede them.
+    pending: HashMap<String, Version>,
+}
+
+impl CrdtStore {
+    /// An empty store writing as `actor`.
+    pub fn new(actor: ActorId) -> Self {
+        Self {
+            actor,
+            records: BTreeMap::new(),
+            version_vector: VersionVector::new(),
+            hlc: HlcClock::default(),
+            last_seq: 0,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// A store restored from persisted state. `last_seq` is the highest
+    /// sequence number `actor` is known to have used.
+    pub fn restore(
+        actor: ActorId,
+        records: impl IntoIterator<Item = Record>,
+        version_vector: VersionVector,
+        last_hlc: Hlc,
+    ) -> Self {
+        let records: BTreeMap<String, Record> = records
+            .into_iter()
+            .map(|record| (record.id().to_owned(), record))
+            .collect();
+        let mut last_seq = version_vector.get(&actor);
+        let mut hlc = HlcClock::new(last_hlc);
+        for record in records.values() {
+            for version in record.versions() {
+                if version.writer == actor {
+                    last_seq = last_seq.max(version.dot().seq);
+                }
+                if version.hlc > hlc.last() {
+                    hlc = HlcClock::new(version.hlc);
+                }
+            }
+        }
+        let mut version_vector = version_vector;
+        version_vector.raise(actor, last_seq);
+        Self {
+            actor,
+            records,
+            version_vector,
+            hlc,
+            last_seq,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// The actor this replica writes as.
+    pub fn actor(&self) -> ActorId {
+        self.actor
+    }
+
+    /// The store-wide version vector.
+    pub fn version_vector(&self) -> &VersionVector {
+        &self.version_vector
+    }
+
+    /// The greatest HLC timestamp issued or observed.
+    pub fn last_hlc(&self) -> Hlc {
+        self.hlc.last()
+    }
+
+    /// A record by id, including deleted ones (tombstones).
+    pub fn record(&self, id: &str) -> Option<&Record> {
+        self.records.get(id)
+    }
+
+    /// The live document of a record (`None` when absent or deleted).
+    pub fn get(&self, id: &str) -> Option<&Document> {
+        self.records.get(id).and_then(Record::data)
+    }
+
+    /// The losing concurrent versions of a record, by descending precedence.
+    pub fn conflicts(&self, id: &str) -> &[Version] {
+        self.records.get(id).map_or(&[], Record::conflicts)
+    }
+
+    /// Every record (deleted ones included) in id order.
+    pub fn records(&self) -> impl DoubleEndedIterator<Item = &Record> {
+        self.records.values()
+    }
+
+    /// Records with ids in `range`, in id order.
+    pub fn records_in<'a, R>(&'a self, range: R) -> impl DoubleEndedIterator<Item = &'a Record>
+    where
+        R: std::ops::RangeBounds<String> + 'a,
+    {
+        self.records.range(range).map(|(_, r)| r)
+    }
+
+    /// Number of records, tombstones included.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when the store holds no record at all.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn next_version(
+        &mut self,
+        id: &str,
+        data: Option<Document>,
+        embedding: Option<Arc<[f32]>>,
+        now_ms: u64,
+    ) -> Version {
+        let mut clock = self.records.get(id).map(Record::clock).unwrap_or_default();
+        if let Some(pending) = self.pending.get(id) {
+            clock.merge(&pending.clock);
+        }
+        self.last_seq += 1;
+        clock.observe(self.actor, self.last_seq);
+        let version = Version {
+            writer: self.actor,
+            clock,
+            hlc: self.hlc.tick(now_ms),
+            data,
+            embedding,
+        };
+        self.pending.insert(id.to_owned(), version.clone());
+        version
+    }
+
+    /// Stamps a local write of `data` (and optional `embedding`) to `id`.
+    /// The id must already be validated. Nothing is visible until the
+    /// operation is installed.
+    pub fn prepare_put(
+        &mut self,
+        id: &str,
+        data: Document,
+        embedding: Option<Arc<[f32]>>,
+        now_ms: u64,
+    ) -> CrdtOperation {
+        let version = self.next_version(id, Some(data), embedding, now_ms);
+        CrdtOperation {
+            id: id.to_owned(),
+            version,
+        }
+    }
+
+    /// Stamps a local delete of `id`, or returns `None` when there is nothing
+    /// to delete (no record, or already deleted without conflicts).
+    pub fn prepare_delete(&mut self, id: &str, now_ms: u64) -> Option<CrdtOperation> {
+        let live_pending = self.pending.get(id).is_some_and(|v| !v.is_tombstone());
+        let live_record = self
+            .records
+            .get(id)
+            .is_some_and(|r| !r.is_deleted() || !r.conflicts().is_empty());
+        if !live_pending && !live_record {
+            return None;
+        }
+        let version = self.next_version(id, None, None, now_ms);
+        Some(CrdtOperation {
+            id: id.to_owned(),
+            version,
+        })
+    }
+
+    /// The records as they would be after merging `ops`, without changing
+    /// the store: one entry per id whose record would change, in first-seen
+    /// order.
+    pub fn preview(&self, ops: &[CrdtOperation]) -> Vec<Record> {
+        let mut touched: Vec<Record> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut changed: Vec<bool> = Vec::new();
+        for op in ops {
+            let slot = match index.get(op.id.as_str()) {
+                Some(&slot) => slot,
+                None => {
+                    match self.records.get(&op.id) {
+                        Some(existing) => {
+                            if !would_change(existing, &op.version) {
+                                continue;
+                            }
+                            touched.push(existing.clone());
+                            changed.push(false);
+                        }
+                        None => {
+                            touched.push(Record::new(op.id.clone(), op.version.clone()));
+                            changed.push(true);
+                            index.insert(op.id.as_str(), touched.len() - 1);
+                            continue;
+                        }
+                    }
+                    index.insert(op.id.as_str(), touched.len() - 1);
+                    touched.len() - 1
+                }
+            };
+            changed[slot] |= touched[slot].merge_version(op.version.clone());
+        }
+        touched
+            .into_iter()
+            .zip(changed)
+            .filter_map(|(record, changed)| changed.then_some(record))
+            .collect()
+    }
+
+    /// Makes durable records visible: `records` are the new states (from
+    /// [`preview`](Self::preview), possibly merged further with what storage
+    /// held), `ops` the operations they came from (their dots advance the
+    /// version vector and their timestamps the HLC). `peer_vector` is given
+    /// when `ops` were a complete delta from a peer holding that vector.
+    /// Returns the changes, in order.
+    pub fn install(
+        &mut self,
+        records: Vec<Record>,
+        ops: &[CrdtOperation],
+        peer_vector: Option<&VersionVector>,
+        now_ms: u64,
+    ) -> Vec<Change> {
+        for op in ops {
+            let dot = op.version.dot();
+            self.note_dot(dot);
+            self.hlc.observe(op.version.hlc, now_ms);
+            if let Some(pending) = self.pending.get(&op.id) {
+                if pending.dot() == dot {
+                    self.pending.remove(&op.id);
+                }
+            }
+        }
+        if let Some(peer) = peer_vector {
+            self.version_vector.merge(peer);
+        }
+        let mut changes = Vec::with_capacity(records.len());
+        for record in records {
+            let id = record.id().to_owned();
+            // Merge rather than replace: another batch (another tab's, seen
+            // through a broadcast) may have been installed since the preview.
+            let (was_deleted, deleted) = match self.records.get_mut(&id) {
+                Some(existing) => {
+                    let was_deleted = existing.is_deleted();
+                    if !existing.merge(&record) {
+                        continue;
+                    }
+                    (Some(was_deleted), existing.is_deleted())
+                }
+                None => {
+                    let deleted = record.is_deleted();
+                    self.records.insert(id.clone(), record);
+                    (None, deleted)
+                }
+            };
+            let kind = if deleted {
+                ChangeKind::Delete
+            } else {
+                ChangeKind::Upsert
+            };
+            // Deleting something never seen changes nothing visible.
+            if deleted && was_deleted.is_none() {
+                continue;
+            }
+            changes.push(Change { id, kind });
+        }
+        changes
+    }
+
+    /// Forgets prepared local operations that will never be installed (their
+    /// commit failed). Their dots stay used: sequence numbers never repeat.
+    pub fn abandon(&mut self, ops: &[CrdtOperation]) {
+        for op in ops {
+            if let Some(pending) = self.pending.get(&op.id) {
+                if pending.dot() == op.version.dot() {
+                    self.pending.remove(&op.id);
+                }
+            }
+        }
+    }
+
+    fn note_dot(&mut self, dot: Dot) {
+        if dot.actor == self.actor {
+            self.last_seq = self.last_seq.max(dot.seq);
+            self.version_vector.raise(dot.actor, dot.seq);
+        } else {
+            self.version_vector.advance(&dot);
+        }
+    }
+
+    /// Writes `data` to `id` now (prepare, preview and install at once).
+    pub fn put(&mut self, id: &str, data: Document, now_ms: u64) -> CrdtOperation {
+        let op = self.prepare_put(id, data, None, now_ms);
+        self.apply(op.clone(), now_ms);
+        op
+    }
+
+    /// Deletes `id` now; `None` when there was nothing to delete.
+    pub fn delete(&mut self, id: &str, now_ms: u64) -> Option<CrdtOperation> {
+        let op = self.prepare_delete(id, now_ms)?;
+        self.apply(op.clone(), now_ms);
+        Some(op)
+    }
+
+    /// Merges one operation (local or remote) now. Returns the change, if the
+    /// record changed.
+    pub fn apply(&mut self, op: CrdtOperation, now_ms: u64) -> Option<Change> {
+        let ops = [op];
+        let records = self.preview(&ops);
+        self.install(records, &ops, None, now_ms).pop()
+    }
+
+    /// Merges a complete delta from a peer whose version vector was
+    /// `peer_vector` when it computed the delta, then adopts that vector.
+    pub fn apply_delta(
+        &mut self,
+        ops: Vec<CrdtOperation>,
+        peer_vector: &VersionVector,
+        now_ms: u64,
+    ) -> Vec<Change> {
+        let records = self.preview(&ops);
+        self.install(records, &ops, Some(peer_vector), now_ms)
+    }
+
+    /// Exactly the versions a replica whose version vector is `seen` lacks:
+    /// every maximal version whose dot `seen` does not cover, in id order.
+    pub fn changes_since(&self, seen: &VersionVector) -> Vec<CrdtOperation> {
+        let mut ops = Vec::new();
+        for record in self.records.values() {
+            for version in record.versions() {
+                if !seen.covers(&version.dot()) {
+                    ops.push(CrdtOperation {
+                        id: record.id().to_owned(),
+                        version: version.clone(),
+                    });
+                }
+            }
+        }
+        ops
+    }
+
+    /// Removes tombstone-only records whose delete every replica has seen,
+    /// returning their ids. `horizon` must be covered by the version vector
+    /// of every replica that will ever sync with this one (for example the
+    /// pointwise minimum of all members' acknowledged vectors); removing a
+    /// tombstone earlier could let a concurrent old write resurrect the
+    /// record. See `docs/ARCHITECTURE.md`, "Tombstones".
+    pub fn compact_tombstones(&mut self, horizon: &VersionVector) -> Vec<String> {
+        let removable: Vec<String> = self
+            .records
+            .values()
+            .filter(|r| {
+                r.versions()
+                    .iter()
+                    .all(|v| v.is_tombstone() && horizon.covers(&v.dot()))
+            })
+            .map(|r| r.id().to_owned())
+            .collect();
+        for id in &removable {
+            self.records.remove(id);
+        }
+        removable
+    }
+
+    /// A canonical encoding of the replicated state (records and version
+    /// vector): two replicas that converged have equal bytes.
+    pub fn state_bytes(&self) -> Vec<u8> {
+        let mut writer = Writer::new();
+        self.version_vector.encode(&mut writer);
+        writer.u32(crate::codec::len_u32(self.records.len()));
+        for record in self.records.values() {
+            record.encode(&mut writer);
+        }
+        writer.finish()
+    }
+}
+
+/// Cheap check that merging `version` into `record` changes something.
+fn would_change(record: &Record, version: &Version) -> bool {
+    let dot = version.dot();
+    !record
+        .versions()
+        .iter()
+        .any(|v| v == version || (v.dot() != dot && v.clock.covers(&dot)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn actor(n: u8) -> ActorId {
+        ActorId::from_bytes([n; 16])
+    }
+
+    fn doc(value: serde_json::Value) -> Document {
+        Document::from_value(&value).unwrap()
+    }
+
+    #[test]
+    fn local_writes_supersede_each_other() {
+        let mut store = CrdtStore::new(actor(1));
+        store.put("a", doc(json!({"n": 1})), 10);
+        store.put("a", doc(json!({"n": 2})), 10);
+        assert_eq!(store.get("a").unwrap().as_str(), r#"{"n":2}"#);
+        assert!(store.conflicts("a").is_empty());
+        assert_eq!(store.version_vector().get(&actor(1)), 2);
+    }
+
+    #[test]
+    fn concurrent_writes_keep_a_conflict_and_pick_the_same_winner() {
+        let mut a = CrdtStore::new(actor(1));
+        let mut b = CrdtStore::new(actor(2));
+        let op_a = a.put("x", doc(json!("from a")), 100);
+        let op_b = b.put("x", doc(json!("from b")), 200);
+        a.apply(op_b, 300);
+        b.apply(op_a, 300);
+        assert_eq!(a.get("x").unwrap().as_str(), "\"from b\"");
+        assert_eq!(a.state_bytes(), b.state_bytes());
+        assert_eq!(a.conflicts("x").len(), 1);
+        // A later write from either side resolves the conflict everywhere.
+        let resolve = a.put("x", doc(json!("resolved")), 400);
+        b.apply(resolve, 500);
+        assert!(b.conflicts("x").is_empty());
+        assert_eq!(a.state_bytes(), b.state_bytes());
+    }
+
+    #[test]
+    fn stale_write_does_not_resurrect_a_delete() {
+        let mut a = CrdtStore::new(actor(1));
+        let mut b = CrdtStore::new(actor(2));
+        let create = a.put("x", doc(json!(1)), 100);
+        b.apply(create.clone(), 100);
+        let delete = b.delete("x", 200).unwrap();
+        a.apply(delete, 300);
+        assert!(a.get("x").is_none());
+        // The original create arriving again changes nothing.
+        assert!(a.apply(create, 400).is_none());
+        assert!(a.get("x").is_none());
+    }
+
+    #[test]
+    fn concurrent_older_write_loses_to_a_delete() {
+        let mut a = CrdtStore::new(actor(1));
+        let mut b = CrdtStore::new(actor(2));
+        let create = a.put("x", doc(json!(1)), 100);
+        b.apply(create, 100);
+        let older_update = a.put("x", doc(json!(2)), 150);
+        let delete = b.delete("x", 200).unwrap();
+        a.apply(delete.clone(), 300);
+        b.apply(older_update, 300);
+        assert!(a.get("x").is_none() && b.get("x").is_none());
+        assert_eq!(a.conflicts("x").len(), 1);
+        assert_eq!(a.state_bytes(), b.state_bytes());
+    }
+
+    #[test]
+    fn changes_since_sends_only_what_is_missing() {
+        let mut a = CrdtStore::new(actor(1));
+        for i in 0..10 {
+            a.put(&format!("k{i}"), doc(json!(i)), 100 + i);
+        }
+        let mut b = CrdtStore::new(actor(2));
+        let delta = a.changes_since(b.version_vector());
+        assert_eq!(delta.len(), 10);
+        b.apply_delta(delta, &a.version_vector().clone(), 200);
+        assert!(a.changes_since(b.version_vector()).is_empty());
+        a.put("k3", doc(json!("new")), 300);
+        let delta = a.changes_since(b.version_vector());
+        assert_eq!(delta.len(), 1);
+        assert_eq!(delta[0].id, "k3");
+    }
+
+    #[test]
+    fn prepared_writes_are_invisible_until_installed() {
+        let mut store = CrdtStore::new(actor(1));
+        let first = store.prepare_put("x", doc(json!(1)), None, 10);
+        let second = store.prepare_put("x", doc(json!(2)), None, 10);
+        assert!(store.get("x").is_none());
+        // Both land in one batch: the second supersedes the first.
+        let ops = [first, second];
+        let records = store.preview(&ops);
+        assert_eq!(records.len(), 1);
+        store.install(records, &ops, None, 10);
+        assert_eq!(store.get("x").unwrap().as_str(), "2");
+        assert!(store.conflicts("x").is_empty());
+    }
+
+    #[test]
+    fn delete_of_a_pending_put_is_not_a_no_op() {
+        let mut store = CrdtStore::new(actor(1));
+        let put = store.prepare_put("x", doc(json!(1)), None, 10);
+        let delete = store
+            .prepare_delete("x", 10)
+            .expect("pending put is deletable");
+        let ops = [put, delete];
+        let records = store.preview(&ops);
+        store.install(records, &ops, None, 10);
+        assert!(store.get("x").is_none());
+        assert!(store.prepare_delete("x", 11).is_none());
+    }
+
+    #[test]
+    fn abandoned_sequence_numbers_are_never_reused() {
+        let mut store = CrdtStore::new(actor(1));
+        let lost = store.prepare_put("x", doc(json!(1)), None, 10);
+        store.abandon(std::slice::from_ref(&lost));
+        let next = store.put("x", doc(json!(2)), 10);
+        assert!(next.version.dot().seq > lost.version.dot().seq);
+    }
+
+    #[test]
+    fn compaction_removes_only_covered_tombstones() {
+        let mut a = CrdtStore::new(actor(1));
+        a.put("gone", doc(json!(1)), 10);
+        a.put("kept", doc(json!(1)), 10);
+        a.delete("gone", 20);
+        let horizon = VersionVector::new();
+        assert!(a.compact_tombstones(&horizon).is_empty());
+        let horizon = a.version_vector().clone();
+        assert_eq!(a.compact_tombstones(&horizon), vec!["gone".to_string()]);
+        assert!(a.record("kept").is_some());
+    }
+}

@@ -1,0 +1,759 @@
+//! [`Database`]: the CRDT store, a storage backend and the change feed wired
+//! together.
+//!
+//! Reads are served from memory. Writes are stamped at once (so their order
+//! is the call order), queued, and made durable by a single committer task
+//! that drains the queue into one storage transaction at a time: writes
+//! issued together are group-committed, and a write's future resolves only
+//! after its transaction committed. Nothing becomes visible to readers,
+//! subscribers or peers before it is durable; a failed commit (quota, I/O)
+//! changes nothing.
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::channel::{mpsc, oneshot};
+use futures::StreamExt;
+
+use crate::crdt::{
+    decode_operations, validate_id, ActorId, Change, ChangeKind, CrdtOperation, CrdtStore,
+    Document, Record, Version, VersionVector,
+};
+use crate::error::{Error, Result, StorageError};
+use crate::platform::{self, SystemClock, WallClock};
+use crate::storage::{
+    decode_format, decode_hlc, encode_format, encode_hlc, meta_keys, CommitBatch, SlotLease,
+    Storage, FORMAT_VERSION,
+};
+
+/// An in-process event about the database, delivered to subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncEvent {
+    /// A record was created or updated (locally, by another tab or a peer).
+    Upsert {
+        /// The record id.
+        id: String,
+    },
+    /// A record was deleted.
+    Delete {
+        /// The record id.
+        id: String,
+    },
+    /// A sync peer connected.
+    PeerConnected {
+        /// The peer's id.
+        peer: String,
+    },
+    /// A sync peer disconnected.
+    PeerDisconnected {
+        /// The peer's id.
+        peer: String,
+    },
+}
+
+/// Where a committed batch came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Written through this instance's API.
+    Local,
+    /// Received from a sync peer (its id), as a live change or a delta.
+    Peer(String),
+    /// Committed by another open instance of the same storage (another tab)
+    /// and announced to this one.
+    OtherInstance,
+}
+
+/// A batch of operations that became durable, in commit order: the feed the
+/// sync layer forwards to peers.
+#[derive(Debug, Clone)]
+pub struct CommittedBatch {
+    /// Where the operations came from.
+    pub origin: Origin,
+    /// The operations, as they were merged.
+    pub ops: Vec<CrdtOperation>,
+}
+
+/// Options for [`Database::open`].
+#[derive(Clone)]
+pub struct OpenOptions {
+    /// The wall clock used to stamp writes (the system clock by default).
+    pub clock: Arc<dyn WallClock>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl std::fmt::Debug for OpenOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenOptions").finish_non_exhaustive()
+    }
+}
+
+/// One page of [`Database::list`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// `(id, document)` in id order.
+    pub items: Vec<(String, Document)>,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Arguments of [`Database::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Only ids starting with this prefix.
+    pub prefix: String,
+    /// At most this many items (all when `None`).
+    pub limit: Option<usize>,
+    /// Start after this id (the previous page's `next_cursor`).
+    pub cursor: Option<String>,
+}
+
+struct CommitJob {
+    ops: Vec<CrdtOperation>,
+    origin: Origin,
+    /// Set when `ops` are a complete delta from a peer holding this vector.
+    peer_vector: Option<VersionVector>,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+enum Job {
+    Commit(CommitJob),
+    Close(oneshot::Sender<()>),
+}
+
+struct State {
+    store: CrdtStore,
+    generation: u64,
+    /// Rows that failed to decode on open: id -> reason.
+    corrupt: HashMap<String, String>,
+    listeners: Vec<mpsc::UnboundedSender<SyncEvent>>,
+    commit_listeners: Vec<mpsc::UnboundedSender<Arc<CommittedBatch>>>,
+    closed: bool,
+}
+
+struct Shared<S> {
+    storage: S,
+    state: Mutex<State>,
+    clock: Arc<dyn WallClock>,
+    slot: Mutex<Option<SlotLease>>,
+}
+
+impl<S> Shared<S> {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // State is only mutated by short, non-panicking critical sections; a
+        // poisoned lock means a panic elsewhere, and the data is still whole.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A PluresDB database on storage `S`. Cheap to clone; clones share state.
+pub struct Database<S: Storage> {
+    shared: Arc<Shared<S>>,
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl<S: Storage> Clone for Database<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            jobs: self.jobs.clone(),
+        }
+    }
+}
+
+impl<S: Storage> std::fmt::Debug for Database<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("storage", &self.shared.storage.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Storage> Database<S> {
+    /// Opens the database kept in `storage`: takes an actor slot, loads every
+    /// record into memory, and starts the committer.
+    ///
+    /// Natively this must run inside a tokio runtime.
+    pub async fn open(storage: S, options: OpenOptions) -> Result<Self> {
+        let lease = storage.acquire_slot().await?;
+        let loaded = storage.load().await?;
+
+        let format = loaded
+            .meta
+            .get(meta_keys::FORMAT)
+            .map(|bytes| decode_format(bytes))
+            .transpose()?;
+        if let Some(found) = format {
+            if found > FORMAT_VERSION {
+                return Err(StorageError::FormatTooNew {
+                    found,
+                    supported: FORMAT_VERSION,
+                }
+                .into());
+            }
+        }
+
+        let slot_key = meta_keys::slot(lease.slot());
+        let corrupt_meta = |key: &str, reason: String| StorageError::Corrupt {
+            store: "meta".into(),
+            key: key.to_owned(),
+            reason,
+        };
+        let stored_actor = match loaded.meta.get(&slot_key) {
+            Some(bytes) => {
+                Some(ActorId::from_bytes(bytes.as_slice().try_into().map_err(
+                    |_| corrupt_meta(&slot_key, "not a 16-byte actor id".into()),
+                )?))
+            }
+            None => None,
+        };
+        let actor = stored_actor.unwrap_or_else(ActorId::random);
+        let version_vector = match loaded.meta.get(meta_keys::VERSION_VECTOR) {
+            Some(bytes) => VersionVector::from_bytes(bytes)
+                .map_err(|e| corrupt_meta(meta_keys::VERSION_VECTOR, e.to_string()))?,
+            None => VersionVector::new(),
+        };
+        let last_hlc = match loaded.meta.get(meta_keys::HLC) {
+            Some(bytes) => {
+                decode_hlc(bytes).map_err(|e| corrupt_meta(meta_keys::HLC, e.to_string()))?
+            }
+            None => Default::default(),
+        };
+
+        let mut records = Vec::with_capacity(loaded.records.len());
+        let mut corrupt = HashMap::new();
+        for (id, bytes) in loaded.records {
+            match Record::from_bytes(&bytes) {
+                Ok(record) if record.id() == id => records.push(record),
+                Ok(record) => {
+                    corrupt.insert(
+                        id,
+                        format!("row holds record `{}` under another key", record.id()),
+                    );
+                }
+                Err(e) => {
+                    corrupt.insert(id, e.to_string());
+                }
+            }
+        }
+        if !corrupt.is_empty() {
+            tracing::warn!(
+                rows = corrupt.len(),
+                "database has corrupt rows; they are reported on access and kept untouched"
+            );
+        }
+        let store = CrdtStore::restore(actor, records, version_vector, last_hlc);
+
+        // A new database records its format; a new slot records its actor id
+        // before the actor writes anything.
+        let mut meta = Vec::new();
+        if format.is_none() {
+            meta.push((meta_keys::FORMAT.to_owned(), encode_format(FORMAT_VERSION)));
+        }
+        if stored_actor.is_none() {
+            meta.push((slot_key, actor.as_bytes().to_vec()));
+        }
+        let mut generation = loaded.generation;
+        if !meta.is_empty() {
+            let receipt = storage
+                .commit(CommitBatch {
+                    expected_generation: generation,
+                    meta,
+                    ..Default::default()
+                })
+                .await?;
+            generation = receipt.generation;
+        }
+
+        let shared = Arc::new(Shared {
+            storage,
+            state: Mutex::new(State {
+                store,
+                generation,
+                corrupt,
+                listeners: Vec::new(),
+                commit_listeners: Vec::new(),
+                closed: false,
+            }),
+            clock: options.clock,
+            slot: Mutex::new(Some(lease)),
+        });
+        if let Some(announcements) = shared.storage.announcements() {
+            platform::spawn(run_announcement_listener(
+                Arc::downgrade(&shared),
+                announcements,
+            ));
+        }
+        let (jobs, receiver) = mpsc::unbounded();
+        platform::spawn(run_committer(shared.clone(), receiver));
+        Ok(Self { shared, jobs })
+    }
+
+    fn now(&self) -> u64 {
+        self.shared.clock.now_ms()
+    }
+
+    fn readable(&self) -> Result<MutexGuard<'_, State>> {
+        let state = self.shared.state();
+        if state.closed {
+            return Err(StorageError::Closed.into());
+        }
+        Ok(state)
+    }
+
+    /// The storage backend.
+    pub fn storage(&self) -> &S {
+        &self.shared.storage
+    }
+
+    /// The actor this instance writes as.
+    pub fn actor(&self) -> ActorId {
+        self.shared.state().store.actor()
+    }
+
+    /// The store-wide version vector.
+    pub fn version_vector(&self) -> VersionVector {
+        self.shared.state().store.version_vector().clone()
+    }
+
+    /// Writes `value` under `id`. Resolves once the write is durable.
+    pub async fn put(&self, id: &str, value: serde_json::Value) -> Result<()> {
+        let document = Document::from_value(&value)?;
+        self.put_document(id, document, None).await
+    }
+
+    /// Writes a canonical document, optionally with an embedding.
+    pub async fn put_document(
+        &self,
+        id: &str,
+        document: Document,
+        embedding: Option<Arc<[f32]>>,
+    ) -> Result<()> {
+        validate_id(id)?;
+        let receiver = {
+            let mut state = self.readable()?;
+            let now = self.now();
+            let op = state.store.prepare_put(id, document, embedding, now);
+            self.enqueue(vec![op], Origin::Local, None)?
+        };
+        await_reply(receiver).await
+    }
+
+    /// Writes many records in one transaction: all become durable together
+    /// or none does.
+    pub async fn put_many(
+        &self,
+        entries: impl IntoIterator<Item = (String, Document)>,
+    ) -> Result<()> {
+        let entries: Vec<(String, Document)> = entries.into_iter().collect();
+        for (id, _) in &entries {
+            validate_id(id)?;
+        }
+        let receiver = {
+            let mut state = self.readable()?;
+            let now = self.now();
+            let ops = entries
+                .into_iter()
+                .map(|(id, document)| state.store.prepare_put(&id, document, None, now))
+                .collect();
+            self.enqueue(ops, Origin::Local, None)?
+        };
+        await_reply(receiver).await
+    }
+
+    /// Deletes `id`. Resolves to whether there was anything to delete, once
+    /// the delete is durable.
+    pub async fn delete(&self, id: &str) -> Result<bool> {
+        validate_id(id)?;
+        let receiver = {
+            let mut state = self.readable()?;
+            let now = self.now();
+            match state.store.prepare_delete(id, now) {
+                Some(op) => self.enqueue(vec![op], Origin::Local, None)?,
+                None => return Ok(false),
+            }
+        };
+        await_reply(receiver).await.map(|()| true)
+    }
+
+    /// Merges operations received from a peer. `peer_vector` is given when
+    /// they are a complete delta computed against this replica's vector.
+    pub async fn apply_remote(
+        &self,
+        ops: Vec<CrdtOperation>,
+        origin: Origin,
+        peer_vector: Option<VersionVector>,
+    ) -> Result<()> {
+        let receiver = {
+            let _state = self.readable()?;
+            self.enqueue(ops, origin, peer_vector)?
+        };
+        await_reply(receiver).await
+    }
+
+    fn enqueue(
+        &self,
+        ops: Vec<CrdtOperation>,
+        origin: Origin,
+        peer_vector: Option<VersionVector>,
+    ) -> Result<oneshot::Receiver<Result<()>>> {
+        let (reply, receiver) = oneshot::channel();
+        self.jobs
+            .unbounded_send(Job::Commit(CommitJob {
+                ops,
+                origin,
+                peer_vector,
+                reply,
+            }))
+            .map_err(|_| Error::Storage(StorageError::Closed))?;
+        Ok(receiver)
+    }
+
+    fn check_corrupt(state: &State, id: &str) -> Result<()> {
+        match state.corrupt.get(id) {
+            Some(reason) => Err(StorageError::Corrupt {
+                store: "records".into(),
+                key: id.to_owned(),
+                reason: reason.clone(),
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
+
+    /// The live document under `id` (`None` when absent or deleted).
+    pub fn get_document(&self, id: &str) -> Result<Option<Document>> {
+        let state = self.readable()?;
+        Self::check_corrupt(&state, id)?;
+        Ok(state.store.get(id).cloned())
+    }
+
+    /// The live value under `id` as JSON.
+    pub fn get(&self, id: &str) -> Result<Option<serde_json::Value>> {
+        Ok(self.get_document(id)?.map(|d| d.to_value()))
+    }
+
+    /// The full record under `id`, tombstones and conflicts included.
+    pub fn record(&self, id: &str) -> Result<Option<Record>> {
+        let state = self.readable()?;
+        Self::check_corrupt(&state, id)?;
+        Ok(state.store.record(id).cloned())
+    }
+
+    /// The concurrent versions that lost to the current value of `id`, by
+    /// descending precedence. Empty when there is no conflict.
+    pub fn conflicts(&self, id: &str) -> Result<Vec<Version>> {
+        let state = self.readable()?;
+        Self::check_corrupt(&state, id)?;
+        Ok(state.store.conflicts(id).to_vec())
+    }
+
+    /// Live records in id order, filtered by prefix, paged by cursor.
+    pub fn list(&self, options: &ListOptions) -> Result<Page> {
+        let state = self.readable()?;
+        let start = match &options.cursor {
+            Some(cursor) if cursor.as_str() >= options.prefix.as_str() => {
+                Bound::Excluded(cursor.clone())
+            }
+            _ => Bound::Included(options.prefix.clone()),
+        };
+        let limit = options.limit.unwrap_or(usize::MAX);
+        let mut items = Vec::new();
+        let mut next_cursor = None;
+        for record in state.store.records_in((start, Bound::Unbounded)) {
+            if !record.id().starts_with(options.prefix.as_str()) {
+                break;
+            }
+            let Some(data) = record.data() else { continue };
+            if items.len() == limit {
+                next_cursor = items.last().map(|(id, _): &(String, Document)| id.clone());
+                break;
+            }
+            items.push((record.id().to_owned(), data.clone()));
+        }
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Number of live records.
+    pub fn len(&self) -> usize {
+        self.shared
+            .state()
+            .store
+            .records()
+            .filter(|r| !r.is_deleted())
+            .count()
+    }
+
+    /// True when there is no live record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Exactly the operations a replica with version vector `seen` lacks.
+    pub fn changes_since(&self, seen: &VersionVector) -> Result<Vec<CrdtOperation>> {
+        Ok(self.readable()?.store.changes_since(seen))
+    }
+
+    /// A stream of events (upserts, deletes, peer changes). Dropping the
+    /// receiver unsubscribes.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<SyncEvent> {
+        let (sender, receiver) = mpsc::unbounded();
+        self.shared.state().listeners.push(sender);
+        receiver
+    }
+
+    /// A stream of committed batches, for sync transports.
+    pub fn subscribe_commits(&self) -> mpsc::UnboundedReceiver<Arc<CommittedBatch>> {
+        let (sender, receiver) = mpsc::unbounded();
+        self.shared.state().commit_listeners.push(sender);
+        receiver
+    }
+
+    /// Delivers an event that did not come from a commit (peer changes).
+    pub fn emit(&self, event: SyncEvent) {
+        let mut state = self.shared.state();
+        state
+            .listeners
+            .retain(|listener| listener.unbounded_send(event.clone()).is_ok());
+    }
+
+    /// Waits for queued writes to finish, then closes: later calls fail
+    /// with [`StorageError::Closed`] and the actor slot is released.
+    pub async fn close(&self) -> Result<()> {
+        let (reply, receiver) = oneshot::channel();
+        if self.jobs.unbounded_send(Job::Close(reply)).is_ok() {
+            let _ = receiver.await;
+        }
+        let mut state = self.shared.state();
+        state.closed = true;
+        state.listeners.clear();
+        state.commit_listeners.clear();
+        drop(state);
+        self.shared
+            .slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        Ok(())
+    }
+
+    /// True once [`close`](Self::close) has run.
+    pub fn is_closed(&self) -> bool {
+        self.shared.state().closed
+    }
+}
+
+async fn await_reply(receiver: oneshot::Receiver<Result<()>>) -> Result<()> {
+    receiver
+        .await
+        .map_err(|_| Error::Storage(StorageError::Closed))?
+}
+
+/// Applies batches that other instances of the same storage committed (and
+/// announced) to this instance's memory. They are already durable.
+async fn run_announcement_listener<S: Storage>(
+    shared: std::sync::Weak<Shared<S>>,
+    mut announcements: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    while let Some(bytes) = announcements.next().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let ops = match decode_operations(&bytes) {
+            Ok(ops) => ops,
+            Err(error) => {
+                tracing::warn!(%error, "ignoring an undecodable announcement");
+                continue;
+            }
+        };
+        let now = shared.clock.now_ms();
+        let mut state = shared.state();
+        if state.closed {
+            return;
+        }
+        let records = state.store.preview(&ops);
+        let changes = state.store.install(records, &ops, None, now);
+        let job = CommittedBatch {
+            origin: Origin::OtherInstance,
+            ops,
+        };
+        notify(&mut state, &changes, std::slice::from_ref(&job));
+    }
+}
+
+async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    while let Some(job) = jobs.next().await {
+        let mut batch = Vec::new();
+        let mut close = None;
+        match job {
+            Job::Commit(job) => batch.push(job),
+            Job::Close(reply) => close = Some(reply),
+        }
+        // Group commit: everything already queued goes into this transaction.
+        while close.is_none() {
+            match jobs.try_recv() {
+                Ok(Job::Commit(job)) => batch.push(job),
+                Ok(Job::Close(reply)) => close = Some(reply),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            commit_jobs(&shared, batch).await;
+        }
+        if let Some(reply) = close {
+            let _ = reply.send(());
+            return;
+        }
+    }
+}
+
+async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
+    let ops: Vec<CrdtOperation> = jobs.iter().flat_map(|j| j.ops.iter().cloned()).collect();
+    let mut peer_vector: Option<VersionVector> = None;
+    for job in &jobs {
+        if let Some(vector) = &job.peer_vector {
+            peer_vector
+                .get_or_insert_with(VersionVector::new)
+                .merge(vector);
+        }
+    }
+
+    let (records, batch) = {
+        let state = shared.state();
+        let records = state.store.preview(&ops);
+        let mut vector_after = state.store.version_vector().clone();
+        for op in &ops {
+            let dot = op.version.dot();
+            if dot.actor == state.store.actor() {
+                vector_after.raise(dot.actor, dot.seq);
+            } else {
+                vector_after.advance(&dot);
+            }
+        }
+        if let Some(peer) = &peer_vector {
+            vector_after.merge(peer);
+        }
+        let mut meta = Vec::with_capacity(2);
+        if &vector_after != state.store.version_vector() {
+            meta.push((
+                meta_keys::VERSION_VECTOR.to_owned(),
+                vector_after.to_bytes(),
+            ));
+        }
+        meta.push((
+            meta_keys::HLC.to_owned(),
+            encode_hlc(state.store.last_hlc()),
+        ));
+        let batch = CommitBatch {
+            expected_generation: state.generation,
+            records: records
+                .iter()
+                .map(|r| (r.id().to_owned(), r.to_bytes()))
+                .collect(),
+            removed_records: Vec::new(),
+            meta,
+        };
+        (records, batch)
+    };
+
+    let result = if batch.records.is_empty() && peer_vector.is_none() {
+        // Nothing new (duplicates or superseded versions): no transaction.
+        Ok(None)
+    } else {
+        shared.storage.commit(batch).await.map(Some)
+    };
+
+    match result {
+        Ok(receipt) => {
+            let mut records = records;
+            let mut generation = None;
+            if let Some(receipt) = receipt {
+                generation = Some(receipt.generation);
+                for (id, bytes) in receipt.merged_records {
+                    match Record::from_bytes(&bytes) {
+                        Ok(merged) => {
+                            if let Some(slot) = records.iter_mut().find(|r| r.id() == id) {
+                                *slot = merged;
+                            }
+                        }
+                        Err(e) => tracing::warn!(%id, error = %e, "merged row failed to decode"),
+                    }
+                }
+            }
+            let now = shared.clock.now_ms();
+            let mut state = shared.state();
+            if let Some(generation) = generation {
+                state.generation = generation;
+            }
+            let changes = state
+                .store
+                .install(records, &ops, peer_vector.as_ref(), now);
+            for change in &changes {
+                state.corrupt.remove(&change.id);
+            }
+            let batches: Vec<CommittedBatch> = jobs
+                .iter()
+                .map(|job| CommittedBatch {
+                    origin: job.origin.clone(),
+                    ops: job.ops.clone(),
+                })
+                .collect();
+            notify(&mut state, &changes, &batches);
+            drop(state);
+            if !ops.is_empty() {
+                shared.storage.announce(&ops);
+            }
+            for job in jobs {
+                let _ = job.reply.send(Ok(()));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "commit failed; the batch was not written");
+            shared.state().store.abandon(&ops);
+            let error = Error::Storage(error);
+            for job in jobs {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+fn notify(state: &mut State, changes: &[Change], batches: &[CommittedBatch]) {
+    if !changes.is_empty() {
+        let events: Vec<SyncEvent> = changes
+            .iter()
+            .map(|change| match change.kind {
+                ChangeKind::Upsert => SyncEvent::Upsert {
+                    id: change.id.clone(),
+                },
+                ChangeKind::Delete => SyncEvent::Delete {
+                    id: change.id.clone(),
+                },
+            })
+            .collect();
+        state.listeners.retain(|listener| {
+            events
+                .iter()
+                .all(|event| listener.unbounded_send(event.clone()).is_ok())
+        });
+    }
+    if state.commit_listeners.is_empty() {
+        return;
+    }
+    for batch in batches {
+        if batch.ops.is_empty() {
+            continue;
+        }
+        let batch = Arc::new(batch.clone());
+        state
+            .commit_listeners
+            .retain(|listener| listener.unbounded_send(batch.clone()).is_ok());
+    }
+}

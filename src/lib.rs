@@ -1,0 +1,48 @@
+//! # PluresDB
+//!
+//! A browser-first, local-first JSON database. One crate compiles to
+//! `wasm32-unknown-unknown` (the npm package: IndexedDB persistence, workers,
+//! several tabs at once) and natively (a Rust library and the `pluresdb`
+//! binary: SQLite persistence, the relay server, a CLI and an HTTP API).
+//!
+//! Records are JSON documents replicated as last-write-wins CRDTs with vector
+//! clocks and hybrid logical clocks ([`crdt`]); a [`Database`] ties the CRDT
+//! store to a [`Storage`](storage::Storage) backend and makes every write
+//! durable before it resolves.
+//!
+//! ```
+//! use pluresdb::{Database, OpenOptions, storage::MemoryStorage};
+//! use serde_json::json;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> pluresdb::Result<()> {
+//! let db = Database::open(MemoryStorage::new(), OpenOptions::default()).await?;
+//! db.put("user:1", json!({ "name": "Alice" })).await?;
+//! assert_eq!(db.get("user:1")?, Some(json!({ "name": "Alice" })));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Architecture, merge rule and formats: `docs/ARCHITECTURE.md` and
+//! `docs/PROTOCOL.md` in the repository.
+
+pub mod codec;
+pub mod crdt;
+mod db;
+pub mod error;
+pub mod platform;
+pub mod storage;
+
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cli;
+
+pub use db::{CommittedBatch, Database, ListOptions, OpenOptions, Origin, Page, SyncEvent};
+pub use error::{Error, Result};
+
+/// The examples in README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,121 @@
+//! Platform shims: the only place where the browser (wasm32) and native
+//! targets differ for time, randomness, task spawning and `Send` bounds.
+//!
+//! Everything above this module is written once. Native code runs on tokio and
+//! is `Send`; wasm32 is single-threaded, so futures there need not be `Send`
+//! and `MaybeSend` erases that bound.
+
+use std::future::Future;
+
+#[cfg(not(target_arch = "wasm32"))]
+mod imp {
+    use std::future::Future;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    /// `Send` natively; nothing on wasm32 (single-threaded).
+    pub trait MaybeSend: Send {}
+    impl<T: Send + ?Sized> MaybeSend for T {}
+
+    /// `Sync` natively; nothing on wasm32 (single-threaded).
+    pub trait MaybeSync: Sync {}
+    impl<T: Sync + ?Sized> MaybeSync for T {}
+
+    /// A boxed future that is `Send` natively.
+    pub type BoxFuture<'a, T> = futures::future::BoxFuture<'a, T>;
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    pub fn spawn<F: Future<Output = ()> + Send + 'static>(future: F) {
+        tokio::spawn(future);
+    }
+
+    /// Waits for `duration`.
+    pub async fn sleep(duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+mod imp {
+    use std::future::Future;
+    use std::time::Duration;
+
+    /// `Send` natively; nothing on wasm32 (single-threaded).
+    pub trait MaybeSend {}
+    impl<T: ?Sized> MaybeSend for T {}
+
+    /// `Sync` natively; nothing on wasm32 (single-threaded).
+    pub trait MaybeSync {}
+    impl<T: ?Sized> MaybeSync for T {}
+
+    /// A boxed future that is `Send` natively.
+    pub type BoxFuture<'a, T> = futures::future::LocalBoxFuture<'a, T>;
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms() -> u64 {
+        js_sys::Date::now() as u64
+    }
+
+    pub fn spawn<F: Future<Output = ()> + 'static>(future: F) {
+        wasm_bindgen_futures::spawn_local(future);
+    }
+
+    /// Waits for `duration`.
+    pub async fn sleep(duration: Duration) {
+        let millis = duration.as_millis().min(i32::MAX as u128) as i32;
+        let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+            let global = js_sys::global();
+            let set_timeout = js_sys::Reflect::get(&global, &"setTimeout".into())
+                .ok()
+                .and_then(|f| wasm_bindgen::JsCast::dyn_into::<js_sys::Function>(f).ok());
+            if let Some(set_timeout) = set_timeout {
+                let _ = set_timeout.call2(&global, &resolve, &millis.into());
+            } else {
+                let _ = resolve.call0(&wasm_bindgen::JsValue::UNDEFINED);
+            }
+        });
+        let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+    }
+}
+
+pub use imp::{now_ms, sleep, BoxFuture, MaybeSend, MaybeSync};
+
+/// Runs `future` in the background on the current executor (tokio natively,
+/// the browser's microtask queue on wasm32).
+pub fn spawn<F>(future: F)
+where
+    F: Future<Output = ()> + MaybeSend + 'static,
+{
+    imp::spawn(future);
+}
+
+/// Fills `buf` with cryptographically secure random bytes.
+///
+/// # Panics
+/// Only when the platform has no entropy source at all (never in a browser,
+/// Node or a normal OS), which no caller could recover from.
+pub fn fill_random(buf: &mut [u8]) {
+    getrandom::getrandom(buf).expect("the platform has no secure random source");
+}
+
+/// Wall-clock time source, injected into the pure layers so tests can skew it.
+pub trait WallClock: MaybeSend + MaybeSync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The platform's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}

@@ -1,0 +1,338 @@
+//! The storage conformance suite: one set of behaviour checks, written once,
+//! that every [`Storage`] backend must pass. Native tests run it on memory
+//! and SQLite, browser tests on memory and IndexedDB, through
+//! [`storage_conformance_tests!`](crate::storage_conformance_tests).
+//!
+//! Each check panics (with a message) when the backend misbehaves.
+
+use std::future::Future;
+
+use serde_json::json;
+
+use super::{meta_keys, CommitBatch, Storage, FORMAT_VERSION};
+use crate::crdt::{ActorId, CrdtStore, Document, VersionVector};
+use crate::error::{Error, StorageError};
+use crate::{Database, ListOptions, OpenOptions};
+
+/// Makes storages for the suite.
+pub trait StorageFactory {
+    /// The backend under test.
+    type Storage: Storage;
+
+    /// Opens the storage called `name`, creating it on first use. Opening a
+    /// name again gives another handle to the same data (like a second tab
+    /// or process), also after earlier handles were dropped.
+    fn open(&self, name: &str) -> impl Future<Output = Self::Storage>;
+}
+
+fn doc(value: serde_json::Value) -> Document {
+    Document::from_value(&value).expect("test documents are JSON")
+}
+
+/// A new storage loads as empty, generation 0.
+pub async fn fresh_storage_is_empty<F: StorageFactory>(factory: &F) {
+    let storage = factory.open("fresh").await;
+    let state = storage.load().await.expect("load");
+    assert!(state.records.is_empty(), "a fresh storage has no records");
+    assert!(state.meta.is_empty(), "a fresh storage has no metadata");
+    assert_eq!(state.generation, 0);
+}
+
+/// Committed rows come back on load, from another handle too, and every
+/// commit bumps the generation.
+pub async fn commits_round_trip<F: StorageFactory>(factory: &F) {
+    let storage = factory.open("round-trip").await;
+    let receipt = storage
+        .commit(CommitBatch {
+            expected_generation: 0,
+            records: vec![
+                ("a".into(), vec![1, 2, 3]),
+                ("b".into(), vec![4]),
+                ("c".into(), vec![]),
+            ],
+            meta: vec![("k".into(), vec![9, 9])],
+            ..Default::default()
+        })
+        .await
+        .expect("first commit");
+    assert_eq!(receipt.generation, 1);
+    assert!(receipt.merged_records.is_empty());
+    let receipt = storage
+        .commit(CommitBatch {
+            expected_generation: 1,
+            records: vec![("b".into(), vec![5, 6])],
+            removed_records: vec!["c".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("second commit");
+    assert_eq!(receipt.generation, 2);
+
+    drop(storage);
+    let reopened = factory.open("round-trip").await;
+    let state = reopened.load().await.expect("load");
+    let mut records = state.records.clone();
+    records.sort();
+    assert_eq!(
+        records,
+        vec![("a".into(), vec![1, 2, 3]), ("b".into(), vec![5, 6])]
+    );
+    assert_eq!(state.meta.get("k"), Some(&vec![9, 9]));
+    assert_eq!(state.generation, 2);
+}
+
+/// A writer whose generation is stale merges its rows with what another
+/// writer stored instead of overwriting them.
+pub async fn stale_writers_merge_instead_of_overwriting<F: StorageFactory>(factory: &F) {
+    let first = factory.open("stale").await;
+    let second = factory.open("stale").await;
+
+    let mut tab_a = CrdtStore::new(ActorId::from_bytes([1; 16]));
+    let mut tab_b = CrdtStore::new(ActorId::from_bytes([2; 16]));
+    tab_a.put("x", doc(json!("from a")), 100);
+    tab_b.put("x", doc(json!("from b")), 200);
+    let row_a = tab_a.record("x").unwrap().to_bytes();
+    let row_b = tab_b.record("x").unwrap().to_bytes();
+    let vector_a = tab_a.version_vector().to_bytes();
+    let vector_b = tab_b.version_vector().to_bytes();
+
+    first
+        .commit(CommitBatch {
+            expected_generation: 0,
+            records: vec![("x".into(), row_a)],
+            meta: vec![(meta_keys::VERSION_VECTOR.into(), vector_a)],
+            ..Default::default()
+        })
+        .await
+        .expect("first writer commits");
+    // The second writer still believes generation 0.
+    let receipt = second
+        .commit(CommitBatch {
+            expected_generation: 0,
+            records: vec![("x".into(), row_b.clone())],
+            meta: vec![(meta_keys::VERSION_VECTOR.into(), vector_b)],
+            ..Default::default()
+        })
+        .await
+        .expect("second writer commits");
+    assert_eq!(receipt.generation, 2);
+    assert_eq!(receipt.merged_records.len(), 1, "the row was merged");
+
+    let state = factory.open("stale").await.load().await.expect("load");
+    let (_, stored) = state
+        .records
+        .iter()
+        .find(|(id, _)| id == "x")
+        .expect("row x");
+    let record = crate::crdt::Record::from_bytes(stored).expect("merged row decodes");
+    assert_eq!(record.versions().len(), 2, "both concurrent versions kept");
+    assert_eq!(record.data().unwrap().as_str(), "\"from b\"");
+    let vector = VersionVector::from_bytes(&state.meta[meta_keys::VERSION_VECTOR]).unwrap();
+    assert_eq!(vector.len(), 2, "version vectors merged pointwise");
+}
+
+/// Two open instances hold different actor slots; a released slot is
+/// reused.
+pub async fn slots_are_exclusive_and_reused<F: StorageFactory>(factory: &F) {
+    let first = factory.open("slots").await;
+    let second = factory.open("slots").await;
+    let lease_a = first.acquire_slot().await.expect("slot a");
+    let lease_b = second.acquire_slot().await.expect("slot b");
+    assert_ne!(lease_a.slot(), lease_b.slot(), "two holders, two slots");
+    let freed = lease_a.slot();
+    drop(lease_a);
+    // Releasing may complete asynchronously (Web Locks): retry briefly.
+    let mut reused = None;
+    for _ in 0..50 {
+        let lease = first.acquire_slot().await.expect("slot again");
+        if lease.slot() == freed {
+            reused = Some(lease);
+            break;
+        }
+        drop(lease);
+        crate::platform::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(reused.is_some(), "the released slot {freed} is taken again");
+    drop(lease_b);
+}
+
+/// A database's writes survive closing and reopening, with the same actor.
+pub async fn database_persists_across_reopen<F: StorageFactory>(factory: &F) {
+    let db = Database::open(factory.open("reopen").await, OpenOptions::default())
+        .await
+        .expect("open");
+    let actor = db.actor();
+    db.put("user:1", json!({"name": "Alice", "age": 30}))
+        .await
+        .unwrap();
+    db.put("user:2", json!({"name": "Bob"})).await.unwrap();
+    db.put_many((0..50).map(|i| (format!("bulk:{i:03}"), doc(json!({ "i": i })))))
+        .await
+        .unwrap();
+    assert!(db.delete("user:2").await.unwrap());
+    assert!(!db.delete("never-existed").await.unwrap());
+    let vector = db.version_vector();
+    db.close().await.unwrap();
+    assert!(matches!(
+        db.get("user:1"),
+        Err(Error::Storage(StorageError::Closed))
+    ));
+
+    let db = Database::open(factory.open("reopen").await, OpenOptions::default())
+        .await
+        .expect("reopen");
+    assert_eq!(db.actor(), actor, "slot 0 keeps its actor id");
+    assert_eq!(db.version_vector(), vector);
+    assert_eq!(
+        db.get("user:1").unwrap(),
+        Some(json!({"name": "Alice", "age": 30}))
+    );
+    assert_eq!(db.get("user:2").unwrap(), None);
+    let page = db
+        .list(&ListOptions {
+            prefix: "bulk:".into(),
+            limit: Some(20),
+            cursor: None,
+        })
+        .unwrap();
+    assert_eq!(page.items.len(), 20);
+    assert_eq!(page.next_cursor.as_deref(), Some("bulk:019"));
+    let rest = db
+        .list(&ListOptions {
+            prefix: "bulk:".into(),
+            limit: None,
+            cursor: page.next_cursor,
+        })
+        .unwrap();
+    assert_eq!(rest.items.len(), 30);
+    assert_eq!(rest.next_cursor, None);
+    // New writes continue the actor's sequence.
+    db.put("user:3", json!(3)).await.unwrap();
+    assert!(db.version_vector().get(&actor) > vector.get(&actor));
+    db.close().await.unwrap();
+}
+
+/// Two instances on one storage write under different actors and never
+/// lose each other's writes, even to the same id.
+pub async fn two_instances_never_lose_writes<F: StorageFactory>(factory: &F) {
+    let first = Database::open(factory.open("two").await, OpenOptions::default())
+        .await
+        .unwrap();
+    let second = Database::open(factory.open("two").await, OpenOptions::default())
+        .await
+        .unwrap();
+    assert_ne!(first.actor(), second.actor());
+    first.put("shared", json!("first")).await.unwrap();
+    second.put("shared", json!("second")).await.unwrap();
+    first.put("only-first", json!(1)).await.unwrap();
+    second.put("only-second", json!(2)).await.unwrap();
+    first.close().await.unwrap();
+    second.close().await.unwrap();
+
+    let db = Database::open(factory.open("two").await, OpenOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(db.get("only-first").unwrap(), Some(json!(1)));
+    assert_eq!(db.get("only-second").unwrap(), Some(json!(2)));
+    let record = db.record("shared").unwrap().expect("shared record");
+    let mut values: Vec<String> = record
+        .versions()
+        .iter()
+        .map(|v| v.data.as_ref().unwrap().as_str().to_owned())
+        .collect();
+    values.sort();
+    if values.len() == 1 {
+        // The second write saw the first (announced between instances) and
+        // superseded it: a causal overwrite, not a loss.
+        assert_eq!(values, vec!["\"second\"".to_owned()]);
+    } else {
+        assert_eq!(
+            values,
+            vec!["\"first\"".to_owned(), "\"second\"".to_owned()]
+        );
+    }
+    db.close().await.unwrap();
+}
+
+/// A database written by a newer format is refused with a clear error.
+pub async fn newer_format_is_refused<F: StorageFactory>(factory: &F) {
+    let storage = factory.open("newer").await;
+    storage
+        .commit(CommitBatch {
+            expected_generation: 0,
+            meta: vec![(
+                meta_keys::FORMAT.into(),
+                (FORMAT_VERSION + 1).to_le_bytes().to_vec(),
+            )],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let error = Database::open(storage, OpenOptions::default())
+        .await
+        .expect_err("a newer format must not open");
+    assert!(
+        matches!(error, Error::Storage(StorageError::FormatTooNew { found, .. }) if found == FORMAT_VERSION + 1),
+        "got {error:?}"
+    );
+    assert!(error.to_string().contains("upgrade PluresDB"));
+}
+
+/// A corrupt row is reported on access; every other row stays readable and
+/// writable, and the corrupt row can be overwritten.
+pub async fn corrupt_rows_are_reported_not_fatal<F: StorageFactory>(factory: &F) {
+    let db = Database::open(factory.open("corrupt").await, OpenOptions::default())
+        .await
+        .unwrap();
+    db.put("good", json!({"ok": true})).await.unwrap();
+    db.close().await.unwrap();
+    let storage = factory.open("corrupt").await;
+    let generation = storage.load().await.unwrap().generation;
+    storage
+        .commit(CommitBatch {
+            expected_generation: generation,
+            records: vec![("bad".into(), vec![1, 0xff, 0xff, 0xff, 0xff, 7])],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let db = Database::open(storage, OpenOptions::default())
+        .await
+        .expect("opens despite a corrupt row");
+    assert_eq!(db.get("good").unwrap(), Some(json!({"ok": true})));
+    let error = db.get("bad").expect_err("corrupt row is an error");
+    assert!(
+        matches!(error, Error::Storage(StorageError::Corrupt { ref key, .. }) if key == "bad"),
+        "got {error:?}"
+    );
+    db.put("bad", json!("repaired")).await.unwrap();
+    assert_eq!(db.get("bad").unwrap(), Some(json!("repaired")));
+    db.close().await.unwrap();
+}
+
+/// Generates one test function per conformance check for a backend:
+/// `storage_conformance_tests!(tokio::test, MyFactory::new())`.
+#[macro_export]
+macro_rules! storage_conformance_tests {
+    ($attribute:meta, $factory:expr) => {
+        $crate::storage_conformance_tests!(@each $attribute, $factory,
+            fresh_storage_is_empty,
+            commits_round_trip,
+            stale_writers_merge_instead_of_overwriting,
+            slots_are_exclusive_and_reused,
+            database_persists_across_reopen,
+            two_instances_never_lose_writes,
+            newer_format_is_refused,
+            corrupt_rows_are_reported_not_fatal,
+        );
+    };
+    (@each $attribute:meta, $factory:expr, $($check:ident,)*) => {
+        $(
+            #[$attribute]
+            async fn $check() {
+                let factory = $factory;
+                $crate::storage::conformance::$check(&factory).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,110 @@
+// Small promise adapters for IndexedDB, Web Locks and BroadcastChannel, used by
+// src/storage/indexeddb.rs. They use the global scope (Window, Worker or
+// ServiceWorker), never `window`. All logic stays in Rust; these only turn
+// events into promises.
+
+export function hasIndexedDb() {
+  return typeof globalThis.indexedDB !== 'undefined' && globalThis.indexedDB !== null;
+}
+
+// Opens (and creates or upgrades) a database. `upgrade(db, oldVersion, tx)` runs
+// inside the versionchange transaction. Rejects with the DOMException; a
+// blocked upgrade rejects with a DOMException named 'UpgradeBlockedError'
+// after `blockedTimeoutMs`.
+export function openDatabase(name, version, upgrade, blockedTimeoutMs) {
+  return new Promise((resolve, reject) => {
+    let request;
+    try {
+      request = globalThis.indexedDB.open(name, version);
+    } catch (error) {
+      reject(error);
+      return;
+    }
+    let blockedTimer = null;
+    request.onupgradeneeded = (event) => {
+      try {
+        upgrade(request.result, event.oldVersion, request.transaction);
+      } catch (error) {
+        request.transaction.abort();
+        reject(error);
+      }
+    };
+    request.onblocked = () => {
+      blockedTimer = setTimeout(() => {
+        reject(new DOMException(
+          'the upgrade is blocked by another open connection', 'UpgradeBlockedError'));
+      }, blockedTimeoutMs);
+    };
+    request.onsuccess = () => {
+      if (blockedTimer !== null) clearTimeout(blockedTimer);
+      resolve(request.result);
+    };
+    request.onerror = () => {
+      if (blockedTimer !== null) clearTimeout(blockedTimer);
+      reject(request.error);
+    };
+  });
+}
+
+export function deleteDatabase(name) {
+  return new Promise((resolve, reject) => {
+    const request = globalThis.indexedDB.deleteDatabase(name);
+    request.onsuccess = () => resolve();
+    request.onerror = () => reject(request.error);
+    request.onblocked = () => {};
+  });
+}
+
+export function requestPromise(request) {
+  return new Promise((resolve, reject) => {
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+}
+
+export function transactionPromise(transaction) {
+  return new Promise((resolve, reject) => {
+    transaction.oncomplete = () => resolve();
+    transaction.onabort = () => reject(
+      transaction.error ?? new DOMException('the transaction was aborted', 'AbortError'));
+  });
+}
+
+// Reads a whole store as [keys, values] in key order, in one transaction
+// together with the other stores read by the same call.
+export function readStores(db, names) {
+  const transaction = db.transaction(names, 'readonly');
+  return Promise.all(names.map((name) => {
+    const store = transaction.objectStore(name);
+    return Promise.all([requestPromise(store.getAllKeys()), requestPromise(store.getAll())]);
+  }));
+}
+
+// Takes the first free lock named `${prefix}${n}`, n = 0, 1, 2, ...; resolves
+// to [n, release] where calling release() frees the lock. Without the Web
+// Locks API resolves to [0, () => {}].
+export async function acquireSlotLock(prefix) {
+  const locks = globalThis.navigator && globalThis.navigator.locks;
+  if (!locks) return [0, () => {}];
+  for (let n = 0; ; n++) {
+    const release = await new Promise((resolve, reject) => {
+      locks.request(`${prefix}${n}`, { ifAvailable: true }, (lock) => {
+        if (!lock) {
+          resolve(null);
+          return undefined;
+        }
+        return new Promise((done) => resolve(done));
+      }).catch(reject);
+    });
+    if (release) return [n, release];
+  }
+}
+
+export function openChannel(name, onMessage) {
+  if (typeof globalThis.BroadcastChannel === 'undefined') return null;
+  const channel = new BroadcastChannel(name);
+  channel.onmessage = (event) => {
+    if (event.data instanceof Uint8Array) onMessage(event.data);
+  };
+  return channel;
+}

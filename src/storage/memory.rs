@@ -1,0 +1,159 @@
+//! In-memory storage: nothing survives the process, everything else behaves
+//! like a durable backend (atomic commits, generations, read-merge, slots).
+//! Clones share the same data, like two connections to one database.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use super::{
+    merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedState, SlotLease, Storage,
+};
+use crate::error::StorageError;
+
+#[derive(Debug, Default)]
+struct MemoryData {
+    generation: u64,
+    records: BTreeMap<String, Vec<u8>>,
+    meta: BTreeMap<String, Vec<u8>>,
+    held_slots: BTreeSet<u32>,
+    /// When set, commits fail with this error (for failure-path tests).
+    fail_commits_with: Option<StorageError>,
+}
+
+/// Storage in process memory.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStorage {
+    data: Arc<Mutex<MemoryData>>,
+}
+
+impl MemoryStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn data(&self) -> std::sync::MutexGuard<'_, MemoryData> {
+        // A panic while holding this lock leaves plain maps behind, which are
+        // still consistent, so a poisoned lock is safe to reuse.
+        self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes every later commit fail with `error` (or succeed again with
+    /// `None`): lets tests exercise quota and I/O failures.
+    pub fn fail_commits_with(&self, error: Option<StorageError>) {
+        self.data().fail_commits_with = error;
+    }
+
+    /// The stored bytes of one record row.
+    pub fn raw_record(&self, id: &str) -> Option<Vec<u8>> {
+        self.data().records.get(id).cloned()
+    }
+
+    /// Overwrites one record row with raw bytes (for corruption tests).
+    pub fn put_raw_record(&self, id: &str, bytes: Vec<u8>) {
+        let mut data = self.data();
+        data.records.insert(id.to_owned(), bytes);
+        data.generation += 1;
+    }
+
+    /// Overwrites one metadata row with raw bytes (for format tests).
+    pub fn put_raw_meta(&self, key: &str, bytes: Vec<u8>) {
+        let mut data = self.data();
+        data.meta.insert(key.to_owned(), bytes);
+        data.generation += 1;
+    }
+}
+
+struct SlotGuard {
+    storage: MemoryStorage,
+    slot: u32,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.storage.data().held_slots.remove(&self.slot);
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+
+    async fn acquire_slot(&self) -> Result<SlotLease, StorageError> {
+        let slot = {
+            let mut data = self.data();
+            let slot = (0..).find(|n| !data.held_slots.contains(n)).unwrap_or(0);
+            data.held_slots.insert(slot);
+            slot
+        };
+        let guard = SlotGuard {
+            storage: self.clone(),
+            slot,
+        };
+        Ok(SlotLease::new(slot, Box::new(guard)))
+    }
+
+    async fn load(&self) -> Result<LoadedState, StorageError> {
+        let data = self.data();
+        Ok(LoadedState {
+            generation: data.generation,
+            records: data
+                .records
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            meta: data.meta.clone(),
+        })
+    }
+
+    async fn commit(&self, batch: CommitBatch) -> Result<CommitReceipt, StorageError> {
+        let mut data = self.data();
+        if let Some(error) = &data.fail_commits_with {
+            return Err(error.clone());
+        }
+        let stale = data.generation != batch.expected_generation;
+        // Compute everything first so a corrupt stored row fails the whole
+        // commit before anything is written.
+        let mut merged_records = Vec::new();
+        let mut record_rows = Vec::with_capacity(batch.records.len());
+        for (id, bytes) in batch.records {
+            let row = match (stale, data.records.get(&id)) {
+                (true, Some(stored)) => {
+                    let merged = merge_record_rows(&id, stored, &bytes)?;
+                    if merged != bytes {
+                        merged_records.push((id.clone(), merged.clone()));
+                    }
+                    merged
+                }
+                _ => bytes,
+            };
+            record_rows.push((id, row));
+        }
+        let meta_rows: Vec<(String, Vec<u8>)> = batch
+            .meta
+            .into_iter()
+            .map(|(key, value)| match (stale, data.meta.get(&key)) {
+                (true, Some(stored)) => {
+                    let merged = merge_meta_rows(&key, stored, &value);
+                    (key, merged)
+                }
+                _ => (key, value),
+            })
+            .collect();
+        for (id, row) in record_rows {
+            data.records.insert(id, row);
+        }
+        for id in batch.removed_records {
+            data.records.remove(&id);
+        }
+        for (key, value) in meta_rows {
+            data.meta.insert(key, value);
+        }
+        data.generation += 1;
+        Ok(CommitReceipt {
+            generation: data.generation,
+            merged_records,
+        })
+    }
+}

@@ -1,0 +1,237 @@
+//! Durable storage: the [`Storage`] trait and its backends (memory always;
+//! SQLite natively; IndexedDB on wasm32).
+//!
+//! A backend stores three keyed collections of opaque bytes: records (key =
+//! record id, value = the record encoding from [`crate::crdt`]), metadata
+//! (format version, version vector, HLC, actor slots) and vector-index
+//! segments. It knows nothing of the CRDT except one thing: when another
+//! writer (another tab, another process) committed since this instance last
+//! did, the backend merges the rows it is about to overwrite with what is
+//! stored, inside the same transaction, so no writer ever erases another's
+//! concurrent version. The *generation* counter, bumped by every commit,
+//! tells the backend whether that read-merge is needed; a lone writer never
+//! pays for it.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use crate::codec::Reader;
+use crate::crdt::{Hlc, Record, VersionVector};
+use crate::error::StorageError;
+use crate::platform::{MaybeSend, MaybeSync};
+
+#[cfg(target_arch = "wasm32")]
+pub mod indexeddb;
+pub mod memory;
+
+#[cfg(target_arch = "wasm32")]
+pub use indexeddb::IndexedDbStorage;
+pub use memory::MemoryStorage;
+
+/// The on-disk format version this build writes. Databases with an older
+/// format are migrated on open; newer ones are refused.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Metadata keys.
+pub mod meta_keys {
+    /// `u32` format version.
+    pub const FORMAT: &str = "format";
+    /// The store's version vector.
+    pub const VERSION_VECTOR: &str = "vv";
+    /// The greatest HLC issued or seen.
+    pub const HLC: &str = "hlc";
+    /// Prefix of actor-slot keys: `slot/<n>` holds that slot's actor id.
+    pub const SLOT_PREFIX: &str = "slot/";
+    /// The database's sync identity (id and secret), once sync is set up.
+    pub const SYNC_IDENTITY: &str = "sync";
+
+    /// The metadata key of actor slot `slot`.
+    pub fn slot(slot: u32) -> String {
+        format!("{SLOT_PREFIX}{slot}")
+    }
+}
+
+/// Everything a backend holds, as read on open.
+#[derive(Debug, Default, Clone)]
+pub struct LoadedState {
+    /// Commit counter; pass it back as [`CommitBatch::expected_generation`].
+    pub generation: u64,
+    /// Record rows `(id, encoded record)`, in any order.
+    pub records: Vec<(String, Vec<u8>)>,
+    /// Metadata rows.
+    pub meta: BTreeMap<String, Vec<u8>>,
+}
+
+/// One atomic write.
+#[derive(Debug, Default, Clone)]
+pub struct CommitBatch {
+    /// The generation this writer last saw; when the stored one differs,
+    /// rows are read-merged before writing.
+    pub expected_generation: u64,
+    /// Record rows to write `(id, encoded record)`.
+    pub records: Vec<(String, Vec<u8>)>,
+    /// Record ids to remove (tombstone compaction).
+    pub removed_records: Vec<String>,
+    /// Metadata rows to write; mergeable keys (version vector, HLC) are
+    /// merged with the stored value on a stale generation.
+    pub meta: Vec<(String, Vec<u8>)>,
+}
+
+impl CommitBatch {
+    /// Total payload bytes, for size accounting.
+    pub fn byte_len(&self) -> usize {
+        self.records
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .chain(self.meta.iter().map(|(k, v)| k.len() + v.len()))
+            .sum()
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Default, Clone)]
+pub struct CommitReceipt {
+    /// The generation after this commit.
+    pub generation: u64,
+    /// Rows whose stored value differs from what the batch carried because
+    /// another writer's concurrent versions were merged in: `(id, stored)`.
+    pub merged_records: Vec<(String, Vec<u8>)>,
+}
+
+/// A held actor slot; dropping the lease releases the slot.
+pub struct SlotLease {
+    slot: u32,
+    _guard: Box<dyn MaybeSend>,
+}
+
+impl SlotLease {
+    /// A lease on `slot`, released when `guard` is dropped.
+    pub fn new(slot: u32, guard: Box<dyn MaybeSend>) -> Self {
+        Self {
+            slot,
+            _guard: guard,
+        }
+    }
+
+    /// The slot number.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+}
+
+impl std::fmt::Debug for SlotLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotLease")
+            .field("slot", &self.slot)
+            .finish()
+    }
+}
+
+/// A durable home for one database.
+///
+/// Futures are `Send` natively and need not be on wasm32.
+pub trait Storage: MaybeSend + MaybeSync + 'static {
+    /// A short description for logs and `status` ("sqlite:/path", ...).
+    fn describe(&self) -> String;
+
+    /// Takes an actor slot that no other open instance of this database
+    /// holds. Slots are reused after their holder closes, which keeps the
+    /// number of actors bounded by the number of instances open at once.
+    fn acquire_slot(&self) -> impl Future<Output = Result<SlotLease, StorageError>> + MaybeSend;
+
+    /// Reads everything persisted.
+    fn load(&self) -> impl Future<Output = Result<LoadedState, StorageError>> + MaybeSend;
+
+    /// Writes `batch` atomically: all of it or nothing.
+    fn commit(
+        &self,
+        batch: CommitBatch,
+    ) -> impl Future<Output = Result<CommitReceipt, StorageError>> + MaybeSend;
+
+    /// Tells other open instances of this database (other tabs) about a
+    /// committed batch of operations. Backends without such instances do
+    /// nothing.
+    fn announce(&self, _operations: &[crate::crdt::CrdtOperation]) {}
+
+    /// Batches announced by other open instances, already durable, to apply
+    /// to memory. Called once, on open; `None` when there are none.
+    fn announcements(&self) -> Option<futures::channel::mpsc::UnboundedReceiver<Vec<u8>>> {
+        None
+    }
+}
+
+/// Merges a record row about to be written with the stored row of another
+/// writer. Used by every backend on a stale generation.
+pub fn merge_record_rows(id: &str, stored: &[u8], ours: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let corrupt = |reason: String| StorageError::Corrupt {
+        store: "records".into(),
+        key: id.to_owned(),
+        reason,
+    };
+    let mut merged = Record::from_bytes(stored).map_err(|e| corrupt(e.to_string()))?;
+    let ours = Record::from_bytes(ours).map_err(|e| corrupt(e.to_string()))?;
+    merged.merge(&ours);
+    Ok(merged.to_bytes())
+}
+
+/// Merges a metadata row with the stored value on a stale generation:
+/// version vectors by pointwise maximum, HLCs by maximum, anything else is
+/// overwritten (slot ids and identities are written once).
+pub fn merge_meta_rows(key: &str, stored: &[u8], ours: &[u8]) -> Vec<u8> {
+    match key {
+        meta_keys::VERSION_VECTOR => {
+            match (
+                VersionVector::from_bytes(stored),
+                VersionVector::from_bytes(ours),
+            ) {
+                (Ok(mut stored), Ok(ours)) => {
+                    stored.merge(&ours);
+                    stored.to_bytes()
+                }
+                _ => ours.to_vec(),
+            }
+        }
+        meta_keys::HLC => match (decode_hlc(stored), decode_hlc(ours)) {
+            (Ok(stored), Ok(ours_hlc)) if stored > ours_hlc => encode_hlc(stored),
+            _ => ours.to_vec(),
+        },
+        _ => ours.to_vec(),
+    }
+}
+
+/// Encodes an HLC metadata value.
+pub fn encode_hlc(hlc: Hlc) -> Vec<u8> {
+    let mut writer = crate::codec::Writer::with_capacity(Hlc::LEN);
+    writer.u64(hlc.wall_ms).u32(hlc.logical);
+    writer.finish()
+}
+
+/// Decodes an HLC metadata value.
+pub fn decode_hlc(bytes: &[u8]) -> Result<Hlc, crate::error::DecodeError> {
+    let mut reader = Reader::new(bytes);
+    let hlc = Hlc {
+        wall_ms: reader.u64()?,
+        logical: reader.u32()?,
+    };
+    reader.finish()?;
+    Ok(hlc)
+}
+
+/// Encodes the format-version metadata value.
+pub fn encode_format(version: u32) -> Vec<u8> {
+    version.to_le_bytes().to_vec()
+}
+
+/// Decodes the format-version metadata value.
+pub fn decode_format(bytes: &[u8]) -> Result<u32, StorageError> {
+    let array: [u8; 4] = bytes.try_into().map_err(|_| StorageError::Corrupt {
+        store: "meta".into(),
+        key: meta_keys::FORMAT.into(),
+        reason: format!("expected 4 bytes, found {}", bytes.len()),
+    })?;
+    Ok(u32::from_le_bytes(array))
+}
+
+/// Backend-independent checks that every [`Storage`] must pass.
+#[doc(hidden)]
+pub mod conformance;

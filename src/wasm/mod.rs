@@ -1,0 +1,319 @@
+//! The JavaScript API (wasm32): a thin `#[wasm_bindgen]` layer over
+//! [`Database`]. Names are camelCase; records cross as plain objects (JSON
+//! text on the Rust side, `JSON.parse` on the way out); every error is a JS
+//! `Error` with a stable `name`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use js_sys::{Array, Object, Promise, Reflect};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::future_to_promise;
+
+use crate::crdt::Document;
+use crate::error::{Error, InputError};
+use crate::storage::{IndexedDbStorage, MemoryStorage};
+use crate::{Database, ListOptions, OpenOptions};
+
+mod storage_choice;
+
+pub use storage_choice::BrowserStorage;
+
+#[wasm_bindgen(module = "/src/wasm/json.js")]
+extern "C" {
+    #[wasm_bindgen(js_name = toJsonText, catch)]
+    fn to_json_text(value: &JsValue) -> Result<String, JsValue>;
+    #[wasm_bindgen(js_name = makeError)]
+    fn make_error(name: &str, message: &str) -> JsValue;
+}
+
+/// Set by the panic hook: after a panic the module's memory may hold broken
+/// invariants, so every later call fails loudly instead of misbehaving.
+static POISONED: AtomicBool = AtomicBool::new(false);
+
+#[wasm_bindgen(start)]
+fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        POISONED.store(true, Ordering::SeqCst);
+        console_error_panic_hook::hook(info);
+    }));
+}
+
+fn poisoned_error() -> JsValue {
+    make_error(
+        "PluresDBError",
+        "PluresDB hit an internal error (a panic, logged to the console) and this \
+         instance is unusable; reload the page or restart the worker. Your committed \
+         data is safe.",
+    )
+}
+
+/// Converts a PluresDB error into a JS `Error` with a stable `name`.
+pub(crate) fn to_js_error(error: &Error) -> JsValue {
+    make_error(error.name().as_str(), &error.to_string())
+}
+
+fn invalid_input(message: impl Into<String>) -> JsValue {
+    to_js_error(&Error::Input(InputError::InvalidArgument(message.into())))
+}
+
+fn check_usable() -> Result<(), JsValue> {
+    if POISONED.load(Ordering::SeqCst) {
+        Err(poisoned_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn document_from_js(value: &JsValue) -> Result<Document, JsValue> {
+    let text = to_json_text(value)?;
+    Document::parse(&text).map_err(|e| to_js_error(&e.into()))
+}
+
+fn document_to_js(document: &Document) -> Result<JsValue, JsValue> {
+    js_sys::JSON::parse(document.as_str())
+}
+
+fn string_option(options: &JsValue, key: &str) -> Result<Option<String>, JsValue> {
+    if options.is_undefined() || options.is_null() {
+        return Ok(None);
+    }
+    let value = Reflect::get(options, &JsValue::from_str(key))?;
+    if value.is_undefined() || value.is_null() {
+        return Ok(None);
+    }
+    value
+        .as_string()
+        .map(Some)
+        .ok_or_else(|| invalid_input(format!("option `{key}` must be a string")))
+}
+
+fn number_option(options: &JsValue, key: &str) -> Result<Option<f64>, JsValue> {
+    if options.is_undefined() || options.is_null() {
+        return Ok(None);
+    }
+    let value = Reflect::get(options, &JsValue::from_str(key))?;
+    if value.is_undefined() || value.is_null() {
+        return Ok(None);
+    }
+    value
+        .as_f64()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .map(Some)
+        .ok_or_else(|| invalid_input(format!("option `{key}` must be a non-negative number")))
+}
+
+fn spawn_promise<F>(future: F) -> Promise
+where
+    F: std::future::Future<Output = Result<JsValue, JsValue>> + 'static,
+{
+    future_to_promise(async move {
+        check_usable()?;
+        future.await
+    })
+}
+
+/// A PluresDB database in the browser (IndexedDB) or in Node (memory).
+#[wasm_bindgen]
+pub struct PluresDB {
+    name: String,
+    db: Database<BrowserStorage>,
+}
+
+#[wasm_bindgen]
+impl PluresDB {
+    /// Opens (or creates) the database `name`. Options:
+    /// `{ storage?: 'indexeddb' | 'memory' }` (IndexedDB when the global
+    /// scope has it, memory otherwise).
+    #[wasm_bindgen(unchecked_return_type = "Promise<PluresDB>")]
+    pub fn open(
+        name: String,
+        #[wasm_bindgen(unchecked_param_type = "OpenOptions")] options: JsValue,
+    ) -> Promise {
+        spawn_promise(async move {
+            if name.is_empty() {
+                return Err(invalid_input("a database name must not be empty"));
+            }
+            let storage = match string_option(&options, "storage")?.as_deref() {
+                Some("memory") => BrowserStorage::Memory(MemoryStorage::new()),
+                Some("indexeddb") => BrowserStorage::IndexedDb(
+                    IndexedDbStorage::open(&name)
+                        .await
+                        .map_err(|e| to_js_error(&e.into()))?,
+                ),
+                None if IndexedDbStorage::is_available() => BrowserStorage::IndexedDb(
+                    IndexedDbStorage::open(&name)
+                        .await
+                        .map_err(|e| to_js_error(&e.into()))?,
+                ),
+                None => BrowserStorage::Memory(MemoryStorage::new()),
+                Some(other) => {
+                    return Err(invalid_input(format!(
+                        "unknown storage `{other}`: use 'indexeddb' or 'memory'"
+                    )))
+                }
+            };
+            let db = Database::open(storage, OpenOptions::default())
+                .await
+                .map_err(|e| to_js_error(&e))?;
+            Ok(PluresDB { name, db }.into())
+        })
+    }
+
+    /// The database name.
+    #[wasm_bindgen(getter)]
+    pub fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    /// Where the data lives: `'indexeddb'` or `'memory'`.
+    #[wasm_bindgen(getter, js_name = storageKind)]
+    pub fn storage_kind(&self) -> String {
+        match self.db.storage() {
+            BrowserStorage::Memory(_) => "memory".into(),
+            BrowserStorage::IndexedDb(_) => "indexeddb".into(),
+        }
+    }
+
+    /// Stores `data` (any JSON value) under `id`; resolves once durable.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn put(&self, id: String, data: JsValue) -> Promise {
+        let db = self.db.clone();
+        let document = document_from_js(&data);
+        spawn_promise(async move {
+            db.put_document(&id, document?, None)
+                .await
+                .map_err(|e| to_js_error(&e))?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Stores many `[id, data]` pairs or `{ id, data }` objects in one
+    /// transaction: all or nothing.
+    #[wasm_bindgen(js_name = putMany, unchecked_return_type = "Promise<void>")]
+    pub fn put_many(
+        &self,
+        #[wasm_bindgen(
+            unchecked_param_type = "Array<[string, unknown] | { id: string, data: unknown }>"
+        )]
+        entries: JsValue,
+    ) -> Promise {
+        let db = self.db.clone();
+        let parsed = parse_entries(&entries);
+        spawn_promise(async move {
+            db.put_many(parsed?).await.map_err(|e| to_js_error(&e))?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// The data under `id`, or `undefined` when absent or deleted.
+    #[wasm_bindgen(unchecked_return_type = "Promise<unknown>")]
+    pub fn get(&self, id: String) -> Promise {
+        let db = self.db.clone();
+        spawn_promise(async move {
+            match db.get_document(&id).map_err(|e| to_js_error(&e))? {
+                Some(document) => document_to_js(&document),
+                None => Ok(JsValue::UNDEFINED),
+            }
+        })
+    }
+
+    /// Deletes `id`; resolves to whether there was anything to delete.
+    #[wasm_bindgen(unchecked_return_type = "Promise<boolean>")]
+    pub fn delete(&self, id: String) -> Promise {
+        let db = self.db.clone();
+        spawn_promise(async move {
+            let deleted = db.delete(&id).await.map_err(|e| to_js_error(&e))?;
+            Ok(JsValue::from_bool(deleted))
+        })
+    }
+
+    /// Lists live records in id order: `{ prefix?, limit?, cursor? }` →
+    /// `{ items: [{ id, data }], nextCursor }`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<ListPage>")]
+    pub fn list(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "ListOptions")] options: JsValue,
+    ) -> Promise {
+        let db = self.db.clone();
+        spawn_promise(async move {
+            let list_options = ListOptions {
+                prefix: string_option(&options, "prefix")?.unwrap_or_default(),
+                limit: number_option(&options, "limit")?.map(|n| n as usize),
+                cursor: string_option(&options, "cursor")?,
+            };
+            let page = db.list(&list_options).map_err(|e| to_js_error(&e))?;
+            let items = Array::new();
+            for (id, document) in &page.items {
+                let item = Object::new();
+                Reflect::set(&item, &"id".into(), &JsValue::from_str(id))?;
+                Reflect::set(&item, &"data".into(), &document_to_js(document)?)?;
+                items.push(&item);
+            }
+            let result = Object::new();
+            Reflect::set(&result, &"items".into(), &items)?;
+            let cursor = page
+                .next_cursor
+                .map(|c| JsValue::from_str(&c))
+                .unwrap_or(JsValue::NULL);
+            Reflect::set(&result, &"nextCursor".into(), &cursor)?;
+            Ok(result.into())
+        })
+    }
+
+    /// Waits for pending writes, then closes the database.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn close(&self) -> Promise {
+        let db = self.db.clone();
+        spawn_promise(async move {
+            db.close().await.map_err(|e| to_js_error(&e))?;
+            if let BrowserStorage::IndexedDb(storage) = db.storage() {
+                storage.close();
+            }
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Closes the database and deletes all of its data.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn destroy(&self) -> Promise {
+        let db = self.db.clone();
+        let name = self.name.clone();
+        spawn_promise(async move {
+            db.close().await.map_err(|e| to_js_error(&e))?;
+            if let BrowserStorage::IndexedDb(storage) = db.storage() {
+                storage.close();
+                IndexedDbStorage::destroy(&name)
+                    .await
+                    .map_err(|e| to_js_error(&e.into()))?;
+            }
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+}
+
+fn parse_entries(entries: &JsValue) -> Result<Vec<(String, Document)>, JsValue> {
+    let array = entries
+        .dyn_ref::<Array>()
+        .ok_or_else(|| invalid_input("putMany takes an array of [id, data] or { id, data }"))?;
+    let mut parsed = Vec::with_capacity(array.length() as usize);
+    for (index, entry) in array.iter().enumerate() {
+        let (id, data) = if let Some(pair) = entry.dyn_ref::<Array>() {
+            (pair.get(0), pair.get(1))
+        } else if entry.is_object() {
+            (
+                Reflect::get(&entry, &"id".into())?,
+                Reflect::get(&entry, &"data".into())?,
+            )
+        } else {
+            return Err(invalid_input(format!(
+                "putMany entry {index} is neither [id, data] nor {{ id, data }}"
+            )));
+        };
+        let id = id
+            .as_string()
+            .ok_or_else(|| invalid_input(format!("putMany entry {index} has no string id")))?;
+        parsed.push((id, document_from_js(&data)?));
+    }
+    Ok(parsed)
+}

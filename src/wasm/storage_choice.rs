@@ -1,0 +1,59 @@
+//! The storage a browser database runs on, chosen at open time.
+
+use crate::crdt::CrdtOperation;
+use crate::error::StorageError;
+use crate::storage::{
+    CommitBatch, CommitReceipt, IndexedDbStorage, LoadedState, MemoryStorage, SlotLease, Storage,
+};
+
+/// IndexedDB in browsers and workers, memory elsewhere (Node) or on request.
+pub enum BrowserStorage {
+    /// Nothing persists.
+    Memory(MemoryStorage),
+    /// Persisted in IndexedDB.
+    IndexedDb(IndexedDbStorage),
+}
+
+impl Storage for BrowserStorage {
+    fn describe(&self) -> String {
+        match self {
+            Self::Memory(s) => s.describe(),
+            Self::IndexedDb(s) => s.describe(),
+        }
+    }
+
+    async fn acquire_slot(&self) -> Result<SlotLease, StorageError> {
+        match self {
+            Self::Memory(s) => s.acquire_slot().await,
+            Self::IndexedDb(s) => s.acquire_slot().await,
+        }
+    }
+
+    async fn load(&self) -> Result<LoadedState, StorageError> {
+        match self {
+            Self::Memory(s) => s.load().await,
+            Self::IndexedDb(s) => s.load().await,
+        }
+    }
+
+    async fn commit(&self, batch: CommitBatch) -> Result<CommitReceipt, StorageError> {
+        match self {
+            Self::Memory(s) => s.commit(batch).await,
+            Self::IndexedDb(s) => s.commit(batch).await,
+        }
+    }
+
+    fn announce(&self, operations: &[CrdtOperation]) {
+        match self {
+            Self::Memory(s) => s.announce(operations),
+            Self::IndexedDb(s) => s.announce(operations),
+        }
+    }
+
+    fn announcements(&self) -> Option<futures::channel::mpsc::UnboundedReceiver<Vec<u8>>> {
+        match self {
+            Self::Memory(s) => s.announcements(),
+            Self::IndexedDb(s) => s.announcements(),
+        }
+    }
+}

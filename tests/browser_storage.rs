@@ -1,0 +1,70 @@
+//! The storage conformance suite in headless Chromium, on IndexedDB and on
+//! memory. Each run uses fresh database names.
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use pluresdb::storage::conformance::StorageFactory;
+use pluresdb::storage::{IndexedDbStorage, MemoryStorage};
+use wasm_bindgen_test::wasm_bindgen_test_configure;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+/// IndexedDB databases named `<run>-<name>`, where `run` is unique per test.
+struct IndexedDbFactory {
+    run: String,
+}
+
+impl IndexedDbFactory {
+    fn new() -> Self {
+        let mut bytes = [0u8; 8];
+        pluresdb::platform::fill_random(&mut bytes);
+        Self {
+            run: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+}
+
+impl StorageFactory for IndexedDbFactory {
+    type Storage = IndexedDbStorage;
+
+    async fn open(&self, name: &str) -> IndexedDbStorage {
+        IndexedDbStorage::open(&format!("{}-{name}", self.run))
+            .await
+            .expect("IndexedDB opens")
+    }
+}
+
+#[derive(Default)]
+struct MemoryFactory {
+    storages: RefCell<HashMap<String, MemoryStorage>>,
+}
+
+impl StorageFactory for MemoryFactory {
+    type Storage = MemoryStorage;
+
+    async fn open(&self, name: &str) -> MemoryStorage {
+        self.storages
+            .borrow_mut()
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+}
+
+mod indexeddb {
+    use super::*;
+    pluresdb::storage_conformance_tests!(
+        wasm_bindgen_test::wasm_bindgen_test,
+        IndexedDbFactory::new()
+    );
+}
+
+mod memory {
+    use super::*;
+    pluresdb::storage_conformance_tests!(
+        wasm_bindgen_test::wasm_bindgen_test,
+        MemoryFactory::default()
+    );
+}

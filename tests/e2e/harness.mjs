@@ -1,0 +1,65 @@
+// Shared pieces of the end-to-end tests: the native `pluresdb serve` server
+// on a free loopback port, and Debian's Chromium driven by playwright-core.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const root = fileURLToPath(new URL('../../', import.meta.url));
+
+/** Starts `pluresdb serve` on 127.0.0.1 with a free port; resolves to { url, stop }. */
+export async function startServer(extraArgs = []) {
+  const binary = process.env.PLURESDB_BIN ?? join(root, 'target', 'debug', 'pluresdb');
+  const child = spawn(binary, ['serve', '--port', '0', ...extraArgs], {
+    cwd: root,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (chunk) => { stderr += chunk; });
+  const url = await new Promise((resolve, reject) => {
+    let stdout = '';
+    const timer = setTimeout(() => reject(new Error(`server did not start: ${stderr}`)), 20_000);
+    child.stdout.on('data', (chunk) => {
+      stdout += chunk;
+      const match = stdout.match(/serving on (http:\/\/\S+)/);
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1].replace(/\/$/, ''));
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`server exited with ${code}: ${stderr}`)));
+  });
+  return {
+    url,
+    child,
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.kill('SIGTERM');
+      await new Promise((resolve) => child.once('exit', resolve));
+    },
+  };
+}
+
+/** Launches headless Chromium with a fresh profile; resolves to { browser, context, close }. */
+export async function launchBrowser({ userDataDir } = {}) {
+  const profile = userDataDir ?? mkdtempSync(join(tmpdir(), 'pluresdb-e2e-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    args: [
+      '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--no-first-run',
+    ],
+  });
+  return {
+    context,
+    profile,
+    async close({ keepProfile = false } = {}) {
+      await context.close();
+      if (!keepProfile && !userDataDir) rmSync(profile, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,88 @@
+// The npm package in Node (memory storage): the JavaScript API end to end.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import init, { PluresDB } from '../../pkg/node.js';
+
+await init();
+
+test('opens in memory under Node', async () => {
+  const db = await PluresDB.open('node-open');
+  assert.equal(db.name, 'node-open');
+  assert.equal(db.storageKind, 'memory');
+  await db.close();
+});
+
+test('put, get, delete round-trip plain JSON', async () => {
+  const db = await PluresDB.open('node-crud');
+  const value = { name: 'Alice', tags: ['a', 'b'], nested: { n: 1.5, ok: true, none: null } };
+  await db.put('user:1', value);
+  assert.deepEqual(await db.get('user:1'), value);
+  assert.equal(await db.get('missing'), undefined);
+  assert.equal(await db.delete('user:1'), true);
+  assert.equal(await db.get('user:1'), undefined);
+  assert.equal(await db.delete('user:1'), false);
+  await db.close();
+});
+
+test('putMany and list with prefix, limit and cursor', async () => {
+  const db = await PluresDB.open('node-list');
+  await db.putMany([
+    ['b:2', 2],
+    ['a:1', 1],
+    { id: 'b:1', data: { one: 1 } },
+    ['b:3', [3]],
+  ]);
+  const first = await db.list({ prefix: 'b:', limit: 2 });
+  assert.deepEqual(first.items, [{ id: 'b:1', data: { one: 1 } }, { id: 'b:2', data: 2 }]);
+  assert.equal(first.nextCursor, 'b:2');
+  const rest = await db.list({ prefix: 'b:', cursor: first.nextCursor });
+  assert.deepEqual(rest.items, [{ id: 'b:3', data: [3] }]);
+  assert.equal(rest.nextCursor, null);
+  assert.equal((await db.list()).items.length, 4);
+  await db.close();
+});
+
+test('values that are not JSON are rejected with InvalidInputError', async () => {
+  const db = await PluresDB.open('node-invalid');
+  const cyclic = { a: 1 };
+  cyclic.self = cyclic;
+  const cases = [
+    [{ when: new Date() }, /Date/],
+    [{ missing: undefined }, /undefined/],
+    [{ fn() {} }, /function/],
+    [{ n: NaN }, /finite/],
+    [{ n: Infinity }, /finite/],
+    [new Map([[1, 2]]), /Map/],
+    [cyclic, /cycle/],
+    [10n, /BigInt/],
+    [[1, , 3], /sparse/], // eslint-disable-line no-sparse-arrays
+  ];
+  for (const [value, pattern] of cases) {
+    await assert.rejects(db.put('x', value), (error) => {
+      assert.equal(error.name, 'InvalidInputError');
+      assert.match(error.message, pattern);
+      return true;
+    });
+  }
+  assert.equal(await db.get('x'), undefined, 'nothing was stored');
+  await db.close();
+});
+
+test('bad ids and arguments are typed errors', async () => {
+  const db = await PluresDB.open('node-bad-args');
+  await assert.rejects(db.put('', 1), { name: 'InvalidInputError', message: /empty/ });
+  await assert.rejects(db.put('a'.repeat(2000), 1), { name: 'InvalidInputError', message: /1024/ });
+  await assert.rejects(db.putMany('nope'), { name: 'InvalidInputError' });
+  await assert.rejects(db.putMany([[1, 2]]), { name: 'InvalidInputError', message: /string id/ });
+  await assert.rejects(db.list({ limit: -1 }), { name: 'InvalidInputError' });
+  await assert.rejects(PluresDB.open('x', { storage: 'floppy' }), { name: 'InvalidInputError' });
+  await db.close();
+});
+
+test('a closed database refuses calls with ClosedError', async () => {
+  const db = await PluresDB.open('node-closed');
+  await db.put('a', 1);
+  await db.close();
+  await assert.rejects(db.get('a'), { name: 'ClosedError' });
+  await assert.rejects(db.put('a', 2), { name: 'ClosedError' });
+});
