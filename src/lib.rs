@@ -30,6 +30,8 @@ pub mod codec;
 pub mod crdt;
 mod db;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod platform;
 pub mod storage;
 

@@ -336,8 +336,12 @@ impl Record {
             return false;
         }
         self.versions.retain(|v| !v.is_superseded_by(&incoming));
-        self.versions.push(incoming);
-        self.sort();
+        // Keep descending precedence without re-sorting: records with many
+        // concurrent versions (hundreds of writers) stay cheap to merge.
+        let position = self
+            .versions
+            .partition_point(|v| v.precedence(&incoming) == Ordering::Greater);
+        self.versions.insert(position, incoming);
         true
     }
 
