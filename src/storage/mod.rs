@@ -23,10 +23,14 @@ use crate::platform::{MaybeSend, MaybeSync};
 #[cfg(target_arch = "wasm32")]
 pub mod indexeddb;
 pub mod memory;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod sqlite;
 
 #[cfg(target_arch = "wasm32")]
 pub use indexeddb::IndexedDbStorage;
 pub use memory::MemoryStorage;
+#[cfg(not(target_arch = "wasm32"))]
+pub use sqlite::{Durability, SqliteStorage};
 
 /// The on-disk format version this build writes. Databases with an older
 /// format are migrated on open; newer ones are refused.

@@ -1,0 +1,389 @@
+//! SQLite storage (native), through `rusqlite` with the bundled SQLite.
+//!
+//! Tables: `records(id TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID` and
+//! `meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID`; values are the
+//! same encodings IndexedDB stores. Pragmas (the seed's): WAL journal,
+//! `synchronous=NORMAL`, `temp_store=MEMORY`, memory-mapped I/O, 4 KiB
+//! pages, a 64 MB page cache; plus a busy timeout so several processes can
+//! share a file.
+//!
+//! Durability: with WAL and `synchronous=NORMAL` a committed transaction
+//! survives the process being killed at any moment; after an OS crash or
+//! power loss the last transactions may roll back (the file stays
+//! consistent). [`Durability::Full`] (`synchronous=FULL`) syncs every commit.
+//!
+//! Each transaction runs on tokio's blocking pool, so async callers never
+//! block the runtime. Actor slots are advisory file locks on
+//! `<file>.slot-<n>.lock`, released by the OS if the process dies.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{
+    merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedState, SlotLease, Storage,
+};
+use crate::error::StorageError;
+
+const GENERATION_KEY: &str = "generation";
+/// SQLite's `user_version` for the schema this build creates.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How hard commits push data to disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=NORMAL` (default): survives process crashes; an OS crash
+    /// may roll back the last commits.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is synced to disk.
+    Full,
+}
+
+fn sqlite_error(context: &str, error: rusqlite::Error) -> StorageError {
+    use rusqlite::ErrorCode;
+    if let rusqlite::Error::SqliteFailure(failure, _) = &error {
+        match failure.code {
+            ErrorCode::DiskFull => {
+                return StorageError::QuotaExceeded(format!("{context}: the disk is full"))
+            }
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+                return StorageError::Backend(format!(
+                    "{context}: the database file is locked by another process ({error})"
+                ))
+            }
+            ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => {
+                return StorageError::Corrupt {
+                    store: "sqlite".into(),
+                    key: "file".into(),
+                    reason: format!("{context}: {error}"),
+                }
+            }
+            _ => {}
+        }
+    }
+    StorageError::Backend(format!("{context}: {error}"))
+}
+
+/// SQLite storage in one file (or in memory).
+#[derive(Clone)]
+pub struct SqliteStorage {
+    path: Option<PathBuf>,
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStorage")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        Self::open_with(path, Durability::default())
+    }
+
+    /// Opens the file at `path` with the given durability.
+    pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StorageError> {
+        let path = path.as_ref();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StorageError::Backend(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let connection = Connection::open(path)
+            .map_err(|e| sqlite_error(&format!("opening {}", path.display()), e))?;
+        Self::prepare(connection, Some(path.to_path_buf()), durability)
+    }
+
+    /// A private in-memory SQLite database (tests, benchmarks).
+    pub fn open_in_memory() -> Result<Self, StorageError> {
+        let connection =
+            Connection::open_in_memory().map_err(|e| sqlite_error("opening :memory:", e))?;
+        Self::prepare(connection, None, Durability::default())
+    }
+
+    fn prepare(
+        connection: Connection,
+        path: Option<PathBuf>,
+        durability: Durability,
+    ) -> Result<Self, StorageError> {
+        let synchronous = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        connection
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| sqlite_error("setting the busy timeout", e))?;
+        connection
+            .execute_batch(&format!(
+                "PRAGMA page_size = 4096;
+                 PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = {synchronous};
+                 PRAGMA temp_store = MEMORY;
+                 PRAGMA mmap_size = 30000000000;
+                 PRAGMA cache_size = -64000;"
+            ))
+            .map_err(|e| sqlite_error("applying pragmas", e))?;
+        let version: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| sqlite_error("reading the schema version", e))?;
+        if version > SCHEMA_VERSION {
+            return Err(StorageError::FormatTooNew {
+                found: version as u32,
+                supported: SCHEMA_VERSION as u32,
+            });
+        }
+        if version < 1 {
+            connection
+                .execute_batch(
+                    "BEGIN IMMEDIATE;
+                     CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+                     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+                     PRAGMA user_version = 1;
+                     COMMIT;",
+                )
+                .map_err(|e| sqlite_error("creating the schema", e))?;
+        }
+        Ok(Self {
+            path,
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    /// The database file, if not in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Runs `work` with the connection on tokio's blocking pool.
+    async fn with_connection<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().unwrap_or_else(|e| e.into_inner());
+            work(&mut connection)
+        })
+        .await
+        .map_err(|e| StorageError::Backend(format!("the storage task failed: {e}")))?
+    }
+
+    /// Runs a read-only SQL query returning one integer (for status output
+    /// and tests).
+    pub async fn query_u64(&self, sql: &'static str) -> Result<u64, StorageError> {
+        self.with_connection(move |c| {
+            c.query_row(sql, [], |row| row.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(|e| sqlite_error("querying", e))
+        })
+        .await
+    }
+}
+
+fn read_generation(connection: &Connection) -> Result<u64, StorageError> {
+    let value: Option<Vec<u8>> = connection
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [GENERATION_KEY],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(|e| sqlite_error("reading the generation", e))?;
+    match value {
+        None => Ok(0),
+        Some(bytes) => {
+            let array: [u8; 8] =
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt {
+                        store: "meta".into(),
+                        key: GENERATION_KEY.into(),
+                        reason: "expected 8 bytes".into(),
+                    })?;
+            Ok(u64::from_le_bytes(array))
+        }
+    }
+}
+
+fn commit_blocking(
+    connection: &mut Connection,
+    batch: CommitBatch,
+) -> Result<CommitReceipt, StorageError> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sqlite_error("starting a transaction", e))?;
+    let stored_generation = read_generation(&transaction)?;
+    let stale = stored_generation != batch.expected_generation;
+    let mut merged_records = Vec::new();
+    {
+        let mut select = transaction
+            .prepare_cached("SELECT value FROM records WHERE id = ?1")
+            .map_err(|e| sqlite_error("preparing a read", e))?;
+        let mut upsert = transaction
+            .prepare_cached("INSERT OR REPLACE INTO records (id, value) VALUES (?1, ?2)")
+            .map_err(|e| sqlite_error("preparing a write", e))?;
+        for (id, bytes) in &batch.records {
+            let stored: Option<Vec<u8>> = if stale {
+                select
+                    .query_row([id], |row| row.get(0))
+                    .optional()
+                    .map_err(|e| sqlite_error("reading a row", e))?
+            } else {
+                None
+            };
+            match stored {
+                Some(stored) => {
+                    let merged = merge_record_rows(id, &stored, bytes)?;
+                    upsert
+                        .execute(params![id, merged])
+                        .map_err(|e| sqlite_error("writing a record", e))?;
+                    if &merged != bytes {
+                        merged_records.push((id.clone(), merged));
+                    }
+                }
+                None => {
+                    upsert
+                        .execute(params![id, bytes])
+                        .map_err(|e| sqlite_error("writing a record", e))?;
+                }
+            }
+        }
+        let mut delete = transaction
+            .prepare_cached("DELETE FROM records WHERE id = ?1")
+            .map_err(|e| sqlite_error("preparing a delete", e))?;
+        for id in &batch.removed_records {
+            delete
+                .execute([id])
+                .map_err(|e| sqlite_error("removing a record", e))?;
+        }
+        let mut select_meta = transaction
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+            .map_err(|e| sqlite_error("preparing a read", e))?;
+        let mut upsert_meta = transaction
+            .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
+            .map_err(|e| sqlite_error("preparing a write", e))?;
+        for (key, value) in &batch.meta {
+            let value = if stale {
+                let stored: Option<Vec<u8>> = select_meta
+                    .query_row([key], |row| row.get(0))
+                    .optional()
+                    .map_err(|e| sqlite_error("reading metadata", e))?;
+                match stored {
+                    Some(stored) => merge_meta_rows(key, &stored, value),
+                    None => value.clone(),
+                }
+            } else {
+                value.clone()
+            };
+            upsert_meta
+                .execute(params![key, value])
+                .map_err(|e| sqlite_error("writing metadata", e))?;
+        }
+        let generation = stored_generation + 1;
+        upsert_meta
+            .execute(params![GENERATION_KEY, generation.to_le_bytes().to_vec()])
+            .map_err(|e| sqlite_error("writing the generation", e))?;
+    }
+    transaction
+        .commit()
+        .map_err(|e| sqlite_error("committing", e))?;
+    Ok(CommitReceipt {
+        generation: stored_generation + 1,
+        merged_records,
+    })
+}
+
+/// Holds a slot's lock file open (and locked) until dropped.
+struct SlotFile(#[allow(dead_code)] File);
+
+impl Storage for SqliteStorage {
+    fn describe(&self) -> String {
+        match &self.path {
+            Some(path) => format!("sqlite:{}", path.display()),
+            None => "sqlite::memory:".into(),
+        }
+    }
+
+    async fn acquire_slot(&self) -> Result<SlotLease, StorageError> {
+        let Some(path) = &self.path else {
+            return Ok(SlotLease::new(0, Box::new(())));
+        };
+        for slot in 0u32.. {
+            let lock_path = PathBuf::from(format!("{}.slot-{slot}.lock", path.display()));
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(|e| {
+                    StorageError::Backend(format!("cannot open {}: {e}", lock_path.display()))
+                })?;
+            match file.try_lock() {
+                Ok(()) => return Ok(SlotLease::new(slot, Box::new(SlotFile(file)))),
+                Err(std::fs::TryLockError::WouldBlock) => continue,
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(StorageError::Backend(format!(
+                        "cannot lock {}: {e}",
+                        lock_path.display()
+                    )))
+                }
+            }
+        }
+        unreachable!("u32 slots are never all taken")
+    }
+
+    async fn load(&self) -> Result<LoadedState, StorageError> {
+        self.with_connection(|connection| {
+            let transaction = connection
+                .transaction()
+                .map_err(|e| sqlite_error("starting a read", e))?;
+            let mut state = LoadedState::default();
+            {
+                let mut records = transaction
+                    .prepare("SELECT id, value FROM records")
+                    .map_err(|e| sqlite_error("reading records", e))?;
+                let rows = records
+                    .query_map([], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+                    })
+                    .map_err(|e| sqlite_error("reading records", e))?;
+                for row in rows {
+                    state
+                        .records
+                        .push(row.map_err(|e| sqlite_error("reading a record", e))?);
+                }
+                let mut meta = transaction
+                    .prepare("SELECT key, value FROM meta")
+                    .map_err(|e| sqlite_error("reading metadata", e))?;
+                let rows = meta
+                    .query_map([], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+                    })
+                    .map_err(|e| sqlite_error("reading metadata", e))?;
+                for row in rows {
+                    let (key, value) = row.map_err(|e| sqlite_error("reading metadata", e))?;
+                    if key != GENERATION_KEY {
+                        state.meta.insert(key, value);
+                    }
+                }
+            }
+            state.generation = read_generation(&transaction)?;
+            Ok(state)
+        })
+        .await
+    }
+
+    async fn commit(&self, batch: CommitBatch) -> Result<CommitReceipt, StorageError> {
+        self.with_connection(move |connection| commit_blocking(connection, batch))
+            .await
+    }
+}
