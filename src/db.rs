@@ -22,6 +22,7 @@ use crate::crdt::{
 };
 use crate::error::{Error, Result, StorageError};
 use crate::platform::{self, SystemClock, WallClock};
+use crate::query::Query;
 use crate::storage::{
     decode_format, decode_hlc, encode_format, encode_hlc, meta_keys, CommitBatch, SlotLease,
     Storage, FORMAT_VERSION,
@@ -479,6 +480,20 @@ impl<S: Storage> Database<S> {
             items.push((record.id().to_owned(), data.clone()));
         }
         Ok(Page { items, next_cursor })
+    }
+
+    /// Live records matching `query` (filters on top-level fields, sort,
+    /// limit), as `(id, document)`.
+    pub fn query(&self, query: &Query) -> Result<Vec<(String, Document)>> {
+        let state = self.readable()?;
+        let start = Bound::Included(query.prefix.clone());
+        let prefix = query.prefix.as_str();
+        let live = state
+            .store
+            .records_in((start, Bound::Unbounded))
+            .take_while(|record| record.id().starts_with(prefix))
+            .filter_map(|record| record.data().map(|data| (record.id(), data)));
+        Ok(query.run(live))
     }
 
     /// Number of live records.

@@ -33,6 +33,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod platform;
+pub mod query;
 pub mod storage;
 
 #[cfg(target_arch = "wasm32")]
@@ -43,6 +44,7 @@ pub mod cli;
 
 pub use db::{CommittedBatch, Database, ListOptions, OpenOptions, Origin, Page, SyncEvent};
 pub use error::{Error, Result};
+pub use query::Query;
 
 /// The examples in README.md, compiled and run as doctests.
 #[cfg(doctest)]

@@ -5,7 +5,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use pluresdb::storage::conformance::StorageFactory;
+use pluresdb::error::StorageError;
+use pluresdb::storage::conformance::{FailSwitch, StorageFactory};
 use pluresdb::storage::{IndexedDbStorage, MemoryStorage};
 use wasm_bindgen_test::wasm_bindgen_test_configure;
 
@@ -50,6 +51,17 @@ impl StorageFactory for MemoryFactory {
             .entry(name.to_owned())
             .or_default()
             .clone()
+    }
+
+    async fn failing(&self, name: &str) -> Option<(MemoryStorage, FailSwitch)> {
+        let storage = self.open(name).await;
+        let switch = storage.clone();
+        let fail = move |on: bool| {
+            switch.fail_commits_with(
+                on.then(|| StorageError::QuotaExceeded("injected by the test".into())),
+            )
+        };
+        Some((storage, Box::new(fail)))
     }
 }
 

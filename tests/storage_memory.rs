@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use pluresdb::storage::conformance::StorageFactory;
+use pluresdb::error::StorageError;
+use pluresdb::storage::conformance::{FailSwitch, StorageFactory};
 use pluresdb::storage::MemoryStorage;
 
 /// Memory storages by name; opening a name again shares its data.
@@ -23,6 +24,17 @@ impl StorageFactory for MemoryFactory {
             .entry(name.to_owned())
             .or_default()
             .clone()
+    }
+
+    async fn failing(&self, name: &str) -> Option<(MemoryStorage, FailSwitch)> {
+        let storage = self.open(name).await;
+        let switch = storage.clone();
+        let fail = move |on: bool| {
+            switch.fail_commits_with(
+                on.then(|| StorageError::QuotaExceeded("injected by the test".into())),
+            )
+        };
+        Some((storage, Box::new(fail)))
     }
 }
 

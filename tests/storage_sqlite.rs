@@ -1,7 +1,7 @@
 //! The storage conformance suite on SQLite files, plus SQLite specifics.
 #![cfg(not(target_arch = "wasm32"))]
 
-use pluresdb::storage::conformance::StorageFactory;
+use pluresdb::storage::conformance::{FailSwitch, StorageFactory};
 use pluresdb::storage::SqliteStorage;
 use pluresdb::{Database, OpenOptions};
 use serde_json::json;
@@ -24,6 +24,18 @@ impl StorageFactory for SqliteFactory {
 
     async fn open(&self, name: &str) -> SqliteStorage {
         SqliteStorage::open(self.dir.path().join(format!("{name}.db"))).expect("sqlite opens")
+    }
+
+    async fn failing(&self, name: &str) -> Option<(SqliteStorage, FailSwitch)> {
+        let storage = self.open(name).await;
+        let switch = storage.clone();
+        let fail = move |on: bool| {
+            // A cap below the current size holds the file at its size.
+            switch
+                .set_max_size(on.then_some(4096))
+                .expect("size limit applies")
+        };
+        Some((storage, Box::new(fail)))
     }
 }
 

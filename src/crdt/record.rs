@@ -12,7 +12,7 @@
 
 use std::cmp::Ordering;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::clock::{ActorId, Dot, Hlc, VectorClock};
 use crate::codec::{Reader, Writer};
@@ -49,11 +49,24 @@ pub fn validate_id(id: &str) -> Result<(), InputError> {
 
 /// A JSON document in canonical text form (object keys sorted, no
 /// insignificant white space), so equal documents are equal bytes on every
-/// replica.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Document(Arc<str>);
+/// replica. Cheap to clone. The parsed value is built on first use (queries)
+/// and kept.
+#[derive(Clone)]
+pub struct Document(Arc<DocumentInner>);
+
+struct DocumentInner {
+    text: Box<str>,
+    parsed: OnceLock<Arc<serde_json::Value>>,
+}
 
 impl Document {
+    fn from_text(text: impl Into<Box<str>>) -> Self {
+        Self(Arc::new(DocumentInner {
+            text: text.into(),
+            parsed: OnceLock::new(),
+        }))
+    }
+
     /// Canonicalises a JSON value.
     pub fn from_value(value: &serde_json::Value) -> Result<Self, InputError> {
         // serde_json's Map is ordered by key (no `preserve_order`), so this
@@ -61,7 +74,7 @@ impl Document {
         let text =
             serde_json::to_string(value).map_err(|e| InputError::InvalidDocument(e.to_string()))?;
         Self::check_size(text.len())?;
-        Ok(Self(text.into()))
+        Ok(Self::from_text(text))
     }
 
     /// Parses and canonicalises JSON text.
@@ -76,7 +89,7 @@ impl Document {
     fn from_encoded(text: &str) -> Result<Self, DecodeError> {
         serde_json::from_str::<serde::de::IgnoredAny>(text)
             .map_err(|e| DecodeError::Invalid(format!("document is not valid JSON: {e}")))?;
-        Ok(Self(text.into()))
+        Ok(Self::from_text(text))
     }
 
     fn check_size(len: usize) -> Result<(), InputError> {
@@ -92,25 +105,49 @@ impl Document {
 
     /// The canonical JSON text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.0.text
     }
 
-    /// The document as a JSON value.
+    /// The parsed value (parsed once, then shared).
+    pub fn value(&self) -> Arc<serde_json::Value> {
+        self.0
+            .parsed
+            .get_or_init(|| {
+                // The text was produced by serde_json or checked on decode.
+                Arc::new(serde_json::from_str(&self.0.text).unwrap_or(serde_json::Value::Null))
+            })
+            .clone()
+    }
+
+    /// The document as an owned JSON value.
     pub fn to_value(&self) -> serde_json::Value {
-        // The text was produced by serde_json or checked to be JSON on decode.
-        serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
+        (*self.value()).clone()
+    }
+}
+
+impl PartialEq for Document {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Document {}
+
+impl std::hash::Hash for Document {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
 impl fmt::Debug for Document {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Display for Document {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 

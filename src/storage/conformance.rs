@@ -12,7 +12,10 @@ use serde_json::json;
 use super::{meta_keys, CommitBatch, Storage, FORMAT_VERSION};
 use crate::crdt::{ActorId, CrdtStore, Document, VersionVector};
 use crate::error::{Error, StorageError};
-use crate::{Database, ListOptions, OpenOptions};
+use crate::{Database, ListOptions, OpenOptions, Origin, Query};
+
+/// Turns injected commit failures on (`true`) or off.
+pub type FailSwitch = Box<dyn Fn(bool)>;
 
 /// Makes storages for the suite.
 pub trait StorageFactory {
@@ -23,6 +26,12 @@ pub trait StorageFactory {
     /// name again gives another handle to the same data (like a second tab
     /// or process), also after earlier handles were dropped.
     fn open(&self, name: &str) -> impl Future<Output = Self::Storage>;
+
+    /// A storage whose commits fail with a quota error while the returned
+    /// switch is on, for backends that can inject failures.
+    fn failing(&self, _name: &str) -> impl Future<Output = Option<(Self::Storage, FailSwitch)>> {
+        async { None }
+    }
 }
 
 fn doc(value: serde_json::Value) -> Document {
@@ -310,6 +319,89 @@ pub async fn corrupt_rows_are_reported_not_fatal<F: StorageFactory>(factory: &F)
     db.close().await.unwrap();
 }
 
+/// Queries see persisted data; a conflict received from a peer is kept
+/// across a reopen.
+pub async fn queries_and_conflicts_survive_reopen<F: StorageFactory>(factory: &F) {
+    let db = Database::open(factory.open("query").await, OpenOptions::default())
+        .await
+        .unwrap();
+    db.put_many([
+        ("user:1".to_owned(), doc(json!({"name": "Ann", "age": 31}))),
+        ("user:2".to_owned(), doc(json!({"name": "Bob", "age": 17}))),
+        ("user:3".to_owned(), doc(json!({"name": "Cid", "age": 45}))),
+        ("team:1".to_owned(), doc(json!({"name": "Core", "age": 99}))),
+    ])
+    .await
+    .unwrap();
+    // A peer wrote user:1 concurrently, with an older timestamp: it loses,
+    // and stays readable as a conflict.
+    let mut peer = CrdtStore::new(ActorId::from_bytes([9; 16]));
+    let op = peer.put("user:1", doc(json!({"name": "Ann (phone)"})), 1);
+    db.apply_remote(vec![op], Origin::Peer("peer".into()), None)
+        .await
+        .unwrap();
+    assert_eq!(db.conflicts("user:1").unwrap().len(), 1);
+    db.close().await.unwrap();
+
+    let db = Database::open(factory.open("query").await, OpenOptions::default())
+        .await
+        .unwrap();
+    let query = Query::from_json(&json!({
+        "prefix": "user:", "where": {"age": {"$gte": 18}}, "sort": "-age"
+    }))
+    .unwrap();
+    let ids: Vec<String> = db
+        .query(&query)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids, ["user:3", "user:1"]);
+    let conflicts = db.conflicts("user:1").unwrap();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(
+        conflicts[0].data.as_ref().unwrap().as_str(),
+        r#"{"name":"Ann (phone)"}"#
+    );
+    assert_eq!(
+        db.get("user:1").unwrap(),
+        Some(json!({"name": "Ann", "age": 31}))
+    );
+    db.close().await.unwrap();
+}
+
+/// A failed commit (quota exceeded, I/O error) changes nothing and the
+/// database keeps working once the cause is gone. Backends that cannot
+/// inject a failure skip this check by returning `None`.
+pub async fn failed_commits_change_nothing<F: StorageFactory>(factory: &F) {
+    let Some((storage, fail)) = factory.failing("failing").await else {
+        return;
+    };
+    let db = Database::open(storage, OpenOptions::default())
+        .await
+        .unwrap();
+    db.put("kept", json!(1)).await.unwrap();
+    fail(true);
+    // Large enough to need new pages in any backend with a size cap.
+    let big = "x".repeat(256 * 1024);
+    let error = db.put("lost", json!(big)).await.expect_err("commit fails");
+    assert_eq!(
+        error.name(),
+        crate::error::ErrorName::QuotaExceeded,
+        "{error}"
+    );
+    assert_eq!(
+        db.get("lost").unwrap(),
+        None,
+        "a failed write is not visible"
+    );
+    fail(false);
+    db.put("after", json!(3)).await.unwrap();
+    assert_eq!(db.get("kept").unwrap(), Some(json!(1)));
+    assert_eq!(db.get("after").unwrap(), Some(json!(3)));
+    db.close().await.unwrap();
+}
+
 /// Generates one test function per conformance check for a backend:
 /// `storage_conformance_tests!(tokio::test, MyFactory::new())`.
 #[macro_export]
@@ -324,6 +416,8 @@ macro_rules! storage_conformance_tests {
             two_instances_never_lose_writes,
             newer_format_is_refused,
             corrupt_rows_are_reported_not_fatal,
+            queries_and_conflicts_survive_reopen,
+            failed_commits_change_nothing,
         );
     };
     (@each $attribute:meta, $factory:expr, $($check:ident,)*) => {

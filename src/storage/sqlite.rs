@@ -176,6 +176,17 @@ impl SqliteStorage {
         .map_err(|e| StorageError::Backend(format!("the storage task failed: {e}")))?
     }
 
+    /// Caps the database file at about `bytes` (SQLite's `max_page_count`);
+    /// commits that would grow it further fail with a quota error and change
+    /// nothing. `None` removes the cap.
+    pub fn set_max_size(&self, bytes: Option<u64>) -> Result<(), StorageError> {
+        let pages = bytes.map_or(u64::from(u32::MAX) - 1, |b| (b / 4096).max(1));
+        let connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        connection
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(|e| sqlite_error("setting the size limit", e))
+    }
+
     /// Runs a read-only SQL query returning one integer (for status output
     /// and tests).
     pub async fn query_u64(&self, sql: &'static str) -> Result<u64, StorageError> {

@@ -5,7 +5,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use js_sys::{Array, Object, Promise, Reflect};
+use futures::StreamExt;
+use js_sys::{Array, Function, Object, Promise, Reflect};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::future_to_promise;
@@ -13,7 +14,7 @@ use wasm_bindgen_futures::future_to_promise;
 use crate::crdt::Document;
 use crate::error::{Error, InputError};
 use crate::storage::{IndexedDbStorage, MemoryStorage};
-use crate::{Database, ListOptions, OpenOptions};
+use crate::{Database, ListOptions, OpenOptions, Query, SyncEvent};
 
 mod storage_choice;
 
@@ -245,10 +246,7 @@ impl PluresDB {
             let page = db.list(&list_options).map_err(|e| to_js_error(&e))?;
             let items = Array::new();
             for (id, document) in &page.items {
-                let item = Object::new();
-                Reflect::set(&item, &"id".into(), &JsValue::from_str(id))?;
-                Reflect::set(&item, &"data".into(), &document_to_js(document)?)?;
-                items.push(&item);
+                items.push(&record_object(id, document)?);
             }
             let result = Object::new();
             Reflect::set(&result, &"items".into(), &items)?;
@@ -259,6 +257,88 @@ impl PluresDB {
             Reflect::set(&result, &"nextCursor".into(), &cursor)?;
             Ok(result.into())
         })
+    }
+
+    /// Live records matching a query, as `[{ id, data }]`:
+    /// `{ prefix?, where?: { field: value | { $eq, $ne, $gt, $gte, $lt, $lte, $in, $exists } },
+    /// sort?: 'field' | '-field' | [...], limit? }`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Array<{ id: string, data: unknown }>>")]
+    pub fn query(&self, #[wasm_bindgen(unchecked_param_type = "Query")] query: JsValue) -> Promise {
+        let db = self.db.clone();
+        let parsed = query_from_js(&query);
+        spawn_promise(async move {
+            let hits = db.query(&parsed?).map_err(|e| to_js_error(&e))?;
+            let items = Array::new();
+            for (id, document) in &hits {
+                items.push(&record_object(id, document)?);
+            }
+            Ok(items.into())
+        })
+    }
+
+    /// The concurrent versions that lost to the current value of `id`:
+    /// `[{ data, deleted, writer, timestamp }]`, most recent first; empty
+    /// when there is no conflict.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Array<ConflictVersion>>")]
+    pub fn conflicts(&self, id: String) -> Promise {
+        let db = self.db.clone();
+        spawn_promise(async move {
+            let versions = db.conflicts(&id).map_err(|e| to_js_error(&e))?;
+            let out = Array::new();
+            for version in &versions {
+                let item = Object::new();
+                let data = match &version.data {
+                    Some(document) => document_to_js(document)?,
+                    None => JsValue::UNDEFINED,
+                };
+                Reflect::set(&item, &"data".into(), &data)?;
+                Reflect::set(&item, &"deleted".into(), &version.is_tombstone().into())?;
+                Reflect::set(&item, &"writer".into(), &version.writer.to_string().into())?;
+                Reflect::set(
+                    &item,
+                    &"timestamp".into(),
+                    &(version.hlc.wall_ms as f64).into(),
+                )?;
+                out.push(&item);
+            }
+            Ok(out.into())
+        })
+    }
+
+    /// Calls `listener({ kind, id })` after every committed change (`kind`:
+    /// `'upsert'`, `'delete'`, `'peer-connected'`, `'peer-disconnected'`),
+    /// whether it came from this tab, another tab or a peer. Returns a
+    /// function that unsubscribes.
+    #[wasm_bindgen(unchecked_return_type = "() => void")]
+    pub fn subscribe(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(event: ChangeEvent) => void")] listener: Function,
+    ) -> Result<Function, JsValue> {
+        check_usable()?;
+        let mut events = self.db.subscribe();
+        let active = std::rc::Rc::new(std::cell::Cell::new(true));
+        let still_active = active.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            while let Some(event) = events.next().await {
+                if !still_active.get() {
+                    break;
+                }
+                let (kind, id) = match &event {
+                    SyncEvent::Upsert { id } => ("upsert", id),
+                    SyncEvent::Delete { id } => ("delete", id),
+                    SyncEvent::PeerConnected { peer } => ("peer-connected", peer),
+                    SyncEvent::PeerDisconnected { peer } => ("peer-disconnected", peer),
+                };
+                let object = Object::new();
+                let _ = Reflect::set(&object, &"kind".into(), &kind.into());
+                let _ = Reflect::set(&object, &"id".into(), &JsValue::from_str(id));
+                if let Err(error) = listener.call1(&JsValue::UNDEFINED, &object) {
+                    web_sys::console::error_2(&"PluresDB: a subscriber threw".into(), &error);
+                }
+            }
+        });
+        let unsubscribe = Closure::once_into_js(move || active.set(false));
+        Ok(unsubscribe.unchecked_into())
     }
 
     /// Waits for pending writes, then closes the database.
@@ -290,6 +370,23 @@ impl PluresDB {
             Ok(JsValue::UNDEFINED)
         })
     }
+}
+
+fn record_object(id: &str, document: &Document) -> Result<JsValue, JsValue> {
+    let item = Object::new();
+    Reflect::set(&item, &"id".into(), &JsValue::from_str(id))?;
+    Reflect::set(&item, &"data".into(), &document_to_js(document)?)?;
+    Ok(item.into())
+}
+
+fn query_from_js(query: &JsValue) -> Result<Query, JsValue> {
+    let value = if query.is_undefined() || query.is_null() {
+        serde_json::Value::Null
+    } else {
+        let text = to_json_text(query)?;
+        serde_json::from_str(&text).map_err(|e| invalid_input(format!("invalid query: {e}")))?
+    };
+    Query::from_json(&value).map_err(|e| to_js_error(&e.into()))
 }
 
 fn parse_entries(entries: &JsValue) -> Result<Vec<(String, Document)>, JsValue> {
