@@ -255,7 +255,10 @@ impl<S: Storage> Database<S> {
         // A new database records its format; a new slot records its actor id
         // before the actor writes anything.
         let mut meta = Vec::new();
-        if format.is_none() {
+        if let Some(found) = format.filter(|found| *found < FORMAT_VERSION) {
+            migrate(found);
+        }
+        if format != Some(FORMAT_VERSION) {
             meta.push((meta_keys::FORMAT.to_owned(), encode_format(FORMAT_VERSION)));
         }
         if stored_actor.is_none() {
@@ -565,6 +568,15 @@ impl<S: Storage> Database<S> {
     }
 }
 
+/// Brings a database written by an older format up to [`FORMAT_VERSION`].
+/// Runs before the open commit, which records the new format version.
+fn migrate(from: u32) {
+    // 1 -> 2 added persisted index segments. Nothing stored changes: with no
+    // segments stored, the index is built from the records' embeddings on
+    // open. Later steps that rewrite data go here, one per version.
+    tracing::info!(from, to = FORMAT_VERSION, "migrating the database format");
+}
+
 async fn await_reply(receiver: oneshot::Receiver<Result<()>>) -> Result<()> {
     receiver
         .await
@@ -672,8 +684,8 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
                 .iter()
                 .map(|r| (r.id().to_owned(), r.to_bytes()))
                 .collect(),
-            removed_records: Vec::new(),
             meta,
+            ..Default::default()
         };
         (records, batch)
     };

@@ -80,3 +80,30 @@ mod memory {
         MemoryFactory::default()
     );
 }
+
+mod indexeddb_specifics {
+    use super::*;
+    use pluresdb::{Database, OpenOptions};
+    use serde_json::json;
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    #[wasm_bindgen_test]
+    async fn a_lost_connection_is_reopened_and_the_commit_retried() {
+        let factory = IndexedDbFactory::new();
+        let db = Database::open(factory.open("lost").await, OpenOptions::default())
+            .await
+            .unwrap();
+        db.put("before", json!(1)).await.unwrap();
+        db.storage().simulate_lost_connection();
+        db.put("after", json!(2))
+            .await
+            .expect("the commit is retried on a new connection");
+        db.close().await.unwrap();
+        let db = Database::open(factory.open("lost").await, OpenOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(db.get("before").unwrap(), Some(json!(1)));
+        assert_eq!(db.get("after").unwrap(), Some(json!(2)));
+        db.close().await.unwrap();
+    }
+}

@@ -287,6 +287,72 @@ pub async fn newer_format_is_refused<F: StorageFactory>(factory: &F) {
     assert!(error.to_string().contains("upgrade PluresDB"));
 }
 
+/// A database written by an older format opens, keeps its data, and is
+/// marked with the current format.
+pub async fn older_format_is_migrated<F: StorageFactory>(factory: &F) {
+    let db = Database::open(factory.open("older").await, OpenOptions::default())
+        .await
+        .unwrap();
+    db.put("kept", json!({"from": "format 1"})).await.unwrap();
+    db.close().await.unwrap();
+    // Rewind the stored format to 1, as a build of that time left it.
+    let storage = factory.open("older").await;
+    let generation = storage.load().await.unwrap().generation;
+    storage
+        .commit(CommitBatch {
+            expected_generation: generation,
+            meta: vec![(meta_keys::FORMAT.into(), 1u32.to_le_bytes().to_vec())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let db = Database::open(storage, OpenOptions::default())
+        .await
+        .expect("an older format opens");
+    assert_eq!(db.get("kept").unwrap(), Some(json!({"from": "format 1"})));
+    db.close().await.unwrap();
+    let state = factory.open("older").await.load().await.unwrap();
+    assert_eq!(
+        state.meta.get(meta_keys::FORMAT),
+        Some(&FORMAT_VERSION.to_le_bytes().to_vec()),
+        "the format was brought up to date"
+    );
+}
+
+/// Index segments round-trip and can be removed.
+pub async fn segments_round_trip<F: StorageFactory>(factory: &F) {
+    let storage = factory.open("segments").await;
+    storage
+        .commit(CommitBatch {
+            expected_generation: 0,
+            segments: vec![("s1".into(), vec![1; 100]), ("s2".into(), vec![2; 10])],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    storage
+        .commit(CommitBatch {
+            expected_generation: 1,
+            segments: vec![("s3".into(), vec![3])],
+            removed_segments: vec!["s1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut segments = factory
+        .open("segments")
+        .await
+        .load()
+        .await
+        .unwrap()
+        .segments;
+    segments.sort();
+    assert_eq!(
+        segments,
+        vec![("s2".into(), vec![2; 10]), ("s3".into(), vec![3])]
+    );
+}
+
 /// A corrupt row is reported on access; every other row stays readable and
 /// writable, and the corrupt row can be overwritten.
 pub async fn corrupt_rows_are_reported_not_fatal<F: StorageFactory>(factory: &F) {
@@ -415,6 +481,8 @@ macro_rules! storage_conformance_tests {
             database_persists_across_reopen,
             two_instances_never_lose_writes,
             newer_format_is_refused,
+            older_format_is_migrated,
+            segments_round_trip,
             corrupt_rows_are_reported_not_fatal,
             queries_and_conflicts_survive_reopen,
             failed_commits_change_nothing,

@@ -56,10 +56,12 @@ extern "C" {
     fn open_channel(name: &str, on_message: &Function) -> JsValue;
 }
 
-/// The IndexedDB schema version this build creates.
-const SCHEMA_VERSION: u32 = 1;
+/// The IndexedDB schema version this build creates (1: records and meta;
+/// 2: adds segments).
+const SCHEMA_VERSION: u32 = 2;
 const RECORDS: &str = "records";
 const META: &str = "meta";
+const SEGMENTS: &str = "segments";
 const GENERATION_KEY: &str = "generation";
 /// How long an upgrade waits for other connections to close.
 const BLOCKED_TIMEOUT_MS: u32 = 3_000;
@@ -160,6 +162,16 @@ impl IndexedDbStorage {
         .map(|_| ())
     }
 
+    /// Closes the IndexedDB connection behind this storage's back, as the
+    /// browser may do: the next transaction fails, and the storage must
+    /// reopen and retry. For tests.
+    #[doc(hidden)]
+    pub fn simulate_lost_connection(&self) {
+        if let Some(connection) = self.connection.borrow().as_ref() {
+            connection.database.close();
+        }
+    }
+
     /// Closes the connection (later commits reopen it).
     pub fn close(&self) {
         if let Some(connection) = self.connection.borrow_mut().take() {
@@ -196,6 +208,20 @@ impl IndexedDbStorage {
             other => other,
         })?;
         let database: IdbDatabase = value.unchecked_into();
+        let names = database.object_store_names();
+        if let Some(missing) = [RECORDS, META, SEGMENTS]
+            .into_iter()
+            .find(|name| !names.contains(name))
+        {
+            database.close();
+            return Err(StorageError::Corrupt {
+                store: missing.into(),
+                key: Self::database_name(&self.name),
+                reason: "the IndexedDB database lacks this object store; it was not created by \
+                         PluresDB (delete it or open another name)"
+                    .into(),
+            });
+        }
         let lost = Rc::new(RefCell::new(false));
         // Another tab wants a newer schema: close so it is not blocked; this
         // instance reopens (and then fails with a clear error) on next use.
@@ -241,7 +267,7 @@ impl IndexedDbStorage {
 
     async fn commit_once(&self, batch: &CommitBatch) -> Result<CommitReceipt, StorageError> {
         let database = self.database().await?;
-        let names = Array::of2(&RECORDS.into(), &META.into());
+        let names = Array::of3(&RECORDS.into(), &META.into(), &SEGMENTS.into());
         let transaction = database
             .transaction_with_str_sequence_and_mode(&names, IdbTransactionMode::Readwrite)
             .map_err(|e| storage_error("starting a transaction", e))?;
@@ -273,6 +299,7 @@ impl IndexedDbStorage {
         };
         let records = store(RECORDS)?;
         let meta = store(META)?;
+        let segments = store(SEGMENTS)?;
         let stored_generation = request(
             "reading the generation",
             meta.get(&JsValue::from_str(GENERATION_KEY)),
@@ -326,6 +353,16 @@ impl IndexedDbStorage {
             meta.put_with_key(&Uint8Array::from(value.as_slice()), &JsValue::from_str(key))
                 .map_err(|e| storage_error("writing metadata", e))?;
         }
+        for (id, bytes) in &batch.segments {
+            segments
+                .put_with_key(&Uint8Array::from(bytes.as_slice()), &JsValue::from_str(id))
+                .map_err(|e| storage_error("writing an index segment", e))?;
+        }
+        for id in &batch.removed_segments {
+            segments
+                .delete(&JsValue::from_str(id))
+                .map_err(|e| storage_error("removing an index segment", e))?;
+        }
         let generation = stored_generation + 1;
         meta.put_with_key(
             &Uint8Array::from(generation.to_le_bytes().as_slice()),
@@ -340,13 +377,15 @@ impl IndexedDbStorage {
 }
 
 fn upgrade_schema(database: &IdbDatabase, old_version: u32) {
-    // Version 1: the records and meta stores. Later versions add their
-    // stores here, each step guarded by `old_version`.
+    // Each version adds its stores, guarded by `old_version`; creating a
+    // store that exists would throw.
     if old_version < 1 {
         for name in [RECORDS, META] {
-            // Creating a store that exists throws; a fresh database has none.
             let _ = database.create_object_store(name);
         }
+    }
+    if old_version < 2 {
+        let _ = database.create_object_store(SEGMENTS);
     }
 }
 
@@ -391,7 +430,7 @@ impl Storage for IndexedDbStorage {
 
     async fn load(&self) -> Result<LoadedState, StorageError> {
         let database = self.database().await?;
-        let names = Array::of2(&RECORDS.into(), &META.into());
+        let names = Array::of3(&RECORDS.into(), &META.into(), &SEGMENTS.into());
         let stores: Array = await_promise("loading the database", read_stores(&database, &names))
             .await?
             .unchecked_into();
@@ -416,6 +455,13 @@ impl Storage for IndexedDbStorage {
             } else {
                 state.meta.insert(key, bytes_of(&value).unwrap_or_default());
             }
+        }
+        let (keys, values) = pairs(2);
+        for (key, value) in keys.iter().zip(values.iter()) {
+            let id = key.as_string().unwrap_or_default();
+            state
+                .segments
+                .push((id, bytes_of(&value).unwrap_or_default()));
         }
         Ok(state)
     }

@@ -15,6 +15,7 @@ struct MemoryData {
     generation: u64,
     records: BTreeMap<String, Vec<u8>>,
     meta: BTreeMap<String, Vec<u8>>,
+    segments: BTreeMap<String, Vec<u8>>,
     held_slots: BTreeSet<u32>,
     /// When set, commits fail with this error (for failure-path tests).
     fail_commits_with: Option<StorageError>,
@@ -104,6 +105,11 @@ impl Storage for MemoryStorage {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             meta: data.meta.clone(),
+            segments: data
+                .segments
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 
@@ -149,6 +155,12 @@ impl Storage for MemoryStorage {
         }
         for (key, value) in meta_rows {
             data.meta.insert(key, value);
+        }
+        for (id, bytes) in batch.segments {
+            data.segments.insert(id, bytes);
+        }
+        for id in batch.removed_segments {
+            data.segments.remove(&id);
         }
         data.generation += 1;
         Ok(CommitReceipt {

@@ -34,7 +34,12 @@ pub use sqlite::{Durability, SqliteStorage};
 
 /// The on-disk format version this build writes. Databases with an older
 /// format are migrated on open; newer ones are refused.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// - 1: records and metadata.
+/// - 2: adds persisted vector-index segments. Migrating from 1 rewrites
+///   nothing: a database without segments has its index built from the
+///   records' embeddings on open, then persisted.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Metadata keys.
 pub mod meta_keys {
@@ -64,6 +69,8 @@ pub struct LoadedState {
     pub records: Vec<(String, Vec<u8>)>,
     /// Metadata rows.
     pub meta: BTreeMap<String, Vec<u8>>,
+    /// Vector-index segment rows `(segment id, bytes)`.
+    pub segments: Vec<(String, Vec<u8>)>,
 }
 
 /// One atomic write.
@@ -79,6 +86,11 @@ pub struct CommitBatch {
     /// Metadata rows to write; mergeable keys (version vector, HLC) are
     /// merged with the stored value on a stale generation.
     pub meta: Vec<(String, Vec<u8>)>,
+    /// Vector-index segment rows to write (segments are immutable: a segment
+    /// id is never written twice with different bytes).
+    pub segments: Vec<(String, Vec<u8>)>,
+    /// Segment ids to remove (after a merge replaced them).
+    pub removed_segments: Vec<String>,
 }
 
 impl CommitBatch {
@@ -88,6 +100,7 @@ impl CommitBatch {
             .iter()
             .map(|(k, v)| k.len() + v.len())
             .chain(self.meta.iter().map(|(k, v)| k.len() + v.len()))
+            .chain(self.segments.iter().map(|(k, v)| k.len() + v.len()))
             .sum()
     }
 }

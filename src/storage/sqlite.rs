@@ -28,8 +28,9 @@ use super::{
 use crate::error::StorageError;
 
 const GENERATION_KEY: &str = "generation";
-/// SQLite's `user_version` for the schema this build creates.
-const SCHEMA_VERSION: i64 = 1;
+/// SQLite's `user_version` for the schema this build creates (1: records
+/// and meta; 2: adds segments).
+const SCHEMA_VERSION: i64 = 2;
 
 /// How hard commits push data to disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -139,16 +140,20 @@ impl SqliteStorage {
                 supported: SCHEMA_VERSION as u32,
             });
         }
-        if version < 1 {
+        if version < SCHEMA_VERSION {
+            // Each step is idempotent, so a schema left half-upgraded by a
+            // crash (impossible inside one transaction, but cheap to allow)
+            // upgrades again.
             connection
                 .execute_batch(
                     "BEGIN IMMEDIATE;
                      CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
                      CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
-                     PRAGMA user_version = 1;
+                     CREATE TABLE IF NOT EXISTS segments (id TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+                     PRAGMA user_version = 2;
                      COMMIT;",
                 )
-                .map_err(|e| sqlite_error("creating the schema", e))?;
+                .map_err(|e| sqlite_error("creating or upgrading the schema", e))?;
         }
         Ok(Self {
             path,
@@ -299,6 +304,22 @@ fn commit_blocking(
                 .execute(params![key, value])
                 .map_err(|e| sqlite_error("writing metadata", e))?;
         }
+        let mut upsert_segment = transaction
+            .prepare_cached("INSERT OR REPLACE INTO segments (id, value) VALUES (?1, ?2)")
+            .map_err(|e| sqlite_error("preparing a write", e))?;
+        for (id, bytes) in &batch.segments {
+            upsert_segment
+                .execute(params![id, bytes])
+                .map_err(|e| sqlite_error("writing an index segment", e))?;
+        }
+        let mut delete_segment = transaction
+            .prepare_cached("DELETE FROM segments WHERE id = ?1")
+            .map_err(|e| sqlite_error("preparing a delete", e))?;
+        for id in &batch.removed_segments {
+            delete_segment
+                .execute([id])
+                .map_err(|e| sqlite_error("removing an index segment", e))?;
+        }
         let generation = stored_generation + 1;
         upsert_meta
             .execute(params![GENERATION_KEY, generation.to_le_bytes().to_vec()])
@@ -385,6 +406,19 @@ impl Storage for SqliteStorage {
                     if key != GENERATION_KEY {
                         state.meta.insert(key, value);
                     }
+                }
+                let mut segments = transaction
+                    .prepare("SELECT id, value FROM segments")
+                    .map_err(|e| sqlite_error("reading index segments", e))?;
+                let rows = segments
+                    .query_map([], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+                    })
+                    .map_err(|e| sqlite_error("reading index segments", e))?;
+                for row in rows {
+                    state
+                        .segments
+                        .push(row.map_err(|e| sqlite_error("reading an index segment", e))?);
                 }
             }
             state.generation = read_generation(&transaction)?;
