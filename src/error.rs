@@ -152,6 +152,7 @@ impl Error {
             Error::Storage(StorageError::FormatTooNew { .. }) => ErrorName::FormatVersion,
             Error::Storage(StorageError::Corrupt { .. }) => ErrorName::Corrupt,
             Error::Storage(StorageError::Closed) => ErrorName::Closed,
+            Error::Storage(StorageError::UpgradeBlocked) => ErrorName::UpgradeBlocked,
             Error::Storage(_) => ErrorName::Storage,
             Error::Internal(_) => ErrorName::Generic,
         }
@@ -176,6 +177,8 @@ pub enum ErrorName {
     Corrupt,
     /// The database is closed.
     Closed,
+    /// A schema upgrade is blocked by another open connection.
+    UpgradeBlocked,
     /// Other storage failures.
     Storage,
 }
@@ -191,6 +194,7 @@ impl ErrorName {
             ErrorName::FormatVersion => "FormatVersionError",
             ErrorName::Corrupt => "CorruptDataError",
             ErrorName::Closed => "ClosedError",
+            ErrorName::UpgradeBlocked => "UpgradeBlockedError",
             ErrorName::Storage => "StorageError",
         }
     }

@@ -21,6 +21,7 @@ export function openDatabase(name, version, upgrade, blockedTimeoutMs) {
       return;
     }
     let blockedTimer = null;
+    let settled = false;
     request.onupgradeneeded = (event) => {
       try {
         upgrade(request.result, event.oldVersion, request.transaction);
@@ -31,12 +32,19 @@ export function openDatabase(name, version, upgrade, blockedTimeoutMs) {
     };
     request.onblocked = () => {
       blockedTimer = setTimeout(() => {
+        settled = true;
         reject(new DOMException(
           'the upgrade is blocked by another open connection', 'UpgradeBlockedError'));
       }, blockedTimeoutMs);
     };
     request.onsuccess = () => {
       if (blockedTimer !== null) clearTimeout(blockedTimer);
+      // Opened after the caller gave up (the blocker closed later): close it,
+      // or this connection would block the next upgrade in turn.
+      if (settled) {
+        request.result.close();
+        return;
+      }
       resolve(request.result);
     };
     request.onerror = () => {

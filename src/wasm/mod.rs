@@ -167,6 +167,13 @@ impl PluresDB {
         self.name.clone()
     }
 
+    /// The actor id this instance writes under (32 hex digits). Each open
+    /// instance (tab, worker) holds its own.
+    #[wasm_bindgen(getter, js_name = actorId)]
+    pub fn actor_id(&self) -> String {
+        self.db.actor().to_string()
+    }
+
     /// Where the data lives: `'indexeddb'` or `'memory'`.
     #[wasm_bindgen(getter, js_name = storageKind)]
     pub fn storage_kind(&self) -> String {

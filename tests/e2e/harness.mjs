@@ -42,17 +42,27 @@ export async function startServer(extraArgs = []) {
   };
 }
 
+/** Debian's Chromium (or $CHROMIUM). */
+export function chromiumPath() {
+  return process.env.CHROMIUM ?? '/usr/bin/chromium';
+}
+
+/** The flags Chromium needs here (root, no network, no GPU). */
+export function chromiumArgs() {
+  return [
+    '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    '--no-first-run',
+  ];
+}
+
 /** Launches headless Chromium with a fresh profile; resolves to { browser, context, close }. */
 export async function launchBrowser({ userDataDir } = {}) {
   const profile = userDataDir ?? mkdtempSync(join(tmpdir(), 'pluresdb-e2e-'));
   const context = await chromium.launchPersistentContext(profile, {
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    executablePath: chromiumPath(),
     headless: true,
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--no-first-run',
-    ],
+    args: chromiumArgs(),
   });
   return {
     context,

@@ -1,0 +1,344 @@
+// IndexedDB storage in a real browser: workers, service workers, several
+// tabs, schema upgrades, quota, and acknowledged writes surviving a browser
+// killed or closed mid-batch.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+import { startServer, launchBrowser, chromiumArgs, chromiumPath } from './harness.mjs';
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer(['--www', 'tests/e2e/pages']);
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+async function openPage(context = browser.context) {
+  const page = await context.newPage();
+  page.on('pageerror', (error) => console.error('page error:', error));
+  await page.goto(`${server.url}/index.html`);
+  await page.waitForSelector('body[data-ready="true"]', { state: 'attached' });
+  return page;
+}
+
+test('a dedicated Worker stores data the page can read', async () => {
+  const page = await openPage();
+  const result = await page.evaluate(async () => {
+    const worker = new Worker('/worker.js', { type: 'module' });
+    const pending = new Map();
+    let next = 0;
+    const ready = new Promise((resolve) => {
+      worker.onmessage = ({ data }) => {
+        if (data.ready) return resolve();
+        const { resolve: done, reject } = pending.get(data.id);
+        pending.delete(data.id);
+        if (data.error) reject(Object.assign(new Error(data.error.message), data.error));
+        else done(data.result);
+      };
+    });
+    await ready;
+    const call = (op, ...args) => new Promise((resolve, reject) => {
+      const id = next++;
+      pending.set(id, { resolve, reject });
+      worker.postMessage({ id, op, args });
+    });
+    const scope = await call('scope');
+    const opened = await call('open', 'worker-db');
+    await call('put', 'worker-db', 'from-worker', { scope });
+    const inWorker = await call('get', 'worker-db', 'from-worker');
+    await call('close', 'worker-db');
+    worker.terminate();
+    const db = await globalThis.api.PluresDB.open('worker-db');
+    const inPage = await db.get('from-worker');
+    await db.close();
+    return { scope, opened, inWorker, inPage };
+  });
+  assert.equal(result.scope, 'DedicatedWorkerGlobalScope');
+  assert.equal(result.opened.storageKind, 'indexeddb');
+  assert.deepEqual(result.inWorker, { scope: 'DedicatedWorkerGlobalScope' });
+  assert.deepEqual(result.inPage, { scope: 'DedicatedWorkerGlobalScope' });
+  await page.close();
+});
+
+test('a ServiceWorker stores data the page can read', async () => {
+  const page = await openPage();
+  const result = await page.evaluate(async () => {
+    const registration = await navigator.serviceWorker.register('/sw.js', { type: 'module' });
+    const worker = registration.active ?? registration.installing ?? registration.waiting;
+    if (worker.state !== 'activated') {
+      await new Promise((resolve) => worker.addEventListener('statechange', () => {
+        if (worker.state === 'activated') resolve();
+      }));
+    }
+    let next = 0;
+    const call = (op, ...args) => new Promise((resolve, reject) => {
+      const channel = new MessageChannel();
+      channel.port1.onmessage = ({ data }) => {
+        if (data.error) reject(Object.assign(new Error(data.error.message), data.error));
+        else resolve(data.result);
+      };
+      worker.postMessage({ id: next++, op, args }, [channel.port2]);
+    });
+    const scope = await call('scope');
+    const opened = await call('open', 'sw-db');
+    await call('put', 'sw-db', 'from-sw', { scope });
+    await call('close', 'sw-db');
+    const db = await globalThis.api.PluresDB.open('sw-db');
+    const inPage = await db.get('from-sw');
+    await db.close();
+    await registration.unregister();
+    return { scope, opened, inPage };
+  });
+  assert.equal(result.scope, 'ServiceWorkerGlobalScope');
+  assert.equal(result.opened.storageKind, 'indexeddb');
+  assert.deepEqual(result.inPage, { scope: 'ServiceWorkerGlobalScope' });
+  await page.close();
+});
+
+test('two tabs see each other\'s writes live and hold different actor slots', async () => {
+  const first = await openPage();
+  const second = await openPage();
+  const open = (page) => page.evaluate(async () => {
+    globalThis.db = await globalThis.api.PluresDB.open('tabs');
+    globalThis.events = [];
+    globalThis.db.subscribe((event) => globalThis.events.push(event));
+    return globalThis.db.actorId;
+  });
+  const actorA = await open(first);
+  const actorB = await open(second);
+  assert.notEqual(actorA, actorB, 'each tab writes under its own actor');
+
+  await first.evaluate(() => globalThis.db.put('shared', { from: 'first' }));
+  await second.waitForFunction(() => globalThis.events.some((e) => e.id === 'shared'));
+  assert.deepEqual(await second.evaluate(() => globalThis.db.get('shared')), { from: 'first' });
+
+  await second.evaluate(() => globalThis.db.put('other', { from: 'second' }));
+  await first.waitForFunction(() => globalThis.events.some((e) => e.id === 'other'));
+  assert.deepEqual(await first.evaluate(() => globalThis.db.get('other')), { from: 'second' });
+  assert.deepEqual(await first.evaluate(() => globalThis.events), [
+    { kind: 'upsert', id: 'shared' },
+    { kind: 'upsert', id: 'other' },
+  ]);
+
+  // Tabs that come and go reuse released slots: the set of actors stays
+  // bounded by the number of tabs open at once (here three).
+  const actors = new Set([actorA, actorB]);
+  for (let round = 0; round < 4; round++) {
+    const extra = await openPage();
+    actors.add(await open(extra));
+    await extra.evaluate(() => globalThis.db.put(`extra`, Math.random()));
+    await extra.close();
+  }
+  assert.equal(actors.size, 3, `actors used: ${[...actors].join(', ')}`);
+
+  await first.close();
+  await second.close();
+});
+
+test('an older IndexedDB schema is upgraded; a blocked upgrade is a clear error', async () => {
+  const page = await openPage();
+  const result = await page.evaluate(async () => {
+    const { PluresDB } = globalThis.api;
+    // Take a real record row as a build with schema 1 would have written it.
+    const source = await PluresDB.open('legacy-source');
+    await source.put('kept', { from: 'schema 1' });
+    await source.close();
+    const request = (r) => new Promise((resolve, reject) => {
+      r.onsuccess = () => resolve(r.result);
+      r.onerror = () => reject(r.error);
+    });
+    const sourceDb = await request(indexedDB.open('pluresdb/legacy-source'));
+    const tx = sourceDb.transaction(['records', 'meta'], 'readonly');
+    const row = await request(tx.objectStore('records').get('kept'));
+    const slot = await request(tx.objectStore('meta').get('slot/0'));
+    sourceDb.close();
+
+    // A schema-1 database (records + meta only), format 1, left open by an
+    // old tab that ignores versionchange.
+    const open = indexedDB.open('pluresdb/legacy', 1);
+    open.onupgradeneeded = () => {
+      open.result.createObjectStore('records');
+      open.result.createObjectStore('meta');
+    };
+    const legacy = await request(open);
+    const write = legacy.transaction(['records', 'meta'], 'readwrite');
+    write.objectStore('records').put(row, 'kept');
+    write.objectStore('meta').put(new Uint8Array([1, 0, 0, 0]), 'format');
+    write.objectStore('meta').put(slot, 'slot/0');
+    await new Promise((resolve) => { write.oncomplete = resolve; });
+
+    let blocked;
+    try {
+      await PluresDB.open('legacy');
+    } catch (error) {
+      blocked = { name: error.name, message: error.message };
+    }
+    legacy.close();
+    const db = await PluresDB.open('legacy');
+    const kept = await db.get('kept');
+    await db.put('new', 1);
+    await db.close();
+    const upgraded = await request(indexedDB.open('pluresdb/legacy'));
+    const stores = [...upgraded.objectStoreNames];
+    const version = upgraded.version;
+    const format = await request(upgraded.transaction('meta').objectStore('meta').get('format'));
+    upgraded.close();
+    return { blocked, kept, stores, version, format: [...format] };
+  });
+  assert.equal(result.blocked?.name, 'UpgradeBlockedError');
+  assert.match(result.blocked.message, /close other tabs/);
+  assert.deepEqual(result.kept, { from: 'schema 1' });
+  assert.deepEqual(result.stores, ['meta', 'records', 'segments']);
+  assert.equal(result.version, 2);
+  assert.deepEqual(result.format, [2, 0, 0, 0]);
+  await page.close();
+});
+
+test('quota exceeded is a QuotaExceededError and loses nothing committed', async () => {
+  const context = await browser.context.browser()?.newContext() ?? browser.context;
+  const page = await openPage(context);
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Storage.overrideQuotaForOrigin', {
+    origin: server.url,
+    quotaSize: 2 * 1024 * 1024,
+  });
+  const result = await page.evaluate(async () => {
+    const db = await globalThis.api.PluresDB.open('quota');
+    await db.put('small', { ok: true });
+    // Random, so the browser's value compression cannot shrink it.
+    const random = () => Array.from({ length: 2 }, () => Array.from(
+      crypto.getRandomValues(new Uint8Array(64 * 1024)),
+      (b) => b.toString(16).padStart(2, '0')).join('')).join('');
+    let error;
+    let written = 0;
+    for (let i = 0; i < 64 && !error; i++) {
+      const big = random();
+      try {
+        await db.put(`big:${i}`, { big, i });
+        written++;
+      } catch (e) {
+        error = { name: e.name, message: e.message };
+      }
+    }
+    const failedId = `big:${written}`;
+    const visible = await db.get(failedId);
+    await db.close();
+    const reopened = await globalThis.api.PluresDB.open('quota');
+    const small = await reopened.get('small');
+    const kept = (await reopened.list({ prefix: 'big:' })).items.length;
+    await reopened.close();
+    return { error, written, visible, small, kept };
+  });
+  assert.equal(result.error?.name, 'QuotaExceededError', JSON.stringify(result));
+  assert.match(result.error.message, /quota/i);
+  assert.equal(result.visible, undefined, 'the failed write is not visible');
+  assert.deepEqual(result.small, { ok: true });
+  assert.equal(result.kept, result.written, 'every acknowledged write is kept');
+  await cdp.send('Storage.overrideQuotaForOrigin', { origin: server.url });
+  await page.close();
+});
+
+test('acknowledged writes survive the browser being killed or closed mid-batch', async () => {
+  const profile = mkdtempSync(join(tmpdir(), 'pluresdb-crash-'));
+  const acknowledged = new Set();
+  const rounds = 8;
+  try {
+    for (let round = 0; round < rounds; round++) {
+      const { child, connected } = await startChromiumWithCdp(profile);
+      const page = await connected.contexts()[0].newPage();
+      page.on('console', (message) => {
+        const text = message.text();
+        if (text.startsWith('ack ')) for (const id of text.slice(4).split(',')) acknowledged.add(id);
+      });
+      await page.goto(`${server.url}/index.html`);
+      await page.waitForSelector('body[data-ready="true"]', { state: 'attached' });
+      // Everything acknowledged in earlier rounds is there.
+      const missing = await page.evaluate(async (ids) => {
+        const db = await globalThis.api.PluresDB.open('crash');
+        globalThis.db = db;
+        const absent = [];
+        for (const id of ids) if ((await db.get(id))?.id !== id) absent.push(id);
+        return absent;
+      }, [...acknowledged]);
+      assert.deepEqual(missing, [], `round ${round}: acknowledged writes missing`);
+      // Write batches and single puts without pause, reporting each ack.
+      await page.evaluate((round) => {
+        const db = globalThis.db;
+        const pad = 'x'.repeat(400);
+        (async () => {
+          for (let n = 0; ; n++) {
+            const ids = Array.from({ length: 25 }, (_, i) => `r${round}-b${n}-${i}`);
+            await db.putMany(ids.map((id) => [id, { id, pad }]));
+            console.log(`ack ${ids.join(',')}`);
+          }
+        })();
+        (async () => {
+          for (let n = 0; ; n++) {
+            const id = `r${round}-p${n}`;
+            await db.put(id, { id, pad });
+            console.log(`ack ${id}`);
+          }
+        })();
+      }, round);
+      await new Promise((resolve) => setTimeout(resolve, 300 + ((round * 173) % 500)));
+      if (round % 2 === 0) {
+        child.kill('SIGKILL');
+      } else {
+        await connected.close();
+        child.kill('SIGKILL');
+      }
+      await new Promise((resolve) => child.once('exit', resolve));
+    }
+    // A last clean open checks the final round.
+    const { child, connected } = await startChromiumWithCdp(profile);
+    const page = await connected.contexts()[0].newPage();
+    await page.goto(`${server.url}/index.html`);
+    await page.waitForSelector('body[data-ready="true"]', { state: 'attached' });
+    const missing = await page.evaluate(async (ids) => {
+      const db = await globalThis.api.PluresDB.open('crash');
+      const absent = [];
+      for (const id of ids) if ((await db.get(id))?.id !== id) absent.push(id);
+      await db.close();
+      return absent;
+    }, [...acknowledged]);
+    await connected.close();
+    child.kill('SIGKILL');
+    assert.deepEqual(missing, []);
+    assert.ok(acknowledged.size > 500, `only ${acknowledged.size} writes were acknowledged`);
+    console.log(`${acknowledged.size} acknowledged writes survived ${rounds} browser crashes`);
+  } finally {
+    rmSync(profile, { recursive: true, force: true });
+  }
+});
+
+/** Starts Chromium with a DevTools port on `profile` and connects playwright to it. */
+async function startChromiumWithCdp(profile) {
+  const child = spawn(chromiumPath(), [
+    ...chromiumArgs(), '--headless=new', `--user-data-dir=${profile}`,
+    '--remote-debugging-port=0', 'about:blank',
+  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const endpoint = await new Promise((resolve, reject) => {
+    let stderr = '';
+    const timer = setTimeout(() => reject(new Error(`no DevTools endpoint: ${stderr}`)), 20_000);
+    child.stderr.on('data', (chunk) => {
+      stderr += chunk;
+      const match = stderr.match(/DevTools listening on (ws:\/\/\S+)/);
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1]);
+      }
+    });
+  });
+  const connected = await chromium.connectOverCDP(endpoint);
+  return { child, connected };
+}
