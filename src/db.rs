@@ -464,9 +464,9 @@ impl<S: Storage> Database<S> {
         let state = self.readable()?;
         let start = match &options.cursor {
             Some(cursor) if cursor.as_str() >= options.prefix.as_str() => {
-                Bound::Excluded(cursor.clone())
+                Bound::Excluded(cursor.as_str())
             }
-            _ => Bound::Included(options.prefix.clone()),
+            _ => Bound::Included(options.prefix.as_str()),
         };
         let limit = options.limit.unwrap_or(usize::MAX);
         let mut items = Vec::new();
@@ -489,8 +489,8 @@ impl<S: Storage> Database<S> {
     /// limit), as `(id, document)`.
     pub fn query(&self, query: &Query) -> Result<Vec<(String, Document)>> {
         let state = self.readable()?;
-        let start = Bound::Included(query.prefix.clone());
         let prefix = query.prefix.as_str();
+        let start = Bound::Included(prefix);
         let live = state
             .store
             .records_in((start, Bound::Unbounded))
@@ -549,11 +549,17 @@ impl<S: Storage> Database<S> {
         if self.jobs.unbounded_send(Job::Close(reply)).is_ok() {
             let _ = receiver.await;
         }
-        let mut state = self.shared.state();
-        state.closed = true;
-        state.listeners.clear();
-        state.commit_listeners.clear();
-        drop(state);
+        let already_closed = {
+            let mut state = self.shared.state();
+            let already_closed = state.closed;
+            state.closed = true;
+            state.listeners.clear();
+            state.commit_listeners.clear();
+            already_closed
+        };
+        if !already_closed {
+            self.shared.storage.close().await?;
+        }
         self.shared
             .slot
             .lock()
@@ -642,14 +648,20 @@ async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::Unbou
 }
 
 async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
-    let ops: Vec<CrdtOperation> = jobs.iter().flat_map(|j| j.ops.iter().cloned()).collect();
+    let mut ops: Vec<CrdtOperation> = Vec::new();
+    let mut spans = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
     let mut peer_vector: Option<VersionVector> = None;
-    for job in &jobs {
+    for job in jobs {
         if let Some(vector) = &job.peer_vector {
             peer_vector
                 .get_or_insert_with(VersionVector::new)
                 .merge(vector);
         }
+        let start = ops.len();
+        ops.extend(job.ops);
+        spans.push((job.origin, start..ops.len()));
+        replies.push(job.reply);
     }
 
     let (records, batch) = {
@@ -680,14 +692,18 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
         ));
         let batch = CommitBatch {
             expected_generation: state.generation,
-            records: records
-                .iter()
-                .map(|r| (r.id().to_owned(), r.to_bytes()))
-                .collect(),
             meta,
             ..Default::default()
         };
         (records, batch)
+    };
+    // Encode outside the lock: readers are not held up by a large batch.
+    let batch = CommitBatch {
+        records: records
+            .iter()
+            .map(|r| (r.id().to_owned(), r.to_bytes()))
+            .collect(),
+        ..batch
     };
 
     let result = if batch.records.is_empty() && peer_vector.is_none() {
@@ -723,45 +739,50 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
                 .store
                 .install(records, &ops, peer_vector.as_ref(), now);
             for change in &changes {
-                state.corrupt.remove(&change.id);
+                state.corrupt.remove(&*change.id);
             }
-            let batches: Vec<CommittedBatch> = jobs
-                .iter()
-                .map(|job| CommittedBatch {
-                    origin: job.origin.clone(),
-                    ops: job.ops.clone(),
-                })
-                .collect();
+            // The commit feed copies operations only when someone listens.
+            let batches: Vec<CommittedBatch> = if state.commit_listeners.is_empty() {
+                Vec::new()
+            } else {
+                spans
+                    .into_iter()
+                    .map(|(origin, range)| CommittedBatch {
+                        origin,
+                        ops: ops[range].to_vec(),
+                    })
+                    .collect()
+            };
             notify(&mut state, &changes, &batches);
             drop(state);
             if !ops.is_empty() {
                 shared.storage.announce(&ops);
             }
-            for job in jobs {
-                let _ = job.reply.send(Ok(()));
+            for reply in replies {
+                let _ = reply.send(Ok(()));
             }
         }
         Err(error) => {
             tracing::warn!(%error, "commit failed; the batch was not written");
             shared.state().store.abandon(&ops);
             let error = Error::Storage(error);
-            for job in jobs {
-                let _ = job.reply.send(Err(error.clone()));
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
             }
         }
     }
 }
 
 fn notify(state: &mut State, changes: &[Change], batches: &[CommittedBatch]) {
-    if !changes.is_empty() {
+    if !changes.is_empty() && !state.listeners.is_empty() {
         let events: Vec<SyncEvent> = changes
             .iter()
             .map(|change| match change.kind {
                 ChangeKind::Upsert => SyncEvent::Upsert {
-                    id: change.id.clone(),
+                    id: change.id.to_string(),
                 },
                 ChangeKind::Delete => SyncEvent::Delete {
-                    id: change.id.clone(),
+                    id: change.id.to_string(),
                 },
             })
             .collect();

@@ -209,7 +209,7 @@ proptest! {
         // Nothing lost: every id's final state is the merge of every version
         // ever written to it.
         for id in IDS {
-            let ops: Vec<CrdtOperation> = simulation.issued.iter().filter(|op| op.id == id).cloned().collect();
+            let ops: Vec<CrdtOperation> = simulation.issued.iter().filter(|op| &*op.id == id).cloned().collect();
             let expected = record_of(&ops);
             prop_assert_eq!(simulation.replicas[0].store.record(id).cloned(), expected);
         }
@@ -273,12 +273,18 @@ fn partitions(
     simulation.run(actions);
     let busiest = IDS
         .iter()
-        .max_by_key(|id| simulation.issued.iter().filter(|op| op.id == **id).count())
+        .max_by_key(|id| {
+            simulation
+                .issued
+                .iter()
+                .filter(|op| &*op.id == **id)
+                .count()
+        })
         .unwrap();
     let ops: Vec<&CrdtOperation> = simulation
         .issued
         .iter()
-        .filter(|op| op.id == *busiest)
+        .filter(|op| &*op.id == *busiest)
         .collect();
     let mut parts: [Vec<CrdtOperation>; 3] = Default::default();
     let mut state = split | 1;

@@ -13,7 +13,6 @@
 //!   drag every replica into the far future).
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -107,44 +106,95 @@ pub struct Dot {
 /// Encoded size of one `(actor, counter)` entry.
 const ENTRY_LEN: usize = ActorId::LEN + 8;
 
-fn encode_entries(entries: &BTreeMap<ActorId, u64>, writer: &mut Writer) {
-    writer.u32(crate::codec::len_u32(entries.len()));
-    for (actor, counter) in entries {
-        actor.encode(writer);
-        writer.u64(*counter);
-    }
-}
+/// `actor -> counter` as a vector sorted by actor: clocks usually hold one
+/// to a few actors, where a sorted vector beats a tree map in both time and
+/// allocations. Counters are never zero (absent means zero).
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+struct ActorCounters(Vec<(ActorId, u64)>);
 
-fn decode_entries(
-    reader: &mut Reader<'_>,
-    what: &str,
-) -> Result<BTreeMap<ActorId, u64>, DecodeError> {
-    let count = reader.count(ENTRY_LEN)?;
-    let mut entries = BTreeMap::new();
-    let mut previous: Option<ActorId> = None;
-    for _ in 0..count {
-        let actor = ActorId::decode(reader)?;
-        let counter = reader.u64()?;
-        // Strictly ascending actors and no zero counters: one canonical
-        // encoding per value, so equal states are equal bytes.
-        if previous.is_some_and(|p| p >= actor) {
-            return Err(DecodeError::Invalid(format!(
-                "{what} entries are not in strictly ascending actor order"
-            )));
+impl ActorCounters {
+    fn get(&self, actor: &ActorId) -> u64 {
+        match self.0.binary_search_by(|(a, _)| a.cmp(actor)) {
+            Ok(index) => self.0[index].1,
+            Err(_) => 0,
         }
-        if counter == 0 {
-            return Err(DecodeError::Invalid(format!("{what} has a zero counter")));
-        }
-        previous = Some(actor);
-        entries.insert(actor, counter);
     }
-    Ok(entries)
+
+    /// Raises `actor`'s counter to `counter`; returns whether it changed.
+    fn raise(&mut self, actor: ActorId, counter: u64) -> bool {
+        if counter == 0 {
+            return false;
+        }
+        match self.0.binary_search_by(|(a, _)| a.cmp(&actor)) {
+            Ok(index) if self.0[index].1 >= counter => false,
+            Ok(index) => {
+                self.0[index].1 = counter;
+                true
+            }
+            Err(index) => {
+                self.0.insert(index, (actor, counter));
+                true
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &ActorCounters) {
+        if self.0.is_empty() {
+            self.0.clone_from(&other.0);
+            return;
+        }
+        for (actor, counter) in &other.0 {
+            self.raise(*actor, *counter);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&ActorId, &u64)> {
+        self.0.iter().map(|(a, c)| (a, c))
+    }
+
+    fn encode(&self, writer: &mut Writer) {
+        writer.u32(crate::codec::len_u32(self.0.len()));
+        for (actor, counter) in &self.0 {
+            actor.encode(writer);
+            writer.u64(*counter);
+        }
+    }
+
+    fn decode(reader: &mut Reader<'_>, what: &str) -> Result<Self, DecodeError> {
+        let count = reader.count(ENTRY_LEN)?;
+        let mut entries: Vec<(ActorId, u64)> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let actor = ActorId::decode(reader)?;
+            let counter = reader.u64()?;
+            // Strictly ascending actors and no zero counters: one canonical
+            // encoding per value, so equal states are equal bytes.
+            if entries
+                .last()
+                .is_some_and(|(previous, _)| *previous >= actor)
+            {
+                return Err(DecodeError::Invalid(format!(
+                    "{what} entries are not in strictly ascending actor order"
+                )));
+            }
+            if counter == 0 {
+                return Err(DecodeError::Invalid(format!("{what} has a zero counter")));
+            }
+            entries.push((actor, counter));
+        }
+        Ok(Self(entries))
+    }
+
+    fn debug_map(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(a, c)| (a.to_string(), c)))
+            .finish()
+    }
 }
 
 /// A record version's causal history: actor -> highest sequence number seen.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct VectorClock {
-    entries: BTreeMap<ActorId, u64>,
+    entries: ActorCounters,
 }
 
 impl VectorClock {
@@ -155,23 +205,17 @@ impl VectorClock {
 
     /// The counter for `actor` (0 when never seen).
     pub fn get(&self, actor: &ActorId) -> u64 {
-        self.entries.get(actor).copied().unwrap_or(0)
+        self.entries.get(actor)
     }
 
     /// Raises `actor`'s entry to `counter` (never lowers it).
     pub fn observe(&mut self, actor: ActorId, counter: u64) {
-        if counter == 0 {
-            return;
-        }
-        let entry = self.entries.entry(actor).or_insert(0);
-        *entry = (*entry).max(counter);
+        self.entries.raise(actor, counter);
     }
 
     /// Pointwise maximum with `other`.
     pub fn merge(&mut self, other: &VectorClock) {
-        for (actor, counter) in &other.entries {
-            self.observe(*actor, *counter);
-        }
+        self.entries.merge(&other.entries);
     }
 
     /// True when this clock has seen the write `dot`.
@@ -184,8 +228,8 @@ impl VectorClock {
     pub fn causal_cmp(&self, other: &VectorClock) -> Option<Ordering> {
         let mut less = false;
         let mut greater = false;
-        let actors = self.entries.keys().chain(other.entries.keys());
-        for actor in actors {
+        let actors = self.entries.iter().chain(other.entries.iter());
+        for (actor, _) in actors {
             match self.get(actor).cmp(&other.get(actor)) {
                 Ordering::Less => less = true,
                 Ordering::Greater => greater = true,
@@ -209,30 +253,28 @@ impl VectorClock {
 
     /// Number of actors in the clock.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.0.len()
     }
 
     /// True when no actor is in the clock.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.0.is_empty()
     }
 
     pub(crate) fn encode(&self, writer: &mut Writer) {
-        encode_entries(&self.entries, writer);
+        self.entries.encode(writer);
     }
 
     pub(crate) fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self {
-            entries: decode_entries(reader, "vector clock")?,
+            entries: ActorCounters::decode(reader, "vector clock")?,
         })
     }
 }
 
 impl fmt::Debug for VectorClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.entries.iter().map(|(a, c)| (a.to_string(), c)))
-            .finish()
+        self.entries.debug_map(f)
     }
 }
 
@@ -255,7 +297,7 @@ impl FromIterator<(ActorId, u64)> for VectorClock {
 /// versions whose dots the other side's vector does not cover.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct VersionVector {
-    entries: BTreeMap<ActorId, u64>,
+    entries: ActorCounters,
 }
 
 impl VersionVector {
@@ -266,7 +308,7 @@ impl VersionVector {
 
     /// The highest contiguous sequence number of `actor` seen.
     pub fn get(&self, actor: &ActorId) -> u64 {
-        self.entries.get(actor).copied().unwrap_or(0)
+        self.entries.get(actor)
     }
 
     /// True when the write `dot` is known (present or superseded).
@@ -278,31 +320,19 @@ impl VersionVector {
     /// its actor. A dot further ahead leaves a gap, so the vector is left as
     /// it is (the next resync fills the gap). Returns whether it advanced.
     pub fn advance(&mut self, dot: &Dot) -> bool {
-        let current = self.get(&dot.actor);
-        if dot.seq == current + 1 {
-            self.entries.insert(dot.actor, dot.seq);
-            true
-        } else {
-            false
-        }
+        dot.seq == self.get(&dot.actor) + 1 && self.entries.raise(dot.actor, dot.seq)
     }
 
     /// Raises `actor`'s entry to `seq` (for the replica's own writes, which
     /// are known completely).
     pub fn raise(&mut self, actor: ActorId, seq: u64) {
-        if seq == 0 {
-            return;
-        }
-        let entry = self.entries.entry(actor).or_insert(0);
-        *entry = (*entry).max(seq);
+        self.entries.raise(actor, seq);
     }
 
     /// Pointwise maximum: used after a complete delta from a peer has been
     /// applied, when everything the peer's vector covers is now present here.
     pub fn merge(&mut self, other: &VersionVector) {
-        for (actor, seq) in &other.entries {
-            self.raise(*actor, *seq);
-        }
+        self.entries.merge(&other.entries);
     }
 
     /// True when every entry of `other` is covered by `self`.
@@ -317,34 +347,34 @@ impl VersionVector {
 
     /// Number of actors known.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.0.len()
     }
 
     /// True for a replica that has seen no write.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.0.is_empty()
     }
 
     /// Sum of all entries: the number of writes this replica accounts for.
     pub fn total(&self) -> u64 {
-        self.entries.values().sum()
+        self.entries.iter().map(|(_, s)| *s).sum()
     }
 
     /// Encodes as `u32 count, count x (actor[16], u64 seq)`.
     pub fn encode(&self, writer: &mut Writer) {
-        encode_entries(&self.entries, writer);
+        self.entries.encode(writer);
     }
 
     /// Decodes what [`encode`](Self::encode) wrote.
     pub fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self {
-            entries: decode_entries(reader, "version vector")?,
+            entries: ActorCounters::decode(reader, "version vector")?,
         })
     }
 
     /// The encoding as a standalone byte vector.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut writer = Writer::with_capacity(4 + self.entries.len() * ENTRY_LEN);
+        let mut writer = Writer::with_capacity(4 + self.len() * ENTRY_LEN);
         self.encode(&mut writer);
         writer.finish()
     }
@@ -360,9 +390,7 @@ impl VersionVector {
 
 impl fmt::Debug for VersionVector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.entries.iter().map(|(a, c)| (a.to_string(), c)))
-            .finish()
+        self.entries.debug_map(f)
     }
 }
 

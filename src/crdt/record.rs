@@ -300,14 +300,14 @@ impl fmt::Debug for Version {
 /// Everything known about one id: its maximal versions, winner first.
 #[derive(Clone, PartialEq)]
 pub struct Record {
-    id: String,
+    id: Arc<str>,
     /// Non-empty antichain, sorted by descending precedence.
     versions: Vec<Version>,
 }
 
 impl Record {
     /// A record holding one version.
-    pub fn new(id: impl Into<String>, version: Version) -> Self {
+    pub fn new(id: impl Into<Arc<str>>, version: Version) -> Self {
         Self {
             id: id.into(),
             versions: vec![version],
@@ -316,6 +316,11 @@ impl Record {
 
     /// The record id.
     pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The record id, shared.
+    pub fn shared_id(&self) -> &Arc<str> {
         &self.id
     }
 
@@ -464,7 +469,7 @@ impl Record {
             }
         }
         Ok(Self {
-            id: id.to_owned(),
+            id: id.into(),
             versions,
         })
     }
@@ -494,8 +499,8 @@ impl fmt::Debug for Record {
 /// replicas. Deletes are versions without data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CrdtOperation {
-    /// The record id.
-    pub id: String,
+    /// The record id (shared, so batches of operations copy no strings).
+    pub id: Arc<str>,
     /// The version to merge.
     pub version: Version,
 }
@@ -533,7 +538,7 @@ impl CrdtOperation {
         let id = reader.str()?;
         validate_id(id).map_err(|e| DecodeError::Invalid(e.to_string()))?;
         Ok(Self {
-            id: id.to_owned(),
+            id: id.into(),
             version: Version::decode(reader)?,
         })
     }

@@ -10,10 +10,13 @@
 //! callers (tests, tools) use [`CrdtStore::put`], [`CrdtStore::delete`] and
 //! [`CrdtStore::apply`], which do all three at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
-use super::clock::{ActorId, Dot, Hlc, HlcClock, VersionVector};
+use super::clock::{ActorId, Dot, Hlc, HlcClock, VectorClock, VersionVector};
 use super::record::{CrdtOperation, Document, Record, Version};
 use crate::codec::Writer;
 
@@ -21,7 +24,7 @@ use crate::codec::Writer;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     /// The record id.
-    pub id: String,
+    pub id: Arc<str>,
     /// Upsert or delete, judged by the winning version after the change.
     pub kind: ChangeKind,
 }
@@ -39,14 +42,18 @@ pub enum ChangeKind {
 #[derive(Debug, Clone)]
 pub struct CrdtStore {
     actor: ActorId,
-    records: BTreeMap<String, Record>,
+    records: BTreeMap<Arc<str>, Record>,
     version_vector: VersionVector,
     hlc: HlcClock,
     /// The last sequence number this replica's actor issued.
     last_seq: u64,
-    /// Local versions prepared but not yet installed, by id: later local
-    /// writes to the same id must supersede them.
-    pending: HashMap<String, Version>,
+    /// Local writes prepared but not yet installed, by id: the sequence
+    /// number of the latest and whether it writes data (`false`: delete).
+    /// Needed so a delete of a not-yet-durable put is not a no-op. (Clocks
+    /// need no help: a later local write has a higher sequence number of the
+    /// same actor and a base clock that only grew, so it covers the pending
+    /// one.)
+    pending: FxHashMap<Arc<str>, (u64, bool)>,
 }
 
 impl CrdtStore {
@@ -58,7 +65,7 @@ impl CrdtStore {
             version_vector: VersionVector::new(),
             hlc: HlcClock::default(),
             last_seq: 0,
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
         }
     }
 
@@ -70,9 +77,9 @@ impl CrdtStore {
         version_vector: VersionVector,
         last_hlc: Hlc,
     ) -> Self {
-        let records: BTreeMap<String, Record> = records
+        let records: BTreeMap<Arc<str>, Record> = records
             .into_iter()
-            .map(|record| (record.id().to_owned(), record))
+            .map(|record| (record.shared_id().clone(), record))
             .collect();
         let mut last_seq = version_vector.get(&actor);
         let mut hlc = HlcClock::new(last_hlc);
@@ -94,7 +101,7 @@ impl CrdtStore {
             version_vector,
             hlc,
             last_seq,
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
         }
     }
 
@@ -134,11 +141,11 @@ impl CrdtStore {
     }
 
     /// Records with ids in `range`, in id order.
-    pub fn records_in<'a, R>(&'a self, range: R) -> impl DoubleEndedIterator<Item = &'a Record>
-    where
-        R: std::ops::RangeBounds<String> + 'a,
-    {
-        self.records.range(range).map(|(_, r)| r)
+    pub fn records_in<'a>(
+        &'a self,
+        range: (std::ops::Bound<&'a str>, std::ops::Bound<&'a str>),
+    ) -> impl DoubleEndedIterator<Item = &'a Record> {
+        self.records.range::<str, _>(range).map(|(_, r)| r)
     }
 
     /// Number of records, tombstones included.
@@ -157,22 +164,30 @@ impl CrdtStore {
         data: Option<Document>,
         embedding: Option<Arc<[f32]>>,
         now_ms: u64,
-    ) -> Version {
-        let mut clock = self.records.get(id).map(Record::clock).unwrap_or_default();
-        if let Some(pending) = self.pending.get(id) {
-            clock.merge(&pending.clock);
-        }
+    ) -> CrdtOperation {
+        let (id, mut clock) = match self.records.get_key_value(id) {
+            Some((key, record)) => (key.clone(), record.clock()),
+            None => (Arc::<str>::from(id), VectorClock::new()),
+        };
         self.last_seq += 1;
         clock.observe(self.actor, self.last_seq);
-        let version = Version {
-            writer: self.actor,
-            clock,
-            hlc: self.hlc.tick(now_ms),
-            data,
-            embedding,
-        };
-        self.pending.insert(id.to_owned(), version.clone());
-        version
+        let live = data.is_some();
+        match self.pending.get_mut(&*id) {
+            Some(entry) => *entry = (self.last_seq, live),
+            None => {
+                self.pending.insert(id.clone(), (self.last_seq, live));
+            }
+        }
+        CrdtOperation {
+            id,
+            version: Version {
+                writer: self.actor,
+                clock,
+                hlc: self.hlc.tick(now_ms),
+                data,
+                embedding,
+            },
+        }
     }
 
     /// Stamps a local write of `data` (and optional `embedding`) to `id`.
@@ -185,17 +200,13 @@ impl CrdtStore {
         embedding: Option<Arc<[f32]>>,
         now_ms: u64,
     ) -> CrdtOperation {
-        let version = self.next_version(id, Some(data), embedding, now_ms);
-        CrdtOperation {
-            id: id.to_owned(),
-            version,
-        }
+        self.next_version(id, Some(data), embedding, now_ms)
     }
 
     /// Stamps a local delete of `id`, or returns `None` when there is nothing
     /// to delete (no record, or already deleted without conflicts).
     pub fn prepare_delete(&mut self, id: &str, now_ms: u64) -> Option<CrdtOperation> {
-        let live_pending = self.pending.get(id).is_some_and(|v| !v.is_tombstone());
+        let live_pending = self.pending.get(id).is_some_and(|(_, live)| *live);
         let live_record = self
             .records
             .get(id)
@@ -203,25 +214,22 @@ impl CrdtStore {
         if !live_pending && !live_record {
             return None;
         }
-        let version = self.next_version(id, None, None, now_ms);
-        Some(CrdtOperation {
-            id: id.to_owned(),
-            version,
-        })
+        Some(self.next_version(id, None, None, now_ms))
     }
 
     /// The records as they would be after merging `ops`, without changing
     /// the store: one entry per id whose record would change, in first-seen
     /// order.
     pub fn preview(&self, ops: &[CrdtOperation]) -> Vec<Record> {
-        let mut touched: Vec<Record> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut changed: Vec<bool> = Vec::new();
+        let mut touched: Vec<Record> = Vec::with_capacity(ops.len());
+        let mut changed: Vec<bool> = Vec::with_capacity(ops.len());
+        let mut index: FxHashMap<&str, usize> = FxHashMap::default();
+        index.reserve(ops.len());
         for op in ops {
-            let slot = match index.get(op.id.as_str()) {
+            let slot = match index.get(&*op.id) {
                 Some(&slot) => slot,
                 None => {
-                    match self.records.get(&op.id) {
+                    match self.records.get(&*op.id) {
                         Some(existing) => {
                             if !would_change(existing, &op.version) {
                                 continue;
@@ -232,11 +240,11 @@ impl CrdtStore {
                         None => {
                             touched.push(Record::new(op.id.clone(), op.version.clone()));
                             changed.push(true);
-                            index.insert(op.id.as_str(), touched.len() - 1);
+                            index.insert(&op.id, touched.len() - 1);
                             continue;
                         }
                     }
-                    index.insert(op.id.as_str(), touched.len() - 1);
+                    index.insert(&op.id, touched.len() - 1);
                     touched.len() - 1
                 }
             };
@@ -266,43 +274,40 @@ impl CrdtStore {
             let dot = op.version.dot();
             self.note_dot(dot);
             self.hlc.observe(op.version.hlc, now_ms);
-            if let Some(pending) = self.pending.get(&op.id) {
-                if pending.dot() == dot {
-                    self.pending.remove(&op.id);
-                }
-            }
+            self.settle(op);
         }
         if let Some(peer) = peer_vector {
             self.version_vector.merge(peer);
         }
         let mut changes = Vec::with_capacity(records.len());
         for record in records {
-            let id = record.id().to_owned();
             // Merge rather than replace: another batch (another tab's, seen
             // through a broadcast) may have been installed since the preview.
-            let (was_deleted, deleted) = match self.records.get_mut(&id) {
-                Some(existing) => {
+            let id = record.shared_id().clone();
+            let (was_deleted, deleted) = match self.records.entry(id.clone()) {
+                Entry::Occupied(mut entry) => {
+                    let existing = entry.get_mut();
                     let was_deleted = existing.is_deleted();
                     if !existing.merge(&record) {
                         continue;
                     }
                     (Some(was_deleted), existing.is_deleted())
                 }
-                None => {
+                Entry::Vacant(entry) => {
                     let deleted = record.is_deleted();
-                    self.records.insert(id.clone(), record);
+                    entry.insert(record);
                     (None, deleted)
                 }
-            };
-            let kind = if deleted {
-                ChangeKind::Delete
-            } else {
-                ChangeKind::Upsert
             };
             // Deleting something never seen changes nothing visible.
             if deleted && was_deleted.is_none() {
                 continue;
             }
+            let kind = if deleted {
+                ChangeKind::Delete
+            } else {
+                ChangeKind::Upsert
+            };
             changes.push(Change { id, kind });
         }
         changes
@@ -312,10 +317,18 @@ impl CrdtStore {
     /// commit failed). Their dots stay used: sequence numbers never repeat.
     pub fn abandon(&mut self, ops: &[CrdtOperation]) {
         for op in ops {
-            if let Some(pending) = self.pending.get(&op.id) {
-                if pending.dot() == op.version.dot() {
-                    self.pending.remove(&op.id);
-                }
+            self.settle(op);
+        }
+    }
+
+    /// Forgets the pending entry of `op` if it is the latest local write.
+    fn settle(&mut self, op: &CrdtOperation) {
+        if op.version.writer != self.actor {
+            return;
+        }
+        if let Some((seq, _)) = self.pending.get(&*op.id) {
+            if *seq == op.version.dot().seq {
+                self.pending.remove(&*op.id);
             }
         }
     }
@@ -371,7 +384,7 @@ impl CrdtStore {
             for version in record.versions() {
                 if !seen.covers(&version.dot()) {
                     ops.push(CrdtOperation {
-                        id: record.id().to_owned(),
+                        id: record.shared_id().clone(),
                         version: version.clone(),
                     });
                 }
@@ -398,7 +411,7 @@ impl CrdtStore {
             .map(|r| r.id().to_owned())
             .collect();
         for id in &removable {
-            self.records.remove(id);
+            self.records.remove(id.as_str());
         }
         removable
     }
@@ -509,7 +522,7 @@ mod tests {
         a.put("k3", doc(json!("new")), 300);
         let delta = a.changes_since(b.version_vector());
         assert_eq!(delta.len(), 1);
-        assert_eq!(delta[0].id, "k3");
+        assert_eq!(&*delta[0].id, "k3");
     }
 
     #[test]

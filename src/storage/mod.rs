@@ -165,6 +165,12 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
         batch: CommitBatch,
     ) -> impl Future<Output = Result<CommitReceipt, StorageError>> + MaybeSend;
 
+    /// Called once when the database closes, after the last commit: a chance
+    /// to leave files tidy (SQLite folds its write-ahead log back).
+    fn close(&self) -> impl Future<Output = Result<(), StorageError>> + MaybeSend {
+        async { Ok(()) }
+    }
+
     /// Tells other open instances of this database (other tabs) about a
     /// committed batch of operations. Backends without such instances do
     /// nothing.

@@ -73,6 +73,50 @@ fn sqlite_error(context: &str, error: rusqlite::Error) -> StorageError {
 pub struct SqliteStorage {
     path: Option<PathBuf>,
     connection: Arc<Mutex<Connection>>,
+    checkpoints: Arc<Checkpointer>,
+}
+
+/// Copies the write-ahead log back into the database file in the
+/// background. The writer connection has automatic checkpoints turned off,
+/// so a large commit returns as soon as its WAL frames are written instead
+/// of also copying them into the main file; this thread does that copy
+/// (`PRAGMA wal_checkpoint(PASSIVE)`, which never blocks writers) once
+/// enough has been written, on its own connection.
+struct Checkpointer {
+    path: Option<PathBuf>,
+    /// Bytes committed since the last checkpoint started.
+    pending_bytes: std::sync::atomic::AtomicU64,
+    running: std::sync::atomic::AtomicBool,
+}
+
+/// Start a background checkpoint once this much has been committed.
+const CHECKPOINT_AFTER_BYTES: u64 = 4 * 1024 * 1024;
+
+impl Checkpointer {
+    fn committed(self: &Arc<Self>, bytes: u64) {
+        use std::sync::atomic::Ordering;
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        let total = self.pending_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if total < CHECKPOINT_AFTER_BYTES || self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.pending_bytes.store(0, Ordering::Relaxed);
+        let this = self.clone();
+        std::thread::spawn(move || {
+            if let Err(error) = checkpoint(&path, "PASSIVE") {
+                tracing::warn!(%error, "background WAL checkpoint failed; SQLite retries at the next one");
+            }
+            this.running.store(false, Ordering::Release);
+        });
+    }
+}
+
+fn checkpoint(path: &Path, mode: &str) -> rusqlite::Result<()> {
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(std::time::Duration::from_secs(10))?;
+    connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
 }
 
 impl std::fmt::Debug for SqliteStorage {
@@ -128,7 +172,8 @@ impl SqliteStorage {
                  PRAGMA synchronous = {synchronous};
                  PRAGMA temp_store = MEMORY;
                  PRAGMA mmap_size = 30000000000;
-                 PRAGMA cache_size = -64000;"
+                 PRAGMA cache_size = -64000;
+                 PRAGMA wal_autocheckpoint = 0;"
             ))
             .map_err(|e| sqlite_error("applying pragmas", e))?;
         let version: i64 = connection
@@ -156,6 +201,11 @@ impl SqliteStorage {
                 .map_err(|e| sqlite_error("creating or upgrading the schema", e))?;
         }
         Ok(Self {
+            checkpoints: Arc::new(Checkpointer {
+                path: path.clone(),
+                pending_bytes: Default::default(),
+                running: Default::default(),
+            }),
             path,
             connection: Arc::new(Mutex::new(connection)),
         })
@@ -428,7 +478,21 @@ impl Storage for SqliteStorage {
     }
 
     async fn commit(&self, batch: CommitBatch) -> Result<CommitReceipt, StorageError> {
-        self.with_connection(move |connection| commit_blocking(connection, batch))
-            .await
+        let bytes = batch.byte_len() as u64;
+        let receipt = self
+            .with_connection(move |connection| commit_blocking(connection, batch))
+            .await?;
+        self.checkpoints.committed(bytes);
+        Ok(receipt)
+    }
+
+    async fn close(&self) -> Result<(), StorageError> {
+        // Fold the whole WAL back into the file so it is small at rest.
+        self.with_connection(|connection| {
+            connection
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(|e| sqlite_error("checkpointing on close", e))
+        })
+        .await
     }
 }

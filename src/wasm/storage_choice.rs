@@ -43,6 +43,13 @@ impl Storage for BrowserStorage {
         }
     }
 
+    async fn close(&self) -> Result<(), StorageError> {
+        match self {
+            Self::Memory(s) => s.close().await,
+            Self::IndexedDb(s) => Storage::close(s).await,
+        }
+    }
+
     fn announce(&self, operations: &[CrdtOperation]) {
         match self {
             Self::Memory(s) => s.announce(operations),
