@@ -231,7 +231,7 @@ impl<S: Storage> Database<S> {
         let mut records = Vec::with_capacity(loaded.records.len());
         let mut corrupt = HashMap::new();
         for (id, bytes) in loaded.records {
-            match Record::from_bytes(&bytes) {
+            match Record::from_stored_bytes(&bytes) {
                 Ok(record) if record.id() == id => records.push(record),
                 Ok(record) => {
                     corrupt.insert(

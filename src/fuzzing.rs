@@ -2,6 +2,7 @@
 //! that replays saved fuzz inputs (`tests/fuzz_regressions.rs`).
 
 use crate::crdt::{decode_operations, encode_operations, CrdtOperation, Record, VersionVector};
+use crate::storage::chunk::{decode_chunk, encode_entries};
 
 /// Runs every decoder of untrusted bytes on `data`. A decoder may reject the
 /// input; whatever it accepts must re-encode to exactly `data`, since every
@@ -22,6 +23,15 @@ pub fn check_decoders(data: &[u8]) -> usize {
             encode_operations(&ops),
             data,
             "batch encoding is not canonical"
+        );
+        accepted += 1;
+    }
+    let mut entries = Vec::new();
+    if decode_chunk(data, &mut entries).is_ok() {
+        assert_eq!(
+            encode_entries(&entries),
+            data,
+            "chunk encoding is not canonical"
         );
         accepted += 1;
     }

@@ -106,4 +106,39 @@ mod indexeddb_specifics {
         assert_eq!(db.get("after").unwrap(), Some(json!(2)));
         db.close().await.unwrap();
     }
+
+    #[wasm_bindgen_test]
+    async fn many_small_commits_are_compacted_without_losing_anything() {
+        let factory = IndexedDbFactory::new();
+        let db = Database::open(factory.open("compact").await, OpenOptions::default())
+            .await
+            .unwrap();
+        // 120 commits: 40 ids, each written three times, so compaction runs
+        // several times and has superseded rows to drop.
+        for round in 0..3 {
+            for i in 0..40 {
+                db.put(&format!("k{i:02}"), json!({ "round": round, "i": i }))
+                    .await
+                    .unwrap();
+            }
+        }
+        assert!(db.delete("k07").await.unwrap());
+        db.close().await.unwrap();
+
+        let storage = factory.open("compact").await;
+        let loaded = pluresdb::storage::Storage::load(&storage).await.unwrap();
+        assert!(
+            loaded.records.len() < 121,
+            "compaction folded rows: {} rows for 121 writes",
+            loaded.records.len()
+        );
+        let db = Database::open(storage, OpenOptions::default())
+            .await
+            .unwrap();
+        for i in 0..40 {
+            let expected = (i != 7).then(|| json!({ "round": 2, "i": i }));
+            assert_eq!(db.get(&format!("k{i:02}")).unwrap(), expected, "k{i:02}");
+        }
+        db.close().await.unwrap();
+    }
 }

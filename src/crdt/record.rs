@@ -85,10 +85,22 @@ impl Document {
         Self::from_value(&value)
     }
 
-    /// Wraps text that came from a trusted encoder after checking it is JSON.
-    fn from_encoded(text: &str) -> Result<Self, DecodeError> {
-        serde_json::from_str::<serde::de::IgnoredAny>(text)
-            .map_err(|e| DecodeError::Invalid(format!("document is not valid JSON: {e}")))?;
+    /// Wraps decoded text, checking that it is JSON unless the bytes come
+    /// from this replica's own storage.
+    fn from_encoded(text: &str, check: JsonCheck) -> Result<Self, DecodeError> {
+        if check == JsonCheck::Validate {
+            serde_json::from_str::<serde::de::IgnoredAny>(text)
+                .map_err(|e| DecodeError::Invalid(format!("document is not valid JSON: {e}")))?;
+        }
+        Ok(Self::from_text(text))
+    }
+
+    /// Wraps JSON text produced by `JSON.stringify` (the JavaScript API's own
+    /// glue), which is valid JSON by construction. Not canonicalised: replicas
+    /// store the bytes the writer produced, so they still agree byte for byte.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn from_stringified(text: String) -> Result<Self, InputError> {
+        Self::check_size(text.len())?;
         Ok(Self::from_text(text))
     }
 
@@ -218,6 +230,10 @@ impl Version {
 
     /// Decodes what [`encode`](Self::encode) wrote.
     pub fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_with(reader, JsonCheck::Validate)
+    }
+
+    fn decode_with(reader: &mut Reader<'_>, check: JsonCheck) -> Result<Self, DecodeError> {
         let writer = ActorId::decode(reader)?;
         let hlc = Hlc::decode(reader)?;
         let clock = VectorClock::decode(reader)?;
@@ -241,7 +257,7 @@ impl Version {
                     max: MAX_DOCUMENT_BYTES as u64,
                 });
             }
-            Some(Document::from_encoded(text)?)
+            Some(Document::from_encoded(text, check)?)
         } else {
             None
         };
@@ -432,8 +448,24 @@ impl Record {
     }
 
     /// Decodes a record, checking every invariant: a supported version byte,
-    /// a valid id, a non-empty antichain of versions in canonical order.
+    /// a valid id, a non-empty antichain of versions in canonical order, and
+    /// JSON documents.
     pub fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::decode_with(reader, JsonCheck::Validate)
+    }
+
+    /// Decodes a record this replica wrote to its own storage: every check of
+    /// [`from_bytes`](Self::from_bytes) except re-validating the JSON text,
+    /// which was valid when written. Cold opens of large databases are
+    /// dominated by that scan otherwise.
+    pub fn from_stored_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let record = Self::decode_with(&mut reader, JsonCheck::Trusted)?;
+        reader.finish()?;
+        Ok(record)
+    }
+
+    fn decode_with(reader: &mut Reader<'_>, check: JsonCheck) -> Result<Self, DecodeError> {
         let format = reader.u8()?;
         if format != RECORD_ENCODING_VERSION {
             return Err(DecodeError::UnsupportedVersion {
@@ -450,7 +482,7 @@ impl Record {
         }
         let mut versions = Vec::with_capacity(count);
         for _ in 0..count {
-            versions.push(Version::decode(reader)?);
+            versions.push(Version::decode_with(reader, check)?);
         }
         for pair in versions.windows(2) {
             if pair[0].precedence(&pair[1]) != Ordering::Greater {
@@ -481,6 +513,15 @@ impl Record {
         reader.finish()?;
         Ok(record)
     }
+}
+
+/// Whether decoding re-checks that document text is JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JsonCheck {
+    /// Bytes from the network or a tool: check.
+    Validate,
+    /// Bytes this replica stored itself: skip the scan.
+    Trusted,
 }
 
 /// Smallest possible encoded version: actor, hlc, empty clock, flags.

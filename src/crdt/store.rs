@@ -77,7 +77,21 @@ impl CrdtStore {
         version_vector: VersionVector,
         last_hlc: Hlc,
     ) -> Self {
-        let records: BTreeMap<Arc<str>, Record> = records
+        // Rows may repeat an id (append-only backends): merge them. Sorting
+        // first (stable, so commit order is kept per id) lets the map be
+        // built in one bulk pass.
+        let mut records: Vec<Record> = records.into_iter().collect();
+        records.sort_by(|a, b| a.id().cmp(b.id()));
+        let mut merged: Vec<Record> = Vec::with_capacity(records.len());
+        for record in records {
+            match merged.last_mut() {
+                Some(last) if last.id() == record.id() => {
+                    last.merge(&record);
+                }
+                _ => merged.push(record),
+            }
+        }
+        let records: BTreeMap<Arc<str>, Record> = merged
             .into_iter()
             .map(|record| (record.shared_id().clone(), record))
             .collect();

@@ -26,6 +26,7 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{DomException, IdbDatabase, IdbObjectStore, IdbTransactionMode};
 
+use super::chunk::{decode_chunk, encode_chunk, encode_entries, live_rows, ChunkEntry};
 use super::{
     merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedState, SlotLease, Storage,
 };
@@ -121,6 +122,8 @@ struct Channel {
 /// IndexedDB storage for one named database.
 pub struct IndexedDbStorage {
     name: String,
+    /// Chunks in the records store, as far as this instance knows.
+    chunks: std::cell::Cell<u32>,
     connection: RefCell<Option<Connection>>,
     channel: RefCell<Option<Channel>>,
 }
@@ -145,6 +148,7 @@ impl IndexedDbStorage {
         }
         let storage = Self {
             name: name.to_owned(),
+            chunks: std::cell::Cell::new(0),
             connection: RefCell::new(None),
             channel: RefCell::new(None),
         };
@@ -265,83 +269,51 @@ impl IndexedDbStorage {
             .ok_or_else(|| StorageError::ConnectionLost("no IndexedDB connection".into()))
     }
 
-    async fn commit_once(&self, batch: &CommitBatch) -> Result<CommitReceipt, StorageError> {
+    /// Starts a read-write transaction over every store.
+    async fn begin_write(&self) -> Result<WriteTransaction, StorageError> {
         let database = self.database().await?;
         let names = Array::of3(&RECORDS.into(), &META.into(), &SEGMENTS.into());
         let transaction = database
             .transaction_with_str_sequence_and_mode(&names, IdbTransactionMode::Readwrite)
             .map_err(|e| storage_error("starting a transaction", e))?;
         let done = JsFuture::from(transaction_promise(&transaction));
+        Ok(WriteTransaction { transaction, done })
+    }
+
+    async fn commit_once(&self, batch: &CommitBatch) -> Result<CommitReceipt, StorageError> {
+        let transaction = self.begin_write().await?;
         let result = self.write(&transaction, batch).await;
-        match result {
-            Ok(receipt) => {
-                done.await
-                    .map_err(|e| storage_error("committing the transaction", e))?;
-                Ok(receipt)
-            }
-            Err(error) => {
-                let _ = transaction.abort();
-                let _ = done.await;
-                Err(error)
-            }
-        }
+        transaction.finish(result).await
     }
 
     async fn write(
         &self,
-        transaction: &web_sys::IdbTransaction,
+        transaction: &WriteTransaction,
         batch: &CommitBatch,
     ) -> Result<CommitReceipt, StorageError> {
-        let store = |name: &str| -> Result<IdbObjectStore, StorageError> {
-            transaction
-                .object_store(name)
-                .map_err(|e| storage_error("opening an object store", e))
-        };
-        let records = store(RECORDS)?;
-        let meta = store(META)?;
-        let segments = store(SEGMENTS)?;
-        let stored_generation = request(
-            "reading the generation",
-            meta.get(&JsValue::from_str(GENERATION_KEY)),
-        )
-        .await?;
-        let stored_generation = decode_generation(&stored_generation)?;
+        let records = transaction.store(RECORDS)?;
+        let meta = transaction.store(META)?;
+        let segments = transaction.store(SEGMENTS)?;
+        let stored_generation = read_generation(&meta).await?;
         let stale = stored_generation != batch.expected_generation;
+        let generation = stored_generation + 1;
 
-        let mut merged_records = Vec::new();
-        let mut stored_rows = Vec::new();
-        if stale {
-            // Another tab committed since this one last did: merge with what
-            // it wrote instead of overwriting it.
-            let gets: Vec<_> = batch
-                .records
-                .iter()
-                .map(|(id, _)| request("reading a row", records.get(&JsValue::from_str(id))))
-                .collect();
-            stored_rows = futures::future::try_join_all(gets).await?;
-        }
-        for (index, (id, bytes)) in batch.records.iter().enumerate() {
-            let row = match stored_rows.get(index).and_then(bytes_of) {
-                Some(stored) => {
-                    let merged = merge_record_rows(id, &stored, bytes)?;
-                    if &merged != bytes {
-                        merged_records.push((id.clone(), merged.clone()));
-                    }
-                    merged
-                }
-                None => bytes.clone(),
-            };
+        // Every commit is one appended chunk: one value however many rows,
+        // and nothing another tab wrote is ever overwritten.
+        if !batch.records.is_empty() || !batch.removed_records.is_empty() {
+            let chunk = encode_chunk(&batch.records, &batch.removed_records);
             records
-                .put_with_key(&Uint8Array::from(row.as_slice()), &JsValue::from_str(id))
-                .map_err(|e| storage_error("writing a record", e))?;
-        }
-        for id in &batch.removed_records {
-            records
-                .delete(&JsValue::from_str(id))
-                .map_err(|e| storage_error("removing a record", e))?;
+                .put_with_key(
+                    &Uint8Array::from(chunk.as_slice()),
+                    &chunk_key(generation, 0),
+                )
+                .map_err(|e| storage_error("writing records", e))?;
+            self.chunks.set(self.chunks.get() + 1);
         }
         for (key, value) in &batch.meta {
             let value = if stale {
+                // Another tab committed since this one last did: merge the
+                // version vector and HLC it wrote instead of overwriting them.
                 let stored = request("reading metadata", meta.get(&JsValue::from_str(key))).await?;
                 match bytes_of(&stored) {
                     Some(stored) => merge_meta_rows(key, &stored, value),
@@ -363,17 +335,203 @@ impl IndexedDbStorage {
                 .delete(&JsValue::from_str(id))
                 .map_err(|e| storage_error("removing an index segment", e))?;
         }
-        let generation = stored_generation + 1;
-        meta.put_with_key(
-            &Uint8Array::from(generation.to_le_bytes().as_slice()),
-            &JsValue::from_str(GENERATION_KEY),
-        )
-        .map_err(|e| storage_error("writing the generation", e))?;
+        write_generation(&meta, generation)?;
         Ok(CommitReceipt {
             generation,
-            merged_records,
+            merged_records: Vec::new(),
         })
     }
+
+    /// Folds chunks together so loads stay fast and superseded rows are
+    /// dropped: the newest run of small chunks once it is long enough, and
+    /// everything (including rows from before chunks existed) once there are
+    /// very many chunks. One transaction; bounded work in the common case.
+    async fn compact_if_needed(&self) -> Result<(), StorageError> {
+        if self.chunks.get() < COMPACT_AFTER_CHUNKS {
+            return Ok(());
+        }
+        let transaction = self.begin_write().await?;
+        let result = self.compact(&transaction).await;
+        transaction.finish(result).await
+    }
+
+    async fn compact(&self, transaction: &WriteTransaction) -> Result<(), StorageError> {
+        let records = transaction.store(RECORDS)?;
+        let meta = transaction.store(META)?;
+        let generation = read_generation(&meta).await? + 1;
+        let keys: Array = request("listing chunks", records.get_all_keys())
+            .await?
+            .unchecked_into();
+        let values: Array = request("reading chunks", records.get_all())
+            .await?
+            .unchecked_into();
+        let chunk_count = keys.iter().filter(|k| k.is_array()).count();
+        self.chunks.set(chunk_count as u32);
+        // The newest chunks that are small, newest first.
+        let mut tail = 0;
+        for index in (0..keys.length()).rev() {
+            let key = keys.get(index);
+            let size = values.get(index).unchecked_into::<Uint8Array>().length();
+            if !key.is_array() || size >= SMALL_CHUNK_BYTES {
+                break;
+            }
+            tail += 1;
+        }
+        let full = chunk_count >= FULL_COMPACTION_CHUNKS;
+        if !full && tail < COMPACT_AFTER_CHUNKS / 2 {
+            return Ok(());
+        }
+        let first = if full { 0 } else { keys.length() - tail };
+        let mut entries = Vec::new();
+        for index in first..keys.length() {
+            let key = keys.get(index);
+            let value = values.get(index);
+            let bytes = bytes_of(&value).unwrap_or_default();
+            match key.as_string() {
+                Some(id) => entries.push(ChunkEntry::Row(id, bytes)),
+                None => decode_chunk(&bytes, &mut entries).map_err(|e| StorageError::Corrupt {
+                    store: RECORDS.into(),
+                    key: format!("{key:?}"),
+                    reason: e.to_string(),
+                })?,
+            }
+        }
+        let merged = merge_entries(entries, full);
+        for index in first..keys.length() {
+            records
+                .delete(&keys.get(index))
+                .map_err(|e| storage_error("removing a compacted chunk", e))?;
+        }
+        for (part, chunk) in merged.iter().enumerate() {
+            records
+                .put_with_key(
+                    &Uint8Array::from(chunk.as_slice()),
+                    &chunk_key(generation, part as u32),
+                )
+                .map_err(|e| storage_error("writing a compacted chunk", e))?;
+        }
+        write_generation(&meta, generation)?;
+        self.chunks
+            .set(chunk_count as u32 - (keys.length() - first) + merged.len() as u32);
+        Ok(())
+    }
+}
+
+/// Start compacting once this many chunks exist.
+const COMPACT_AFTER_CHUNKS: u32 = 32;
+/// Chunks below this size count as small.
+const SMALL_CHUNK_BYTES: u32 = 1024 * 1024;
+/// Fold everything once this many chunks exist.
+const FULL_COMPACTION_CHUNKS: usize = 256;
+/// Compaction output is split into chunks of about this size.
+const OUTPUT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Merges entries (in commit order) into compacted chunks: one row per id
+/// (rows of one id merged as CRDT records), removals applied. A partial
+/// compaction keeps its removals (they still apply to older chunks); a full
+/// one needs none.
+fn merge_entries(entries: Vec<ChunkEntry>, full: bool) -> Vec<Vec<u8>> {
+    let mut order: Vec<String> = Vec::new();
+    let mut rows: std::collections::HashMap<String, Vec<Vec<u8>>> = Default::default();
+    let mut removed: Vec<String> = Vec::new();
+    for entry in entries {
+        match entry {
+            ChunkEntry::Removed(id) => {
+                rows.remove(&id);
+                if !full && !removed.contains(&id) {
+                    removed.push(id);
+                }
+            }
+            ChunkEntry::Row(id, bytes) => {
+                let slot = rows.entry(id.clone()).or_insert_with(|| {
+                    order.push(id.clone());
+                    Vec::new()
+                });
+                match slot.last_mut() {
+                    // Rows that fail to decode are kept as they are, never lost.
+                    Some(previous) => match merge_record_rows(&id, previous, &bytes) {
+                        Ok(merged) => *previous = merged,
+                        Err(_) => slot.push(bytes),
+                    },
+                    None => slot.push(bytes),
+                }
+            }
+        }
+    }
+    let mut chunks = Vec::new();
+    let mut current: Vec<ChunkEntry> = removed.into_iter().map(ChunkEntry::Removed).collect();
+    let mut size = 0;
+    for id in order {
+        for bytes in rows.remove(&id).unwrap_or_default() {
+            size += id.len() + bytes.len() + 9;
+            current.push(ChunkEntry::Row(id.clone(), bytes));
+            if size >= OUTPUT_CHUNK_BYTES {
+                chunks.push(encode_entries(&current));
+                current.clear();
+                size = 0;
+            }
+        }
+    }
+    if !current.is_empty() || chunks.is_empty() {
+        chunks.push(encode_entries(&current));
+    }
+    chunks
+}
+
+/// A read-write transaction and the promise of its completion.
+struct WriteTransaction {
+    transaction: web_sys::IdbTransaction,
+    done: JsFuture,
+}
+
+impl WriteTransaction {
+    fn store(&self, name: &str) -> Result<IdbObjectStore, StorageError> {
+        self.transaction
+            .object_store(name)
+            .map_err(|e| storage_error("opening an object store", e))
+    }
+
+    /// Waits for the commit when `result` is Ok; aborts otherwise.
+    async fn finish<T>(self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        match result {
+            Ok(value) => {
+                self.done
+                    .await
+                    .map_err(|e| storage_error("committing the transaction", e))?;
+                Ok(value)
+            }
+            Err(error) => {
+                let _ = self.transaction.abort();
+                let _ = self.done.await;
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Chunk keys are `[generation, part]`: arrays sort after the string keys of
+/// rows stored one per record (before chunks existed), and by commit order
+/// among themselves.
+fn chunk_key(generation: u64, part: u32) -> JsValue {
+    Array::of2(&(generation as f64).into(), &f64::from(part).into()).into()
+}
+
+async fn read_generation(meta: &IdbObjectStore) -> Result<u64, StorageError> {
+    let value = request(
+        "reading the generation",
+        meta.get(&JsValue::from_str(GENERATION_KEY)),
+    )
+    .await?;
+    decode_generation(&value)
+}
+
+fn write_generation(meta: &IdbObjectStore, generation: u64) -> Result<(), StorageError> {
+    meta.put_with_key(
+        &Uint8Array::from(generation.to_le_bytes().as_slice()),
+        &JsValue::from_str(GENERATION_KEY),
+    )
+    .map(|_| ())
+    .map_err(|e| storage_error("writing the generation", e))
 }
 
 fn upgrade_schema(database: &IdbDatabase, old_version: u32) {
@@ -440,13 +598,25 @@ impl Storage for IndexedDbStorage {
             (pair.get(0).unchecked_into(), pair.get(1).unchecked_into())
         };
         let (keys, values) = pairs(0);
-        state.records.reserve(keys.length() as usize);
+        let mut entries = Vec::new();
+        let mut chunks = 0u32;
         for (key, value) in keys.iter().zip(values.iter()) {
-            let id = key.as_string().unwrap_or_default();
-            state
-                .records
-                .push((id, bytes_of(&value).unwrap_or_default()));
+            let bytes = bytes_of(&value).unwrap_or_default();
+            match key.as_string() {
+                // A row stored one per record, from before chunks existed.
+                Some(id) => entries.push(ChunkEntry::Row(id, bytes)),
+                None => {
+                    chunks += 1;
+                    decode_chunk(&bytes, &mut entries).map_err(|e| StorageError::Corrupt {
+                        store: RECORDS.into(),
+                        key: format!("chunk {key:?}"),
+                        reason: e.to_string(),
+                    })?;
+                }
+            }
         }
+        self.chunks.set(chunks);
+        state.records = live_rows(entries);
         let (keys, values) = pairs(1);
         for (key, value) in keys.iter().zip(values.iter()) {
             let key = key.as_string().unwrap_or_default();
@@ -467,7 +637,7 @@ impl Storage for IndexedDbStorage {
     }
 
     async fn commit(&self, batch: CommitBatch) -> Result<CommitReceipt, StorageError> {
-        match self.commit_once(&batch).await {
+        let receipt = match self.commit_once(&batch).await {
             // The connection was closed under us (another tab upgrading, the
             // browser reclaiming it): reopen and retry once.
             Err(StorageError::ConnectionLost(reason)) => {
@@ -476,7 +646,12 @@ impl Storage for IndexedDbStorage {
                 self.commit_once(&batch).await
             }
             other => other,
+        }?;
+        // Compaction is housekeeping: the commit is durable either way.
+        if let Err(error) = self.compact_if_needed().await {
+            tracing::warn!(%error, "IndexedDB compaction failed; it is retried after a later commit");
         }
+        Ok(receipt)
     }
 
     fn announce(&self, operations: &[crate::crdt::CrdtOperation]) {

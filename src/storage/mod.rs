@@ -20,6 +20,7 @@ use crate::crdt::{Hlc, Record, VersionVector};
 use crate::error::StorageError;
 use crate::platform::{MaybeSend, MaybeSync};
 
+pub mod chunk;
 #[cfg(target_arch = "wasm32")]
 pub mod indexeddb;
 pub mod memory;
@@ -65,7 +66,9 @@ pub mod meta_keys {
 pub struct LoadedState {
     /// Commit counter; pass it back as [`CommitBatch::expected_generation`].
     pub generation: u64,
-    /// Record rows `(id, encoded record)`, in any order.
+    /// Record rows `(id, encoded record)` in commit order. An id may appear
+    /// more than once (backends that append, like IndexedDB's chunks): the
+    /// reader merges every row of an id.
     pub records: Vec<(String, Vec<u8>)>,
     /// Metadata rows.
     pub meta: BTreeMap<String, Vec<u8>>,

@@ -2,6 +2,40 @@
 // JSON.stringify silently drops `undefined` and functions, turns NaN into
 // null and Dates into strings; a database must refuse such values instead of
 // storing something other than what it was given.
+//
+// The fast path only answers "is it plain JSON?"; when it is not (or the
+// value nests suspiciously deep, as a cycle would), a slow walk finds the
+// offending path for the error message.
+
+const MAX_FAST_DEPTH = 200;
+
+function isPlainJson(value, depth) {
+  switch (typeof value) {
+    case 'string':
+    case 'boolean':
+      return true;
+    case 'number':
+      return value - value === 0; // false for NaN and ±Infinity
+    case 'object': {
+      if (value === null) return true;
+      if (depth > MAX_FAST_DEPTH) return false;
+      if (Array.isArray(value)) {
+        for (let i = 0; i < value.length; i++) {
+          if (!(i in value) || !isPlainJson(value[i], depth + 1)) return false;
+        }
+        return true;
+      }
+      const proto = Object.getPrototypeOf(value);
+      if (proto !== Object.prototype && proto !== null) return false;
+      for (const key in value) {
+        if (!isPlainJson(value[key], depth + 1)) return false;
+      }
+      return Object.getOwnPropertySymbols(value).length === 0;
+    }
+    default:
+      return false;
+  }
+}
 
 function invalid(path, what) {
   const error = new TypeError(
@@ -12,7 +46,7 @@ function invalid(path, what) {
   return error;
 }
 
-function check(value, path, ancestors) {
+function explain(value, path, ancestors) {
   switch (typeof value) {
     case 'string':
     case 'boolean':
@@ -37,7 +71,7 @@ function check(value, path, ancestors) {
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) {
       if (!(i in value)) throw invalid(`${path}[${i}]`, 'a hole in a sparse array');
-      check(value[i], `${path}[${i}]`, ancestors);
+      explain(value[i], `${path}[${i}]`, ancestors);
     }
   } else {
     const proto = Object.getPrototypeOf(value);
@@ -48,18 +82,59 @@ function check(value, path, ancestors) {
     if (Object.getOwnPropertySymbols(value).length > 0) {
       throw invalid(path, 'an object with Symbol keys');
     }
-    for (const key of Object.keys(value)) {
-      check(value[key], `${path}.${key}`, ancestors);
-    }
+    for (const key in value) explain(value[key], `${path}.${key}`, ancestors);
   }
   ancestors.delete(value);
+}
+
+function checkJson(value, path) {
+  if (!isPlainJson(value, 0)) {
+    explain(value, path, new Set());
+    // Plain JSON nested deeper than the fast path follows.
+  }
+}
+
+function invalidArgument(message) {
+  const error = new TypeError(message);
+  error.name = 'InvalidInputError';
+  return error;
 }
 
 // Returns the JSON text of `value`, or throws an InvalidInputError naming
 // the first part of it that is not JSON.
 export function toJsonText(value) {
-  check(value, '$', new Set());
+  checkJson(value, '$');
   return JSON.stringify(value);
+}
+
+// Validates putMany entries ([id, data] or { id, data }) and returns them as
+// one JSON text `[[id, data], ...]`: one string crosses into WebAssembly for
+// the whole batch.
+export function entriesToJsonText(entries) {
+  if (!Array.isArray(entries)) {
+    throw invalidArgument('putMany takes an array of [id, data] or { id, data }');
+  }
+  let normalized = null;
+  for (let i = 0; i < entries.length; i++) {
+    const entry = entries[i];
+    let id;
+    let data;
+    if (Array.isArray(entry)) {
+      id = entry[0];
+      data = entry[1];
+      if (entry.length !== 2 && normalized === null) normalized = entries.slice(0, i);
+    } else if (entry !== null && typeof entry === 'object') {
+      id = entry.id;
+      data = entry.data;
+      if (normalized === null) normalized = entries.slice(0, i);
+    } else {
+      throw invalidArgument(`putMany entry ${i} is neither [id, data] nor { id, data }`);
+    }
+    if (typeof id !== 'string') throw invalidArgument(`putMany entry ${i} has no string id`);
+    checkJson(data, `entries[${i}].data`);
+    if (normalized !== null) normalized.push([id, data]);
+  }
+  return JSON.stringify(normalized ?? entries);
 }
 
 // Builds an Error with a stable `name`, as the JavaScript API throws.

@@ -24,6 +24,8 @@ pub use storage_choice::BrowserStorage;
 extern "C" {
     #[wasm_bindgen(js_name = toJsonText, catch)]
     fn to_json_text(value: &JsValue) -> Result<String, JsValue>;
+    #[wasm_bindgen(js_name = entriesToJsonText, catch)]
+    fn entries_to_json_text(entries: &JsValue) -> Result<String, JsValue>;
     #[wasm_bindgen(js_name = makeError)]
     fn make_error(name: &str, message: &str) -> JsValue;
 }
@@ -68,7 +70,7 @@ fn check_usable() -> Result<(), JsValue> {
 
 fn document_from_js(value: &JsValue) -> Result<Document, JsValue> {
     let text = to_json_text(value)?;
-    Document::parse(&text).map_err(|e| to_js_error(&e.into()))
+    Document::from_stringified(text).map_err(|e| to_js_error(&e.into()))
 }
 
 fn document_to_js(document: &Document) -> Result<JsValue, JsValue> {
@@ -397,27 +399,15 @@ fn query_from_js(query: &JsValue) -> Result<Query, JsValue> {
 }
 
 fn parse_entries(entries: &JsValue) -> Result<Vec<(String, Document)>, JsValue> {
-    let array = entries
-        .dyn_ref::<Array>()
-        .ok_or_else(|| invalid_input("putMany takes an array of [id, data] or { id, data }"))?;
-    let mut parsed = Vec::with_capacity(array.length() as usize);
-    for (index, entry) in array.iter().enumerate() {
-        let (id, data) = if let Some(pair) = entry.dyn_ref::<Array>() {
-            (pair.get(0), pair.get(1))
-        } else if entry.is_object() {
-            (
-                Reflect::get(&entry, &"id".into())?,
-                Reflect::get(&entry, &"data".into())?,
-            )
-        } else {
-            return Err(invalid_input(format!(
-                "putMany entry {index} is neither [id, data] nor {{ id, data }}"
-            )));
-        };
-        let id = id
-            .as_string()
-            .ok_or_else(|| invalid_input(format!("putMany entry {index} has no string id")))?;
-        parsed.push((id, document_from_js(&data)?));
-    }
-    Ok(parsed)
+    let text = entries_to_json_text(entries)?;
+    let pairs: Vec<(String, &serde_json::value::RawValue)> =
+        serde_json::from_str(&text).map_err(|e| invalid_input(format!("putMany entries: {e}")))?;
+    pairs
+        .into_iter()
+        .map(|(id, data)| {
+            let document = Document::from_stringified(data.get().to_owned())
+                .map_err(|e| to_js_error(&e.into()))?;
+            Ok((id, document))
+        })
+        .collect()
 }

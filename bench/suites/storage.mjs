@@ -1,0 +1,40 @@
+// Browser storage suite driver: bench/pages/storage.js in headless Chromium.
+export async function runStorageSuite({ context, baseUrl, runs, quick }) {
+  const page = await context.newPage();
+  page.on('pageerror', (error) => console.error('bench page error:', error));
+  await page.goto(`${baseUrl}/bench/pages/storage.html`);
+  await page.waitForSelector('body[data-ready="true"]', { state: 'attached' });
+  const contenders = await page.evaluate(() => globalThis.bench.contenders);
+  const docs = quick ? 2_000 : 10_000;
+  const results = { docs, bulk: {}, single: {}, reads: {}, coldOpen: {} };
+  for (const name of contenders) {
+    console.log(`bench: storage/${name}: bulk insert, single inserts, reads`);
+    results.bulk[name] = await page.evaluate(([n, d, r]) => globalThis.bench.bulkInsert(n, d, r), [name, docs, runs]);
+    results.single[name] = await page.evaluate(([n, r]) => globalThis.bench.singleInserts(n, 300, r), [name, runs]);
+    results.reads[name] = await page.evaluate(([n, d, r]) => globalThis.bench.reads(n, d, r), [name, docs, runs]);
+  }
+  const sizes = quick ? [10_000] : [10_000, 100_000];
+  for (const size of sizes) {
+    for (const name of contenders) {
+      if (name === 'pouchdb' && size > 10_000) continue; // populating takes minutes
+      console.log(`bench: storage/${name}: cold open of ${size} records`);
+      const dbName = `cold-${name}-${size}-${Date.now()}`;
+      await page.evaluate(([n, db, s]) => globalThis.bench.populate(n, db, s), [name, dbName, size]);
+      const times = [];
+      for (let run = 0; run < runs; run++) {
+        const fresh = await context.newPage();
+        await fresh.goto(`${baseUrl}/bench/pages/storage.html`);
+        await fresh.waitForSelector('body[data-ready="true"]', { state: 'attached' });
+        times.push(await fresh.evaluate(([n, db]) => globalThis.bench.coldOpen(n, db), [name, dbName]));
+        await fresh.close();
+      }
+      await page.evaluate(([n, db]) => globalThis.bench.destroy(n, db), [name, dbName]);
+      const sorted = [...times].sort((a, b) => a - b);
+      (results.coldOpen[size] ??= {})[name] = {
+        median: sorted[Math.floor(sorted.length / 2)], min: sorted[0], max: sorted.at(-1), runs: times.length,
+      };
+    }
+  }
+  await page.close();
+  return results;
+}

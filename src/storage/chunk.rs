@@ -1,0 +1,162 @@
+//! Chunks: many record rows packed into one stored value.
+//!
+//! Backends whose per-value cost dominates (IndexedDB: one structured clone
+//! and one inter-process hop per value) store each commit as one chunk
+//! instead of one value per record. Chunks are only ever appended, in
+//! commit order; a record that changes again simply appears again in a
+//! later chunk, and readers merge every row of an id (the CRDT merge makes
+//! the result independent of how rows are split). Compaction later folds
+//! chunks together.
+//!
+//! Encoding:
+//!
+//! ```text
+//! u8   version = 1
+//! u32  entry count
+//! entries, each:
+//!   u8   kind: 0 = row, 1 = removed (drop every earlier row of this id)
+//!   u32  id length, id bytes (UTF-8)
+//!   if row: u32 length, record encoding
+//! ```
+
+use crate::codec::{Reader, Writer};
+use crate::error::DecodeError;
+
+/// Version byte of the chunk encoding.
+pub const CHUNK_ENCODING_VERSION: u8 = 1;
+
+const KIND_ROW: u8 = 0;
+const KIND_REMOVED: u8 = 1;
+
+/// One entry of a chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkEntry {
+    /// A record row: `(id, record encoding)`.
+    Row(String, Vec<u8>),
+    /// Every earlier row of this id is gone (tombstone compaction).
+    Removed(String),
+}
+
+/// Encodes rows and removals as one chunk.
+pub fn encode_chunk(rows: &[(String, Vec<u8>)], removed: &[String]) -> Vec<u8> {
+    let size: usize = rows
+        .iter()
+        .map(|(id, row)| 9 + id.len() + row.len())
+        .sum::<usize>()
+        + removed.iter().map(|id| 5 + id.len()).sum::<usize>();
+    let mut writer = Writer::with_capacity(5 + size);
+    writer.u8(CHUNK_ENCODING_VERSION);
+    writer.u32(crate::codec::len_u32(rows.len() + removed.len()));
+    for (id, row) in rows {
+        writer.u8(KIND_ROW).str(id).blob(row);
+    }
+    for id in removed {
+        writer.u8(KIND_REMOVED).str(id);
+    }
+    writer.finish()
+}
+
+/// Encodes entries in the given order.
+pub fn encode_entries(entries: &[ChunkEntry]) -> Vec<u8> {
+    let mut writer = Writer::new();
+    writer.u8(CHUNK_ENCODING_VERSION);
+    writer.u32(crate::codec::len_u32(entries.len()));
+    for entry in entries {
+        match entry {
+            ChunkEntry::Row(id, row) => writer.u8(KIND_ROW).str(id).blob(row),
+            ChunkEntry::Removed(id) => writer.u8(KIND_REMOVED).str(id),
+        };
+    }
+    writer.finish()
+}
+
+/// Decodes a chunk, appending its entries to `out` in order.
+pub fn decode_chunk(bytes: &[u8], out: &mut Vec<ChunkEntry>) -> Result<(), DecodeError> {
+    let mut reader = Reader::new(bytes);
+    let version = reader.u8()?;
+    if version != CHUNK_ENCODING_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            what: "chunk",
+            found: version,
+            supported: CHUNK_ENCODING_VERSION,
+        });
+    }
+    let count = reader.count(5)?;
+    out.reserve(count);
+    for _ in 0..count {
+        let kind = reader.u8()?;
+        let id = reader.str()?.to_owned();
+        match kind {
+            KIND_ROW => out.push(ChunkEntry::Row(id, reader.blob()?.to_vec())),
+            KIND_REMOVED => out.push(ChunkEntry::Removed(id)),
+            other => {
+                return Err(DecodeError::Invalid(format!(
+                    "unknown chunk entry kind {other}"
+                )))
+            }
+        }
+    }
+    reader.finish()
+}
+
+/// Resolves entries in commit order into the rows that are still live:
+/// rows followed by a removal of their id are dropped, and so are the
+/// removals themselves. The result keeps commit order and may hold several
+/// rows for one id.
+pub fn live_rows(entries: Vec<ChunkEntry>) -> Vec<(String, Vec<u8>)> {
+    let mut removed = std::collections::HashSet::new();
+    let mut kept = Vec::with_capacity(entries.len());
+    for entry in entries.into_iter().rev() {
+        match entry {
+            ChunkEntry::Removed(id) => {
+                removed.insert(id);
+            }
+            ChunkEntry::Row(id, row) => {
+                if !removed.contains(&id) {
+                    kept.push((id, row));
+                }
+            }
+        }
+    }
+    kept.reverse();
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_round_trip_and_removals_drop_earlier_rows() {
+        let first = encode_chunk(&[("a".into(), vec![1]), ("b".into(), vec![2])], &[]);
+        let second = encode_chunk(&[("a".into(), vec![3])], &["b".into()]);
+        let third = encode_chunk(&[("b".into(), vec![4])], &[]);
+        let mut entries = Vec::new();
+        for chunk in [&first, &second, &third] {
+            decode_chunk(chunk, &mut entries).unwrap();
+        }
+        assert_eq!(entries.len(), 5);
+        assert_eq!(
+            live_rows(entries),
+            vec![
+                ("a".to_string(), vec![1]),
+                ("a".to_string(), vec![3]),
+                ("b".to_string(), vec![4]),
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_chunks_are_errors() {
+        let good = encode_chunk(&[("a".into(), vec![1, 2, 3])], &[]);
+        for cut in 0..good.len() {
+            assert!(decode_chunk(&good[..cut], &mut Vec::new()).is_err());
+        }
+        let mut bad_kind = good.clone();
+        bad_kind[5] = 9;
+        assert!(decode_chunk(&bad_kind, &mut Vec::new()).is_err());
+        let mut trailing = good;
+        trailing.push(0);
+        assert!(decode_chunk(&trailing, &mut Vec::new()).is_err());
+    }
+}
