@@ -611,8 +611,8 @@ async fn run_announcement_listener<S: Storage>(
         if state.closed {
             return;
         }
-        let records = state.store.preview(&ops);
-        let changes = state.store.install(records, &ops, None, now);
+        let preview = state.store.preview(&ops);
+        let changes = state.store.install(preview, &ops, None, now);
         let job = CommittedBatch {
             origin: Origin::OtherInstance,
             ops,
@@ -700,6 +700,7 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
     // Encode outside the lock: readers are not held up by a large batch.
     let batch = CommitBatch {
         records: records
+            .records()
             .iter()
             .map(|r| (r.id().to_owned(), r.to_bytes()))
             .collect(),
@@ -721,11 +722,7 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
                 generation = Some(receipt.generation);
                 for (id, bytes) in receipt.merged_records {
                     match Record::from_bytes(&bytes) {
-                        Ok(merged) => {
-                            if let Some(slot) = records.iter_mut().find(|r| r.id() == id) {
-                                *slot = merged;
-                            }
-                        }
+                        Ok(merged) => records.replace(merged),
                         Err(e) => tracing::warn!(%id, error = %e, "merged row failed to decode"),
                     }
                 }

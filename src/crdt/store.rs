@@ -54,6 +54,37 @@ pub struct CrdtStore {
     /// same actor and a base clock that only grew, so it covers the pending
     /// one.)
     pending: FxHashMap<Arc<str>, (u64, bool)>,
+    /// Bumped by every install: a preview taken at the current epoch can
+    /// replace records instead of merging into them.
+    epoch: u64,
+}
+
+/// The records as a batch of operations would leave them, computed by
+/// [`CrdtStore::preview`] and made visible by [`CrdtStore::install`].
+#[derive(Debug, Clone)]
+pub struct Preview {
+    records: Vec<Record>,
+    epoch: u64,
+}
+
+impl Preview {
+    /// The new state of every record the batch changes.
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// Replaces the previewed state of a record with a state that includes
+    /// it (what storage merged in from another writer).
+    pub fn replace(&mut self, record: Record) {
+        if let Some(slot) = self.records.iter_mut().find(|r| r.id() == record.id()) {
+            *slot = record;
+        }
+    }
+
+    /// True when the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
 }
 
 impl CrdtStore {
@@ -66,6 +97,7 @@ impl CrdtStore {
             hlc: HlcClock::default(),
             last_seq: 0,
             pending: FxHashMap::default(),
+            epoch: 0,
         }
     }
 
@@ -116,6 +148,7 @@ impl CrdtStore {
             hlc,
             last_seq,
             pending: FxHashMap::default(),
+            epoch: 0,
         }
     }
 
@@ -234,7 +267,7 @@ impl CrdtStore {
     /// The records as they would be after merging `ops`, without changing
     /// the store: one entry per id whose record would change, in first-seen
     /// order.
-    pub fn preview(&self, ops: &[CrdtOperation]) -> Vec<Record> {
+    pub fn preview(&self, ops: &[CrdtOperation]) -> Preview {
         let mut touched: Vec<Record> = Vec::with_capacity(ops.len());
         let mut changed: Vec<bool> = Vec::with_capacity(ops.len());
         let mut index: FxHashMap<&str, usize> = FxHashMap::default();
@@ -264,11 +297,15 @@ impl CrdtStore {
             };
             changed[slot] |= touched[slot].merge_version(op.version.clone());
         }
-        touched
+        let records = touched
             .into_iter()
             .zip(changed)
             .filter_map(|(record, changed)| changed.then_some(record))
-            .collect()
+            .collect();
+        Preview {
+            records,
+            epoch: self.epoch,
+        }
     }
 
     /// Makes durable records visible: `records` are the new states (from
@@ -279,11 +316,17 @@ impl CrdtStore {
     /// Returns the changes, in order.
     pub fn install(
         &mut self,
-        records: Vec<Record>,
+        preview: Preview,
         ops: &[CrdtOperation],
         peer_vector: Option<&VersionVector>,
         now_ms: u64,
     ) -> Vec<Change> {
+        // Nothing was installed since the preview: its records include every
+        // current state and can replace them (merging a record of many
+        // concurrent versions into itself would cost quadratic time).
+        let fresh = preview.epoch == self.epoch;
+        self.epoch += 1;
+        let records = preview.records;
         for op in ops {
             let dot = op.version.dot();
             self.note_dot(dot);
@@ -302,7 +345,12 @@ impl CrdtStore {
                 Entry::Occupied(mut entry) => {
                     let existing = entry.get_mut();
                     let was_deleted = existing.is_deleted();
-                    if !existing.merge(&record) {
+                    if fresh {
+                        if *existing == record {
+                            continue;
+                        }
+                        *existing = record;
+                    } else if !existing.merge(&record) {
                         continue;
                     }
                     (Some(was_deleted), existing.is_deleted())
@@ -313,16 +361,7 @@ impl CrdtStore {
                     (None, deleted)
                 }
             };
-            // Deleting something never seen changes nothing visible.
-            if deleted && was_deleted.is_none() {
-                continue;
-            }
-            let kind = if deleted {
-                ChangeKind::Delete
-            } else {
-                ChangeKind::Upsert
-            };
-            changes.push(Change { id, kind });
+            changes.extend(change_of(id, was_deleted, deleted));
         }
         changes
     }
@@ -373,9 +412,29 @@ impl CrdtStore {
     /// Merges one operation (local or remote) now. Returns the change, if the
     /// record changed.
     pub fn apply(&mut self, op: CrdtOperation, now_ms: u64) -> Option<Change> {
-        let ops = [op];
-        let records = self.preview(&ops);
-        self.install(records, &ops, None, now_ms).pop()
+        // In place: no preview copy of the record (which may hold hundreds of
+        // concurrent versions).
+        self.note_dot(op.version.dot());
+        self.hlc.observe(op.version.hlc, now_ms);
+        self.settle(&op);
+        self.epoch += 1;
+        let CrdtOperation { id, version } = op;
+        let (was_deleted, deleted) = match self.records.entry(id.clone()) {
+            Entry::Occupied(mut entry) => {
+                let existing = entry.get_mut();
+                let was_deleted = existing.is_deleted();
+                if !existing.merge_version(version) {
+                    return None;
+                }
+                (Some(was_deleted), existing.is_deleted())
+            }
+            Entry::Vacant(entry) => {
+                let deleted = version.is_tombstone();
+                entry.insert(Record::new(id.clone(), version));
+                (None, deleted)
+            }
+        };
+        change_of(id, was_deleted, deleted)
     }
 
     /// Merges a complete delta from a peer whose version vector was
@@ -441,6 +500,21 @@ impl CrdtStore {
         }
         writer.finish()
     }
+}
+
+/// What a changed record means to subscribers: `was_deleted` is `None` for
+/// a record not seen before. Deleting something never seen changes nothing
+/// visible.
+fn change_of(id: Arc<str>, was_deleted: Option<bool>, deleted: bool) -> Option<Change> {
+    if deleted && was_deleted.is_none() {
+        return None;
+    }
+    let kind = if deleted {
+        ChangeKind::Delete
+    } else {
+        ChangeKind::Upsert
+    };
+    Some(Change { id, kind })
 }
 
 /// Cheap check that merging `version` into `record` changes something.
@@ -547,9 +621,9 @@ mod tests {
         assert!(store.get("x").is_none());
         // Both land in one batch: the second supersedes the first.
         let ops = [first, second];
-        let records = store.preview(&ops);
-        assert_eq!(records.len(), 1);
-        store.install(records, &ops, None, 10);
+        let preview = store.preview(&ops);
+        assert_eq!(preview.records().len(), 1);
+        store.install(preview, &ops, None, 10);
         assert_eq!(store.get("x").unwrap().as_str(), "2");
         assert!(store.conflicts("x").is_empty());
     }
@@ -562,8 +636,8 @@ mod tests {
             .prepare_delete("x", 10)
             .expect("pending put is deletable");
         let ops = [put, delete];
-        let records = store.preview(&ops);
-        store.install(records, &ops, None, 10);
+        let preview = store.preview(&ops);
+        store.install(preview, &ops, None, 10);
         assert!(store.get("x").is_none());
         assert!(store.prepare_delete("x", 11).is_none());
     }

@@ -37,9 +37,11 @@ pub use sqlite::{Durability, SqliteStorage};
 /// format are migrated on open; newer ones are refused.
 ///
 /// - 1: records and metadata.
-/// - 2: adds persisted vector-index segments. Migrating from 1 rewrites
-///   nothing: a database without segments has its index built from the
-///   records' embeddings on open, then persisted.
+/// - 2: adds persisted vector-index segments, and IndexedDB stores records in
+///   chunks (one per commit). Migrating from 1 rewrites nothing: rows stored
+///   one per record stay readable (and are folded into chunks by the next
+///   full compaction), and a database without segments has its index built
+///   from the records' embeddings on open.
 pub const FORMAT_VERSION: u32 = 2;
 
 /// Metadata keys.
