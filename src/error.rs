@@ -135,6 +135,12 @@ pub enum Error {
     /// The storage backend failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A vector was refused or a search was malformed.
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+    /// The embedder failed or is missing.
+    #[error("embedder: {0}")]
+    Embedder(String),
     /// An internal invariant failed; the instance should be reopened.
     #[error("internal error: {0}")]
     Internal(String),
@@ -154,6 +160,11 @@ impl Error {
             Error::Storage(StorageError::Closed) => ErrorName::Closed,
             Error::Storage(StorageError::UpgradeBlocked) => ErrorName::UpgradeBlocked,
             Error::Storage(_) => ErrorName::Storage,
+            Error::Index(crate::index::IndexError::DimensionMismatch { .. }) => {
+                ErrorName::DimensionMismatch
+            }
+            Error::Index(_) => ErrorName::InvalidInput,
+            Error::Embedder(_) => ErrorName::Embedder,
             Error::Internal(_) => ErrorName::Generic,
         }
     }
@@ -179,6 +190,10 @@ pub enum ErrorName {
     Closed,
     /// A schema upgrade is blocked by another open connection.
     UpgradeBlocked,
+    /// A vector of the wrong dimension.
+    DimensionMismatch,
+    /// The embedder failed or is missing.
+    Embedder,
     /// Other storage failures.
     Storage,
 }
@@ -195,6 +210,8 @@ impl ErrorName {
             ErrorName::Corrupt => "CorruptDataError",
             ErrorName::Closed => "ClosedError",
             ErrorName::UpgradeBlocked => "UpgradeBlockedError",
+            ErrorName::DimensionMismatch => "DimensionMismatchError",
+            ErrorName::Embedder => "EmbedderError",
             ErrorName::Storage => "StorageError",
         }
     }

@@ -32,6 +32,7 @@ mod db;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod index;
 pub mod platform;
 pub mod query;
 pub mod storage;
@@ -42,7 +43,10 @@ pub mod wasm;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 
-pub use db::{CommittedBatch, Database, ListOptions, OpenOptions, Origin, Page, SyncEvent};
+pub use db::{
+    text_of, CommittedBatch, Database, EmbedText, ListOptions, OpenOptions, Origin, Page,
+    SearchHit, SearchQuery, SearchRequest, SyncEvent,
+};
 pub use error::{Error, Result};
 pub use query::Query;
 

@@ -95,6 +95,28 @@ where
     imp::spawn(future);
 }
 
+/// Runs CPU-heavy `work` without holding up the async executor: on tokio's
+/// blocking pool natively; inline on wasm32 (there is no other thread to
+/// use — run the database in a Worker to keep pages responsive).
+pub async fn run_blocking<T, F>(work: F) -> T
+where
+    T: MaybeSend + 'static,
+    F: FnOnce() -> T + MaybeSend + 'static,
+{
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        tokio::task::spawn_blocking(work)
+            .await
+            .expect("blocking work panicked")
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        // Let pending promise reactions (the commit's callers) run first.
+        sleep(std::time::Duration::ZERO).await;
+        work()
+    }
+}
+
 /// Fills `buf` with cryptographically secure random bytes.
 ///
 /// # Panics

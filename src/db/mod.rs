@@ -21,12 +21,17 @@ use crate::crdt::{
     Document, Record, Version, VersionVector,
 };
 use crate::error::{Error, Result, StorageError};
+use crate::index::{IndexConfig, VectorIndex};
 use crate::platform::{self, SystemClock, WallClock};
 use crate::query::Query;
+
+mod vector;
+
 use crate::storage::{
     decode_format, decode_hlc, encode_format, encode_hlc, meta_keys, CommitBatch, SlotLease,
     Storage, FORMAT_VERSION,
 };
+pub use vector::{text_of, EmbedText, SearchHit, SearchQuery, SearchRequest};
 
 /// An in-process event about the database, delivered to subscribers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,12 +85,22 @@ pub struct CommittedBatch {
 pub struct OpenOptions {
     /// The wall clock used to stamp writes (the system clock by default).
     pub clock: Arc<dyn WallClock>,
+    /// Vector index settings (dimension, HNSW parameters).
+    pub index: IndexConfig,
+    /// Embeds text: when set, `put` embeds each record's text fields and
+    /// `search` accepts text.
+    pub embedder: Option<Arc<dyn EmbedText>>,
+    /// The top-level string fields an embedder sees (all when empty).
+    pub embed_fields: Vec<String>,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
         Self {
             clock: Arc::new(SystemClock),
+            index: IndexConfig::default(),
+            embedder: None,
+            embed_fields: Vec::new(),
         }
     }
 }
@@ -126,11 +141,14 @@ struct CommitJob {
 
 enum Job {
     Commit(CommitJob),
+    /// Seal and merge index segments; reply when done.
+    Maintain(Option<oneshot::Sender<()>>),
     Close(oneshot::Sender<()>),
 }
 
 struct State {
     store: CrdtStore,
+    index: VectorIndex,
     generation: u64,
     /// Rows that failed to decode on open: id -> reason.
     corrupt: HashMap<String, String>,
@@ -143,6 +161,8 @@ struct Shared<S> {
     storage: S,
     state: Mutex<State>,
     clock: Arc<dyn WallClock>,
+    embedder: Option<Arc<dyn EmbedText>>,
+    embed_fields: Vec<String>,
     slot: Mutex<Option<SlotLease>>,
 }
 
@@ -251,6 +271,8 @@ impl<S: Storage> Database<S> {
             );
         }
         let store = CrdtStore::restore(actor, records, version_vector, last_hlc);
+        let (index, dropped_segments) =
+            vector::build_index(options.index.clone(), loaded.segments, &store);
 
         // A new database records its format; a new slot records its actor id
         // before the actor writes anything.
@@ -265,11 +287,12 @@ impl<S: Storage> Database<S> {
             meta.push((slot_key, actor.as_bytes().to_vec()));
         }
         let mut generation = loaded.generation;
-        if !meta.is_empty() {
+        if !meta.is_empty() || !dropped_segments.is_empty() {
             let receipt = storage
                 .commit(CommitBatch {
                     expected_generation: generation,
                     meta,
+                    removed_segments: dropped_segments,
                     ..Default::default()
                 })
                 .await?;
@@ -280,6 +303,7 @@ impl<S: Storage> Database<S> {
             storage,
             state: Mutex::new(State {
                 store,
+                index,
                 generation,
                 corrupt,
                 listeners: Vec::new(),
@@ -287,6 +311,8 @@ impl<S: Storage> Database<S> {
                 closed: false,
             }),
             clock: options.clock,
+            embedder: options.embedder,
+            embed_fields: options.embed_fields,
             slot: Mutex::new(Some(lease)),
         });
         if let Some(announcements) = shared.storage.announcements() {
@@ -297,6 +323,8 @@ impl<S: Storage> Database<S> {
         }
         let (jobs, receiver) = mpsc::unbounded();
         platform::spawn(run_committer(shared.clone(), receiver));
+        // A database reopened with many unsealed vectors seals them now.
+        let _ = jobs.unbounded_send(Job::Maintain(None));
         Ok(Self { shared, jobs })
     }
 
@@ -327,10 +355,12 @@ impl<S: Storage> Database<S> {
         self.shared.state().store.version_vector().clone()
     }
 
-    /// Writes `value` under `id`. Resolves once the write is durable.
+    /// Writes `value` under `id`. Resolves once the write is durable. With
+    /// an embedder attached, the record's text fields are embedded first.
     pub async fn put(&self, id: &str, value: serde_json::Value) -> Result<()> {
         let document = Document::from_value(&value)?;
-        self.put_document(id, document, None).await
+        let embedding = self.auto_embedding(&document).await?;
+        self.put_document(id, document, embedding).await
     }
 
     /// Writes a canonical document, optionally with an embedding.
@@ -343,6 +373,9 @@ impl<S: Storage> Database<S> {
         validate_id(id)?;
         let receiver = {
             let mut state = self.readable()?;
+            if let Some(vector) = &embedding {
+                state.index.check(vector)?;
+            }
             let now = self.now();
             let op = state.store.prepare_put(id, document, embedding, now);
             self.enqueue(vec![op], Origin::Local, None)?
@@ -613,6 +646,7 @@ async fn run_announcement_listener<S: Storage>(
         }
         let preview = state.store.preview(&ops);
         let changes = state.store.install(preview, &ops, None, now);
+        vector::sync_index(&mut state, &changes);
         let job = CommittedBatch {
             origin: Origin::OtherInstance,
             ops,
@@ -625,20 +659,28 @@ async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::Unbou
     while let Some(job) = jobs.next().await {
         let mut batch = Vec::new();
         let mut close = None;
+        let mut maintain = Vec::new();
         match job {
             Job::Commit(job) => batch.push(job),
+            Job::Maintain(reply) => maintain.push(reply),
             Job::Close(reply) => close = Some(reply),
         }
         // Group commit: everything already queued goes into this transaction.
         while close.is_none() {
             match jobs.try_recv() {
                 Ok(Job::Commit(job)) => batch.push(job),
+                Ok(Job::Maintain(reply)) => maintain.push(reply),
                 Ok(Job::Close(reply)) => close = Some(reply),
                 Err(_) => break,
             }
         }
         if !batch.is_empty() {
             commit_jobs(&shared, batch).await;
+        }
+        // Index upkeep after the writers got their answers.
+        vector::maintain(&shared).await;
+        for reply in maintain.into_iter().flatten() {
+            let _ = reply.send(());
         }
         if let Some(reply) = close {
             let _ = reply.send(());
@@ -735,6 +777,7 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
             let changes = state
                 .store
                 .install(records, &ops, peer_vector.as_ref(), now);
+            vector::sync_index(&mut state, &changes);
             for change in &changes {
                 state.corrupt.remove(&*change.id);
             }

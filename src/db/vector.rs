@@ -1,0 +1,328 @@
+//! Vector search on a [`Database`]: embeddings with records, embedders,
+//! search with filters, and index upkeep (sealing and merging segments off
+//! the database lock, persisting them, reconciling after a reopen).
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{Database, Shared, State};
+use crate::crdt::{Change, Document};
+use crate::error::{Error, InputError, Result};
+use crate::index::{IndexStats, VectorIndex};
+use crate::platform::{BoxFuture, MaybeSend, MaybeSync};
+use crate::query::Query;
+use crate::storage::{CommitBatch, Storage};
+
+/// Turns texts into embedding vectors: a Rust trait natively, a JavaScript
+/// async function in the browser. Attached with
+/// [`OpenOptions::embedder`](super::OpenOptions::embedder).
+pub trait EmbedText: MaybeSend + MaybeSync {
+    /// One vector per text, all of the same dimension.
+    fn embed<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, std::result::Result<Vec<Vec<f32>>, String>>;
+}
+
+/// What to search with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SearchQuery {
+    /// A vector of the database's dimension.
+    Vector(Vec<f32>),
+    /// Text, embedded with the attached embedder.
+    Text(String),
+}
+
+/// A vector search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRequest {
+    /// The query vector or text.
+    pub query: SearchQuery,
+    /// How many results at most (default 10).
+    pub k: usize,
+    /// Drop results scoring below this.
+    pub min_score: Option<f32>,
+    /// Only records matching this query's filters (and prefix).
+    pub filter: Option<Query>,
+    /// Search breadth; at least the configured `ef_search` and `k`.
+    pub ef: Option<usize>,
+}
+
+impl SearchRequest {
+    /// The 10 nearest neighbours of `vector`.
+    pub fn vector(vector: Vec<f32>) -> Self {
+        Self {
+            query: SearchQuery::Vector(vector),
+            k: 10,
+            min_score: None,
+            filter: None,
+            ef: None,
+        }
+    }
+
+    /// The 10 records nearest to `text` (needs an embedder).
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            query: SearchQuery::Text(text.into()),
+            ..Self::vector(Vec::new())
+        }
+    }
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    /// The record id.
+    pub id: String,
+    /// `max(0, 1 - cosine distance)`: 1 is identical.
+    pub score: f32,
+    /// The record's document.
+    pub data: Document,
+}
+
+/// The text an embedder sees for a document: the named top-level string
+/// fields (all of them when `fields` is empty), one per line; a document
+/// that is itself a string is that string.
+pub fn text_of(document: &Value, fields: &[String]) -> String {
+    match document {
+        Value::String(text) => text.clone(),
+        Value::Object(object) => {
+            let mut parts: Vec<&str> = Vec::new();
+            if fields.is_empty() {
+                parts.extend(object.values().filter_map(Value::as_str));
+            } else {
+                parts.extend(
+                    fields
+                        .iter()
+                        .filter_map(|f| object.get(f).and_then(Value::as_str)),
+                );
+            }
+            parts.join("\n")
+        }
+        _ => String::new(),
+    }
+}
+
+fn embedder_error(message: impl Into<String>) -> Error {
+    Error::Embedder(message.into())
+}
+
+impl<S: Storage> Database<S> {
+    /// Stores `value` under `id` with `vector` as its embedding. The vector
+    /// must have the database's dimension (set by the first vector) and only
+    /// finite components.
+    pub async fn put_with_embedding(&self, id: &str, value: Value, vector: Vec<f32>) -> Result<()> {
+        let document = Document::from_value(&value)?;
+        self.put_document(id, document, Some(vector.into())).await
+    }
+
+    /// Runs the attached embedder over one text.
+    pub(crate) async fn embed_one(&self, text: String) -> Result<Vec<f32>> {
+        let embedder = self.shared.embedder.as_ref().ok_or_else(|| {
+            embedder_error(
+                "no embedder is attached: pass a vector, or open the database with an embedder",
+            )
+        })?;
+        let texts = [text];
+        let mut vectors = embedder.embed(&texts).await.map_err(embedder_error)?;
+        if vectors.len() != 1 {
+            return Err(embedder_error(format!(
+                "the embedder returned {} vectors for 1 text",
+                vectors.len()
+            )));
+        }
+        Ok(vectors.remove(0))
+    }
+
+    /// When an embedder is attached: the embedding of `document`'s text
+    /// fields (`None` when they hold no text).
+    pub(crate) async fn auto_embedding(&self, document: &Document) -> Result<Option<Arc<[f32]>>> {
+        if self.shared.embedder.is_none() {
+            return Ok(None);
+        }
+        let text = text_of(&document.value(), &self.shared.embed_fields);
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.embed_one(text).await?.into()))
+    }
+
+    /// The records nearest to the query, best first, with their data.
+    pub async fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>> {
+        if request.k == 0 {
+            return Err(InputError::InvalidArgument("k must be at least 1".into()).into());
+        }
+        if let Some(min) = request.min_score {
+            if !min.is_finite() {
+                return Err(
+                    InputError::InvalidArgument("minScore must be a finite number".into()).into(),
+                );
+            }
+        }
+        let vector = match &request.query {
+            SearchQuery::Vector(vector) => vector.clone(),
+            SearchQuery::Text(text) => self.embed_one(text.clone()).await?,
+        };
+        let mut state = self.readable()?;
+        let State { index, store, .. } = &mut *state;
+        // With a filter, fetch more candidates until enough pass it (or
+        // everything was considered).
+        let mut fetch = if request.filter.is_some() {
+            request.k * 4
+        } else {
+            request.k
+        };
+        loop {
+            let neighbours = index.search(&vector, fetch, request.ef)?;
+            let exhausted = neighbours.len() < fetch;
+            let mut hits = Vec::with_capacity(request.k);
+            for neighbour in neighbours {
+                if request.min_score.is_some_and(|min| neighbour.score < min) {
+                    break;
+                }
+                let Some(data) = store.get(&neighbour.id) else {
+                    continue;
+                };
+                if let Some(filter) = &request.filter {
+                    if !neighbour.id.starts_with(filter.prefix.as_str())
+                        || !filter.matches(&data.value())
+                    {
+                        continue;
+                    }
+                }
+                hits.push(SearchHit {
+                    id: neighbour.id.to_string(),
+                    score: neighbour.score,
+                    data: data.clone(),
+                });
+                if hits.len() == request.k {
+                    break;
+                }
+            }
+            if hits.len() == request.k || exhausted || fetch >= index.len() {
+                return Ok(hits);
+            }
+            fetch = (fetch * 4).min(index.len().max(1));
+        }
+    }
+
+    /// Index sizes, for status output.
+    pub fn index_stats(&self) -> IndexStats {
+        self.shared.state().index.stats()
+    }
+
+    /// Exact (brute-force) nearest neighbours, ignoring the HNSW graphs: the
+    /// ground truth for recall measurements.
+    pub fn exact_search(&self, vector: &[f32], k: usize) -> Result<Vec<(String, f32)>> {
+        let state = self.readable()?;
+        Ok(state
+            .index
+            .exact_search(vector, k)?
+            .into_iter()
+            .map(|n| (n.id.to_string(), n.score))
+            .collect())
+    }
+
+    /// Waits until every pending seal and merge of index segments is done
+    /// (they run in the background after commits).
+    pub async fn flush_index(&self) -> Result<()> {
+        let (reply, receiver) = futures::channel::oneshot::channel();
+        self.jobs
+            .unbounded_send(super::Job::Maintain(Some(reply)))
+            .map_err(|_| Error::Storage(crate::error::StorageError::Closed))?;
+        receiver
+            .await
+            .map_err(|_| Error::Storage(crate::error::StorageError::Closed))
+    }
+}
+
+/// Brings the index up to date with changed records.
+pub(super) fn sync_index(state: &mut State, changes: &[Change]) {
+    let State { index, store, .. } = state;
+    for change in changes {
+        let winner = store.record(&change.id).map(|r| r.winner());
+        match winner {
+            Some(version) if version.data.is_some() && version.embedding.is_some() => {
+                let embedding = version.embedding.as_ref().expect("checked");
+                if let Err(error) = index.upsert(change.id.clone(), version.dot(), embedding) {
+                    // The record is stored; only its vector is left out.
+                    tracing::warn!(id = %change.id, %error, "embedding not indexed");
+                    index.remove(&change.id);
+                }
+            }
+            _ => {
+                index.remove(&change.id);
+            }
+        }
+    }
+}
+
+fn segment_key() -> String {
+    let mut bytes = [0u8; 8];
+    crate::platform::fill_random(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("seg/{hex}")
+}
+
+/// Seals a full growing segment and merges small segments, building each
+/// new segment outside the lock, persisting it, then installing it.
+pub(super) async fn maintain<S: Storage>(shared: &Shared<S>) {
+    loop {
+        let job = {
+            let state = shared.state();
+            if state.closed {
+                return;
+            }
+            state
+                .index
+                .take_seal_job(segment_key())
+                .or_else(|| state.index.take_merge_job(segment_key()))
+        };
+        let Some(job) = job else {
+            return;
+        };
+        let (segment, replaces) = crate::platform::run_blocking(move || job.build()).await;
+        let encoded = segment.encode();
+        let generation = shared.state().generation;
+        let batch = CommitBatch {
+            expected_generation: generation,
+            segments: vec![(segment.key.clone(), encoded)],
+            removed_segments: replaces.clone(),
+            ..Default::default()
+        };
+        match shared.storage.commit(batch).await {
+            Ok(receipt) => {
+                let mut state = shared.state();
+                state.generation = receipt.generation;
+                state.index.install_segment(segment, replaces);
+            }
+            Err(error) => {
+                // The vectors stay in the growing segment and are sealed at
+                // a later commit.
+                tracing::warn!(%error, "persisting an index segment failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Builds the index at open: persisted segments reconciled with records.
+pub(super) fn build_index(
+    config: crate::index::IndexConfig,
+    stored: Vec<(String, Vec<u8>)>,
+    store: &crate::crdt::CrdtStore,
+) -> (VectorIndex, Vec<String>) {
+    let mut index = VectorIndex::new(config);
+    let records = store.records().filter_map(|record| {
+        let winner = record.winner();
+        match (&winner.data, &winner.embedding) {
+            (Some(_), Some(embedding)) => {
+                Some((record.shared_id().clone(), winner.dot(), &embedding[..]))
+            }
+            _ => None,
+        }
+    });
+    let dropped = index.reconcile(stored, records);
+    (index, dropped)
+}
