@@ -28,7 +28,7 @@ function kib(bytes) {
 }
 
 console.log('build: compiling the wasm32 release build');
-run('cargo', ['build', '--quiet', '--lib', '--release', '--target', target]);
+run('cargo', ['build', '--quiet', '--lib', '--profile', 'wasm-release', '--target', target]);
 
 rmSync(pkg, { recursive: true, force: true });
 mkdirSync(pkg, { recursive: true });
@@ -39,7 +39,7 @@ run('wasm-bindgen', [
   '--out-name', 'pluresdb',
   '--remove-name-section',
   '--remove-producers-section',
-  join(root, 'target', target, 'release', 'pluresdb.wasm'),
+  join(root, 'target', target, 'wasm-release', 'pluresdb.wasm'),
 ]);
 
 for (const file of ['README.md', 'node.js']) {

@@ -359,11 +359,11 @@ impl<S: Storage> Database<S> {
     /// an embedder attached, the record's text fields are embedded first.
     pub async fn put(&self, id: &str, value: serde_json::Value) -> Result<()> {
         let document = Document::from_value(&value)?;
-        let embedding = self.auto_embedding(&document).await?;
-        self.put_document(id, document, embedding).await
+        self.put_document(id, document, None).await
     }
 
-    /// Writes a canonical document, optionally with an embedding.
+    /// Writes a document with `embedding`, or, when `None` and an embedder
+    /// is attached, with the embedding of its text fields.
     pub async fn put_document(
         &self,
         id: &str,
@@ -371,6 +371,10 @@ impl<S: Storage> Database<S> {
         embedding: Option<Arc<[f32]>>,
     ) -> Result<()> {
         validate_id(id)?;
+        let embedding = match embedding {
+            Some(embedding) => Some(embedding),
+            None => self.auto_embedding(&document).await?,
+        };
         let receiver = {
             let mut state = self.readable()?;
             if let Some(vector) = &embedding {
@@ -393,12 +397,20 @@ impl<S: Storage> Database<S> {
         for (id, _) in &entries {
             validate_id(id)?;
         }
+        // With an embedder, one call embeds the whole batch.
+        let embeddings = self.auto_embeddings(&entries).await?;
         let receiver = {
             let mut state = self.readable()?;
+            for vector in embeddings.iter().flatten() {
+                state.index.check(vector)?;
+            }
             let now = self.now();
             let ops = entries
                 .into_iter()
-                .map(|(id, document)| state.store.prepare_put(&id, document, None, now))
+                .zip(embeddings)
+                .map(|((id, document), embedding)| {
+                    state.store.prepare_put(&id, document, embedding, now)
+                })
                 .collect();
             self.enqueue(ops, Origin::Local, None)?
         };

@@ -148,6 +148,51 @@ impl<S: Storage> Database<S> {
         Ok(Some(self.embed_one(text).await?.into()))
     }
 
+    /// One embedding (or `None`) per entry, from a single embedder call; all
+    /// `None` without an embedder.
+    pub(crate) async fn auto_embeddings(
+        &self,
+        entries: &[(String, Document)],
+    ) -> Result<Vec<Option<Arc<[f32]>>>> {
+        let Some(embedder) = &self.shared.embedder else {
+            return Ok(vec![None; entries.len()]);
+        };
+        let texts: Vec<String> = entries
+            .iter()
+            .map(|(_, document)| text_of(&document.value(), &self.shared.embed_fields))
+            .collect();
+        let wanted: Vec<String> = texts
+            .iter()
+            .filter(|t| !t.trim().is_empty())
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            return Ok(vec![None; entries.len()]);
+        }
+        let mut vectors = embedder
+            .embed(&wanted)
+            .await
+            .map_err(embedder_error)?
+            .into_iter();
+        if vectors.len() != wanted.len() {
+            return Err(embedder_error(format!(
+                "the embedder returned {} vectors for {} texts",
+                vectors.len(),
+                wanted.len()
+            )));
+        }
+        Ok(texts
+            .iter()
+            .map(|text| {
+                if text.trim().is_empty() {
+                    None
+                } else {
+                    vectors.next().map(Arc::from)
+                }
+            })
+            .collect())
+    }
+
     /// The records nearest to the query, best first, with their data.
     pub async fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>> {
         if request.k == 0 {

@@ -14,9 +14,12 @@ use wasm_bindgen_futures::future_to_promise;
 use crate::crdt::Document;
 use crate::error::{Error, InputError};
 use crate::storage::{IndexedDbStorage, MemoryStorage};
-use crate::{Database, ListOptions, OpenOptions, Query, SyncEvent};
+use crate::{Database, ListOptions, OpenOptions, Query, SearchQuery, SearchRequest, SyncEvent};
 
 mod storage_choice;
+mod vector;
+
+pub use vector::hash_embed;
 
 pub use storage_choice::BrowserStorage;
 
@@ -106,6 +109,60 @@ fn number_option(options: &JsValue, key: &str) -> Result<Option<f64>, JsValue> {
         .ok_or_else(|| invalid_input(format!("option `{key}` must be a non-negative number")))
 }
 
+/// `OpenOptions` from JS: `{ embedder?, embedFields?, index?: { dimension?,
+/// efConstruction?, efSearch?, sealThreshold?, maxSegment? } }`.
+fn open_options(options: &JsValue) -> Result<OpenOptions, JsValue> {
+    let mut out = OpenOptions::default();
+    if options.is_undefined() || options.is_null() {
+        return Ok(out);
+    }
+    let embedder = Reflect::get(options, &"embedder".into())?;
+    if !embedder.is_undefined() && !embedder.is_null() {
+        let function = embedder.dyn_into::<Function>().map_err(|_| {
+            invalid_input("option `embedder` must be an async function (texts) => vectors")
+        })?;
+        out.embedder = Some(std::sync::Arc::new(vector::JsEmbedder::new(function)));
+    }
+    let fields = Reflect::get(options, &"embedFields".into())?;
+    if let Some(fields) = fields.dyn_ref::<Array>() {
+        for field in fields.iter() {
+            out.embed_fields.push(field.as_string().ok_or_else(|| {
+                invalid_input("option `embedFields` must be an array of field names")
+            })?);
+        }
+    } else if !fields.is_undefined() && !fields.is_null() {
+        return Err(invalid_input(
+            "option `embedFields` must be an array of field names",
+        ));
+    }
+    let index = Reflect::get(options, &"index".into())?;
+    let positive = |key: &str| -> Result<Option<usize>, JsValue> {
+        match number_option(&index, key)? {
+            Some(n) if n >= 1.0 && n.fract() == 0.0 => Ok(Some(n as usize)),
+            Some(_) => Err(invalid_input(format!(
+                "index option `{key}` must be a positive integer"
+            ))),
+            None => Ok(None),
+        }
+    };
+    if let Some(n) = positive("dimension")? {
+        out.index.dimension = Some(n);
+    }
+    if let Some(n) = positive("efConstruction")? {
+        out.index.ef_construction = n;
+    }
+    if let Some(n) = positive("efSearch")? {
+        out.index.ef_search = n;
+    }
+    if let Some(n) = positive("sealThreshold")? {
+        out.index.seal_threshold = n;
+    }
+    if let Some(n) = positive("maxSegment")? {
+        out.index.max_segment = n;
+    }
+    Ok(out)
+}
+
 fn spawn_promise<F>(future: F) -> Promise
 where
     F: std::future::Future<Output = Result<JsValue, JsValue>> + 'static,
@@ -156,7 +213,7 @@ impl PluresDB {
                     )))
                 }
             };
-            let db = Database::open(storage, OpenOptions::default())
+            let db = Database::open(storage, open_options(&options)?)
                 .await
                 .map_err(|e| to_js_error(&e))?;
             Ok(PluresDB { name, db }.into())
@@ -265,6 +322,94 @@ impl PluresDB {
                 .unwrap_or(JsValue::NULL);
             Reflect::set(&result, &"nextCursor".into(), &cursor)?;
             Ok(result.into())
+        })
+    }
+
+    /// Stores `data` under `id` with `vector` (a `Float32Array` or number
+    /// array of the database's dimension) as its embedding.
+    #[wasm_bindgen(js_name = putWithEmbedding, unchecked_return_type = "Promise<void>")]
+    pub fn put_with_embedding(
+        &self,
+        id: String,
+        data: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Float32Array | number[]")] vector: JsValue,
+    ) -> Promise {
+        let db = self.db.clone();
+        let document = document_from_js(&data);
+        let vector = vector::vector_from_js(&vector, "vector");
+        spawn_promise(async move {
+            db.put_document(&id, document?, Some(vector?.into()))
+                .await
+                .map_err(|e| to_js_error(&e))?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// The records nearest to a vector (or to a text, with an embedder):
+    /// `[{ id, score, data }]`, best first. Options: `{ k = 10, minScore,
+    /// filter: Query, ef }`.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Array<SearchHit>>")]
+    pub fn search(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Float32Array | number[] | string")] query: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "SearchOptions")] options: JsValue,
+    ) -> Promise {
+        let db = self.db.clone();
+        let request = search_request(&query, &options);
+        spawn_promise(async move {
+            let hits = db.search(&request?).await.map_err(|e| to_js_error(&e))?;
+            let out = Array::new();
+            for hit in &hits {
+                let item = Object::new();
+                Reflect::set(&item, &"id".into(), &JsValue::from_str(&hit.id))?;
+                Reflect::set(
+                    &item,
+                    &"score".into(),
+                    &JsValue::from_f64(f64::from(hit.score)),
+                )?;
+                Reflect::set(&item, &"data".into(), &document_to_js(&hit.data)?)?;
+                out.push(&item);
+            }
+            Ok(out.into())
+        })
+    }
+
+    /// Vector index sizes: `{ dimension, vectors, growing, segments }`.
+    #[wasm_bindgen(js_name = indexStats, unchecked_return_type = "IndexStats")]
+    pub fn index_stats(&self) -> Result<JsValue, JsValue> {
+        check_usable()?;
+        let stats = self.db.index_stats();
+        let out = Object::new();
+        let dimension = stats
+            .dimension
+            .map_or(JsValue::NULL, |d| JsValue::from(d as u32));
+        Reflect::set(&out, &"dimension".into(), &dimension)?;
+        Reflect::set(
+            &out,
+            &"vectors".into(),
+            &JsValue::from(stats.vectors as u32),
+        )?;
+        Reflect::set(
+            &out,
+            &"growing".into(),
+            &JsValue::from(stats.growing as u32),
+        )?;
+        let segments: Array = stats
+            .segments
+            .iter()
+            .map(|n| JsValue::from(*n as u32))
+            .collect();
+        Reflect::set(&out, &"segments".into(), &segments)?;
+        Ok(out.into())
+    }
+
+    /// Waits until background index work (sealing, merging) is done.
+    #[wasm_bindgen(js_name = flushIndex, unchecked_return_type = "Promise<void>")]
+    pub fn flush_index(&self) -> Promise {
+        let db = self.db.clone();
+        spawn_promise(async move {
+            db.flush_index().await.map_err(|e| to_js_error(&e))?;
+            Ok(JsValue::UNDEFINED)
         })
     }
 
@@ -379,6 +524,41 @@ impl PluresDB {
             Ok(JsValue::UNDEFINED)
         })
     }
+}
+
+fn search_request(query: &JsValue, options: &JsValue) -> Result<SearchRequest, JsValue> {
+    let query = match query.as_string() {
+        Some(text) => SearchQuery::Text(text),
+        None => SearchQuery::Vector(vector::vector_from_js(query, "the search vector")?),
+    };
+    let mut request = SearchRequest {
+        query,
+        ..SearchRequest::vector(Vec::new())
+    };
+    if let Some(k) = number_option(options, "k")? {
+        if k < 1.0 || k.fract() != 0.0 {
+            return Err(invalid_input("option `k` must be a positive integer"));
+        }
+        request.k = k as usize;
+    }
+    if !options.is_undefined() && !options.is_null() {
+        let min = Reflect::get(options, &"minScore".into())?;
+        if !min.is_undefined() && !min.is_null() {
+            let min = min
+                .as_f64()
+                .filter(|m| m.is_finite())
+                .ok_or_else(|| invalid_input("option `minScore` must be a finite number"))?;
+            request.min_score = Some(min as f32);
+        }
+        let filter = Reflect::get(options, &"filter".into())?;
+        if !filter.is_undefined() && !filter.is_null() {
+            request.filter = Some(query_from_js(&filter)?);
+        }
+    }
+    if let Some(ef) = number_option(options, "ef")? {
+        request.ef = Some(ef as usize);
+    }
+    Ok(request)
 }
 
 fn record_object(id: &str, document: &Document) -> Result<JsValue, JsValue> {
