@@ -44,8 +44,8 @@ pub mod wasm;
 pub mod cli;
 
 pub use db::{
-    text_of, CommittedBatch, Database, EmbedText, ListOptions, OpenOptions, Origin, Page,
-    SearchHit, SearchQuery, SearchRequest, SyncEvent,
+    text_of, CommittedBatch, Database, EmbedText, EmbeddedEntry, ListOptions, OpenOptions, Origin,
+    Page, SearchHit, SearchQuery, SearchRequest, SyncEvent,
 };
 pub use error::{Error, Result};
 pub use query::Query;

@@ -50,9 +50,10 @@ fn crash_child_writer() {
                     if task == 4 {
                         let ids: Vec<String> =
                             (0..10).map(|i| format!("r{round}-b{n}-{i}")).collect();
-                        let batch = ids
+                        let batch: Vec<(String, Document)> = ids
                             .iter()
-                            .map(|id| (id.clone(), Document::from_value(&value_for(id)).unwrap()));
+                            .map(|id| (id.clone(), Document::from_value(&value_for(id)).unwrap()))
+                            .collect();
                         db.put_many(batch).await.expect("batch commits");
                         let mut out = std::io::stdout().lock();
                         for id in ids {

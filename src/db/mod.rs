@@ -111,6 +111,9 @@ impl std::fmt::Debug for OpenOptions {
     }
 }
 
+/// A record to write with an optional embedding: `(id, document, vector)`.
+pub type EmbeddedEntry = (String, Document, Option<Arc<[f32]>>);
+
 /// One page of [`Database::list`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
@@ -141,8 +144,10 @@ struct CommitJob {
 
 enum Job {
     Commit(CommitJob),
-    /// Seal and merge index segments; reply when done.
-    Maintain(Option<oneshot::Sender<()>>),
+    /// Seal (when enough vectors wait) and merge index segments.
+    Maintain,
+    /// Seal every waiting vector and merge; reply when done.
+    Flush(oneshot::Sender<()>),
     Close(oneshot::Sender<()>),
 }
 
@@ -324,7 +329,7 @@ impl<S: Storage> Database<S> {
         let (jobs, receiver) = mpsc::unbounded();
         platform::spawn(run_committer(shared.clone(), receiver));
         // A database reopened with many unsealed vectors seals them now.
-        let _ = jobs.unbounded_send(Job::Maintain(None));
+        let _ = jobs.unbounded_send(Job::Maintain);
         Ok(Self { shared, jobs })
     }
 
@@ -388,27 +393,47 @@ impl<S: Storage> Database<S> {
     }
 
     /// Writes many records in one transaction: all become durable together
-    /// or none does.
+    /// or none does. With an embedder, one call embeds the whole batch.
     pub async fn put_many(
         &self,
         entries: impl IntoIterator<Item = (String, Document)>,
     ) -> Result<()> {
-        let entries: Vec<(String, Document)> = entries.into_iter().collect();
-        for (id, _) in &entries {
+        self.put_many_with_embeddings(entries.into_iter().map(|(id, d)| (id, d, None)))
+            .await
+    }
+
+    /// [`put_many`](Self::put_many) with an optional embedding per record;
+    /// records without one are embedded by the embedder, if any.
+    pub async fn put_many_with_embeddings(
+        &self,
+        entries: impl IntoIterator<Item = EmbeddedEntry>,
+    ) -> Result<()> {
+        let entries: Vec<EmbeddedEntry> = entries.into_iter().collect();
+        for (id, _, _) in &entries {
             validate_id(id)?;
         }
-        // With an embedder, one call embeds the whole batch.
-        let embeddings = self.auto_embeddings(&entries).await?;
+        let missing: Vec<(String, Document)> = entries
+            .iter()
+            .filter(|(_, _, embedding)| embedding.is_none())
+            .map(|(id, document, _)| (id.clone(), document.clone()))
+            .collect();
+        let mut automatic = self.auto_embeddings(&missing).await?.into_iter();
+        let entries: Vec<EmbeddedEntry> = entries
+            .into_iter()
+            .map(|(id, document, embedding)| {
+                let embedding = embedding.or_else(|| automatic.next().flatten());
+                (id, document, embedding)
+            })
+            .collect();
         let receiver = {
             let mut state = self.readable()?;
-            for vector in embeddings.iter().flatten() {
+            for vector in entries.iter().filter_map(|(_, _, e)| e.as_ref()) {
                 state.index.check(vector)?;
             }
             let now = self.now();
             let ops = entries
                 .into_iter()
-                .zip(embeddings)
-                .map(|((id, document), embedding)| {
+                .map(|(id, document, embedding)| {
                     state.store.prepare_put(&id, document, embedding, now)
                 })
                 .collect();
@@ -671,17 +696,19 @@ async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::Unbou
     while let Some(job) = jobs.next().await {
         let mut batch = Vec::new();
         let mut close = None;
-        let mut maintain = Vec::new();
+        let mut flushes = Vec::new();
         match job {
             Job::Commit(job) => batch.push(job),
-            Job::Maintain(reply) => maintain.push(reply),
+            Job::Maintain => {}
+            Job::Flush(reply) => flushes.push(reply),
             Job::Close(reply) => close = Some(reply),
         }
         // Group commit: everything already queued goes into this transaction.
         while close.is_none() {
             match jobs.try_recv() {
                 Ok(Job::Commit(job)) => batch.push(job),
-                Ok(Job::Maintain(reply)) => maintain.push(reply),
+                Ok(Job::Maintain) => {}
+                Ok(Job::Flush(reply)) => flushes.push(reply),
                 Ok(Job::Close(reply)) => close = Some(reply),
                 Err(_) => break,
             }
@@ -690,8 +717,8 @@ async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::Unbou
             commit_jobs(&shared, batch).await;
         }
         // Index upkeep after the writers got their answers.
-        vector::maintain(&shared).await;
-        for reply in maintain.into_iter().flatten() {
+        vector::maintain(&shared, !flushes.is_empty()).await;
+        for reply in flushes {
             let _ = reply.send(());
         }
         if let Some(reply) = close {

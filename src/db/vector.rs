@@ -269,12 +269,13 @@ impl<S: Storage> Database<S> {
             .collect())
     }
 
-    /// Waits until every pending seal and merge of index segments is done
-    /// (they run in the background after commits).
+    /// Seals every vector not yet in an HNSW segment and waits until all
+    /// seals and merges are done (they otherwise run in the background
+    /// after commits, once enough vectors are waiting).
     pub async fn flush_index(&self) -> Result<()> {
         let (reply, receiver) = futures::channel::oneshot::channel();
         self.jobs
-            .unbounded_send(super::Job::Maintain(Some(reply)))
+            .unbounded_send(super::Job::Flush(reply))
             .map_err(|_| Error::Storage(crate::error::StorageError::Closed))?;
         receiver
             .await
@@ -310,18 +311,26 @@ fn segment_key() -> String {
     format!("seg/{hex}")
 }
 
-/// Seals a full growing segment and merges small segments, building each
-/// new segment outside the lock, persisting it, then installing it.
-pub(super) async fn maintain<S: Storage>(shared: &Shared<S>) {
+/// Seals a full growing segment (any non-empty one when `flush`) and merges
+/// small segments, building each new segment outside the lock, persisting
+/// it, then installing it.
+pub(super) async fn maintain<S: Storage>(shared: &Shared<S>, flush: bool) {
+    let mut flush = flush;
     loop {
         let job = {
             let state = shared.state();
             if state.closed {
                 return;
             }
+            let threshold = if flush {
+                1
+            } else {
+                state.index.config().seal_threshold
+            };
+            flush = false;
             state
                 .index
-                .take_seal_job(segment_key())
+                .take_seal_job_at(segment_key(), threshold)
                 .or_else(|| state.index.take_merge_job(segment_key()))
         };
         let Some(job) = job else {

@@ -73,6 +73,11 @@ pub struct IndexConfig {
     pub seal_threshold: usize,
     /// Segments are not merged beyond this many vectors.
     pub max_segment: usize,
+    /// Select graph neighbours with the HNSW paper's pruning heuristic
+    /// (better recall on clustered data at a low `ef_search`, but building
+    /// costs about 15 times more with `instant-distance`'s degree of 32).
+    /// Off by default: a wider search recovers the recall for far less.
+    pub heuristic: bool,
 }
 
 impl Default for IndexConfig {
@@ -81,8 +86,9 @@ impl Default for IndexConfig {
             dimension: None,
             ef_construction: 200,
             ef_search: 16,
-            seal_threshold: 2048,
+            seal_threshold: 1024,
             max_segment: 16_384,
+            heuristic: false,
         }
     }
 }
@@ -120,6 +126,7 @@ pub struct SegmentJob {
     dimension: usize,
     ef_construction: usize,
     ef_search: usize,
+    heuristic: bool,
 }
 
 impl SegmentJob {
@@ -131,6 +138,7 @@ impl SegmentJob {
             self.items,
             self.ef_construction,
             self.ef_search,
+            self.heuristic,
         );
         (segment, self.replaces)
     }
@@ -342,13 +350,20 @@ impl VectorIndex {
             dimension: self.dimension.unwrap_or(0),
             ef_construction: self.config.ef_construction,
             ef_search: self.config.ef_search,
+            heuristic: self.config.heuristic,
         }
     }
 
     /// When the growing segment is full: a job that seals it. The growing
     /// vectors stay searchable until [`install_segment`](Self::install_segment).
     pub fn take_seal_job(&self, key: String) -> Option<SegmentJob> {
-        if self.growing.len() < self.config.seal_threshold {
+        self.take_seal_job_at(key, self.config.seal_threshold)
+    }
+
+    /// Like [`take_seal_job`](Self::take_seal_job) but seals once the growing
+    /// segment holds `minimum` vectors (at least one).
+    pub fn take_seal_job_at(&self, key: String, minimum: usize) -> Option<SegmentJob> {
+        if self.growing.is_empty() || self.growing.len() < minimum {
             return None;
         }
         let items = self

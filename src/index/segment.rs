@@ -26,7 +26,7 @@
 
 use std::sync::Arc;
 
-use instant_distance::{Builder, HnswMap, Search};
+use instant_distance::{Builder, Heuristic, HnswMap, Search};
 
 use super::distance::UnitVector;
 use super::IndexError;
@@ -88,6 +88,7 @@ impl Segment {
         items: Vec<(SegmentEntry, UnitVector)>,
         ef_construction: usize,
         ef_search: usize,
+        heuristic: bool,
     ) -> Self {
         let (entries, points): (Vec<SegmentEntry>, Vec<UnitVector>) = items.into_iter().unzip();
         let slots: Vec<u32> = (0..entries.len() as u32).collect();
@@ -95,6 +96,7 @@ impl Segment {
             .ef_construction(ef_construction)
             .ef_search(ef_search)
             .seed(0x5EED_1DE5)
+            .select_heuristic(heuristic.then(Heuristic::default))
             .build(points, slots);
         let live = entries.len();
         Self {
@@ -326,7 +328,7 @@ mod tests {
 
     #[test]
     fn segments_round_trip_and_search_the_same() {
-        let mut segment = Segment::build("s".into(), 16, items(300, 16), 100, 16);
+        let mut segment = Segment::build("s".into(), 16, items(300, 16), 100, 16, true);
         let query = items(301, 16).pop().unwrap().1;
         let mut before = Vec::new();
         segment.search(&query, 16, &mut before);
@@ -343,7 +345,7 @@ mod tests {
 
     #[test]
     fn variants_widen_the_search() {
-        let mut segment = Segment::build("s".into(), 8, items(500, 8), 64, 8);
+        let mut segment = Segment::build("s".into(), 8, items(500, 8), 64, 8, true);
         let query = items(501, 8).pop().unwrap().1;
         let mut narrow = Vec::new();
         segment.search(&query, 8, &mut narrow);
@@ -360,7 +362,7 @@ mod tests {
 
     #[test]
     fn deleted_slots_are_never_returned() {
-        let mut segment = Segment::build("s".into(), 8, items(100, 8), 64, 16);
+        let mut segment = Segment::build("s".into(), 8, items(100, 8), 64, 16, true);
         let query = items(101, 8).pop().unwrap().1;
         let mut hits = Vec::new();
         segment.search(&query, 16, &mut hits);

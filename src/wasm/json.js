@@ -107,34 +107,44 @@ export function toJsonText(value) {
   return JSON.stringify(value);
 }
 
-// Validates putMany entries ([id, data] or { id, data }) and returns them as
-// one JSON text `[[id, data], ...]`: one string crosses into WebAssembly for
-// the whole batch.
+// Validates putMany entries ([id, data, vector?] or { id, data, vector? })
+// and returns { text, vectors }: the pairs as one JSON text `[[id, data],
+// ...]` (one string crosses into WebAssembly for the whole batch), and the
+// vectors (null when no entry has one; otherwise one slot per entry,
+// undefined where an entry has none).
 export function entriesToJsonText(entries) {
   if (!Array.isArray(entries)) {
     throw invalidArgument('putMany takes an array of [id, data] or { id, data }');
   }
   let normalized = null;
+  let vectors = null;
   for (let i = 0; i < entries.length; i++) {
     const entry = entries[i];
     let id;
     let data;
+    let vector;
     if (Array.isArray(entry)) {
       id = entry[0];
       data = entry[1];
-      if (entry.length !== 2 && normalized === null) normalized = entries.slice(0, i);
+      vector = entry[2];
+      if (entry.length !== 2 && normalized === null) normalized = entries.slice(0, i).map((e) => [e[0], e[1]]);
     } else if (entry !== null && typeof entry === 'object') {
       id = entry.id;
       data = entry.data;
-      if (normalized === null) normalized = entries.slice(0, i);
+      vector = entry.vector;
+      if (normalized === null) normalized = entries.slice(0, i).map((e) => [e[0], e[1]]);
     } else {
       throw invalidArgument(`putMany entry ${i} is neither [id, data] nor { id, data }`);
     }
     if (typeof id !== 'string') throw invalidArgument(`putMany entry ${i} has no string id`);
     checkJson(data, `entries[${i}].data`);
     if (normalized !== null) normalized.push([id, data]);
+    if (vector !== undefined && vector !== null) {
+      if (vectors === null) vectors = new Array(entries.length);
+      vectors[i] = vector;
+    }
   }
-  return JSON.stringify(normalized ?? entries);
+  return { text: JSON.stringify(normalized ?? entries), vectors };
 }
 
 // Builds an Error with a stable `name`, as the JavaScript API throws.

@@ -28,7 +28,7 @@ extern "C" {
     #[wasm_bindgen(js_name = toJsonText, catch)]
     fn to_json_text(value: &JsValue) -> Result<String, JsValue>;
     #[wasm_bindgen(js_name = entriesToJsonText, catch)]
-    fn entries_to_json_text(entries: &JsValue) -> Result<String, JsValue>;
+    fn entries_to_json_text(entries: &JsValue) -> Result<JsValue, JsValue>;
     #[wasm_bindgen(js_name = makeError)]
     fn make_error(name: &str, message: &str) -> JsValue;
 }
@@ -255,8 +255,8 @@ impl PluresDB {
         })
     }
 
-    /// Stores many `[id, data]` pairs or `{ id, data }` objects in one
-    /// transaction: all or nothing.
+    /// Stores many `[id, data, vector?]` or `{ id, data, vector? }` entries
+    /// in one transaction: all or nothing.
     #[wasm_bindgen(js_name = putMany, unchecked_return_type = "Promise<void>")]
     pub fn put_many(
         &self,
@@ -268,7 +268,9 @@ impl PluresDB {
         let db = self.db.clone();
         let parsed = parse_entries(&entries);
         spawn_promise(async move {
-            db.put_many(parsed?).await.map_err(|e| to_js_error(&e))?;
+            db.put_many_with_embeddings(parsed?)
+                .await
+                .map_err(|e| to_js_error(&e))?;
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -578,16 +580,28 @@ fn query_from_js(query: &JsValue) -> Result<Query, JsValue> {
     Query::from_json(&value).map_err(|e| to_js_error(&e.into()))
 }
 
-fn parse_entries(entries: &JsValue) -> Result<Vec<(String, Document)>, JsValue> {
-    let text = entries_to_json_text(entries)?;
+fn parse_entries(entries: &JsValue) -> Result<Vec<crate::db::EmbeddedEntry>, JsValue> {
+    let parts = entries_to_json_text(entries)?;
+    let text = Reflect::get(&parts, &"text".into())?
+        .as_string()
+        .ok_or_else(|| invalid_input("putMany entries could not be serialised"))?;
+    let vectors = Reflect::get(&parts, &"vectors".into())?;
+    let vectors = vectors.dyn_ref::<Array>();
     let pairs: Vec<(String, &serde_json::value::RawValue)> =
         serde_json::from_str(&text).map_err(|e| invalid_input(format!("putMany entries: {e}")))?;
     pairs
         .into_iter()
-        .map(|(id, data)| {
+        .enumerate()
+        .map(|(index, (id, data))| {
             let document = Document::from_stringified(data.get().to_owned())
                 .map_err(|e| to_js_error(&e.into()))?;
-            Ok((id, document))
+            let vector = match vectors.map(|v| v.get(index as u32)) {
+                Some(value) if !value.is_undefined() && !value.is_null() => Some(
+                    vector::vector_from_js(&value, &format!("entries[{index}].vector"))?.into(),
+                ),
+                _ => None,
+            };
+            Ok((id, document, vector))
         })
         .collect()
 }
