@@ -2,7 +2,7 @@
 // bench/results/<date>.json and docs/BENCHMARKS.md (tables and SVG charts).
 //
 //   node bench/run.mjs                 every suite
-//   node bench/run.mjs storage native  only these (others keep their last results)
+//   node bench/run.mjs storage vector  only these (others keep their last results)
 //   node bench/run.mjs --quick         smaller data and fewer runs (a smoke test)
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -13,6 +13,7 @@ import { launchBrowser } from '../tests/e2e/harness.mjs';
 import { startStaticServer } from './lib/server.mjs';
 import { runCriterion } from './suites/native.mjs';
 import { runStorageSuite } from './suites/storage.mjs';
+import { runVectorSuite } from './suites/vector.mjs';
 import { writeMarkdown } from './lib/markdown.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -20,7 +21,7 @@ const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const runsArg = args.indexOf('--runs');
 const runs = runsArg >= 0 ? Number(args[runsArg + 1]) : quick ? 3 : 5;
-const allSuites = ['storage', 'native'];
+const allSuites = ['storage', 'vector', 'native'];
 const requested = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--runs');
 const suites = requested.length ? requested : allSuites;
 for (const suite of suites) {
@@ -70,7 +71,7 @@ const results = {
   suites: { ...(previous.suites ?? {}) },
 };
 
-const needsBrowser = suites.some((s) => ['storage'].includes(s));
+const needsBrowser = suites.some((s) => ['storage', 'vector'].includes(s));
 let server;
 let browser;
 try {
@@ -84,6 +85,8 @@ try {
     console.log(`bench: ===== ${suite} =====`);
     if (suite === 'storage') {
       results.suites.storage = await runStorageSuite({ context: browser.context, baseUrl: server.url, runs, quick });
+    } else if (suite === 'vector') {
+      results.suites.vector = await runVectorSuite({ context: browser.context, baseUrl: server.url, quick });
     } else if (suite === 'native') {
       results.suites.native = runCriterion(root, ['crdt', 'storage']);
     }

@@ -54,6 +54,38 @@ function storageSection(docsDir, s) {
   return out.join('\n');
 }
 
+const VECTOR_LABELS = { pluresdb: 'PluresDB', hnswlib: 'hnswlib-wasm', voy: 'voy-search', bruteforce: 'brute force (JS)' };
+
+function vectorSection(docsDir, v) {
+  if (!v) return '';
+  const out = [`## Vector search (headless Chromium)${v.quick ? ' — quick run' : ''}`, ''];
+  out.push(`${v.count.toLocaleString('en-US')} clustered ${v.dim}-d vectors, ${v.queries} queries near stored vectors, k = ${v.k}; recall@${v.k} against exact search; one thread; measured ${v.measuredAt}. ` +
+    'PluresDB runs on memory storage here (the index alone); hnswlib-wasm is built with M 16 and ef_construction 200, PluresDB with instant-distance\'s fixed degree (32) and ef_construction 200; voy-search is a k-d tree (exact).', '');
+  out.push('### Building the index', '');
+  out.push(table(['library', 'time to index all vectors', 'vectors/s'], Object.entries(v.contenders)
+    .filter(([name]) => name !== 'bruteforce')
+    .map(([name, c]) => [VECTOR_LABELS[name] ?? name, `${fmt(c.build.ms)} ms`, fmt(c.build.perSecond, 0)])), '');
+  out.push('For PluresDB this is `putMany` of every vector (1,000 per call) and `flushIndex()`: records stored, vectors sealed into HNSW segments and merged.', '');
+  out.push('### Queries: recall and speed at several search breadths', '');
+  const rows = [];
+  const bars = [];
+  const brute = v.contenders.bruteforce?.queries?.exact;
+  for (const [name, c] of Object.entries(v.contenders)) {
+    for (const [ef, q] of Object.entries(c.queries)) {
+      rows.push([VECTOR_LABELS[name] ?? name, ef, q.recall.toFixed(3), `${fmt(q.p50, 2)} ms`, `${fmt(q.p99, 2)} ms`, fmt(q.qps, 0), brute ? `${(q.qps / brute.qps).toFixed(1)}×` : '–']);
+      bars.push({ label: `${VECTOR_LABELS[name] ?? name} ${ef}`, median: q.qps, highlight: name === 'pluresdb' });
+    }
+  }
+  out.push(table(['library', 'ef', `recall@${v.k}`, 'p50', 'p99', 'QPS', 'vs brute force'], rows), '');
+  out.push(writeChart(docsDir, 'vector-qps.svg', { title: `Queries per second, ${v.count} x ${v.dim}-d (higher is better)`, unit: 'q/s', bars }), '');
+  const best = Object.entries(v.contenders.pluresdb?.queries ?? {}).filter(([, q]) => q.recall >= 0.95).sort((a, b) => b[1].qps - a[1].qps)[0];
+  if (best) {
+    out.push(`Targets: recall@10 ≥ 0.95 at ≥ 2,000 QPS (measured ${fmt(best[1].qps, 0)} QPS at recall ${best[1].recall.toFixed(3)}, ef ${best[0]}), ` +
+      `≥ 10× brute force (measured ${brute ? (best[1].qps / brute.qps).toFixed(1) : '–'}×), insert ≥ 2,000 vectors/s (measured ${fmt(v.contenders.pluresdb.build.perSecond, 0)}).`, '');
+  }
+  return out.join('\n');
+}
+
 function nativeSection(docsDir, n) {
   if (!n) return '';
   const get = (id) => n[id];
@@ -100,6 +132,7 @@ export function writeMarkdown(root, results) {
     'Every comparison is measured side by side in one run on the same machine; each figure is the median of several runs, with min–max.',
     '',
     storageSection(docsDir, results.suites?.storage),
+    vectorSection(docsDir, results.suites?.vector),
     nativeSection(docsDir, results.suites?.native),
   ];
   writeFileSync(join(docsDir, 'BENCHMARKS.md'), `${parts.filter((p) => p !== undefined).join('\n')}\n`);
