@@ -36,16 +36,20 @@ pub mod index;
 pub mod platform;
 pub mod query;
 pub mod storage;
+pub mod sync;
+pub mod transport;
 
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod relay;
 
 pub use db::{
     text_of, CommittedBatch, Database, EmbedText, EmbeddedEntry, ListOptions, OpenOptions, Origin,
-    Page, SearchHit, SearchQuery, SearchRequest, SyncEvent,
+    Page, SearchHit, SearchQuery, SearchRequest, SyncEvent, SyncHandle, SyncState, SyncStatus,
 };
 pub use error::{Error, Result};
 pub use query::Query;

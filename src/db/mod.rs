@@ -25,7 +25,10 @@ use crate::index::{IndexConfig, VectorIndex};
 use crate::platform::{self, SystemClock, WallClock};
 use crate::query::Query;
 
+mod sync;
 mod vector;
+
+pub use sync::{SyncHandle, SyncState, SyncStatus};
 
 use crate::storage::{
     decode_format, decode_hlc, encode_format, encode_hlc, meta_keys, CommitBatch, SlotLease,
@@ -139,6 +142,8 @@ struct CommitJob {
     origin: Origin,
     /// Set when `ops` are a complete delta from a peer holding this vector.
     peer_vector: Option<VersionVector>,
+    /// Metadata rows written in the same transaction (sync cursors).
+    meta: Vec<(String, Vec<u8>)>,
     reply: oneshot::Sender<Result<()>>,
 }
 
@@ -154,6 +159,10 @@ enum Job {
 struct State {
     store: CrdtStore,
     index: VectorIndex,
+    /// The database's sync identity, once it has one.
+    identity: Option<crate::sync::SyncIdentity>,
+    /// Stored `sync/...` metadata (cursors, what was published).
+    sync_meta: std::collections::BTreeMap<String, Vec<u8>>,
     generation: u64,
     /// Rows that failed to decode on open: id -> reason.
     corrupt: HashMap<String, String>,
@@ -276,6 +285,19 @@ impl<S: Storage> Database<S> {
             );
         }
         let store = CrdtStore::restore(actor, records, version_vector, last_hlc);
+        let identity = match loaded.meta.get(meta_keys::SYNC_IDENTITY) {
+            Some(bytes) => Some(
+                crate::sync::SyncIdentity::from_bytes(bytes)
+                    .map_err(|e| corrupt_meta(meta_keys::SYNC_IDENTITY, e.to_string()))?,
+            ),
+            None => None,
+        };
+        let sync_meta = loaded
+            .meta
+            .iter()
+            .filter(|(key, _)| key.starts_with(meta_keys::SYNC_PREFIX))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
         let (index, dropped_segments) =
             vector::build_index(options.index.clone(), loaded.segments, &store);
 
@@ -309,6 +331,8 @@ impl<S: Storage> Database<S> {
             state: Mutex::new(State {
                 store,
                 index,
+                identity,
+                sync_meta,
                 generation,
                 corrupt,
                 listeners: Vec::new(),
@@ -358,6 +382,11 @@ impl<S: Storage> Database<S> {
     /// The store-wide version vector.
     pub fn version_vector(&self) -> VersionVector {
         self.shared.state().store.version_vector().clone()
+    }
+
+    /// The version vector, or an error once closed.
+    pub(crate) fn version_vector_checked(&self) -> Result<VersionVector> {
+        Ok(self.readable()?.store.version_vector().clone())
     }
 
     /// Writes `value` under `id`. Resolves once the write is durable. With
@@ -465,11 +494,31 @@ impl<S: Storage> Database<S> {
         origin: Origin,
         peer_vector: Option<VersionVector>,
     ) -> Result<()> {
+        self.apply_remote_with_meta(ops, origin, peer_vector, Vec::new())
+            .await
+    }
+
+    /// [`apply_remote`](Self::apply_remote), also writing metadata rows
+    /// (a sync cursor) in the same transaction.
+    pub(crate) async fn apply_remote_with_meta(
+        &self,
+        ops: Vec<CrdtOperation>,
+        origin: Origin,
+        peer_vector: Option<VersionVector>,
+        meta: Vec<(String, Vec<u8>)>,
+    ) -> Result<()> {
         let receiver = {
             let _state = self.readable()?;
-            self.enqueue(ops, origin, peer_vector)?
+            self.enqueue_with_meta(ops, origin, peer_vector, meta)?
         };
         await_reply(receiver).await
+    }
+
+    /// Writes metadata rows durably (through the committer, so they are
+    /// ordered with writes).
+    pub(crate) async fn write_meta(&self, meta: Vec<(String, Vec<u8>)>) -> Result<()> {
+        self.apply_remote_with_meta(Vec::new(), Origin::Local, None, meta)
+            .await
     }
 
     fn enqueue(
@@ -478,12 +527,23 @@ impl<S: Storage> Database<S> {
         origin: Origin,
         peer_vector: Option<VersionVector>,
     ) -> Result<oneshot::Receiver<Result<()>>> {
+        self.enqueue_with_meta(ops, origin, peer_vector, Vec::new())
+    }
+
+    fn enqueue_with_meta(
+        &self,
+        ops: Vec<CrdtOperation>,
+        origin: Origin,
+        peer_vector: Option<VersionVector>,
+        meta: Vec<(String, Vec<u8>)>,
+    ) -> Result<oneshot::Receiver<Result<()>>> {
         let (reply, receiver) = oneshot::channel();
         self.jobs
             .unbounded_send(Job::Commit(CommitJob {
                 ops,
                 origin,
                 peer_vector,
+                meta,
                 reply,
             }))
             .map_err(|_| Error::Storage(StorageError::Closed))?;
@@ -733,7 +793,9 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
     let mut spans = Vec::with_capacity(jobs.len());
     let mut replies = Vec::with_capacity(jobs.len());
     let mut peer_vector: Option<VersionVector> = None;
+    let mut extra_meta: Vec<(String, Vec<u8>)> = Vec::new();
     for job in jobs {
+        extra_meta.extend(job.meta);
         if let Some(vector) = &job.peer_vector {
             peer_vector
                 .get_or_insert_with(VersionVector::new)
@@ -771,6 +833,7 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
             meta_keys::HLC.to_owned(),
             encode_hlc(state.store.last_hlc()),
         ));
+        meta.extend(extra_meta.iter().cloned());
         let batch = CommitBatch {
             expected_generation: state.generation,
             meta,
@@ -788,7 +851,7 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
         ..batch
     };
 
-    let result = if batch.records.is_empty() && peer_vector.is_none() {
+    let result = if batch.records.is_empty() && peer_vector.is_none() && extra_meta.is_empty() {
         // Nothing new (duplicates or superseded versions): no transaction.
         Ok(None)
     } else {
@@ -812,6 +875,9 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
             let mut state = shared.state();
             if let Some(generation) = generation {
                 state.generation = generation;
+            }
+            for (key, value) in extra_meta {
+                state.sync_meta.insert(key, value);
             }
             let changes = state
                 .store

@@ -56,6 +56,9 @@ pub mod meta_keys {
     pub const SLOT_PREFIX: &str = "slot/";
     /// The database's sync identity (id and secret), once sync is set up.
     pub const SYNC_IDENTITY: &str = "sync";
+    /// Prefix of sync state: `sync/cursor/<transport>` (the relay backlog
+    /// cursor), `sync/published` (the version vector published so far).
+    pub const SYNC_PREFIX: &str = "sync/";
 
     /// The metadata key of actor slot `slot`.
     pub fn slot(slot: u32) -> String {

@@ -1,0 +1,525 @@
+//! The sync engine: drives a [`Database`] over a [`Connector`] with the
+//! sync protocol. One background task per sync: connect, say hello, publish
+//! what peers may lack (the offline queue), answer hellos with deltas,
+//! apply what arrives, publish every local commit live; on disconnect, retry
+//! with exponential backoff and jitter.
+//!
+//! What was published and stored by the transport (`sync/published`) and
+//! the transport's backlog cursor (`sync/cursor/<transport>`) are kept in
+//! the database's metadata, so a restart neither loses offline writes nor
+//! downloads the backlog again.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use futures::{FutureExt, StreamExt};
+
+use super::{Database, Origin, SyncEvent};
+use crate::crdt::VersionVector;
+use crate::error::{Error, InputError, Result};
+use crate::storage::{meta_keys, Storage};
+use crate::sync::{Incoming, PeerId, SyncIdentity, SyncProtocol};
+use crate::transport::{Connector, Link, Outgoing, TransportEvent};
+
+const PUBLISHED_KEY: &str = "sync/published";
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Where a sync stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    /// Not connected; retrying after a pause.
+    Offline,
+    /// Connecting.
+    Connecting,
+    /// Connected, with local changes not yet stored by the transport.
+    Syncing,
+    /// Connected, everything published is stored.
+    Synced,
+    /// Stopped by the application.
+    Stopped,
+}
+
+impl SyncState {
+    /// `"offline"`, `"connecting"`, `"syncing"`, `"synced"` or `"stopped"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Offline => "offline",
+            SyncState::Connecting => "connecting",
+            SyncState::Syncing => "syncing",
+            SyncState::Synced => "synced",
+            SyncState::Stopped => "stopped",
+        }
+    }
+}
+
+/// A snapshot of a sync's progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncStatus {
+    /// The state.
+    pub state: SyncState,
+    /// The transport, e.g. `relay ws://...`.
+    pub transport: String,
+    /// Other members on the topic.
+    pub peers: u32,
+    /// Envelopes published but not yet stored by the transport.
+    pub pending: u64,
+    /// Envelopes that failed authentication (another key or tampering).
+    pub rejected: u64,
+    /// The last connection error.
+    pub last_error: Option<String>,
+    /// When something was last received from a peer (ms since the epoch).
+    pub last_received_ms: Option<u64>,
+}
+
+/// A running sync. Dropping it (or calling [`stop`](Self::stop)) stops it.
+pub struct SyncHandle {
+    status: Arc<Mutex<SyncStatus>>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl std::fmt::Debug for SyncHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncHandle")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl SyncHandle {
+    /// The current status.
+    pub fn status(&self) -> SyncStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stops the sync (the connection closes; nothing is lost).
+    pub fn stop(&self) {
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for SyncHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn peer_name(peer: &PeerId) -> String {
+    peer.to_string()
+}
+
+impl<S: Storage> Database<S> {
+    /// The sync identity, if the database has one.
+    pub fn sync_identity(&self) -> Option<SyncIdentity> {
+        self.shared.state().identity.clone()
+    }
+
+    async fn adopt_identity(&self, identity: SyncIdentity) -> Result<()> {
+        self.write_meta(vec![(
+            meta_keys::SYNC_IDENTITY.to_owned(),
+            identity.to_bytes(),
+        )])
+        .await?;
+        self.shared.state().identity = Some(identity);
+        Ok(())
+    }
+
+    /// An invite string for this database (creating its sync identity on
+    /// first use). Anyone holding it can read and write: share it like a
+    /// password.
+    pub async fn create_invite(&self) -> Result<String> {
+        if let Some(identity) = self.sync_identity() {
+            return Ok(identity.invite());
+        }
+        let identity = SyncIdentity::generate();
+        let invite = identity.invite();
+        self.adopt_identity(identity).await?;
+        Ok(invite)
+    }
+
+    /// Makes this database a replica of the one `invite` belongs to.
+    pub async fn join_invite(&self, invite: &str) -> Result<()> {
+        let identity = SyncIdentity::from_invite(invite)
+            .map_err(|e| InputError::InvalidArgument(e.to_string()))?;
+        match self.sync_identity() {
+            Some(existing) if existing == identity => Ok(()),
+            Some(_) => Err(InputError::InvalidArgument(
+                "this database already syncs with another invite; open a new database to join this one"
+                    .into(),
+            )
+            .into()),
+            None => self.adopt_identity(identity).await,
+        }
+    }
+
+    pub(crate) fn sync_meta(&self, key: &str) -> Option<Vec<u8>> {
+        self.shared.state().sync_meta.get(key).cloned()
+    }
+
+    /// Starts syncing through `connector` in the background. Needs a sync
+    /// identity ([`create_invite`](Self::create_invite) or
+    /// [`join_invite`](Self::join_invite)).
+    pub fn sync<C: Connector>(&self, connector: C) -> Result<SyncHandle> {
+        let identity = self.sync_identity().ok_or_else(|| {
+            Error::Input(InputError::InvalidArgument(
+                "this database has no sync identity yet: create an invite, or open it with one"
+                    .into(),
+            ))
+        })?;
+        let status = Arc::new(Mutex::new(SyncStatus {
+            state: SyncState::Connecting,
+            transport: connector.describe(),
+            peers: 0,
+            pending: 0,
+            rejected: 0,
+            last_error: None,
+            last_received_ms: None,
+        }));
+        let (stop, stopped) = oneshot::channel();
+        let engine = Engine {
+            db: self.clone(),
+            protocol: SyncProtocol::new(self.actor(), identity.cipher()),
+            cursor_key: format!("sync/cursor/{}", connector.describe()),
+            status: status.clone(),
+            topic: identity.topic(),
+        };
+        crate::platform::spawn(engine.run(connector, stopped));
+        Ok(SyncHandle {
+            status,
+            stop: Mutex::new(Some(stop)),
+        })
+    }
+}
+
+struct Engine<S: Storage> {
+    db: Database<S>,
+    protocol: SyncProtocol,
+    cursor_key: String,
+    status: Arc<Mutex<SyncStatus>>,
+    topic: crate::sync::Topic,
+}
+
+enum SessionEnd {
+    Disconnected,
+    Stopped,
+}
+
+fn jitter(duration: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    crate::platform::fill_random(&mut byte);
+    // 50% .. 150% of the nominal pause.
+    duration.mul_f64(0.5 + f64::from(byte[0]) / 255.0)
+}
+
+impl<S: Storage> Engine<S> {
+    fn update(&self, change: impl FnOnce(&mut SyncStatus)) {
+        change(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn cursor(&self) -> u64 {
+        self.db
+            .sync_meta(&self.cursor_key)
+            .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(0)
+    }
+
+    fn published(&self) -> VersionVector {
+        self.db
+            .sync_meta(PUBLISHED_KEY)
+            .and_then(|b| VersionVector::from_bytes(&b).ok())
+            .unwrap_or_default()
+    }
+
+    async fn run<C: Connector>(mut self, connector: C, mut stop: oneshot::Receiver<()>) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            self.update(|s| s.state = SyncState::Connecting);
+            let connect = connector.connect(self.topic, self.cursor()).fuse();
+            futures::pin_mut!(connect);
+            let link = futures::select! {
+                link = connect => link,
+                _ = stop => break,
+            };
+            match link {
+                Ok(link) => {
+                    backoff = MIN_BACKOFF;
+                    match self.session(link, &mut stop).await {
+                        SessionEnd::Stopped => break,
+                        SessionEnd::Disconnected => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::info!(%error, "sync: connection failed");
+                    self.update(|s| s.last_error = Some(error));
+                }
+            }
+            self.update(|s| {
+                s.state = SyncState::Offline;
+                s.peers = 0;
+                s.pending = 0;
+            });
+            if self.db.is_closed() {
+                break;
+            }
+            let pause = crate::platform::sleep(jitter(backoff)).fuse();
+            futures::pin_mut!(pause);
+            futures::select! {
+                _ = pause => {}
+                _ = stop => break,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        self.update(|s| s.state = SyncState::Stopped);
+    }
+
+    async fn session(&mut self, link: Link, stop: &mut oneshot::Receiver<()>) -> SessionEnd {
+        let Link {
+            outbound,
+            mut inbound,
+        } = link;
+        // Subscribe before reading what to publish, so no commit falls
+        // between the two.
+        let mut commits = self.db.subscribe_commits();
+        let mut sent: u32 = 0;
+        let mut unstored: VecDeque<(u32, VersionVector)> = VecDeque::new();
+        let mut peers: HashMap<u64, PeerId> = HashMap::new();
+        let mut known: Vec<PeerId> = Vec::new();
+        let mut cursor: Option<u64> = None;
+        let mut published = self.published();
+
+        let send = |envelope: Vec<u8>, keep: bool, sent: &mut u32| -> bool {
+            *sent = sent.wrapping_add(1);
+            outbound.unbounded_send(Outgoing { envelope, keep }).is_ok()
+        };
+        let Ok(vector) = self.db.version_vector_checked() else {
+            return SessionEnd::Stopped;
+        };
+        let mut alive = send(self.protocol.hello(&vector), false, &mut sent);
+        // The offline queue: everything peers may lack since the last
+        // publication that the transport stored.
+        if let Ok(ops) = self.db.changes_since(&published) {
+            for envelope in self.protocol.live(&ops) {
+                unstored.push_back((sent, vector.clone()));
+                alive &= send(envelope, true, &mut sent);
+            }
+        }
+        self.update(|s| {
+            s.state = if unstored.is_empty() {
+                SyncState::Synced
+            } else {
+                SyncState::Syncing
+            };
+            s.pending = unstored.len() as u64;
+            s.last_error = None;
+        });
+        if !alive {
+            return SessionEnd::Disconnected;
+        }
+
+        let end = loop {
+            futures::select! {
+                event = inbound.next() => {
+                    let Some(event) = event else { break SessionEnd::Disconnected };
+                    match event {
+                        TransportEvent::Closed { reason } => {
+                            self.update(|s| s.last_error = Some(reason));
+                            break SessionEnd::Disconnected;
+                        }
+                        TransportEvent::Welcome { members } => self.update(|s| s.peers = members),
+                        TransportEvent::Member { joined, connection, members } => {
+                            self.update(|s| s.peers = members);
+                            if !joined {
+                                if let Some(peer) = peers.remove(&connection) {
+                                    known.retain(|p| *p != peer);
+                                    self.db.emit(SyncEvent::PeerDisconnected { peer: peer_name(&peer) });
+                                }
+                            }
+                        }
+                        TransportEvent::Stored { sequence, .. } => {
+                            let mut advanced = false;
+                            while unstored.front().is_some_and(|(s, _)| s.wrapping_sub(sequence) > u32::MAX / 2 || *s == sequence) {
+                                let (_, vector) = unstored.pop_front().expect("checked");
+                                published.merge(&vector);
+                                advanced = true;
+                            }
+                            if advanced && unstored.is_empty() {
+                                let mut meta = vec![(PUBLISHED_KEY.to_owned(), published.to_bytes())];
+                                if let Some(cursor) = cursor {
+                                    meta.push((self.cursor_key.clone(), cursor.to_le_bytes().to_vec()));
+                                }
+                                if self.db.write_meta(meta).await.is_err() {
+                                    break SessionEnd::Stopped;
+                                }
+                            }
+                            let pending = unstored.len() as u64;
+                            self.update(|s| {
+                                s.pending = pending;
+                                s.state = if pending == 0 { SyncState::Synced } else { SyncState::Syncing };
+                            });
+                        }
+                        TransportEvent::Envelope { envelope, cursor: frame_cursor, from } => {
+                            if frame_cursor.is_some() {
+                                cursor = frame_cursor;
+                            }
+                            match self.handle(&envelope, from, &mut peers, &mut known, cursor, &outbound, &mut sent).await {
+                                Ok(()) => {}
+                                Err(HandleError::Closed) => break SessionEnd::Stopped,
+                                Err(HandleError::Transport) => break SessionEnd::Disconnected,
+                            }
+                        }
+                    }
+                }
+                batch = commits.next() => {
+                    let Some(batch) = batch else { break SessionEnd::Stopped };
+                    // Changes from peers reached the others through the
+                    // transport already; local ones (this instance's or
+                    // another tab's) are published.
+                    if matches!(batch.origin, Origin::Peer(_)) || batch.ops.is_empty() {
+                        continue;
+                    }
+                    let Ok(vector) = self.db.version_vector_checked() else { break SessionEnd::Stopped };
+                    for envelope in self.protocol.live(&batch.ops) {
+                        unstored.push_back((sent, vector.clone()));
+                        if !send(envelope, true, &mut sent) {
+                            break;
+                        }
+                    }
+                    let pending = unstored.len() as u64;
+                    self.update(|s| {
+                        s.pending = pending;
+                        s.state = SyncState::Syncing;
+                    });
+                }
+                _ = &mut *stop => break SessionEnd::Stopped,
+            }
+        };
+        // Keep the cursor for the next connection.
+        if let Some(cursor) = cursor {
+            let _ = self
+                .db
+                .write_meta(vec![(
+                    self.cursor_key.clone(),
+                    cursor.to_le_bytes().to_vec(),
+                )])
+                .await;
+        }
+        for peer in known {
+            self.db.emit(SyncEvent::PeerDisconnected {
+                peer: peer_name(&peer),
+            });
+        }
+        end
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn handle(
+        &mut self,
+        envelope: &[u8],
+        from: u64,
+        peers: &mut HashMap<u64, PeerId>,
+        known: &mut Vec<PeerId>,
+        cursor: Option<u64>,
+        outbound: &futures::channel::mpsc::UnboundedSender<Outgoing>,
+        sent: &mut u32,
+    ) -> std::result::Result<(), HandleError> {
+        let incoming = match self.protocol.receive(envelope) {
+            Ok(incoming) => incoming,
+            Err(error) => {
+                tracing::warn!(%error, "sync: dropped an envelope");
+                let rejected = self.protocol.rejected();
+                self.update(|s| s.rejected = rejected);
+                return Ok(());
+            }
+        };
+        let mut note = |peer: PeerId, db: &Database<S>| {
+            if from != 0 {
+                peers.insert(from, peer);
+            }
+            if !known.contains(&peer) && from != 0 {
+                known.push(peer);
+                db.emit(SyncEvent::PeerConnected {
+                    peer: peer_name(&peer),
+                });
+            }
+        };
+        match incoming {
+            Incoming::Ignore => {}
+            Incoming::Hello { from: peer, vector } => {
+                note(peer, &self.db);
+                let ops = self
+                    .db
+                    .changes_since(&vector)
+                    .map_err(|_| HandleError::Closed)?;
+                let mine = self
+                    .db
+                    .version_vector_checked()
+                    .map_err(|_| HandleError::Closed)?;
+                for envelope in self.protocol.delta(peer, &ops, &mine) {
+                    *sent = sent.wrapping_add(1);
+                    outbound
+                        .unbounded_send(Outgoing {
+                            envelope,
+                            keep: false,
+                        })
+                        .map_err(|_| HandleError::Transport)?;
+                }
+            }
+            Incoming::Apply {
+                from: peer,
+                ops,
+                complete,
+            } => {
+                note(peer, &self.db);
+                let meta = cursor
+                    .map(|c| vec![(self.cursor_key.clone(), c.to_le_bytes().to_vec())])
+                    .unwrap_or_default();
+                let finished = complete.is_some();
+                match self
+                    .db
+                    .apply_remote_with_meta(ops, Origin::Peer(peer_name(&peer)), complete, meta)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(Error::Storage(crate::error::StorageError::Closed)) => {
+                        return Err(HandleError::Closed)
+                    }
+                    Err(error) => {
+                        // Invalid data from a peer is dropped, not fatal.
+                        tracing::warn!(%error, "sync: could not apply a peer's changes");
+                    }
+                }
+                let now = crate::platform::now_ms();
+                self.update(|s| s.last_received_ms = Some(now));
+                if finished {
+                    let mine = self
+                        .db
+                        .version_vector_checked()
+                        .map_err(|_| HandleError::Closed)?;
+                    *sent = sent.wrapping_add(1);
+                    outbound
+                        .unbounded_send(Outgoing {
+                            envelope: self.protocol.ack(peer, &mine),
+                            keep: false,
+                        })
+                        .map_err(|_| HandleError::Transport)?;
+                }
+            }
+            Incoming::Ack { from: peer, .. } => note(peer, &self.db),
+        }
+        Ok(())
+    }
+}
+
+enum HandleError {
+    /// The database closed.
+    Closed,
+    /// The connection is gone.
+    Transport,
+}

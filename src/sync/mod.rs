@@ -1,0 +1,11 @@
+//! Sync: end-to-end encryption, the delta protocol (a pure state machine)
+//! and the relay framing. No I/O here; transports live in
+//! [`crate::transport`] and the engine that drives a database over one in
+//! [`engine`].
+
+pub mod crypto;
+pub mod protocol;
+pub mod relay_frame;
+
+pub use crypto::{derive_topic, CryptoError, SyncCipher, SyncIdentity, Topic};
+pub use protocol::{Incoming, Message, PeerId, SyncError, SyncProtocol};

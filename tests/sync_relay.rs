@@ -1,0 +1,257 @@
+//! Sync through a real relay on loopback: two native databases, offline
+//! edits and conflicts, a relay restart, peers never online together, the
+//! backlog holding only ciphertext, and a peer with the wrong key.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pluresdb::relay::{RelayConfig, RelayServer};
+use pluresdb::storage::SqliteStorage;
+use pluresdb::transport::RelayConnector;
+use pluresdb::{Database, OpenOptions, SyncState};
+use serde_json::json;
+
+type Db = Database<SqliteStorage>;
+
+struct Relay {
+    address: SocketAddr,
+    server: RelayServer,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(address: SocketAddr, backlog: &Path) -> Relay {
+        let server = RelayServer::new(RelayConfig {
+            backlog_path: Some(backlog.to_path_buf()),
+            ..RelayConfig::default()
+        })
+        .unwrap();
+        let app = axum::Router::new().nest("/relay", server.router());
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Relay {
+            address,
+            server,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/relay", self.address)
+    }
+
+    fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn open(dir: &Path, name: &str) -> Db {
+    Database::open(
+        SqliteStorage::open(dir.join(format!("{name}.db"))).unwrap(),
+        OpenOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn state_of(db: &Db) -> Vec<(String, Option<serde_json::Value>, usize)> {
+    db.list(&Default::default())
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|(id, _)| {
+            let conflicts = db.conflicts(&id).unwrap().len();
+            (id.clone(), db.get(&id).unwrap(), conflicts)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_databases_sync_live_through_a_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &dir.path().join("relay.db")).await;
+    let a = open(dir.path(), "a").await;
+    let b = open(dir.path(), "b").await;
+    a.put("before", json!("written before sync")).await.unwrap();
+    let invite = a.create_invite().await.unwrap();
+    b.join_invite(&invite).await.unwrap();
+    let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
+    let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
+
+    eventually("b has a's earlier write", || {
+        b.get("before").unwrap() == Some(json!("written before sync"))
+    })
+    .await;
+    a.put("live", json!({ "n": 1 })).await.unwrap();
+    eventually("b sees a's live write", || {
+        b.get("live").unwrap() == Some(json!({ "n": 1 }))
+    })
+    .await;
+    b.put("reply", json!("from b")).await.unwrap();
+    eventually("a sees b's write", || {
+        a.get("reply").unwrap() == Some(json!("from b"))
+    })
+    .await;
+    assert!(b.delete("live").await.unwrap());
+    eventually("a sees b's delete", || a.get("live").unwrap().is_none()).await;
+    eventually("both synced", || {
+        sync_a.status().state == SyncState::Synced && sync_b.status().state == SyncState::Synced
+    })
+    .await;
+    assert_eq!(sync_a.status().peers, 1);
+    assert_eq!(a.version_vector(), b.version_vector());
+    assert_eq!(state_of(&a), state_of(&b));
+
+    // The relay's backlog holds ciphertext only.
+    drop((sync_a, sync_b));
+    let backlog = rusqlite::Connection::open(dir.path().join("relay.db")).unwrap();
+    let mut rows = backlog.prepare("SELECT envelope FROM backlog").unwrap();
+    let envelopes: Vec<Vec<u8>> = rows
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!envelopes.is_empty(), "live changes were kept");
+    for envelope in &envelopes {
+        for plaintext in ["written before sync", "from b", "before", "reply"] {
+            assert!(
+                !envelope
+                    .windows(plaintext.len())
+                    .any(|w| w == plaintext.as_bytes()),
+                "the backlog contains `{plaintext}` in clear"
+            );
+        }
+    }
+    assert!(relay.server.stats().published > 0);
+    relay.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_edits_converge_with_the_same_conflicts_and_survive_a_relay_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let backlog = dir.path().join("relay.db");
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &backlog).await;
+    let address = relay.address;
+    let a = open(dir.path(), "a").await;
+    let b = open(dir.path(), "b").await;
+    b.join_invite(&a.create_invite().await.unwrap())
+        .await
+        .unwrap();
+    a.put("shared", json!("original")).await.unwrap();
+    let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
+    let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("b has the original", || {
+        b.get("shared").unwrap() == Some(json!("original"))
+    })
+    .await;
+
+    // Both go offline and edit the same record and their own ones.
+    drop((sync_a, sync_b));
+    a.put("shared", json!("edited on a")).await.unwrap();
+    b.put("shared", json!("edited on b")).await.unwrap();
+    a.put("only-a", json!(1)).await.unwrap();
+    b.put("only-b", json!(2)).await.unwrap();
+    b.delete("only-b").await.unwrap();
+    b.put("only-b", json!(3)).await.unwrap();
+
+    // The relay restarts (same backlog file) while they reconnect.
+    relay.stop();
+    let sync_a = a
+        .sync(RelayConnector::new(format!("ws://{address}/relay")))
+        .unwrap();
+    let sync_b = b
+        .sync(RelayConnector::new(format!("ws://{address}/relay")))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_ne!(sync_a.status().state, SyncState::Synced, "no relay yet");
+    let relay = Relay::start(address, &backlog).await;
+
+    eventually("both converge", || {
+        state_of(&a) == state_of(&b)
+            && a.get("only-a").unwrap().is_some()
+            && b.get("only-a").unwrap().is_some()
+            && a.get("only-b").unwrap() == Some(json!(3))
+    })
+    .await;
+    let conflicts_a = a.conflicts("shared").unwrap();
+    let conflicts_b = b.conflicts("shared").unwrap();
+    assert_eq!(
+        conflicts_a.len(),
+        1,
+        "the losing edit is kept as a conflict"
+    );
+    assert_eq!(conflicts_a, conflicts_b, "the same conflict on both");
+    let winner = a.get("shared").unwrap().unwrap();
+    assert!(winner == json!("edited on a") || winner == json!("edited on b"));
+    assert_eq!(b.get("shared").unwrap().unwrap(), winner);
+    drop((sync_a, sync_b));
+    relay.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_never_online_together_sync_through_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &dir.path().join("relay.db")).await;
+    let a = open(dir.path(), "a").await;
+    let b = open(dir.path(), "b").await;
+    b.join_invite(&a.create_invite().await.unwrap())
+        .await
+        .unwrap();
+    for i in 0..50 {
+        a.put(&format!("k{i}"), json!({ "i": i })).await.unwrap();
+    }
+    let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("a published everything", || {
+        sync_a.status().state == SyncState::Synced
+    })
+    .await;
+    drop(sync_a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("b got a's writes from the backlog", || b.len() == 50).await;
+    assert_eq!(sync_b.status().peers, 0, "a was never there");
+    drop(sync_b);
+    relay.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_the_wrong_key_can_neither_read_nor_inject() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &dir.path().join("relay.db")).await;
+    let a = open(dir.path(), "a").await;
+    let intruder = open(dir.path(), "intruder").await;
+    let invite = a.create_invite().await.unwrap();
+    // Same database id (so the same topic), another secret.
+    let id = a.sync_identity().unwrap().database_id().to_owned();
+    let forged = pluresdb::sync::SyncIdentity::new(id, [42; 32]).unwrap();
+    assert_ne!(forged.invite(), invite);
+    intruder.join_invite(&forged.invite()).await.unwrap();
+    a.put("secret", json!("only for a's group")).await.unwrap();
+    intruder.put("injected", json!("evil")).await.unwrap();
+    let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
+    let sync_i = intruder.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("a rejected the intruder's envelopes", || {
+        sync_a.status().rejected > 0
+    })
+    .await;
+    eventually("the intruder rejected a's", || sync_i.status().rejected > 0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.get("injected").unwrap(), None);
+    assert_eq!(intruder.get("secret").unwrap(), None);
+    drop((sync_a, sync_i));
+    relay.stop();
+}
