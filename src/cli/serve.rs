@@ -6,13 +6,41 @@ use axum::Router;
 use tower_http::services::ServeDir;
 
 use super::ServeArgs;
+use crate::relay::RelayServer;
 
-/// Builds the HTTP routes: `/pkg/*` from the package directory, everything
-/// else from the app directory.
-pub fn router(args: &ServeArgs) -> Router {
+/// Builds the HTTP routes: `/relay` the sync relay, `/pkg/*` from the
+/// package directory, everything else from the app directory.
+pub fn router(args: &ServeArgs, relay: &RelayServer) -> Router {
     Router::new()
+        .nest("/relay", relay.router())
         .nest_service("/pkg", ServeDir::new(&args.pkg))
         .fallback_service(ServeDir::new(&args.www).append_index_html_on_directories(true))
+}
+
+fn relay_server(options: &super::RelayOptions) -> io::Result<RelayServer> {
+    RelayServer::new(options.config()?).map_err(io::Error::other)
+}
+
+async fn listen(address: std::net::SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))
+}
+
+async fn shutdown() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `pluresdb relay`: the relay alone, until the process is stopped.
+pub async fn run_relay(args: super::RelayArgs) -> io::Result<()> {
+    let relay = relay_server(&args.relay)?;
+    let listener = listen(std::net::SocketAddr::new(args.host, args.port)).await?;
+    let address = listener.local_addr()?;
+    println!("PluresDB relay listening on ws://{address}/relay");
+    let app = Router::new().nest("/relay", relay.router());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await
 }
 
 /// Serves until the process is stopped.
@@ -29,19 +57,11 @@ pub async fn run(args: ServeArgs) -> io::Result<()> {
             ));
         }
     }
-    let listener = tokio::net::TcpListener::bind(args.address())
-        .await
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot listen on {}: {e}", args.address()),
-            )
-        })?;
+    let relay = relay_server(&args.relay)?;
+    let listener = listen(args.address()).await?;
     let address = listener.local_addr()?;
-    println!("PluresDB is serving on http://{address}/");
-    axum::serve(listener, router(&args))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+    println!("PluresDB is serving on http://{address}/ (relay: ws://{address}/relay)");
+    axum::serve(listener, router(&args, &relay))
+        .with_graceful_shutdown(shutdown())
         .await
 }

@@ -157,6 +157,12 @@ impl RelayConnector {
                     break;
                 }
             }
+            // Detach the handlers before they are dropped with this task:
+            // events of a closing socket must not reach dropped closures.
+            socket.set_onopen(None);
+            socket.set_onmessage(None);
+            socket.set_onclose(None);
+            socket.set_onerror(None);
             let _ = socket.close();
         });
         Ok(Link { outbound, inbound })

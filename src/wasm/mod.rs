@@ -178,6 +178,7 @@ where
 pub struct PluresDB {
     name: String,
     db: Database<BrowserStorage>,
+    sync: std::rc::Rc<std::cell::RefCell<Option<crate::SyncHandle>>>,
 }
 
 #[wasm_bindgen]
@@ -216,7 +217,17 @@ impl PluresDB {
             let db = Database::open(storage, open_options(&options)?)
                 .await
                 .map_err(|e| to_js_error(&e))?;
-            Ok(PluresDB { name, db }.into())
+            if let Some(invite) = string_option(&options, "invite")? {
+                db.join_invite(&invite).await.map_err(|e| to_js_error(&e))?;
+            }
+            let sync = std::rc::Rc::new(std::cell::RefCell::new(None));
+            if let Some(relay) = string_option(&options, "relay")? {
+                let handle = db
+                    .sync(crate::transport::RelayConnector::new(relay))
+                    .map_err(|e| to_js_error(&e))?;
+                *sync.borrow_mut() = Some(handle);
+            }
+            Ok(PluresDB { name, db, sync }.into())
         })
     }
 
@@ -497,10 +508,89 @@ impl PluresDB {
         Ok(unsubscribe.unchecked_into())
     }
 
+    /// This database's invite string (creating its sync identity on first
+    /// use): open a database with `{ invite }` elsewhere to make it a
+    /// replica. Whoever holds it can read and write: share it like a
+    /// password.
+    #[wasm_bindgen(js_name = createInvite, unchecked_return_type = "Promise<string>")]
+    pub fn create_invite(&self) -> Promise {
+        let db = self.db.clone();
+        spawn_promise(async move {
+            let invite = db.create_invite().await.map_err(|e| to_js_error(&e))?;
+            Ok(JsValue::from_str(&invite))
+        })
+    }
+
+    /// Starts syncing through the relay at `relayUrl` (`ws://` or `wss://`),
+    /// replacing any running sync. Writes made offline are sent when the
+    /// connection comes back; it reconnects on its own.
+    pub fn sync(
+        &self,
+        #[wasm_bindgen(js_name = relayUrl)] relay_url: String,
+    ) -> Result<(), JsValue> {
+        check_usable()?;
+        if !(relay_url.starts_with("ws://") || relay_url.starts_with("wss://")) {
+            return Err(invalid_input(
+                "the relay URL must start with ws:// or wss://",
+            ));
+        }
+        let handle = self
+            .db
+            .sync(crate::transport::RelayConnector::new(relay_url))
+            .map_err(|e| to_js_error(&e))?;
+        *self.sync.borrow_mut() = Some(handle);
+        Ok(())
+    }
+
+    /// Stops syncing (nothing is lost; `sync` again to resume).
+    #[wasm_bindgen(js_name = stopSync)]
+    pub fn stop_sync(&self) {
+        self.sync.borrow_mut().take();
+    }
+
+    /// `{ state: 'offline' | 'connecting' | 'syncing' | 'synced' | 'stopped',
+    /// peers, pending, rejected, lastError, lastReceivedAt, transport }`.
+    #[wasm_bindgen(js_name = syncStatus, unchecked_return_type = "SyncStatus")]
+    pub fn sync_status(&self) -> Result<JsValue, JsValue> {
+        let out = Object::new();
+        let status = self.sync.borrow().as_ref().map(|handle| handle.status());
+        let set = |key: &str, value: JsValue| Reflect::set(&out, &key.into(), &value);
+        match status {
+            None => {
+                set("state", "stopped".into())?;
+                set("peers", 0.into())?;
+                set("pending", 0.into())?;
+                set("rejected", 0.into())?;
+                set("lastError", JsValue::NULL)?;
+                set("lastReceivedAt", JsValue::NULL)?;
+                set("transport", JsValue::NULL)?;
+            }
+            Some(status) => {
+                set("state", status.state.as_str().into())?;
+                set("peers", status.peers.into())?;
+                set("pending", (status.pending as f64).into())?;
+                set("rejected", (status.rejected as f64).into())?;
+                set(
+                    "lastError",
+                    status.last_error.map_or(JsValue::NULL, |e| e.into()),
+                )?;
+                set(
+                    "lastReceivedAt",
+                    status
+                        .last_received_ms
+                        .map_or(JsValue::NULL, |t| (t as f64).into()),
+                )?;
+                set("transport", status.transport.into())?;
+            }
+        }
+        Ok(out.into())
+    }
+
     /// Waits for pending writes, then closes the database.
     #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
     pub fn close(&self) -> Promise {
         let db = self.db.clone();
+        self.sync.borrow_mut().take();
         spawn_promise(async move {
             db.close().await.map_err(|e| to_js_error(&e))?;
             if let BrowserStorage::IndexedDb(storage) = db.storage() {
@@ -515,6 +605,7 @@ impl PluresDB {
     pub fn destroy(&self) -> Promise {
         let db = self.db.clone();
         let name = self.name.clone();
+        self.sync.borrow_mut().take();
         spawn_promise(async move {
             db.close().await.map_err(|e| to_js_error(&e))?;
             if let BrowserStorage::IndexedDb(storage) = db.storage() {

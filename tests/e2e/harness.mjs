@@ -12,7 +12,8 @@ export const root = fileURLToPath(new URL('../../', import.meta.url));
 /** Starts `pluresdb serve` on 127.0.0.1 with a free port; resolves to { url, stop }. */
 export async function startServer(extraArgs = []) {
   const binary = process.env.PLURESDB_BIN ?? join(root, 'target', 'debug', 'pluresdb');
-  const child = spawn(binary, ['serve', '--port', '0', ...extraArgs], {
+  const scratch = mkdtempSync(join(tmpdir(), 'pluresdb-serve-'));
+  const child = spawn(binary, ['serve', '--port', '0', '--relay-backlog', join(scratch, 'relay.db'), ...extraArgs], {
     cwd: root,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -33,11 +34,14 @@ export async function startServer(extraArgs = []) {
   });
   return {
     url,
+    relayUrl: `${url.replace(/^http/, 'ws')}/relay`,
     child,
     async stop() {
-      if (child.exitCode !== null) return;
-      child.kill('SIGTERM');
-      await new Promise((resolve) => child.once('exit', resolve));
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await new Promise((resolve) => child.once('exit', resolve));
+      }
+      rmSync(scratch, { recursive: true, force: true });
     },
   };
 }

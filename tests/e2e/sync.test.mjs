@@ -1,0 +1,118 @@
+// Sync in the browser through the relay inside `pluresdb serve`: two
+// browsers (separate profiles) with one invite, live changes, offline edits
+// that converge with the same conflict on both sides, and a wrong-key peer.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, launchBrowser } from './harness.mjs';
+
+let server;
+let first;
+let second;
+
+before(async () => {
+  server = await startServer(['--www', 'tests/e2e/pages']);
+  first = await launchBrowser();
+  second = await launchBrowser();
+});
+
+after(async () => {
+  await first?.close();
+  await second?.close();
+  await server?.stop();
+});
+
+async function page(browser) {
+  const p = await browser.context.newPage();
+  p.on('pageerror', (error) => console.error('page error:', error));
+  await p.goto(`${server.url}/index.html`);
+  await p.waitForSelector('body[data-ready="true"]', { state: 'attached' });
+  return p;
+}
+
+/** Evaluates `predicate` in the page until it resolves to true (20 s). */
+async function waitFor(p, predicate, arg) {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (await p.evaluate(predicate, arg)) return;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${predicate}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+test('two browsers sync live and converge after offline edits', async () => {
+  const a = await page(first);
+  const b = await page(second);
+  const invite = await a.evaluate(async (relay) => {
+    globalThis.db = await globalThis.api.PluresDB.open('notes-sync');
+    await globalThis.db.put('shared', { text: 'original' });
+    const invite = await globalThis.db.createInvite();
+    globalThis.db.sync(relay);
+    return invite;
+  }, server.relayUrl);
+  assert.match(invite, /^pluresdb1\./);
+  await b.evaluate(async ({ invite, relay }) => {
+    globalThis.db = await globalThis.api.PluresDB.open('notes-sync', { invite, relay });
+    globalThis.events = [];
+    globalThis.db.subscribe((e) => globalThis.events.push(e));
+  }, { invite, relay: server.relayUrl });
+
+  await waitFor(b, async () => (await globalThis.db.get('shared'))?.text === 'original');
+  await a.evaluate(() => globalThis.db.put('live', { from: 'a' }));
+  await waitFor(b, async () => (await globalThis.db.get('live'))?.from === 'a');
+  await waitFor(b, () => globalThis.events.some((e) => e.kind === 'peer-connected'));
+  await waitFor(a, () => globalThis.db.syncStatus().state === 'synced');
+  const status = await a.evaluate(() => globalThis.db.syncStatus());
+  assert.equal(status.peers, 1);
+  assert.equal(status.rejected, 0);
+
+  // Both go offline and edit the same note.
+  await a.evaluate(() => globalThis.db.stopSync());
+  await b.evaluate(() => globalThis.db.stopSync());
+  await a.evaluate(() => globalThis.db.put('shared', { text: 'edited in a' }));
+  await b.evaluate(() => globalThis.db.put('shared', { text: 'edited in b' }));
+  await a.evaluate(() => globalThis.db.put('offline-a', 1));
+  await b.evaluate(() => globalThis.db.put('offline-b', 2));
+  await a.evaluate((relay) => globalThis.db.sync(relay), server.relayUrl);
+  await b.evaluate((relay) => globalThis.db.sync(relay), server.relayUrl);
+  await waitFor(a, async () => (await globalThis.db.get('offline-b')) === 2);
+  await waitFor(b, async () => (await globalThis.db.get('offline-a')) === 1);
+  const snapshot = (p) => p.evaluate(async () => ({
+    shared: await globalThis.db.get('shared'),
+    conflicts: (await globalThis.db.conflicts('shared')).map((c) => c.data),
+  }));
+  await waitFor(a, async () => (await globalThis.db.conflicts('shared')).length === 1);
+  await waitFor(b, async () => (await globalThis.db.conflicts('shared')).length === 1);
+  const [sa, sb] = [await snapshot(a), await snapshot(b)];
+  assert.deepEqual(sa, sb, 'same winner and the same conflict on both');
+  assert.deepEqual(
+    [sa.shared.text, sa.conflicts[0].text].sort(),
+    ['edited in a', 'edited in b'],
+  );
+  await a.close();
+  await b.close();
+});
+
+test('a peer with a forged key is rejected', async () => {
+  const a = await page(first);
+  const intruder = await page(second);
+  const invite = await a.evaluate(async (relay) => {
+    globalThis.db = await globalThis.api.PluresDB.open('guarded');
+    await globalThis.db.put('secret', 'for the group');
+    const invite = await globalThis.db.createInvite();
+    globalThis.db.sync(relay);
+    return invite;
+  }, server.relayUrl);
+  // Same database id, another secret.
+  const [prefix, id] = invite.split('.');
+  const forged = `${prefix}.${id}.${'A'.repeat(43)}`;
+  await intruder.evaluate(async ({ forged, relay }) => {
+    globalThis.db = await globalThis.api.PluresDB.open('guarded-intruder', { invite: forged, relay });
+    await globalThis.db.put('injected', 'evil');
+  }, { forged, relay: server.relayUrl });
+  await waitFor(a, () => globalThis.db.syncStatus().rejected > 0);
+  await waitFor(intruder, () => globalThis.db.syncStatus().rejected > 0);
+  assert.equal(await a.evaluate(() => globalThis.db.get('injected')), undefined);
+  assert.equal(await intruder.evaluate(() => globalThis.db.get('secret')), undefined);
+  await a.close();
+  await intruder.close();
+});
