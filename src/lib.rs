@@ -48,8 +48,9 @@ pub mod cli;
 pub mod relay;
 
 pub use db::{
-    text_of, CommittedBatch, Database, EmbedText, EmbeddedEntry, ListOptions, OpenOptions, Origin,
-    Page, SearchHit, SearchQuery, SearchRequest, SyncEvent, SyncHandle, SyncState, SyncStatus,
+    text_of, CommittedBatch, Database, DatabaseStats, EmbedText, EmbeddedEntry, ListOptions,
+    OpenOptions, Origin, Page, SearchHit, SearchQuery, SearchRequest, SyncEvent, SyncHandle,
+    SyncState, SyncStatus,
 };
 pub use error::{Error, Result};
 pub use query::Query;

@@ -1,14 +1,24 @@
 //! The `pluresdb` command line (native only): argument parsing and the
 //! commands. Each command is a thin layer over the library.
+//!
+//! Exit codes: 0 success, 1 failure (the reason on stderr), 2 bad usage
+//! (from clap), 3 not found (`get` of a missing id).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::relay as pluresdb_relay;
+use crate::index::HashEmbedder;
+use crate::relay::RelayConfig;
+use crate::storage::SqliteStorage;
+use crate::{Database, OpenOptions};
 
+mod commands;
+mod http;
+mod io;
 mod serve;
 
 /// PluresDB: a local-first JSON database with sync and vector search.
@@ -19,24 +29,134 @@ struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
 
+    /// The database file (default: pluresdb.db in the user's data directory).
+    #[arg(long, global = true, env = "PLURESDB_DB", value_name = "PATH")]
+    db: Option<PathBuf>,
+
+    /// Embed records' text on put and accept text in search: `hash` (the
+    /// built-in offline embedder, 256 dimensions) or `hash:<dimensions>`.
+    #[arg(long, global = true, value_name = "EMBEDDER")]
+    embedder: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the demo app (www/), the npm package (pkg/) and the relay
-    /// (/relay) over HTTP.
+    /// Create the database file (if missing) and show where it is.
+    Init,
+    /// Store a record: JSON as an argument, @file, or - for stdin.
+    Put {
+        /// The record id.
+        id: String,
+        /// The JSON value, `@path` to read a file, `-` to read stdin.
+        value: String,
+        /// An embedding as a JSON array of numbers.
+        #[arg(long)]
+        vector: Option<String>,
+    },
+    /// Print a record's JSON (exit code 3 when it does not exist).
+    Get {
+        /// The record id.
+        id: String,
+    },
+    /// Delete a record.
+    Delete {
+        /// The record id.
+        id: String,
+    },
+    /// List records in id order.
+    List {
+        /// Only ids starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Start after this id.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Run a query: `{"where": {...}, "sort": ..., "limit": ...}`.
+    Query {
+        /// The query JSON.
+        query: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Vector search by a vector (JSON array) or by text (with --embedder).
+    Search {
+        /// A JSON array of numbers, or text when an embedder is set.
+        query: String,
+        /// How many results.
+        #[arg(long, short, default_value_t = 10)]
+        k: usize,
+        /// Drop results scoring below this.
+        #[arg(long)]
+        min_score: Option<f32>,
+        /// Only records matching this query JSON.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Records, tombstones, actors, version vector, index, size, sync.
+    Status,
+    /// Import JSON Lines (`{"id": ..., "data": ...}` per line); idempotent:
+    /// records already holding the same data are skipped, so an interrupted
+    /// import can simply be run again.
+    Import {
+        /// The file (- for stdin).
+        file: PathBuf,
+        /// Records per transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+    /// Export every live record as JSON Lines.
+    Export {
+        /// The file (stdout when omitted).
+        file: Option<PathBuf>,
+    },
+    /// Print this database's invite (creating its sync identity).
+    Invite,
+    /// Sync this database through a relay until interrupted.
+    Sync {
+        /// The relay URL (ws:// or wss://).
+        #[arg(long)]
+        relay: String,
+        /// Join the database this invite belongs to first.
+        #[arg(long)]
+        invite: Option<String>,
+        /// Stop once synced (after at least this many seconds connected).
+        #[arg(long, value_name = "SECONDS")]
+        once: Option<u64>,
+    },
+    /// Serve the demo app (www/), the npm package (pkg/), the HTTP API
+    /// (/api) and the relay (/relay).
     Serve(ServeArgs),
     /// Run a sync relay on its own (WebSocket, at /relay).
     Relay(RelayArgs),
 }
 
+/// Output formats of `list` and `query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON document: `[{"id": ..., "data": ...}]`.
+    Json,
+    /// JSON Lines, one record per line.
+    Jsonl,
+    /// An aligned table for people.
+    Table,
+}
+
 /// Relay settings shared by `serve` and `relay`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RelayOptions {
-    /// SQLite file of the relay's encrypted backlog (default: in the user's
-    /// data directory).
+    /// SQLite file of the relay's encrypted backlog (default: relay.db in
+    /// the user's data directory).
     #[arg(long = "relay-backlog", value_name = "PATH")]
     pub backlog: Option<PathBuf>,
     /// Envelopes kept per topic for peers that are offline.
@@ -55,15 +175,15 @@ pub struct RelayOptions {
 
 impl RelayOptions {
     /// The relay configuration, creating the backlog's directory.
-    pub fn config(&self) -> std::io::Result<pluresdb_relay::RelayConfig> {
+    pub fn config(&self) -> std::io::Result<RelayConfig> {
         let backlog = match &self.backlog {
             Some(path) => path.clone(),
             None => data_dir()?.join("relay.db"),
         };
-        if let Some(parent) = backlog.parent() {
+        if let Some(parent) = backlog.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
-        Ok(pluresdb_relay::RelayConfig {
+        Ok(RelayConfig {
             backlog_path: Some(backlog),
             backlog_frames: self.backlog_frames,
             max_frame: self.max_frame,
@@ -89,13 +209,6 @@ pub struct RelayArgs {
     pub relay: RelayOptions,
 }
 
-/// The user's data directory for PluresDB files.
-pub fn data_dir() -> std::io::Result<PathBuf> {
-    dirs::data_dir().map(|d| d.join("pluresdb")).ok_or_else(|| {
-        std::io::Error::other("no data directory for this user; pass a path explicitly")
-    })
-}
-
 /// Arguments of `pluresdb serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -111,6 +224,16 @@ pub struct ServeArgs {
     /// Directory with the built npm package.
     #[arg(long, default_value = "pkg")]
     pub pkg: PathBuf,
+    /// When set, API writes need `Authorization: Bearer <token>`.
+    #[arg(long, env = "PLURESDB_TOKEN")]
+    pub token: Option<String>,
+    /// Largest API request body, in bytes.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_body: usize,
+    /// Sync the served database through this server's own relay (the
+    /// database needs an invite: `pluresdb invite`).
+    #[arg(long)]
+    pub sync: bool,
     /// Relay settings.
     #[command(flatten)]
     pub relay: RelayOptions,
@@ -119,6 +242,90 @@ pub struct ServeArgs {
 impl ServeArgs {
     fn address(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+}
+
+/// The user's data directory for PluresDB files.
+pub fn data_dir() -> std::io::Result<PathBuf> {
+    dirs::data_dir().map(|d| d.join("pluresdb")).ok_or_else(|| {
+        std::io::Error::other("no data directory for this user; pass a path explicitly")
+    })
+}
+
+/// A command's failure: the message for stderr and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 1,
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 3,
+        }
+    }
+}
+
+impl From<crate::Error> for Failure {
+    fn from(error: crate::Error) -> Self {
+        Failure::new(error.to_string())
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(error: std::io::Error) -> Self {
+        Failure::new(error.to_string())
+    }
+}
+
+/// Global options every command that opens the database uses.
+#[derive(Debug, Clone)]
+pub struct DatabaseOptions {
+    path: Option<PathBuf>,
+    embedder: Option<String>,
+}
+
+impl DatabaseOptions {
+    fn path(&self) -> Result<PathBuf, Failure> {
+        match &self.path {
+            Some(path) => Ok(path.clone()),
+            None => Ok(data_dir()?.join("pluresdb.db")),
+        }
+    }
+
+    fn open_options(&self) -> Result<OpenOptions, Failure> {
+        let mut options = OpenOptions::default();
+        if let Some(spec) = &self.embedder {
+            let dimension = match spec.split_once(':') {
+                None if spec == "hash" => 256,
+                Some(("hash", dimension)) => dimension
+                    .parse()
+                    .map_err(|_| Failure::new(format!("bad embedder dimension in `{spec}`")))?,
+                _ => {
+                    return Err(Failure::new(format!(
+                        "unknown embedder `{spec}` (use `hash` or `hash:<dimensions>`)"
+                    )))
+                }
+            };
+            options.embedder = Some(Arc::new(HashEmbedder::new(dimension)));
+        }
+        Ok(options)
+    }
+
+    /// Opens the database file.
+    async fn open(&self) -> Result<Database<SqliteStorage>, Failure> {
+        let path = self.path()?;
+        let storage = SqliteStorage::open(&path).map_err(|e| Failure::new(e.to_string()))?;
+        Ok(Database::open(storage, self.open_options()?).await?)
     }
 }
 
@@ -147,17 +354,24 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve::run(args).await,
-            Command::Relay(args) => serve::run_relay(args).await,
-        }
-    });
+    let options = DatabaseOptions {
+        path: cli.db,
+        embedder: cli.embedder,
+    };
+    let result = runtime.block_on(run(cli.command, options));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("pluresdb: {error}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            eprintln!("pluresdb: {}", failure.message);
+            ExitCode::from(failure.code)
         }
+    }
+}
+
+async fn run(command: Command, options: DatabaseOptions) -> Result<(), Failure> {
+    match command {
+        Command::Serve(args) => serve::run(args, options).await,
+        Command::Relay(args) => Ok(serve::run_relay(args).await?),
+        command => commands::run(command, options).await,
     }
 }

@@ -1,23 +1,26 @@
-//! `pluresdb serve`: one HTTP server for the demo app and the npm package.
+//! `pluresdb serve` and `pluresdb relay`: the HTTP server for the demo app,
+//! the npm package, the HTTP API and the relay.
 
 use std::io;
 
 use axum::Router;
 use tower_http::services::ServeDir;
 
-use super::ServeArgs;
+use super::{http, DatabaseOptions, Failure, RelayArgs, RelayOptions, ServeArgs};
 use crate::relay::RelayServer;
+use crate::transport::RelayConnector;
 
-/// Builds the HTTP routes: `/relay` the sync relay, `/pkg/*` from the
-/// package directory, everything else from the app directory.
-pub fn router(args: &ServeArgs, relay: &RelayServer) -> Router {
+/// Builds the routes: `/relay` the sync relay, `/health` and `/api/*` the
+/// HTTP API, `/pkg/*` the package directory, everything else the app.
+pub fn router(args: &ServeArgs, relay: &RelayServer, api: http::ApiState) -> Router {
     Router::new()
         .nest("/relay", relay.router())
+        .merge(http::router(api, args.max_body))
         .nest_service("/pkg", ServeDir::new(&args.pkg))
         .fallback_service(ServeDir::new(&args.www).append_index_html_on_directories(true))
 }
 
-fn relay_server(options: &super::RelayOptions) -> io::Result<RelayServer> {
+fn relay_server(options: &RelayOptions) -> io::Result<RelayServer> {
     RelayServer::new(options.config()?).map_err(io::Error::other)
 }
 
@@ -29,10 +32,11 @@ async fn listen(address: std::net::SocketAddr) -> io::Result<tokio::net::TcpList
 
 async fn shutdown() {
     let _ = tokio::signal::ctrl_c().await;
+    eprintln!("pluresdb: shutting down");
 }
 
 /// `pluresdb relay`: the relay alone, until the process is stopped.
-pub async fn run_relay(args: super::RelayArgs) -> io::Result<()> {
+pub async fn run_relay(args: RelayArgs) -> io::Result<()> {
     let relay = relay_server(&args.relay)?;
     let listener = listen(std::net::SocketAddr::new(args.host, args.port)).await?;
     let address = listener.local_addr()?;
@@ -44,24 +48,37 @@ pub async fn run_relay(args: super::RelayArgs) -> io::Result<()> {
 }
 
 /// Serves until the process is stopped.
-pub async fn run(args: ServeArgs) -> io::Result<()> {
+pub async fn run(args: ServeArgs, options: DatabaseOptions) -> Result<(), Failure> {
     for (what, dir) in [("app", &args.www), ("package", &args.pkg)] {
         if !dir.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "the {what} directory {} does not exist (run `npm run build` first, or pass --{})",
-                    dir.display(),
-                    if what == "app" { "www" } else { "pkg" }
-                ),
-            ));
+            return Err(Failure::new(format!(
+                "the {what} directory {} does not exist (run `npm run build` first, or pass --{})",
+                dir.display(),
+                if what == "app" { "www" } else { "pkg" }
+            )));
         }
     }
+    let db = options.open().await?;
     let relay = relay_server(&args.relay)?;
     let listener = listen(args.address()).await?;
     let address = listener.local_addr()?;
-    println!("PluresDB is serving on http://{address}/ (relay: ws://{address}/relay)");
-    axum::serve(listener, router(&args, &relay))
+    let sync = if args.sync {
+        Some(db.sync(RelayConnector::new(format!("ws://{address}/relay")))?)
+    } else {
+        None
+    };
+    let api = http::ApiState {
+        db: db.clone(),
+        token: args.token.clone(),
+    };
+    println!(
+        "PluresDB is serving on http://{address}/ (API: /api, relay: ws://{address}/relay, database: {})",
+        options.path()?.display()
+    );
+    axum::serve(listener, router(&args, &relay, api))
         .with_graceful_shutdown(shutdown())
-        .await
+        .await?;
+    drop(sync);
+    db.close().await?;
+    Ok(())
 }

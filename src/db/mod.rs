@@ -114,6 +114,17 @@ impl std::fmt::Debug for OpenOptions {
     }
 }
 
+/// Record counts, from [`Database::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DatabaseStats {
+    /// Records with live data.
+    pub live: usize,
+    /// Deleted records (tombstones kept for sync).
+    pub tombstones: usize,
+    /// Records holding concurrent versions.
+    pub conflicted: usize,
+}
+
 /// A record to write with an optional embedding: `(id, document, vector)`.
 pub type EmbeddedEntry = (String, Document, Option<Arc<[f32]>>);
 
@@ -627,6 +638,23 @@ impl<S: Storage> Database<S> {
             .take_while(|record| record.id().starts_with(prefix))
             .filter_map(|record| record.data().map(|data| (record.id(), data)));
         Ok(query.run(live))
+    }
+
+    /// Counts of live records, tombstones and records with conflicts.
+    pub fn stats(&self) -> Result<DatabaseStats> {
+        let state = self.readable()?;
+        let mut stats = DatabaseStats::default();
+        for record in state.store.records() {
+            if record.is_deleted() {
+                stats.tombstones += 1;
+            } else {
+                stats.live += 1;
+            }
+            if !record.conflicts().is_empty() {
+                stats.conflicted += 1;
+            }
+        }
+        Ok(stats)
     }
 
     /// Number of live records.

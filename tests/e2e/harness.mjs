@@ -13,7 +13,10 @@ export const root = fileURLToPath(new URL('../../', import.meta.url));
 export async function startServer(extraArgs = []) {
   const binary = process.env.PLURESDB_BIN ?? join(root, 'target', 'debug', 'pluresdb');
   const scratch = mkdtempSync(join(tmpdir(), 'pluresdb-serve-'));
-  const child = spawn(binary, ['serve', '--port', '0', '--relay-backlog', join(scratch, 'relay.db'), ...extraArgs], {
+  const child = spawn(binary, [
+    '--db', join(scratch, 'server.db'), 'serve', '--port', '0',
+    '--relay-backlog', join(scratch, 'relay.db'), ...extraArgs,
+  ], {
     cwd: root,
     stdio: ['ignore', 'pipe', 'pipe'],
   });

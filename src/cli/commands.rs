@@ -1,0 +1,287 @@
+//! The data commands: init, put, get, delete, list, query, search, status,
+//! invite, sync (import and export are in `io.rs`).
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{io, Command, DatabaseOptions, Failure, Format};
+use crate::crdt::Document;
+use crate::storage::SqliteStorage;
+use crate::transport::RelayConnector;
+use crate::{Database, ListOptions, Query, SearchQuery, SearchRequest, SyncState};
+
+fn parse_json(text: &str, what: &str) -> Result<Value, Failure> {
+    serde_json::from_str(text).map_err(|e| Failure::new(format!("{what} is not valid JSON: {e}")))
+}
+
+/// A value argument: JSON, `@file`, or `-` for stdin.
+fn read_value(argument: &str) -> Result<Value, Failure> {
+    let text = if argument == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        text
+    } else if let Some(path) = argument.strip_prefix('@') {
+        std::fs::read_to_string(path)
+            .map_err(|e| Failure::new(format!("cannot read {path}: {e}")))?
+    } else {
+        argument.to_owned()
+    };
+    parse_json(&text, "the value")
+}
+
+fn parse_vector(text: &str) -> Result<Vec<f32>, Failure> {
+    let value = parse_json(text, "the vector")?;
+    let items = value
+        .as_array()
+        .ok_or_else(|| Failure::new("a vector is a JSON array of numbers"))?;
+    items
+        .iter()
+        .map(|v| {
+            v.as_f64()
+                .map(|n| n as f32)
+                .ok_or_else(|| Failure::new("a vector is a JSON array of numbers"))
+        })
+        .collect()
+}
+
+fn print_records(records: &[(String, Document)], format: Format) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            let items: Vec<Value> = records
+                .iter()
+                .map(|(id, data)| json!({ "id": id, "data": data.to_value() }))
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&items).unwrap_or_default()
+            )?;
+        }
+        Format::Jsonl => {
+            for (id, data) in records {
+                writeln!(out, "{}", json!({ "id": id, "data": data.to_value() }))?;
+            }
+        }
+        Format::Table => {
+            let width = records
+                .iter()
+                .map(|(id, _)| id.len())
+                .max()
+                .unwrap_or(2)
+                .max(2);
+            writeln!(out, "{:width$}  DATA", "ID")?;
+            for (id, data) in records {
+                let mut text = data.as_str().to_owned();
+                if text.len() > 100 {
+                    let cut = (0..=97)
+                        .rev()
+                        .find(|i| text.is_char_boundary(*i))
+                        .unwrap_or(0);
+                    text.truncate(cut);
+                    text.push_str("...");
+                }
+                writeln!(out, "{id:width$}  {text}")?;
+            }
+            writeln!(out, "({} records)", records.len())?;
+        }
+    }
+    Ok(())
+}
+
+async fn close(db: Database<SqliteStorage>) -> Result<(), Failure> {
+    db.close().await?;
+    Ok(())
+}
+
+pub(super) async fn run(command: Command, options: DatabaseOptions) -> Result<(), Failure> {
+    let db = options.open().await?;
+    let result = execute(command, &db, &options).await;
+    close(db).await?;
+    result
+}
+
+async fn execute(
+    command: Command,
+    db: &Database<SqliteStorage>,
+    options: &DatabaseOptions,
+) -> Result<(), Failure> {
+    match command {
+        Command::Init => {
+            println!("database: {}", options.path()?.display());
+            println!("actor: {}", db.actor());
+            println!("records: {}", db.len());
+        }
+        Command::Put { id, value, vector } => {
+            let document = Document::from_value(&read_value(&value)?)
+                .map_err(|e| Failure::new(e.to_string()))?;
+            let vector = vector.map(|v| parse_vector(&v)).transpose()?;
+            db.put_document(&id, document, vector.map(Into::into))
+                .await?;
+        }
+        Command::Get { id } => match db.get_document(&id)? {
+            Some(document) => println!("{document}"),
+            None => return Err(Failure::not_found(format!("no record `{id}`"))),
+        },
+        Command::Delete { id } => {
+            if !db.delete(&id).await? {
+                return Err(Failure::not_found(format!("no record `{id}`")));
+            }
+        }
+        Command::List {
+            prefix,
+            limit,
+            cursor,
+            format,
+        } => {
+            let page = db.list(&ListOptions {
+                prefix,
+                limit,
+                cursor,
+            })?;
+            print_records(&page.items, format)?;
+            if let Some(cursor) = page.next_cursor {
+                eprintln!("more: --cursor {cursor}");
+            }
+        }
+        Command::Query { query, format } => {
+            let query = Query::from_json(&parse_json(&query, "the query")?)
+                .map_err(|e| Failure::new(e.to_string()))?;
+            print_records(&db.query(&query)?, format)?;
+        }
+        Command::Search {
+            query,
+            k,
+            min_score,
+            filter,
+        } => {
+            let query = match parse_json(&query, "the search vector") {
+                Ok(Value::Array(_)) => SearchQuery::Vector(parse_vector(&query)?),
+                _ => SearchQuery::Text(query),
+            };
+            let filter = filter
+                .map(|f| {
+                    Query::from_json(&parse_json(&f, "the filter")?)
+                        .map_err(|e| Failure::new(e.to_string()))
+                })
+                .transpose()?;
+            let hits = db
+                .search(&SearchRequest {
+                    query,
+                    k,
+                    min_score,
+                    filter,
+                    ef: None,
+                })
+                .await?;
+            for hit in hits {
+                println!(
+                    "{}",
+                    json!({ "id": hit.id, "score": hit.score, "data": hit.data.to_value() })
+                );
+            }
+        }
+        Command::Status => status(db, options).await?,
+        Command::Import { file, batch } => io::import(db, &file, batch).await?,
+        Command::Export { file } => io::export(db, file.as_deref())?,
+        Command::Invite => println!("{}", db.create_invite().await?),
+        Command::Sync {
+            relay,
+            invite,
+            once,
+        } => sync(db, relay, invite, once).await?,
+        Command::Serve(_) | Command::Relay(_) => unreachable!("dispatched in cli::run"),
+    }
+    Ok(())
+}
+
+async fn status(db: &Database<SqliteStorage>, options: &DatabaseOptions) -> Result<(), Failure> {
+    let path = options.path()?;
+    let stats = db.stats()?;
+    let index = db.index_stats();
+    let size: u64 = ["", "-wal"]
+        .iter()
+        .filter_map(|suffix| std::fs::metadata(format!("{}{suffix}", path.display())).ok())
+        .map(|m| m.len())
+        .sum();
+    let vector: serde_json::Map<String, Value> = db
+        .version_vector()
+        .iter()
+        .map(|(actor, seq)| (actor.to_string(), json!(seq)))
+        .collect();
+    let identity = db.sync_identity();
+    let status = json!({
+        "database": path,
+        "sizeOnDisk": size,
+        "records": stats.live,
+        "tombstones": stats.tombstones,
+        "conflicts": stats.conflicted,
+        "actor": db.actor().to_string(),
+        "actors": vector.len(),
+        "versionVector": vector,
+        "index": {
+            "dimension": index.dimension,
+            "vectors": index.vectors,
+            "growing": index.growing,
+            "segments": index.segments,
+        },
+        "sync": identity.map(|i| json!({
+            "topic": i.topic().iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        })),
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&status).unwrap_or_default()
+    );
+    Ok(())
+}
+
+async fn sync(
+    db: &Database<SqliteStorage>,
+    relay: String,
+    invite: Option<String>,
+    once: Option<u64>,
+) -> Result<(), Failure> {
+    if let Some(invite) = invite {
+        db.join_invite(&invite).await?;
+    }
+    let handle = db.sync(RelayConnector::new(relay.clone()))?;
+    eprintln!("syncing through {relay} (Ctrl-C to stop)");
+    let started = Instant::now();
+    let mut last = None;
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        tokio::select! {
+            _ = &mut interrupted => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let status = handle.status();
+        let line = format!(
+            "{} (peers {}, pending {}, rejected {}{})",
+            status.state.as_str(),
+            status.peers,
+            status.pending,
+            status.rejected,
+            status
+                .last_error
+                .as_ref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        );
+        if last.as_ref() != Some(&line) {
+            eprintln!("sync: {line}");
+            last = Some(line);
+        }
+        if let Some(seconds) = once {
+            if status.state == SyncState::Synced
+                && started.elapsed() >= Duration::from_secs(seconds)
+            {
+                break;
+            }
+        }
+    }
+    handle.stop();
+    Ok(())
+}
