@@ -116,3 +116,38 @@ test('a peer with a forged key is rejected', async () => {
   await a.close();
   await intruder.close();
 });
+
+test('a browser and a native database sync through the same relay', async () => {
+  const { execFileSync, spawn } = await import('node:child_process');
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { root } = await import('./harness.mjs');
+  const binary = process.env.PLURESDB_BIN ?? join(root, 'target', 'debug', 'pluresdb');
+  const dir = mkdtempSync(join(tmpdir(), 'pluresdb-native-'));
+  const native = (...args) => execFileSync(binary, ['--db', join(dir, 'native.db'), ...args], { encoding: 'utf8' });
+  try {
+    const a = await page(first);
+    const invite = await a.evaluate(async (relay) => {
+      globalThis.db = await globalThis.api.PluresDB.open('browser-native');
+      await globalThis.db.put('from-browser', { text: 'hello native' });
+      const invite = await globalThis.db.createInvite();
+      globalThis.db.sync(relay);
+      return invite;
+    }, server.relayUrl);
+    // The native side joins, syncs until up to date, and has the record.
+    native('sync', '--relay', server.relayUrl, '--invite', invite, '--once', '1');
+    assert.deepEqual(JSON.parse(native('get', 'from-browser')), { text: 'hello native' });
+    // A native write (made offline) reaches the browser on the next sync.
+    native('put', 'from-native', JSON.stringify({ text: 'hello browser' }));
+    const syncing = spawn(binary, ['--db', join(dir, 'native.db'), 'sync', '--relay', server.relayUrl], { stdio: 'ignore' });
+    try {
+      await waitFor(a, async () => (await globalThis.db.get('from-native'))?.text === 'hello browser');
+    } finally {
+      syncing.kill('SIGINT');
+    }
+    await a.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
