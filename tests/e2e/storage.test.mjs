@@ -149,20 +149,32 @@ test('an older IndexedDB schema is upgraded; a blocked upgrade is a clear error'
   const page = await openPage();
   const result = await page.evaluate(async () => {
     const { PluresDB } = globalThis.api;
-    // Take a real record row as a build with schema 1 would have written it.
-    const source = await PluresDB.open('legacy-source');
-    await source.put('kept', { from: 'schema 1' });
-    await source.close();
+    // A record row as a build with schema 1 wrote it (one row per record),
+    // encoded by hand from docs/ARCHITECTURE.md ("Record encoding").
+    const encodeRecord = (id, json) => {
+      const text = new TextEncoder();
+      const idBytes = text.encode(id);
+      const jsonBytes = text.encode(json);
+      const writer = new Uint8Array(16).fill(1);
+      const out = [];
+      const u32 = (n) => out.push(n & 255, (n >>> 8) & 255, (n >>> 16) & 255, (n >>> 24) & 255);
+      const u64 = (n) => { u32(n % 2 ** 32); u32(Math.floor(n / 2 ** 32)); };
+      out.push(1);                     // encoding version
+      u32(idBytes.length); out.push(...idBytes);
+      u32(1);                          // one version
+      out.push(...writer);
+      u64(1_700_000_000_000); u32(0);  // hlc
+      u32(1); out.push(...writer); u64(1); // clock {writer: 1}
+      out.push(1);                     // flags: has data
+      u32(jsonBytes.length); out.push(...jsonBytes);
+      return new Uint8Array(out);
+    };
+    const row = encodeRecord('kept', JSON.stringify({ from: 'schema 1' }));
+    const slot = new Uint8Array(16).fill(1);
     const request = (r) => new Promise((resolve, reject) => {
       r.onsuccess = () => resolve(r.result);
       r.onerror = () => reject(r.error);
     });
-    const sourceDb = await request(indexedDB.open('pluresdb/legacy-source'));
-    const tx = sourceDb.transaction(['records', 'meta'], 'readonly');
-    const row = await request(tx.objectStore('records').get('kept'));
-    const slot = await request(tx.objectStore('meta').get('slot/0'));
-    sourceDb.close();
-
     // A schema-1 database (records + meta only), format 1, left open by an
     // old tab that ignores versionchange.
     const open = indexedDB.open('pluresdb/legacy', 1);
@@ -291,13 +303,10 @@ test('acknowledged writes survive the browser being killed or closed mid-batch',
         })();
       }, round);
       await new Promise((resolve) => setTimeout(resolve, 300 + ((round * 173) % 500)));
-      if (round % 2 === 0) {
-        child.kill('SIGKILL');
-      } else {
-        await connected.close();
-        child.kill('SIGKILL');
-      }
-      await new Promise((resolve) => child.once('exit', resolve));
+      if (round % 2 === 1) await connected.close();
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.killGroup();
+      await exited;
     }
     // A last clean open checks the final round.
     const { child, connected } = await startChromiumWithCdp(profile);
@@ -312,21 +321,31 @@ test('acknowledged writes survive the browser being killed or closed mid-batch',
       return absent;
     }, [...acknowledged]);
     await connected.close();
-    child.kill('SIGKILL');
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.killGroup();
+    await exited;
     assert.deepEqual(missing, []);
     assert.ok(acknowledged.size > 500, `only ${acknowledged.size} writes were acknowledged`);
     console.log(`${acknowledged.size} acknowledged writes survived ${rounds} browser crashes`);
   } finally {
-    rmSync(profile, { recursive: true, force: true });
+    rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 });
 
 /** Starts Chromium with a DevTools port on `profile` and connects playwright to it. */
 async function startChromiumWithCdp(profile) {
+  // Its own process group, so a kill takes every Chromium process with it.
   const child = spawn(chromiumPath(), [
     ...chromiumArgs(), '--headless=new', `--user-data-dir=${profile}`,
     '--remote-debugging-port=0', 'about:blank',
-  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  ], { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+  child.killGroup = () => {
+    try {
+      process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  };
   const endpoint = await new Promise((resolve, reject) => {
     let stderr = '';
     const timer = setTimeout(() => reject(new Error(`no DevTools endpoint: ${stderr}`)), 20_000);
