@@ -17,6 +17,7 @@ use crate::storage::{IndexedDbStorage, MemoryStorage};
 use crate::{Database, ListOptions, OpenOptions, Query, SearchQuery, SearchRequest, SyncEvent};
 
 mod storage_choice;
+mod types;
 mod vector;
 
 pub use vector::hash_embed;
@@ -189,7 +190,7 @@ impl PluresDB {
     #[wasm_bindgen(unchecked_return_type = "Promise<PluresDB>")]
     pub fn open(
         name: String,
-        #[wasm_bindgen(unchecked_param_type = "OpenOptions")] options: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "OpenOptions")] options: JsValue,
     ) -> Promise {
         spawn_promise(async move {
             if name.is_empty() {
@@ -255,7 +256,11 @@ impl PluresDB {
 
     /// Stores `data` (any JSON value) under `id`; resolves once durable.
     #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
-    pub fn put(&self, id: String, data: JsValue) -> Promise {
+    pub fn put(
+        &self,
+        id: String,
+        #[wasm_bindgen(unchecked_param_type = "unknown")] data: JsValue,
+    ) -> Promise {
         let db = self.db.clone();
         let document = document_from_js(&data);
         spawn_promise(async move {
@@ -271,10 +276,7 @@ impl PluresDB {
     #[wasm_bindgen(js_name = putMany, unchecked_return_type = "Promise<void>")]
     pub fn put_many(
         &self,
-        #[wasm_bindgen(
-            unchecked_param_type = "Array<[string, unknown] | { id: string, data: unknown }>"
-        )]
-        entries: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Array<PutEntry>")] entries: JsValue,
     ) -> Promise {
         let db = self.db.clone();
         let parsed = parse_entries(&entries);
@@ -313,7 +315,7 @@ impl PluresDB {
     #[wasm_bindgen(unchecked_return_type = "Promise<ListPage>")]
     pub fn list(
         &self,
-        #[wasm_bindgen(unchecked_param_type = "ListOptions")] options: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "ListOptions")] options: JsValue,
     ) -> Promise {
         let db = self.db.clone();
         spawn_promise(async move {
@@ -344,7 +346,7 @@ impl PluresDB {
     pub fn put_with_embedding(
         &self,
         id: String,
-        data: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "unknown")] data: JsValue,
         #[wasm_bindgen(unchecked_param_type = "Float32Array | number[]")] vector: JsValue,
     ) -> Promise {
         let db = self.db.clone();
@@ -365,7 +367,7 @@ impl PluresDB {
     pub fn search(
         &self,
         #[wasm_bindgen(unchecked_param_type = "Float32Array | number[] | string")] query: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "SearchOptions")] options: JsValue,
+        #[wasm_bindgen(unchecked_optional_param_type = "SearchOptions")] options: JsValue,
     ) -> Promise {
         let db = self.db.clone();
         let request = search_request(&query, &options);
@@ -430,7 +432,10 @@ impl PluresDB {
     /// `{ prefix?, where?: { field: value | { $eq, $ne, $gt, $gte, $lt, $lte, $in, $exists } },
     /// sort?: 'field' | '-field' | [...], limit? }`.
     #[wasm_bindgen(unchecked_return_type = "Promise<Array<{ id: string, data: unknown }>>")]
-    pub fn query(&self, #[wasm_bindgen(unchecked_param_type = "Query")] query: JsValue) -> Promise {
+    pub fn query(
+        &self,
+        #[wasm_bindgen(unchecked_optional_param_type = "Query")] query: JsValue,
+    ) -> Promise {
         let db = self.db.clone();
         let parsed = query_from_js(&query);
         spawn_promise(async move {
@@ -470,6 +475,73 @@ impl PluresDB {
             }
             Ok(out.into())
         })
+    }
+
+    /// A live query: calls `callback(records)` with the current result of
+    /// `query` (as [`query`](Self::query) returns it), and again whenever a
+    /// committed change — from this tab, another tab or a peer — changes the
+    /// result. Changes committed together cause one call. Returns a function
+    /// that stops watching.
+    #[wasm_bindgen(unchecked_return_type = "() => void")]
+    pub fn watch(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Query")] query: JsValue,
+        #[wasm_bindgen(
+            unchecked_param_type = "(records: Array<{ id: string, data: unknown }>) => void"
+        )]
+        callback: Function,
+    ) -> Result<Function, JsValue> {
+        check_usable()?;
+        let query = query_from_js(&query)?;
+        let db = self.db.clone();
+        let mut events = db.subscribe();
+        let active = std::rc::Rc::new(std::cell::Cell::new(true));
+        let still_active = active.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let mut last: Option<Vec<(String, Document)>> = None;
+            loop {
+                if !still_active.get() {
+                    break;
+                }
+                let Ok(result) = db.query(&query) else { break };
+                if last.as_ref() != Some(&result) {
+                    let items = Array::new();
+                    for (id, document) in &result {
+                        match record_object(id, document) {
+                            Ok(item) => {
+                                items.push(&item);
+                            }
+                            Err(_) => continue,
+                        }
+                    }
+                    if let Err(error) = callback.call1(&JsValue::UNDEFINED, &items) {
+                        web_sys::console::error_2(
+                            &"PluresDB: a watch callback threw".into(),
+                            &error,
+                        );
+                    }
+                    last = Some(result);
+                }
+                // Wait for a relevant change, then take every change
+                // already queued, so one commit means one call.
+                let relevant = |event: &SyncEvent| match event {
+                    SyncEvent::Upsert { id } | SyncEvent::Delete { id } => {
+                        id.starts_with(query.prefix.as_str())
+                    }
+                    _ => false,
+                };
+                loop {
+                    match events.next().await {
+                        None => return,
+                        Some(event) if relevant(&event) => break,
+                        Some(_) => continue,
+                    }
+                }
+                while let Ok(_queued) = events.try_recv() {}
+            }
+        });
+        let unwatch = Closure::once_into_js(move || active.set(false));
+        Ok(unwatch.unchecked_into())
     }
 
     /// Calls `listener({ kind, id })` after every committed change (`kind`:

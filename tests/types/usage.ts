@@ -1,0 +1,83 @@
+// Uses every method of the npm package with its declared types; checked by
+// `tsc --noEmit --strict` (the node test suite). The expected-error lines at
+// the end must stay type errors: the declarations are not `any`.
+import init, {
+  PluresDB,
+  hashEmbed,
+  type ChangeEvent,
+  type ConflictVersion,
+  type IndexStats,
+  type ListPage,
+  type PluresDBError,
+  type Query,
+  type SearchHit,
+  type SyncStatus,
+} from '../../pkg/pluresdb.js';
+
+export async function everyMethod(): Promise<void> {
+  await init();
+  const db: PluresDB = await PluresDB.open('types', {
+    storage: 'memory',
+    embedder: async (texts: string[]) => hashEmbed(texts, 64),
+    embedFields: ['title'],
+    index: { efSearch: 32, sealThreshold: 512 },
+  });
+  const plain: PluresDB = await PluresDB.open('plain');
+  const name: string = db.name;
+  const actor: string = db.actorId;
+  const kind: string = db.storageKind;
+
+  await db.put('a', { title: 'hello', n: 1 });
+  await db.putMany([['b', { n: 2 }], { id: 'c', data: { n: 3 } }, ['d', 4, [1, 0]], { id: 'e', data: 5, vector: new Float32Array([0, 1]) }]);
+  const value: unknown = await db.get('a');
+  const deleted: boolean = await db.delete('b');
+  const page: ListPage = await db.list({ prefix: '', limit: 10 });
+  const all: ListPage = await db.list();
+  const next: string | null = page.nextCursor;
+  const query: Query = { where: { n: { $gte: 1 }, title: 'hello' }, sort: ['-n', { field: 'title', order: 'asc' }], limit: 5 };
+  const found: Array<{ id: string; data: unknown }> = await db.query(query);
+  const conflicts: ConflictVersion[] = await db.conflicts('a');
+  await plain.putWithEmbedding('v', { x: 1 }, new Float32Array([1, 0, 0]));
+  await plain.putWithEmbedding('w', { x: 2 }, [0, 1, 0]);
+  const hits: SearchHit[] = await plain.search([1, 0, 0], { k: 2, minScore: 0.1, filter: { where: { x: 1 } }, ef: 16 });
+  const textHits: SearchHit[] = await db.search('hello');
+  const stats: IndexStats = plain.indexStats();
+  await plain.flushIndex();
+  const unsubscribe: () => void = db.subscribe((event: ChangeEvent) => {
+    const k: 'upsert' | 'delete' | 'peer-connected' | 'peer-disconnected' = event.kind;
+    void k;
+  });
+  const unwatch: () => void = db.watch({ prefix: 'a' }, (records) => {
+    const first: string | undefined = records[0]?.id;
+    void first;
+  });
+  const invite: string = await db.createInvite();
+  db.sync('ws://127.0.0.1:9/relay');
+  const status: SyncStatus = db.syncStatus();
+  const state: 'offline' | 'connecting' | 'syncing' | 'synced' | 'stopped' = status.state;
+  db.stopSync();
+  unsubscribe();
+  unwatch();
+  try {
+    await db.put('', 1);
+  } catch (error) {
+    const named = (error as PluresDBError).name;
+    void named;
+  }
+  await db.close();
+  await plain.destroy();
+  const vectors: Float32Array[] = hashEmbed(['a', 'b']);
+
+  // @ts-expect-error ids are strings
+  await db.put(1, {});
+  // @ts-expect-error storage is 'indexeddb' or 'memory'
+  await PluresDB.open('x', { storage: 'floppy' });
+  // @ts-expect-error sort orders are 'asc' or 'desc'
+  await db.query({ sort: { field: 'n', order: 'up' } });
+  // @ts-expect-error k is a number
+  await db.search([1], { k: '10' });
+  // @ts-expect-error syncStatus is synchronous
+  await db.syncStatus().then(() => {});
+
+  void [name, actor, kind, value, deleted, all, next, found, conflicts, hits, textHits, stats, invite, state, vectors];
+}
