@@ -184,6 +184,8 @@ struct State {
 
 struct Shared<S> {
     storage: S,
+    /// Whether other open instances hear about commits (see `announce`).
+    announces: bool,
     state: Mutex<State>,
     clock: Arc<dyn WallClock>,
     embedder: Option<Arc<dyn EmbedText>>,
@@ -337,7 +339,9 @@ impl<S: Storage> Database<S> {
             generation = receipt.generation;
         }
 
+        let announcements = storage.announcements();
         let shared = Arc::new(Shared {
+            announces: announcements.is_some(),
             storage,
             state: Mutex::new(State {
                 store,
@@ -355,7 +359,7 @@ impl<S: Storage> Database<S> {
             embed_fields: options.embed_fields,
             slot: Mutex::new(Some(lease)),
         });
-        if let Some(announcements) = shared.storage.announcements() {
+        if let Some(announcements) = announcements {
             platform::spawn(run_announcement_listener(
                 Arc::downgrade(&shared),
                 announcements,
@@ -747,6 +751,29 @@ async fn await_reply(receiver: oneshot::Receiver<Result<()>>) -> Result<()> {
         .map_err(|_| Error::Storage(StorageError::Closed))?
 }
 
+/// What another open instance (tab) is told about a commit: a flag byte (0:
+/// written through that instance, 1: received from a sync peer) and the
+/// operations in the batch encoding. The flag keeps tabs from re-publishing
+/// what peers sent, which would echo between devices.
+fn encode_announcement(from_peer: bool, ops: &[CrdtOperation]) -> Vec<u8> {
+    let mut message = vec![u8::from(from_peer)];
+    message.extend_from_slice(&crate::crdt::encode_operations(ops));
+    message
+}
+
+fn decode_announcement(bytes: &[u8]) -> std::result::Result<(Origin, Vec<CrdtOperation>), String> {
+    let (flag, rest) = bytes
+        .split_first()
+        .ok_or_else(|| "an empty announcement".to_owned())?;
+    let origin = match flag {
+        0 => Origin::OtherInstance,
+        1 => Origin::Peer("another instance".to_owned()),
+        other => return Err(format!("unknown announcement origin {other}")),
+    };
+    let ops = decode_operations(rest).map_err(|e| e.to_string())?;
+    Ok((origin, ops))
+}
+
 /// Applies batches that other instances of the same storage committed (and
 /// announced) to this instance's memory. They are already durable.
 async fn run_announcement_listener<S: Storage>(
@@ -757,8 +784,8 @@ async fn run_announcement_listener<S: Storage>(
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let ops = match decode_operations(&bytes) {
-            Ok(ops) => ops,
+        let (origin, ops) = match decode_announcement(&bytes) {
+            Ok(decoded) => decoded,
             Err(error) => {
                 tracing::warn!(%error, "ignoring an undecodable announcement");
                 continue;
@@ -772,10 +799,7 @@ async fn run_announcement_listener<S: Storage>(
         let preview = state.store.preview(&ops);
         let changes = state.store.install(preview, &ops, None, now);
         vector::sync_index(&mut state, &changes);
-        let job = CommittedBatch {
-            origin: Origin::OtherInstance,
-            ops,
-        };
+        let job = CommittedBatch { origin, ops };
         notify(&mut state, &changes, std::slice::from_ref(&job));
     }
 }
@@ -914,6 +938,18 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
             for change in &changes {
                 state.corrupt.remove(&*change.id);
             }
+            // What other tabs are told, split by where it came from.
+            let (mut local_ops, mut peer_ops) = (Vec::new(), Vec::new());
+            if shared.announces {
+                for (origin, range) in &spans {
+                    let target = if matches!(origin, Origin::Peer(_)) {
+                        &mut peer_ops
+                    } else {
+                        &mut local_ops
+                    };
+                    target.extend_from_slice(&ops[range.clone()]);
+                }
+            }
             // The commit feed copies operations only when someone listens.
             let batches: Vec<CommittedBatch> = if state.commit_listeners.is_empty() {
                 Vec::new()
@@ -928,8 +964,14 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
             };
             notify(&mut state, &changes, &batches);
             drop(state);
-            if !ops.is_empty() {
-                shared.storage.announce(&ops);
+            // Other tabs learn of this commit; they publish what was written
+            // locally, never what came from peers (the peers have it).
+            for (from_peer, announced) in [(false, local_ops), (true, peer_ops)] {
+                if !announced.is_empty() {
+                    shared
+                        .storage
+                        .announce(&encode_announcement(from_peer, &announced));
+                }
             }
             for reply in replies {
                 let _ = reply.send(Ok(()));

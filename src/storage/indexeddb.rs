@@ -654,12 +654,9 @@ impl Storage for IndexedDbStorage {
         Ok(receipt)
     }
 
-    fn announce(&self, operations: &[crate::crdt::CrdtOperation]) {
+    fn announce(&self, message: &[u8]) {
         if let Some(channel) = self.channel.borrow().as_ref() {
-            let bytes = crate::crdt::encode_operations(operations);
-            let _ = channel
-                .channel
-                .post_message(&Uint8Array::from(bytes.as_slice()));
+            let _ = channel.channel.post_message(&Uint8Array::from(message));
         }
     }
 

@@ -180,9 +180,9 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
     }
 
     /// Tells other open instances of this database (other tabs) about a
-    /// committed batch of operations. Backends without such instances do
-    /// nothing.
-    fn announce(&self, _operations: &[crate::crdt::CrdtOperation]) {}
+    /// committed batch: `message` is opaque to the backend (the database
+    /// encodes it). Backends without such instances do nothing.
+    fn announce(&self, _message: &[u8]) {}
 
     /// Batches announced by other open instances, already durable, to apply
     /// to memory. Called once, on open; `None` when there are none.

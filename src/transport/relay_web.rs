@@ -22,12 +22,26 @@ pub struct RelayConnector {
     url: String,
 }
 
-/// The socket's event handlers, kept alive with it.
-struct Handlers {
+/// The socket and its event handlers, kept alive together. Dropping it
+/// (a failed or abandoned connection attempt, or the end of a session)
+/// detaches the handlers before they are freed, so the events of a closing
+/// socket never reach dropped closures, and closes the socket.
+struct OpenSocket {
+    socket: WebSocket,
     _open: Closure<dyn FnMut()>,
     _message: Closure<dyn FnMut(MessageEvent)>,
     _close: Closure<dyn FnMut(CloseEvent)>,
     _error: Closure<dyn FnMut()>,
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.socket.set_onopen(None);
+        self.socket.set_onmessage(None);
+        self.socket.set_onclose(None);
+        self.socket.set_onerror(None);
+        let _ = self.socket.close();
+    }
 }
 
 impl RelayConnector {
@@ -121,7 +135,8 @@ impl RelayConnector {
         socket.set_onerror(Some(on_error.as_ref().unchecked_ref()));
         socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        let handlers = Handlers {
+        let guard = OpenSocket {
+            socket,
             _open: on_open,
             _message: on_message,
             _close: on_close,
@@ -136,7 +151,8 @@ impl RelayConnector {
             topic,
             since: cursor,
         };
-        socket
+        guard
+            .socket
             .send_with_u8_array(&join.encode())
             .map_err(|e| format!("cannot join: {e:?}"))?;
 
@@ -144,7 +160,6 @@ impl RelayConnector {
         // The writer owns the socket and its handlers: when the engine drops
         // the link, the socket closes.
         wasm_bindgen_futures::spawn_local(async move {
-            let _handlers = handlers;
             let mut sequence = 0u32;
             while let Some(Outgoing { envelope, keep }) = to_send.next().await {
                 let frame = ClientFrame::Publish {
@@ -153,17 +168,11 @@ impl RelayConnector {
                     envelope,
                 };
                 sequence = sequence.wrapping_add(1);
-                if socket.send_with_u8_array(&frame.encode()).is_err() {
+                if guard.socket.send_with_u8_array(&frame.encode()).is_err() {
                     break;
                 }
             }
-            // Detach the handlers before they are dropped with this task:
-            // events of a closing socket must not reach dropped closures.
-            socket.set_onopen(None);
-            socket.set_onmessage(None);
-            socket.set_onclose(None);
-            socket.set_onerror(None);
-            let _ = socket.close();
+            drop(guard);
         });
         Ok(Link { outbound, inbound })
     }

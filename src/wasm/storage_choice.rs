@@ -1,6 +1,5 @@
 //! The storage a browser database runs on, chosen at open time.
 
-use crate::crdt::CrdtOperation;
 use crate::error::StorageError;
 use crate::storage::{
     CommitBatch, CommitReceipt, IndexedDbStorage, LoadedState, MemoryStorage, SlotLease, Storage,
@@ -50,10 +49,10 @@ impl Storage for BrowserStorage {
         }
     }
 
-    fn announce(&self, operations: &[CrdtOperation]) {
+    fn announce(&self, message: &[u8]) {
         match self {
-            Self::Memory(s) => s.announce(operations),
-            Self::IndexedDb(s) => s.announce(operations),
+            Self::Memory(s) => s.announce(message),
+            Self::IndexedDb(s) => s.announce(message),
         }
     }
 

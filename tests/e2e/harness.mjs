@@ -9,12 +9,16 @@ import { chromium } from 'playwright-core';
 
 export const root = fileURLToPath(new URL('../../', import.meta.url));
 
-/** Starts `pluresdb serve` on 127.0.0.1 with a free port; resolves to { url, stop }. */
-export async function startServer(extraArgs = []) {
+/**
+ * Starts `pluresdb serve` on 127.0.0.1 with a free port (or `port`), its
+ * database and relay backlog in a scratch directory (or `scratch`, to restart
+ * a stopped server with its data); resolves to { url, relayUrl, port, scratch, stop }.
+ */
+export async function startServer(extraArgs = [], { port = 0, scratch: reuse } = {}) {
   const binary = process.env.PLURESDB_BIN ?? join(root, 'target', 'debug', 'pluresdb');
-  const scratch = mkdtempSync(join(tmpdir(), 'pluresdb-serve-'));
+  const scratch = reuse ?? mkdtempSync(join(tmpdir(), 'pluresdb-serve-'));
   const child = spawn(binary, [
-    '--db', join(scratch, 'server.db'), 'serve', '--port', '0',
+    '--db', join(scratch, 'server.db'), 'serve', '--port', String(port),
     '--relay-backlog', join(scratch, 'relay.db'), ...extraArgs,
   ], {
     cwd: root,
@@ -38,13 +42,16 @@ export async function startServer(extraArgs = []) {
   return {
     url,
     relayUrl: `${url.replace(/^http/, 'ws')}/relay`,
+    port: Number(new URL(url).port),
+    scratch,
     child,
-    async stop() {
+    /** Stops the server; `keepData` keeps its scratch directory for a restart. */
+    async stop({ keepData = false } = {}) {
       if (child.exitCode === null) {
         child.kill('SIGTERM');
         await new Promise((resolve) => child.once('exit', resolve));
       }
-      rmSync(scratch, { recursive: true, force: true });
+      if (!keepData) rmSync(scratch, { recursive: true, force: true });
     },
   };
 }
