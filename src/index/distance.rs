@@ -36,6 +36,7 @@ impl UnitVector {
 }
 
 impl instant_distance::Point for UnitVector {
+    #[inline(always)]
     fn distance(&self, other: &Self) -> f32 {
         cosine_distance(&self.0, &other.0)
     }
@@ -59,6 +60,7 @@ pub fn check(values: &[f32], dimension: usize) -> Result<(), IndexError> {
 }
 
 /// `1 - a·b` for unit vectors: 0 for identical directions, 2 for opposite.
+#[inline(always)]
 pub fn cosine_distance(a: &[f32], b: &[f32]) -> f32 {
     1.0 - dot(a, b)
 }
@@ -71,6 +73,7 @@ pub fn score_of(distance: f32) -> f32 {
 /// Dot product. Under wasm `simd128` it runs on `f32x4` lanes (two
 /// accumulators, eight floats per step); elsewhere it is a plain loop with
 /// eight independent accumulators, which LLVM vectorises for SSE/AVX.
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let len = a.len().min(b.len());
     simd::dot(&a[..len], &b[..len])
@@ -91,22 +94,30 @@ mod simd {
         unsafe { v128_load(x.as_ptr().cast::<v128>()) }
     }
 
+    // Plain index loops and forced inlining: the package is built for size
+    // (opt-level "z"), which would otherwise leave iterator adapters as
+    // calls in the hottest loop of vector search.
+    #[inline(always)]
     pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         let mut low = f32x4(0.0, 0.0, 0.0, 0.0);
         let mut high = low;
-        let mut a_chunks = a.chunks_exact(8);
-        let mut b_chunks = b.chunks_exact(8);
-        for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
-            low = f32x4_add(low, f32x4_mul(load(&x[..4]), load(&y[..4])));
-            high = f32x4_add(high, f32x4_mul(load(&x[4..]), load(&y[4..])));
+        let len = a.len().min(b.len());
+        let whole = len - len % 8;
+        let mut i = 0;
+        while i < whole {
+            low = f32x4_add(low, f32x4_mul(load(&a[i..i + 4]), load(&b[i..i + 4])));
+            high = f32x4_add(
+                high,
+                f32x4_mul(load(&a[i + 4..i + 8]), load(&b[i + 4..i + 8])),
+            );
+            i += 8;
         }
         let sum = f32x4_add(low, high);
-        let tail: f32 = a_chunks
-            .remainder()
-            .iter()
-            .zip(b_chunks.remainder())
-            .map(|(x, y)| x * y)
-            .sum();
+        let mut tail = 0.0f32;
+        while i < len {
+            tail += a[i] * b[i];
+            i += 1;
+        }
         (f32x4_extract_lane::<0>(sum) + f32x4_extract_lane::<2>(sum))
             + (f32x4_extract_lane::<1>(sum) + f32x4_extract_lane::<3>(sum))
             + tail

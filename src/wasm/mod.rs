@@ -672,6 +672,16 @@ impl PluresDB {
         })
     }
 
+    /// Panics inside the module on purpose: the end-to-end tests use it to
+    /// check that a panic is logged and makes every later call fail with
+    /// `PluresDBError` instead of running on broken state. Not part of the
+    /// API (absent from the TypeScript definitions).
+    #[doc(hidden)]
+    #[wasm_bindgen(js_name = __panicForTests, skip_typescript)]
+    pub fn panic_for_tests() {
+        panic!("PluresDB.__panicForTests was called");
+    }
+
     /// Closes the database and deletes all of its data.
     #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
     pub fn destroy(&self) -> Promise {

@@ -3,42 +3,22 @@
 // WebSocket: the `ws` package provides one, as Node users of sync would.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
+import { startRelay } from './relay.mjs';
 import init, { PluresDB } from '../../pkg/node.js';
 
 globalThis.WebSocket ??= WebSocket;
 await init();
 
-const root = fileURLToPath(new URL('../../', import.meta.url));
 let relay;
 let relayUrl;
-let scratch;
 
 before(async () => {
-  scratch = mkdtempSync(join(tmpdir(), 'pluresdb-node-'));
-  relay = spawn(join(root, 'target', 'debug', 'pluresdb'), [
-    'relay', '--port', '0', '--relay-backlog', join(scratch, 'relay.db'),
-  ], { stdio: ['ignore', 'pipe', 'inherit'] });
-  relayUrl = await new Promise((resolve, reject) => {
-    let out = '';
-    relay.stdout.on('data', (chunk) => {
-      out += chunk;
-      const match = out.match(/listening on (ws:\/\/\S+)/);
-      if (match) resolve(match[1]);
-    });
-    relay.on('exit', (code) => reject(new Error(`relay exited with ${code}`)));
-  });
+  relay = await startRelay();
+  relayUrl = relay.url;
 });
 
-after(() => {
-  relay?.kill();
-  rmSync(scratch, { recursive: true, force: true });
-});
+after(() => relay?.stop());
 
 const until = async (check, what) => {
   const deadline = Date.now() + 15_000;
