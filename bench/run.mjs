@@ -94,7 +94,7 @@ try {
     } else if (suite === 'size') {
       results.suites.size = runSizeSuite(root);
     } else if (suite === 'native') {
-      results.suites.native = runCriterion(root, ['crdt', 'storage']);
+      results.suites.native = runCriterion(root, ['crdt', 'storage', 'vector']);
     }
     results.suites[suite].measuredAt = new Date().toISOString();
     results.suites[suite].quick = quick;

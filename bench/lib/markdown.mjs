@@ -62,10 +62,13 @@ function vectorSection(docsDir, v) {
   out.push(`${v.count.toLocaleString('en-US')} clustered ${v.dim}-d vectors, ${v.queries} queries near stored vectors, k = ${v.k}; recall@${v.k} against exact search; one thread; measured ${v.measuredAt}. ` +
     'PluresDB runs on memory storage here (the index alone); hnswlib-wasm is built with M 16 and ef_construction 200, PluresDB with instant-distance\'s fixed degree (32) and ef_construction 200; voy-search is a k-d tree (exact).', '');
   out.push('### Building the index', '');
-  out.push(table(['library', 'time to index all vectors', 'vectors/s'], Object.entries(v.contenders)
-    .filter(([name]) => name !== 'bruteforce')
-    .map(([name, c]) => [VECTOR_LABELS[name] ?? name, `${fmt(c.build.ms)} ms`, fmt(c.build.perSecond, 0)])), '');
-  out.push('For PluresDB this is `putMany` of every vector (1,000 per call) and `flushIndex()`: records stored, vectors sealed into HNSW segments and merged.', '');
+  const mib = (bytes) => (Number.isFinite(bytes) ? `${fmt(bytes / 1048576, 1)} MiB` : '–');
+  out.push(table(['library', 'time to index all vectors', 'vectors/s', 'memory'], Object.entries(v.contenders)
+    .map(([name, c]) => [VECTOR_LABELS[name] ?? name, name === 'bruteforce' ? '–' : `${fmt(c.build.ms)} ms`,
+      name === 'bruteforce' ? '–' : fmt(c.build.perSecond, 0), mib(c.build.memoryBytes)])), '');
+  out.push('For PluresDB this is `putMany` of every vector (1,000 per call) and `flushIndex()`: records stored, vectors sealed into HNSW segments and merged. ' +
+    'Memory is how much each library\'s WebAssembly memory grew while indexing (PluresDB\'s includes the records themselves, kept in memory); for brute force it is the raw `Float32Array`s. ' +
+    `The raw vectors alone are ${mib(v.count * v.dim * 4)}.`, '');
   out.push('### Queries: recall and speed at several search breadths', '');
   const rows = [];
   const bars = [];
@@ -139,6 +142,15 @@ function nativeSection(docsDir, n) {
   if (reads.length) {
     out.push('### Get one record by id (and parse it)', '');
     out.push(table(['implementation', 'time'], reads.map((id) => [id.split('/')[1], range(get(id), 'ms')])), '');
+  }
+  const vectorIds = Object.keys(n).filter((id) => id.startsWith('vector search'));
+  if (vectorIds.length) {
+    const exact = Object.entries(n).find(([id]) => id.endsWith('/exact search'))?.[1];
+    out.push('### Vector search, 20,000 × 384-d (`benches/vector.rs`)', '');
+    out.push('Per batch of 100 queries, k = 10; exact search uses the same dot-product kernel over every vector. `cargo bench --bench vector` prints the recall.', '');
+    out.push(table(['implementation', 'time per 100 queries', 'QPS', 'vs exact'], vectorIds.map((id) => [
+      id.split('/')[1], range(get(id)), fmt(100 / get(id).median * 1000, 0), exact ? ratio(exact.median, get(id).median) : '–',
+    ])), '');
   }
   const crdt = Object.keys(n).filter((id) => id.startsWith('crdt/'));
   if (crdt.length) {

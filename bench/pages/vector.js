@@ -5,13 +5,13 @@ import { loadHnswlib } from '/node_modules/hnswlib-wasm/dist/hnswlib.js';
 import * as voyGlue from '/node_modules/voy-search/voy_search_bg.js';
 import { rng, stats } from './common.js';
 
-await init();
+const pluresWasm = await init();
 
 async function loadVoy() {
   const bytes = await (await fetch('/node_modules/voy-search/voy_search_bg.wasm')).arrayBuffer();
   const { instance } = await WebAssembly.instantiate(bytes, { './voy_search_bg.js': voyGlue });
   voyGlue.__wbg_set_wasm(instance.exports);
-  return voyGlue;
+  return { voy: voyGlue, memory: instance.exports.memory };
 }
 
 /** `count` unit vectors of `dim` around `clusters` random centres. */
@@ -95,12 +95,14 @@ export async function run({ count = 20000, dim = 384, queries: queryCount = 200,
 
   // Exact brute force in JavaScript (the baseline every index must beat).
   results.contenders.bruteforce = {
-    build: { ms: 0 },
+    build: { ms: 0, memoryBytes: count * dim * 4 },
     queries: { exact: await measureQueries(queries, truth, k, (q) => bruteForce(vectors, q, k)) },
   };
 
   // PluresDB (memory storage: the index alone; IndexedDB costs are in the storage suite).
   {
+    // Memory: how much the module's linear memory grew (it never shrinks).
+    const memoryBefore = pluresWasm.memory.buffer.byteLength;
     const db = await PluresDB.open(`vectors-${Date.now()}`, { storage: 'memory', index: { dimension: dim } });
     const start = performance.now();
     const chunk = 1000;
@@ -118,7 +120,10 @@ export async function run({ count = 20000, dim = 384, queries: queryCount = 200,
         (await db.search(q, { k, ef })).map((h) => Number(h.id.slice(1))));
     }
     results.contenders.pluresdb = {
-      build: { ms: built, insertMs: inserted, perSecond: (count / built) * 1000, stats: db.indexStats() },
+      build: {
+        ms: built, insertMs: inserted, perSecond: (count / built) * 1000, stats: db.indexStats(),
+        memoryBytes: pluresWasm.memory.buffer.byteLength - memoryBefore,
+      },
       queries: byEf,
     };
     await db.close();
@@ -127,29 +132,33 @@ export async function run({ count = 20000, dim = 384, queries: queryCount = 200,
   // hnswlib-wasm (cosine, M 16, ef_construction 200).
   {
     const lib = await loadHnswlib();
+    const heap = () => lib.HEAPU8?.buffer.byteLength ?? NaN;
+    const memoryBefore = heap();
     const index = new lib.HierarchicalNSW('cosine', dim, '');
     const start = performance.now();
     index.initIndex(count, 16, 200, 100);
     for (let i = 0; i < count; i++) index.addPoint(vectors[i], i, false);
     const built = performance.now() - start;
+    const memoryBytes = heap() - memoryBefore;
     const byEf = {};
     for (const ef of efs) {
       index.setEfSearch(Math.max(ef, k));
       byEf[ef] = await measureQueries(queries, truth, k, (q) => index.searchKnn(q, k, undefined).neighbors);
     }
-    results.contenders.hnswlib = { build: { ms: built, perSecond: (count / built) * 1000 }, queries: byEf };
+    results.contenders.hnswlib = { build: { ms: built, perSecond: (count / built) * 1000, memoryBytes }, queries: byEf };
   }
 
   // voy-search (k-d tree).
   {
-    const voy = await loadVoy();
+    const { voy, memory } = await loadVoy();
+    const memoryBefore = memory.buffer.byteLength;
     const start = performance.now();
     const index = new voy.Voy({
       embeddings: vectors.map((v, i) => ({ id: String(i), title: '', url: '', embeddings: Array.from(v) })),
     });
     const built = performance.now() - start;
     results.contenders.voy = {
-      build: { ms: built, perSecond: (count / built) * 1000 },
+      build: { ms: built, perSecond: (count / built) * 1000, memoryBytes: memory.buffer.byteLength - memoryBefore },
       queries: {
         default: await measureQueries(queries, truth, k, (q) => index.search(q, k).neighbors.map((n) => Number(n.id))),
       },

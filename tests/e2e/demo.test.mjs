@@ -277,6 +277,35 @@ test('the service worker pushes offline edits on a Background Sync event after t
   await blank.close();
 });
 
+test('a configured embedding model gets a database of its own, with the notes copied and searchable', async () => {
+  // A stand-in for a model server (none can run here): it answers in the
+  // OpenAI embeddings format with 128-d hashed features, another dimension
+  // than the built-in embedder's 256.
+  const { hashEmbed } = await import('../../pkg/node.js');
+  const endpoint = `${server.url}/test-model/embeddings`;
+  let calls = 0;
+  await first.context.route(endpoint, async (route) => {
+    calls += 1;
+    const { input } = route.request().postDataJSON();
+    await route.fulfill({
+      contentType: 'application/json',
+      body: JSON.stringify({ data: hashEmbed(input, 128).map((v) => ({ embedding: Array.from(v) })) }),
+    });
+  });
+  const before = (await noteTexts(main)).sort();
+  await main.click('#share-heading ~ details summary');
+  await main.fill('#model-url', endpoint);
+  await Promise.all([main.waitForEvent('load'), main.click('#model-form button')]);
+  await main.waitForSelector('body[data-ready="true"]', { state: 'attached' });
+  assert.match(await main.evaluate(() => globalThis.pluresdb.dbName), /^notes~/);
+  assert.deepEqual((await noteTexts(main)).sort(), before);
+  const hits = await searchFor(main, 'bread from the grocery store');
+  assert.equal(hits[0].text, notes[0]);
+  assert.ok(calls >= 2, `the model embedded the notes and the query (${calls} calls)`);
+  assert.equal(await main.evaluate(() => globalThis.pluresdb.db.indexStats().dimension), 128);
+  await first.context.unroute(endpoint);
+});
+
 test('the server answers with the right content types', async () => {
   const wasm = await fetch(`${server.url}/pkg/pluresdb_bg.wasm`);
   assert.equal(wasm.status, 200);
