@@ -80,7 +80,7 @@ mod native {
                     (
                         id,
                         Document::from_value(&serde_json::json!({})).unwrap(),
-                        Some(v.clone()),
+                        Some(v.as_slice().into()),
                     )
                 });
                 db.put_many_with_embeddings(entries).await.unwrap();
