@@ -94,7 +94,10 @@ try {
     } else if (suite === 'size') {
       results.suites.size = runSizeSuite(root);
     } else if (suite === 'native') {
-      results.suites.native = runCriterion(root, ['crdt', 'storage', 'vector']);
+      // PLURESDB_NATIVE_BENCHES=vector re-runs only some criterion benches;
+      // the others' last samples (target/criterion) are read as they are.
+      const benches = process.env.PLURESDB_NATIVE_BENCHES?.split(',') ?? ['crdt', 'storage', 'vector'];
+      results.suites.native = runCriterion(root, benches);
     }
     results.suites[suite].measuredAt = new Date().toISOString();
     results.suites[suite].quick = quick;

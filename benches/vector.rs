@@ -18,11 +18,18 @@ mod native {
     struct Rng(u64);
 
     impl Rng {
-        fn unit(&mut self) -> f32 {
+        fn uniform(&mut self) -> f32 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
-            (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            ((self.0 >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+        }
+
+        /// A standard normal sample (Box-Muller).
+        fn gaussian(&mut self) -> f32 {
+            let u = self.uniform();
+            let v = self.uniform();
+            (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
         }
     }
 
@@ -32,23 +39,24 @@ mod native {
         v
     }
 
-    /// 50 clusters, points spread around their centres (like the browser
-    /// benchmark's data), and queries near stored points.
+    /// The browser benchmark's shape (`bench/pages/vector.js`): 100 Gaussian
+    /// centres, points spread 0.6 around them; queries are stored points
+    /// mixed with half of a random direction.
     fn data() -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        let centres: Vec<Vec<f32>> = (0..50)
-            .map(|_| (0..DIMENSION).map(|_| rng.unit()).collect())
+        let centres: Vec<Vec<f32>> = (0..100)
+            .map(|_| (0..DIMENSION).map(|_| rng.gaussian()).collect())
             .collect();
-        let vectors: Vec<Vec<f32>> = (0..COUNT)
-            .map(|i| {
-                let centre = &centres[i % centres.len()];
-                normalised(centre.iter().map(|c| c + 0.35 * rng.unit()).collect())
-            })
-            .collect();
+        let point = |i: usize, rng: &mut Rng| {
+            let centre = &centres[(i * 7919) % centres.len()];
+            normalised(centre.iter().map(|c| c + 0.6 * rng.gaussian()).collect())
+        };
+        let vectors: Vec<Vec<f32>> = (0..COUNT).map(|i| point(i, &mut rng)).collect();
         let queries = (0..QUERIES)
             .map(|i| {
-                let near = &vectors[(i * 197) % COUNT];
-                normalised(near.iter().map(|c| c + 0.05 * rng.unit()).collect())
+                let other = normalised((0..DIMENSION).map(|_| rng.gaussian()).collect());
+                let base = &vectors[(i * 97) % COUNT];
+                normalised(base.iter().zip(&other).map(|(b, o)| b + 0.5 * o).collect())
             })
             .collect();
         (vectors, queries)
@@ -102,8 +110,9 @@ mod native {
             found += hits.iter().filter(|h| truth.contains(&h.id)).count();
         }
         println!(
-            "vector: recall@10 {:.3} over {QUERIES} queries",
-            found as f64 / (QUERIES * 10) as f64
+            "vector: recall@10 {:.3} over {QUERIES} queries; index {:?}",
+            found as f64 / (QUERIES * 10) as f64,
+            db.index_stats()
         );
 
         let mut group = c.benchmark_group("vector search 20k x 384");

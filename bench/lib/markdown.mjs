@@ -67,7 +67,7 @@ function vectorSection(docsDir, v) {
     .map(([name, c]) => [VECTOR_LABELS[name] ?? name, name === 'bruteforce' ? '–' : `${fmt(c.build.ms)} ms`,
       name === 'bruteforce' ? '–' : fmt(c.build.perSecond, 0), mib(c.build.memoryBytes)])), '');
   out.push('For PluresDB this is `putMany` of every vector (1,000 per call) and `flushIndex()`: records stored, vectors sealed into HNSW segments and merged. ' +
-    'Memory is how much each library\'s WebAssembly memory grew while indexing (PluresDB\'s includes the records themselves, kept in memory); for brute force it is the raw `Float32Array`s. ' +
+    'Memory is how much each library\'s WebAssembly memory grew while indexing, so the peak (WebAssembly memory never shrinks); PluresDB\'s also holds the records, their stored encoding (memory storage here) and the segments being built and merged. For brute force it is the raw `Float32Array`s. ' +
     `The raw vectors alone are ${mib(v.count * v.dim * 4)}.`, '');
   out.push('### Queries: recall and speed at several search breadths', '');
   const rows = [];

@@ -212,3 +212,26 @@ test('a panic is logged and leaves the module unusable, not silently broken; dat
   assert.deepEqual(kept, { safe: true });
   await page.close();
 });
+
+test('the README example of pluresdb/worker runs: the database in a dedicated Worker', async () => {
+  const readme = readFileSync(join(root, 'pkg-template', 'README.md'), 'utf8');
+  const [example] = codeBlocks(readme, 'js browser');
+  assert.ok(example, 'the README has the pluresdb/worker example');
+  const page = await fixturePage();
+  await runModule(page, example.replaceAll("from 'pluresdb/worker'", "from '/pkg/worker.js'"));
+  const expected = expectedOutput(example);
+  assert.deepEqual((await logged(page, expected.length)).sort(), [...expected].sort());
+  // Errors cross back typed, and the worker's database is really IndexedDB.
+  const checks = await page.evaluate(async () => {
+    const { openInWorker } = await import('/pkg/worker.js');
+    const db = await openInWorker('worker-errors');
+    const bad = await db.put('', {}).then(() => 'stored', (error) => error.name);
+    const badEmbedder = await openInWorker('x', { embedder: () => [] }).then(() => 'opened', (error) => error.name);
+    const storage = db.storageKind;
+    await db.close();
+    return { bad, badEmbedder, storage };
+  }).catch((error) => ({ error: String(error) }));
+  assert.deepEqual(checks, { bad: 'InvalidInputError', badEmbedder: 'InvalidInputError', storage: 'indexeddb' });
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});

@@ -81,3 +81,19 @@ export async function everyMethod(): Promise<void> {
 
   void [name, actor, kind, value, deleted, all, next, found, conflicts, hits, textHits, stats, invite, state, vectors];
 }
+
+// pluresdb/worker: the same API with the database in a Worker.
+import { openInWorker, type WorkerDB } from '../../pkg/worker.js';
+
+export async function inWorker(): Promise<number> {
+  const db: WorkerDB = await openInWorker('types-worker', { embedder: 'hash', embedderDimension: 64 });
+  await db.put('a', { text: 'x' });
+  const hits: SearchHit[] = await db.search('x', { k: 1 });
+  const status: SyncStatus = await db.syncStatus();
+  const stop: () => void = db.watch({ prefix: 'a' }, (records) => records.length);
+  stop();
+  await db.close();
+  // @ts-expect-error functions cannot cross to a worker
+  await openInWorker('bad', { embedder: (texts: string[]) => texts.map(() => [0]) });
+  return hits.length + status.peers;
+}

@@ -1,0 +1,51 @@
+// The Worker side of `pluresdb/worker`: opens one database in this dedicated
+// worker and answers the page's calls, so indexing, sealing vector segments
+// and large imports never block the page. Started by `openInWorker`.
+import init, { PluresDB, hashEmbed } from './pluresdb.js';
+
+let db;
+const stops = new Map(); // watch/subscribe id -> stop function
+
+function errorMessage(error) {
+  return { name: error?.name ?? 'PluresDBError', message: error?.message ?? String(error) };
+}
+
+const calls = {
+  async open(name, options = {}) {
+    await init();
+    const { embedder, ...rest } = options;
+    if (embedder === 'hash') rest.embedder = (texts) => hashEmbed(texts, options.embedderDimension);
+    else if (embedder !== undefined) throw Object.assign(new Error("in a worker, `embedder` can only be 'hash' (functions cannot cross to a worker)"), { name: 'InvalidInputError' });
+    delete rest.embedderDimension;
+    db = await PluresDB.open(name, rest);
+    return { name: db.name, actorId: db.actorId, storageKind: db.storageKind };
+  },
+  watch(id, query) {
+    stops.set(id, db.watch(query, (records) => self.postMessage({ event: id, value: records })));
+  },
+  subscribe(id) {
+    stops.set(id, db.subscribe((change) => self.postMessage({ event: id, value: change })));
+  },
+  stop(id) {
+    stops.get(id)?.();
+    stops.delete(id);
+  },
+};
+
+const methods = new Set([
+  'put', 'putMany', 'get', 'delete', 'list', 'query', 'conflicts', 'search', 'putWithEmbedding',
+  'indexStats', 'flushIndex', 'createInvite', 'sync', 'stopSync', 'syncStatus', 'close', 'destroy',
+]);
+
+self.onmessage = async ({ data: { call, method, args = [] } }) => {
+  try {
+    let value;
+    if (calls[method]) value = await calls[method](...args);
+    else if (!db) throw Object.assign(new Error('the database is not open'), { name: 'ClosedError' });
+    else if (methods.has(method)) value = await db[method](...args);
+    else throw Object.assign(new Error(`unknown method ${method}`), { name: 'InvalidInputError' });
+    self.postMessage({ call, value });
+  } catch (error) {
+    self.postMessage({ call, error: errorMessage(error) });
+  }
+};
