@@ -141,7 +141,11 @@ function nativeSection(docsDir, n) {
   const reads = ['sqlite get by id/pluresdb', 'sqlite get by id/raw rusqlite'].filter(get);
   if (reads.length) {
     out.push('### Get one record by id (and parse it)', '');
-    out.push(table(['implementation', 'time'], reads.map((id) => [id.split('/')[1], range(get(id), 'ms')])), '');
+    const micro = (stat) => ({ median: stat.median * 1000, min: stat.min * 1000, max: stat.max * 1000 });
+    const readBase = get('sqlite get by id/pluresdb');
+    out.push(table(['implementation', 'time', 'this ÷ PluresDB'], reads.map((id) => [
+      id.split('/')[1], range(micro(get(id)), 'µs'), readBase ? ratio(get(id).median, readBase.median) : '–',
+    ])), '');
   }
   const vectorIds = Object.keys(n).filter((id) => id.startsWith('vector search'));
   if (vectorIds.length) {
