@@ -254,9 +254,13 @@ test('the service worker pushes offline edits on a Background Sync event after t
   await restartServer();
 
   const cdp = await first.context.newCDPSession(blank);
-  const registrations = new Promise((resolve) => cdp.on('ServiceWorker.workerRegistrationUpdated', resolve));
+  // The first update may list no registration yet: wait for ours.
+  const registered = new Promise((resolve) => cdp.on('ServiceWorker.workerRegistrationUpdated', ({ registrations }) => {
+    const ours = registrations.find((r) => r.scopeURL.startsWith(server.url) && !r.isDeleted);
+    if (ours) resolve(ours);
+  }));
   await cdp.send('ServiceWorker.enable');
-  const { registrations: [registration] } = await registrations;
+  const registration = await registered;
   await cdp.send('ServiceWorker.dispatchSyncEvent', {
     origin: server.url, registrationId: registration.registrationId, tag: 'pluresdb:notes', lastChance: false,
   });
