@@ -355,6 +355,13 @@ window.addEventListener('offline', renderSyncState);
 
 // ---- embedding model setting ---------------------------------------------
 
+/** A short, stable name for a model URL (a 32-bit string hash in base 36). */
+function shortHash(text) {
+  let hash = 7;
+  for (const char of text) hash = (Math.imul(hash, 31) + char.codePointAt(0)) >>> 0;
+  return hash.toString(36);
+}
+
 $('model-url').value = modelUrl ?? '';
 $('model-form').addEventListener('submit', async (event) => {
   event.preventDefault();
@@ -363,7 +370,7 @@ $('model-form').addEventListener('submit', async (event) => {
   // Vectors of one database share a dimension: a new model gets a new
   // database, and the notes are copied (and embedded) into it.
   try {
-    const target = `${dbName.split('~')[0]}~${url ? [...url].reduce((h, c) => (h * 31 + c.charCodeAt(0)) >>> 0, 7).toString(36) : 'builtin'}`;
+    const target = `${dbName.split('~')[0]}~${url ? shortHash(url) : 'builtin'}`;
     const copy = await openDatabase(target, { modelUrl: url });
     const { items } = await db.list({ prefix: 'note:', limit: 100000 });
     if (items.length) await copy.putMany(items.map(({ id, data }) => [id, data]));
