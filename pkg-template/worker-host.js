@@ -5,6 +5,11 @@ import init, { PluresDB, hashEmbed } from './pluresdb.js';
 
 let db;
 const stops = new Map(); // watch/subscribe id -> stop function
+// The database methods the page may call (open tells the page this list).
+const methods = new Set([
+  'put', 'putMany', 'get', 'delete', 'list', 'query', 'conflicts', 'search', 'putWithEmbedding',
+  'indexStats', 'flushIndex', 'createInvite', 'sync', 'stopSync', 'syncStatus', 'close', 'destroy',
+]);
 
 function errorMessage(error) {
   return { name: error?.name ?? 'PluresDBError', message: error?.message ?? String(error) };
@@ -18,7 +23,7 @@ const calls = {
     else if (embedder !== undefined) throw Object.assign(new Error("in a worker, `embedder` can only be 'hash' (functions cannot cross to a worker)"), { name: 'InvalidInputError' });
     delete rest.embedderDimension;
     db = await PluresDB.open(name, rest);
-    return { name: db.name, actorId: db.actorId, storageKind: db.storageKind };
+    return { name: db.name, actorId: db.actorId, storageKind: db.storageKind, methods: [...methods] };
   },
   watch(id, query) {
     stops.set(id, db.watch(query, (records) => self.postMessage({ event: id, value: records })));
@@ -31,11 +36,6 @@ const calls = {
     stops.delete(id);
   },
 };
-
-const methods = new Set([
-  'put', 'putMany', 'get', 'delete', 'list', 'query', 'conflicts', 'search', 'putWithEmbedding',
-  'indexStats', 'flushIndex', 'createInvite', 'sync', 'stopSync', 'syncStatus', 'close', 'destroy',
-]);
 
 self.onmessage = async ({ data: { call, method, args = [] } }) => {
   try {

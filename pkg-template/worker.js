@@ -55,13 +55,13 @@ export async function openInWorker(name, options = {}) {
     };
   };
 
-  const info = await request('open', name, options).catch((error) => {
+  const { methods, ...info } = await request('open', name, options).catch((error) => {
     worker.terminate();
     throw error;
   });
-  const db = {
-    ...info,
-    worker,
+  const db = { ...info, worker };
+  for (const method of methods) db[method] = (...args) => request(method, ...args);
+  Object.assign(db, {
     watch: (query, callback) => listen('watch', callback, query),
     subscribe: (callback) => listen('subscribe', callback),
     async close() {
@@ -72,10 +72,6 @@ export async function openInWorker(name, options = {}) {
       await request('destroy');
       worker.terminate();
     },
-  };
-  for (const method of ['put', 'putMany', 'get', 'delete', 'list', 'query', 'conflicts', 'search',
-    'putWithEmbedding', 'indexStats', 'flushIndex', 'createInvite', 'sync', 'stopSync', 'syncStatus']) {
-    db[method] = (...args) => request(method, ...args);
-  }
+  });
   return db;
 }

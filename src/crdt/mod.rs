@@ -11,6 +11,7 @@
 
 mod clock;
 mod record;
+pub(crate) use record::write_operations;
 mod store;
 
 pub use clock::{ActorId, Dot, Hlc, HlcClock, VectorClock, VersionVector, MAX_FUTURE_DRIFT_MS};

@@ -599,12 +599,23 @@ pub const BATCH_ENCODING_VERSION: u8 = 1;
 /// Encodes a batch of operations: `u8 version, u32 count, operations`.
 pub fn encode_operations(ops: &[CrdtOperation]) -> Vec<u8> {
     let mut writer = Writer::new();
-    writer.u8(BATCH_ENCODING_VERSION);
-    writer.u32(crate::codec::len_u32(ops.len()));
-    for op in ops {
-        op.encode(&mut writer);
-    }
+    write_operations(&mut writer, ops.len(), ops);
     writer.finish()
+}
+
+/// Appends the batch encoding of `count` operations (what `ops` yields) to
+/// `writer`: for callers that frame a batch or gather it from several
+/// slices without copying the operations.
+pub(crate) fn write_operations<'a>(
+    writer: &mut Writer,
+    count: usize,
+    ops: impl IntoIterator<Item = &'a CrdtOperation>,
+) {
+    writer.u8(BATCH_ENCODING_VERSION);
+    writer.u32(crate::codec::len_u32(count));
+    for op in ops {
+        op.encode(writer);
+    }
 }
 
 /// Decodes what [`encode_operations`] wrote.

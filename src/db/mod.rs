@@ -755,10 +755,15 @@ async fn await_reply(receiver: oneshot::Receiver<Result<()>>) -> Result<()> {
 /// written through that instance, 1: received from a sync peer) and the
 /// operations in the batch encoding. The flag keeps tabs from re-publishing
 /// what peers sent, which would echo between devices.
-fn encode_announcement(from_peer: bool, ops: &[CrdtOperation]) -> Vec<u8> {
-    let mut message = vec![u8::from(from_peer)];
-    message.extend_from_slice(&crate::crdt::encode_operations(ops));
-    message
+fn encode_announcement<'a>(
+    from_peer: bool,
+    count: usize,
+    ops: impl IntoIterator<Item = &'a CrdtOperation>,
+) -> Vec<u8> {
+    let mut writer = crate::codec::Writer::new();
+    writer.u8(u8::from(from_peer));
+    crate::crdt::write_operations(&mut writer, count, ops);
+    writer.finish()
 }
 
 fn decode_announcement(bytes: &[u8]) -> std::result::Result<(Origin, Vec<CrdtOperation>), String> {
@@ -938,27 +943,15 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
             for change in &changes {
                 state.corrupt.remove(&*change.id);
             }
-            // What other tabs are told, split by where it came from.
-            let (mut local_ops, mut peer_ops) = (Vec::new(), Vec::new());
-            if shared.announces {
-                for (origin, range) in &spans {
-                    let target = if matches!(origin, Origin::Peer(_)) {
-                        &mut peer_ops
-                    } else {
-                        &mut local_ops
-                    };
-                    target.extend_from_slice(&ops[range.clone()]);
-                }
-            }
             // The commit feed copies operations only when someone listens.
             let batches: Vec<CommittedBatch> = if state.commit_listeners.is_empty() {
                 Vec::new()
             } else {
                 spans
-                    .into_iter()
+                    .iter()
                     .map(|(origin, range)| CommittedBatch {
-                        origin,
-                        ops: ops[range].to_vec(),
+                        origin: origin.clone(),
+                        ops: ops[range.clone()].to_vec(),
                     })
                     .collect()
             };
@@ -966,11 +959,20 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
             drop(state);
             // Other tabs learn of this commit; they publish what was written
             // locally, never what came from peers (the peers have it).
-            for (from_peer, announced) in [(false, local_ops), (true, peer_ops)] {
-                if !announced.is_empty() {
-                    shared
-                        .storage
-                        .announce(&encode_announcement(from_peer, &announced));
+            if shared.announces {
+                for from_peer in [false, true] {
+                    let spans_of = || {
+                        spans.iter().filter(move |(origin, _)| {
+                            matches!(origin, Origin::Peer(_)) == from_peer
+                        })
+                    };
+                    let count: usize = spans_of().map(|(_, range)| range.len()).sum();
+                    if count > 0 {
+                        let announced = spans_of().flat_map(|(_, range)| &ops[range.clone()]);
+                        shared
+                            .storage
+                            .announce(&encode_announcement(from_peer, count, announced));
+                    }
                 }
             }
             for reply in replies {
@@ -1018,5 +1020,32 @@ fn notify(state: &mut State, changes: &[Change], batches: &[CommittedBatch]) {
         state
             .commit_listeners
             .retain(|listener| listener.unbounded_send(batch.clone()).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod announcement_tests {
+    use super::*;
+
+    #[test]
+    fn announcements_keep_their_origin_and_operations() {
+        let mut store = CrdtStore::new(ActorId::from_bytes([7; 16]));
+        let ops: Vec<CrdtOperation> = (0..3)
+            .map(|n| {
+                let data = Document::from_value(&serde_json::json!({ "n": n })).unwrap();
+                store.put(&format!("k{n}"), data, 1_700_000_000_000 + n)
+            })
+            .collect();
+        for (from_peer, origin) in [
+            (false, Origin::OtherInstance),
+            (true, Origin::Peer("another instance".to_owned())),
+        ] {
+            // Gathered from two slices, as a commit of several jobs is.
+            let message = encode_announcement(from_peer, 3, ops[..1].iter().chain(&ops[1..]));
+            assert_eq!(decode_announcement(&message), Ok((origin, ops.clone())));
+        }
+        assert!(decode_announcement(&[]).is_err());
+        assert!(decode_announcement(&[9, 1, 0, 0, 0, 0]).is_err());
+        assert!(decode_announcement(&[0, 1, 5, 0, 0, 0]).is_err());
     }
 }

@@ -10,7 +10,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { startServer, launchBrowser, root } from './harness.mjs';
+import { startServer, launchBrowser, openPage, root } from './harness.mjs';
 
 let server;
 let first; // the first device
@@ -42,14 +42,8 @@ async function restartServer() {
   server = await startServer([], { port: server.port, scratch: server.scratch });
 }
 
-async function openApp(browser, url = `${server.url}/`) {
-  const page = await browser.context.newPage();
-  page.errors = [];
-  page.on('pageerror', (error) => page.errors.push(error));
-  await page.setViewportSize({ width: 960, height: 1000 });
-  await page.goto(url);
-  await page.waitForSelector('body[data-ready="true"]', { state: 'attached' });
-  return page;
+function openApp(browser, url = `${server.url}/`) {
+  return openPage(browser.context, url, { viewport: { width: 960, height: 1000 } });
 }
 
 /** The notes' texts as the page lists them. */

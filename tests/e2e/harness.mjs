@@ -87,3 +87,21 @@ export async function launchBrowser({ userDataDir } = {}) {
     },
   };
 }
+
+/**
+ * Opens `url` in a new page of `context` and waits until the page marks
+ * itself ready (`body[data-ready="true"]`). Uncaught page errors are logged
+ * and collected in `page.errors` for the tests to assert on.
+ */
+export async function openPage(context, url, { viewport } = {}) {
+  const page = await context.newPage();
+  page.errors = [];
+  page.on('pageerror', (error) => {
+    console.error('page error:', error);
+    page.errors.push(error);
+  });
+  if (viewport) await page.setViewportSize(viewport);
+  await page.goto(url);
+  await page.waitForSelector('body[data-ready="true"]', { state: 'attached' });
+  return page;
+}

@@ -9,7 +9,7 @@ import { mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync,
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { format } from 'node:util';
-import { startServer, launchBrowser, root } from './harness.mjs';
+import { startServer, launchBrowser, openPage, root } from './harness.mjs';
 import { codeBlocks, expectedOutput } from '../node/markdown.mjs';
 
 let browser;
@@ -107,12 +107,7 @@ test('a Vite production build of an app importing the package works', async () =
 
 async function fixturePage() {
   const server = servers.find((s) => s.fixtures) ?? Object.assign(await serve('tests/e2e/pages'), { fixtures: true });
-  const page = await browser.context.newPage();
-  page.errors = [];
-  page.on('pageerror', (error) => page.errors.push(error));
-  await page.goto(`${server.url}/index.html`);
-  await page.waitForSelector('body[data-ready="true"]', { state: 'attached' });
-  return page;
+  return openPage(browser.context, `${server.url}/index.html`);
 }
 
 test('every method of the API works in a page, on IndexedDB', async () => {

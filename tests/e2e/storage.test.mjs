@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { startServer, launchBrowser, chromiumArgs, chromiumPath } from './harness.mjs';
+import { startServer, launchBrowser, openPage, chromiumArgs, chromiumPath } from './harness.mjs';
 
 let server;
 let browser;
@@ -23,16 +23,12 @@ after(async () => {
   await server?.stop();
 });
 
-async function openPage(context = browser.context) {
-  const page = await context.newPage();
-  page.on('pageerror', (error) => console.error('page error:', error));
-  await page.goto(`${server.url}/index.html`);
-  await page.waitForSelector('body[data-ready="true"]', { state: 'attached' });
-  return page;
+function openFixture(context = browser.context) {
+  return openPage(context, `${server.url}/index.html`);
 }
 
 test('a dedicated Worker stores data the page can read', async () => {
-  const page = await openPage();
+  const page = await openFixture();
   const result = await page.evaluate(async () => {
     const worker = new Worker('/worker.js', { type: 'module' });
     const pending = new Map();
@@ -71,7 +67,7 @@ test('a dedicated Worker stores data the page can read', async () => {
 });
 
 test('a ServiceWorker stores data the page can read', async () => {
-  const page = await openPage();
+  const page = await openFixture();
   const result = await page.evaluate(async () => {
     const registration = await navigator.serviceWorker.register('/sw.js', { type: 'module' });
     const worker = registration.active ?? registration.installing ?? registration.waiting;
@@ -106,8 +102,8 @@ test('a ServiceWorker stores data the page can read', async () => {
 });
 
 test('two tabs see each other\'s writes live and hold different actor slots', async () => {
-  const first = await openPage();
-  const second = await openPage();
+  const first = await openFixture();
+  const second = await openFixture();
   const open = (page) => page.evaluate(async () => {
     globalThis.db = await globalThis.api.PluresDB.open('tabs');
     globalThis.events = [];
@@ -134,7 +130,7 @@ test('two tabs see each other\'s writes live and hold different actor slots', as
   // bounded by the number of tabs open at once (here three).
   const actors = new Set([actorA, actorB]);
   for (let round = 0; round < 4; round++) {
-    const extra = await openPage();
+    const extra = await openFixture();
     actors.add(await open(extra));
     await extra.evaluate(() => globalThis.db.put(`extra`, Math.random()));
     await extra.close();
@@ -146,7 +142,7 @@ test('two tabs see each other\'s writes live and hold different actor slots', as
 });
 
 test('an older IndexedDB schema is upgraded; a blocked upgrade is a clear error', async () => {
-  const page = await openPage();
+  const page = await openFixture();
   const result = await page.evaluate(async () => {
     const { PluresDB } = globalThis.api;
     // A record row as a build with schema 1 wrote it (one row per record),
@@ -218,7 +214,7 @@ test('an older IndexedDB schema is upgraded; a blocked upgrade is a clear error'
 
 test('quota exceeded is a QuotaExceededError and loses nothing committed', async () => {
   const context = await browser.context.browser()?.newContext() ?? browser.context;
-  const page = await openPage(context);
+  const page = await openFixture(context);
   const cdp = await page.context().newCDPSession(page);
   await cdp.send('Storage.overrideQuotaForOrigin', {
     origin: server.url,

@@ -3,7 +3,7 @@
 // that converge with the same conflict on both sides, and a wrong-key peer.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launchBrowser } from './harness.mjs';
+import { startServer, launchBrowser, openPage } from './harness.mjs';
 
 let server;
 let first;
@@ -21,12 +21,8 @@ after(async () => {
   await server?.stop();
 });
 
-async function page(browser) {
-  const p = await browser.context.newPage();
-  p.on('pageerror', (error) => console.error('page error:', error));
-  await p.goto(`${server.url}/index.html`);
-  await p.waitForSelector('body[data-ready="true"]', { state: 'attached' });
-  return p;
+function page(browser) {
+  return openPage(browser.context, `${server.url}/index.html`);
 }
 
 /** Evaluates `predicate` in the page until it resolves to true (20 s). */
