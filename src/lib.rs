@@ -44,6 +44,8 @@ pub mod wasm;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
+#[cfg(all(feature = "hyperswarm", not(target_arch = "wasm32")))]
+pub mod hyperswarm;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod relay;
 

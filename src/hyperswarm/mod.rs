@@ -1,0 +1,17 @@
+//! A Hyperswarm-compatible transport (native, feature `hyperswarm`): the
+//! layers the npm `hyperswarm` stack speaks, written on RustCrypto and
+//! dalek primitives so a Rust peer and a Node peer can talk.
+//!
+//! - [`noise`]: the Noise XX / IK handshake over Ed25519 keys with
+//!   ChaCha20-Poly1305 and BLAKE2b (`noise-handshake` + `noise-curve-ed`).
+//! - [`secret_stream`]: the framed, encrypted duplex stream on top
+//!   (`@hyperswarm/secret-stream`), over TCP or any reliable byte stream.
+//!
+//! What exists and what does not yet (UDX streams, the DHT, topic
+//! discovery) is listed in `docs/ARCHITECTURE.md`, "Hyperswarm".
+
+pub mod noise;
+pub mod secret_stream;
+
+pub use noise::{HandshakeError, KeyPair, Pattern};
+pub use secret_stream::{SecretStream, SecretStreamError};
