@@ -1,19 +1,25 @@
 //! Interoperability with the stock npm Hyperswarm stack, on loopback: the
 //! Rust Noise handshake and secret-stream against `@hyperswarm/secret-stream`
-//! (run by `tests/interop/secret-stream-peer.mjs`), in both roles.
+//! (run by `tests/interop/secret-stream-peer.mjs`), in both roles, and the
+//! Rust UDX streams against `udx-native` (`tests/interop/udx-peer.mjs`),
+//! directly and through a lossy UDP proxy, with a secret-stream on top.
 //!
 //! Needs Node.js and the workspace's npm packages (`npm ci`, which
 //! `npm test` runs first).
 #![cfg(all(feature = "hyperswarm", not(target_arch = "wasm32")))]
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pluresdb::hyperswarm::udx::{UdxSocket, UdxStream};
 use pluresdb::hyperswarm::{HandshakeError, KeyPair, Pattern, SecretStream, SecretStreamError};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::process::{Child, ChildStdout, Command};
 
 const PEER: &str = "tests/interop/secret-stream-peer.mjs";
@@ -57,6 +63,27 @@ async fn exits(child: &mut Child) -> bool {
         .success()
 }
 
+/// Sends `count` numbered messages, each answered by `"echo:" + message`.
+async fn expect_echoes<S: tokio::io::AsyncRead + tokio::io::AsyncWrite>(
+    stream: &mut SecretStream<S>,
+    count: usize,
+) {
+    for i in 0..count {
+        let message = numbered(i);
+        stream.send(&message).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(30), stream.recv())
+            .await
+            .unwrap_or_else(|_| panic!("echo {i} arrives within 30 s"))
+            .unwrap()
+            .expect("an echo");
+        assert_eq!(
+            echo,
+            [b"echo:".as_slice(), &message].concat(),
+            "message {i}"
+        );
+    }
+}
+
 fn numbered(i: usize) -> Vec<u8> {
     match i {
         1 => Vec::new(),
@@ -87,20 +114,7 @@ async fn rust_initiator_and_node_responder_exchange_messages() {
     let mut stream = SecretStream::handshake(socket, true, ours).await.unwrap();
     assert_eq!(hex(&stream.remote_public_key()), node_public);
 
-    for i in 0..20 {
-        let message = numbered(i);
-        stream.send(&message).await.unwrap();
-        let echo = tokio::time::timeout(Duration::from_secs(30), stream.recv())
-            .await
-            .unwrap_or_else(|_| panic!("echo {i} arrives within 30 s"))
-            .unwrap()
-            .expect("an echo");
-        assert_eq!(
-            echo,
-            [b"echo:".as_slice(), &message].concat(),
-            "message {i}"
-        );
-    }
+    expect_echoes(&mut stream, 20).await;
     let (mut reader, mut writer) = stream.into_split();
     writer.close().await.unwrap();
     let ended = next_event(&mut events).await;
@@ -173,5 +187,210 @@ async fn a_mismatched_handshake_fails_with_a_typed_error() {
             Err(SecretStreamError::Handshake(HandshakeError::Decrypt))
         ),
         "{result:?}"
+    );
+}
+
+// ---- UDX -----------------------------------------------------------------
+
+const UDX_PEER: &str = "tests/interop/udx-peer.mjs";
+
+/// Starts the udx-native peer (stream id 1, talking to id 2 at
+/// `remote_port`) and returns it with its socket address.
+async fn udx_peer(
+    remote_port: u16,
+    mode: &str,
+) -> (Child, Lines<BufReader<ChildStdout>>, SocketAddr) {
+    assert!(
+        Path::new("node_modules/udx-native").exists(),
+        "the npm packages are missing: run `npm ci` (npm test does) before this test"
+    );
+    let mut child = Command::new("node")
+        .arg(UDX_PEER)
+        .arg(remote_port.to_string())
+        .arg(mode)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("Node.js must be installed to run the interop tests");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut events = BufReader::new(stdout).lines();
+    let listening = next_event(&mut events).await;
+    assert_eq!(listening["event"], "listening", "{listening}");
+    let port = listening["port"].as_u64().expect("port") as u16;
+    (child, events, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// A UDP relay between the Node peer and the Rust socket that drops
+/// `loss_percent` of the datagrams in each direction (deterministically).
+struct LossyProxy {
+    facing_node: SocketAddr,
+    facing_rust: SocketAddr,
+    node: Arc<Mutex<Option<SocketAddr>>>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl LossyProxy {
+    async fn start(rust: SocketAddr, loss_percent: u64) -> Self {
+        let facing_node = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let facing_rust = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let node: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let proxy = Self {
+            facing_node: facing_node.local_addr().unwrap(),
+            facing_rust: facing_rust.local_addr().unwrap(),
+            node: node.clone(),
+            dropped: dropped.clone(),
+        };
+        // Node → Rust.
+        let (from, to, counter) = (facing_node.clone(), facing_rust.clone(), dropped.clone());
+        tokio::spawn(async move {
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            let mut buffer = vec![0u8; 65_536];
+            while let Ok((len, _)) = from.recv_from(&mut buffer).await {
+                if chance(&mut state) < loss_percent {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let _ = to.send_to(&buffer[..len], rust).await;
+            }
+        });
+        // Rust → Node.
+        let (from, to, counter) = (facing_rust, facing_node, dropped);
+        tokio::spawn(async move {
+            let mut state = 0x2545_f491_4f6c_dd1du64;
+            let mut buffer = vec![0u8; 65_536];
+            while let Ok((len, _)) = from.recv_from(&mut buffer).await {
+                if chance(&mut state) < loss_percent {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let target = *node.lock().unwrap();
+                if let Some(target) = target {
+                    let _ = to.send_to(&buffer[..len], target).await;
+                }
+            }
+        });
+        proxy
+    }
+}
+
+/// A number in 0..100 from a xorshift generator.
+fn chance(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state % 100
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// Writes `data` on `stream` while reading the echo, then ends and expects
+/// the peer to end too.
+async fn echo_through(stream: UdxStream, data: &[u8]) {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let to_send = data.to_vec();
+    let writing = tokio::spawn(async move {
+        writer.write_all(&to_send).await.unwrap();
+        writer.shutdown().await.unwrap();
+        writer
+    });
+    let mut echoed = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), reader.read_to_end(&mut echoed))
+        .await
+        .expect("the echo completes within 60 s")
+        .unwrap();
+    let _writer = writing.await.unwrap();
+    assert_eq!(echoed.len(), data.len());
+    assert!(echoed == data, "the echoed bytes differ");
+}
+
+#[tokio::test]
+async fn rust_udx_stream_and_node_udx_native_echo_a_megabyte() {
+    let socket = UdxSocket::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let rust_port = socket.local_addr().unwrap().port();
+    let (mut child, mut events, node) = udx_peer(rust_port, "raw").await;
+    let stream = socket.connect(2, 1, node).unwrap();
+    let data = pattern(1 << 20);
+    echo_through(stream, &data).await;
+    let closed = next_event(&mut events).await;
+    assert_eq!(closed["event"], "closed", "{closed}");
+    assert_eq!(closed["bytes"], data.len());
+    assert!(exits(&mut child).await);
+}
+
+#[tokio::test]
+async fn udx_recovers_from_ten_percent_loss_each_way() {
+    let socket = UdxSocket::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let proxy = LossyProxy::start(socket.local_addr().unwrap(), 10).await;
+    let (mut child, mut events, node) = udx_peer(proxy.facing_node.port(), "raw").await;
+    *proxy.node.lock().unwrap() = Some(node);
+    let stream = socket.connect(2, 1, proxy.facing_rust).unwrap();
+    let data = pattern(300_000);
+    echo_through(stream, &data).await;
+    let closed = next_event(&mut events).await;
+    assert_eq!(closed["event"], "closed", "{closed}");
+    assert_eq!(closed["bytes"], data.len());
+    assert!(exits(&mut child).await);
+    assert!(
+        proxy.dropped.load(Ordering::Relaxed) > 20,
+        "the proxy really dropped packets"
+    );
+}
+
+#[tokio::test]
+async fn secret_stream_runs_over_udx_with_node() {
+    let socket = UdxSocket::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (mut child, mut events, node) =
+        udx_peer(socket.local_addr().unwrap().port(), "secret").await;
+    let stream = socket.connect(2, 1, node).unwrap();
+    let ours = KeyPair::from_seed([12; 32]);
+    let our_public = ours.public_key();
+    let mut secret = SecretStream::handshake(stream, true, ours).await.unwrap();
+    assert_eq!(
+        secret.remote_public_key(),
+        KeyPair::from_seed([11; 32]).public_key()
+    );
+    expect_echoes(&mut secret, 10).await;
+    let (mut reader, mut writer) = secret.into_split();
+    writer.close().await.unwrap();
+    assert_eq!(reader.recv().await.unwrap(), None);
+    let closed = next_event(&mut events).await;
+    assert_eq!(closed["event"], "closed", "{closed}");
+    assert_eq!(closed["received"], 10);
+    assert_eq!(closed["remotePublicKey"], hex(&our_public));
+    assert!(exits(&mut child).await);
+}
+
+#[tokio::test]
+async fn two_rust_udx_peers_survive_a_quarter_of_datagrams_lost() {
+    let a = UdxSocket::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let b = UdxSocket::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let proxy = LossyProxy::start(a.local_addr().unwrap(), 25).await;
+    *proxy.node.lock().unwrap() = Some(b.local_addr().unwrap());
+    let echo = b.connect(1, 2, proxy.facing_node).unwrap();
+    tokio::spawn(async move {
+        let (mut r, mut w) = tokio::io::split(echo);
+        tokio::io::copy(&mut r, &mut w).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let stream = a.connect(2, 1, proxy.facing_rust).unwrap();
+    let start = std::time::Instant::now();
+    echo_through(stream, &pattern(300_000)).await;
+    eprintln!(
+        "took {:?}, dropped {}",
+        start.elapsed(),
+        proxy.dropped.load(Ordering::Relaxed)
     );
 }

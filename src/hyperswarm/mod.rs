@@ -6,12 +6,14 @@
 //!   ChaCha20-Poly1305 and BLAKE2b (`noise-handshake` + `noise-curve-ed`).
 //! - [`secret_stream`]: the framed, encrypted duplex stream on top
 //!   (`@hyperswarm/secret-stream`), over TCP or any reliable byte stream.
+//! - [`udx`]: reliable streams over UDP (`libudx` / `udx-native`).
 //!
-//! What exists and what does not yet (UDX streams, the DHT, topic
-//! discovery) is listed in `docs/ARCHITECTURE.md`, "Hyperswarm".
+//! What exists and what does not yet (the DHT, topic discovery, the sync
+//! transport) is listed in `docs/ARCHITECTURE.md`, "Hyperswarm transport".
 
 pub mod noise;
 pub mod secret_stream;
 
 pub use noise::{HandshakeError, KeyPair, Pattern};
 pub use secret_stream::{SecretStream, SecretStreamError};
+pub mod udx;
