@@ -398,6 +398,7 @@ struct Driver {
     delivering_offset: usize,
     buffered: usize,
     remote_end: Option<u32>,
+    end_signalled: bool,
     user_gone: bool,
     failure: Failure,
 }
@@ -439,6 +440,7 @@ impl Driver {
             delivering_offset: 0,
             buffered: 0,
             remote_end: None,
+            end_signalled: false,
             user_gone: false,
             failure,
         }
@@ -494,6 +496,11 @@ impl Driver {
         }
     }
 
+    /// Nothing is in flight and the peer's window has no room for a packet.
+    fn window_closed(&self) -> bool {
+        self.in_flight.is_empty() && !self.local_eof && (self.remote_window as usize) < MAX_PAYLOAD
+    }
+
     fn window_allows_sending(&self) -> bool {
         let bytes_in_flight: usize = self.in_flight.len() * MAX_PAYLOAD;
         !self.local_eof
@@ -522,6 +529,11 @@ impl Driver {
                 return Ok(());
             }
             let can_send = self.window_allows_sending();
+            if self.window_closed() && self.rto_deadline.is_none() {
+                // Zero-window probing: the update that reopens the peer's
+                // window may be lost, so ask again on the retransmission timer.
+                self.rto_deadline = Some(Instant::now() + self.rto);
+            }
             let deadline = self.rto_deadline;
             let has_delivery = !self.deliver.is_empty() && !self.user_gone;
             tokio::select! {
@@ -558,9 +570,16 @@ impl Driver {
                 }
                 () = sleep_until(deadline) => self.on_timeout().await?,
             }
-            if self.remote_finished() && self.deliver.is_empty() && !self.user_gone {
-                let _ = self.user_write.flush().await;
-            }
+            self.signal_end_of_stream().await;
+        }
+    }
+
+    /// Once the peer's END is reached and everything before it handed
+    /// over, the user reads end of file (once).
+    async fn signal_end_of_stream(&mut self) {
+        if !self.end_signalled && self.remote_finished() && self.deliver.is_empty() {
+            self.end_signalled = true;
+            let _ = self.user_write.shutdown().await;
         }
     }
 
@@ -574,9 +593,7 @@ impl Driver {
                 self.delivering_offset = 0;
             }
         }
-        if self.deliver.is_empty() && self.remote_finished() {
-            let _ = self.user_write.shutdown().await;
-        }
+        self.signal_end_of_stream().await;
         if window_was_closed && self.advertised_window() >= RECEIVE_WINDOW / 2 {
             // Window update so a sender stalled on a full window resumes.
             self.send_ack().await;
@@ -692,6 +709,14 @@ impl Driver {
         }
         self.remote_window = packet.window;
         let now = Instant::now();
+        if self.in_flight.is_empty() {
+            // Nothing to retransmit: any ack answers a window probe.
+            self.timeouts_in_a_row = 0;
+            if !self.window_closed() {
+                self.rto_deadline = None;
+                self.rto = self.estimated_rto();
+            }
+        }
         let mut newly_acked = 0usize;
         // One RTT sample per ack: the most recently sent packet it newly
         // covers, if it was sent once (Karn's rule).
@@ -796,17 +821,31 @@ impl Driver {
                 "the UDX peer stopped acknowledging",
             ));
         }
+        if self.in_flight.is_empty() {
+            // A window probe: the peer answers a heartbeat with its window.
+            self.send_control(HEARTBEAT).await;
+            self.rto = (self.rto * 2).min(MAX_RTO);
+            self.rto_deadline = self.window_closed().then(|| now + self.rto);
+            return Ok(());
+        }
         self.ssthresh = (self.cwnd / 2).max(2);
         self.cwnd = INITIAL_CWND.min(self.ssthresh);
         self.rto = (self.rto * 2).min(MAX_RTO);
         // Everything unacked that has waited a full timeout is presumed lost.
-        let stale: Vec<u32> = self
+        let mut stale: Vec<u32> = self
             .in_flight
             .iter()
             .filter(|(_, sent)| !sent.sacked && now.duration_since(sent.sent_at) >= MIN_RTO)
             .map(|(&seq, _)| seq)
             .take(MAX_CWND)
             .collect();
+        if stale.is_empty() {
+            // Everything left was selectively acked but the cumulative ack
+            // that would retire it was lost: resend the oldest packet so
+            // the receiver acks again (it acks every DATA/END, duplicates
+            // included).
+            stale.extend(self.in_flight.keys().next().copied());
+        }
         for seq in stale {
             self.retransmit(seq, now).await;
         }
@@ -965,5 +1004,38 @@ mod tests {
         let (len, _) = peer.recv_from(&mut datagram).await.unwrap();
         let ack = decode(&datagram[..len]).unwrap();
         assert_eq!((ack.stream_id, ack.ack), (9, 1));
+    }
+
+    #[tokio::test]
+    async fn a_closed_window_is_probed_until_it_reopens() {
+        let socket = UdxSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let target = socket.local_addr().unwrap();
+        let mut stream = socket.connect(3, 8, peer.local_addr().unwrap()).unwrap();
+        // The peer announces a full receive buffer before anything is sent.
+        peer.send_to(&encode(0, 3, 0, 0, 0, &[], &[]), target)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stream.write_all(b"waiting for room").await.unwrap();
+        let mut datagram = [0u8; 2048];
+        let (len, _) = peer.recv_from(&mut datagram).await.unwrap();
+        let probe = decode(&datagram[..len]).unwrap();
+        assert_eq!(
+            probe.kind, HEARTBEAT,
+            "a probe, not data, while the window is shut"
+        );
+        // The window reopens: the data follows.
+        peer.send_to(&encode(0, 3, RECEIVE_WINDOW, 0, 0, &[], &[]), target)
+            .await
+            .unwrap();
+        let (len, _) = peer.recv_from(&mut datagram).await.unwrap();
+        let data = decode(&datagram[..len]).unwrap();
+        assert_eq!(
+            (data.kind, data.seq, data.payload),
+            (DATA, 0, &b"waiting for room"[..])
+        );
     }
 }
