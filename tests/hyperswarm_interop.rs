@@ -8,13 +8,14 @@
 //! `npm test` runs first).
 #![cfg(all(feature = "hyperswarm", not(target_arch = "wasm32")))]
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pluresdb::hyperswarm::dht_rpc::{node_id, DhtNode};
 use pluresdb::hyperswarm::udx::{UdxSocket, UdxStream};
 use pluresdb::hyperswarm::{HandshakeError, KeyPair, Pattern, SecretStream, SecretStreamError};
 use serde_json::Value;
@@ -393,4 +394,96 @@ async fn two_rust_udx_peers_survive_a_quarter_of_datagrams_lost() {
         start.elapsed(),
         proxy.dropped.load(Ordering::Relaxed)
     );
+}
+
+// ---- dht-rpc -------------------------------------------------------------
+
+#[tokio::test]
+async fn rust_node_bootstraps_from_the_stock_testnet_and_answers_its_pings() {
+    assert!(
+        Path::new("node_modules/hyperdht").exists(),
+        "the npm packages are missing: run `npm ci` (npm test does) before this test"
+    );
+    let mut child = Command::new("node")
+        .arg("tests/interop/dht-testnet.mjs")
+        .arg("6")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("Node.js must be installed to run the interop tests");
+    let mut commands = child.stdin.take().expect("piped stdin");
+    let mut events = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let ready = next_event(&mut events).await;
+    assert_eq!(ready["event"], "ready", "{ready}");
+    let bootstrap: Vec<SocketAddrV4> = ready["bootstrap"]
+        .as_array()
+        .expect("bootstrap list")
+        .iter()
+        .map(|address| address.as_str().unwrap().parse().unwrap())
+        .collect();
+    let testnet: Vec<(u16, String)> = ready["nodes"]
+        .as_array()
+        .expect("node list")
+        .iter()
+        .map(|node| {
+            (
+                node["port"].as_u64().unwrap() as u16,
+                node["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(testnet.len(), 6);
+
+    let node = DhtNode::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    // Walk towards the last testnet node's id, starting from the first
+    // (bootstrap) node only: the query must discover the others.
+    let (last_port, last_id) = testnet.last().unwrap().clone();
+    let target = node_id(SocketAddrV4::new(Ipv4Addr::LOCALHOST, last_port));
+    assert_eq!(hex(&target), last_id, "node ids agree with dht-rpc's");
+    let answers = node.find_node(target, &bootstrap).await.unwrap();
+    let found: Vec<u16> = answers
+        .iter()
+        .map(|(peer, _)| peer.address.port())
+        .collect();
+    assert_eq!(
+        found[0], last_port,
+        "the target itself answers first: {found:?}"
+    );
+    // Every node but the first was discovered through the first. (The
+    // testnet's first node answers without an id, as an ephemeral node
+    // does, so it is a bootstrap address rather than a routing entry.)
+    for (port, _) in &testnet[1..] {
+        assert!(
+            found.contains(port),
+            "node {port} was discovered: {found:?}"
+        );
+    }
+
+    // The other way: a stock node pings the Rust node, which answers as an
+    // ephemeral node.
+    let port = node.local_addr().unwrap().port();
+    commands
+        .write_all(format!("ping {port}\n").as_bytes())
+        .await
+        .unwrap();
+    let pinged = next_event(&mut events).await;
+    assert_eq!(pinged["ok"], true, "{pinged}");
+    assert_eq!(pinged["ephemeral"], true, "{pinged}");
+
+    // Garbage sent to the testnet's nodes and to ours changes nothing.
+    let raw = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for junk in [&[0x03u8][..], &[0x13, 0xff, 0xff], b"hello dht"] {
+        raw.send_to(junk, node.local_addr().unwrap()).await.unwrap();
+        raw.send_to(junk, SocketAddr::V4(bootstrap[0]))
+            .await
+            .unwrap();
+    }
+    let again = node.find_node(target, &bootstrap).await.unwrap();
+    assert_eq!(again[0].0.address.port(), last_port);
+
+    commands.write_all(b"quit\n").await.unwrap();
+    let closed = next_event(&mut events).await;
+    assert_eq!(closed["event"], "closed", "{closed}");
+    assert!(exits(&mut child).await);
 }

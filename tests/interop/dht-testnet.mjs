@@ -1,0 +1,38 @@
+// A stock HyperDHT testnet on 127.0.0.1 (hyperdht/testnet, which runs the
+// npm dht-rpc underneath), driven by tests/hyperswarm_interop.rs.
+// Prints one JSON object per line; reads commands from stdin:
+//   ping <port>   a testnet node pings 127.0.0.1:<port>
+//   quit          tears the testnet down
+import createTestnet from 'hyperdht/testnet.js';
+import readline from 'node:readline';
+import { createRequire } from 'node:module';
+
+// dht-rpc's own id function (BLAKE2b-256 of the compact address).
+const { id: nodeId } = createRequire(import.meta.url)('dht-rpc/lib/peer.js');
+
+const size = Number(process.argv[2] || 5);
+const print = (value) => process.stdout.write(JSON.stringify(value) + '\n');
+const testnet = await createTestnet(size, { host: '127.0.0.1' });
+
+print({
+  event: 'ready',
+  bootstrap: testnet.bootstrap.map(({ host, port }) => `${host}:${port}`),
+  nodes: testnet.nodes.map((node) => ({ port: node.address().port, id: nodeId('127.0.0.1', node.address().port).toString('hex') })),
+});
+
+for await (const line of readline.createInterface({ input: process.stdin })) {
+  const [command, argument] = line.trim().split(/\s+/);
+  if (command === 'ping') {
+    try {
+      const reply = await testnet.nodes[0].ping({ host: '127.0.0.1', port: Number(argument) });
+      print({ event: 'pinged', ok: true, from: `${reply.from.host}:${reply.from.port}`, ephemeral: reply.from.id === null });
+    } catch (error) {
+      print({ event: 'pinged', ok: false, message: error.message });
+    }
+  } else if (command === 'quit') {
+    break;
+  }
+}
+await testnet.destroy();
+print({ event: 'closed' });
+process.exit(0);
