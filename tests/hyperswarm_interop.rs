@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pluresdb::hyperswarm::dht_rpc::{node_id, DhtNode};
+use pluresdb::hyperswarm::hyperdht::HyperDht;
 use pluresdb::hyperswarm::udx::{UdxSocket, UdxStream};
 use pluresdb::hyperswarm::{HandshakeError, KeyPair, Pattern, SecretStream, SecretStreamError};
 use serde_json::Value;
@@ -481,6 +482,90 @@ async fn rust_node_bootstraps_from_the_stock_testnet_and_answers_its_pings() {
     }
     let again = node.find_node(target, &bootstrap).await.unwrap();
     assert_eq!(again[0].0.address.port(), last_port);
+
+    commands.write_all(b"quit\n").await.unwrap();
+    let closed = next_event(&mut events).await;
+    assert_eq!(closed["event"], "closed", "{closed}");
+    assert!(exits(&mut child).await);
+}
+
+// ---- HyperDHT discovery --------------------------------------------------
+
+#[tokio::test]
+async fn rust_and_node_find_each_other_through_lookup_announce_and_find_peer() {
+    let mut child = Command::new("node")
+        .arg("tests/interop/dht-testnet.mjs")
+        .arg("6")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("Node.js must be installed to run the interop tests");
+    let mut commands = child.stdin.take().expect("piped stdin");
+    let mut events = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let ready = next_event(&mut events).await;
+    assert_eq!(ready["event"], "ready", "{ready}");
+    let bootstrap: Vec<SocketAddrV4> = ready["bootstrap"]
+        .as_array()
+        .expect("bootstrap list")
+        .iter()
+        .map(|address| address.as_str().unwrap().parse().unwrap())
+        .collect();
+    let dht = HyperDht::bind("127.0.0.1:0".parse().unwrap(), bootstrap)
+        .await
+        .unwrap();
+
+    // Rust announces, a stock client looks the topic up.
+    let topic = [0x51u8; 32];
+    let ours = KeyPair::from_seed([21; 32]);
+    let stored = dht.announce(topic, &ours).await.unwrap();
+    assert!(stored >= 3, "stored at {stored} nodes");
+    commands
+        .write_all(format!("lookup {}\n", hex(&topic)).as_bytes())
+        .await
+        .unwrap();
+    let lookup = next_event(&mut events).await;
+    assert_eq!(lookup["event"], "lookup", "{lookup}");
+    let keys: Vec<&str> = lookup["publicKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key.as_str().unwrap())
+        .collect();
+    assert!(keys.contains(&hex(&ours.public_key()).as_str()), "{lookup}");
+
+    // A stock client announces, Rust looks the topic up.
+    let other_topic = [0x52u8; 32];
+    let node_seed = [22u8; 32];
+    commands
+        .write_all(format!("announce {} {}\n", hex(&other_topic), hex(&node_seed)).as_bytes())
+        .await
+        .unwrap();
+    let announced = next_event(&mut events).await;
+    assert_eq!(announced["event"], "announced", "{announced}");
+    let records = dht.lookup(other_topic).await.unwrap();
+    let node_key = KeyPair::from_seed(node_seed).public_key();
+    assert!(
+        records.iter().any(|record| record.public_key == node_key),
+        "the Node peer's record is found: {records:?}"
+    );
+    assert!(
+        dht.lookup([0x53; 32]).await.unwrap().is_empty(),
+        "an unused topic has no records"
+    );
+
+    // A stock HyperDHT server announces itself; Rust finds its record.
+    let server_seed = [23u8; 32];
+    commands
+        .write_all(format!("listen {}\n", hex(&server_seed)).as_bytes())
+        .await
+        .unwrap();
+    let listening = next_event(&mut events).await;
+    assert_eq!(listening["event"], "listening", "{listening}");
+    let server_key = KeyPair::from_seed(server_seed).public_key();
+    let found = dht.find_peer(&server_key).await.unwrap();
+    assert_eq!(found.map(|record| record.public_key), Some(server_key));
+    assert_eq!(dht.find_peer(&[9; 32]).await.unwrap(), None);
 
     commands.write_all(b"quit\n").await.unwrap();
     let closed = next_event(&mut events).await;

@@ -68,9 +68,6 @@ pub enum DhtError {
     /// The request timed out after every attempt.
     #[error("dht-rpc request to {0} timed out")]
     Timeout(SocketAddr),
-    /// The remote answered with an error code.
-    #[error("dht-rpc request answered with error {0}")]
-    Remote(u64),
     /// The socket failed.
     #[error("dht-rpc socket: {0}")]
     Io(String),
@@ -455,6 +452,8 @@ impl DhtNode {
     }
 
     /// Sends one request and waits for its response, retrying on timeout.
+    /// A response carrying an error code is still a response (its closer
+    /// nodes stay useful); check [`Response::error`].
     pub async fn request(
         &self,
         to: SocketAddrV4,
@@ -514,9 +513,6 @@ impl DhtNode {
                     token: response.token,
                 });
             }
-        }
-        if response.error > 0 {
-            return Err(DhtError::Remote(response.error));
         }
         Ok(response)
     }
@@ -588,8 +584,9 @@ impl DhtNode {
             for (address, result) in futures::future::join_all(requests).await {
                 let Ok(response) = result else { continue };
                 candidates.extend(response.closer_nodes.iter().copied());
-                // Only nodes that proved their id count as answers.
-                if response.id == Some(node_id(address)) {
+                // Only nodes that proved their id and served the command
+                // count as answers.
+                if response.id == Some(node_id(address)) && response.error == 0 {
                     let peer = Peer {
                         address,
                         id: node_id(address),

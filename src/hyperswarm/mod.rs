@@ -9,14 +9,28 @@
 //! - [`udx`]: reliable streams over UDP (`libudx` / `udx-native`).
 //! - [`dht_rpc`]: the Kademlia RPC layer of HyperDHT (`dht-rpc`): message
 //!   codec, requests with retries, iterative FIND_NODE queries.
+//! - [`hyperdht`]: peer discovery on it (LOOKUP, signed ANNOUNCE,
+//!   FIND_PEER).
 //!
 //! What exists and what does not yet (the DHT, topic discovery, the sync
 //! transport) is listed in `docs/ARCHITECTURE.md`, "Hyperswarm transport".
 
 pub mod dht_rpc;
+pub mod hyperdht;
 pub mod noise;
 pub mod secret_stream;
 pub mod udx;
 
 pub use noise::{HandshakeError, KeyPair, Pattern};
 pub use secret_stream::{SecretStream, SecretStreamError};
+
+/// `hypercore-crypto`'s `namespace(name, [id])`: BLAKE2b-256 of
+/// `BLAKE2b-256(name) ‖ id`, the domain separators the stack signs and
+/// hashes under.
+pub fn namespace(name: &str, id: u8) -> [u8; 32] {
+    use blake2::{Blake2b256, Digest as _};
+    let mut input = [0u8; 33];
+    input[..32].copy_from_slice(&Blake2b256::digest(name.as_bytes()));
+    input[32] = id;
+    Blake2b256::digest(input).into()
+}

@@ -19,10 +19,11 @@
 use std::time::Duration;
 
 use blake2::digest::{KeyInit as _, Mac as _};
-use blake2::{Blake2b256, Blake2bMac, Digest as _};
+use blake2::Blake2bMac;
 use crypto_secretstream::{Header, Key, PullStream, PushStream, Tag};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
+use super::namespace;
 use super::noise::{Established, Handshake, HandshakeError, KeyPair, Pattern, MAX_MESSAGE_LEN};
 
 /// How long the handshake and setup frames may take.
@@ -68,21 +69,15 @@ pub enum SecretStreamError {
     Truncated,
 }
 
-/// The two namespaces `hypercore-crypto` derives for
-/// `"hyperswarm/secret-stream"` (ids 0 and 1; id 2 is for datagrams).
-fn namespace(id: u8) -> [u8; 32] {
-    let name = Blake2b256::digest(b"hyperswarm/secret-stream");
-    let mut input = [0u8; 33];
-    input[..32].copy_from_slice(&name);
-    input[32] = id;
-    Blake2b256::digest(input).into()
-}
-
 /// The stream id a side announces: keyed BLAKE2b-256 of its namespace.
 pub fn stream_id(handshake_hash: &[u8], initiator: bool) -> [u8; 32] {
     let mut mac = <Blake2bMac<blake2::digest::consts::U32>>::new_from_slice(handshake_hash)
         .expect("a 64-byte BLAKE2b key is valid");
-    mac.update(&namespace(if initiator { 0 } else { 1 }));
+    // ids 0 and 1 of the namespace; id 2 is for datagrams.
+    mac.update(&namespace(
+        "hyperswarm/secret-stream",
+        if initiator { 0 } else { 1 },
+    ));
     mac.finalize().into_bytes().into()
 }
 
@@ -375,7 +370,7 @@ mod tests {
     fn namespaces_match_hypercore_crypto() {
         // From node: require('hypercore-crypto').namespace('hyperswarm/secret-stream', 3)
         assert_eq!(
-            hex(&namespace(0)),
+            hex(&namespace("hyperswarm/secret-stream", 0)),
             "a931a0155b5c09e6d28628236af83c4b8a6af9af60986edeede9dc5d63192bf7"
         );
     }

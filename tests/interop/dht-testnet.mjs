@@ -1,9 +1,13 @@
 // A stock HyperDHT testnet on 127.0.0.1 (hyperdht/testnet, which runs the
 // npm dht-rpc underneath), driven by tests/hyperswarm_interop.rs.
 // Prints one JSON object per line; reads commands from stdin:
-//   ping <port>   a testnet node pings 127.0.0.1:<port>
-//   quit          tears the testnet down
+//   ping <port>              a testnet node pings 127.0.0.1:<port>
+//   lookup <topic>           a fresh client looks the topic up; prints the public keys found
+//   announce <topic> <seed>  a client announces the seed's key pair under the topic
+//   listen <seed>            a client runs a HyperDHT server for the seed's key pair
+//   quit                     tears the testnet down
 import createTestnet from 'hyperdht/testnet.js';
+import DHT from 'hyperdht';
 import readline from 'node:readline';
 import { createRequire } from 'node:module';
 
@@ -20,6 +24,7 @@ print({
   nodes: testnet.nodes.map((node) => ({ port: node.address().port, id: nodeId('127.0.0.1', node.address().port).toString('hex') })),
 });
 
+const keep = [];
 for await (const line of readline.createInterface({ input: process.stdin })) {
   const [command, argument] = line.trim().split(/\s+/);
   if (command === 'ping') {
@@ -29,10 +34,33 @@ for await (const line of readline.createInterface({ input: process.stdin })) {
     } catch (error) {
       print({ event: 'pinged', ok: false, message: error.message });
     }
+  } else if (command === 'lookup') {
+    const client = testnet.createNode();
+    const found = new Set();
+    for await (const reply of client.lookup(Buffer.from(argument, 'hex'))) {
+      for (const peer of reply.peers) found.add(peer.publicKey.toString('hex'));
+    }
+    print({ event: 'lookup', publicKeys: [...found] });
+    await client.destroy();
+  } else if (command === 'announce') {
+    const seed = line.trim().split(/\s+/)[2];
+    const client = testnet.createNode();
+    keep.push(client);
+    const keyPair = DHT.keyPair(Buffer.from(seed, 'hex'));
+    await client.announce(Buffer.from(argument, 'hex'), keyPair).finished();
+    print({ event: 'announced', publicKey: keyPair.publicKey.toString('hex') });
+  } else if (command === 'listen') {
+    const client = testnet.createNode();
+    keep.push(client);
+    const keyPair = DHT.keyPair(Buffer.from(argument, 'hex'));
+    const server = client.createServer();
+    await server.listen(keyPair);
+    print({ event: 'listening', publicKey: keyPair.publicKey.toString('hex') });
   } else if (command === 'quit') {
     break;
   }
 }
+for (const client of keep) await client.destroy();
 await testnet.destroy();
 print({ event: 'closed' });
 process.exit(0);
