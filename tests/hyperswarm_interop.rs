@@ -399,30 +399,48 @@ async fn two_rust_udx_peers_survive_a_quarter_of_datagrams_lost() {
 
 // ---- dht-rpc -------------------------------------------------------------
 
-#[tokio::test]
-async fn rust_node_bootstraps_from_the_stock_testnet_and_answers_its_pings() {
+/// Starts `tests/interop/dht-testnet.mjs` with `size` nodes; returns the
+/// process, its command input, its events and the `ready` event.
+async fn stock_testnet(
+    size: usize,
+) -> (
+    Child,
+    tokio::process::ChildStdin,
+    Lines<BufReader<ChildStdout>>,
+    Value,
+) {
     assert!(
         Path::new("node_modules/hyperdht").exists(),
         "the npm packages are missing: run `npm ci` (npm test does) before this test"
     );
     let mut child = Command::new("node")
         .arg("tests/interop/dht-testnet.mjs")
-        .arg("6")
+        .arg(size.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("Node.js must be installed to run the interop tests");
-    let mut commands = child.stdin.take().expect("piped stdin");
+    let commands = child.stdin.take().expect("piped stdin");
     let mut events = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
     let ready = next_event(&mut events).await;
     assert_eq!(ready["event"], "ready", "{ready}");
-    let bootstrap: Vec<SocketAddrV4> = ready["bootstrap"]
+    (child, commands, events, ready)
+}
+
+fn bootstrap_of(ready: &Value) -> Vec<SocketAddrV4> {
+    ready["bootstrap"]
         .as_array()
         .expect("bootstrap list")
         .iter()
         .map(|address| address.as_str().unwrap().parse().unwrap())
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn rust_node_bootstraps_from_the_stock_testnet_and_answers_its_pings() {
+    let (mut child, mut commands, mut events, ready) = stock_testnet(6).await;
+    let bootstrap = bootstrap_of(&ready);
     let testnet: Vec<(u16, String)> = ready["nodes"]
         .as_array()
         .expect("node list")
@@ -493,24 +511,8 @@ async fn rust_node_bootstraps_from_the_stock_testnet_and_answers_its_pings() {
 
 #[tokio::test]
 async fn rust_and_node_find_each_other_through_lookup_announce_and_find_peer() {
-    let mut child = Command::new("node")
-        .arg("tests/interop/dht-testnet.mjs")
-        .arg("6")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("Node.js must be installed to run the interop tests");
-    let mut commands = child.stdin.take().expect("piped stdin");
-    let mut events = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-    let ready = next_event(&mut events).await;
-    assert_eq!(ready["event"], "ready", "{ready}");
-    let bootstrap: Vec<SocketAddrV4> = ready["bootstrap"]
-        .as_array()
-        .expect("bootstrap list")
-        .iter()
-        .map(|address| address.as_str().unwrap().parse().unwrap())
-        .collect();
+    let (mut child, mut commands, mut events, ready) = stock_testnet(6).await;
+    let bootstrap = bootstrap_of(&ready);
     let dht = HyperDht::bind("127.0.0.1:0".parse().unwrap(), bootstrap)
         .await
         .unwrap();
