@@ -45,3 +45,46 @@ pub fn check_decoders(data: &[u8]) -> usize {
     }
     accepted
 }
+
+/// Runs every decoder of datagrams and handshake messages from the
+/// Hyperswarm transport on `data`: UDX packets, `dht-rpc` messages,
+/// HyperDHT records and the Noise responder. Each may reject the input;
+/// whatever it accepts must survive a round trip through its encoder.
+/// Panics (which the fuzzer reports) on a violation. Returns how many
+/// decoders accepted the input.
+#[cfg(all(feature = "hyperswarm", not(target_arch = "wasm32")))]
+pub fn check_network_decoders(data: &[u8]) -> usize {
+    use crate::hyperswarm::{dht_rpc, hyperdht, noise, udx};
+    let mut accepted = 0;
+    if let Ok(packet) = udx::decode(data) {
+        assert!(
+            data.ends_with(packet.payload),
+            "UDX payload is not the datagram's tail"
+        );
+        accepted += 1;
+    }
+    if let Ok(message) = dht_rpc::Message::decode(data) {
+        assert_eq!(
+            dht_rpc::Message::decode(&message.encode()).as_ref(),
+            Ok(&message),
+            "dht-rpc message does not round-trip"
+        );
+        accepted += 1;
+    }
+    if let Ok(record) = hyperdht::PeerRecord::decode(data) {
+        assert_eq!(hyperdht::PeerRecord::decode(&record.encode()), Ok(record));
+        accepted += 1;
+    }
+    if hyperdht::decode_lookup_reply(data).is_ok() {
+        accepted += 1;
+    }
+    for pattern in [noise::Pattern::XX, noise::Pattern::IK] {
+        let keys = noise::KeyPair::from_seed([1; 32]);
+        if let Ok(mut responder) = noise::Handshake::new(pattern, false, keys, None, &[]) {
+            if responder.recv(data).is_ok() {
+                accepted += 1;
+            }
+        }
+    }
+    accepted
+}

@@ -29,3 +29,21 @@ fn saved_fuzz_inputs_never_panic() {
     }
     assert!(replayed >= 5, "expected the saved inputs, found {replayed}");
 }
+
+/// The same saved inputs through the Hyperswarm transport's decoders
+/// (UDX, dht-rpc, HyperDHT, Noise): none may panic.
+#[cfg(feature = "hyperswarm")]
+#[test]
+fn saved_fuzz_inputs_never_panic_the_network_decoders() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let mut replayed = 0;
+    for entry in fs::read_dir(&dir).expect("fuzz/regressions exists") {
+        let path = entry.unwrap().path();
+        let data = fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        std::panic::catch_unwind(|| pluresdb::fuzzing::check_network_decoders(&data))
+            .unwrap_or_else(|_| panic!("{name} made a network decoder panic"));
+        replayed += 1;
+    }
+    assert!(replayed >= 5, "expected the saved inputs, found {replayed}");
+}
