@@ -78,6 +78,13 @@ pub fn check_network_decoders(data: &[u8]) -> usize {
     if hyperdht::decode_lookup_reply(data).is_ok() {
         accepted += 1;
     }
+    if let Ok(hop) = hyperdht::HandshakeHop::decode(data) {
+        assert_eq!(hyperdht::HandshakeHop::decode(&hop.encode()), Ok(hop));
+        accepted += 1;
+    }
+    if hyperdht::NoisePayload::decode(data).is_ok() {
+        accepted += 1;
+    }
     for pattern in [noise::Pattern::XX, noise::Pattern::IK] {
         let keys = noise::KeyPair::from_seed([1; 32]);
         if let Ok(mut responder) = noise::Handshake::new(pattern, false, keys, None, &[]) {

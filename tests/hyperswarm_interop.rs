@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pluresdb::hyperswarm::dht_rpc::{node_id, DhtNode};
+use pluresdb::hyperswarm::dht_rpc::{node_id, DhtError, DhtNode};
 use pluresdb::hyperswarm::hyperdht::HyperDht;
 use pluresdb::hyperswarm::udx::{UdxSocket, UdxStream};
 use pluresdb::hyperswarm::{HandshakeError, KeyPair, Pattern, SecretStream, SecretStreamError};
@@ -568,6 +568,90 @@ async fn rust_and_node_find_each_other_through_lookup_announce_and_find_peer() {
     let found = dht.find_peer(&server_key).await.unwrap();
     assert_eq!(found.map(|record| record.public_key), Some(server_key));
     assert_eq!(dht.find_peer(&[9; 32]).await.unwrap(), None);
+
+    commands.write_all(b"quit\n").await.unwrap();
+    let closed = next_event(&mut events).await;
+    assert_eq!(closed["event"], "closed", "{closed}");
+    assert!(exits(&mut child).await);
+}
+
+#[tokio::test]
+async fn a_stock_hyperdht_client_connects_to_a_rust_server() {
+    let (mut child, mut commands, mut events, ready) = stock_testnet(6).await;
+    let dht = HyperDht::bind("127.0.0.1:0".parse().unwrap(), bootstrap_of(&ready))
+        .await
+        .unwrap();
+    let server_keys = KeyPair::from_seed([31; 32]);
+    let server_public = server_keys.public_key();
+    let mut connections = dht.listen(server_keys).await.unwrap();
+
+    // The Node client finds the server through the DHT, runs the IK
+    // handshake relayed by a DHT node, and opens a UDX stream to it.
+    commands
+        .write_all(format!("connect {}\n", hex(&server_public)).as_bytes())
+        .await
+        .unwrap();
+    let mut connection = tokio::time::timeout(Duration::from_secs(30), connections.recv())
+        .await
+        .expect("the client connects within 30 s")
+        .expect("a connection");
+    let hello = tokio::time::timeout(Duration::from_secs(30), connection.recv())
+        .await
+        .expect("the client's message arrives within 30 s")
+        .unwrap()
+        .expect("a message");
+    assert_eq!(hello, b"hello from node");
+    connection.send(b"hello from rust").await.unwrap();
+    let data = next_event(&mut events).await;
+    assert_eq!(data["event"], "data", "{data}");
+    assert_eq!(data["text"], "hello from rust");
+    assert_eq!(data["remotePublicKey"], hex(&server_public));
+    assert_ne!(connection.remote_public_key(), [0; 32]);
+
+    commands.write_all(b"quit\n").await.unwrap();
+    let closed = next_event(&mut events).await;
+    assert_eq!(closed["event"], "closed", "{closed}");
+    assert!(exits(&mut child).await);
+}
+
+#[tokio::test]
+async fn a_rust_client_connects_to_a_stock_hyperdht_server() {
+    let (mut child, mut commands, mut events, ready) = stock_testnet(6).await;
+    let dht = HyperDht::bind("127.0.0.1:0".parse().unwrap(), bootstrap_of(&ready))
+        .await
+        .unwrap();
+    let server_seed = [32u8; 32];
+    commands
+        .write_all(format!("listen {}\n", hex(&server_seed)).as_bytes())
+        .await
+        .unwrap();
+    let listening = next_event(&mut events).await;
+    assert_eq!(listening["event"], "listening", "{listening}");
+    let server_public = KeyPair::from_seed(server_seed).public_key();
+
+    let mut connection = tokio::time::timeout(
+        Duration::from_secs(30),
+        dht.connect(&KeyPair::generate(), server_public),
+    )
+    .await
+    .expect("connected within 30 s")
+    .unwrap();
+    assert_eq!(connection.remote_public_key(), server_public);
+    for message in [&b"hello from rust"[..], &[7u8; 50_000]] {
+        connection.send(message).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(30), connection.recv())
+            .await
+            .expect("the echo arrives within 30 s")
+            .unwrap()
+            .expect("an echo");
+        assert_eq!(echo, [b"echo:".as_slice(), message].concat());
+    }
+    // Nobody listens under this key: a typed error, not a hang.
+    let missing = dht.connect(&KeyPair::generate(), [3; 32]).await;
+    assert!(
+        matches!(missing, Err(DhtError::PeerNotFound)),
+        "{missing:?}"
+    );
 
     commands.write_all(b"quit\n").await.unwrap();
     let closed = next_event(&mut events).await;

@@ -28,8 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blake2::{Blake2b256, Digest as _};
-use tokio::net::UdpSocket;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
+
+use super::udx::{Datagram, UdxSocket};
 
 /// First byte of a request.
 pub const REQUEST_ID: u8 = 0x03;
@@ -74,6 +75,12 @@ pub enum DhtError {
     /// A query found no node to ask.
     #[error("no DHT node answered (check the bootstrap addresses)")]
     NoNodes,
+    /// No node knows the server being connected to.
+    #[error("no DHT node knows the peer (it is not listening, or its announcement expired)")]
+    PeerNotFound,
+    /// Connecting to a peer failed after it was found.
+    #[error("connecting to the peer failed: {0}")]
+    Connect(String),
 }
 
 /// `BLAKE2b-256` of the 6-byte compact address: a node's id.
@@ -380,12 +387,16 @@ type Table = Arc<Mutex<Vec<Peer>>>;
 
 /// An ephemeral `dht-rpc` node on a UDP socket.
 pub struct DhtNode {
-    socket: Arc<UdpSocket>,
+    socket: UdxSocket,
     pending: Pending,
     table: Table,
+    application: Application,
     next_tid: Mutex<u16>,
     receiver: tokio::task::JoinHandle<()>,
 }
+
+/// Where requests for commands other than `dht-rpc`'s own go (HyperDHT's).
+type Application = Arc<Mutex<Option<mpsc::Sender<(Request, SocketAddrV4)>>>>;
 
 impl Drop for DhtNode {
     fn drop(&mut self) {
@@ -417,20 +428,28 @@ fn closest(peers: &[Peer], target: &[u8; 32], count: usize) -> Vec<Peer> {
 }
 
 impl DhtNode {
-    /// Binds a node (IPv4; port 0 for any) and starts answering.
+    /// Binds a node (IPv4; port 0 for any) and starts answering. The
+    /// socket also carries UDX streams ([`DhtNode::udx`]), as HyperDHT's
+    /// does: peers open their streams to the address they know the node by.
     pub async fn bind(address: SocketAddrV4) -> Result<Self, DhtError> {
-        let socket = Arc::new(
-            UdpSocket::bind(address)
-                .await
-                .map_err(|error| DhtError::Io(error.to_string()))?,
-        );
+        let (socket, incoming) = UdxSocket::bind_shared(SocketAddr::V4(address))
+            .await
+            .map_err(|error| DhtError::Io(error.to_string()))?;
         let pending = Pending::default();
         let table = Table::default();
-        let receiver = tokio::spawn(receive_loop(socket.clone(), pending.clone(), table.clone()));
+        let application = Application::default();
+        let receiver = tokio::spawn(receive_loop(
+            socket.clone(),
+            incoming,
+            pending.clone(),
+            table.clone(),
+            application.clone(),
+        ));
         Ok(Self {
             socket,
             pending,
             table,
+            application,
             next_tid: Mutex::new(1),
             receiver,
         })
@@ -439,6 +458,30 @@ impl DhtNode {
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
+    }
+
+    /// The UDX side of the node's socket.
+    pub fn udx(&self) -> &UdxSocket {
+        &self.socket
+    }
+
+    /// From now on, requests for non-internal commands (HyperDHT's) are
+    /// delivered here with their sender instead of being ignored.
+    pub fn serve_requests(&self) -> mpsc::Receiver<(Request, SocketAddrV4)> {
+        let (sender, receiver) = mpsc::channel(256);
+        if let Ok(mut application) = self.application.lock() {
+            *application = Some(sender);
+        }
+        receiver
+    }
+
+    /// Sends one message as is (a reply, or a relayed request).
+    pub async fn send_message(&self, message: &Message, to: SocketAddrV4) -> Result<(), DhtError> {
+        self.socket
+            .send_to(&message.encode(), SocketAddr::V4(to))
+            .await
+            .map(drop)
+            .map_err(|error| DhtError::Io(error.to_string()))
     }
 
     /// Nodes known so far, closest to `target` first.
@@ -489,7 +532,7 @@ impl DhtNode {
         let mut result = Err(DhtError::Timeout(SocketAddr::V4(to)));
         for _ in 0..REQUEST_ATTEMPTS {
             self.socket
-                .send_to(&datagram, to)
+                .send_to(&datagram, SocketAddr::V4(to))
                 .await
                 .map_err(|error| DhtError::Io(error.to_string()))?;
             match tokio::time::timeout(REQUEST_TIMEOUT, &mut receiver).await {
@@ -605,14 +648,16 @@ impl DhtNode {
     }
 }
 
-async fn receive_loop(socket: Arc<UdpSocket>, pending: Pending, table: Table) {
-    let mut buffer = vec![0u8; 65_536];
-    loop {
-        let Ok((len, from)) = socket.recv_from(&mut buffer).await else {
-            continue;
-        };
+async fn receive_loop(
+    socket: UdxSocket,
+    mut incoming: mpsc::Receiver<Datagram>,
+    pending: Pending,
+    table: Table,
+    application: Application,
+) {
+    while let Some((datagram, from)) = incoming.recv().await {
         let SocketAddr::V4(from) = from else { continue };
-        match Message::decode(&buffer[..len]) {
+        match Message::decode(&datagram) {
             Ok(Message::Response(response)) => {
                 let waiter = pending
                     .lock()
@@ -622,11 +667,18 @@ async fn receive_loop(socket: Arc<UdpSocket>, pending: Pending, table: Table) {
                     let _ = waiter.send(response);
                 }
             }
+            Ok(Message::Request(request)) if !request.internal => {
+                let handler = application.lock().ok().and_then(|handler| handler.clone());
+                if let Some(handler) = handler {
+                    // A full queue drops the request; the sender retries.
+                    let _ = handler.try_send((request, from));
+                }
+            }
             Ok(Message::Request(request)) => {
                 let Some(reply) = answer(&request, from, &table) else {
                     continue;
                 };
-                let _ = socket.send_to(&reply.encode(), from).await;
+                let _ = socket.send_to(&reply.encode(), SocketAddr::V4(from)).await;
             }
             Err(_) => {}
         }

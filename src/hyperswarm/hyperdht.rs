@@ -24,9 +24,17 @@ use std::net::SocketAddrV4;
 
 use blake2::{Blake2b256, Digest as _};
 
-use super::dht_rpc::{DhtError, DhtNode, Reader, Writer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::dht_rpc::{DhtError, DhtNode, Message, Reader, Request, Response, Writer};
 use super::namespace;
-use super::noise::KeyPair;
+use super::noise::{Handshake, KeyPair, Pattern};
+use super::secret_stream::SecretStream;
+use super::udx::UdxStream;
 
 /// HyperDHT command: relay a Noise handshake to a server.
 pub const PEER_HANDSHAKE: u64 = 0;
@@ -38,6 +46,158 @@ pub const LOOKUP: u64 = 3;
 pub const ANNOUNCE: u64 = 4;
 /// Relays a record lists at most.
 pub const MAX_RELAYS: usize = 3;
+/// `PEER_HANDSHAKE` modes: who sent this hop.
+const FROM_CLIENT: u64 = 0;
+const FROM_SERVER: u64 = 1;
+const FROM_RELAY: u64 = 2;
+const REPLY: u64 = 4;
+/// Noise payload firewall value: reachable at the address it was seen at.
+const FIREWALL_OPEN: u64 = 1;
+
+/// The hop-by-hop envelope of `PEER_HANDSHAKE`: flags (1 peer address,
+/// 2 relay address), mode, the Noise message, the addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeHop {
+    /// Who sent this hop (client, server, relay, reply).
+    pub mode: u64,
+    /// The Noise IK message.
+    pub noise: Vec<u8>,
+    /// The other end's address, as the relay saw it.
+    pub peer_address: Option<SocketAddrV4>,
+    /// A second relay's address.
+    pub relay_address: Option<SocketAddrV4>,
+}
+
+impl HandshakeHop {
+    /// Its compact encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.uint(
+            u64::from(self.peer_address.is_some()) | u64::from(self.relay_address.is_some()) << 1,
+        );
+        w.uint(self.mode);
+        w.buffer(&self.noise);
+        for address in [self.peer_address, self.relay_address]
+            .into_iter()
+            .flatten()
+        {
+            w.ipv4(address);
+        }
+        w.bytes
+    }
+
+    /// Decodes a hop.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DhtError> {
+        let mut r = Reader::new(bytes);
+        let flags = r.uint()?;
+        let mode = r.uint()?;
+        let noise = r.buffer()?;
+        let peer_address = if flags & 1 != 0 {
+            Some(r.ipv4()?)
+        } else {
+            None
+        };
+        let relay_address = if flags & 2 != 0 {
+            Some(r.ipv4()?)
+        } else {
+            None
+        };
+        Ok(Self {
+            mode,
+            noise,
+            peer_address,
+            relay_address,
+        })
+    }
+}
+
+/// What travels inside the Noise handshake of `PEER_HANDSHAKE`: how to
+/// reach the peer and which UDX stream id to talk to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NoisePayload {
+    /// Payload version (1).
+    pub version: u64,
+    /// Error code (0 = none).
+    pub error: u64,
+    /// Firewall kind (0 unknown, 1 open, 2 consistent, 3 random).
+    pub firewall: u64,
+    /// IPv4 addresses the peer can be reached at.
+    pub addresses4: Vec<SocketAddrV4>,
+    /// The peer's UDX stream id, if it offers a stream.
+    pub udx_id: Option<u64>,
+    /// Whether a secret-stream runs on the UDX stream.
+    pub secret_stream: bool,
+}
+
+impl NoisePayload {
+    /// Our encoding (no holepunch, IPv6 or relay-through sections).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        let flags = u64::from(!self.addresses4.is_empty()) << 1
+            | u64::from(self.udx_id.is_some()) << 3
+            | u64::from(self.secret_stream) << 4;
+        w.uint(1);
+        w.uint(flags);
+        w.uint(self.error);
+        w.uint(self.firewall);
+        if !self.addresses4.is_empty() {
+            w.uint(self.addresses4.len() as u64);
+            for address in &self.addresses4 {
+                w.ipv4(*address);
+            }
+        }
+        if let Some(id) = self.udx_id {
+            w.uint(1); // version
+            w.uint(0); // features
+            w.uint(id);
+            w.uint(0); // seq
+        }
+        if self.secret_stream {
+            w.uint(1);
+        }
+        w.bytes
+    }
+
+    /// Decodes a peer's payload, skipping the sections this side does not
+    /// use (holepunch relays, IPv6 addresses, relay-through, relays).
+    pub fn decode(bytes: &[u8]) -> Result<Self, DhtError> {
+        let mut r = Reader::new(bytes);
+        let version = r.uint()?;
+        if version != 1 {
+            return Ok(Self {
+                version,
+                ..Self::default()
+            });
+        }
+        let flags = r.uint()?;
+        let mut payload = Self {
+            version,
+            error: r.uint()?,
+            firewall: r.uint()?,
+            ..Self::default()
+        };
+        if flags & 1 != 0 {
+            r.uint()?; // holepunch id
+            let relays = usize::try_from(r.uint()?).map_err(|_| DhtError::TooLong)?;
+            r.take(relays.checked_mul(12).ok_or(DhtError::TooLong)?)?;
+        }
+        if flags & 2 != 0 {
+            payload.addresses4 = r.ipv4_array()?;
+        }
+        if flags & 4 != 0 {
+            let count = usize::try_from(r.uint()?).map_err(|_| DhtError::TooLong)?;
+            r.take(count.checked_mul(18).ok_or(DhtError::TooLong)?)?;
+        }
+        if flags & 8 != 0 {
+            r.uint()?; // version
+            r.uint()?; // features
+            payload.udx_id = Some(r.uint()?);
+            r.uint()?; // seq
+        }
+        payload.secret_stream = flags & 16 != 0;
+        Ok(payload)
+    }
+}
 
 /// What a peer announces: its public key and relays.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +277,7 @@ pub fn encode_announce(record: &PeerRecord, signature: &[u8; 64]) -> Vec<u8> {
 /// Discovery over a [`DhtNode`], bootstrapped from known nodes.
 #[derive(Debug)]
 pub struct HyperDht {
-    node: DhtNode,
+    node: Arc<DhtNode>,
     bootstrap: Vec<SocketAddrV4>,
 }
 
@@ -128,7 +288,7 @@ impl HyperDht {
         bootstrap: Vec<SocketAddrV4>,
     ) -> Result<Self, DhtError> {
         Ok(Self {
-            node: DhtNode::bind(address).await?,
+            node: Arc::new(DhtNode::bind(address).await?),
             bootstrap,
         })
     }
@@ -206,19 +366,319 @@ impl HyperDht {
         Ok(stored)
     }
 
+    /// Runs a HyperDHT server for `key_pair`: announces it under
+    /// `BLAKE2b-256(publicKey)` (so clients' FIND_PEER finds the relays),
+    /// answers relayed `PEER_HANDSHAKE`s with the IK handshake, and yields
+    /// each client's secret-stream over a UDX stream on this node's socket.
+    /// The announcement is made once; long-running servers re-announce.
+    pub async fn listen(
+        &self,
+        key_pair: KeyPair,
+    ) -> Result<mpsc::Receiver<SecretStream<UdxStream>>, DhtError> {
+        let target: [u8; 32] = Blake2b256::digest(key_pair.public_key()).into();
+        let mut requests = self.node.serve_requests();
+        self.announce(target, &key_pair).await?;
+        let (connections, accepted) = mpsc::channel(16);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let mut server = Server {
+                node,
+                key_pair,
+                target,
+                connections,
+                answered: HashMap::new(),
+            };
+            while let Some((request, from)) = requests.recv().await {
+                if request.command == PEER_HANDSHAKE && request.target == Some(target) {
+                    server.on_peer_handshake(request, from).await;
+                }
+            }
+        });
+        Ok(accepted)
+    }
+
+    /// Connects to the HyperDHT server `server_public_key` as `key_pair`:
+    /// finds its relays (FIND_PEER), runs the IK handshake through one of
+    /// them, and opens the secret-stream over a UDX stream from this
+    /// node's socket to the server's.
+    pub async fn connect(
+        &self,
+        key_pair: &KeyPair,
+        server_public_key: [u8; 32],
+    ) -> Result<SecretStream<UdxStream>, DhtError> {
+        let target: [u8; 32] = Blake2b256::digest(server_public_key).into();
+        let (_, relays) = self
+            .find_peer_with_holders(&server_public_key)
+            .await?
+            .ok_or(DhtError::PeerNotFound)?;
+        let fail = |why: &str| DhtError::Connect(why.to_owned());
+        let mut noise = Handshake::new(
+            Pattern::IK,
+            true,
+            key_pair.clone(),
+            Some(server_public_key),
+            &namespace("hyperswarm/dht", PEER_HANDSHAKE as u8),
+        )
+        .map_err(|error| fail(&error.to_string()))?;
+        let local_stream = random_stream_id();
+        let ours = NoisePayload {
+            version: 1,
+            error: 0,
+            firewall: FIREWALL_OPEN,
+            addresses4: Vec::new(),
+            udx_id: Some(u64::from(local_stream)),
+            secret_stream: true,
+        };
+        let first = noise
+            .send(&ours.encode())
+            .map_err(|error| fail(&error.to_string()))?;
+        let hop = HandshakeHop {
+            mode: FROM_CLIENT,
+            noise: first,
+            peer_address: None,
+            relay_address: None,
+        }
+        .encode();
+        let mut last_error = fail("no relay forwarded the handshake");
+        for relay in &relays {
+            let reply = match self
+                .node
+                .request(
+                    *relay,
+                    false,
+                    PEER_HANDSHAKE,
+                    Some(target),
+                    None,
+                    Some(hop.clone()),
+                )
+                .await
+            {
+                Ok(reply) => reply,
+                Err(error) => {
+                    last_error = error;
+                    continue;
+                }
+            };
+            let Some(answer) = reply
+                .value
+                .as_deref()
+                .and_then(|value| HandshakeHop::decode(value).ok())
+            else {
+                last_error = fail("the relay did not forward the handshake");
+                continue;
+            };
+            if answer.mode != REPLY {
+                last_error = fail("unexpected PEER_HANDSHAKE reply");
+                continue;
+            }
+            let payload = noise
+                .recv(&answer.noise)
+                .map_err(|error| fail(&error.to_string()))?;
+            let server = NoisePayload::decode(&payload)?;
+            if server.version != 1 || server.error != 0 {
+                return Err(fail("the server refused the connection"));
+            }
+            let server_stream = server
+                .udx_id
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| fail("the server offered no UDX stream"))?;
+            let established = noise
+                .established()
+                .cloned()
+                .ok_or_else(|| fail("handshake unfinished"))?;
+            let server_address = answer.peer_address.unwrap_or(*relay);
+            let stream = self
+                .node
+                .udx()
+                .connect(local_stream, server_stream, SocketAddr::V4(server_address))
+                .map_err(|error| DhtError::Io(error.to_string()))?;
+            return SecretStream::from_established(stream, true, established)
+                .await
+                .map_err(|error| fail(&error.to_string()));
+        }
+        Err(last_error)
+    }
+
     /// The record a server announced for `public_key`, if a node has it.
     pub async fn find_peer(&self, public_key: &[u8; 32]) -> Result<Option<PeerRecord>, DhtError> {
+        Ok(self
+            .find_peer_with_holders(public_key)
+            .await?
+            .map(|(record, _)| record))
+    }
+
+    /// The server's record and the nodes that hold it: those nodes relay
+    /// handshakes to the server (they keep its route), as do the relays
+    /// the record lists.
+    async fn find_peer_with_holders(
+        &self,
+        public_key: &[u8; 32],
+    ) -> Result<Option<(PeerRecord, Vec<SocketAddrV4>)>, DhtError> {
         let target: [u8; 32] = Blake2b256::digest(public_key).into();
         let answers = self
             .node
             .query(target, &self.bootstrap, false, FIND_PEER, None)
             .await?;
-        Ok(answers
-            .into_iter()
-            .filter_map(|(_, response)| response.value)
-            .filter_map(|value| PeerRecord::decode(&value).ok())
-            .find(|record| record.public_key == *public_key))
+        let mut found: Option<(PeerRecord, Vec<SocketAddrV4>)> = None;
+        for (peer, response) in answers {
+            let Some(record) = response
+                .value
+                .and_then(|value| PeerRecord::decode(&value).ok())
+                .filter(|record| record.public_key == *public_key)
+            else {
+                continue;
+            };
+            found
+                .get_or_insert_with(|| (record, Vec::new()))
+                .1
+                .push(peer.address);
+        }
+        if let Some((record, holders)) = &mut found {
+            for relay in &record.relay_addresses {
+                if !holders.contains(relay) {
+                    holders.push(*relay);
+                }
+            }
+        }
+        Ok(found)
     }
+}
+
+/// The server side of `PEER_HANDSHAKE`.
+struct Server {
+    node: Arc<DhtNode>,
+    key_pair: KeyPair,
+    target: [u8; 32],
+    connections: mpsc::Sender<SecretStream<UdxStream>>,
+    /// Replies already sent, by (sender, transaction): a retried request
+    /// gets the same answer instead of a second handshake.
+    answered: HashMap<(SocketAddrV4, u16), Message>,
+}
+
+impl Server {
+    async fn on_peer_handshake(&mut self, request: Request, from: SocketAddrV4) {
+        if let Some(reply) = self.answered.get(&(from, request.tid)) {
+            let _ = self.node.send_message(reply, from).await;
+            return;
+        }
+        let Some(hop) = request
+            .value
+            .as_deref()
+            .and_then(|value| HandshakeHop::decode(value).ok())
+        else {
+            return;
+        };
+        let client_address = match (hop.mode, hop.peer_address) {
+            (FROM_RELAY, Some(address)) => address,
+            (FROM_CLIENT, _) => from,
+            _ => return,
+        };
+        let Ok(mut noise) = Handshake::new(
+            Pattern::IK,
+            false,
+            self.key_pair.clone(),
+            None,
+            &namespace("hyperswarm/dht", PEER_HANDSHAKE as u8),
+        ) else {
+            return;
+        };
+        let Ok(payload) = noise.recv(&hop.noise) else {
+            tracing::debug!(%from, "PEER_HANDSHAKE with a bad Noise message");
+            return;
+        };
+        let Ok(client) = NoisePayload::decode(&payload) else {
+            return;
+        };
+        if client.version != 1 || client.error != 0 {
+            return;
+        }
+        let Some(client_stream) = client.udx_id.and_then(|id| u32::try_from(id).ok()) else {
+            return;
+        };
+        let local_stream = random_stream_id();
+        let ours = NoisePayload {
+            version: 1,
+            error: 0,
+            firewall: FIREWALL_OPEN,
+            addresses4: Vec::new(),
+            udx_id: Some(u64::from(local_stream)),
+            secret_stream: true,
+        };
+        let Ok(answer) = noise.send(&ours.encode()) else {
+            return;
+        };
+        let Some(established) = noise.established().cloned() else {
+            return;
+        };
+        let reply = if hop.mode == FROM_RELAY {
+            // Back through the relay, which answers the client.
+            Message::Request(Request {
+                tid: request.tid,
+                to: from,
+                id: None,
+                token: None,
+                internal: false,
+                command: PEER_HANDSHAKE,
+                target: Some(self.target),
+                value: Some(
+                    HandshakeHop {
+                        mode: FROM_SERVER,
+                        noise: answer,
+                        peer_address: Some(client_address),
+                        relay_address: None,
+                    }
+                    .encode(),
+                ),
+            })
+        } else {
+            Message::Response(Response {
+                tid: request.tid,
+                to: from,
+                id: None,
+                token: None,
+                closer_nodes: Vec::new(),
+                error: 0,
+                value: Some(
+                    HandshakeHop {
+                        mode: REPLY,
+                        noise: answer,
+                        peer_address: None,
+                        relay_address: None,
+                    }
+                    .encode(),
+                ),
+            })
+        };
+        if self.answered.len() > 1024 {
+            self.answered.clear();
+        }
+        self.answered.insert((from, request.tid), reply.clone());
+        let _ = self.node.send_message(&reply, from).await;
+        let Ok(stream) =
+            self.node
+                .udx()
+                .connect(local_stream, client_stream, SocketAddr::V4(client_address))
+        else {
+            return;
+        };
+        let connections = self.connections.clone();
+        tokio::spawn(async move {
+            match SecretStream::from_established(stream, false, established).await {
+                Ok(secret) => {
+                    let _ = connections.send(secret).await;
+                }
+                Err(error) => tracing::debug!(%error, "a HyperDHT client's stream failed to start"),
+            }
+        });
+    }
+}
+
+/// A fresh UDX stream id (31 bits, as `udx-native` allocates small ones).
+fn random_stream_id() -> u32 {
+    let mut bytes = [0u8; 4];
+    // The operating system's generator failing is not recoverable.
+    getrandom::getrandom(&mut bytes).expect("the OS random number generator failed");
+    u32::from_le_bytes(bytes) & 0x7fff_ffff
 }
 
 #[cfg(test)]
@@ -256,4 +716,31 @@ mod tests {
 
     const NS_ANNOUNCE_HEX: &str =
         "36386adddf9f6fd60db83a6f42fc159d1146aa8644037664230aaa1f0179d497";
+
+    #[test]
+    fn handshake_hops_and_noise_payloads_round_trip() {
+        let hop = HandshakeHop {
+            mode: FROM_RELAY,
+            noise: vec![1, 2, 3],
+            peer_address: Some("127.0.0.1:5000".parse().unwrap()),
+            relay_address: None,
+        };
+        assert_eq!(HandshakeHop::decode(&hop.encode()).unwrap(), hop);
+        let payload = NoisePayload {
+            version: 1,
+            error: 0,
+            firewall: FIREWALL_OPEN,
+            addresses4: vec!["10.0.0.2:7000".parse().unwrap()],
+            udx_id: Some(70_000),
+            secret_stream: true,
+        };
+        assert_eq!(NoisePayload::decode(&payload.encode()).unwrap(), payload);
+        // A future payload version is reported, not misread.
+        assert_eq!(NoisePayload::decode(&[2, 0xff]).unwrap().version, 2);
+        // Sections this side skips are length-checked.
+        assert_eq!(
+            NoisePayload::decode(&[1, 1, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff, 0x7f]),
+            Err(DhtError::Truncated)
+        );
+    }
 }

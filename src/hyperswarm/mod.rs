@@ -10,10 +10,12 @@
 //! - [`dht_rpc`]: the Kademlia RPC layer of HyperDHT (`dht-rpc`): message
 //!   codec, requests with retries, iterative FIND_NODE queries.
 //! - [`hyperdht`]: peer discovery on it (LOOKUP, signed ANNOUNCE,
-//!   FIND_PEER).
+//!   FIND_PEER) and connecting through it (`PEER_HANDSHAKE`: a server
+//!   accepts relayed handshakes, a client connects), yielding a
+//!   secret-stream over UDX.
 //!
-//! What exists and what does not yet (the DHT, topic discovery, the sync
-//! transport) is listed in `docs/ARCHITECTURE.md`, "Hyperswarm transport".
+//! What exists and what does not yet (holepunching, the sync transport)
+//! is listed in `docs/ARCHITECTURE.md`, "Hyperswarm transport".
 
 pub mod dht_rpc;
 pub mod hyperdht;

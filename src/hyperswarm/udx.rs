@@ -26,6 +26,13 @@
 //!   and answers heartbeats;
 //! - ends with END both ways (a clean EOF), or at once on DESTROY.
 //!
+//! A stream answers whichever address its peer's first packet came from
+//! (a HyperDHT client may send from another socket than the one it was
+//! introduced by); after that, packets from elsewhere are ignored. The
+//! secret-stream on top is what authenticates the peer. A socket can be
+//! shared with another protocol ([`UdxSocket::bind_shared`]): datagrams
+//! not starting with the magic byte go to it.
+//!
 //! Nothing runs while a stream is idle: no timers are armed when nothing is
 //! in flight. Malformed datagrams are dropped ([`decode`] never panics).
 //! Sequence numbers start at 0 and are compared with wrapping arithmetic;
@@ -199,7 +206,8 @@ fn seq_diff(a: u32, b: u32) -> i32 {
     a.wrapping_sub(b) as i32
 }
 
-type Datagram = (Vec<u8>, SocketAddr);
+/// A datagram and where it came from.
+pub type Datagram = (Vec<u8>, SocketAddr);
 type Routes = Arc<Mutex<HashMap<u32, mpsc::Sender<Datagram>>>>;
 
 /// A UDP socket carrying UDX streams.
@@ -230,14 +238,34 @@ impl Drop for UdxSocket {
 impl UdxSocket {
     /// Binds a UDP socket (use port 0 for any free port).
     pub async fn bind(address: SocketAddr) -> io::Result<Self> {
+        Self::bind_with(address, None).await
+    }
+
+    /// Binds a socket that UDX shares with another protocol, as HyperDHT
+    /// shares one socket between its streams and `dht-rpc`: datagrams that
+    /// do not start with the UDX magic byte go to the returned receiver.
+    pub async fn bind_shared(address: SocketAddr) -> io::Result<(Self, mpsc::Receiver<Datagram>)> {
+        let (sender, receiver) = mpsc::channel(1024);
+        Ok((Self::bind_with(address, Some(sender)).await?, receiver))
+    }
+
+    async fn bind_with(
+        address: SocketAddr,
+        others: Option<mpsc::Sender<Datagram>>,
+    ) -> io::Result<Self> {
         let udp = Arc::new(UdpSocket::bind(address).await?);
         let routes: Routes = Arc::default();
-        let receiver = tokio::spawn(receive_loop(udp.clone(), routes.clone()));
+        let receiver = tokio::spawn(receive_loop(udp.clone(), routes.clone(), others));
         Ok(Self {
             udp,
             routes,
             receiver: Arc::new(receiver),
         })
+    }
+
+    /// Sends a raw datagram from this socket (for the protocol sharing it).
+    pub async fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.udp.send_to(datagram, to).await
     }
 
     /// The bound address.
@@ -284,7 +312,7 @@ impl UdxSocket {
     }
 }
 
-async fn receive_loop(udp: Arc<UdpSocket>, routes: Routes) {
+async fn receive_loop(udp: Arc<UdpSocket>, routes: Routes, others: Option<mpsc::Sender<Datagram>>) {
     let mut buffer = vec![0u8; 65_536];
     loop {
         let Ok((len, from)) = udp.recv_from(&mut buffer).await else {
@@ -292,7 +320,13 @@ async fn receive_loop(udp: Arc<UdpSocket>, routes: Routes) {
             continue;
         };
         let datagram = &buffer[..len];
-        if len < HEADER_LEN || datagram[0] != MAGIC || datagram[1] != VERSION {
+        if datagram.first() != Some(&MAGIC) {
+            if let Some(others) = &others {
+                let _ = others.try_send((datagram.to_vec(), from));
+            }
+            continue;
+        }
+        if len < HEADER_LEN || datagram[1] != VERSION {
             continue;
         }
         let id = u32::from_le_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
@@ -398,6 +432,7 @@ struct Driver {
     delivering_offset: usize,
     buffered: usize,
     remote_end: Option<u32>,
+    heard_from_peer: bool,
     end_signalled: bool,
     user_gone: bool,
     failure: Failure,
@@ -440,6 +475,7 @@ impl Driver {
             delivering_offset: 0,
             buffered: 0,
             remote_end: None,
+            heard_from_peer: false,
             end_signalled: false,
             user_gone: false,
             failure,
@@ -542,8 +578,15 @@ impl Driver {
                         return Err((io::ErrorKind::NotConnected, "the UDX socket closed"));
                     };
                     if from != self.remote {
-                        continue;
+                        if self.heard_from_peer {
+                            continue;
+                        }
+                        // The peer's first packet may come from another
+                        // socket than the one it was announced at (a
+                        // HyperDHT client's stream socket); follow it.
+                        self.remote = from;
                     }
+                    self.heard_from_peer = true;
                     if self.on_datagram(&datagram).await {
                         return Err((io::ErrorKind::ConnectionReset, "the peer destroyed the UDX stream"));
                     }

@@ -4,7 +4,10 @@
 //   ping <port>              a testnet node pings 127.0.0.1:<port>
 //   lookup <topic>           a fresh client looks the topic up; prints the public keys found
 //   announce <topic> <seed>  a client announces the seed's key pair under the topic
-//   listen <seed>            a client runs a HyperDHT server for the seed's key pair
+//   listen <seed>            a client runs a HyperDHT server for the seed's key pair that
+//                            echoes every message as "echo:" + message
+//   connect <public-key>     a client connects to that server, sends "hello from node",
+//                            prints the first message it gets back, and ends
 //   quit                     tears the testnet down
 import createTestnet from 'hyperdht/testnet.js';
 import DHT from 'hyperdht';
@@ -53,9 +56,23 @@ for await (const line of readline.createInterface({ input: process.stdin })) {
     const client = testnet.createNode();
     keep.push(client);
     const keyPair = DHT.keyPair(Buffer.from(argument, 'hex'));
-    const server = client.createServer();
+    const server = client.createServer((socket) => {
+      socket.on('data', (data) => socket.write(Buffer.concat([Buffer.from('echo:'), data])));
+      socket.on('end', () => socket.end());
+      socket.on('error', () => {});
+    });
     await server.listen(keyPair);
     print({ event: 'listening', publicKey: keyPair.publicKey.toString('hex') });
+  } else if (command === 'connect') {
+    const client = testnet.createNode();
+    keep.push(client);
+    const socket = client.connect(Buffer.from(argument, 'hex'));
+    socket.on('open', () => socket.write(Buffer.from('hello from node')));
+    socket.once('data', (data) => {
+      print({ event: 'data', text: data.toString(), remotePublicKey: socket.remotePublicKey.toString('hex') });
+      socket.end();
+    });
+    socket.on('error', (error) => print({ event: 'error', message: error.message }));
   } else if (command === 'quit') {
     break;
   }
