@@ -428,6 +428,25 @@ async fn stock_testnet(
     (child, commands, events, ready)
 }
 
+/// A Rust HyperDHT node on loopback that bootstraps from the testnet.
+async fn rust_dht(ready: &Value) -> HyperDht {
+    HyperDht::bind("127.0.0.1:0".parse().unwrap(), bootstrap_of(ready))
+        .await
+        .unwrap()
+}
+
+/// Tears the testnet down and checks it exits cleanly.
+async fn quit_testnet(
+    mut child: Child,
+    mut commands: tokio::process::ChildStdin,
+    mut events: Lines<BufReader<ChildStdout>>,
+) {
+    commands.write_all(b"quit\n").await.unwrap();
+    let closed = next_event(&mut events).await;
+    assert_eq!(closed["event"], "closed", "{closed}");
+    assert!(exits(&mut child).await);
+}
+
 fn bootstrap_of(ready: &Value) -> Vec<SocketAddrV4> {
     ready["bootstrap"]
         .as_array()
@@ -439,7 +458,7 @@ fn bootstrap_of(ready: &Value) -> Vec<SocketAddrV4> {
 
 #[tokio::test]
 async fn rust_node_bootstraps_from_the_stock_testnet_and_answers_its_pings() {
-    let (mut child, mut commands, mut events, ready) = stock_testnet(6).await;
+    let (child, mut commands, mut events, ready) = stock_testnet(6).await;
     let bootstrap = bootstrap_of(&ready);
     let testnet: Vec<(u16, String)> = ready["nodes"]
         .as_array()
@@ -501,21 +520,15 @@ async fn rust_node_bootstraps_from_the_stock_testnet_and_answers_its_pings() {
     let again = node.find_node(target, &bootstrap).await.unwrap();
     assert_eq!(again[0].0.address.port(), last_port);
 
-    commands.write_all(b"quit\n").await.unwrap();
-    let closed = next_event(&mut events).await;
-    assert_eq!(closed["event"], "closed", "{closed}");
-    assert!(exits(&mut child).await);
+    quit_testnet(child, commands, events).await;
 }
 
 // ---- HyperDHT discovery --------------------------------------------------
 
 #[tokio::test]
 async fn rust_and_node_find_each_other_through_lookup_announce_and_find_peer() {
-    let (mut child, mut commands, mut events, ready) = stock_testnet(6).await;
-    let bootstrap = bootstrap_of(&ready);
-    let dht = HyperDht::bind("127.0.0.1:0".parse().unwrap(), bootstrap)
-        .await
-        .unwrap();
+    let (child, mut commands, mut events, ready) = stock_testnet(6).await;
+    let dht = rust_dht(&ready).await;
 
     // Rust announces, a stock client looks the topic up.
     let topic = [0x51u8; 32];
@@ -569,18 +582,13 @@ async fn rust_and_node_find_each_other_through_lookup_announce_and_find_peer() {
     assert_eq!(found.map(|record| record.public_key), Some(server_key));
     assert_eq!(dht.find_peer(&[9; 32]).await.unwrap(), None);
 
-    commands.write_all(b"quit\n").await.unwrap();
-    let closed = next_event(&mut events).await;
-    assert_eq!(closed["event"], "closed", "{closed}");
-    assert!(exits(&mut child).await);
+    quit_testnet(child, commands, events).await;
 }
 
 #[tokio::test]
 async fn a_stock_hyperdht_client_connects_to_a_rust_server() {
-    let (mut child, mut commands, mut events, ready) = stock_testnet(6).await;
-    let dht = HyperDht::bind("127.0.0.1:0".parse().unwrap(), bootstrap_of(&ready))
-        .await
-        .unwrap();
+    let (child, mut commands, mut events, ready) = stock_testnet(6).await;
+    let dht = rust_dht(&ready).await;
     let server_keys = KeyPair::from_seed([31; 32]);
     let server_public = server_keys.public_key();
     let mut connections = dht.listen(server_keys).await.unwrap();
@@ -608,18 +616,13 @@ async fn a_stock_hyperdht_client_connects_to_a_rust_server() {
     assert_eq!(data["remotePublicKey"], hex(&server_public));
     assert_ne!(connection.remote_public_key(), [0; 32]);
 
-    commands.write_all(b"quit\n").await.unwrap();
-    let closed = next_event(&mut events).await;
-    assert_eq!(closed["event"], "closed", "{closed}");
-    assert!(exits(&mut child).await);
+    quit_testnet(child, commands, events).await;
 }
 
 #[tokio::test]
 async fn a_rust_client_connects_to_a_stock_hyperdht_server() {
-    let (mut child, mut commands, mut events, ready) = stock_testnet(6).await;
-    let dht = HyperDht::bind("127.0.0.1:0".parse().unwrap(), bootstrap_of(&ready))
-        .await
-        .unwrap();
+    let (child, mut commands, mut events, ready) = stock_testnet(6).await;
+    let dht = rust_dht(&ready).await;
     let server_seed = [32u8; 32];
     commands
         .write_all(format!("listen {}\n", hex(&server_seed)).as_bytes())
@@ -653,8 +656,5 @@ async fn a_rust_client_connects_to_a_stock_hyperdht_server() {
         "{missing:?}"
     );
 
-    commands.write_all(b"quit\n").await.unwrap();
-    let closed = next_event(&mut events).await;
-    assert_eq!(closed["event"], "closed", "{closed}");
-    assert!(exits(&mut child).await);
+    quit_testnet(child, commands, events).await;
 }

@@ -130,6 +130,19 @@ pub struct NoisePayload {
 }
 
 impl NoisePayload {
+    /// What this side sends: reachable where seen, a UDX stream with a
+    /// secret-stream on it.
+    fn offering_stream(stream_id: u32) -> Self {
+        Self {
+            version: 1,
+            error: 0,
+            firewall: FIREWALL_OPEN,
+            addresses4: Vec::new(),
+            udx_id: Some(u64::from(stream_id)),
+            secret_stream: true,
+        }
+    }
+
     /// Our encoding (no holepunch, IPv6 or relay-through sections).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
@@ -421,14 +434,7 @@ impl HyperDht {
         )
         .map_err(|error| fail(&error.to_string()))?;
         let local_stream = random_stream_id();
-        let ours = NoisePayload {
-            version: 1,
-            error: 0,
-            firewall: FIREWALL_OPEN,
-            addresses4: Vec::new(),
-            udx_id: Some(u64::from(local_stream)),
-            secret_stream: true,
-        };
+        let ours = NoisePayload::offering_stream(local_stream);
         let first = noise
             .send(&ours.encode())
             .map_err(|error| fail(&error.to_string()))?;
@@ -596,14 +602,7 @@ impl Server {
             return;
         };
         let local_stream = random_stream_id();
-        let ours = NoisePayload {
-            version: 1,
-            error: 0,
-            firewall: FIREWALL_OPEN,
-            addresses4: Vec::new(),
-            udx_id: Some(u64::from(local_stream)),
-            secret_stream: true,
-        };
+        let ours = NoisePayload::offering_stream(local_stream);
         let Ok(answer) = noise.send(&ours.encode()) else {
             return;
         };
