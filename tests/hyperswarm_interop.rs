@@ -658,3 +658,63 @@ async fn a_rust_client_connects_to_a_stock_hyperdht_server() {
 
     quit_testnet(child, commands, events).await;
 }
+
+// ---- PluresDB sync over Hyperswarm ----------------------------------------
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_databases_sync_over_hyperswarm() {
+    use pluresdb::storage::MemoryStorage;
+    use pluresdb::transport::HyperswarmConnector;
+    use pluresdb::{Database, OpenOptions};
+    use serde_json::json;
+
+    let (child, commands, events, ready) = stock_testnet(6).await;
+    let bootstrap = bootstrap_of(&ready);
+    let a = Database::open(MemoryStorage::new(), OpenOptions::default())
+        .await
+        .unwrap();
+    let b = Database::open(MemoryStorage::new(), OpenOptions::default())
+        .await
+        .unwrap();
+    a.put("before", json!("written before sync")).await.unwrap();
+    b.join_invite(&a.create_invite().await.unwrap())
+        .await
+        .unwrap();
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let sync_a = a
+        .sync(HyperswarmConnector::new(loopback, bootstrap.clone()))
+        .unwrap();
+    let sync_b = b
+        .sync(HyperswarmConnector::new(loopback, bootstrap))
+        .unwrap();
+
+    eventually("b has a's earlier write", || {
+        b.get("before").unwrap() == Some(json!("written before sync"))
+    })
+    .await;
+    a.put("live", json!({ "n": 1 })).await.unwrap();
+    eventually("b sees a's live write", || {
+        b.get("live").unwrap() == Some(json!({ "n": 1 }))
+    })
+    .await;
+    b.put("reply", json!("from b")).await.unwrap();
+    eventually("a sees b's write", || {
+        a.get("reply").unwrap() == Some(json!("from b"))
+    })
+    .await;
+    assert_eq!(a.version_vector(), b.version_vector());
+    assert_eq!(sync_a.status().peers, 1);
+    assert_eq!(sync_b.status().peers, 1);
+    quit_testnet(child, commands, events).await;
+}

@@ -9,11 +9,15 @@ use futures::channel::mpsc;
 use crate::platform::{BoxFuture, MaybeSend, MaybeSync};
 use crate::sync::Topic;
 
+#[cfg(all(feature = "hyperswarm", not(target_arch = "wasm32")))]
+pub mod hyperswarm;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod relay_native;
 #[cfg(target_arch = "wasm32")]
 pub mod relay_web;
 
+#[cfg(all(feature = "hyperswarm", not(target_arch = "wasm32")))]
+pub use hyperswarm::HyperswarmConnector;
 #[cfg(not(target_arch = "wasm32"))]
 pub use relay_native::RelayConnector;
 #[cfg(target_arch = "wasm32")]
