@@ -718,3 +718,51 @@ async fn two_databases_sync_over_hyperswarm() {
     assert_eq!(sync_b.status().peers, 1);
     quit_testnet(child, commands, events).await;
 }
+
+#[tokio::test]
+async fn the_cli_syncs_two_database_files_over_hyperswarm() {
+    let (child, commands, events, ready) = stock_testnet(6).await;
+    let bootstrap = ready["bootstrap"][0].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let cli = |db: &Path, args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pluresdb"));
+        command.arg("--db").arg(db).args(args).kill_on_drop(true);
+        command
+    };
+    let put = cli(&a, &["put", "note:1", r#"{"text":"over the DHT"}"#])
+        .output()
+        .await
+        .unwrap();
+    assert!(put.status.success(), "{put:?}");
+    let invite = cli(&a, &["invite"]).output().await.unwrap();
+    let invite = String::from_utf8(invite.stdout).unwrap().trim().to_owned();
+    let sync = [
+        "sync",
+        "--hyperswarm",
+        "--bootstrap",
+        &bootstrap,
+        "--bind",
+        "127.0.0.1:0",
+    ];
+    let mut serving = cli(&a, &sync).stderr(Stdio::null()).spawn().unwrap();
+    let joined = tokio::time::timeout(
+        Duration::from_secs(60),
+        cli(
+            &b,
+            &[&sync[..], &["--invite", &invite, "--once", "1"]].concat(),
+        )
+        .output(),
+    )
+    .await
+    .expect("b's sync finishes within 60 s")
+    .unwrap();
+    assert!(joined.status.success(), "{joined:?}");
+    let stderr = String::from_utf8_lossy(&joined.stderr);
+    assert!(stderr.contains("syncing over hyperswarm"), "{stderr}");
+    let got = cli(&b, &["get", "note:1"]).output().await.unwrap();
+    let value: Value = serde_json::from_slice(&got.stdout).expect("JSON from get");
+    assert_eq!(value["text"], "over the DHT", "{got:?}");
+    serving.kill().await.unwrap();
+    quit_testnet(child, commands, events).await;
+}

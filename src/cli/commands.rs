@@ -189,9 +189,18 @@ async fn execute(
         Command::Invite => println!("{}", db.create_invite().await?),
         Command::Sync {
             relay,
+            hyperswarm,
+            bootstrap,
+            bind,
             invite,
             once,
-        } => sync(db, relay, invite, once).await?,
+        } => {
+            let via = match relay {
+                Some(relay) if !hyperswarm => SyncVia::Relay(relay),
+                _ => SyncVia::Hyperswarm { bootstrap, bind },
+            };
+            sync(db, via, invite, once).await?
+        }
         Command::Serve(_) | Command::Relay(_) => unreachable!("dispatched in cli::run"),
     }
     Ok(())
@@ -238,17 +247,67 @@ async fn status(db: &Database<SqliteStorage>, options: &DatabaseOptions) -> Resu
     Ok(())
 }
 
+/// How `pluresdb sync` reaches the other replicas.
+#[cfg_attr(not(feature = "hyperswarm"), allow(dead_code))]
+enum SyncVia {
+    Relay(String),
+    Hyperswarm {
+        bootstrap: Vec<std::net::SocketAddrV4>,
+        bind: std::net::SocketAddrV4,
+    },
+}
+
+/// The public HyperDHT bootstrap nodes (as npm `hyperdht` lists them).
+#[cfg_attr(not(feature = "hyperswarm"), allow(dead_code))]
+const PUBLIC_BOOTSTRAP: [&str; 3] = [
+    "88.99.3.86:49737",
+    "142.93.90.113:49737",
+    "138.68.147.8:49737",
+];
+
 async fn sync(
     db: &Database<SqliteStorage>,
-    relay: String,
+    via: SyncVia,
     invite: Option<String>,
     once: Option<u64>,
 ) -> Result<(), Failure> {
     if let Some(invite) = invite {
         db.join_invite(&invite).await?;
     }
-    let handle = db.sync(RelayConnector::new(relay.clone()))?;
-    eprintln!("syncing through {relay} (Ctrl-C to stop)");
+    // Peer to peer there is no relay to confirm against: `--once` also
+    // waits until a peer has been connected for a moment.
+    let needs_peer = matches!(via, SyncVia::Hyperswarm { .. });
+    let mut peer_since: Option<Instant> = None;
+    let handle = match via {
+        SyncVia::Relay(relay) => {
+            eprintln!("syncing through {relay} (Ctrl-C to stop)");
+            db.sync(RelayConnector::new(relay))?
+        }
+        #[cfg(feature = "hyperswarm")]
+        SyncVia::Hyperswarm {
+            mut bootstrap,
+            bind,
+        } => {
+            if bootstrap.is_empty() {
+                bootstrap = PUBLIC_BOOTSTRAP
+                    .iter()
+                    .filter_map(|node| node.parse().ok())
+                    .collect();
+            }
+            let connector = crate::transport::HyperswarmConnector::new(bind, bootstrap);
+            eprintln!(
+                "syncing over {} (Ctrl-C to stop)",
+                crate::transport::Connector::describe(&connector)
+            );
+            db.sync(connector)?
+        }
+        #[cfg(not(feature = "hyperswarm"))]
+        SyncVia::Hyperswarm { .. } => {
+            return Err(Failure::new(
+                "this build has no Hyperswarm support (build with the `hyperswarm` feature)",
+            ))
+        }
+    };
     let started = Instant::now();
     let mut last = None;
     let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
@@ -274,9 +333,15 @@ async fn sync(
             eprintln!("sync: {line}");
             last = Some(line);
         }
+        if status.peers > 0 && peer_since.is_none() {
+            peer_since = Some(Instant::now());
+        }
         if let Some(seconds) = once {
+            let peer_settled = !needs_peer
+                || peer_since.is_some_and(|since| since.elapsed() >= Duration::from_secs(2));
             if status.state == SyncState::Synced
                 && started.elapsed() >= Duration::from_secs(seconds)
+                && peer_settled
             {
                 break;
             }

@@ -122,15 +122,32 @@ enum Command {
     },
     /// Print this database's invite (creating its sync identity).
     Invite,
-    /// Sync this database through a relay until interrupted.
+    /// Sync this database through a relay, or peer to peer over
+    /// Hyperswarm, until interrupted.
     Sync {
         /// The relay URL (ws:// or wss://).
+        #[arg(
+            long,
+            required_unless_present = "hyperswarm",
+            conflicts_with = "hyperswarm"
+        )]
+        relay: Option<String>,
+        /// Sync peer to peer over Hyperswarm (HyperDHT) instead of a relay.
         #[arg(long)]
-        relay: String,
+        hyperswarm: bool,
+        /// A HyperDHT bootstrap node, IPv4 `host:port` (repeatable; default:
+        /// the public HyperDHT bootstrap nodes).
+        #[arg(long = "bootstrap", value_name = "HOST:PORT")]
+        bootstrap: Vec<std::net::SocketAddrV4>,
+        /// Where the Hyperswarm UDP socket binds (default: all interfaces,
+        /// any port).
+        #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:0")]
+        bind: std::net::SocketAddrV4,
         /// Join the database this invite belongs to first.
         #[arg(long)]
         invite: Option<String>,
-        /// Stop once synced (after at least this many seconds connected).
+        /// Stop once synced (after at least this many seconds connected;
+        /// over Hyperswarm, also at least 2 s after a peer connected).
         #[arg(long, value_name = "SECONDS")]
         once: Option<u64>,
     },
