@@ -399,68 +399,88 @@ async fn two_rust_udx_peers_survive_a_quarter_of_datagrams_lost() {
 
 // ---- dht-rpc -------------------------------------------------------------
 
-/// Starts `tests/interop/dht-testnet.mjs` with `size` nodes; returns the
-/// process, its command input, its events and the `ready` event.
-async fn stock_testnet(
-    size: usize,
-) -> (
-    Child,
-    tokio::process::ChildStdin,
-    Lines<BufReader<ChildStdout>>,
-    Value,
-) {
-    assert!(
-        Path::new("node_modules/hyperdht").exists(),
-        "the npm packages are missing: run `npm ci` (npm test does) before this test"
-    );
-    let mut child = Command::new("node")
-        .arg("tests/interop/dht-testnet.mjs")
-        .arg(size.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("Node.js must be installed to run the interop tests");
-    let commands = child.stdin.take().expect("piped stdin");
-    let mut events = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-    let ready = next_event(&mut events).await;
-    assert_eq!(ready["event"], "ready", "{ready}");
-    (child, commands, events, ready)
+/// `tests/interop/dht-testnet.mjs`: a stock HyperDHT testnet driven by
+/// one-line commands.
+struct StockTestnet {
+    child: Child,
+    commands: tokio::process::ChildStdin,
+    events: Lines<BufReader<ChildStdout>>,
+    /// The `ready` event: bootstrap addresses and node ports.
+    ready: Value,
 }
 
-/// A Rust HyperDHT node on loopback that bootstraps from the testnet.
-async fn rust_dht(ready: &Value) -> HyperDht {
-    HyperDht::bind("127.0.0.1:0".parse().unwrap(), bootstrap_of(ready))
-        .await
-        .unwrap()
-}
+impl StockTestnet {
+    /// Starts a testnet of `size` nodes and waits until it is ready.
+    async fn start(size: usize) -> Self {
+        assert!(
+            Path::new("node_modules/hyperdht").exists(),
+            "the npm packages are missing: run `npm ci` (npm test does) before this test"
+        );
+        let mut child = Command::new("node")
+            .arg("tests/interop/dht-testnet.mjs")
+            .arg(size.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("Node.js must be installed to run the interop tests");
+        let commands = child.stdin.take().expect("piped stdin");
+        let events = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let mut testnet = Self {
+            child,
+            commands,
+            events,
+            ready: Value::Null,
+        };
+        testnet.ready = testnet.next("ready").await;
+        testnet
+    }
 
-/// Tears the testnet down and checks it exits cleanly.
-async fn quit_testnet(
-    mut child: Child,
-    mut commands: tokio::process::ChildStdin,
-    mut events: Lines<BufReader<ChildStdout>>,
-) {
-    commands.write_all(b"quit\n").await.unwrap();
-    let closed = next_event(&mut events).await;
-    assert_eq!(closed["event"], "closed", "{closed}");
-    assert!(exits(&mut child).await);
-}
+    /// Sends one command line and returns the next event, which must be
+    /// called `expected`.
+    async fn command(&mut self, line: &str, expected: &str) -> Value {
+        self.commands
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        self.next(expected).await
+    }
 
-fn bootstrap_of(ready: &Value) -> Vec<SocketAddrV4> {
-    ready["bootstrap"]
-        .as_array()
-        .expect("bootstrap list")
-        .iter()
-        .map(|address| address.as_str().unwrap().parse().unwrap())
-        .collect()
+    /// The next event, which must be called `expected`.
+    async fn next(&mut self, expected: &str) -> Value {
+        let event = next_event(&mut self.events).await;
+        assert_eq!(event["event"], expected, "{event}");
+        event
+    }
+
+    fn bootstrap(&self) -> Vec<SocketAddrV4> {
+        self.ready["bootstrap"]
+            .as_array()
+            .expect("bootstrap list")
+            .iter()
+            .map(|address| address.as_str().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    /// A Rust HyperDHT node on loopback that bootstraps from the testnet.
+    async fn rust_dht(&self) -> HyperDht {
+        HyperDht::bind("127.0.0.1:0".parse().unwrap(), self.bootstrap())
+            .await
+            .unwrap()
+    }
+
+    /// Tears the testnet down and checks it exits cleanly.
+    async fn quit(mut self) {
+        self.command("quit", "closed").await;
+        assert!(exits(&mut self.child).await);
+    }
 }
 
 #[tokio::test]
 async fn rust_node_bootstraps_from_the_stock_testnet_and_answers_its_pings() {
-    let (child, mut commands, mut events, ready) = stock_testnet(6).await;
-    let bootstrap = bootstrap_of(&ready);
-    let testnet: Vec<(u16, String)> = ready["nodes"]
+    let mut stock = StockTestnet::start(6).await;
+    let bootstrap = stock.bootstrap();
+    let testnet: Vec<(u16, String)> = stock.ready["nodes"]
         .as_array()
         .expect("node list")
         .iter()
@@ -501,11 +521,7 @@ async fn rust_node_bootstraps_from_the_stock_testnet_and_answers_its_pings() {
     // The other way: a stock node pings the Rust node, which answers as an
     // ephemeral node.
     let port = node.local_addr().unwrap().port();
-    commands
-        .write_all(format!("ping {port}\n").as_bytes())
-        .await
-        .unwrap();
-    let pinged = next_event(&mut events).await;
+    let pinged = stock.command(&format!("ping {port}"), "pinged").await;
     assert_eq!(pinged["ok"], true, "{pinged}");
     assert_eq!(pinged["ephemeral"], true, "{pinged}");
 
@@ -520,27 +536,24 @@ async fn rust_node_bootstraps_from_the_stock_testnet_and_answers_its_pings() {
     let again = node.find_node(target, &bootstrap).await.unwrap();
     assert_eq!(again[0].0.address.port(), last_port);
 
-    quit_testnet(child, commands, events).await;
+    stock.quit().await;
 }
 
 // ---- HyperDHT discovery --------------------------------------------------
 
 #[tokio::test]
 async fn rust_and_node_find_each_other_through_lookup_announce_and_find_peer() {
-    let (child, mut commands, mut events, ready) = stock_testnet(6).await;
-    let dht = rust_dht(&ready).await;
+    let mut testnet = StockTestnet::start(6).await;
+    let dht = testnet.rust_dht().await;
 
     // Rust announces, a stock client looks the topic up.
     let topic = [0x51u8; 32];
     let ours = KeyPair::from_seed([21; 32]);
     let stored = dht.announce(topic, &ours).await.unwrap();
     assert!(stored >= 3, "stored at {stored} nodes");
-    commands
-        .write_all(format!("lookup {}\n", hex(&topic)).as_bytes())
-        .await
-        .unwrap();
-    let lookup = next_event(&mut events).await;
-    assert_eq!(lookup["event"], "lookup", "{lookup}");
+    let lookup = testnet
+        .command(&format!("lookup {}", hex(&topic)), "lookup")
+        .await;
     let keys: Vec<&str> = lookup["publicKeys"]
         .as_array()
         .unwrap()
@@ -552,12 +565,12 @@ async fn rust_and_node_find_each_other_through_lookup_announce_and_find_peer() {
     // A stock client announces, Rust looks the topic up.
     let other_topic = [0x52u8; 32];
     let node_seed = [22u8; 32];
-    commands
-        .write_all(format!("announce {} {}\n", hex(&other_topic), hex(&node_seed)).as_bytes())
-        .await
-        .unwrap();
-    let announced = next_event(&mut events).await;
-    assert_eq!(announced["event"], "announced", "{announced}");
+    testnet
+        .command(
+            &format!("announce {} {}", hex(&other_topic), hex(&node_seed)),
+            "announced",
+        )
+        .await;
     let records = dht.lookup(other_topic).await.unwrap();
     let node_key = KeyPair::from_seed(node_seed).public_key();
     assert!(
@@ -571,31 +584,29 @@ async fn rust_and_node_find_each_other_through_lookup_announce_and_find_peer() {
 
     // A stock HyperDHT server announces itself; Rust finds its record.
     let server_seed = [23u8; 32];
-    commands
-        .write_all(format!("listen {}\n", hex(&server_seed)).as_bytes())
-        .await
-        .unwrap();
-    let listening = next_event(&mut events).await;
-    assert_eq!(listening["event"], "listening", "{listening}");
+    testnet
+        .command(&format!("listen {}", hex(&server_seed)), "listening")
+        .await;
     let server_key = KeyPair::from_seed(server_seed).public_key();
     let found = dht.find_peer(&server_key).await.unwrap();
     assert_eq!(found.map(|record| record.public_key), Some(server_key));
     assert_eq!(dht.find_peer(&[9; 32]).await.unwrap(), None);
 
-    quit_testnet(child, commands, events).await;
+    testnet.quit().await;
 }
 
 #[tokio::test]
 async fn a_stock_hyperdht_client_connects_to_a_rust_server() {
-    let (child, mut commands, mut events, ready) = stock_testnet(6).await;
-    let dht = rust_dht(&ready).await;
+    let mut testnet = StockTestnet::start(6).await;
+    let dht = testnet.rust_dht().await;
     let server_keys = KeyPair::from_seed([31; 32]);
     let server_public = server_keys.public_key();
     let mut connections = dht.listen(server_keys).await.unwrap();
 
     // The Node client finds the server through the DHT, runs the IK
     // handshake relayed by a DHT node, and opens a UDX stream to it.
-    commands
+    testnet
+        .commands
         .write_all(format!("connect {}\n", hex(&server_public)).as_bytes())
         .await
         .unwrap();
@@ -610,26 +621,22 @@ async fn a_stock_hyperdht_client_connects_to_a_rust_server() {
         .expect("a message");
     assert_eq!(hello, b"hello from node");
     connection.send(b"hello from rust").await.unwrap();
-    let data = next_event(&mut events).await;
-    assert_eq!(data["event"], "data", "{data}");
+    let data = testnet.next("data").await;
     assert_eq!(data["text"], "hello from rust");
     assert_eq!(data["remotePublicKey"], hex(&server_public));
     assert_ne!(connection.remote_public_key(), [0; 32]);
 
-    quit_testnet(child, commands, events).await;
+    testnet.quit().await;
 }
 
 #[tokio::test]
 async fn a_rust_client_connects_to_a_stock_hyperdht_server() {
-    let (child, mut commands, mut events, ready) = stock_testnet(6).await;
-    let dht = rust_dht(&ready).await;
+    let mut testnet = StockTestnet::start(6).await;
+    let dht = testnet.rust_dht().await;
     let server_seed = [32u8; 32];
-    commands
-        .write_all(format!("listen {}\n", hex(&server_seed)).as_bytes())
-        .await
-        .unwrap();
-    let listening = next_event(&mut events).await;
-    assert_eq!(listening["event"], "listening", "{listening}");
+    testnet
+        .command(&format!("listen {}", hex(&server_seed)), "listening")
+        .await;
     let server_public = KeyPair::from_seed(server_seed).public_key();
 
     let mut connection = tokio::time::timeout(
@@ -656,7 +663,7 @@ async fn a_rust_client_connects_to_a_stock_hyperdht_server() {
         "{missing:?}"
     );
 
-    quit_testnet(child, commands, events).await;
+    testnet.quit().await;
 }
 
 // ---- PluresDB sync over Hyperswarm ----------------------------------------
@@ -679,8 +686,8 @@ async fn two_databases_sync_over_hyperswarm() {
     use pluresdb::{Database, OpenOptions};
     use serde_json::json;
 
-    let (child, commands, events, ready) = stock_testnet(6).await;
-    let bootstrap = bootstrap_of(&ready);
+    let testnet = StockTestnet::start(6).await;
+    let bootstrap = testnet.bootstrap();
     let a = Database::open(MemoryStorage::new(), OpenOptions::default())
         .await
         .unwrap();
@@ -716,13 +723,13 @@ async fn two_databases_sync_over_hyperswarm() {
     assert_eq!(a.version_vector(), b.version_vector());
     assert_eq!(sync_a.status().peers, 1);
     assert_eq!(sync_b.status().peers, 1);
-    quit_testnet(child, commands, events).await;
+    testnet.quit().await;
 }
 
 #[tokio::test]
 async fn the_cli_syncs_two_database_files_over_hyperswarm() {
-    let (child, commands, events, ready) = stock_testnet(6).await;
-    let bootstrap = ready["bootstrap"][0].as_str().unwrap().to_owned();
+    let testnet = StockTestnet::start(6).await;
+    let bootstrap = testnet.bootstrap()[0].to_string();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
     let cli = |db: &Path, args: &[&str]| {
@@ -764,5 +771,5 @@ async fn the_cli_syncs_two_database_files_over_hyperswarm() {
     let value: Value = serde_json::from_slice(&got.stdout).expect("JSON from get");
     assert_eq!(value["text"], "over the DHT", "{got:?}");
     serving.kill().await.unwrap();
-    quit_testnet(child, commands, events).await;
+    testnet.quit().await;
 }

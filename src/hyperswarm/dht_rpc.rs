@@ -241,6 +241,14 @@ impl Writer {
         self.bytes.extend_from_slice(&address.port().to_le_bytes());
     }
 
+    /// `c.array(ipv4)`: a count, then 6-byte addresses.
+    pub(crate) fn ipv4_array(&mut self, addresses: &[SocketAddrV4]) {
+        self.uint(addresses.len() as u64);
+        for address in addresses {
+            self.ipv4(*address);
+        }
+    }
+
     pub(crate) fn buffer(&mut self, value: &[u8]) {
         self.uint(value.len() as u64);
         self.bytes.extend_from_slice(value);
@@ -354,10 +362,7 @@ impl Message {
                     w.bytes.extend_from_slice(&field);
                 }
                 if !response.closer_nodes.is_empty() {
-                    w.uint(response.closer_nodes.len() as u64);
-                    for node in &response.closer_nodes {
-                        w.ipv4(*node);
-                    }
+                    w.ipv4_array(&response.closer_nodes);
                 }
                 if response.error > 0 {
                     w.uint(response.error);

@@ -154,10 +154,7 @@ impl NoisePayload {
         w.uint(self.error);
         w.uint(self.firewall);
         if !self.addresses4.is_empty() {
-            w.uint(self.addresses4.len() as u64);
-            for address in &self.addresses4 {
-                w.ipv4(*address);
-            }
+            w.ipv4_array(&self.addresses4);
         }
         if let Some(id) = self.udx_id {
             w.uint(1); // version
@@ -226,10 +223,7 @@ impl PeerRecord {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.bytes.extend_from_slice(&self.public_key);
-        w.uint(self.relay_addresses.len() as u64);
-        for address in &self.relay_addresses {
-            w.ipv4(*address);
-        }
+        w.ipv4_array(&self.relay_addresses);
         w.bytes
     }
 
@@ -425,14 +419,8 @@ impl HyperDht {
             .await?
             .ok_or(DhtError::PeerNotFound)?;
         let fail = |why: &str| DhtError::Connect(why.to_owned());
-        let mut noise = Handshake::new(
-            Pattern::IK,
-            true,
-            key_pair.clone(),
-            Some(server_public_key),
-            &namespace("hyperswarm/dht", PEER_HANDSHAKE as u8),
-        )
-        .map_err(|error| fail(&error.to_string()))?;
+        let mut noise = peer_handshake(key_pair.clone(), Some(server_public_key))
+            .map_err(|error| fail(&error.to_string()))?;
         let local_stream = random_stream_id();
         let ours = NoisePayload::offering_stream(local_stream);
         let first = noise
@@ -579,13 +567,7 @@ impl Server {
             (FROM_CLIENT, _) => from,
             _ => return,
         };
-        let Ok(mut noise) = Handshake::new(
-            Pattern::IK,
-            false,
-            self.key_pair.clone(),
-            None,
-            &namespace("hyperswarm/dht", PEER_HANDSHAKE as u8),
-        ) else {
+        let Ok(mut noise) = peer_handshake(self.key_pair.clone(), None) else {
             return;
         };
         let Ok(payload) = noise.recv(&hop.noise) else {
@@ -670,6 +652,21 @@ impl Server {
             }
         });
     }
+}
+
+/// The IK handshake of `PEER_HANDSHAKE` (prologue `NS_PEER_HANDSHAKE`):
+/// the client knows the server's key, the server learns the client's.
+fn peer_handshake(
+    key_pair: KeyPair,
+    server_public_key: Option<[u8; 32]>,
+) -> Result<Handshake, super::HandshakeError> {
+    Handshake::new(
+        Pattern::IK,
+        server_public_key.is_some(),
+        key_pair,
+        server_public_key,
+        &namespace("hyperswarm/dht", PEER_HANDSHAKE as u8),
+    )
 }
 
 /// A fresh UDX stream id (31 bits, as `udx-native` allocates small ones).
