@@ -78,6 +78,14 @@ export function transactionPromise(transaction) {
   });
 }
 
+// Starts a read-write transaction over `names` with strict durability: its
+// "complete" event fires only once the data is flushed to disk, so a write
+// acknowledged to the caller survives the browser or the machine dying
+// right after. (Browsers' default may report completion before the flush.)
+export function beginStrictWrite(db, names) {
+  return db.transaction(names, 'readwrite', { durability: 'strict' });
+}
+
 // Reads a whole store as [keys, values] in key order, in one transaction
 // together with the other stores read by the same call.
 export function readStores(db, names) {

@@ -24,7 +24,7 @@ use js_sys::{Array, Function, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{DomException, IdbDatabase, IdbObjectStore, IdbTransactionMode};
+use web_sys::{DomException, IdbDatabase, IdbObjectStore};
 
 use super::chunk::{decode_chunk, encode_chunk, encode_entries, live_rows, ChunkEntry};
 use super::{
@@ -49,6 +49,11 @@ extern "C" {
     fn request_promise(request: &web_sys::IdbRequest) -> js_sys::Promise;
     #[wasm_bindgen(js_name = transactionPromise)]
     fn transaction_promise(transaction: &web_sys::IdbTransaction) -> js_sys::Promise;
+    #[wasm_bindgen(js_name = beginStrictWrite, catch)]
+    fn begin_strict_write(
+        database: &IdbDatabase,
+        names: &Array,
+    ) -> Result<web_sys::IdbTransaction, JsValue>;
     #[wasm_bindgen(js_name = readStores)]
     fn read_stores(database: &IdbDatabase, names: &Array) -> js_sys::Promise;
     #[wasm_bindgen(js_name = acquireSlotLock)]
@@ -269,12 +274,12 @@ impl IndexedDbStorage {
             .ok_or_else(|| StorageError::ConnectionLost("no IndexedDB connection".into()))
     }
 
-    /// Starts a read-write transaction over every store.
+    /// Starts a read-write transaction over every store, with strict
+    /// durability (see `beginStrictWrite`).
     async fn begin_write(&self) -> Result<WriteTransaction, StorageError> {
         let database = self.database().await?;
         let names = Array::of3(&RECORDS.into(), &META.into(), &SEGMENTS.into());
-        let transaction = database
-            .transaction_with_str_sequence_and_mode(&names, IdbTransactionMode::Readwrite)
+        let transaction = begin_strict_write(&database, &names)
             .map_err(|e| storage_error("starting a transaction", e))?;
         let done = JsFuture::from(transaction_promise(&transaction));
         Ok(WriteTransaction { transaction, done })
