@@ -595,6 +595,53 @@ async fn rust_and_node_find_each_other_through_lookup_announce_and_find_peer() {
     testnet.quit().await;
 }
 
+/// Whether a stock client's lookup of `topic` finds `key`.
+async fn stock_lookup_finds(testnet: &mut StockTestnet, topic: &[u8; 32], key: &[u8; 32]) -> bool {
+    let lookup = testnet
+        .command(&format!("lookup {}", hex(topic)), "lookup")
+        .await;
+    lookup["publicKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|found| found.as_str() == Some(hex(key).as_str()))
+}
+
+#[tokio::test]
+async fn announcements_are_renewed_until_their_guard_is_dropped() {
+    let mut testnet = StockTestnet::start(6).await;
+    let dht = testnet
+        .rust_dht()
+        .await
+        .with_reannounce_interval(Duration::from_millis(700));
+    let topic = [0x61u8; 32];
+    let ours = KeyPair::from_seed([31; 32]);
+    let forget = format!("forget {} {}", hex(&topic), hex(&ours.public_key()));
+
+    let guard = dht.keep_announced(topic, ours.clone()).await.unwrap();
+    assert!(stock_lookup_finds(&mut testnet, &topic, &ours.public_key()).await);
+    // The nodes forget the record, as when it expires: the renewal puts it
+    // back.
+    let forgot = testnet.command(&forget, "forgot").await;
+    assert!(forgot["dropped"].as_u64().unwrap() >= 3, "{forgot}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !stock_lookup_finds(&mut testnet, &topic, &ours.public_key()).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the announcement was not renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Without the guard nothing renews it any more.
+    drop(guard);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    testnet.command(&forget, "forgot").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!stock_lookup_finds(&mut testnet, &topic, &ours.public_key()).await);
+    testnet.quit().await;
+}
+
 #[tokio::test]
 async fn a_stock_hyperdht_client_connects_to_a_rust_server() {
     let mut testnet = StockTestnet::start(6).await;
@@ -723,6 +770,60 @@ async fn two_databases_sync_over_hyperswarm() {
     assert_eq!(a.version_vector(), b.version_vector());
     assert_eq!(sync_a.status().peers, 1);
     assert_eq!(sync_b.status().peers, 1);
+    testnet.quit().await;
+}
+
+#[tokio::test]
+async fn a_hyperswarm_session_releases_its_socket_when_it_ends() {
+    use futures::StreamExt;
+    use pluresdb::transport::{Connector, HyperswarmConnector};
+
+    let testnet = StockTestnet::start(6).await;
+    // A free loopback port, taken and let go.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bind = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port);
+    let connector = HyperswarmConnector::new(bind, testnet.bootstrap());
+    for session in 0..2 {
+        let link = connector.connect([0x62; 32], 0).await.unwrap();
+        assert!(
+            std::net::UdpSocket::bind(bind).is_err(),
+            "session {session} holds its port"
+        );
+        let pluresdb::transport::Link {
+            outbound,
+            mut inbound,
+        } = link;
+        drop(outbound); // what the sync engine does when a session ends
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(pluresdb::transport::TransportEvent::Closed { .. }) =
+                tokio::time::timeout(Duration::from_millis(100), inbound.next())
+                    .await
+                    .ok()
+                    .flatten()
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the session did not end"
+            );
+        }
+        // The DHT node, its server and its renewals are gone, so the port is
+        // free again (and the next session can bind it).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while std::net::UdpSocket::bind(bind).is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "session {session} still holds its UDP socket after it ended"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     testnet.quit().await;
 }
 

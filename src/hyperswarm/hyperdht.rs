@@ -27,6 +27,7 @@ use blake2::{Blake2b256, Digest as _};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -46,6 +47,10 @@ pub const LOOKUP: u64 = 3;
 pub const ANNOUNCE: u64 = 4;
 /// Relays a record lists at most.
 pub const MAX_RELAYS: usize = 3;
+
+/// How often announcements are renewed by default: HyperDHT nodes drop a
+/// record about 20 minutes after it was stored.
+pub const DEFAULT_REANNOUNCE_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// `PEER_HANDSHAKE` modes: who sent this hop.
 const FROM_CLIENT: u64 = 0;
 const FROM_SERVER: u64 = 1;
@@ -281,11 +286,13 @@ pub fn encode_announce(record: &PeerRecord, signature: &[u8; 64]) -> Vec<u8> {
     w.bytes
 }
 
-/// Discovery over a [`DhtNode`], bootstrapped from known nodes.
-#[derive(Debug)]
+/// Discovery over a [`DhtNode`], bootstrapped from known nodes. Clones
+/// share the node.
+#[derive(Debug, Clone)]
 pub struct HyperDht {
     node: Arc<DhtNode>,
     bootstrap: Vec<SocketAddrV4>,
+    reannounce: Duration,
 }
 
 impl HyperDht {
@@ -297,7 +304,37 @@ impl HyperDht {
         Ok(Self {
             node: Arc::new(DhtNode::bind(address).await?),
             bootstrap,
+            reannounce: DEFAULT_REANNOUNCE_INTERVAL,
         })
+    }
+
+    /// How often [`listen`](Self::listen) and [`keep_announced`](Self::keep_announced)
+    /// renew their announcements (default [`DEFAULT_REANNOUNCE_INTERVAL`]).
+    pub fn with_reannounce_interval(mut self, interval: Duration) -> Self {
+        self.reannounce = interval.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Announces `key_pair` under `topic` now and then every re-announce
+    /// interval, until the returned guard is dropped.
+    pub async fn keep_announced(
+        &self,
+        topic: [u8; 32],
+        key_pair: KeyPair,
+    ) -> Result<AnnouncementGuard, DhtError> {
+        self.announce(topic, &key_pair).await?;
+        let dht = self.clone();
+        let task = tokio::spawn(async move {
+            let mut renew = tokio::time::interval(dht.reannounce);
+            renew.tick().await; // the first tick is now: just announced
+            loop {
+                renew.tick().await;
+                if let Err(error) = dht.announce(topic, &key_pair).await {
+                    tracing::debug!(%error, "hyperdht: renewing an announcement failed");
+                }
+            }
+        });
+        Ok(AnnouncementGuard { task })
     }
 
     /// The underlying RPC node.
@@ -374,20 +411,22 @@ impl HyperDht {
     }
 
     /// Runs a HyperDHT server for `key_pair`: announces it under
-    /// `BLAKE2b-256(publicKey)` (so clients' FIND_PEER finds the relays),
-    /// answers relayed `PEER_HANDSHAKE`s with the IK handshake, and yields
-    /// each client's secret-stream over a UDX stream on this node's socket.
-    /// The announcement is made once; long-running servers re-announce.
+    /// `BLAKE2b-256(publicKey)` (so clients' FIND_PEER finds the relays)
+    /// and renews that every re-announce interval, answers relayed
+    /// `PEER_HANDSHAKE`s with the IK handshake, and yields each client's
+    /// secret-stream over a UDX stream on this node's socket. The server
+    /// stops when the returned receiver is dropped.
     pub async fn listen(
         &self,
         key_pair: KeyPair,
     ) -> Result<mpsc::Receiver<SecretStream<UdxStream>>, DhtError> {
         let target: [u8; 32] = Blake2b256::digest(key_pair.public_key()).into();
         let mut requests = self.node.serve_requests();
-        self.announce(target, &key_pair).await?;
+        let announced = self.keep_announced(target, key_pair.clone()).await?;
         let (connections, accepted) = mpsc::channel(16);
         let node = self.node.clone();
         tokio::spawn(async move {
+            let _announced = announced;
             let mut server = Server {
                 node,
                 key_pair,
@@ -395,7 +434,16 @@ impl HyperDht {
                 connections,
                 answered: HashMap::new(),
             };
-            while let Some((request, from)) = requests.recv().await {
+            loop {
+                let request = tokio::select! {
+                    request = requests.recv() => request,
+                    // Nobody takes connections any more: stop serving,
+                    // which also lets go of the node.
+                    () = server.connections.closed() => None,
+                };
+                let Some((request, from)) = request else {
+                    break;
+                };
                 if request.command == PEER_HANDSHAKE && request.target == Some(target) {
                     server.on_peer_handshake(request, from).await;
                 }
@@ -539,6 +587,19 @@ impl HyperDht {
 }
 
 /// The server side of `PEER_HANDSHAKE`.
+/// Keeps an announcement renewed until dropped (see
+/// [`HyperDht::keep_announced`]).
+#[derive(Debug)]
+pub struct AnnouncementGuard {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AnnouncementGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 struct Server {
     node: Arc<DhtNode>,
     key_pair: KeyPair,

@@ -223,6 +223,11 @@ impl<S: AsyncRead + AsyncWrite> SecretStream<S> {
         self.reader.remote_public_key
     }
 
+    /// Whether this side started the handshake (dialed).
+    pub fn is_initiator(&self) -> bool {
+        self.writer.initiator
+    }
+
     /// The handshake hash (64 bytes), the same on both sides.
     pub fn handshake_hash(&self) -> [u8; 64] {
         self.writer.handshake_hash

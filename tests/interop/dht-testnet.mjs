@@ -8,6 +8,8 @@
 //                            echoes every message as "echo:" + message
 //   connect <public-key>     a client connects to that server, sends "hello from node",
 //                            prints the first message it gets back, and ends
+//   forget <topic> <key>     every testnet node drops the key's record under the topic
+//                            (as if it had expired)
 //   quit                     tears the testnet down
 import createTestnet from 'hyperdht/testnet.js';
 import DHT from 'hyperdht';
@@ -73,6 +75,17 @@ for await (const line of readline.createInterface({ input: process.stdin })) {
       socket.end();
     });
     socket.on('error', (error) => print({ event: 'error', message: error.message }));
+  } else if (command === 'forget') {
+    const publicKey = Buffer.from(line.trim().split(/\s+/)[2], 'hex');
+    let dropped = 0;
+    for (const node of testnet.nodes) {
+      const records = node._persistent?.records;
+      if (!records) continue;
+      const before = records.get(argument, 20).length;
+      records.remove(argument, publicKey);
+      dropped += before - records.get(argument, 20).length;
+    }
+    print({ event: 'forgot', dropped });
   } else if (command === 'quit') {
     break;
   }
