@@ -42,7 +42,7 @@ run('wasm-bindgen', [
   join(root, 'target', target, 'wasm-release', 'pluresdb.wasm'),
 ]);
 
-for (const file of ['README.md', 'node.js', 'worker.js', 'worker.d.ts', 'worker-host.js']) {
+for (const file of ['README.md', 'node.js', 'worker.js', 'worker.d.ts', 'worker-host.js', 'hyperswarm.js', 'hyperswarm.d.ts']) {
   cpSync(join(root, 'pkg-template', file), join(pkg, file));
 }
 const manifest = JSON.parse(readFileSync(join(root, 'pkg-template', 'package.json'), 'utf8'));

@@ -1,7 +1,9 @@
 //! Transports: how sealed sync envelopes travel. Each connects to a topic
 //! and yields a [`Link`]: a queue of envelopes to publish and a stream of
 //! [`TransportEvent`]s. The relay client exists natively
-//! (`tokio-tungstenite`) and in the browser (`WebSocket`); the sync engine
+//! (`tokio-tungstenite`) and in the browser (`WebSocket`); in wasm a
+//! transport written in JavaScript plugs in through [`JsConnector`]
+//! (the npm package's Hyperswarm adapter is one); the sync engine
 //! (`Database::sync`) drives any [`Connector`].
 
 use futures::channel::mpsc;
@@ -11,6 +13,8 @@ use crate::sync::Topic;
 
 #[cfg(all(feature = "hyperswarm", not(target_arch = "wasm32")))]
 pub mod hyperswarm;
+#[cfg(target_arch = "wasm32")]
+pub mod js_transport;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod relay_native;
 #[cfg(target_arch = "wasm32")]
@@ -18,6 +22,8 @@ pub mod relay_web;
 
 #[cfg(all(feature = "hyperswarm", not(target_arch = "wasm32")))]
 pub use hyperswarm::HyperswarmConnector;
+#[cfg(target_arch = "wasm32")]
+pub use js_transport::JsConnector;
 #[cfg(not(target_arch = "wasm32"))]
 pub use relay_native::RelayConnector;
 #[cfg(target_arch = "wasm32")]

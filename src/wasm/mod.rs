@@ -594,22 +594,28 @@ impl PluresDB {
     }
 
     /// Starts syncing through the relay at `relayUrl` (`ws://` or `wss://`),
-    /// replacing any running sync. Writes made offline are sent when the
-    /// connection comes back; it reconnects on its own.
+    /// or through a `SyncTransport` such as `hyperswarmTransport(swarm)`
+    /// from `pluresdb/hyperswarm`, replacing any running sync. Writes made
+    /// offline are sent when the connection comes back; it reconnects on
+    /// its own.
     pub fn sync(
         &self,
-        #[wasm_bindgen(js_name = relayUrl)] relay_url: String,
+        #[wasm_bindgen(unchecked_param_type = "string | SyncTransport")] via: JsValue,
     ) -> Result<(), JsValue> {
         check_usable()?;
-        if !(relay_url.starts_with("ws://") || relay_url.starts_with("wss://")) {
-            return Err(invalid_input(
-                "the relay URL must start with ws:// or wss://",
-            ));
+        let handle = if let Some(relay_url) = via.as_string() {
+            if !(relay_url.starts_with("ws://") || relay_url.starts_with("wss://")) {
+                return Err(invalid_input(
+                    "the relay URL must start with ws:// or wss://",
+                ));
+            }
+            self.db
+                .sync(crate::transport::RelayConnector::new(relay_url))
+        } else {
+            let connector = crate::transport::JsConnector::new(via).map_err(invalid_input)?;
+            self.db.sync(connector)
         }
-        let handle = self
-            .db
-            .sync(crate::transport::RelayConnector::new(relay_url))
-            .map_err(|e| to_js_error(&e))?;
+        .map_err(|e| to_js_error(&e))?;
         *self.sync.borrow_mut() = Some(handle);
         Ok(())
     }

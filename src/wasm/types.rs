@@ -134,6 +134,40 @@ export interface SyncStatus {
   transport: string | null;
 }
 
+/** What a sync transport reports to the database during a session. */
+export interface SyncTransportEvents {
+  /** A sealed envelope arrived from connection `from`. */
+  envelope(bytes: Uint8Array, from: number): void;
+  /** A peer connected (`joined`) or left; `members` are connected now. */
+  member(joined: boolean, connection: number, members: number): void;
+  /** The session ended; the database reconnects with backoff. */
+  closed(reason: string): void;
+}
+
+/** One session of a sync transport. */
+export interface SyncTransportLink {
+  /**
+   * Send a sealed envelope to every connected peer. The first envelope of a
+   * session is its hello: give it to every peer that connects later too.
+   * Never forward envelopes between peers.
+   */
+  send(envelope: Uint8Array, keep: boolean): void;
+  /** End the session (the database stopped syncing or reconnects). */
+  close(): void;
+}
+
+/**
+ * A way for sealed sync envelopes to travel, e.g. `hyperswarmTransport`
+ * from `pluresdb/hyperswarm`. It has no backlog: peers that were offline
+ * catch up when they connect.
+ */
+export interface SyncTransport {
+  /** Shown in the sync status. */
+  name?: string;
+  /** Join `topic` (32 bytes) and start a session. */
+  connect(topic: Uint8Array, events: SyncTransportEvents): Promise<SyncTransportLink> | SyncTransportLink;
+}
+
 /** One entry of `putMany`. */
 export type PutEntry =
   | [id: string, data: unknown]

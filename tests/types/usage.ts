@@ -12,7 +12,10 @@ import init, {
   type Query,
   type SearchHit,
   type SyncStatus,
+  type SyncTransport,
+  type SyncTransportLink,
 } from '../../pkg/pluresdb.js';
+import { hyperswarmTransport, type HyperswarmLike } from '../../pkg/hyperswarm.js';
 
 export async function everyMethod(): Promise<void> {
   await init();
@@ -53,6 +56,19 @@ export async function everyMethod(): Promise<void> {
   });
   const invite: string = await db.createInvite();
   db.sync('ws://127.0.0.1:9/relay');
+  const custom: SyncTransport = {
+    name: 'loopback',
+    async connect(topic, events): Promise<SyncTransportLink> {
+      const length: number = topic.byteLength;
+      events.member(true, 1, length > 0 ? 1 : 0);
+      return { send: (envelope, keep: boolean) => events.envelope(envelope, 1), close: () => events.closed('done') };
+    },
+  };
+  db.sync(custom);
+  const swarm = {} as HyperswarmLike;
+  db.sync(hyperswarmTransport(swarm, { server: true, client: false }));
+  // @ts-expect-error a transport needs a connect method
+  db.sync({ name: 'no connect' });
   const status: SyncStatus = db.syncStatus();
   const state: 'offline' | 'connecting' | 'syncing' | 'synced' | 'stopped' = status.state;
   db.stopSync();

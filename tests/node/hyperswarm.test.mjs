@@ -1,0 +1,126 @@
+// The npm package's Hyperswarm adapter (`pluresdb/hyperswarm`): a PluresDB
+// in Node syncs over the stock npm `hyperswarm` with a native
+// `pluresdb sync --hyperswarm` process, both bootstrapping from a stock
+// HyperDHT testnet on 127.0.0.1. Nothing is mocked: real UDX, real Noise,
+// real HyperDHT, the real binary with SQLite.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import createTestnet from 'hyperdht/testnet.js';
+import Hyperswarm from 'hyperswarm';
+import init, { PluresDB } from '../../pkg/node.js';
+import { hyperswarmTransport } from '../../pkg/hyperswarm.js';
+import { root } from './relay.mjs';
+
+const run = promisify(execFile);
+const binary = join(root, 'target', 'debug', 'pluresdb');
+let testnet;
+let scratch;
+
+before(async () => {
+  await init();
+  testnet = await createTestnet(3, { host: '127.0.0.1' });
+  scratch = mkdtempSync(join(tmpdir(), 'pluresdb-hyperswarm-'));
+});
+
+after(async () => {
+  await testnet?.destroy();
+  if (scratch) rmSync(scratch, { recursive: true, force: true });
+});
+
+/** Polls `check` until it returns a truthy value, or fails after `ms`. */
+async function eventually(what, check, ms = 60_000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+/** `pluresdb get` on the native database: the record's JSON, or undefined. */
+async function nativeGet(file, id) {
+  try {
+    const { stdout } = await run(binary, ['--db', file, 'get', id]);
+    return JSON.parse(stdout);
+  } catch (error) {
+    if (error.code === 3) return undefined; // no such record
+    throw error;
+  }
+}
+
+test('a PluresDB in Node and a native pluresdb sync both ways over npm hyperswarm', async () => {
+  const db = await PluresDB.open('hyperswarm-node', { storage: 'memory' });
+  const invite = await db.createInvite();
+  await db.put('from-node', { by: 'node', n: 1 });
+
+  const file = join(scratch, 'native.db');
+  await run(binary, ['--db', file, 'put', 'from-native', '{"by":"rust","n":2}']);
+  const bootstrap = testnet.bootstrap.flatMap(({ host, port }) => ['--bootstrap', `${host}:${port}`]);
+  const native = spawn(binary, [
+    '--db', file, 'sync', '--hyperswarm', '--invite', invite, '--bind', '127.0.0.1:0', ...bootstrap,
+  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let nativeLog = '';
+  native.stderr.on('data', (chunk) => { nativeLog += chunk; });
+  const swarm = new Hyperswarm({ dht: testnet.createNode() });
+  try {
+    db.sync(hyperswarmTransport(swarm));
+    assert.equal(db.syncStatus().transport, 'hyperswarm');
+
+    // What the native peer wrote before syncing reaches Node...
+    const fromNative = await eventually('the native record in Node', () => db.get('from-native'));
+    assert.deepEqual(fromNative, { by: 'rust', n: 2 });
+    assert.ok(db.syncStatus().peers >= 1, JSON.stringify(db.syncStatus()));
+    // ...what Node wrote before reaches the native database...
+    assert.deepEqual(await eventually('the Node record natively', () => nativeGet(file, 'from-node')), { by: 'node', n: 1 });
+    // ...and so do changes made while connected, both ways.
+    await db.put('live-from-node', { live: true });
+    assert.deepEqual(await eventually('a live Node write natively', () => nativeGet(file, 'live-from-node')), { live: true });
+    // The native peer goes away, writes offline, and comes back with a new
+    // key pair: the Node session picks the new connection up.
+    native.kill('SIGINT');
+    await new Promise((resolve) => native.once('exit', resolve));
+    await run(binary, ['--db', file, 'put', 'live-from-native', '{"live":"rust"}']);
+    const again = spawn(binary, [
+      '--db', file, 'sync', '--hyperswarm', '--bind', '127.0.0.1:0', ...bootstrap,
+    ], { stdio: ['ignore', 'ignore', 'pipe'] });
+    again.stderr.on('data', (chunk) => { nativeLog += chunk; });
+    try {
+      assert.deepEqual(await eventually('the offline native write in Node', () => db.get('live-from-native')), { live: 'rust' });
+    } finally {
+      again.kill('SIGINT');
+      await new Promise((resolve) => again.once('exit', resolve));
+    }
+    const ids = (await db.list()).items.map((record) => record.id).sort();
+    assert.deepEqual(ids, ['from-native', 'from-node', 'live-from-native', 'live-from-node']);
+  } catch (error) {
+    error.message += `\nnative log:\n${nativeLog}`;
+    throw error;
+  } finally {
+    if (native.exitCode === null) native.kill('SIGINT');
+    db.stopSync();
+    await swarm.destroy();
+    await db.close();
+  }
+});
+
+test('sync rejects a transport without connect, and the adapter rejects a non-swarm', async () => {
+  const db = await PluresDB.open('hyperswarm-bad-input', { storage: 'memory' });
+  await db.createInvite();
+  assert.throws(() => db.sync({ name: 'nothing' }), /connect\(topic, events\)/);
+  assert.throws(() => db.sync('http://example.invalid'), /ws:\/\/ or wss:\/\//);
+  assert.throws(() => hyperswarmTransport({}), TypeError);
+  // A transport whose connect rejects is reported in the status and retried.
+  let attempts = 0;
+  db.sync({ name: 'failing', connect: async () => { attempts += 1; throw new Error('no route'); } });
+  await eventually('the failure in the status', () => /no route/.test(db.syncStatus().lastError ?? ''), 10_000);
+  assert.equal(db.syncStatus().transport, 'failing');
+  await eventually('a retry', () => attempts >= 2, 10_000);
+  db.stopSync();
+  await db.close();
+});
