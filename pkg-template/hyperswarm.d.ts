@@ -7,12 +7,18 @@ export interface HyperswarmTransportOptions {
   server?: boolean;
   /** Look the topic up and dial the peers found (default true). */
   client?: boolean;
+  /**
+   * Milliseconds between lookups while no peer is connected (default 5000;
+   * 0 leaves it to Hyperswarm, which looks again every ten minutes).
+   */
+  lookupWhileAlone?: number;
 }
 
 /** The parts of a `Hyperswarm` instance the transport uses. */
 export interface HyperswarmLike {
   join(topic: Uint8Array, options?: { server?: boolean; client?: boolean }): {
     flushed(): Promise<unknown>;
+    refresh(): Promise<unknown>;
     destroy(): Promise<unknown>;
   };
   on(event: 'connection', listener: (connection: any, info: any) => void): unknown;

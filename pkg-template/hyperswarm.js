@@ -16,6 +16,10 @@
 // connected peers only and are never forwarded, so nothing loops; every new
 // peer gets the session's hello so the two exchange what the other lacks.
 //
+// Hyperswarm looks a topic up when it joins and then every ten minutes, so
+// two replicas that join at the same moment can miss each other; while a
+// session has no peer, the transport looks again every few seconds.
+//
 // Hand the transport a swarm of its own: every connection the swarm makes
 // is treated as a replica of this database.
 
@@ -24,7 +28,9 @@ const noop = () => {};
 /**
  * A `SyncTransport` over a Hyperswarm instance.
  * @param {import('hyperswarm')} swarm
- * @param {{ server?: boolean, client?: boolean }} [options]
+ * @param {{ server?: boolean, client?: boolean, lookupWhileAlone?: number }} [options]
+ *   `lookupWhileAlone`: milliseconds between lookups while no peer is
+ *   connected (default 5000; 0 leaves it to Hyperswarm's own schedule).
  */
 export function hyperswarmTransport(swarm, options = {}) {
   if (!swarm || typeof swarm.join !== 'function' || typeof swarm.on !== 'function') {
@@ -32,6 +38,10 @@ export function hyperswarmTransport(swarm, options = {}) {
   }
   const server = options.server ?? true;
   const client = options.client ?? true;
+  const lookupWhileAlone = options.lookupWhileAlone ?? 5000;
+  if (!Number.isFinite(lookupWhileAlone) || lookupWhileAlone < 0) {
+    throw new TypeError('lookupWhileAlone must be a number of milliseconds (0 to turn it off)');
+  }
   return {
     name: 'hyperswarm',
     async connect(topic, events) {
@@ -39,7 +49,7 @@ export function hyperswarmTransport(swarm, options = {}) {
         throw new TypeError('the sync topic must be 32 bytes');
       }
       const session = new Session(swarm, events);
-      await session.join(Buffer.from(topic), { server, client });
+      await session.join(Buffer.from(topic), { server, client, lookupWhileAlone });
       return session;
     },
   };
@@ -55,13 +65,20 @@ class Session {
     this.hello = null;
     this.closed = false;
     this.discovery = null;
+    this.lookups = null;
     this.onconnection = (connection) => this.add(connection);
   }
 
-  async join(topic, { server, client }) {
+  async join(topic, { server, client, lookupWhileAlone }) {
     this.swarm.on('connection', this.onconnection);
     for (const connection of this.swarm.connections) this.add(connection);
     this.discovery = this.swarm.join(topic, { server, client });
+    if (client && lookupWhileAlone > 0) {
+      this.lookups = setInterval(() => {
+        if (!this.closed && this.peers.size === 0) this.discovery.refresh().catch(noop);
+      }, lookupWhileAlone);
+      this.lookups.unref?.();
+    }
     try {
       // Announced (as a server) before the session counts as connected.
       if (server) await this.discovery.flushed();
@@ -100,6 +117,7 @@ class Session {
   close() {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.lookups);
     this.swarm.removeListener('connection', this.onconnection);
     for (const [connection, { ondata, onclose }] of this.peers) {
       connection.removeListener('data', ondata);

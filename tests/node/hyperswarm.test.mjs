@@ -2,19 +2,22 @@
 // in Node syncs over the stock npm `hyperswarm` with a native
 // `pluresdb sync --hyperswarm` process, both bootstrapping from a stock
 // HyperDHT testnet on 127.0.0.1. Nothing is mocked: real UDX, real Noise,
-// real HyperDHT, the real binary with SQLite.
+// real HyperDHT, the real binary with SQLite. The package README's
+// Hyperswarm example runs here too, on the same testnet.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
+import { pathToFileURL } from 'node:url';
+import { format, promisify } from 'node:util';
 import createTestnet from 'hyperdht/testnet.js';
 import Hyperswarm from 'hyperswarm';
 import init, { PluresDB } from '../../pkg/node.js';
 import { hyperswarmTransport } from '../../pkg/hyperswarm.js';
 import { root } from './relay.mjs';
+import { codeBlocks, expectedOutput } from './markdown.mjs';
 
 const run = promisify(execFile);
 const binary = join(root, 'target', 'debug', 'pluresdb');
@@ -123,4 +126,24 @@ test('sync rejects a transport without connect, and the adapter rejects a non-sw
   await eventually('a retry', () => attempts >= 2, 10_000);
   db.stopSync();
   await db.close();
+});
+
+test('the npm README\'s Hyperswarm example runs and prints what it claims', async () => {
+  const [block] = codeBlocks(readFileSync(join(root, 'pkg-template/README.md'), 'utf8'), 'js hyperswarm');
+  assert.ok(block, 'the package README has a `js hyperswarm` example');
+  globalThis.__testnet = testnet;
+  const printed = [];
+  globalThis.__readmeLog = (...args) => printed.push(format(...args));
+  const source = block
+    .replaceAll("from 'pluresdb'", `from '${pathToFileURL(join(root, 'pkg', 'node.js')).href}'`)
+    .replaceAll("from 'pluresdb/hyperswarm'", `from '${pathToFileURL(join(root, 'pkg', 'hyperswarm.js')).href}'`)
+    .replaceAll("from 'hyperswarm'", `from '${import.meta.resolve('hyperswarm')}'`)
+    // Loopback only: the swarms join the local testnet, not the public DHT.
+    .replaceAll('new Hyperswarm()', 'new Hyperswarm({ dht: globalThis.__testnet.createNode() })')
+    .replaceAll('console.log(', 'globalThis.__readmeLog(');
+  assert.notEqual(source, block);
+  const file = join(scratch, 'readme-hyperswarm.mjs');
+  writeFileSync(file, source);
+  await import(pathToFileURL(file).href);
+  assert.deepEqual(printed, expectedOutput(block));
 });
