@@ -16,6 +16,7 @@ import { runStorageSuite } from './suites/storage.mjs';
 import { runVectorSuite } from './suites/vector.mjs';
 import { runSyncSuite } from './suites/sync.mjs';
 import { runSizeSuite } from './suites/size.mjs';
+import { runIdleSuite } from './suites/idle.mjs';
 import { writeMarkdown } from './lib/markdown.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -23,7 +24,7 @@ const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const runsArg = args.indexOf('--runs');
 const runs = runsArg >= 0 ? Number(args[runsArg + 1]) : quick ? 3 : 5;
-const allSuites = ['storage', 'vector', 'sync', 'size', 'native'];
+const allSuites = ['storage', 'vector', 'sync', 'idle', 'size', 'native'];
 const requested = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--runs');
 const suites = requested.length ? requested : allSuites;
 for (const suite of suites) {
@@ -91,6 +92,8 @@ try {
       results.suites.vector = await runVectorSuite({ context: browser.context, baseUrl: server.url, quick });
     } else if (suite === 'sync') {
       results.suites.sync = runSyncSuite(root, quick);
+    } else if (suite === 'idle') {
+      results.suites.idle = await runIdleSuite(root, quick);
     } else if (suite === 'size') {
       results.suites.size = runSizeSuite(root);
     } else if (suite === 'native') {

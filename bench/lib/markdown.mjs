@@ -103,6 +103,18 @@ function syncSection(docsDir, s) {
   return out.join('\n');
 }
 
+function idleSection(docsDir, s) {
+  if (!s) return '';
+  const out = [`## Idle Hyperswarm peers${s.quick ? ' — quick run' : ''}`, '', `Measured ${s.measuredAt} by \`bench/suites/idle.mjs\`: on a stock HyperDHT testnet on 127.0.0.1, three pairs of peers connect, then sit idle side by side for ${s.windowSeconds} s; each process's CPU time (utime + stime) over that window, in % of one core.`, ''];
+  const mean = (values) => values.reduce((a, b) => a + b, 0) / values.length;
+  out.push(table(['peer', 'CPU per peer (% of a core)', 'mean'], s.rows.map((row) => [
+    row.name, row.cpuPercentPerPeer.map((v) => v.toFixed(2)).join(', '), `${mean(row.cpuPercentPerPeer).toFixed(2)} %`,
+  ])), '');
+  const native = s.rows[0];
+  out.push(`Target: an idle peer under 2 % of a core (measured ${mean(native.cpuPercentPerPeer).toFixed(2)} % for the native peer). An idle native peer looks its topic up every 3 s and renews its announcements every 5 minutes; UDX streams arm no timer while idle.`, '');
+  return out.join('\n');
+}
+
 function sizeSection(docsDir, z) {
   if (!z) return '';
   const kb = (b) => `${(b / 1024).toFixed(1)} KiB`;
@@ -180,6 +192,7 @@ export function writeMarkdown(root, results) {
     storageSection(docsDir, results.suites?.storage),
     vectorSection(docsDir, results.suites?.vector),
     syncSection(docsDir, results.suites?.sync),
+    idleSection(docsDir, results.suites?.idle),
     sizeSection(docsDir, results.suites?.size),
     nativeSection(docsDir, results.suites?.native),
   ];
