@@ -456,19 +456,25 @@ impl<S: Storage> Database<S> {
         for (id, _, _) in &entries {
             validate_id(id)?;
         }
-        let missing: Vec<(String, Document)> = entries
-            .iter()
-            .filter(|(_, _, embedding)| embedding.is_none())
-            .map(|(id, document, _)| (id.clone(), document.clone()))
-            .collect();
-        let mut automatic = self.auto_embeddings(&missing).await?.into_iter();
-        let entries: Vec<EmbeddedEntry> = entries
-            .into_iter()
-            .map(|(id, document, embedding)| {
-                let embedding = embedding.or_else(|| automatic.next().flatten());
-                (id, document, embedding)
-            })
-            .collect();
+        // Without an embedder there is nothing to fill in (and no copies of
+        // a large batch to make).
+        let entries: Vec<EmbeddedEntry> = if self.shared.embedder.is_some() {
+            let missing: Vec<(String, Document)> = entries
+                .iter()
+                .filter(|(_, _, embedding)| embedding.is_none())
+                .map(|(id, document, _)| (id.clone(), document.clone()))
+                .collect();
+            let mut automatic = self.auto_embeddings(&missing).await?.into_iter();
+            entries
+                .into_iter()
+                .map(|(id, document, embedding)| {
+                    let embedding = embedding.or_else(|| automatic.next().flatten());
+                    (id, document, embedding)
+                })
+                .collect()
+        } else {
+            entries
+        };
         let receiver = {
             let mut state = self.readable()?;
             for vector in entries.iter().filter_map(|(_, _, e)| e.as_ref()) {
@@ -803,7 +809,7 @@ async fn run_announcement_listener<S: Storage>(
         }
         let preview = state.store.preview(&ops);
         let changes = state.store.install(preview, &ops, None, now);
-        vector::sync_index(&mut state, &changes);
+        vector::sync_index(&mut state, &changes, vector::carries_vectors(&ops));
         let job = CommittedBatch { origin, ops };
         notify(&mut state, &changes, std::slice::from_ref(&job));
     }
@@ -919,8 +925,10 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
         Ok(receipt) => {
             let mut records = records;
             let mut generation = None;
+            let mut merged_from_storage = false;
             if let Some(receipt) = receipt {
                 generation = Some(receipt.generation);
+                merged_from_storage = !receipt.merged_records.is_empty();
                 for (id, bytes) in receipt.merged_records {
                     match Record::from_bytes(&bytes) {
                         Ok(merged) => records.replace(merged),
@@ -939,9 +947,15 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
             let changes = state
                 .store
                 .install(records, &ops, peer_vector.as_ref(), now);
-            vector::sync_index(&mut state, &changes);
-            for change in &changes {
-                state.corrupt.remove(&*change.id);
+            vector::sync_index(
+                &mut state,
+                &changes,
+                merged_from_storage || vector::carries_vectors(&ops),
+            );
+            if !state.corrupt.is_empty() {
+                for change in &changes {
+                    state.corrupt.remove(&*change.id);
+                }
             }
             // The commit feed copies operations only when someone listens.
             let batches: Vec<CommittedBatch> = if state.commit_listeners.is_empty() {

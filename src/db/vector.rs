@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{Database, Shared, State};
-use crate::crdt::{Change, Document};
+use crate::crdt::{Change, CrdtOperation, Document};
 use crate::error::{Error, InputError, Result};
 use crate::index::{IndexStats, VectorIndex};
 use crate::platform::{BoxFuture, MaybeSend, MaybeSync};
@@ -284,8 +284,14 @@ impl<S: Storage> Database<S> {
 }
 
 /// Brings the index up to date with changed records.
-pub(super) fn sync_index(state: &mut State, changes: &[Change]) {
+/// `may_carry_vectors` is false when no new record state can hold a vector
+/// (no operation of the batch has one and nothing was merged in from
+/// storage); with an empty index there is then nothing to do.
+pub(super) fn sync_index(state: &mut State, changes: &[Change], may_carry_vectors: bool) {
     let State { index, store, .. } = state;
+    if index.is_empty() && !may_carry_vectors {
+        return;
+    }
     for change in changes {
         let winner = store.record(&change.id).map(|r| r.winner());
         match winner {
@@ -297,11 +303,17 @@ pub(super) fn sync_index(state: &mut State, changes: &[Change]) {
                     index.remove(&change.id);
                 }
             }
+            _ if index.is_empty() => {}
             _ => {
                 index.remove(&change.id);
             }
         }
     }
+}
+
+/// Whether any of `ops` carries a vector.
+pub(super) fn carries_vectors(ops: &[CrdtOperation]) -> bool {
+    ops.iter().any(|op| op.version.embedding.is_some())
 }
 
 fn segment_key() -> String {
