@@ -148,7 +148,8 @@ function nativeSection(docsDir, n) {
       bars: put.map((id) => ({ label: id.split('/')[1], ...get(id), highlight: id.endsWith('pluresdb') })),
     }), '');
     out.push(`Target: within 1.3× of raw rusqlite (measured ${ratio(base.median, get('sqlite putMany 100k/raw rusqlite').median)} against its defaults, ` +
-      `${ratio(base.median, get('sqlite putMany 100k/raw rusqlite, no checkpoint at commit')?.median)} against raw SQLite without checkpoints at commit).`, '');
+      `${ratio(base.median, get('sqlite putMany 100k/raw rusqlite, no checkpoint at commit')?.median)} against raw SQLite without checkpoints at commit). ` +
+      'The first ratio moves a lot from run to run because raw rusqlite\'s checkpoint at commit does: six runs on 2026-11-25 gave 1.17×, 1.26×, 1.35×, 1.41×, 1.49× and 1.51× (median 1.38×), so the target is not met reliably.', '');
   }
   const reads = ['sqlite get by id/pluresdb', 'sqlite get by id/raw rusqlite'].filter(get);
   if (reads.length) {
