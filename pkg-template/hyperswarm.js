@@ -21,7 +21,9 @@
 // session has no peer, the transport looks again every few seconds.
 //
 // Hand the transport a swarm of its own: every connection the swarm makes
-// is treated as a replica of this database.
+// is treated as a replica of this database. `db.stopSync()` leaves the
+// topic but not the swarm's open connections; destroy the swarm to
+// disconnect.
 
 const noop = () => {};
 

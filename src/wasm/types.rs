@@ -134,7 +134,10 @@ export interface SyncStatus {
   transport: string | null;
 }
 
-/** What a sync transport reports to the database during a session. */
+/**
+ * What a sync transport reports to the database during a session. Once the
+ * session's `close()` was called, the transport must not call these again.
+ */
 export interface SyncTransportEvents {
   /** A sealed envelope arrived from connection `from`. */
   envelope(bytes: Uint8Array, from: number): void;
