@@ -28,6 +28,7 @@ function storageSection(docsDir, s) {
   }
 
   out.push('### 300 single awaited inserts', '');
+  out.push('Each insert is awaited before the next, so every one is its own transaction. PluresDB asks IndexedDB for `durability: \'strict\'` (the promise resolves only once the write is flushed to disk, which its crash test relies on); Dexie, raw IndexedDB and PouchDB use the browser default, which may report completion before the flush. (PluresDB was also the slowest here before it asked for strict durability.)', '');
   out.push(table(['database', 'time', 'inserts/s', 'vs PluresDB'], names.map((n) => [
     label(n), range(s.single[n]), fmt(s.single[n].perSecond, 0), ratio(s.single[n].median, s.single.pluresdb.median),
   ])), '');
