@@ -271,7 +271,9 @@ impl<S: Storage> Database<S> {
 
     /// Seals every vector not yet in an HNSW segment and waits until all
     /// seals and merges are done (they otherwise run in the background
-    /// after commits, once enough vectors are waiting).
+    /// after commits, once enough vectors are waiting). A flush also merges
+    /// as few as two segments of similar size, where the background waits
+    /// for four: after a bulk load, fewer segments are searched per query.
     pub async fn flush_index(&self) -> Result<()> {
         let (reply, receiver) = futures::channel::oneshot::channel();
         self.jobs
@@ -327,6 +329,7 @@ fn segment_key() -> String {
 /// small segments, building each new segment outside the lock, persisting
 /// it, then installing it.
 pub(super) async fn maintain<S: Storage>(shared: &Shared<S>, flush: bool) {
+    let flushing = flush;
     let mut flush = flush;
     loop {
         let job = {
@@ -343,7 +346,11 @@ pub(super) async fn maintain<S: Storage>(shared: &Shared<S>, flush: bool) {
             state
                 .index
                 .take_seal_job_at(segment_key(), threshold)
-                .or_else(|| state.index.take_merge_job(segment_key()))
+                .or_else(|| {
+                    state
+                        .index
+                        .take_merge_job_of(segment_key(), if flushing { 2 } else { 4 })
+                })
         };
         let Some(job) = job else {
             return;

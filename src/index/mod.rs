@@ -386,6 +386,13 @@ impl VectorIndex {
     /// ones (at least four of similar size, or any whose tombstones exceed
     /// half their vectors) into one of at most `max_segment` vectors.
     pub fn take_merge_job(&self, key: String) -> Option<SegmentJob> {
+        self.take_merge_job_of(key, 4)
+    }
+
+    /// [`take_merge_job`](Self::take_merge_job) that merges as few as
+    /// `at_least` similar segments (an explicit flush merges pairs, so a
+    /// finished bulk load is left in fewer segments to search).
+    pub fn take_merge_job_of(&self, key: String, at_least: usize) -> Option<SegmentJob> {
         // A segment that is mostly tombstones is rebuilt on its own.
         let wasteful = self
             .segments
@@ -409,7 +416,7 @@ impl VectorIndex {
                     total += segment.live();
                     chosen.push(segment);
                 }
-                if chosen.len() < 4 {
+                if chosen.len() < at_least.max(2) {
                     return None;
                 }
                 chosen
@@ -671,6 +678,36 @@ mod tests {
         assert_eq!(index.stats().segments, vec![256]);
         let hits = index.search(&vector(200, 8), 1, None).unwrap();
         assert_eq!(&*hits[0].id, "v200");
+    }
+
+    #[test]
+    fn a_flush_merges_pairs_of_similar_segments_but_not_unlike_ones() {
+        let mut index = VectorIndex::new(config());
+        let mut n = 0;
+        for (round, size) in [1024usize, 64, 64, 64].into_iter().enumerate() {
+            for _ in 0..size {
+                index
+                    .upsert(format!("v{n}").into(), dot(n as u64 + 1), &vector(n, 8))
+                    .unwrap();
+                n += 1;
+            }
+            seal(&mut index, &format!("s{round}"));
+        }
+        // Three small ones: too few for the background policy...
+        assert!(index.take_merge_job("m".into()).is_none());
+        // ...but a flush merges them, leaving the large one alone (more
+        // than four times their size).
+        let job = index
+            .take_merge_job_of("m".into(), 2)
+            .expect("three similar segments");
+        let (segment, replaces) = job.build();
+        index.install_segment(segment, replaces);
+        let mut sizes = index.stats().segments;
+        sizes.sort_unstable();
+        assert_eq!(sizes, vec![192, 1024]);
+        assert!(index.take_merge_job_of("m".into(), 2).is_none());
+        let hits = index.search(&vector(1100, 8), 1, None).unwrap();
+        assert_eq!(&*hits[0].id, "v1100");
     }
 
     #[test]

@@ -418,7 +418,9 @@ impl PluresDB {
         Ok(out.into())
     }
 
-    /// Waits until background index work (sealing, merging) is done.
+    /// Seals what is waiting and waits until index work (sealing,
+    /// merging) is done; also merges pairs of similar segments, so call it
+    /// after a bulk load for faster searches.
     #[wasm_bindgen(js_name = flushIndex, unchecked_return_type = "Promise<void>")]
     pub fn flush_index(&self) -> Promise {
         let db = self.db.clone();
