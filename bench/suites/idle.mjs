@@ -21,15 +21,13 @@ function cpuSeconds(pid) {
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS; // fields 14 and 15
 }
 
-/** Spawns a process and resolves lines matching `pattern` through `onLine`. */
+/** Spawns a process whose `stream` lines `waitFor` can wait for. */
 function start(command, args, { cwd, stream = 'stdout' }) {
   const child = spawn(command, args, { cwd, stdio: ['pipe', 'pipe', 'pipe'] });
-  const lines = [];
   const waiters = [];
   const log = [];
   createInterface({ input: child[stream] }).on('line', (line) => {
     log.push(line);
-    lines.push(line);
     for (const waiter of [...waiters]) {
       const match = line.match(waiter.pattern);
       if (match) {
@@ -43,7 +41,7 @@ function start(command, args, { cwd, stream = 'stdout' }) {
     child,
     log,
     waitFor(pattern, what, ms = 90_000) {
-      const done = lines.map((line) => line.match(pattern)).find(Boolean);
+      const done = log.map((line) => line.match(pattern)).find(Boolean);
       if (done) return Promise.resolve(done);
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error(`idle: timed out waiting for ${what}\n${log.join('\n')}`)), ms);

@@ -586,7 +586,6 @@ impl HyperDht {
     }
 }
 
-/// The server side of `PEER_HANDSHAKE`.
 /// Keeps an announcement renewed until dropped (see
 /// [`HyperDht::keep_announced`]).
 #[derive(Debug)]
@@ -600,6 +599,7 @@ impl Drop for AnnouncementGuard {
     }
 }
 
+/// The server side of `PEER_HANDSHAKE`.
 struct Server {
     node: Arc<DhtNode>,
     key_pair: KeyPair,

@@ -37,7 +37,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{Connector, Link, Outgoing, TransportEvent};
-use crate::hyperswarm::hyperdht::{AnnouncementGuard, HyperDht, DEFAULT_REANNOUNCE_INTERVAL};
+use crate::hyperswarm::hyperdht::{AnnouncementGuard, HyperDht};
 use crate::hyperswarm::udx::UdxStream;
 use crate::hyperswarm::{KeyPair, SecretStream};
 use crate::platform::BoxFuture;
@@ -56,7 +56,6 @@ pub struct HyperswarmConnector {
     bind: SocketAddrV4,
     bootstrap: Vec<SocketAddrV4>,
     key_pair: KeyPair,
-    reannounce: Duration,
 }
 
 impl HyperswarmConnector {
@@ -67,29 +66,14 @@ impl HyperswarmConnector {
             bind,
             bootstrap,
             key_pair: KeyPair::generate(),
-            reannounce: DEFAULT_REANNOUNCE_INTERVAL,
         }
-    }
-
-    /// Renews the replica's announcements this often (default
-    /// [`DEFAULT_REANNOUNCE_INTERVAL`]; HyperDHT drops records after about
-    /// 20 minutes).
-    pub fn with_reannounce_interval(mut self, interval: Duration) -> Self {
-        self.reannounce = interval;
-        self
-    }
-
-    /// The replica's public key on the DHT.
-    pub fn public_key(&self) -> [u8; 32] {
-        self.key_pair.public_key()
     }
 
     async fn open(&self, topic: Topic) -> Result<Link, String> {
         let dht = Arc::new(
             HyperDht::bind(self.bind, self.bootstrap.clone())
                 .await
-                .map_err(|error| format!("cannot start the DHT node: {error}"))?
-                .with_reannounce_interval(self.reannounce),
+                .map_err(|error| format!("cannot start the DHT node: {error}"))?,
         );
         let accepted = dht
             .listen(self.key_pair.clone())
