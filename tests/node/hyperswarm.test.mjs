@@ -78,9 +78,6 @@ test('a PluresDB in Node and a native pluresdb sync both ways over npm hyperswar
     // What the native peer wrote before syncing reaches Node...
     const fromNative = await eventually('the native record in Node', () => db.get('from-native'));
     assert.deepEqual(fromNative, { by: 'rust', n: 2 });
-    // The peer count can dip to 0 for a moment while Hyperswarm swaps a
-    // duplicate connection (both sides dialed at once) for the one it keeps.
-    await eventually('a connected peer in the status', () => db.syncStatus().peers >= 1);
     // ...what Node wrote before reaches the native database...
     assert.deepEqual(await eventually('the Node record natively', () => nativeGet(file, 'from-node')), { by: 'node', n: 1 });
     // ...and so do changes made while connected, both ways.
