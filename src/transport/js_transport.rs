@@ -153,6 +153,11 @@ impl JsConnector {
         let (events, inbound) = mpsc::unbounded();
         let ended = Rc::new(Cell::new(false));
         let handlers = EventHandlers::new(events.clone(), ended.clone());
+        // Queued before `connect` runs: the transport may report members
+        // while `connect` is still pending (a peer that connects while the
+        // topic is being announced), and the engine must see those after
+        // the welcome, or the welcome's 0 would overwrite the count.
+        let _ = events.unbounded_send(TransportEvent::Welcome { members: 0 });
         let topic_bytes = Uint8Array::from(&topic[..]);
         let returned = self
             .connect
@@ -167,7 +172,6 @@ impl JsConnector {
                 self.name
             ));
         };
-        let _ = events.unbounded_send(TransportEvent::Welcome { members: 0 });
         let (outbound, mut to_send) = mpsc::unbounded::<Outgoing>();
         let name = self.name.clone();
         wasm_bindgen_futures::spawn_local(async move {

@@ -78,6 +78,9 @@ test('a PluresDB in Node and a native pluresdb sync both ways over npm hyperswar
     // What the native peer wrote before syncing reaches Node...
     const fromNative = await eventually('the native record in Node', () => db.get('from-native'));
     assert.deepEqual(fromNative, { by: 'rust', n: 2 });
+    // The count can dip to 0 for a moment while Hyperswarm swaps a
+    // duplicate connection (both sides dialed at once) for the one it keeps.
+    await eventually('a connected peer in the status', () => db.syncStatus().peers >= 1);
     // ...what Node wrote before reaches the native database...
     assert.deepEqual(await eventually('the Node record natively', () => nativeGet(file, 'from-node')), { by: 'node', n: 1 });
     // ...and so do changes made while connected, both ways.
@@ -123,6 +126,32 @@ test('sync rejects a transport without connect, and the adapter rejects a non-sw
   await eventually('the failure in the status', () => /no route/.test(db.syncStatus().lastError ?? ''), 10_000);
   assert.equal(db.syncStatus().transport, 'failing');
   await eventually('a retry', () => attempts >= 2, 10_000);
+  db.stopSync();
+  await db.close();
+});
+
+test('a peer the transport reports while connect is still pending is counted', async () => {
+  // The Hyperswarm adapter resolves `connect` once the topic is announced;
+  // a peer can connect before that. Its member event must not be
+  // overwritten by the session's start (CI once saw Node report 0 peers
+  // for a minute while it synced with a native peer).
+  const db = await PluresDB.open('transport-early-member', { storage: 'memory' });
+  await db.createInvite();
+  let events;
+  db.sync({
+    name: 'early',
+    async connect(topic, sessionEvents) {
+      events = sessionEvents;
+      sessionEvents.member(true, 1, 1);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      return { send() {}, close() {} };
+    },
+  });
+  await eventually('the session to start', () => db.syncStatus().state !== 'connecting', 10_000);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(db.syncStatus().peers, 1);
+  events.member(false, 1, 0);
+  await eventually('the peer to leave the count', () => db.syncStatus().peers === 0, 10_000);
   db.stopSync();
   await db.close();
 });
