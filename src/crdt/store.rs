@@ -219,12 +219,8 @@ impl CrdtStore {
         self.last_seq += 1;
         clock.observe(self.actor, self.last_seq);
         let live = data.is_some();
-        match self.pending.get_mut(&*id) {
-            Some(entry) => *entry = (self.last_seq, live),
-            None => {
-                self.pending.insert(id.clone(), (self.last_seq, live));
-            }
-        }
+        // `insert` keeps the existing key and replaces the value: one lookup.
+        self.pending.insert(id.clone(), (self.last_seq, live));
         CrdtOperation {
             id,
             version: Version {
@@ -235,6 +231,12 @@ impl CrdtStore {
                 embedding,
             },
         }
+    }
+
+    /// Makes room for `additional` more local writes awaiting commit (a
+    /// batch), so preparing it does not rehash the pending map as it grows.
+    pub fn reserve_local_writes(&mut self, additional: usize) {
+        self.pending.reserve(additional);
     }
 
     /// Stamps a local write of `data` (and optional `embedding`) to `id`.
@@ -337,10 +339,22 @@ impl CrdtStore {
             self.version_vector.merge(peer);
         }
         let mut changes = Vec::with_capacity(records.len());
+        // A batch large against the store (a bulk load) adds its new records
+        // with one linear merge of sorted maps instead of one tree descent
+        // each.
+        let bulk = records.len() >= BULK_INSERT_MIN && records.len() * 4 >= self.records.len();
+        let mut added: Vec<(Arc<str>, Record)> = Vec::new();
         for record in records {
             // Merge rather than replace: another batch (another tab's, seen
             // through a broadcast) may have been installed since the preview.
             let id = record.shared_id().clone();
+            if bulk && !self.records.contains_key(&id) {
+                // Preview gives one record per id, so none is added twice.
+                let deleted = record.is_deleted();
+                added.push((id.clone(), record));
+                changes.extend(change_of(id, None, deleted));
+                continue;
+            }
             let (was_deleted, deleted) = match self.records.entry(id.clone()) {
                 Entry::Occupied(mut entry) => {
                     let existing = entry.get_mut();
@@ -363,6 +377,13 @@ impl CrdtStore {
             };
             changes.extend(change_of(id, was_deleted, deleted));
         }
+        if !added.is_empty() {
+            added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            // From sorted pairs the map is built bottom-up, and `append`
+            // merges the two sorted maps in linear time.
+            let mut added: BTreeMap<Arc<str>, Record> = added.into_iter().collect();
+            self.records.append(&mut added);
+        }
         changes
     }
 
@@ -379,9 +400,10 @@ impl CrdtStore {
         if op.version.writer != self.actor {
             return;
         }
-        if let Some((seq, _)) = self.pending.get(&*op.id) {
-            if *seq == op.version.dot().seq {
-                self.pending.remove(&*op.id);
+        // One hash lookup in the common case: the entry is this operation's.
+        if let Some((id, (seq, live))) = self.pending.remove_entry(&*op.id) {
+            if seq != op.version.dot().seq {
+                self.pending.insert(id, (seq, live));
             }
         }
     }
@@ -505,6 +527,10 @@ impl CrdtStore {
 /// What a changed record means to subscribers: `was_deleted` is `None` for
 /// a record not seen before. Deleting something never seen changes nothing
 /// visible.
+/// Batches of at least this many records may take the bulk insert path of
+/// [`CrdtStore::install`].
+const BULK_INSERT_MIN: usize = 1024;
+
 fn change_of(id: Arc<str>, was_deleted: Option<bool>, deleted: bool) -> Option<Change> {
     if deleted && was_deleted.is_none() {
         return None;
@@ -537,6 +563,68 @@ mod tests {
 
     fn doc(value: serde_json::Value) -> Document {
         Document::from_value(&value).unwrap()
+    }
+
+    #[test]
+    fn a_bulk_batch_installs_as_one_operation_at_a_time_would() {
+        // Large enough for install's bulk path (new ids added in one merge
+        // of sorted maps), mixing ids the store already holds, new ids, and
+        // records the batch writes and then deletes.
+        fn seeded() -> CrdtStore {
+            let mut store = CrdtStore::new(actor(1));
+            for i in 0..600 {
+                store.put(&format!("k{i:05}"), doc(json!({ "old": i })), 10);
+            }
+            store
+        }
+        let mut remote = CrdtStore::new(actor(2));
+        let mut ops = Vec::new();
+        for i in 300..3_000 {
+            ops.push(remote.put(&format!("k{i:05}"), doc(json!({ "remote": i })), 20));
+        }
+        for i in (300..3_000).step_by(7) {
+            ops.extend(remote.delete(&format!("k{i:05}"), 30));
+        }
+        assert!(ops.len() >= BULK_INSERT_MIN);
+
+        let mut bulk = seeded();
+        let preview = bulk.preview(&ops);
+        let changes = bulk.install(preview, &ops, None, 40);
+
+        let mut stepwise = seeded();
+        let mut touched: Vec<Arc<str>> = ops.iter().map(|op| op.id.clone()).collect();
+        for op in ops {
+            stepwise.apply(op, 40);
+        }
+        assert_eq!(bulk.state_bytes(), stepwise.state_bytes());
+        // One change per record the batch touched, judged by its final
+        // state; a record both created and deleted by the batch never showed.
+        touched.sort();
+        touched.dedup();
+        let expected: Vec<Change> = touched
+            .into_iter()
+            .filter_map(|id| {
+                let existed = id.as_ref() < "k00600";
+                let deleted = stepwise.get(&id).is_none();
+                change_of(id, existed.then_some(false), deleted)
+            })
+            .collect();
+        assert_eq!(bulk.len(), 3_000);
+        let sorted = |mut changes: Vec<Change>| {
+            changes.sort_by(|a, b| a.id.cmp(&b.id));
+            changes
+        };
+        assert_eq!(sorted(changes), sorted(expected));
+        assert_eq!(bulk.get("k00299").unwrap().as_str(), r#"{"old":299}"#);
+        assert!(bulk.get("k00300").is_none()); // deleted by the batch
+        assert_eq!(bulk.get("k02999").unwrap().as_str(), r#"{"remote":2999}"#);
+        let live = bulk.records().filter(|r| !r.is_deleted()).count();
+        assert_eq!(live, 3_000 - 386);
+        let ids: Vec<&str> = bulk.records().map(|r| r.id()).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "records stay in id order"
+        );
     }
 
     #[test]

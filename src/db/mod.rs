@@ -481,6 +481,7 @@ impl<S: Storage> Database<S> {
                 state.index.check(vector)?;
             }
             let now = self.now();
+            state.store.reserve_local_writes(entries.len());
             let ops = entries
                 .into_iter()
                 .map(|(id, document, embedding)| {
