@@ -16,7 +16,9 @@
 //! envelope counts as stored once `send` returned, and replicas that were
 //! offline catch up through the hello/delta exchange when they connect.
 //! The transport must give every newly connected peer the session's first
-//! envelope (its hello) and must not forward envelopes between peers.
+//! envelope (its hello) and must not forward envelopes between peers. It
+//! may report members before `connect` resolves (a peer that connects while
+//! the topic is being announced); they count from the session's start.
 
 use std::cell::Cell;
 use std::rc::Rc;

@@ -141,7 +141,10 @@ export interface SyncStatus {
 export interface SyncTransportEvents {
   /** A sealed envelope arrived from connection `from`. */
   envelope(bytes: Uint8Array, from: number): void;
-  /** A peer connected (`joined`) or left; `members` are connected now. */
+  /**
+   * A peer connected (`joined`) or left; `members` are connected now. May be
+   * called while `connect` is still pending.
+   */
   member(joined: boolean, connection: number, members: number): void;
   /** The session ended; the database reconnects with backoff. */
   closed(reason: string): void;
