@@ -117,6 +117,16 @@ where
     }
 }
 
+/// Lets other work run before continuing: the callers whose promises just
+/// resolved (wasm32: a macrotask, after every pending promise reaction;
+/// natively: one turn of the tokio scheduler).
+pub async fn yield_to_callers() {
+    #[cfg(not(target_arch = "wasm32"))]
+    tokio::task::yield_now().await;
+    #[cfg(target_arch = "wasm32")]
+    sleep(std::time::Duration::ZERO).await;
+}
+
 /// Fills `buf` with cryptographically secure random bytes.
 ///
 /// # Panics

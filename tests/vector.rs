@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
+use pluresdb::crdt::Document;
 use pluresdb::error::{Error, ErrorName};
 use pluresdb::index::{HashEmbedder, IndexConfig};
-use pluresdb::storage::SqliteStorage;
+use pluresdb::storage::{MemoryStorage, SqliteStorage};
 use pluresdb::{Database, OpenOptions, Query, SearchRequest};
 use serde_json::json;
 
@@ -113,6 +114,47 @@ async fn recall_against_exact_search_on_clustered_vectors() {
     // ef 256 it measured 0.996 to 0.997.)
     assert!(default_recall >= 0.6, "default recall {default_recall}");
     assert!(wide_recall >= 0.95, "recall at ef 256 {wide_recall}");
+    db.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bulk_load_is_sealed_in_one_build_once_the_writes_pause() {
+    // A loader awaits each putMany before sending the next. Sealing waits
+    // while writes keep coming (up to `max_segment` vectors), so the load
+    // is built into one segment instead of sealed and merged piecewise.
+    let db = Database::open(MemoryStorage::new(), options(100))
+        .await
+        .unwrap();
+    let vectors = clustered(2000, 20, 32, 3);
+    for (chunk_index, chunk) in vectors.chunks(200).enumerate() {
+        let entries = chunk.iter().enumerate().map(|(i, vector)| {
+            (
+                format!("v{:05}", chunk_index * 200 + i),
+                Document::from_value(&json!({})).unwrap(),
+                Some(vector.as_slice().into()),
+            )
+        });
+        db.put_many_with_embeddings(entries).await.unwrap();
+        let stats = db.index_stats();
+        assert!(
+            stats.segments.is_empty(),
+            "nothing is sealed while the load goes on: {stats:?}"
+        );
+    }
+    for _ in 0..500 {
+        if db.index_stats().growing == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let stats = db.index_stats();
+    assert_eq!(stats.segments, vec![2000], "{stats:?}");
+    assert_eq!(stats.growing, 0);
+    let hits = db
+        .search(&SearchRequest::vector(vectors[42].clone()))
+        .await
+        .unwrap();
+    assert_eq!(hits[0].id, "v00042");
     db.close().await.unwrap();
 }
 

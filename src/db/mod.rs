@@ -817,7 +817,15 @@ async fn run_announcement_listener<S: Storage>(
 }
 
 async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::UnboundedReceiver<Job>) {
-    while let Some(job) = jobs.next().await {
+    let mut next_job = None;
+    loop {
+        let job = match next_job.take() {
+            Some(job) => job,
+            None => match jobs.next().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
         let mut batch = Vec::new();
         let mut close = None;
         let mut flushes = Vec::new();
@@ -839,6 +847,16 @@ async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::Unbou
         }
         if !batch.is_empty() {
             commit_jobs(&shared, batch).await;
+            // Writers before sealing: when the callers just answered send
+            // more (a bulk load), commit that first, while the growing
+            // segment may still grow (`VectorIndex::seal_can_wait`).
+            if flushes.is_empty() && close.is_none() && shared.state().index.seal_can_wait() {
+                crate::platform::yield_to_callers().await;
+                if let Ok(job) = jobs.try_recv() {
+                    next_job = Some(job);
+                    continue;
+                }
+            }
         }
         // Index upkeep after the writers got their answers.
         vector::maintain(&shared, !flushes.is_empty()).await;

@@ -4,7 +4,9 @@
 //! exactly; when it passes [`IndexConfig::seal_threshold`] vectors it is
 //! sealed into an immutable HNSW [`Segment`] (built with `instant-distance`),
 //! and small segments are merged into larger ones (size-tiered, as Lucene
-//! and Milvus do). Deletes and updates of sealed vectors are tombstones.
+//! and Milvus do). The database lets sealing wait while writes keep
+//! arriving, up to `max_segment` growing vectors
+//! ([`VectorIndex::seal_can_wait`]), so a bulk load is built once. Deletes and updates of sealed vectors are tombstones.
 //! Building a segment is the only expensive step and it is done outside
 //! the database lock, through [`VectorIndex::take_seal_job`] /
 //! [`VectorIndex::take_merge_job`] and [`VectorIndex::install_segment`].
@@ -206,6 +208,15 @@ impl VectorIndex {
     /// True when no vector is indexed.
     pub fn is_empty(&self) -> bool {
         self.located.is_empty()
+    }
+
+    /// True when the growing segment is due for sealing but may wait for
+    /// writes already queued: it is past the seal threshold and still under
+    /// `max_segment`. A bulk load then seals a few large segments instead
+    /// of rebuilding small ones merge after merge.
+    pub fn seal_can_wait(&self) -> bool {
+        let growing = self.growing.len();
+        growing >= self.config.seal_threshold && growing < self.config.max_segment
     }
 
     /// Counts for status output.
