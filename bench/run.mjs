@@ -100,7 +100,8 @@ try {
       // PLURESDB_NATIVE_BENCHES=vector re-runs only some criterion benches;
       // the others' last samples (target/criterion) are read as they are.
       const benches = process.env.PLURESDB_NATIVE_BENCHES?.split(',') ?? ['crdt', 'storage', 'vector'];
-      results.suites.native = runCriterion(root, benches);
+      // Benches not re-run keep their last results (from bench/results).
+      results.suites.native = { ...(previous.suites?.native ?? {}), ...runCriterion(root, benches) };
     }
     results.suites[suite].measuredAt = new Date().toISOString();
     results.suites[suite].quick = quick;

@@ -53,7 +53,7 @@ const wasm = join(pkg, 'pluresdb_bg.wasm');
 const before = statSync(wasm).size;
 console.log('build: optimising with wasm-opt -Oz');
 run('wasm-opt', [
-  '-Oz',
+  '-Oz', '--converge',
   '--enable-bulk-memory', '--enable-reference-types', '--enable-nontrapping-float-to-int',
   '--enable-sign-ext', '--enable-mutable-globals', '--enable-multivalue', '--enable-simd',
   wasm, '-o', `${wasm}.opt`,

@@ -117,6 +117,10 @@ pub enum StorageError {
     /// The database has been closed.
     #[error("the database is closed")]
     Closed,
+    /// A streamed commit's rows stopped before the last one; nothing of it
+    /// was written.
+    #[error("the batch ended before all of its rows were sent; nothing of it was written")]
+    IncompleteBatch,
     /// Any other backend failure, with the backend's message.
     #[error("storage failure: {0}")]
     Backend(String),

@@ -64,18 +64,69 @@ pub struct CrdtStore {
 #[derive(Debug, Clone)]
 pub struct Preview {
     records: Vec<Record>,
+    /// Per record: its id was absent from the store when previewed.
+    absent: Vec<bool>,
+    /// The batch is large against the store (a bulk load): its new records
+    /// join the store with one merge of sorted maps instead of one tree
+    /// descent each.
+    bulk: bool,
+    /// The new records of a bulk batch, moved out of `records` into a map
+    /// ready to join the store by [`stage`](Self::stage), with their changes
+    /// (natively, where staging overlaps with storage's thread).
+    #[cfg(not(target_arch = "wasm32"))]
+    staged: BTreeMap<Arc<str>, Record>,
+    #[cfg(not(target_arch = "wasm32"))]
+    staged_changes: Vec<Change>,
     epoch: u64,
 }
 
 impl Preview {
-    /// The new state of every record the batch changes.
+    /// The new state of every record the batch changes, except the ones
+    /// [`stage`](Self::stage) already moved.
     pub fn records(&self) -> &[Record] {
         &self.records
     }
 
+    /// Does the work of installing a bulk batch's new records that needs no
+    /// access to the store (sorting them into a map), so it can run while
+    /// storage commits. Call it after encoding: [`records`](Self::records)
+    /// leaves the staged records out.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn stage(&mut self) {
+        if !self.bulk || !self.staged.is_empty() {
+            return;
+        }
+        let mut added: Vec<(Arc<str>, Record)> = Vec::new();
+        let mut kept = Vec::with_capacity(self.records.len());
+        for (record, absent) in std::mem::take(&mut self.records)
+            .into_iter()
+            .zip(&self.absent)
+        {
+            if *absent {
+                let id = record.shared_id().clone();
+                self.staged_changes
+                    .extend(change_of(id.clone(), None, record.is_deleted()));
+                added.push((id, record));
+            } else {
+                kept.push(record);
+            }
+        }
+        self.records = kept;
+        self.absent = vec![false; self.records.len()];
+        // Preview gives one record per id; bulk loads usually come sorted.
+        added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.staged = added.into_iter().collect();
+    }
+
     /// Replaces the previewed state of a record with a state that includes
-    /// it (what storage merged in from another writer).
+    /// it (what storage merged in from another writer). Linear in the batch:
+    /// merges happen only when several writers share one database.
     pub fn replace(&mut self, record: Record) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(slot) = self.staged.get_mut(record.id()) {
+            *slot = record;
+            return;
+        }
         if let Some(slot) = self.records.iter_mut().find(|r| r.id() == record.id()) {
             *slot = record;
         }
@@ -83,6 +134,10 @@ impl Preview {
 
     /// True when the batch changes nothing.
     pub fn is_empty(&self) -> bool {
+        #[cfg(not(target_arch = "wasm32"))]
+        if !self.staged.is_empty() {
+            return false;
+        }
         self.records.is_empty()
     }
 }
@@ -272,11 +327,22 @@ impl CrdtStore {
     pub fn preview(&self, ops: &[CrdtOperation]) -> Preview {
         let mut touched: Vec<Record> = Vec::with_capacity(ops.len());
         let mut changed: Vec<bool> = Vec::with_capacity(ops.len());
+        let mut absent: Vec<bool> = Vec::with_capacity(ops.len());
         let mut index: FxHashMap<&str, usize> = FxHashMap::default();
-        index.reserve(ops.len());
+        // Ids in strictly ascending order (a sorted bulk load) cannot repeat:
+        // no index needed.
+        let unique = ops.windows(2).all(|pair| pair[0].id < pair[1].id);
+        if !unique {
+            index.reserve(ops.len());
+        }
         for op in ops {
-            let slot = match index.get(&*op.id) {
-                Some(&slot) => slot,
+            let known = if unique {
+                None
+            } else {
+                index.get(&*op.id).copied()
+            };
+            let slot = match known {
+                Some(slot) => slot,
                 None => {
                     match self.records.get(&*op.id) {
                         Some(existing) => {
@@ -285,27 +351,43 @@ impl CrdtStore {
                             }
                             touched.push(existing.clone());
                             changed.push(false);
+                            absent.push(false);
                         }
                         None => {
                             touched.push(Record::new(op.id.clone(), op.version.clone()));
                             changed.push(true);
-                            index.insert(&op.id, touched.len() - 1);
+                            absent.push(true);
+                            if !unique {
+                                index.insert(&op.id, touched.len() - 1);
+                            }
                             continue;
                         }
                     }
-                    index.insert(&op.id, touched.len() - 1);
+                    if !unique {
+                        index.insert(&op.id, touched.len() - 1);
+                    }
                     touched.len() - 1
                 }
             };
             changed[slot] |= touched[slot].merge_version(op.version.clone());
         }
-        let records = touched
-            .into_iter()
-            .zip(changed)
-            .filter_map(|(record, changed)| changed.then_some(record))
-            .collect();
+        let mut records = Vec::with_capacity(touched.len());
+        let mut absent_kept = Vec::with_capacity(touched.len());
+        for ((record, changed), absent) in touched.into_iter().zip(changed).zip(absent) {
+            if changed {
+                records.push(record);
+                absent_kept.push(absent);
+            }
+        }
+        let bulk = records.len() >= BULK_INSERT_MIN && records.len() * 4 >= self.records.len();
         Preview {
             records,
+            absent: absent_kept,
+            bulk,
+            #[cfg(not(target_arch = "wasm32"))]
+            staged: BTreeMap::new(),
+            #[cfg(not(target_arch = "wasm32"))]
+            staged_changes: Vec::new(),
             epoch: self.epoch,
         }
     }
@@ -315,7 +397,8 @@ impl CrdtStore {
     /// held), `ops` the operations they came from (their dots advance the
     /// version vector and their timestamps the HLC). `peer_vector` is given
     /// when `ops` were a complete delta from a peer holding that vector.
-    /// Returns the changes, in order.
+    /// Returns the changes, one per changed record: in the preview's order,
+    /// except that records [staged](Preview::stage) come last, in id order.
     pub fn install(
         &mut self,
         preview: Preview,
@@ -323,59 +406,46 @@ impl CrdtStore {
         peer_vector: Option<&VersionVector>,
         now_ms: u64,
     ) -> Vec<Change> {
+        #[cfg(not(target_arch = "wasm32"))]
+        let (staged, staged_changes, preview) = {
+            let mut preview = preview;
+            let staged = std::mem::take(&mut preview.staged);
+            let changes = std::mem::take(&mut preview.staged_changes);
+            (staged, changes, preview)
+        };
+        let Preview {
+            records,
+            absent,
+            bulk,
+            epoch,
+            ..
+        } = preview;
         // Nothing was installed since the preview: its records include every
         // current state and can replace them (merging a record of many
-        // concurrent versions into itself would cost quadratic time).
-        let fresh = preview.epoch == self.epoch;
+        // concurrent versions into itself would cost quadratic time), and the
+        // ids it found absent still are.
+        let fresh = epoch == self.epoch;
         self.epoch += 1;
-        let records = preview.records;
         for op in ops {
             let dot = op.version.dot();
             self.note_dot(dot);
             self.hlc.observe(op.version.hlc, now_ms);
-            self.settle(op);
         }
+        self.settle_all(ops);
         if let Some(peer) = peer_vector {
             self.version_vector.merge(peer);
         }
         let mut changes = Vec::with_capacity(records.len());
-        // A batch large against the store (a bulk load) adds its new records
-        // with one linear merge of sorted maps instead of one tree descent
-        // each.
-        let bulk = records.len() >= BULK_INSERT_MIN && records.len() * 4 >= self.records.len();
         let mut added: Vec<(Arc<str>, Record)> = Vec::new();
-        for record in records {
-            // Merge rather than replace: another batch (another tab's, seen
-            // through a broadcast) may have been installed since the preview.
+        for (record, absent) in records.into_iter().zip(absent) {
             let id = record.shared_id().clone();
-            if bulk && !self.records.contains_key(&id) {
+            if bulk && fresh && absent {
                 // Preview gives one record per id, so none is added twice.
-                let deleted = record.is_deleted();
-                added.push((id.clone(), record));
-                changes.extend(change_of(id, None, deleted));
+                changes.extend(change_of(id.clone(), None, record.is_deleted()));
+                added.push((id, record));
                 continue;
             }
-            let (was_deleted, deleted) = match self.records.entry(id.clone()) {
-                Entry::Occupied(mut entry) => {
-                    let existing = entry.get_mut();
-                    let was_deleted = existing.is_deleted();
-                    if fresh {
-                        if *existing == record {
-                            continue;
-                        }
-                        *existing = record;
-                    } else if !existing.merge(&record) {
-                        continue;
-                    }
-                    (Some(was_deleted), existing.is_deleted())
-                }
-                Entry::Vacant(entry) => {
-                    let deleted = record.is_deleted();
-                    entry.insert(record);
-                    (None, deleted)
-                }
-            };
-            changes.extend(change_of(id, was_deleted, deleted));
+            changes.extend(self.merge_in(record, fresh));
         }
         if !added.is_empty() {
             added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -384,13 +454,82 @@ impl CrdtStore {
             let mut added: BTreeMap<Arc<str>, Record> = added.into_iter().collect();
             self.records.append(&mut added);
         }
+        #[cfg(not(target_arch = "wasm32"))]
+        if fresh {
+            let mut staged = staged;
+            self.records.append(&mut staged);
+            changes.extend(staged_changes);
+        } else {
+            // Another batch was installed since: merge one by one.
+            for record in staged.into_values() {
+                changes.extend(self.merge_in(record, false));
+            }
+        }
         changes
+    }
+
+    /// Merges one previewed record into the store (replacing the stored one
+    /// when the preview is `fresh`); the change, if anything changed.
+    fn merge_in(&mut self, record: Record, fresh: bool) -> Option<Change> {
+        let id = record.shared_id().clone();
+        let (was_deleted, deleted) = match self.records.entry(id.clone()) {
+            Entry::Occupied(mut entry) => {
+                let existing = entry.get_mut();
+                let was_deleted = existing.is_deleted();
+                if fresh {
+                    if *existing == record {
+                        return None;
+                    }
+                    *existing = record;
+                } else if !existing.merge(&record) {
+                    return None;
+                }
+                (Some(was_deleted), existing.is_deleted())
+            }
+            Entry::Vacant(entry) => {
+                let deleted = record.is_deleted();
+                entry.insert(record);
+                (None, deleted)
+            }
+        };
+        change_of(id, was_deleted, deleted)
     }
 
     /// Forgets prepared local operations that will never be installed (their
     /// commit failed). Their dots stay used: sequence numbers never repeat.
     pub fn abandon(&mut self, ops: &[CrdtOperation]) {
+        self.settle_all(ops);
+    }
+
+    /// Forgets the pending entries of `ops` (installed or abandoned local
+    /// writes). The browser build settles one at a time, which spares the
+    /// download the code of the bulk pass below.
+    #[cfg(target_arch = "wasm32")]
+    fn settle_all(&mut self, ops: &[CrdtOperation]) {
         for op in ops {
+            self.settle(op);
+        }
+    }
+
+    /// Forgets the pending entries of `ops` (installed or abandoned local
+    /// writes, in the order they were prepared).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn settle_all(&mut self, ops: &[CrdtOperation]) {
+        let actor = self.actor;
+        let local = ops.iter().filter(move |op| op.version.writer == actor);
+        let Some(first) = local.clone().next() else {
+            return;
+        };
+        let newest = local.clone().map(|op| op.version.dot().seq).max();
+        // The batch holds the newest local write: every pending entry at or
+        // after its first is this batch's (batches settle in order), so one
+        // pass clears them without hashing each id of a bulk load.
+        if newest == Some(self.last_seq) && local.clone().count() >= 64 {
+            let oldest = first.version.dot().seq;
+            self.pending.retain(|_, (seq, _)| *seq < oldest);
+            return;
+        }
+        for op in local {
             self.settle(op);
         }
     }
@@ -587,16 +726,56 @@ mod tests {
         }
         assert!(ops.len() >= BULK_INSERT_MIN);
 
-        let mut bulk = seeded();
-        let preview = bulk.preview(&ops);
-        let changes = bulk.install(preview, &ops, None, 40);
-
-        let mut stepwise = seeded();
-        let mut touched: Vec<Arc<str>> = ops.iter().map(|op| op.id.clone()).collect();
-        for op in ops {
-            stepwise.apply(op, 40);
+        // Staged or not; and with another batch installed between preview
+        // and install (a write of another tab), which must fall back to
+        // merging each record.
+        for (stage, interleaved) in [(false, false), (true, false), (true, true)] {
+            let mut other = CrdtStore::new(actor(3));
+            let between = [
+                other.put("k02000", doc(json!({ "other": 1 })), 35),
+                other.put("k09999", doc(json!({ "other": 2 })), 35),
+            ];
+            let mut bulk = seeded();
+            #[cfg_attr(target_arch = "wasm32", allow(unused_mut))]
+            let mut preview = bulk.preview(&ops);
+            // Staging exists natively only (it overlaps with SQLite's thread).
+            #[cfg(not(target_arch = "wasm32"))]
+            if stage {
+                preview.stage();
+                assert!(preview.records().len() < 600, "new records were staged");
+            }
+            if interleaved {
+                for op in &between {
+                    bulk.apply(op.clone(), 40);
+                }
+            }
+            let changes = bulk.install(preview, &ops, None, 40);
+            let mut stepwise = seeded();
+            if interleaved {
+                for op in &between {
+                    stepwise.apply(op.clone(), 40);
+                }
+            }
+            for op in ops.clone() {
+                stepwise.apply(op, 40);
+            }
+            assert_eq!(
+                bulk.state_bytes(),
+                stepwise.state_bytes(),
+                "stage {stage}, interleaved {interleaved}"
+            );
+            check_bulk(bulk, stepwise, changes, &ops, interleaved);
         }
-        assert_eq!(bulk.state_bytes(), stepwise.state_bytes());
+    }
+
+    fn check_bulk(
+        bulk: CrdtStore,
+        stepwise: CrdtStore,
+        changes: Vec<Change>,
+        ops: &[CrdtOperation],
+        interleaved: bool,
+    ) {
+        let mut touched: Vec<Arc<str>> = ops.iter().map(|op| op.id.clone()).collect();
         // One change per record the batch touched, judged by its final
         // state; a record both created and deleted by the batch never showed.
         touched.sort();
@@ -609,7 +788,7 @@ mod tests {
                 change_of(id, existed.then_some(false), deleted)
             })
             .collect();
-        assert_eq!(bulk.len(), 3_000);
+        assert_eq!(bulk.len(), 3_000 + usize::from(interleaved));
         let sorted = |mut changes: Vec<Change>| {
             changes.sort_by(|a, b| a.id.cmp(&b.id));
             changes
@@ -619,7 +798,8 @@ mod tests {
         assert!(bulk.get("k00300").is_none()); // deleted by the batch
         assert_eq!(bulk.get("k02999").unwrap().as_str(), r#"{"remote":2999}"#);
         let live = bulk.records().filter(|r| !r.is_deleted()).count();
-        assert_eq!(live, 3_000 - 386);
+        // The interleaved write adds k09999 (and only a conflict to k02000).
+        assert_eq!(live, 3_000 - 386 + usize::from(interleaved));
         let ids: Vec<&str> = bulk.records().map(|r| r.id()).collect();
         assert!(
             ids.windows(2).all(|w| w[0] < w[1]),
@@ -728,6 +908,39 @@ mod tests {
         store.install(preview, &ops, None, 10);
         assert!(store.get("x").is_none());
         assert!(store.prepare_delete("x", 11).is_none());
+    }
+
+    #[test]
+    fn a_bulk_install_keeps_later_pending_writes() {
+        // A batch of 100 local writes is installed while later writes are
+        // still pending: those stay pending (a put of a new id stays
+        // deletable); without later writes the batch is settled in one pass.
+        let mut store = CrdtStore::new(actor(1));
+        store.put("gone", doc(json!(0)), 10);
+        let batch: Vec<_> = (0..100)
+            .map(|n| store.prepare_put(&format!("k{n:03}"), doc(json!(n)), None, 10))
+            .collect();
+        let later_put = store.prepare_put("new", doc(json!("later")), None, 11);
+        let later_delete = store.prepare_delete("gone", 11).expect("live record");
+        let preview = store.preview(&batch);
+        store.install(preview, &batch, None, 12);
+        assert_eq!(store.pending.len(), 2, "later writes stay pending");
+        let delete_new = store
+            .prepare_delete("new", 12)
+            .expect("a pending put is deletable");
+        let later = [later_put, later_delete, delete_new];
+        let preview = store.preview(&later);
+        store.install(preview, &later, None, 13);
+        assert!(store.pending.is_empty());
+        assert!(store.get("new").is_none() && store.get("gone").is_none());
+        assert_eq!(store.get("k099").unwrap().as_str(), "99");
+
+        let batch: Vec<_> = (0..100)
+            .map(|n| store.prepare_put(&format!("j{n:03}"), doc(json!(n)), None, 14))
+            .collect();
+        store.abandon(&batch);
+        assert!(store.pending.is_empty(), "an abandoned batch settles too");
+        assert!(store.prepare_delete("j000", 15).is_none(), "never written");
     }
 
     #[test]

@@ -870,6 +870,52 @@ async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::Unbou
     }
 }
 
+/// Records encoded per chunk of a streamed commit.
+#[cfg(not(target_arch = "wasm32"))]
+const ENCODE_CHUNK: usize = 2048;
+
+/// Commits a large batch while encoding it: the first chunk of rows starts
+/// the storage transaction, the rest follow in chunks while storage writes,
+/// and once everything is encoded the part of installing the batch that needs
+/// no lock (`Preview::stage`) runs while the transaction is still going.
+#[cfg(not(target_arch = "wasm32"))]
+async fn commit_streamed<S: Storage>(
+    shared: &Shared<S>,
+    batch: CommitBatch,
+    records: crate::crdt::Preview,
+    encode: impl Fn(&[Record]) -> Vec<(String, Vec<u8>)>,
+) -> (
+    Result<Option<crate::storage::CommitReceipt>, StorageError>,
+    crate::crdt::Preview,
+) {
+    use crate::storage::StreamedRows;
+
+    let batch = CommitBatch {
+        records: encode(&records.records()[..ENCODE_CHUNK]),
+        ..batch
+    };
+    let (sender, receiver) = futures::channel::mpsc::unbounded();
+    let encode_rest = async move {
+        let mut records = records;
+        for chunk in records.records()[ENCODE_CHUNK..].chunks(ENCODE_CHUNK) {
+            if sender
+                .unbounded_send(StreamedRows::More(encode(chunk)))
+                .is_err()
+            {
+                // Storage gave up (its error is the commit's result).
+                return records;
+            }
+        }
+        let _ = sender.unbounded_send(StreamedRows::Complete);
+        records.stage();
+        records
+    };
+    // Storage's future is polled first, so it starts before encoding.
+    let (result, records) =
+        futures::join!(shared.storage.commit_streamed(batch, receiver), encode_rest);
+    (result.map(Some), records)
+}
+
 async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
     let mut ops: Vec<CrdtOperation> = Vec::new();
     let mut spans = Vec::with_capacity(jobs.len());
@@ -924,20 +970,31 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
         (records, batch)
     };
     // Encode outside the lock: readers are not held up by a large batch.
-    let batch = CommitBatch {
-        records: records
-            .records()
+    let encode = |chunk: &[Record]| -> Vec<(String, Vec<u8>)> {
+        chunk
             .iter()
-            .map(|r| (r.id().to_owned(), r.to_bytes()))
-            .collect(),
-        ..batch
+            .map(|record| (record.id().to_owned(), record.to_bytes()))
+            .collect()
     };
-
-    let result = if batch.records.is_empty() && peer_vector.is_none() && extra_meta.is_empty() {
-        // Nothing new (duplicates or superseded versions): no transaction.
-        Ok(None)
-    } else {
-        shared.storage.commit(batch).await.map(Some)
+    #[cfg_attr(target_arch = "wasm32", allow(unused_labels))]
+    let (result, records) = 'commit: {
+        // Natively, where SQLite writes on a thread of its own, a large batch
+        // is encoded while it is written. In the browser everything runs on
+        // one thread, so that would only add code to the download.
+        #[cfg(not(target_arch = "wasm32"))]
+        if records.records().len() > ENCODE_CHUNK {
+            break 'commit commit_streamed(shared, batch, records, encode).await;
+        }
+        let batch = CommitBatch {
+            records: encode(records.records()),
+            ..batch
+        };
+        if batch.records.is_empty() && peer_vector.is_none() && extra_meta.is_empty() {
+            // Nothing new (duplicates or superseded versions): no transaction.
+            (Ok(None), records)
+        } else {
+            (shared.storage.commit(batch).await.map(Some), records)
+        }
     };
 
     match result {

@@ -9,7 +9,7 @@ use std::future::Future;
 
 use serde_json::json;
 
-use super::{meta_keys, CommitBatch, Storage, FORMAT_VERSION};
+use super::{meta_keys, CommitBatch, Storage, StreamedRows, FORMAT_VERSION};
 use crate::crdt::{ActorId, CrdtStore, Document, VersionVector};
 use crate::error::{Error, StorageError};
 use crate::{Database, ListOptions, OpenOptions, Origin, Query};
@@ -92,6 +92,64 @@ pub async fn commits_round_trip<F: StorageFactory>(factory: &F) {
     );
     assert_eq!(state.meta.get("k"), Some(&vec![9, 9]));
     assert_eq!(state.generation, 2);
+}
+
+/// A streamed commit writes its first rows and every streamed chunk in one
+/// transaction; a stream that stops before `Complete` writes nothing. A
+/// database's large `putMany` (streamed in chunks) survives a reopen whole.
+pub async fn streamed_commits_are_atomic<F: StorageFactory>(factory: &F) {
+    let storage = factory.open("streamed").await;
+    let row = |id: &str, byte: u8| (id.to_owned(), vec![byte; 3]);
+    let (sender, receiver) = futures::channel::mpsc::unbounded();
+    let send_rest = async move {
+        for chunk in [vec![row("b", 2), row("c", 3)], vec![row("d", 4)]] {
+            sender.unbounded_send(StreamedRows::More(chunk)).unwrap();
+        }
+        sender.unbounded_send(StreamedRows::Complete).unwrap();
+    };
+    let batch = CommitBatch {
+        expected_generation: 0,
+        records: vec![row("a", 1)],
+        ..Default::default()
+    };
+    let (receipt, ()) = futures::join!(storage.commit_streamed(batch, receiver), send_rest);
+    assert_eq!(receipt.expect("streamed commit").generation, 1);
+
+    // The sender goes away half-way: nothing of that batch is written.
+    let (sender, receiver) = futures::channel::mpsc::unbounded();
+    let abandon = async move {
+        sender
+            .unbounded_send(StreamedRows::More(vec![row("f", 6)]))
+            .unwrap();
+        drop(sender);
+    };
+    let batch = CommitBatch {
+        expected_generation: 1,
+        records: vec![row("e", 5)],
+        ..Default::default()
+    };
+    let (result, ()) = futures::join!(storage.commit_streamed(batch, receiver), abandon);
+    assert_eq!(result.unwrap_err(), StorageError::IncompleteBatch);
+
+    let state = factory.open("streamed").await.load().await.expect("load");
+    let ids: std::collections::BTreeSet<&str> =
+        state.records.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c", "d"].into_iter().collect());
+    assert_eq!(state.generation, 1, "the abandoned batch did not commit");
+    drop(storage);
+
+    let db = Database::open(factory.open("streamed-db").await, OpenOptions::default())
+        .await
+        .unwrap();
+    let entries = (0..5_000).map(|n| (format!("doc:{n:05}"), doc(json!({ "n": n }))));
+    db.put_many(entries).await.unwrap();
+    db.close().await.unwrap();
+    let db = Database::open(factory.open("streamed-db").await, OpenOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(db.len(), 5_000);
+    assert_eq!(db.get("doc:04999").unwrap(), Some(json!({ "n": 4_999 })));
+    db.close().await.unwrap();
 }
 
 /// A writer whose generation is stale merges its rows with what another
@@ -481,6 +539,7 @@ macro_rules! storage_conformance_tests {
         $crate::storage_conformance_tests!(@each $attribute, $factory,
             fresh_storage_is_empty,
             commits_round_trip,
+            streamed_commits_are_atomic,
             stale_writers_merge_instead_of_overwriting,
             slots_are_exclusive_and_reused,
             database_persists_across_reopen,

@@ -113,6 +113,20 @@ impl CommitBatch {
     }
 }
 
+/// What a [`Storage::commit_streamed`] receives after the batch it started
+/// with: more record rows, then `Complete`. A stream that ends without
+/// `Complete` (its sender was dropped half-way) commits nothing.
+#[derive(Debug)]
+pub enum StreamedRows {
+    /// More record rows `(id, encoded record)` of the same batch.
+    More(Vec<(String, Vec<u8>)>),
+    /// Every row was sent: commit.
+    Complete,
+}
+
+/// The receiving end of a streamed commit's rows.
+pub type RowStream = futures::channel::mpsc::UnboundedReceiver<StreamedRows>;
+
 /// What a commit did.
 #[derive(Debug, Default, Clone)]
 pub struct CommitReceipt {
@@ -172,6 +186,30 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
         &self,
         batch: CommitBatch,
     ) -> impl Future<Output = Result<CommitReceipt, StorageError>> + MaybeSend;
+
+    /// Writes `batch` and the record rows that follow it on `rows` atomically,
+    /// as one [`commit`](Self::commit) of all of them. A large batch is
+    /// encoded while its first rows are being written; a backend that cannot
+    /// overlap the two gathers every row and commits once. Rows of a stream
+    /// that ends without [`StreamedRows::Complete`] are never committed.
+    fn commit_streamed(
+        &self,
+        batch: CommitBatch,
+        rows: RowStream,
+    ) -> impl Future<Output = Result<CommitReceipt, StorageError>> + MaybeSend {
+        async move {
+            let mut batch = batch;
+            let mut rows = rows;
+            loop {
+                match futures::StreamExt::next(&mut rows).await {
+                    Some(StreamedRows::More(more)) => batch.records.extend(more),
+                    Some(StreamedRows::Complete) => break,
+                    None => return Err(StorageError::IncompleteBatch),
+                }
+            }
+            self.commit(batch).await
+        }
+    }
 
     /// Called once when the database closes, after the last commit: a chance
     /// to leave files tidy (SQLite folds its write-ahead log back).

@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
-    merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedState, SlotLease, Storage,
+    merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedState, RowStream,
+    SlotLease, Storage, StreamedRows,
 };
 use crate::error::StorageError;
 
@@ -280,10 +281,16 @@ fn read_generation(connection: &Connection) -> Result<u64, StorageError> {
     }
 }
 
+/// Writes one batch in one transaction. `more` carries the rest of a
+/// streamed batch's rows: they are written as they arrive, and nothing is
+/// committed unless the stream says it is complete. Returns the receipt and
+/// the bytes written.
 fn commit_blocking(
     connection: &mut Connection,
     batch: CommitBatch,
-) -> Result<CommitReceipt, StorageError> {
+    more: Option<RowStream>,
+) -> Result<(CommitReceipt, u64), StorageError> {
+    let mut bytes = batch.byte_len() as u64;
     let transaction = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sqlite_error("starting a transaction", e))?;
@@ -291,35 +298,31 @@ fn commit_blocking(
     let stale = stored_generation != batch.expected_generation;
     let mut merged_records = Vec::new();
     {
-        let mut select = transaction
-            .prepare_cached("SELECT value FROM records WHERE id = ?1")
-            .map_err(|e| sqlite_error("preparing a read", e))?;
-        let mut upsert = transaction
-            .prepare_cached("INSERT OR REPLACE INTO records (id, value) VALUES (?1, ?2)")
-            .map_err(|e| sqlite_error("preparing a write", e))?;
-        for (id, bytes) in &batch.records {
-            let stored: Option<Vec<u8>> = if stale {
-                select
-                    .query_row([id], |row| row.get(0))
-                    .optional()
-                    .map_err(|e| sqlite_error("reading a row", e))?
-            } else {
-                None
-            };
-            match stored {
-                Some(stored) => {
-                    let merged = merge_record_rows(id, &stored, bytes)?;
-                    upsert
-                        .execute(params![id, merged])
-                        .map_err(|e| sqlite_error("writing a record", e))?;
-                    if &merged != bytes {
-                        merged_records.push((id.clone(), merged));
+        let mut rows = RecordWriter {
+            select: transaction
+                .prepare_cached("SELECT value FROM records WHERE id = ?1")
+                .map_err(|e| sqlite_error("preparing a read", e))?,
+            upsert: transaction
+                .prepare_cached("INSERT OR REPLACE INTO records (id, value) VALUES (?1, ?2)")
+                .map_err(|e| sqlite_error("preparing a write", e))?,
+            stale,
+            merged_records: &mut merged_records,
+        };
+        for (id, value) in &batch.records {
+            rows.write(id, value)?;
+        }
+        if let Some(mut more) = more {
+            loop {
+                match futures::executor::block_on(futures::StreamExt::next(&mut more)) {
+                    Some(StreamedRows::More(chunk)) => {
+                        for (id, value) in &chunk {
+                            bytes += (id.len() + value.len()) as u64;
+                            rows.write(id, value)?;
+                        }
                     }
-                }
-                None => {
-                    upsert
-                        .execute(params![id, bytes])
-                        .map_err(|e| sqlite_error("writing a record", e))?;
+                    Some(StreamedRows::Complete) => break,
+                    // Dropping the transaction rolls it back.
+                    None => return Err(StorageError::IncompleteBatch),
                 }
             }
         }
@@ -378,10 +381,50 @@ fn commit_blocking(
     transaction
         .commit()
         .map_err(|e| sqlite_error("committing", e))?;
-    Ok(CommitReceipt {
+    let receipt = CommitReceipt {
         generation: stored_generation + 1,
         merged_records,
-    })
+    };
+    Ok((receipt, bytes))
+}
+
+/// Writes record rows within a commit's transaction, merging each with the
+/// stored row when another writer committed since this one last did.
+struct RecordWriter<'a, 'c> {
+    select: rusqlite::CachedStatement<'c>,
+    upsert: rusqlite::CachedStatement<'c>,
+    stale: bool,
+    merged_records: &'a mut Vec<(String, Vec<u8>)>,
+}
+
+impl RecordWriter<'_, '_> {
+    fn write(&mut self, id: &str, value: &[u8]) -> Result<(), StorageError> {
+        let stored: Option<Vec<u8>> = if self.stale {
+            self.select
+                .query_row([id], |row| row.get(0))
+                .optional()
+                .map_err(|e| sqlite_error("reading a row", e))?
+        } else {
+            None
+        };
+        match stored {
+            Some(stored) => {
+                let merged = merge_record_rows(id, &stored, value)?;
+                self.upsert
+                    .execute(params![id, merged])
+                    .map_err(|e| sqlite_error("writing a record", e))?;
+                if merged != value {
+                    self.merged_records.push((id.to_owned(), merged));
+                }
+            }
+            None => {
+                self.upsert
+                    .execute(params![id, value])
+                    .map_err(|e| sqlite_error("writing a record", e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Holds a slot's lock file open (and locked) until dropped.
@@ -478,9 +521,22 @@ impl Storage for SqliteStorage {
     }
 
     async fn commit(&self, batch: CommitBatch) -> Result<CommitReceipt, StorageError> {
-        let bytes = batch.byte_len() as u64;
-        let receipt = self
-            .with_connection(move |connection| commit_blocking(connection, batch))
+        let (receipt, bytes) = self
+            .with_connection(move |connection| commit_blocking(connection, batch, None))
+            .await?;
+        self.checkpoints.committed(bytes);
+        Ok(receipt)
+    }
+
+    /// Writes the rows on SQLite's thread as they arrive, so encoding the
+    /// rest of a large batch overlaps with writing its start.
+    async fn commit_streamed(
+        &self,
+        batch: CommitBatch,
+        rows: RowStream,
+    ) -> Result<CommitReceipt, StorageError> {
+        let (receipt, bytes) = self
+            .with_connection(move |connection| commit_blocking(connection, batch, Some(rows)))
             .await?;
         self.checkpoints.committed(bytes);
         Ok(receipt)
