@@ -152,7 +152,7 @@ function nativeSection(docsDir, n) {
     }), '');
     out.push(`Target: within 1.3× of raw rusqlite (measured ${ratio(base.median, get('sqlite putMany 100k/raw rusqlite').median)} against its defaults, ` +
       `${ratio(base.median, get('sqlite putMany 100k/raw rusqlite, no checkpoint at commit')?.median)} against raw SQLite without checkpoints at commit). ` +
-      'The ratio moves a lot from run to run: six runs on 2026-11-25, after bulk batches began installing their records with one merge, gave 1.09×, 1.15×, 1.19×, 1.28×, 1.50× and 1.58× (median 1.24×; six runs before that change: median 1.38×). PluresDB\'s own time moved between 223 and 394 ms across them, raw rusqlite\'s between 195 and 298 ms, so the target is met at the median but not reliably.', '');
+      'The ratio moves from run to run on this machine: five runs on 2026-12-04, after large commits began encoding while SQLite writes (and staging their install meanwhile), gave 1.09×, 1.22×, 1.01×, 1.09× and 1.06× (median 1.09×), with PluresDB\'s own time between 196 and 284 ms and raw rusqlite\'s between 184 and 267 ms. Before that change six runs on 2026-11-25 gave 1.09× to 1.58× (median 1.24×), so the target was met at the median but not reliably.', '');
   }
   const reads = ['sqlite get by id/pluresdb', 'sqlite get by id/raw rusqlite'].filter(get);
   if (reads.length) {
