@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-pub use distance::{cosine_distance, dot, score_of, UnitVector};
+pub use distance::{cosine_distance, dot, score_of, QuantizedVector, UnitVector};
 pub use hash_embedder::HashEmbedder;
 pub use segment::{Segment, SegmentEntry, SEGMENT_ENCODING_VERSION};
 
@@ -286,12 +286,13 @@ impl VectorIndex {
             return Ok(Vec::new());
         };
         let query = UnitVector::new(query, dimension)?;
+        let quantized = QuantizedVector::new(&query);
         let ef = ef.unwrap_or(0).max(self.config.ef_search).max(k);
         let mut candidates: Vec<(f32, Arc<str>)> = Vec::with_capacity(ef * 2);
         let mut found = Vec::with_capacity(ef);
         for (_, segment) in &mut self.segments {
             found.clear();
-            segment.search(&query, ef, &mut found);
+            segment.search(&query, &quantized, ef, &mut found);
             candidates.extend(
                 found
                     .iter()
@@ -743,8 +744,8 @@ mod tests {
         assert!(matches!(index.search(&[], 1, None), Err(IndexError::Empty)));
     }
 
-    #[test]
-    fn reconcile_drops_stale_entries_and_indexes_the_rest() {
+    /// The stored form of one sealed segment holding `v0`..`v63` (8-d).
+    fn stored_segment() -> Vec<(String, Vec<u8>)> {
         let mut index = VectorIndex::new(config());
         for i in 0..64 {
             index
@@ -752,11 +753,16 @@ mod tests {
                 .unwrap();
         }
         seal(&mut index, "s");
-        let stored: Vec<(String, Vec<u8>)> = index
+        index
             .segments
             .iter()
             .map(|(_, s)| (s.key.clone(), s.encode()))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn reconcile_drops_stale_entries_and_indexes_the_rest() {
+        let stored = stored_segment();
         // Records now: v0 changed (new dot), v1 deleted, v100 new, the rest as sealed.
         let mut records: Vec<(Arc<str>, Dot, Vec<f32>)> = (2..64)
             .map(|i| (format!("v{i}").into(), dot(i as u64 + 1), vector(i, 8)))
@@ -781,5 +787,26 @@ mod tests {
             .unwrap()
             .iter()
             .all(|h| &*h.id != "v1"));
+    }
+
+    #[test]
+    fn a_segment_in_an_older_encoding_is_dropped_and_its_vectors_indexed_again() {
+        let mut stored = stored_segment();
+        stored[0].1[0] = 1;
+        let records: Vec<(Arc<str>, Dot, Vec<f32>)> = (0..64)
+            .map(|i| (format!("v{i}").into(), dot(i as u64 + 1), vector(i, 8)))
+            .collect();
+        let mut reopened = VectorIndex::new(config());
+        let dropped = reopened.reconcile(
+            stored,
+            records
+                .iter()
+                .map(|(id, d, v)| (id.clone(), *d, v.as_slice())),
+        );
+        assert_eq!(dropped, vec!["s".to_string()]);
+        assert_eq!(reopened.len(), 64);
+        assert_eq!(reopened.stats().growing, 64);
+        let hits = reopened.search(&vector(5, 8), 1, None).unwrap();
+        assert_eq!(&*hits[0].id, "v5");
     }
 }

@@ -7,35 +7,41 @@
 //! re-reading the segment's encoding with that one field changed, and
 //! cached (at most [`MAX_VARIANTS`] per segment).
 //!
-//! Encoding (version 1, fixed-width little-endian):
+//! The graph is built over byte-quantised copies of the vectors
+//! ([`QuantizedVector`]); the exact `f32` vectors are kept beside it, and a
+//! search re-scores the graph's candidates with them, so scores are exact.
+//!
+//! Encoding (version 2, fixed-width little-endian):
 //!
 //! ```text
-//! u8   version = 1
+//! u8   version = 2
 //! u32  dimension
 //! u32  ef_construction, u32 ef_search (as built)
 //! u32  count, then count x (u32 id length, id bytes, [16] actor, u64 seq)
+//! count x dimension f32: the unit vectors, by slot
 //! u32  graph length, graph bytes
 //! ```
 //!
-//! The graph bytes are `instant-distance` 0.6's `HnswMap<UnitVector, u32>`
-//! (values: slot numbers into the id table) serialised with serde by
-//! `bincode` 2 in fixed-width little-endian mode; its first 8 bytes are the
-//! graph's `ef_search`. A segment that fails to decode (say, after an
-//! upgrade of `instant-distance`) is dropped and its vectors are indexed
+//! The graph bytes are `instant-distance` 0.6's
+//! `HnswMap<QuantizedVector, u32>` (values: slot numbers into the id table)
+//! serialised with serde by `bincode` 2 in fixed-width little-endian mode;
+//! its first 8 bytes are the graph's `ef_search`. A segment that fails to
+//! decode (say, one written in version 1, with `f32` graph points, or after
+//! an upgrade of `instant-distance`) is dropped and its vectors are indexed
 //! again from the records, so the index never disagrees with the data.
 
 use std::sync::Arc;
 
 use instant_distance::{Builder, Heuristic, HnswMap, Search};
 
-use super::distance::UnitVector;
+use super::distance::{cosine_distance, QuantizedVector, UnitVector};
 use super::IndexError;
 use crate::codec::{Reader, Writer};
 use crate::crdt::{ActorId, Dot};
 use crate::error::DecodeError;
 
 /// Version byte of the segment encoding.
-pub const SEGMENT_ENCODING_VERSION: u8 = 1;
+pub const SEGMENT_ENCODING_VERSION: u8 = 2;
 /// Most `ef_search` variants kept per segment.
 pub const MAX_VARIANTS: usize = 3;
 
@@ -62,11 +68,13 @@ pub struct Segment {
     ef_construction: usize,
     ef_search: usize,
     entries: Vec<SegmentEntry>,
-    graph: HnswMap<UnitVector, u32>,
+    /// The exact vectors, by slot.
+    vectors: Vec<UnitVector>,
+    graph: HnswMap<QuantizedVector, u32>,
     /// Slots deleted or superseded since sealing.
     deleted: Vec<bool>,
     live: usize,
-    variants: Vec<(usize, HnswMap<UnitVector, u32>)>,
+    variants: Vec<(usize, HnswMap<QuantizedVector, u32>)>,
     search: Search,
 }
 
@@ -90,7 +98,11 @@ impl Segment {
         ef_search: usize,
         heuristic: bool,
     ) -> Self {
-        let (entries, points): (Vec<SegmentEntry>, Vec<UnitVector>) = items.into_iter().unzip();
+        let (entries, vectors): (Vec<SegmentEntry>, Vec<UnitVector>) = items.into_iter().unzip();
+        let mut points = Vec::with_capacity(vectors.len());
+        for vector in &vectors {
+            points.push(QuantizedVector::new(vector));
+        }
         let slots: Vec<u32> = (0..entries.len() as u32).collect();
         let graph = Builder::default()
             .ef_construction(ef_construction)
@@ -106,6 +118,7 @@ impl Segment {
             ef_search,
             deleted: vec![false; entries.len()],
             entries,
+            vectors,
             graph,
             live,
             variants: Vec::new(),
@@ -140,11 +153,12 @@ impl Segment {
 
     /// Live `(entry, vector)` pairs, for merging segments.
     pub fn live_items(&self) -> Vec<(SegmentEntry, UnitVector)> {
-        self.graph
+        self.entries
             .iter()
-            .zip(self.graph.values.iter())
-            .filter(|(_, slot)| !self.deleted[**slot as usize])
-            .map(|((_, point), slot)| (self.entries[*slot as usize].clone(), point.clone()))
+            .zip(&self.vectors)
+            .zip(&self.deleted)
+            .filter(|(_, deleted)| !**deleted)
+            .map(|((entry, vector), _)| (entry.clone(), vector.clone()))
             .collect()
     }
 
@@ -165,8 +179,15 @@ impl Segment {
     }
 
     /// Appends the nearest live neighbours of `query` (up to `ef` of them)
-    /// to `out` as `(distance, slot)`.
-    pub fn search(&mut self, query: &UnitVector, ef: usize, out: &mut Vec<(f32, u32)>) {
+    /// to `out` as `(distance, slot)`, with exact distances. `quantized` is
+    /// `query` quantised (once per search, for every segment).
+    pub fn search(
+        &mut self,
+        query: &UnitVector,
+        quantized: &QuantizedVector,
+        ef: usize,
+        out: &mut Vec<(f32, u32)>,
+    ) {
         if self.live == 0 {
             return;
         }
@@ -189,15 +210,16 @@ impl Segment {
                 .expect("just added")
                 .1
         };
-        for item in graph.search(query, &mut self.search) {
+        for item in graph.search(quantized, &mut self.search) {
             let slot = *item.value;
             if !self.deleted[slot as usize] {
-                out.push((item.distance, slot));
+                let exact = self.vectors[slot as usize].as_slice();
+                out.push((cosine_distance(query.as_slice(), exact), slot));
             }
         }
     }
 
-    fn variant(&self, ef_search: usize) -> HnswMap<UnitVector, u32> {
+    fn variant(&self, ef_search: usize) -> HnswMap<QuantizedVector, u32> {
         let mut bytes = bincode::serde::encode_to_vec(&self.graph, bincode_config())
             .expect("an in-memory graph always serialises");
         bytes[..8].copy_from_slice(&(ef_search as u64).to_le_bytes());
@@ -210,7 +232,9 @@ impl Segment {
     pub fn encode(&self) -> Vec<u8> {
         let graph = bincode::serde::encode_to_vec(&self.graph, bincode_config())
             .expect("an in-memory graph always serialises");
-        let mut writer = Writer::with_capacity(32 + graph.len() + self.entries.len() * 40);
+        let mut writer = Writer::with_capacity(
+            32 + graph.len() + self.entries.len() * (40 + 4 * self.dimension),
+        );
         writer
             .u8(SEGMENT_ENCODING_VERSION)
             .u32(crate::codec::len_u32(self.dimension))
@@ -220,6 +244,11 @@ impl Segment {
         for entry in &self.entries {
             writer.str(&entry.id);
             writer.raw(entry.dot.actor.as_bytes()).u64(entry.dot.seq);
+        }
+        for vector in &self.vectors {
+            for value in vector.as_slice() {
+                writer.f32(*value);
+            }
         }
         writer.blob(&graph);
         writer.finish()
@@ -250,9 +279,38 @@ impl Segment {
                 dot: Dot { actor, seq },
             });
         }
+        // Checked before allocating, so a corrupt dimension cannot ask for a
+        // huge buffer.
+        let vectors_fit = count
+            .checked_mul(dimension)
+            .and_then(|values| values.checked_mul(4))
+            .is_some_and(|len| len <= reader.remaining());
+        if !vectors_fit {
+            return Err(DecodeError::Invalid(
+                "index segment is shorter than its vectors".into(),
+            ));
+        }
+        let mut vectors = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut values = Vec::with_capacity(dimension);
+            let mut norm = 0.0f32;
+            for _ in 0..dimension {
+                let value = reader.f32()?;
+                norm += value * value;
+                values.push(value);
+            }
+            // False for NaN and infinite components too.
+            let unit_length = (norm - 1.0).abs() < 1e-3;
+            if !unit_length {
+                return Err(DecodeError::Invalid(
+                    "index segment holds a vector that is not unit length".into(),
+                ));
+            }
+            vectors.push(UnitVector(values));
+        }
         let graph_bytes = reader.blob()?;
         reader.finish()?;
-        let (graph, read): (HnswMap<UnitVector, u32>, usize) =
+        let (graph, read): (HnswMap<QuantizedVector, u32>, usize) =
             bincode::serde::decode_from_slice(graph_bytes, bincode_config())
                 .map_err(|e| DecodeError::Invalid(format!("index graph: {e}")))?;
         if read != graph_bytes.len() {
@@ -264,7 +322,7 @@ impl Segment {
         let slots_valid = graph.values.len() == count
             && points == count
             && graph.values.iter().all(|slot| (*slot as usize) < count)
-            && graph.iter().all(|(_, p)| p.as_slice().len() == dimension);
+            && graph.iter().all(|(_, p)| p.len() == dimension);
         if !slots_valid {
             return Err(DecodeError::Invalid(
                 "index graph does not match its entry table".into(),
@@ -278,6 +336,7 @@ impl Segment {
             deleted: vec![false; count],
             live: count,
             entries,
+            vectors,
             graph,
             variants: Vec::new(),
             search: Search::default(),
@@ -299,19 +358,11 @@ pub fn check_dimension(segment: &Segment, dimension: usize) -> Result<(), IndexE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::distance::tests::unit;
 
     fn items(n: usize, dim: usize) -> Vec<(SegmentEntry, UnitVector)> {
         (0..n)
             .map(|i| {
-                let mut state = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                let values: Vec<f32> = (0..dim)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        (state % 2001) as f32 / 1000.0 - 1.0
-                    })
-                    .collect();
                 (
                     SegmentEntry {
                         id: format!("v{i}").into(),
@@ -320,7 +371,7 @@ mod tests {
                             seq: i as u64 + 1,
                         },
                     },
-                    UnitVector::new(&values, dim).unwrap(),
+                    unit(i as u64 + 1, dim),
                 )
             })
             .collect()
@@ -331,11 +382,11 @@ mod tests {
         let mut segment = Segment::build("s".into(), 16, items(300, 16), 100, 16, true);
         let query = items(301, 16).pop().unwrap().1;
         let mut before = Vec::new();
-        segment.search(&query, 16, &mut before);
+        segment.search(&query, &QuantizedVector::new(&query), 16, &mut before);
         let bytes = segment.encode();
         let mut decoded = Segment::decode("s".into(), &bytes).unwrap();
         let mut after = Vec::new();
-        decoded.search(&query, 16, &mut after);
+        decoded.search(&query, &QuantizedVector::new(&query), 16, &mut after);
         assert_eq!(before, after);
         assert_eq!(decoded.encode(), bytes);
         for cut in [0, 1, 10, bytes.len() / 2, bytes.len() - 1] {
@@ -344,14 +395,53 @@ mod tests {
     }
 
     #[test]
+    fn an_older_encoding_or_a_corrupt_vector_fails_to_decode() {
+        let segment = Segment::build("s".into(), 16, items(50, 16), 64, 16, true);
+        let bytes = segment.encode();
+        let mut version_1 = bytes.clone();
+        version_1[0] = 1;
+        assert!(matches!(
+            Segment::decode("s".into(), &version_1),
+            Err(DecodeError::UnsupportedVersion { found: 1, .. })
+        ));
+        let graph = bincode::serde::encode_to_vec(&segment.graph, bincode_config()).unwrap();
+        let last_vector = bytes.len() - 4 - graph.len() - 16 * 4;
+        for value in [2.0f32, f32::NAN] {
+            let mut corrupt = bytes.clone();
+            corrupt[last_vector..last_vector + 4].copy_from_slice(&value.to_le_bytes());
+            assert!(matches!(
+                Segment::decode("s".into(), &corrupt),
+                Err(DecodeError::Invalid(message)) if message.contains("unit length")
+            ));
+        }
+        let mut huge_dimension = bytes.clone();
+        huge_dimension[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Segment::decode("s".into(), &huge_dimension).is_err());
+    }
+
+    #[test]
+    fn search_scores_are_exact() {
+        let mut segment = Segment::build("s".into(), 16, items(200, 16), 64, 16, true);
+        let query = items(201, 16).pop().unwrap().1;
+        let mut hits = Vec::new();
+        segment.search(&query, &QuantizedVector::new(&query), 16, &mut hits);
+        assert!(!hits.is_empty());
+        for (distance, slot) in hits {
+            let exact =
+                cosine_distance(query.as_slice(), segment.vectors[slot as usize].as_slice());
+            assert_eq!(distance, exact);
+        }
+    }
+
+    #[test]
     fn variants_widen_the_search() {
         let mut segment = Segment::build("s".into(), 8, items(500, 8), 64, 8, true);
         let query = items(501, 8).pop().unwrap().1;
         let mut narrow = Vec::new();
-        segment.search(&query, 8, &mut narrow);
+        segment.search(&query, &QuantizedVector::new(&query), 8, &mut narrow);
         assert_eq!(narrow.len(), 8);
         let mut wide = Vec::new();
-        segment.search(&query, 50, &mut wide);
+        segment.search(&query, &QuantizedVector::new(&query), 50, &mut wide);
         assert!(
             wide.len() >= 50,
             "a variant with ef >= 50 returned {}",
@@ -365,12 +455,12 @@ mod tests {
         let mut segment = Segment::build("s".into(), 8, items(100, 8), 64, 16, true);
         let query = items(101, 8).pop().unwrap().1;
         let mut hits = Vec::new();
-        segment.search(&query, 16, &mut hits);
+        segment.search(&query, &QuantizedVector::new(&query), 16, &mut hits);
         let first = hits[0].1;
         assert!(segment.delete(first));
         assert!(!segment.delete(first));
         hits.clear();
-        segment.search(&query, 16, &mut hits);
+        segment.search(&query, &QuantizedVector::new(&query), 16, &mut hits);
         assert!(hits.iter().all(|(_, slot)| *slot != first));
         assert_eq!(segment.live(), 99);
     }
