@@ -86,8 +86,9 @@ function vectorSection(docsDir, v) {
   if (best) {
     out.push(`Targets: recall@10 ≥ 0.95 at ≥ 2,000 QPS (measured ${fmt(best[1].qps, 0)} QPS at recall ${best[1].recall.toFixed(3)}, ef ${best[0]}), ` +
       `≥ 10× brute force (measured ${brute ? (best[1].qps / brute.qps).toFixed(1) : '–'}×), insert ≥ 2,000 vectors/s (measured ${fmt(v.contenders.pluresdb.build.perSecond, 0)}).`, '');
-    out.push('Figures move run to run: four runs of this build on 2026-11-25 gave 1,927, 1,992, 2,037 and 2,045 vectors/s (median 2,015) and 2,326, 2,538, 2,604 and 2,692 QPS at ef 16 (median 2,571), recall 0.984 each time; hnswlib-wasm moved between 3,295 and 3,795 QPS in them. ' +
-      'Before sealing began to wait for a running bulk load (four runs, same day): 953 to 1,055 vectors/s and 1,974 to 2,427 QPS, in segments [14000, 6000]. So both targets are met at the median; the insert rate is at the edge, and two of the four runs fell short of it.', '');
+    out.push('Figures move run to run: four runs of this build on 2026-12-04 gave 2,344, 2,493, 2,652 and 2,685 vectors/s (median 2,572) and 2,372, 3,030, 3,231 and 3,436 QPS at ef 16 (median 3,130), recall 0.983 each time. ' +
+      'Before the graphs were built over byte-quantised vectors (four runs on 2026-11-25, `f32` graphs): 1,927 to 2,045 vectors/s (median 2,015), 2,326 to 2,692 QPS at ef 16 (median 2,571), recall 0.984, 292.9 MiB of memory; two of those four runs fell short of the insert target, none of these four did. ' +
+      'Before sealing began to wait for a running bulk load: 953 to 1,055 vectors/s.', '');
   }
   return out.join('\n');
 }
