@@ -368,9 +368,7 @@ pub(crate) mod tests {
 
     #[test]
     fn quantised_vectors_serialise_as_bytes_and_reject_a_bad_scale() {
-        let config = bincode::config::standard()
-            .with_little_endian()
-            .with_fixed_int_encoding();
+        let config = crate::index::segment::bincode_config();
         let vector = QuantizedVector::new(&unit(3, 20));
         assert!(vector.codes.iter().any(|code| (*code as i8) < 0));
         let bytes = bincode::serde::encode_to_vec(&vector, config).unwrap();

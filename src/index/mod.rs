@@ -760,6 +760,22 @@ mod tests {
             .collect()
     }
 
+    /// A new index reconciled with `stored` segments and `records`; also
+    /// the keys of the segments it dropped.
+    fn reopen(
+        stored: Vec<(String, Vec<u8>)>,
+        records: &[(Arc<str>, Dot, Vec<f32>)],
+    ) -> (VectorIndex, Vec<String>) {
+        let mut reopened = VectorIndex::new(config());
+        let dropped = reopened.reconcile(
+            stored,
+            records
+                .iter()
+                .map(|(id, d, v)| (id.clone(), *d, v.as_slice())),
+        );
+        (reopened, dropped)
+    }
+
     #[test]
     fn reconcile_drops_stale_entries_and_indexes_the_rest() {
         let stored = stored_segment();
@@ -769,13 +785,7 @@ mod tests {
             .collect();
         records.push(("v0".into(), dot(1000), vector(500, 8)));
         records.push(("v100".into(), dot(1001), vector(100, 8)));
-        let mut reopened = VectorIndex::new(config());
-        let dropped = reopened.reconcile(
-            stored,
-            records
-                .iter()
-                .map(|(id, d, v)| (id.clone(), *d, v.as_slice())),
-        );
+        let (mut reopened, dropped) = reopen(stored, &records);
         assert!(dropped.is_empty());
         assert_eq!(reopened.len(), 64);
         assert_eq!(reopened.stats().growing, 2);
@@ -796,13 +806,7 @@ mod tests {
         let records: Vec<(Arc<str>, Dot, Vec<f32>)> = (0..64)
             .map(|i| (format!("v{i}").into(), dot(i as u64 + 1), vector(i, 8)))
             .collect();
-        let mut reopened = VectorIndex::new(config());
-        let dropped = reopened.reconcile(
-            stored,
-            records
-                .iter()
-                .map(|(id, d, v)| (id.clone(), *d, v.as_slice())),
-        );
+        let (mut reopened, dropped) = reopen(stored, &records);
         assert_eq!(dropped, vec!["s".to_string()]);
         assert_eq!(reopened.len(), 64);
         assert_eq!(reopened.stats().growing, 64);

@@ -45,7 +45,8 @@ pub const SEGMENT_ENCODING_VERSION: u8 = 2;
 /// Most `ef_search` variants kept per segment.
 pub const MAX_VARIANTS: usize = 3;
 
-fn bincode_config() -> impl bincode::config::Config {
+/// How graphs (and the quantised points inside them) are serialised.
+pub(super) fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard()
         .with_fixed_int_encoding()
         .with_little_endian()
