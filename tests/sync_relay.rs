@@ -23,11 +23,18 @@ struct Relay {
 
 impl Relay {
     async fn start(address: SocketAddr, backlog: &Path) -> Relay {
-        let server = RelayServer::new(RelayConfig {
-            backlog_path: Some(backlog.to_path_buf()),
-            ..RelayConfig::default()
-        })
-        .unwrap();
+        Self::start_with(
+            address,
+            RelayConfig {
+                backlog_path: Some(backlog.to_path_buf()),
+                ..RelayConfig::default()
+            },
+        )
+        .await
+    }
+
+    async fn start_with(address: SocketAddr, config: RelayConfig) -> Relay {
+        let server = RelayServer::new(config).unwrap();
         let app = axum::Router::new().nest("/relay", server.router());
         let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -254,4 +261,59 @@ async fn a_peer_with_the_wrong_key_can_neither_read_nor_inject() {
     assert_eq!(intruder.get("secret").unwrap(), None);
     drop((sync_a, sync_i));
     relay.stop();
+}
+
+/// Issue #20, bug 5: a relay whose backlog insert failed answered STORED
+/// (backlog 0), and the client then forgot its offline queue. Now it is an
+/// error: the writes stay queued and reach a relay that can keep them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_a_relay_could_not_store_stay_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = Relay::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        RelayConfig {
+            backlog_path: Some(dir.path().join("full.db")),
+            backlog_max_bytes: Some(48 * 1024),
+            ..RelayConfig::default()
+        },
+    )
+    .await;
+    let address = full.address;
+    let a = open(dir.path(), "a").await;
+    let b = open(dir.path(), "b").await;
+    b.join_invite(&a.create_invite().await.unwrap())
+        .await
+        .unwrap();
+    let text = "x".repeat(2_000);
+    for i in 0..60 {
+        a.put(&format!("k{i:02}"), json!({ "i": i, "text": text }))
+            .await
+            .unwrap();
+    }
+    let sync_a = a.sync(RelayConnector::new(full.url())).unwrap();
+    eventually("the full relay refuses to store", || {
+        sync_a
+            .status()
+            .last_error
+            .is_some_and(|e| e.contains("could not store"))
+    })
+    .await;
+    assert_ne!(sync_a.status().state, SyncState::Synced);
+    drop(sync_a);
+    full.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The same relay address (so the same published vector), now with room.
+    let roomy = Relay::start(address, &dir.path().join("roomy.db")).await;
+    let sync_a = a.sync(RelayConnector::new(roomy.url())).unwrap();
+    eventually("a published everything", || {
+        sync_a.status().state == SyncState::Synced
+    })
+    .await;
+    drop(sync_a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sync_b = b.sync(RelayConnector::new(roomy.url())).unwrap();
+    eventually("b got every write from the backlog alone", || b.len() == 60).await;
+    drop(sync_b);
+    roomy.stop();
 }

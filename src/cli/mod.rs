@@ -188,6 +188,10 @@ pub struct RelayOptions {
     /// Connections in total.
     #[arg(long = "relay-max-connections", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Caps the backlog file at about this many bytes; once full, publishes
+    /// that must be kept are refused (clients keep them queued).
+    #[arg(long = "relay-backlog-max-bytes", value_name = "BYTES")]
+    pub backlog_max_bytes: Option<u64>,
 }
 
 impl RelayOptions {
@@ -207,6 +211,7 @@ impl RelayOptions {
             rate_per_second: self.rate,
             burst: self.rate.saturating_mul(2),
             max_connections: self.max_connections,
+            backlog_max_bytes: self.backlog_max_bytes,
             ..Default::default()
         })
     }

@@ -106,6 +106,13 @@ pub struct Dot {
 /// Encoded size of one `(actor, counter)` entry.
 const ENTRY_LEN: usize = ActorId::LEN + 8;
 
+/// The largest sequence number (and clock or version-vector counter) any
+/// encoding may carry: 2^53, the largest integer JavaScript numbers hold
+/// exactly. Decoding refuses larger counters, so a peer cannot send
+/// `u64::MAX` and make the next `+ 1` overflow; an actor would need 2^53
+/// writes (285 years at a million a second) to reach it honestly.
+pub const MAX_COUNTER: u64 = 1 << 53;
+
 /// `actor -> counter` as a vector sorted by actor: clocks usually hold one
 /// to a few actors, where a sorted vector beats a tree map in both time and
 /// allocations. Counters are never zero (absent means zero).
@@ -178,6 +185,11 @@ impl ActorCounters {
             }
             if counter == 0 {
                 return Err(DecodeError::Invalid(format!("{what} has a zero counter")));
+            }
+            if counter > MAX_COUNTER {
+                return Err(DecodeError::Invalid(format!(
+                    "{what} counter {counter} exceeds the maximum 2^53"
+                )));
             }
             entries.push((actor, counter));
         }
@@ -320,7 +332,8 @@ impl VersionVector {
     /// its actor. A dot further ahead leaves a gap, so the vector is left as
     /// it is (the next resync fills the gap). Returns whether it advanced.
     pub fn advance(&mut self, dot: &Dot) -> bool {
-        dot.seq == self.get(&dot.actor) + 1 && self.entries.raise(dot.actor, dot.seq)
+        self.get(&dot.actor).checked_add(1) == Some(dot.seq)
+            && self.entries.raise(dot.actor, dot.seq)
     }
 
     /// Raises `actor`'s entry to `seq` (for the replica's own writes, which
@@ -420,17 +433,30 @@ impl Hlc {
         })
     }
 
+    /// The next timestamp; saturates at the greatest one (a wall clock at
+    /// `u64::MAX` milliseconds is not a real clock, and must not overflow).
     fn successor(self) -> Hlc {
-        match self.logical.checked_add(1) {
-            Some(logical) => Hlc {
+        match (self.logical.checked_add(1), self.wall_ms.checked_add(1)) {
+            (Some(logical), _) => Hlc {
                 wall_ms: self.wall_ms,
                 logical,
             },
-            None => Hlc {
-                wall_ms: self.wall_ms + 1,
+            (None, Some(wall_ms)) => Hlc {
+                wall_ms,
                 logical: 0,
             },
+            (None, None) => self,
         }
+    }
+
+    /// This timestamp, or the latest one a replica whose wall clock reads
+    /// `now_ms` accepts from others (`now + MAX_FUTURE_DRIFT_MS`), whichever
+    /// is earlier.
+    pub fn bounded(self, now_ms: u64) -> Hlc {
+        self.min(Hlc {
+            wall_ms: now_ms.saturating_add(MAX_FUTURE_DRIFT_MS),
+            logical: 0,
+        })
     }
 }
 
@@ -474,11 +500,7 @@ impl HlcClock {
     /// Takes a remote timestamp into account so later local events sort
     /// after it (bounded by [`MAX_FUTURE_DRIFT_MS`]).
     pub fn observe(&mut self, remote: Hlc, now_ms: u64) {
-        let ceiling = Hlc {
-            wall_ms: now_ms.saturating_add(MAX_FUTURE_DRIFT_MS),
-            logical: 0,
-        };
-        let remote = remote.min(ceiling);
+        let remote = remote.bounded(now_ms);
         if remote > self.last {
             self.last = remote;
         }

@@ -14,7 +14,9 @@ mod record;
 pub(crate) use record::write_operations;
 mod store;
 
-pub use clock::{ActorId, Dot, Hlc, HlcClock, VectorClock, VersionVector, MAX_FUTURE_DRIFT_MS};
+pub use clock::{
+    ActorId, Dot, Hlc, HlcClock, VectorClock, VersionVector, MAX_COUNTER, MAX_FUTURE_DRIFT_MS,
+};
 pub use record::{
     decode_operations, encode_operations, validate_id, CrdtOperation, Document, Record, Version,
     MAX_DOCUMENT_BYTES, MAX_EMBEDDING_DIM, MAX_ID_BYTES, RECORD_ENCODING_VERSION,

@@ -377,18 +377,24 @@ impl Record {
 
     /// Merges one version. Returns true when the record changed.
     pub fn merge_version(&mut self, incoming: Version) -> bool {
+        let mut incoming = incoming;
         let dot = incoming.dot();
         if let Some(position) = self.versions.iter().position(|v| v.dot() == dot) {
-            // The same write arriving twice is a no-op. Two different payloads
-            // claiming one dot can only come from a broken peer; keep the one
-            // with the greater encoding so every replica still agrees.
+            // The same write arriving twice is a no-op.
             let existing = &self.versions[position];
-            if existing == &incoming || existing.to_bytes() >= incoming.to_bytes() {
+            if existing == &incoming {
                 return false;
             }
-            self.versions[position] = incoming;
-            self.sort();
-            return true;
+            // Two different writes claiming one dot (a broken or forged peer,
+            // a copied database file): settle them as one version that does
+            // not depend on which arrived first, then merge that as usual, so
+            // the record stays an antichain.
+            let settled = settle_equivocation(existing, &incoming);
+            if &settled == existing {
+                return false;
+            }
+            self.versions.remove(position);
+            incoming = settled;
         }
         if self.versions.iter().any(|v| incoming.is_superseded_by(v)) {
             return false;
@@ -411,10 +417,6 @@ impl Record {
             changed |= self.merge_version(version.clone());
         }
         changed
-    }
-
-    fn sort(&mut self) {
-        self.versions.sort_by(|a, b| b.precedence(a));
     }
 
     /// Encodes as `u8 version, str id, u32 count, versions`.
@@ -526,6 +528,30 @@ enum JsonCheck {
 
 /// Smallest possible encoded version: actor, hlc, empty clock, flags.
 const MIN_VERSION_LEN: usize = ActorId::LEN + Hlc::LEN + 4 + 1;
+
+/// One version standing for two different writes that claim the same dot:
+/// the payload (timestamp, data, embedding) of the greater claim, compared by
+/// encoding with the clock left out, and the pointwise maximum of both
+/// clocks. Commutative, associative and idempotent, so every replica that
+/// saw the same claims settles on the same version, whatever the order; and
+/// since clocks only grow, whatever either claim had seen stays superseded.
+fn settle_equivocation(a: &Version, b: &Version) -> Version {
+    fn payload(version: &Version) -> Vec<u8> {
+        let without_clock = Version {
+            clock: VectorClock::new(),
+            ..version.clone()
+        };
+        without_clock.to_bytes()
+    }
+    let mut settled = if payload(a) >= payload(b) {
+        a.clone()
+    } else {
+        b.clone()
+    };
+    settled.clock = a.clock.clone();
+    settled.clock.merge(&b.clock);
+    settled
+}
 
 impl fmt::Debug for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -156,13 +156,19 @@ impl CrdtStore {
         }
     }
 
-    /// A store restored from persisted state. `last_seq` is the highest
-    /// sequence number `actor` is known to have used.
+    /// A store restored from persisted state, on a replica whose wall clock
+    /// reads `now_ms`. Its actor's next sequence number follows every one
+    /// the version vector or a stored version shows it used. The HLC resumes
+    /// after the stored timestamps, but never further ahead of `now_ms` than
+    /// [`MAX_FUTURE_DRIFT_MS`](super::MAX_FUTURE_DRIFT_MS): a version a peer
+    /// stamped years ahead stays as it is, but does not drag this replica's
+    /// clock after a restart any more than it did before.
     pub fn restore(
         actor: ActorId,
         records: impl IntoIterator<Item = Record>,
         version_vector: VersionVector,
         last_hlc: Hlc,
+        now_ms: u64,
     ) -> Self {
         // Rows may repeat an id (append-only backends): merge them. Sorting
         // first (stable, so commit order is kept per id) lets the map be
@@ -183,15 +189,13 @@ impl CrdtStore {
             .map(|record| (record.shared_id().clone(), record))
             .collect();
         let mut last_seq = version_vector.get(&actor);
-        let mut hlc = HlcClock::new(last_hlc);
+        let mut hlc = HlcClock::new(last_hlc.bounded(now_ms));
         for record in records.values() {
             for version in record.versions() {
                 if version.writer == actor {
                     last_seq = last_seq.max(version.dot().seq);
                 }
-                if version.hlc > hlc.last() {
-                    hlc = HlcClock::new(version.hlc);
-                }
+                hlc.observe(version.hlc, now_ms);
             }
         }
         let mut version_vector = version_vector;
@@ -271,7 +275,9 @@ impl CrdtStore {
             Some((key, record)) => (key.clone(), record.clock()),
             None => (Arc::<str>::from(id), VectorClock::new()),
         };
-        self.last_seq += 1;
+        // Counters are capped at 2^53 on decode, so this cannot overflow
+        // short of 2^53 local writes.
+        self.last_seq = self.last_seq.saturating_add(1);
         clock.observe(self.actor, self.last_seq);
         let live = data.is_some();
         // `insert` keeps the existing key and replaces the value: one lookup.
@@ -493,6 +499,34 @@ impl CrdtStore {
             }
         };
         change_of(id, was_deleted, deleted)
+    }
+
+    /// Merges a record row another writer of the same storage stored (read
+    /// back by a stale commit, see `CommitReceipt::foreign_records`): its
+    /// versions are durable already. Returns the change, if any.
+    pub fn merge_stored(&mut self, record: Record, now_ms: u64) -> Option<Change> {
+        for version in record.versions() {
+            if version.writer == self.actor {
+                self.last_seq = self.last_seq.max(version.dot().seq);
+            }
+            self.hlc.observe(version.hlc, now_ms);
+        }
+        self.epoch += 1;
+        self.merge_in(record, false)
+    }
+
+    /// Raises the version vector to include `stored`, the vector another
+    /// writer of the same storage stored, once every row it stored is merged
+    /// (see [`merge_stored`](Self::merge_stored)).
+    pub fn merge_stored_vector(&mut self, stored: &VersionVector) {
+        self.version_vector.merge(stored);
+        self.last_seq = self.last_seq.max(self.version_vector.get(&self.actor));
+    }
+
+    /// Takes the greatest HLC another writer of the same storage stored into
+    /// account (bounded like any observed timestamp).
+    pub fn observe_hlc(&mut self, hlc: Hlc, now_ms: u64) {
+        self.hlc.observe(hlc, now_ms);
     }
 
     /// Forgets prepared local operations that will never be installed (their
@@ -805,6 +839,104 @@ mod tests {
             ids.windows(2).all(|w| w[0] < w[1]),
             "records stay in id order"
         );
+    }
+
+    #[test]
+    fn one_dot_with_two_payloads_settles_the_same_in_any_order() {
+        // Issue #20, bug 3: a reused actor writes `k` twice under one dot,
+        // once after seeing another replica's version and once without.
+        let reused = actor(7);
+        let mut witness = CrdtStore::new(actor(8));
+        let seen = witness.put("k", doc(json!("witness")), 10);
+        let mut honest = CrdtStore::new(reused);
+        honest.apply(seen.clone(), 11);
+        let covering = honest.put("k", doc(json!("covering")), 20);
+        let mut copy = CrdtStore::new(reused);
+        let blind = copy.put("k", doc(json!("blind")), 30);
+        assert_eq!(covering.version.dot(), blind.version.dot());
+        let ops = [seen, covering, blind];
+        let orders = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        let mut states = Vec::new();
+        for order in orders {
+            let mut store = CrdtStore::new(actor(9));
+            for index in order {
+                store.apply(ops[index].clone(), 40);
+            }
+            let record = store.record("k").expect("record");
+            let bytes = record.to_bytes();
+            Record::from_bytes(&bytes).expect("the merged record stays an antichain");
+            states.push(store.state_bytes());
+        }
+        assert!(
+            states.windows(2).all(|pair| pair[0] == pair[1]),
+            "every delivery order gives the same state"
+        );
+    }
+
+    #[test]
+    fn a_far_future_version_does_not_drag_the_clock_after_restart() {
+        // Issue #20, bug 2: a remote write stamped ten years ahead.
+        let now = 1_700_000_000_000u64;
+        let ten_years = 10 * 365 * 24 * 3_600_000;
+        let mut peer = CrdtStore::new(actor(2));
+        let future = peer.put("far", doc(json!("future")), now + ten_years);
+        let mut store = CrdtStore::new(actor(1));
+        store.apply(future, now);
+        let records: Vec<Record> = store.records().cloned().collect();
+        let restored = CrdtStore::restore(
+            actor(1),
+            records,
+            store.version_vector().clone(),
+            Hlc {
+                wall_ms: now + ten_years,
+                logical: 0,
+            },
+            now,
+        );
+        assert!(restored.last_hlc().wall_ms <= now + crate::crdt::MAX_FUTURE_DRIFT_MS);
+        assert_eq!(
+            restored.get("far").unwrap().as_str(),
+            r#""future""#,
+            "the version itself is kept"
+        );
+        let mut restored = restored;
+        let local = restored.put("mine", doc(json!(1)), now + 1);
+        assert!(local.version.hlc.wall_ms <= now + crate::crdt::MAX_FUTURE_DRIFT_MS);
+    }
+
+    #[test]
+    fn counters_from_peers_never_overflow() {
+        // Issue #20, bug 2: u64::MAX sequence numbers and timestamps.
+        let mut peer = CrdtStore::new(actor(2));
+        let mut op = peer.put("x", doc(json!(1)), 10);
+        op.version.clock = [(actor(2), u64::MAX)].into_iter().collect();
+        let bytes = op.to_bytes();
+        assert!(
+            CrdtOperation::from_bytes(&bytes).is_err(),
+            "refused on decode"
+        );
+        op.version.clock = [(actor(2), crate::crdt::MAX_COUNTER)].into_iter().collect();
+        let op = CrdtOperation::from_bytes(&op.to_bytes()).expect("2^53 decodes");
+        let mut store = CrdtStore::new(actor(1));
+        store.apply(op, 10);
+        let mut vector = VersionVector::new();
+        vector.raise(actor(2), u64::MAX);
+        assert!(!vector.advance(&Dot {
+            actor: actor(2),
+            seq: 0
+        }));
+        let mut clock = crate::crdt::HlcClock::new(Hlc {
+            wall_ms: u64::MAX,
+            logical: u32::MAX,
+        });
+        assert_eq!(clock.tick(5).wall_ms, u64::MAX, "saturates, no panic");
     }
 
     #[test]

@@ -81,6 +81,11 @@ pub struct CommittedBatch {
     pub origin: Origin,
     /// The operations, as they were merged.
     pub ops: Vec<CrdtOperation>,
+    /// The version vector right after the batch was installed: it covers
+    /// these operations and everything committed before them, and nothing
+    /// committed after (what the sync engine may claim as published once
+    /// the batch is stored).
+    pub vector: Arc<VersionVector>,
 }
 
 /// Options for [`Database::open`].
@@ -297,7 +302,13 @@ impl<S: Storage> Database<S> {
                 "database has corrupt rows; they are reported on access and kept untouched"
             );
         }
-        let store = CrdtStore::restore(actor, records, version_vector, last_hlc);
+        let store = CrdtStore::restore(
+            actor,
+            records,
+            version_vector,
+            last_hlc,
+            options.clock.now_ms(),
+        );
         let identity = match loaded.meta.get(meta_keys::SYNC_IDENTITY) {
             Some(bytes) => Some(
                 crate::sync::SyncIdentity::from_bytes(bytes)
@@ -688,6 +699,20 @@ impl<S: Storage> Database<S> {
         Ok(self.readable()?.store.changes_since(seen))
     }
 
+    /// [`changes_since`](Self::changes_since) and the version vector, read
+    /// together: the vector covers exactly what the changes bring on top of
+    /// `seen`, with no commit in between.
+    pub fn changes_and_vector(
+        &self,
+        seen: &VersionVector,
+    ) -> Result<(Vec<CrdtOperation>, VersionVector)> {
+        let state = self.readable()?;
+        Ok((
+            state.store.changes_since(seen),
+            state.store.version_vector().clone(),
+        ))
+    }
+
     /// A stream of events (upserts, deletes, peer changes). Dropping the
     /// receiver unsubscribes.
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<SyncEvent> {
@@ -811,7 +836,11 @@ async fn run_announcement_listener<S: Storage>(
         let preview = state.store.preview(&ops);
         let changes = state.store.install(preview, &ops, None, now);
         vector::sync_index(&mut state, &changes, vector::carries_vectors(&ops));
-        let job = CommittedBatch { origin, ops };
+        let job = CommittedBatch {
+            origin,
+            ops,
+            vector: Arc::new(state.store.version_vector().clone()),
+        };
         notify(&mut state, &changes, std::slice::from_ref(&job));
     }
 }
@@ -1002,6 +1031,7 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
             let mut records = records;
             let mut generation = None;
             let mut merged_from_storage = false;
+            let mut foreign = Foreign::default();
             if let Some(receipt) = receipt {
                 generation = Some(receipt.generation);
                 merged_from_storage = !receipt.merged_records.is_empty();
@@ -1011,6 +1041,7 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
                         Err(e) => tracing::warn!(%id, error = %e, "merged row failed to decode"),
                     }
                 }
+                foreign = Foreign::decode(receipt.foreign_records, receipt.foreign_meta);
             }
             let now = shared.clock.now_ms();
             let mut state = shared.state();
@@ -1020,13 +1051,14 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
             for (key, value) in extra_meta {
                 state.sync_meta.insert(key, value);
             }
-            let changes = state
+            let mut changes = state
                 .store
                 .install(records, &ops, peer_vector.as_ref(), now);
+            let foreign_ops = foreign.merge_into(&mut state.store, &mut changes, now);
             vector::sync_index(
                 &mut state,
                 &changes,
-                merged_from_storage || vector::carries_vectors(&ops),
+                merged_from_storage || !foreign_ops.is_empty() || vector::carries_vectors(&ops),
             );
             if !state.corrupt.is_empty() {
                 for change in &changes {
@@ -1037,12 +1069,20 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
             let batches: Vec<CommittedBatch> = if state.commit_listeners.is_empty() {
                 Vec::new()
             } else {
-                spans
-                    .iter()
-                    .map(|(origin, range)| CommittedBatch {
+                let vector = Arc::new(state.store.version_vector().clone());
+                // What other writers stored comes first: it committed first.
+                (!foreign_ops.is_empty())
+                    .then(|| CommittedBatch {
+                        origin: Origin::OtherInstance,
+                        ops: foreign_ops,
+                        vector: vector.clone(),
+                    })
+                    .into_iter()
+                    .chain(spans.iter().map(|(origin, range)| CommittedBatch {
                         origin: origin.clone(),
                         ops: ops[range.clone()].to_vec(),
-                    })
+                        vector: vector.clone(),
+                    }))
                     .collect()
             };
             notify(&mut state, &changes, &batches);
@@ -1077,6 +1117,75 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
                 let _ = reply.send(Err(error.clone()));
             }
         }
+    }
+}
+
+/// What a stale commit read back from other writers of the same storage
+/// (`CommitReceipt::foreign_records` and `foreign_meta`), decoded.
+#[derive(Default)]
+struct Foreign {
+    records: Vec<Record>,
+    vector: Option<VersionVector>,
+    hlc: Option<crate::crdt::Hlc>,
+}
+
+impl Foreign {
+    fn decode(rows: Vec<(String, Vec<u8>)>, meta: Vec<(String, Vec<u8>)>) -> Self {
+        let mut foreign = Foreign::default();
+        for (id, bytes) in rows {
+            match Record::from_stored_bytes(&bytes) {
+                Ok(record) if record.id() == id => foreign.records.push(record),
+                Ok(_) => tracing::warn!(%id, "another writer's row holds another record"),
+                Err(error) => tracing::warn!(%id, %error, "another writer's row failed to decode"),
+            }
+        }
+        for (key, bytes) in meta {
+            match key.as_str() {
+                meta_keys::VERSION_VECTOR => {
+                    foreign.vector = VersionVector::from_bytes(&bytes).ok()
+                }
+                meta_keys::HLC => foreign.hlc = decode_hlc(&bytes).ok(),
+                _ => {}
+            }
+        }
+        foreign
+    }
+
+    /// Merges everything into `store`, adding the changes; returns the
+    /// versions that were new here, for the commit feed.
+    fn merge_into(
+        self,
+        store: &mut CrdtStore,
+        changes: &mut Vec<Change>,
+        now_ms: u64,
+    ) -> Vec<CrdtOperation> {
+        let mut ops = Vec::new();
+        let already: std::collections::HashSet<Arc<str>> =
+            changes.iter().map(|change| change.id.clone()).collect();
+        for record in self.records {
+            let versions: Vec<CrdtOperation> = record
+                .versions()
+                .iter()
+                .map(|version| CrdtOperation {
+                    id: record.shared_id().clone(),
+                    version: version.clone(),
+                })
+                .collect();
+            if let Some(change) = store.merge_stored(record, now_ms) {
+                if !already.contains(&change.id) {
+                    changes.push(change);
+                }
+                ops.extend(versions);
+            }
+        }
+        // Only after every row is merged: the vector claims them.
+        if let Some(vector) = &self.vector {
+            store.merge_stored_vector(vector);
+        }
+        if let Some(hlc) = self.hlc {
+            store.observe_hlc(hlc, now_ms);
+        }
+        ops
     }
 }
 

@@ -4,10 +4,14 @@
 //! apply what arrives, publish every local commit live; on disconnect, retry
 //! with exponential backoff and jitter.
 //!
-//! What was published and stored by the transport (`sync/published`) and
-//! the transport's backlog cursor (`sync/cursor/<transport>`) are kept in
-//! the database's metadata, so a restart neither loses offline writes nor
-//! downloads the backlog again.
+//! What was published and stored by each transport
+//! (`sync/published/<transport>`) and the transport's backlog cursor
+//! (`sync/cursor/<transport>`) are kept in the database's metadata, so a
+//! restart neither loses offline writes nor downloads the backlog again.
+//! Both only advance past what really happened: the published vector of an
+//! envelope is the version vector right after the commit it carries (never
+//! one read later), and the cursor moves past an envelope only once what it
+//! carried is committed here.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -23,7 +27,9 @@ use crate::storage::{meta_keys, Storage};
 use crate::sync::{Incoming, PeerId, SyncIdentity, SyncProtocol};
 use crate::transport::{Connector, Link, Outgoing, TransportEvent};
 
-const PUBLISHED_KEY: &str = "sync/published";
+/// Prefix of the per-transport published vector (the transport's
+/// description follows).
+const PUBLISHED_PREFIX: &str = "sync/published/";
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -187,6 +193,7 @@ impl<S: Storage> Database<S> {
             db: self.clone(),
             protocol: SyncProtocol::new(self.actor(), identity.cipher()),
             cursor_key: format!("sync/cursor/{}", connector.describe()),
+            published_key: format!("{PUBLISHED_PREFIX}{}", connector.describe()),
             status: status.clone(),
             topic: identity.topic(),
         };
@@ -202,6 +209,7 @@ struct Engine<S: Storage> {
     db: Database<S>,
     protocol: SyncProtocol,
     cursor_key: String,
+    published_key: String,
     status: Arc<Mutex<SyncStatus>>,
     topic: crate::sync::Topic,
 }
@@ -232,7 +240,7 @@ impl<S: Storage> Engine<S> {
 
     fn published(&self) -> VersionVector {
         self.db
-            .sync_meta(PUBLISHED_KEY)
+            .sync_meta(&self.published_key)
             .and_then(|b| VersionVector::from_bytes(&b).ok())
             .unwrap_or_default()
     }
@@ -298,18 +306,18 @@ impl<S: Storage> Engine<S> {
             *sent = sent.wrapping_add(1);
             outbound.unbounded_send(Outgoing { envelope, keep }).is_ok()
         };
-        let Ok(vector) = self.db.version_vector_checked() else {
+        // The offline queue: everything peers may lack since the last
+        // publication that the transport stored, and the vector it brings
+        // the publication to, read together.
+        let Ok((ops, vector)) = self.db.changes_and_vector(&published) else {
             return SessionEnd::Stopped;
         };
         let mut alive = send(self.protocol.hello(&vector), false, &mut sent);
-        // The offline queue: everything peers may lack since the last
-        // publication that the transport stored.
-        if let Ok(ops) = self.db.changes_since(&published) {
-            for envelope in self.protocol.live(&ops) {
-                unstored.push_back((sent, vector.clone()));
-                alive &= send(envelope, true, &mut sent);
-            }
+        for envelope in self.protocol.live(&ops) {
+            unstored.push_back((sent, vector.clone()));
+            alive &= send(envelope, true, &mut sent);
         }
+        drop(ops);
         self.update(|s| {
             s.state = if unstored.is_empty() {
                 SyncState::Synced
@@ -350,7 +358,7 @@ impl<S: Storage> Engine<S> {
                                 advanced = true;
                             }
                             if advanced && unstored.is_empty() {
-                                let mut meta = vec![(PUBLISHED_KEY.to_owned(), published.to_bytes())];
+                                let mut meta = vec![(self.published_key.clone(), published.to_bytes())];
                                 if let Some(cursor) = cursor {
                                     meta.push((self.cursor_key.clone(), cursor.to_le_bytes().to_vec()));
                                 }
@@ -365,13 +373,14 @@ impl<S: Storage> Engine<S> {
                             });
                         }
                         TransportEvent::Envelope { envelope, cursor: frame_cursor, from } => {
-                            if frame_cursor.is_some() {
-                                cursor = frame_cursor;
-                            }
-                            match self.handle(&envelope, from, &mut peers, &mut known, cursor, &outbound, &mut sent).await {
-                                Ok(()) => {}
+                            match self.handle(&envelope, from, &mut peers, &mut known, frame_cursor, &outbound, &mut sent).await {
+                                // The cursor moves past an envelope only once
+                                // what it carried is committed (or it was
+                                // nothing to commit).
+                                Ok(()) => cursor = frame_cursor.or(cursor),
                                 Err(HandleError::Closed) => break SessionEnd::Stopped,
                                 Err(HandleError::Transport) => break SessionEnd::Disconnected,
+                                Err(HandleError::NotCommitted) => break SessionEnd::Disconnected,
                             }
                         }
                     }
@@ -384,7 +393,9 @@ impl<S: Storage> Engine<S> {
                     if matches!(batch.origin, Origin::Peer(_)) || batch.ops.is_empty() {
                         continue;
                     }
-                    let Ok(vector) = self.db.version_vector_checked() else { break SessionEnd::Stopped };
+                    // The vector as of this batch's commit: one read now
+                    // could cover later commits not yet sent.
+                    let vector = VersionVector::clone(&batch.vector);
                     for envelope in self.protocol.live(&batch.ops) {
                         unstored.push_back((sent, vector.clone()));
                         if !send(envelope, true, &mut sent) {
@@ -453,13 +464,11 @@ impl<S: Storage> Engine<S> {
             Incoming::Ignore => {}
             Incoming::Hello { from: peer, vector } => {
                 note(peer, &self.db);
-                let ops = self
+                // Read together: a vector read after a later commit would
+                // make the peer adopt a write the delta does not carry.
+                let (ops, mine) = self
                     .db
-                    .changes_since(&vector)
-                    .map_err(|_| HandleError::Closed)?;
-                let mine = self
-                    .db
-                    .version_vector_checked()
+                    .changes_and_vector(&vector)
                     .map_err(|_| HandleError::Closed)?;
                 for envelope in self.protocol.delta(peer, &ops, &mine) {
                     *sent = sent.wrapping_add(1);
@@ -475,20 +484,31 @@ impl<S: Storage> Engine<S> {
                 from: peer,
                 ops,
                 complete,
+                chunk,
             } => {
                 note(peer, &self.db);
                 let meta = cursor
                     .map(|c| vec![(self.cursor_key.clone(), c.to_le_bytes().to_vec())])
                     .unwrap_or_default();
                 let finished = complete.is_some();
-                match self
+                let result = self
                     .db
                     .apply_remote_with_meta(ops, Origin::Peer(peer_name(&peer)), complete, meta)
-                    .await
-                {
+                    .await;
+                if let Some(chunk) = chunk {
+                    self.protocol.chunk_applied(peer, chunk, result.is_ok());
+                }
+                match result {
                     Ok(()) => {}
                     Err(Error::Storage(crate::error::StorageError::Closed)) => {
                         return Err(HandleError::Closed)
+                    }
+                    Err(Error::Storage(error)) => {
+                        // Not committed here (quota, I/O): keep the cursor
+                        // before this envelope and reconnect later, which
+                        // replays it and asks peers again.
+                        tracing::warn!(%error, "sync: could not commit a peer's changes");
+                        return Err(HandleError::NotCommitted);
                     }
                     Err(error) => {
                         // Invalid data from a peer is dropped, not fatal.
@@ -522,4 +542,6 @@ enum HandleError {
     Closed,
     /// The connection is gone.
     Transport,
+    /// What arrived could not be committed here.
+    NotCommitted,
 }

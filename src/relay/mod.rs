@@ -53,6 +53,10 @@ pub struct RelayConfig {
     pub backlog_frames: u64,
     /// The backlog's SQLite file (`None`: in memory).
     pub backlog_path: Option<PathBuf>,
+    /// Caps the backlog file at about this many bytes (SQLite's
+    /// `max_page_count`; `None`: no cap). A PUBLISH that cannot be kept
+    /// once it is full is refused with a `STORAGE` error, never STORED.
+    pub backlog_max_bytes: Option<u64>,
     /// Envelopes queued towards one member before it counts as too slow.
     pub member_queue: usize,
 }
@@ -70,6 +74,7 @@ impl Default for RelayConfig {
             idle_timeout: Duration::from_secs(60),
             backlog_frames: 10_000,
             backlog_path: None,
+            backlog_max_bytes: None,
             member_queue: 4096,
         }
     }
@@ -124,11 +129,16 @@ impl std::fmt::Debug for RelayServer {
     }
 }
 
-fn open_backlog(path: Option<&PathBuf>) -> rusqlite::Result<Connection> {
+fn open_backlog(path: Option<&PathBuf>, max_bytes: Option<u64>) -> rusqlite::Result<Connection> {
     let connection = match path {
         Some(path) => Connection::open(path)?,
         None => Connection::open_in_memory()?,
     };
+    if let Some(bytes) = max_bytes {
+        let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        let pages = (bytes / page_size.max(512) as u64).max(1);
+        connection.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+    }
     connection.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
@@ -146,15 +156,16 @@ fn open_backlog(path: Option<&PathBuf>) -> rusqlite::Result<Connection> {
 impl RelayServer {
     /// A relay with `config` (opens or creates the backlog file).
     pub fn new(config: RelayConfig) -> Result<Self, String> {
-        let connection = open_backlog(config.backlog_path.as_ref()).map_err(|e| {
-            format!(
-                "cannot open the relay backlog {}: {e}",
-                config
-                    .backlog_path
-                    .as_ref()
-                    .map_or(":memory:".into(), |p| p.display().to_string())
-            )
-        })?;
+        let connection = open_backlog(config.backlog_path.as_ref(), config.backlog_max_bytes)
+            .map_err(|e| {
+                format!(
+                    "cannot open the relay backlog {}: {e}",
+                    config
+                        .backlog_path
+                        .as_ref()
+                        .map_or(":memory:".into(), |p| p.display().to_string())
+                )
+            })?;
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
@@ -427,7 +438,12 @@ impl RelayServer {
                             }
                             match ClientFrame::decode(&bytes) {
                                 Ok(ClientFrame::Publish { sequence, keep, envelope }) => {
-                                    let backlog = self.publish(&topic, id, envelope, keep).await;
+                                    let Some(backlog) = self.publish(&topic, id, envelope, keep).await else {
+                                        // Never STORED for what was not
+                                        // stored: the client keeps it queued.
+                                        refuse(socket, codes::STORAGE, "the relay could not store the envelope").await;
+                                        return;
+                                    };
                                     let stored = RelayFrame::Stored { sequence, backlog };
                                     if socket.send(Message::Binary(stored.encode().into())).await.is_err() {
                                         return;
@@ -474,12 +490,20 @@ impl RelayServer {
         }
     }
 
-    /// Stores an envelope and fans it out to the topic's other members.
-    async fn publish(&self, topic: &Topic, from: u64, envelope: Vec<u8>, keep: bool) -> u64 {
+    /// Stores an envelope (when `keep`) and fans it out to the topic's
+    /// other members; `None`, and nothing delivered, when it had to be kept
+    /// and could not be.
+    async fn publish(
+        &self,
+        topic: &Topic,
+        from: u64,
+        envelope: Vec<u8>,
+        keep: bool,
+    ) -> Option<u64> {
         let shared = &self.shared;
         shared.published.fetch_add(1, Ordering::Relaxed);
         let sequence = if keep {
-            self.store(topic, &envelope).await
+            self.store(topic, &envelope).await?
         } else {
             0
         };
@@ -514,7 +538,7 @@ impl RelayServer {
         for member in too_slow {
             self.leave(topic, member);
         }
-        sequence
+        Some(sequence)
     }
 
     fn leave(&self, topic: &Topic, id: u64) {
@@ -543,7 +567,9 @@ impl RelayServer {
         }
     }
 
-    async fn store(&self, topic: &Topic, envelope: &[u8]) -> u64 {
+    /// Keeps an envelope in the topic's backlog; its sequence number, or
+    /// `None` when the insert failed.
+    async fn store(&self, topic: &Topic, envelope: &[u8]) -> Option<u64> {
         let shared = self.shared.clone();
         let topic = *topic;
         let envelope = envelope.to_vec();
@@ -556,7 +582,7 @@ impl RelayServer {
             );
             if let Err(error) = inserted {
                 tracing::warn!(%error, "the relay could not keep an envelope in its backlog");
-                return 0;
+                return None;
             }
             let sequence = backlog.connection.last_insert_rowid() as u64;
             backlog.inserts_since_trim += 1;
@@ -572,10 +598,11 @@ impl RelayServer {
                     tracing::warn!(%error, "trimming the relay backlog failed");
                 }
             }
-            sequence
+            Some(sequence)
         })
         .await
-        .unwrap_or(0)
+        .ok()
+        .flatten()
     }
 
     async fn backlog_head(&self, topic: &Topic) -> u64 {

@@ -326,6 +326,73 @@ pub async fn two_instances_never_lose_writes<F: StorageFactory>(factory: &F) {
     db.close().await.unwrap();
 }
 
+/// Issue #20, bug 1: two instances on one storage; B's first commit after
+/// A's is stale and read-merges, B's next one is not. B must have learnt
+/// every row A stored (not only the rows of its own batch), so its second
+/// commit cannot erase A's acknowledged write or tombstone, nor write back a
+/// version vector without A's writes; and A, reopened on its slot, never
+/// issues one of its dots twice.
+pub async fn a_stale_writer_never_overwrites_what_it_did_not_see<F: StorageFactory>(factory: &F) {
+    let a = Database::open(factory.open("unseen").await, OpenOptions::default())
+        .await
+        .unwrap();
+    let b = Database::open(factory.open("unseen").await, OpenOptions::default())
+        .await
+        .unwrap();
+    b.put("t", json!("live")).await.unwrap();
+    // A must not hear of B's write through announcements for this to be
+    // the interesting case; either way, nothing may be lost.
+    a.put("k", json!("from a")).await.unwrap();
+    a.put("t", json!("seen by a")).await.unwrap();
+    assert!(a.delete("t").await.unwrap());
+    let a_writes: Vec<crate::crdt::Dot> = ["k", "t"]
+        .iter()
+        .map(|id| a.record(id).unwrap().unwrap().winner().dot())
+        .collect();
+    let a_actor = a.actor();
+    b.put("x", json!("stale commit")).await.unwrap();
+    b.put("k", json!("from b")).await.unwrap();
+    b.put("t", json!("from b")).await.unwrap();
+    let b_vector = b.version_vector();
+    for dot in &a_writes {
+        assert!(
+            b_vector.covers(dot),
+            "B's vector includes A's write {dot:?}"
+        );
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+
+    let check = |db: &Database<F::Storage>| {
+        for (id, dot) in ["k", "t"].iter().zip(&a_writes) {
+            let record = db.record(id).unwrap().expect("record kept");
+            assert!(
+                record
+                    .versions()
+                    .iter()
+                    .any(|v| v.dot() == *dot || v.clock.covers(dot)),
+                "A's acknowledged write {dot:?} to `{id}` is kept or superseded by a version \
+                 that saw it: {record:?}"
+            );
+        }
+    };
+    let reopened = Database::open(factory.open("unseen").await, OpenOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(reopened.actor(), a_actor, "A's slot is reused");
+    check(&reopened);
+    for dot in &a_writes {
+        assert!(reopened.version_vector().covers(dot));
+    }
+    reopened.put("after", json!(1)).await.unwrap();
+    let next = reopened.record("after").unwrap().unwrap().winner().dot();
+    assert!(
+        a_writes.iter().all(|dot| next.seq > dot.seq),
+        "the reused actor never issues a dot twice"
+    );
+    reopened.close().await.unwrap();
+}
+
 /// A database written by a newer format is refused with a clear error.
 pub async fn newer_format_is_refused<F: StorageFactory>(factory: &F) {
     let storage = factory.open("newer").await;
@@ -544,6 +611,7 @@ macro_rules! storage_conformance_tests {
             slots_are_exclusive_and_reused,
             database_persists_across_reopen,
             two_instances_never_lose_writes,
+            a_stale_writer_never_overwrites_what_it_did_not_see,
             newer_format_is_refused,
             older_format_is_migrated,
             segments_round_trip,

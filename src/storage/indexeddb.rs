@@ -28,7 +28,8 @@ use web_sys::{DomException, IdbDatabase, IdbObjectStore};
 
 use super::chunk::{decode_chunk, encode_chunk, encode_entries, live_rows, ChunkEntry};
 use super::{
-    merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedState, SlotLease, Storage,
+    merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedState, SlotLease,
+    Storage, MERGEABLE_META,
 };
 use crate::error::StorageError;
 
@@ -302,6 +303,12 @@ impl IndexedDbStorage {
         let stored_generation = read_generation(&meta).await?;
         let stale = stored_generation != batch.expected_generation;
         let generation = stored_generation + 1;
+        // Read before this commit's chunk exists, so it is not among them.
+        let foreign_records = if stale {
+            rows_written_after(&records, batch.expected_generation, stored_generation).await?
+        } else {
+            Vec::new()
+        };
 
         // Every commit is one appended chunk: one value however many rows,
         // and nothing another tab wrote is ever overwritten.
@@ -341,9 +348,18 @@ impl IndexedDbStorage {
                 .map_err(|e| storage_error("removing an index segment", e))?;
         }
         write_generation(&meta, generation)?;
+        let mut foreign_meta = Vec::new();
+        if stale {
+            for key in MERGEABLE_META {
+                let stored = request("reading metadata", meta.get(&JsValue::from_str(key))).await?;
+                foreign_meta.extend(bytes_of(&stored).map(|value| (key.to_owned(), value)));
+            }
+        }
         Ok(CommitReceipt {
             generation,
             merged_records: Vec::new(),
+            foreign_records,
+            foreign_meta,
         })
     }
 
@@ -420,6 +436,53 @@ impl IndexedDbStorage {
             .set(chunk_count as u32 - (keys.length() - first) + merged.len() as u32);
         Ok(())
     }
+}
+
+/// Every record row in chunks written after generation `since` (a chunk's
+/// key starts with the generation that wrote it; compaction writes its
+/// output under a newer generation, so this may return older rows too,
+/// never fewer). Every row, including rows stored one per record by older
+/// formats, when the stored generation is below `since` (an older copy of
+/// the database replaced the one this writer knew).
+async fn rows_written_after(
+    records: &IdbObjectStore,
+    since: u64,
+    stored_generation: u64,
+) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+    let (keys, values): (Array, Array) = if stored_generation < since {
+        (
+            request("listing chunks", records.get_all_keys())
+                .await?
+                .unchecked_into(),
+            request("reading chunks", records.get_all())
+                .await?
+                .unchecked_into(),
+        )
+    } else {
+        let range = web_sys::IdbKeyRange::lower_bound(&chunk_key(since + 1, 0))
+            .map_err(|e| storage_error("reading chunks", e))?;
+        (
+            request("listing chunks", records.get_all_keys_with_key(&range))
+                .await?
+                .unchecked_into(),
+            request("reading chunks", records.get_all_with_key(&range))
+                .await?
+                .unchecked_into(),
+        )
+    };
+    let mut entries = Vec::new();
+    for (key, value) in keys.iter().zip(values.iter()) {
+        let bytes = bytes_of(&value).unwrap_or_default();
+        match key.as_string() {
+            Some(id) => entries.push(ChunkEntry::Row(id, bytes)),
+            None => decode_chunk(&bytes, &mut entries).map_err(|e| StorageError::Corrupt {
+                store: RECORDS.into(),
+                key: format!("chunk {key:?}"),
+                reason: e.to_string(),
+            })?,
+        }
+    }
+    Ok(live_rows(entries))
 }
 
 /// Start compacting once this many chunks exist.

@@ -6,14 +6,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedState, SlotLease, Storage,
+    merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedState, SlotLease,
+    Storage, MERGEABLE_META,
 };
 use crate::error::StorageError;
 
 #[derive(Debug, Default)]
 struct MemoryData {
     generation: u64,
-    records: BTreeMap<String, Vec<u8>>,
+    /// id -> (the generation that wrote the row, the row).
+    records: BTreeMap<String, (u64, Vec<u8>)>,
     meta: BTreeMap<String, Vec<u8>>,
     segments: BTreeMap<String, Vec<u8>>,
     held_slots: BTreeSet<u32>,
@@ -47,14 +49,15 @@ impl MemoryStorage {
 
     /// The stored bytes of one record row.
     pub fn raw_record(&self, id: &str) -> Option<Vec<u8>> {
-        self.data().records.get(id).cloned()
+        self.data().records.get(id).map(|(_, row)| row.clone())
     }
 
     /// Overwrites one record row with raw bytes (for corruption tests).
     pub fn put_raw_record(&self, id: &str, bytes: Vec<u8>) {
         let mut data = self.data();
-        data.records.insert(id.to_owned(), bytes);
         data.generation += 1;
+        let generation = data.generation;
+        data.records.insert(id.to_owned(), (generation, bytes));
     }
 
     /// Overwrites one metadata row with raw bytes (for format tests).
@@ -102,7 +105,7 @@ impl Storage for MemoryStorage {
             records: data
                 .records
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, (_, v))| (k.clone(), v.clone()))
                 .collect(),
             meta: data.meta.clone(),
             segments: data
@@ -119,12 +122,28 @@ impl Storage for MemoryStorage {
             return Err(error.clone());
         }
         let stale = data.generation != batch.expected_generation;
+        // Rows other writers stored since this one's generation (all rows if
+        // the stored generation went back: a restored copy).
+        let since = if data.generation < batch.expected_generation {
+            0
+        } else {
+            batch.expected_generation
+        };
+        let foreign_records: Vec<(String, Vec<u8>)> = if stale {
+            data.records
+                .iter()
+                .filter(|(_, (generation, _))| *generation > since)
+                .map(|(id, (_, row))| (id.clone(), row.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         // Compute everything first so a corrupt stored row fails the whole
         // commit before anything is written.
         let mut merged_records = Vec::new();
         let mut record_rows = Vec::with_capacity(batch.records.len());
         for (id, bytes) in batch.records {
-            let row = match (stale, data.records.get(&id)) {
+            let row = match (stale, data.records.get(&id).map(|(_, row)| row)) {
                 (true, Some(stored)) => {
                     let merged = merge_record_rows(&id, stored, &bytes)?;
                     if merged != bytes {
@@ -147,8 +166,9 @@ impl Storage for MemoryStorage {
                 _ => (key, value),
             })
             .collect();
+        let generation = data.generation + 1;
         for (id, row) in record_rows {
-            data.records.insert(id, row);
+            data.records.insert(id, (generation, row));
         }
         for id in batch.removed_records {
             data.records.remove(&id);
@@ -162,10 +182,20 @@ impl Storage for MemoryStorage {
         for id in batch.removed_segments {
             data.segments.remove(&id);
         }
-        data.generation += 1;
+        data.generation = generation;
+        let foreign_meta = if stale {
+            MERGEABLE_META
+                .iter()
+                .filter_map(|key| Some((key.to_string(), data.meta.get(*key)?.clone())))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(CommitReceipt {
-            generation: data.generation,
+            generation,
             merged_records,
+            foreign_records,
+            foreign_meta,
         })
     }
 }

@@ -135,7 +135,23 @@ pub struct CommitReceipt {
     /// Rows whose stored value differs from what the batch carried because
     /// another writer's concurrent versions were merged in: `(id, stored)`.
     pub merged_records: Vec<(String, Vec<u8>)>,
+    /// Set on a stale commit (another writer committed since
+    /// `expected_generation`): every record row another writer stored since
+    /// then, as stored before this commit merged its own rows in. A backend
+    /// may return more (older rows too); it must not return fewer. The
+    /// committer merges them into memory, so that its next commit, which is
+    /// no longer stale and overwrites rows without reading them, cannot
+    /// erase a version it never saw (issue #20, bug 1).
+    pub foreign_records: Vec<(String, Vec<u8>)>,
+    /// Set on a stale commit: the stored version vector and HLC (keys
+    /// [`meta_keys::VERSION_VECTOR`] and [`meta_keys::HLC`]) after this
+    /// commit merged its own in, so the committer's next commit does not
+    /// write back a smaller vector than storage holds.
+    pub foreign_meta: Vec<(String, Vec<u8>)>,
 }
+
+/// The metadata keys returned in [`CommitReceipt::foreign_meta`].
+pub const MERGEABLE_META: [&str; 2] = [meta_keys::VERSION_VECTOR, meta_keys::HLC];
 
 /// A held actor slot; dropping the lease releases the slot.
 pub struct SlotLease {

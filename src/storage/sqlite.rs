@@ -1,8 +1,10 @@
 //! SQLite storage (native), through `rusqlite` with the bundled SQLite.
 //!
-//! Tables: `records(id TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID` and
-//! `meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID`; values are the
-//! same encodings IndexedDB stores. Pragmas (the seed's): WAL journal,
+//! Tables: `records(id TEXT PRIMARY KEY, value BLOB, generation INTEGER)
+//! WITHOUT ROWID` (the generation of the commit that wrote the row, indexed,
+//! so a stale writer finds every row written since its own generation),
+//! `meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID` and `segments`;
+//! values are the same encodings IndexedDB stores. Pragmas (the seed's): WAL journal,
 //! `synchronous=NORMAL`, `temp_store=MEMORY`, memory-mapped I/O, 4 KiB
 //! pages, a 64 MB page cache; plus a busy timeout so several processes can
 //! share a file.
@@ -24,14 +26,14 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
     merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedState, RowStream,
-    SlotLease, Storage, StreamedRows,
+    SlotLease, Storage, StreamedRows, MERGEABLE_META,
 };
 use crate::error::StorageError;
 
 const GENERATION_KEY: &str = "generation";
 /// SQLite's `user_version` for the schema this build creates (1: records
-/// and meta; 2: adds segments).
-const SCHEMA_VERSION: i64 = 2;
+/// and meta; 2: adds segments; 3: adds `records.generation`).
+const SCHEMA_VERSION: i64 = 3;
 
 /// How hard commits push data to disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -190,15 +192,7 @@ impl SqliteStorage {
             // Each step is idempotent, so a schema left half-upgraded by a
             // crash (impossible inside one transaction, but cheap to allow)
             // upgrades again.
-            connection
-                .execute_batch(
-                    "BEGIN IMMEDIATE;
-                     CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
-                     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
-                     CREATE TABLE IF NOT EXISTS segments (id TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
-                     PRAGMA user_version = 2;
-                     COMMIT;",
-                )
+            upgrade_schema(&connection)
                 .map_err(|e| sqlite_error("creating or upgrading the schema", e))?;
         }
         Ok(Self {
@@ -255,6 +249,64 @@ impl SqliteStorage {
     }
 }
 
+/// Creates the tables or brings an older schema up to [`SCHEMA_VERSION`],
+/// in one transaction. Every step checks what exists, so another process
+/// upgrading at the same moment (transactions serialise them) is harmless.
+fn upgrade_schema(connection: &Connection) -> rusqlite::Result<()> {
+    connection.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS records (id TEXT PRIMARY KEY, value BLOB NOT NULL, generation INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS segments (id TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
+    )?;
+    let result = (|| {
+        let has_generation: bool = connection.query_row(
+            "SELECT count(*) FROM pragma_table_info('records') WHERE name = 'generation'",
+            [],
+            |row| row.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_generation {
+            // Rows from before: generation 0, older than any writer's.
+            connection.execute_batch(
+                "ALTER TABLE records ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;",
+            )?;
+        }
+        connection.execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS records_by_generation ON records (generation);
+             PRAGMA user_version = {SCHEMA_VERSION};
+             COMMIT;"
+        ))
+    })();
+    if result.is_err() {
+        let _ = connection.execute_batch("ROLLBACK;");
+    }
+    result
+}
+
+/// Every record row written by a commit after `since` (all rows when the
+/// stored generation is below it: the file was replaced by an older copy).
+fn rows_written_after(
+    transaction: &rusqlite::Transaction<'_>,
+    since: u64,
+    stored_generation: u64,
+) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+    // Rows migrated from schema 2 have generation 0: the all-rows case
+    // starts there.
+    let first = if stored_generation < since {
+        0
+    } else {
+        since + 1
+    };
+    let mut select = transaction
+        .prepare_cached("SELECT id, value FROM records WHERE generation >= ?1")
+        .map_err(|e| sqlite_error("preparing a read", e))?;
+    let rows = select
+        .query_map([first as i64], |row| Ok((row.get(0)?, row.get(1)?)))
+        .map_err(|e| sqlite_error("reading rows of other writers", e))?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(|e| sqlite_error("reading rows of other writers", e))
+}
+
 fn read_generation(connection: &Connection) -> Result<u64, StorageError> {
     let value: Option<Vec<u8>> = connection
         .query_row(
@@ -296,16 +348,26 @@ fn commit_blocking(
         .map_err(|e| sqlite_error("starting a transaction", e))?;
     let stored_generation = read_generation(&transaction)?;
     let stale = stored_generation != batch.expected_generation;
+    let generation = stored_generation + 1;
+    let foreign_records = if stale {
+        rows_written_after(&transaction, batch.expected_generation, stored_generation)?
+    } else {
+        Vec::new()
+    };
     let mut merged_records = Vec::new();
+    let mut foreign_meta = Vec::new();
     {
         let mut rows = RecordWriter {
             select: transaction
                 .prepare_cached("SELECT value FROM records WHERE id = ?1")
                 .map_err(|e| sqlite_error("preparing a read", e))?,
             upsert: transaction
-                .prepare_cached("INSERT OR REPLACE INTO records (id, value) VALUES (?1, ?2)")
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO records (id, value, generation) VALUES (?1, ?2, ?3)",
+                )
                 .map_err(|e| sqlite_error("preparing a write", e))?,
             stale,
+            generation: generation as i64,
             merged_records: &mut merged_records,
         };
         for (id, value) in &batch.records {
@@ -373,17 +435,27 @@ fn commit_blocking(
                 .execute([id])
                 .map_err(|e| sqlite_error("removing an index segment", e))?;
         }
-        let generation = stored_generation + 1;
         upsert_meta
             .execute(params![GENERATION_KEY, generation.to_le_bytes().to_vec()])
             .map_err(|e| sqlite_error("writing the generation", e))?;
+        if stale {
+            for key in MERGEABLE_META {
+                let stored: Option<Vec<u8>> = select_meta
+                    .query_row([key], |row| row.get(0))
+                    .optional()
+                    .map_err(|e| sqlite_error("reading metadata", e))?;
+                foreign_meta.extend(stored.map(|value| (key.to_owned(), value)));
+            }
+        }
     }
     transaction
         .commit()
         .map_err(|e| sqlite_error("committing", e))?;
     let receipt = CommitReceipt {
-        generation: stored_generation + 1,
+        generation,
         merged_records,
+        foreign_records,
+        foreign_meta,
     };
     Ok((receipt, bytes))
 }
@@ -394,6 +466,7 @@ struct RecordWriter<'a, 'c> {
     select: rusqlite::CachedStatement<'c>,
     upsert: rusqlite::CachedStatement<'c>,
     stale: bool,
+    generation: i64,
     merged_records: &'a mut Vec<(String, Vec<u8>)>,
 }
 
@@ -411,7 +484,7 @@ impl RecordWriter<'_, '_> {
             Some(stored) => {
                 let merged = merge_record_rows(id, &stored, value)?;
                 self.upsert
-                    .execute(params![id, merged])
+                    .execute(params![id, merged, self.generation])
                     .map_err(|e| sqlite_error("writing a record", e))?;
                 if merged != value {
                     self.merged_records.push((id.to_owned(), merged));
@@ -419,7 +492,7 @@ impl RecordWriter<'_, '_> {
             }
             None => {
                 self.upsert
-                    .execute(params![id, value])
+                    .execute(params![id, value, self.generation])
                     .map_err(|e| sqlite_error("writing a record", e))?;
             }
         }

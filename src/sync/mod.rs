@@ -8,4 +8,4 @@ pub mod protocol;
 pub mod relay_frame;
 
 pub use crypto::{derive_topic, CryptoError, SyncCipher, SyncIdentity, Topic};
-pub use protocol::{Incoming, Message, PeerId, SyncError, SyncProtocol};
+pub use protocol::{ChunkId, Incoming, Message, PeerId, SyncError, SyncProtocol, MAX_DELTA_CHUNKS};

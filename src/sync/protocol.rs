@@ -18,8 +18,11 @@
 //! ```
 //!
 //! Operations use the record encoding (`CrdtOperation::encode`). A delta is
-//! complete when every chunk of its id arrived; only then does the receiver
-//! adopt the sender's version vector.
+//! complete when every chunk index of its id, `0..chunks`, was received once
+//! and applied (committed) here, in any order; only then does the receiver
+//! adopt the sender's version vector. A repeated chunk is dropped before any
+//! work, and a chunk whose commit failed keeps its delta from ever
+//! completing (the next HELLO asks again).
 
 use std::collections::HashMap;
 
@@ -37,6 +40,13 @@ const HELLO: u8 = 1;
 const DELTA: u8 = 2;
 const LIVE: u8 = 3;
 const ACK: u8 = 4;
+
+/// The most chunks one delta may have (at [`CHUNK_BYTES`] each, 16 GiB):
+/// a larger count is a malformed message.
+pub const MAX_DELTA_CHUNKS: u32 = 1 << 16;
+/// Deltas being received at once; past this the oldest is forgotten (it
+/// then never completes, and a later HELLO asks again).
+const MAX_PARTIAL_DELTAS: usize = 64;
 
 /// A sync peer: the actor id of the instance at the other end.
 pub type PeerId = ActorId;
@@ -160,7 +170,7 @@ impl Message {
             DELTA => {
                 let to = ActorId::decode(&mut reader)?;
                 let (delta, chunk, chunks) = (reader.u32()?, reader.u32()?, reader.u32()?);
-                if chunks == 0 || chunk >= chunks {
+                if chunks == 0 || chunk >= chunks || chunks > MAX_DELTA_CHUNKS {
                     return Err(DecodeError::Invalid(format!(
                         "delta chunk {chunk} of {chunks}"
                     )));
@@ -204,14 +214,18 @@ pub enum Incoming {
         vector: VersionVector,
     },
     /// Merge `ops`; when `complete` is set they finish a delta from a peer
-    /// holding that vector, which the database may then adopt.
+    /// holding that vector, which the database may then adopt. For a delta
+    /// chunk (`chunk` set), report the outcome of committing it with
+    /// [`SyncProtocol::chunk_applied`].
     Apply {
         /// The peer.
         from: PeerId,
         /// The operations.
         ops: Vec<CrdtOperation>,
-        /// Set on the last chunk of a complete delta.
+        /// Set on the chunk that completes a delta.
         complete: Option<VersionVector>,
+        /// Which delta chunk this is (`None` for live operations).
+        chunk: Option<ChunkId>,
     },
     /// A peer acknowledged what it has.
     Ack {
@@ -224,14 +238,36 @@ pub enum Incoming {
     Ignore,
 }
 
+/// One chunk of one peer's delta, as [`Incoming::Apply`] names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkId {
+    /// The sender's delta id.
+    pub delta: u32,
+    /// The chunk's index.
+    pub chunk: u32,
+}
+
+/// What arrived of one delta.
+#[derive(Debug)]
+struct DeltaProgress {
+    chunks: u32,
+    /// Chunk indices received and committed.
+    applied: std::collections::BTreeSet<u32>,
+    /// A chunk arrived whose commit failed: this delta never completes.
+    failed: bool,
+    /// Order of arrival among partial deltas, for eviction.
+    started: u64,
+}
+
 /// The protocol state of one instance on one transport.
 #[derive(Debug)]
 pub struct SyncProtocol {
     me: PeerId,
     cipher: SyncCipher,
     next_delta: u32,
-    /// Chunks received per (peer, delta id).
-    partial: HashMap<(PeerId, u32), u32>,
+    /// Deltas being received, per (peer, delta id).
+    partial: HashMap<(PeerId, u32), DeltaProgress>,
+    started: u64,
     rejected: u64,
 }
 
@@ -243,6 +279,7 @@ impl SyncProtocol {
             cipher,
             next_delta: 0,
             partial: HashMap::new(),
+            started: 0,
             rejected: 0,
         }
     }
@@ -276,8 +313,12 @@ impl SyncProtocol {
         })
     }
 
-    /// LIVE envelopes carrying `ops`, split at [`CHUNK_BYTES`].
+    /// LIVE envelopes carrying `ops`, split at [`CHUNK_BYTES`]; none for no
+    /// operations.
     pub fn live(&self, ops: &[CrdtOperation]) -> Vec<Vec<u8>> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
         chunk_ops(ops)
             .into_iter()
             .map(|ops| self.seal(&Message::Live { ops }))
@@ -332,6 +373,7 @@ impl SyncProtocol {
                 from,
                 ops,
                 complete: None,
+                chunk: None,
             },
             Message::Ack { to, vector } if to == self.me => Incoming::Ack { from, vector },
             Message::Delta {
@@ -342,29 +384,62 @@ impl SyncProtocol {
                 vector,
                 ops,
             } if to == self.me => {
-                // Chunks of one delta arrive in order on an ordered
-                // transport; count them and adopt the vector only when all
-                // arrived.
+                // Which chunk indices arrived, not how many chunks: a lost
+                // chunk and a repeated one must not add up to a whole delta.
                 let key = (from, delta);
-                let seen = if chunk == 0 {
-                    1
-                } else {
-                    self.partial.get(&key).copied().unwrap_or(0) + 1
-                };
-                let complete = seen == chunks && chunk + 1 == chunks;
-                if complete {
-                    self.partial.remove(&key);
-                } else {
-                    self.partial.insert(key, seen);
+                if !self.partial.contains_key(&key) && self.partial.len() >= MAX_PARTIAL_DELTAS {
+                    let oldest = self
+                        .partial
+                        .iter()
+                        .min_by_key(|(_, progress)| progress.started)
+                        .map(|(key, _)| *key);
+                    if let Some(oldest) = oldest {
+                        self.partial.remove(&oldest);
+                    }
                 }
+                self.started += 1;
+                let started = self.started;
+                let progress = self.partial.entry(key).or_insert_with(|| DeltaProgress {
+                    chunks,
+                    applied: Default::default(),
+                    failed: false,
+                    started,
+                });
+                if progress.chunks != chunks || progress.applied.contains(&chunk) {
+                    // A repeat, or a chunk of another delta under this id.
+                    return Ok(Incoming::Ignore);
+                }
+                let complete =
+                    !progress.failed && progress.applied.len() as u64 + 1 == u64::from(chunks);
                 Incoming::Apply {
                     from,
                     ops,
                     complete: complete.then_some(vector),
+                    chunk: Some(ChunkId { delta, chunk }),
                 }
             }
             Message::Ack { .. } | Message::Delta { .. } => Incoming::Ignore,
         })
+    }
+}
+
+impl SyncProtocol {
+    /// Reports whether the delta chunk `chunk` from `from` (returned by
+    /// [`receive`](Self::receive)) was committed. Only committed chunks count
+    /// towards completing their delta; a failed one keeps it incomplete.
+    pub fn chunk_applied(&mut self, from: PeerId, chunk: ChunkId, committed: bool) {
+        let key = (from, chunk.delta);
+        let Some(progress) = self.partial.get_mut(&key) else {
+            return;
+        };
+        if !committed {
+            progress.failed = true;
+            return;
+        }
+        progress.applied.insert(chunk.chunk);
+        if progress.applied.len() as u64 == u64::from(progress.chunks) {
+            self.partial.remove(&key);
+        }
     }
 }
 
@@ -420,10 +495,17 @@ mod tests {
         for (index, chunk) in chunks.iter().enumerate() {
             // Own messages and other peers' deltas are ignored by A.
             assert_eq!(pa.receive(chunk).unwrap(), Incoming::Ignore);
-            let Incoming::Apply { ops, complete, .. } = pb.receive(chunk).unwrap() else {
+            let Incoming::Apply {
+                ops,
+                complete,
+                chunk,
+                from,
+            } = pb.receive(chunk).unwrap()
+            else {
                 panic!("expected operations");
             };
             assert_eq!(complete.is_some(), index + 1 == chunks.len());
+            pb.chunk_applied(from, chunk.expect("a delta chunk"), true);
             match complete {
                 Some(vector) => {
                     b.apply_delta(ops, &vector, 100);
@@ -480,6 +562,90 @@ mod tests {
             }
         }
         assert!(!completed);
+    }
+
+    /// A delta of at least three chunks from A to B.
+    fn three_chunk_delta() -> (SyncProtocol, SyncProtocol, Vec<Vec<u8>>) {
+        let identity = SyncIdentity::generate();
+        let mut pa = SyncProtocol::new(ActorId::from_bytes([1; 16]), identity.cipher());
+        let pb = SyncProtocol::new(ActorId::from_bytes([2; 16]), identity.cipher());
+        let mut a = CrdtStore::new(pa.me());
+        for i in 0..3 {
+            a.put(
+                &format!("k{i}"),
+                Document::from_value(&json!("y".repeat(200_000))).unwrap(),
+                1,
+            );
+        }
+        let chunks = pa.delta(
+            pb.me(),
+            &a.changes_since(&VersionVector::new()),
+            a.version_vector(),
+        );
+        assert_eq!(chunks.len(), 3);
+        (pa, pb, chunks)
+    }
+
+    /// Feeds `order` of `chunks` to `pb`, committing each (or failing the
+    /// ones in `failing`); returns at which step a delta completed.
+    fn feed(
+        pb: &mut SyncProtocol,
+        chunks: &[Vec<u8>],
+        order: &[usize],
+        failing: &[usize],
+    ) -> Vec<usize> {
+        let mut completed = Vec::new();
+        for (step, index) in order.iter().enumerate() {
+            match pb.receive(&chunks[*index]).unwrap() {
+                Incoming::Apply {
+                    from,
+                    complete,
+                    chunk,
+                    ..
+                } => {
+                    let committed = !failing.contains(index);
+                    if complete.is_some() && committed {
+                        completed.push(step);
+                    }
+                    pb.chunk_applied(from, chunk.unwrap(), committed);
+                }
+                Incoming::Ignore => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        completed
+    }
+
+    #[test]
+    fn a_lost_chunk_and_a_repeated_one_do_not_complete_a_delta() {
+        // Issue #20, bug 4: chunk 1 dropped, chunk 2 delivered twice.
+        let (_, mut pb, chunks) = three_chunk_delta();
+        assert!(feed(&mut pb, &chunks, &[0, 2, 2], &[]).is_empty());
+        // The missing chunk arriving late completes it, out of order.
+        let (_, mut pb, chunks) = three_chunk_delta();
+        assert_eq!(feed(&mut pb, &chunks, &[2, 0, 0, 1], &[]), vec![3]);
+    }
+
+    #[test]
+    fn a_chunk_whose_commit_failed_never_completes_its_delta() {
+        // Issue #20, bug 4: a chunk counted although its commit failed.
+        let (_, mut pb, chunks) = three_chunk_delta();
+        assert!(feed(&mut pb, &chunks, &[0, 1, 2], &[1]).is_empty());
+        let (_, mut pb, chunks) = three_chunk_delta();
+        assert!(
+            feed(&mut pb, &chunks, &[0, 1, 1, 2], &[1]).is_empty(),
+            "nor does a repeat of the failed chunk"
+        );
+    }
+
+    #[test]
+    fn no_operations_make_no_live_envelope() {
+        // Issue #20, bug 8: every connect published an empty LIVE envelope.
+        let protocol = SyncProtocol::new(
+            ActorId::from_bytes([1; 16]),
+            SyncIdentity::generate().cipher(),
+        );
+        assert!(protocol.live(&[]).is_empty());
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub mod codes {
     pub const VERSION: u16 = 6;
     /// No traffic (not even pongs) for too long.
     pub const IDLE: u16 = 7;
+    /// The relay could not keep an envelope in its backlog (disk full, I/O
+    /// error): nothing of that PUBLISH was stored or delivered; publish it
+    /// again later.
+    pub const STORAGE: u16 = 8;
 }
 
 /// A client-to-relay frame.
