@@ -107,6 +107,59 @@ mod indexeddb_specifics {
         db.close().await.unwrap();
     }
 
+    /// Hides `navigator.locks` (as in a page outside a secure context) until
+    /// dropped.
+    struct NoWebLocks;
+
+    impl NoWebLocks {
+        fn hide() -> Self {
+            js_sys::eval(
+                "Object.defineProperty(globalThis.navigator, 'locks', \
+                 { get: () => undefined, configurable: true })",
+            )
+            .expect("navigator.locks can be shadowed");
+            NoWebLocks
+        }
+    }
+
+    impl Drop for NoWebLocks {
+        fn drop(&mut self) {
+            let _ = js_sys::eval("delete globalThis.navigator.locks");
+        }
+    }
+
+    /// Issue #20, bug 6: without Web Locks every tab took actor slot 0, so
+    /// two tabs issued the same dots for different writes and one write
+    /// vanished.
+    #[wasm_bindgen_test]
+    async fn tabs_without_web_locks_write_under_actors_of_their_own() {
+        let factory = IndexedDbFactory::new();
+        let hidden = NoWebLocks::hide();
+        let first = Database::open(factory.open("no-locks").await, OpenOptions::default())
+            .await
+            .unwrap();
+        let second = Database::open(factory.open("no-locks").await, OpenOptions::default())
+            .await
+            .unwrap();
+        assert_ne!(first.actor(), second.actor(), "two tabs, two actors");
+        first.put("first", json!(1)).await.unwrap();
+        second.put("second", json!(2)).await.unwrap();
+        first.close().await.unwrap();
+        second.close().await.unwrap();
+        let third = Database::open(factory.open("no-locks").await, OpenOptions::default())
+            .await
+            .unwrap();
+        assert_ne!(
+            third.actor(),
+            first.actor(),
+            "a stored actor is never reused"
+        );
+        assert_eq!(third.get("first").unwrap(), Some(json!(1)));
+        assert_eq!(third.get("second").unwrap(), Some(json!(2)));
+        third.close().await.unwrap();
+        drop(hidden);
+    }
+
     #[wasm_bindgen_test]
     async fn many_small_commits_are_compacted_without_losing_anything() {
         let factory = IndexedDbFactory::new();

@@ -259,7 +259,9 @@ impl<S: Storage> Database<S> {
             key: key.to_owned(),
             reason,
         };
-        let stored_actor = match loaded.meta.get(&slot_key) {
+        // Without an exclusive slot, a fresh actor: reusing a stored one
+        // could issue the same dots as another open instance.
+        let stored_actor = match loaded.meta.get(&slot_key).filter(|_| lease.is_exclusive()) {
             Some(bytes) => {
                 Some(ActorId::from_bytes(bytes.as_slice().try_into().map_err(
                     |_| corrupt_meta(&slot_key, "not a 16-byte actor id".into()),
@@ -334,7 +336,7 @@ impl<S: Storage> Database<S> {
         if format != Some(FORMAT_VERSION) {
             meta.push((meta_keys::FORMAT.to_owned(), encode_format(FORMAT_VERSION)));
         }
-        if stored_actor.is_none() {
+        if stored_actor.is_none() && lease.is_exclusive() {
             meta.push((slot_key, actor.as_bytes().to_vec()));
         }
         let mut generation = loaded.generation;
@@ -1160,8 +1162,8 @@ impl Foreign {
         now_ms: u64,
     ) -> Vec<CrdtOperation> {
         let mut ops = Vec::new();
-        let already: std::collections::HashSet<Arc<str>> =
-            changes.iter().map(|change| change.id.clone()).collect();
+        let mut already: Vec<Arc<str>> = changes.iter().map(|change| change.id.clone()).collect();
+        already.sort_unstable();
         for record in self.records {
             let versions: Vec<CrdtOperation> = record
                 .versions()
@@ -1172,7 +1174,7 @@ impl Foreign {
                 })
                 .collect();
             if let Some(change) = store.merge_stored(record, now_ms) {
-                if !already.contains(&change.id) {
+                if already.binary_search(&change.id).is_err() {
                     changes.push(change);
                 }
                 ops.extend(versions);

@@ -194,6 +194,7 @@ impl<S: Storage> Database<S> {
             protocol: SyncProtocol::new(self.actor(), identity.cipher()),
             cursor_key: format!("sync/cursor/{}", connector.describe()),
             published_key: format!("{PUBLISHED_PREFIX}{}", connector.describe()),
+            asked: Vec::new(),
             status: status.clone(),
             topic: identity.topic(),
         };
@@ -212,6 +213,9 @@ struct Engine<S: Storage> {
     published_key: String,
     status: Arc<Mutex<SyncStatus>>,
     topic: crate::sync::Topic,
+    /// Per peer, this instance's vector when it last answered the peer's
+    /// hello with a hello of its own (this session).
+    asked: Vec<(PeerId, VersionVector)>,
 }
 
 enum SessionEnd {
@@ -219,11 +223,23 @@ enum SessionEnd {
     Stopped,
 }
 
-fn jitter(duration: Duration) -> Duration {
-    let mut byte = [0u8; 1];
-    crate::platform::fill_random(&mut byte);
-    // 50% .. 150% of the nominal pause.
-    duration.mul_f64(0.5 + f64::from(byte[0]) / 255.0)
+/// 50% .. 150% of `duration`, spread by the instance's actor id and the
+/// attempt number: instances that lost the same connection reconnect at
+/// different moments, yet one instance's schedule is reproducible (the
+/// deterministic simulator replays a seed exactly).
+fn jitter(duration: Duration, actor: &crate::crdt::ActorId, attempt: u64) -> Duration {
+    let mut state = attempt;
+    for chunk in actor.as_bytes().chunks(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        state ^= u64::from_le_bytes(word);
+        // SplitMix64's finaliser: every input bit affects every output bit.
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state = (state ^ (state >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        state = (state ^ (state >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        state ^= state >> 31;
+    }
+    duration.mul_f64(0.5 + (state >> 11) as f64 / (1u64 << 53) as f64)
 }
 
 impl<S: Storage> Engine<S> {
@@ -247,11 +263,12 @@ impl<S: Storage> Engine<S> {
 
     async fn run<C: Connector>(mut self, connector: C, mut stop: oneshot::Receiver<()>) {
         let mut backoff = MIN_BACKOFF;
+        let mut attempt = 0u64;
         loop {
             self.update(|s| s.state = SyncState::Connecting);
             let connect = connector.connect(self.topic, self.cursor()).fuse();
             futures::pin_mut!(connect);
-            let link = futures::select! {
+            let link = futures::select_biased! {
                 link = connect => link,
                 _ = stop => break,
             };
@@ -276,9 +293,11 @@ impl<S: Storage> Engine<S> {
             if self.db.is_closed() {
                 break;
             }
-            let pause = crate::platform::sleep(jitter(backoff)).fuse();
+            attempt = attempt.wrapping_add(1);
+            let pause =
+                crate::platform::sleep(jitter(backoff, &self.protocol.me(), attempt)).fuse();
             futures::pin_mut!(pause);
-            futures::select! {
+            futures::select_biased! {
                 _ = pause => {}
                 _ = stop => break,
             }
@@ -295,6 +314,7 @@ impl<S: Storage> Engine<S> {
         // Subscribe before reading what to publish, so no commit falls
         // between the two.
         let mut commits = self.db.subscribe_commits();
+        self.asked.clear();
         let mut sent: u32 = 0;
         let mut unstored: VecDeque<(u32, VersionVector)> = VecDeque::new();
         let mut peers: HashMap<u64, PeerId> = HashMap::new();
@@ -332,7 +352,9 @@ impl<S: Storage> Engine<S> {
         }
 
         let end = loop {
-            futures::select! {
+            // A fixed polling order (not `select!`'s random one), so one
+            // seed of the deterministic simulator replays exactly.
+            futures::select_biased! {
                 event = inbound.next() => {
                     let Some(event) = event else { break SessionEnd::Disconnected };
                     match event {
@@ -478,6 +500,26 @@ impl<S: Storage> Engine<S> {
                             keep: false,
                         })
                         .map_err(|_| HandleError::Transport)?;
+                }
+                // The peer has writes this instance lacks (it may have been
+                // online before, so it never saw this instance's hello, and
+                // the relay's backlog may no longer hold them): ask it too.
+                // Once per peer for each vector of ours, so two peers never
+                // ask each other in circles.
+                let asked_before = self.asked.iter().position(|(p, _)| *p == peer);
+                let repeat = asked_before.is_some_and(|i| self.asked[i].1 == mine);
+                if !mine.dominates(&vector) && !repeat {
+                    *sent = sent.wrapping_add(1);
+                    outbound
+                        .unbounded_send(Outgoing {
+                            envelope: self.protocol.hello(&mine),
+                            keep: false,
+                        })
+                        .map_err(|_| HandleError::Transport)?;
+                    match asked_before {
+                        Some(i) => self.asked[i].1 = mine,
+                        None => self.asked.push((peer, mine)),
+                    }
                 }
             }
             Incoming::Apply {

@@ -98,10 +98,11 @@ export function readStores(db, names) {
 
 // Takes the first free lock named `${prefix}${n}`, n = 0, 1, 2, ...; resolves
 // to [n, release] where calling release() frees the lock. Without the Web
-// Locks API resolves to [0, () => {}].
+// Locks API (pages outside a secure context) resolves to [-1, () => {}]: no
+// slot can be held, and the caller writes under a fresh actor.
 export async function acquireSlotLock(prefix) {
   const locks = globalThis.navigator && globalThis.navigator.locks;
-  if (!locks) return [0, () => {}];
+  if (!locks) return [-1, () => {}];
   for (let n = 0; ; n++) {
     const release = await new Promise((resolve, reject) => {
       locks.request(`${prefix}${n}`, { ifAvailable: true }, (lock) => {

@@ -405,17 +405,7 @@ impl IndexedDbStorage {
         let first = if full { 0 } else { keys.length() - tail };
         let mut entries = Vec::new();
         for index in first..keys.length() {
-            let key = keys.get(index);
-            let value = values.get(index);
-            let bytes = bytes_of(&value).unwrap_or_default();
-            match key.as_string() {
-                Some(id) => entries.push(ChunkEntry::Row(id, bytes)),
-                None => decode_chunk(&bytes, &mut entries).map_err(|e| StorageError::Corrupt {
-                    store: RECORDS.into(),
-                    key: format!("{key:?}"),
-                    reason: e.to_string(),
-                })?,
-            }
+            decode_entry(&keys.get(index), &values.get(index), &mut entries)?;
         }
         let merged = merge_entries(entries, full);
         for index in first..keys.length() {
@@ -472,17 +462,28 @@ async fn rows_written_after(
     };
     let mut entries = Vec::new();
     for (key, value) in keys.iter().zip(values.iter()) {
-        let bytes = bytes_of(&value).unwrap_or_default();
-        match key.as_string() {
-            Some(id) => entries.push(ChunkEntry::Row(id, bytes)),
-            None => decode_chunk(&bytes, &mut entries).map_err(|e| StorageError::Corrupt {
-                store: RECORDS.into(),
-                key: format!("chunk {key:?}"),
-                reason: e.to_string(),
-            })?,
-        }
+        decode_entry(&key, &value, &mut entries)?;
     }
     Ok(live_rows(entries))
+}
+
+/// Appends what one value of the records store holds: a row stored one per
+/// record by older formats (a string key), or every entry of a chunk.
+fn decode_entry(
+    key: &JsValue,
+    value: &JsValue,
+    entries: &mut Vec<ChunkEntry>,
+) -> Result<(), StorageError> {
+    let bytes = bytes_of(value).unwrap_or_default();
+    match key.as_string() {
+        Some(id) => entries.push(ChunkEntry::Row(id, bytes)),
+        None => decode_chunk(&bytes, entries).map_err(|e| StorageError::Corrupt {
+            store: RECORDS.into(),
+            key: format!("chunk {key:?}"),
+            reason: e.to_string(),
+        })?,
+    }
+    Ok(())
 }
 
 /// Start compacting once this many chunks exist.
@@ -649,9 +650,13 @@ impl Storage for IndexedDbStorage {
         let pair: Array = await_promise("taking an actor slot", acquire_slot_lock(&prefix))
             .await?
             .unchecked_into();
-        let slot = pair.get(0).as_f64().unwrap_or(0.0) as u32;
+        let Some(slot) = pair.get(0).as_f64().filter(|slot| *slot >= 0.0) else {
+            // No Web Locks (a page outside a secure context): no tab can
+            // hold a slot, so each writes under a fresh actor.
+            return Ok(SlotLease::unshared());
+        };
         let release: Function = pair.get(1).unchecked_into();
-        Ok(SlotLease::new(slot, Box::new(LockRelease(release))))
+        Ok(SlotLease::new(slot as u32, Box::new(LockRelease(release))))
     }
 
     async fn load(&self) -> Result<LoadedState, StorageError> {
@@ -669,19 +674,8 @@ impl Storage for IndexedDbStorage {
         let mut entries = Vec::new();
         let mut chunks = 0u32;
         for (key, value) in keys.iter().zip(values.iter()) {
-            let bytes = bytes_of(&value).unwrap_or_default();
-            match key.as_string() {
-                // A row stored one per record, from before chunks existed.
-                Some(id) => entries.push(ChunkEntry::Row(id, bytes)),
-                None => {
-                    chunks += 1;
-                    decode_chunk(&bytes, &mut entries).map_err(|e| StorageError::Corrupt {
-                        store: RECORDS.into(),
-                        key: format!("chunk {key:?}"),
-                        reason: e.to_string(),
-                    })?;
-                }
-            }
+            chunks += u32::from(key.is_array());
+            decode_entry(&key, &value, &mut entries)?;
         }
         self.chunks.set(chunks);
         state.records = live_rows(entries);

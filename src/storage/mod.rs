@@ -57,7 +57,8 @@ pub mod meta_keys {
     /// The database's sync identity (id and secret), once sync is set up.
     pub const SYNC_IDENTITY: &str = "sync";
     /// Prefix of sync state: `sync/cursor/<transport>` (the relay backlog
-    /// cursor), `sync/published` (the version vector published so far).
+    /// cursor), `sync/published/<transport>` (the version vector that
+    /// transport stored so far).
     pub const SYNC_PREFIX: &str = "sync/";
 
     /// The metadata key of actor slot `slot`.
@@ -156,6 +157,7 @@ pub const MERGEABLE_META: [&str; 2] = [meta_keys::VERSION_VECTOR, meta_keys::HLC
 /// A held actor slot; dropping the lease releases the slot.
 pub struct SlotLease {
     slot: u32,
+    exclusive: bool,
     _guard: Box<dyn MaybeSend>,
 }
 
@@ -164,13 +166,31 @@ impl SlotLease {
     pub fn new(slot: u32, guard: Box<dyn MaybeSend>) -> Self {
         Self {
             slot,
+            exclusive: true,
             _guard: guard,
         }
     }
 
-    /// The slot number.
+    /// No slot could be held exclusively (a browser page without the Web
+    /// Locks API): the instance must write under a fresh actor of its own,
+    /// never a stored one another instance might be using at the same time.
+    pub fn unshared() -> Self {
+        Self {
+            slot: u32::MAX,
+            exclusive: false,
+            _guard: Box::new(()),
+        }
+    }
+
+    /// The slot number (`u32::MAX` for an [`unshared`](Self::unshared)
+    /// lease).
     pub fn slot(&self) -> u32 {
         self.slot
+    }
+
+    /// False for an [`unshared`](Self::unshared) lease.
+    pub fn is_exclusive(&self) -> bool {
+        self.exclusive
     }
 }
 

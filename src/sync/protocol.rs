@@ -251,8 +251,8 @@ pub struct ChunkId {
 #[derive(Debug)]
 struct DeltaProgress {
     chunks: u32,
-    /// Chunk indices received and committed.
-    applied: std::collections::BTreeSet<u32>,
+    /// Chunk indices received and committed, sorted.
+    applied: Vec<u32>,
     /// A chunk arrived whose commit failed: this delta never completes.
     failed: bool,
     /// Order of arrival among partial deltas, for eviction.
@@ -405,7 +405,7 @@ impl SyncProtocol {
                     failed: false,
                     started,
                 });
-                if progress.chunks != chunks || progress.applied.contains(&chunk) {
+                if progress.chunks != chunks || progress.applied.binary_search(&chunk).is_ok() {
                     // A repeat, or a chunk of another delta under this id.
                     return Ok(Incoming::Ignore);
                 }
@@ -436,7 +436,9 @@ impl SyncProtocol {
             progress.failed = true;
             return;
         }
-        progress.applied.insert(chunk.chunk);
+        if let Err(position) = progress.applied.binary_search(&chunk.chunk) {
+            progress.applied.insert(position, chunk.chunk);
+        }
         if progress.applied.len() as u64 == u64::from(progress.chunks) {
             self.partial.remove(&key);
         }

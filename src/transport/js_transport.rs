@@ -23,7 +23,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use futures::channel::mpsc;
+use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 use js_sys::{Function, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
@@ -56,13 +56,13 @@ fn describe_error(error: &JsValue) -> String {
         .unwrap_or_else(|| format!("{error:?}"))
 }
 
-/// The callbacks handed to `connect`. They stay alive until the session
-/// ends; after that they ignore what the transport still reports.
+/// The callbacks handed to `connect`. JavaScript owns them (they are freed
+/// with the object the transport holds), so a transport that reports
+/// something after its session ended calls a function that does nothing,
+/// instead of one whose Rust side was dropped (which throws "closure invoked
+/// recursively or after being dropped" into the transport's own code).
 struct EventHandlers {
     object: Object,
-    _envelope: Closure<dyn FnMut(JsValue, JsValue)>,
-    _member: Closure<dyn FnMut(JsValue, JsValue, JsValue)>,
-    _closed: Closure<dyn FnMut(JsValue)>,
 }
 
 /// A connection number from JS: a non-negative safe integer, else 0.
@@ -119,15 +119,10 @@ impl EventHandlers {
             let _ = events.unbounded_send(TransportEvent::Closed { reason });
         });
         let object = Object::new();
-        let _ = Reflect::set(&object, &"envelope".into(), envelope.as_ref());
-        let _ = Reflect::set(&object, &"member".into(), member.as_ref());
-        let _ = Reflect::set(&object, &"closed".into(), closed.as_ref());
-        Self {
-            object,
-            _envelope: envelope,
-            _member: member,
-            _closed: closed,
-        }
+        let _ = Reflect::set(&object, &"envelope".into(), &envelope.into_js_value());
+        let _ = Reflect::set(&object, &"member".into(), &member.into_js_value());
+        let _ = Reflect::set(&object, &"closed".into(), &closed.into_js_value());
+        Self { object }
     }
 }
 
@@ -165,18 +160,45 @@ impl JsConnector {
             .connect
             .call2(&self.transport, &topic_bytes, &handlers.object)
             .map_err(|e| format!("{}: connect failed: {}", self.name, describe_error(&e)))?;
-        let link = JsFuture::from(Promise::resolve(&returned))
-            .await
-            .map_err(|e| format!("{}: connect failed: {}", self.name, describe_error(&e)))?;
-        let (Some(send), close) = (method(&link, "send"), method(&link, "close")) else {
-            return Err(format!(
-                "{}: connect must resolve to an object with a send(envelope, keep) method",
-                self.name
-            ));
-        };
+        // The session runs in a task of its own from here on, so it ends
+        // with `close()` whatever the engine does: the engine may give up
+        // while `connect` is pending (`stopSync()`), dropping this future.
         let (outbound, mut to_send) = mpsc::unbounded::<Outgoing>();
+        let (connected, started) = oneshot::channel::<Result<(), String>>();
         let name = self.name.clone();
         wasm_bindgen_futures::spawn_local(async move {
+            let link = match JsFuture::from(Promise::resolve(&returned)).await {
+                Ok(link) => link,
+                Err(error) => {
+                    ended.set(true);
+                    let _ = connected.send(Err(format!(
+                        "{name}: connect failed: {}",
+                        describe_error(&error)
+                    )));
+                    return;
+                }
+            };
+            let close = method(&link, "close");
+            let close_link = |ended: &Cell<bool>| {
+                ended.set(true);
+                if let Some(close) = &close {
+                    if let Err(error) = close.call0(&link) {
+                        tracing::warn!(error = %describe_error(&error), "sync transport: close failed");
+                    }
+                }
+            };
+            let Some(send) = method(&link, "send") else {
+                close_link(&ended);
+                let _ = connected.send(Err(format!(
+                    "{name}: connect must resolve to an object with a send(envelope, keep) method"
+                )));
+                return;
+            };
+            if connected.send(Ok(())).is_err() {
+                // Nobody waits for this session any more.
+                close_link(&ended);
+                return;
+            }
             let mut sequence = 0u32;
             while let Some(Outgoing { envelope, keep }) = to_send.next().await {
                 let bytes = Uint8Array::from(&envelope[..]);
@@ -197,16 +219,14 @@ impl JsConnector {
                 sequence = sequence.wrapping_add(1);
             }
             // The engine dropped the link (or sending failed): end the
-            // session on the JS side too, then let the callbacks go.
-            ended.set(true);
-            if let Some(close) = close {
-                if let Err(error) = close.call0(&link) {
-                    tracing::warn!(error = %describe_error(&error), "sync transport: close failed");
-                }
-            }
-            drop(handlers);
+            // session on the JS side too.
+            close_link(&ended);
         });
-        Ok(Link { outbound, inbound })
+        match started.await {
+            Ok(Ok(())) => Ok(Link { outbound, inbound }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(format!("{}: the session ended while connecting", self.name)),
+        }
     }
 }
 

@@ -156,6 +156,37 @@ test('a peer the transport reports while connect is still pending is counted', a
   await db.close();
 });
 
+test('stopSync while connect is pending closes the session, and late events are harmless', async () => {
+  // Issue #20, bug 7: the engine dropped the event callbacks without calling
+  // the link's close(); the transport kept its session, and its next event
+  // threw "closure invoked recursively or after being dropped" into the
+  // transport's own code (an uncaught exception inside a Hyperswarm listener).
+  const db = await PluresDB.open('transport-stop-while-connecting', { storage: 'memory' });
+  await db.createInvite();
+  let events;
+  let resolveConnect;
+  let closed = 0;
+  db.sync({
+    name: 'slow',
+    connect(topic, sessionEvents) {
+      events = sessionEvents;
+      return new Promise((resolve) => { resolveConnect = resolve; });
+    },
+  });
+  await eventually('connect to be called', () => resolveConnect !== undefined, 10_000);
+  db.stopSync();
+  resolveConnect({ send() {}, close() { closed += 1; } });
+  await eventually('the session to be closed', () => closed === 1, 10_000);
+  assert.doesNotThrow(() => {
+    events.member(true, 1, 1);
+    events.envelope(new Uint8Array([1, 2, 3]), 1);
+    events.closed('late');
+  });
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.equal(closed, 1, 'closed once');
+  await db.close();
+});
+
 test('the npm README\'s Hyperswarm example runs and prints what it claims', async () => {
   const [block] = codeBlocks(readFileSync(join(root, 'pkg-template/README.md'), 'utf8'), 'js hyperswarm');
   assert.ok(block, 'the package README has a `js hyperswarm` example');
