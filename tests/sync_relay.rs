@@ -317,3 +317,84 @@ async fn writes_a_relay_could_not_store_stay_queued() {
     drop(sync_b);
     roomy.stop();
 }
+
+/// Issue #20, bug 5: the published vector was one key shared by every
+/// transport, so writes a first relay stored were never sent to a second
+/// one, and a peer that only ever meets the second never got them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_transport_gets_the_writes_it_never_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Relay::start("127.0.0.1:0".parse().unwrap(), &dir.path().join("first.db")).await;
+    let second = Relay::start(
+        "127.0.0.1:0".parse().unwrap(),
+        &dir.path().join("second.db"),
+    )
+    .await;
+    let a = open(dir.path(), "a").await;
+    let b = open(dir.path(), "b").await;
+    b.join_invite(&a.create_invite().await.unwrap())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        a.put(&format!("k{i}"), json!(i)).await.unwrap();
+    }
+    for relay in [&first, &second] {
+        let sync = a.sync(RelayConnector::new(relay.url())).unwrap();
+        eventually("a published everything", || {
+            sync.status().state == SyncState::Synced
+        })
+        .await;
+        drop(sync);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sync_b = b.sync(RelayConnector::new(second.url())).unwrap();
+    eventually("b got every write from the second relay's backlog", || {
+        b.len() == 10
+    })
+    .await;
+    drop(sync_b);
+    first.stop();
+    second.stop();
+}
+
+/// Issue #20, bug 5: the backlog cursor moved past envelopes whose commit
+/// failed (here: the disk is full), so they were never received again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_that_could_not_be_committed_are_received_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &dir.path().join("relay.db")).await;
+    let a = open(dir.path(), "a").await;
+    let b = open(dir.path(), "b").await;
+    b.join_invite(&a.create_invite().await.unwrap())
+        .await
+        .unwrap();
+    let text = "y".repeat(4_000);
+    for i in 0..40 {
+        a.put(&format!("k{i:02}"), json!({ "i": i, "text": text }))
+            .await
+            .unwrap();
+    }
+    let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("a published everything", || {
+        sync_a.status().state == SyncState::Synced
+    })
+    .await;
+    drop(sync_a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // B's disk is full: every commit of what arrives fails.
+    b.storage().set_max_size(Some(4096)).unwrap();
+    let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("b failed to commit", || {
+        sync_b.status().state == SyncState::Offline
+    })
+    .await;
+    assert_eq!(b.len(), 0);
+    b.storage().set_max_size(None).unwrap();
+    eventually("b received everything again from the backlog", || {
+        b.len() == 40
+    })
+    .await;
+    drop(sync_b);
+    relay.stop();
+}
