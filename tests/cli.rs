@@ -455,6 +455,47 @@ fn every_http_endpoint_including_bad_input() {
     }
 }
 
+/// Issue #20, bug 1, reproduced from the outside as the issue did: a CLI
+/// `put` next to a running `serve` on the same file, then two writes
+/// through the server. The server's second commit is no longer stale and
+/// used to overwrite the CLI's acknowledged write and the stored version
+/// vector (`status` showed one actor and no conflict).
+#[test]
+fn a_cli_write_next_to_a_running_server_is_never_lost() {
+    let cli = Cli::new();
+    let server = serve(&cli, &[]);
+    let a = server.address.as_str();
+    cli.ok(&["put", "k", r#"{"from":"cli"}"#]);
+    for id in ["x", "k"] {
+        let (code, body) = http(
+            a,
+            "PUT",
+            &format!("/api/records/{id}"),
+            &[],
+            br#"{"from":"server"}"#,
+        );
+        assert!(code < 300, "PUT {id}: {code} {body}");
+    }
+    drop(server);
+    let status = json_of(&cli.ok(&["status"]));
+    assert_eq!(
+        status["actors"], 2,
+        "the CLI's write is still known under its own actor: {status}"
+    );
+    // The server's write to `k` came after it had read the CLI's (a causal
+    // overwrite); the CLI's own write survives in its history, so a second
+    // CLI write under the same slot continues its sequence.
+    assert_eq!(json_of(&cli.ok(&["get", "k"])), json!({"from": "server"}));
+    assert_eq!(json_of(&cli.ok(&["get", "x"])), json!({"from": "server"}));
+    cli.ok(&["put", "k", r#"{"from":"cli again"}"#]);
+    assert_eq!(
+        json_of(&cli.ok(&["get", "k"])),
+        json!({"from": "cli again"})
+    );
+    let status = json_of(&cli.ok(&["status"]));
+    assert_eq!(status["conflicts"], 0, "{status}");
+}
+
 #[test]
 fn two_databases_sync_through_the_cli_and_a_relay() {
     let relay_cli = Cli::new();

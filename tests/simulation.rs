@@ -1029,9 +1029,15 @@ impl World {
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        for device in &mut self.devices {
-            for instance in &mut device.instances {
-                instance.sync = instance.db.sync(SimConnector(self.relay.clone())).ok();
+        // One after another, as real devices come online: an instance that
+        // connects first never hears the later ones' hellos.
+        for device in 0..self.devices.len() {
+            for index in 0..self.devices[device].instances.len() {
+                let pause = self.rng.with(|rng| rng.below(3_000));
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                let relay = SimConnector(self.relay.clone());
+                let instance = &mut self.devices[device].instances[index];
+                instance.sync = instance.db.sync(relay).ok();
             }
         }
         tokio::time::sleep(Duration::from_secs(120)).await;
@@ -1049,6 +1055,7 @@ impl World {
     fn check_settled(&self) -> Result<(), String> {
         let log = self.log.lock().unwrap();
         let mut states: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut all_ops: Vec<Vec<CrdtOperation>> = Vec::new();
         for device in &self.devices {
             for instance in &device.instances {
                 let ops = instance
@@ -1084,15 +1091,21 @@ impl World {
                     }
                 }
                 states.push((instance.name.clone(), encode_operations(&ops)));
+                all_ops.push(ops);
             }
         }
         if let Some((first_name, first)) = states.first() {
-            for (name, state) in &states[1..] {
+            for (index, (name, state)) in states.iter().enumerate().skip(1) {
                 if state != first {
+                    let theirs: Vec<String> =
+                        all_ops[index].iter().map(|op| format!("{op:?}")).collect();
+                    let ours: Vec<String> = all_ops[0].iter().map(|op| format!("{op:?}")).collect();
+                    let only_theirs: Vec<&String> =
+                        theirs.iter().filter(|op| !ours.contains(op)).collect();
+                    let only_ours: Vec<&String> =
+                        ours.iter().filter(|op| !theirs.contains(op)).collect();
                     return Err(format!(
-                        "after healing, {name} and {first_name} hold different states ({} and {} bytes)",
-                        state.len(),
-                        first.len()
+                        "after healing, {name} and {first_name} hold different states; only {name} holds {only_theirs:?}; only {first_name} holds {only_ours:?}"
                     ));
                 }
             }

@@ -85,3 +85,50 @@ async fn a_newer_schema_is_refused() {
     let error = SqliteStorage::open(&path).expect_err("newer schema");
     assert!(error.to_string().contains("upgrade PluresDB"), "{error}");
 }
+
+/// A file of schema 2 (before `records.generation`) opens, keeps its rows,
+/// and a stale writer on it still learns every row another writer stored.
+#[tokio::test]
+async fn a_schema_2_file_is_upgraded_in_place() {
+    use pluresdb::storage::{CommitBatch, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    connection
+        .execute_batch(
+            "CREATE TABLE records (id TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+             CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+             CREATE TABLE segments (id TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+             INSERT INTO records (id, value) VALUES ('old', x'0102');
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    drop(connection);
+    let first = SqliteStorage::open(&path).unwrap();
+    let second = SqliteStorage::open(&path).unwrap();
+    let loaded = first.load().await.unwrap();
+    assert_eq!(loaded.records, vec![("old".to_string(), vec![1, 2])]);
+    let receipt = first
+        .commit(CommitBatch {
+            expected_generation: loaded.generation,
+            records: vec![("new".into(), vec![3])],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(receipt.foreign_records.is_empty(), "not stale");
+    // The second handle still believes the old generation.
+    let receipt = second
+        .commit(CommitBatch {
+            expected_generation: loaded.generation,
+            records: vec![("other".into(), vec![4])],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt.foreign_records,
+        vec![("new".to_string(), vec![3])],
+        "exactly what the other writer stored since"
+    );
+}

@@ -269,8 +269,8 @@ impl<S: Storage> Engine<S> {
             let connect = connector.connect(self.topic, self.cursor()).fuse();
             futures::pin_mut!(connect);
             let link = futures::select_biased! {
-                link = connect => link,
                 _ = stop => break,
+                link = connect => link,
             };
             match link {
                 Ok(link) => {
@@ -298,8 +298,8 @@ impl<S: Storage> Engine<S> {
                 crate::platform::sleep(jitter(backoff, &self.protocol.me(), attempt)).fuse();
             futures::pin_mut!(pause);
             futures::select_biased! {
-                _ = pause => {}
                 _ = stop => break,
+                _ = pause => {}
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -353,8 +353,10 @@ impl<S: Storage> Engine<S> {
 
         let end = loop {
             // A fixed polling order (not `select!`'s random one), so one
-            // seed of the deterministic simulator replays exactly.
+            // seed of the deterministic simulator replays exactly; a stop
+            // first, so no stream of envelopes can hold it up.
             futures::select_biased! {
+                _ = &mut *stop => break SessionEnd::Stopped,
                 event = inbound.next() => {
                     let Some(event) = event else { break SessionEnd::Disconnected };
                     match event {
@@ -430,7 +432,6 @@ impl<S: Storage> Engine<S> {
                         s.state = SyncState::Syncing;
                     });
                 }
-                _ = &mut *stop => break SessionEnd::Stopped,
             }
         };
         // Keep the cursor for the next connection.
@@ -484,7 +485,11 @@ impl<S: Storage> Engine<S> {
         };
         match incoming {
             Incoming::Ignore => {}
-            Incoming::Hello { from: peer, vector } => {
+            Incoming::Hello {
+                from: peer,
+                vector,
+                asked,
+            } => {
                 note(peer, &self.db);
                 // Read together: a vector read after a later commit would
                 // make the peer adopt a write the delta does not carry.
@@ -501,18 +506,22 @@ impl<S: Storage> Engine<S> {
                         })
                         .map_err(|_| HandleError::Transport)?;
                 }
-                // The peer has writes this instance lacks (it may have been
-                // online before, so it never saw this instance's hello, and
-                // the relay's backlog may no longer hold them): ask it too.
-                // Once per peer for each vector of ours, so two peers never
-                // ask each other in circles.
+                // The peer may hold writes this instance lacks (it may have
+                // been online first, so it never saw this instance's hello,
+                // and the relay's backlog may no longer hold them): ask it,
+                // and it alone. Not only when its vector is ahead: writes
+                // after a gap in an actor's sequence (say, an actor whose
+                // database was cleared before all its writes went out) are
+                // covered by no vector, so equal vectors can hide different
+                // states. An ASK is answered with a delta only, and each
+                // peer is asked once per vector of ours, so nothing circles.
                 let asked_before = self.asked.iter().position(|(p, _)| *p == peer);
                 let repeat = asked_before.is_some_and(|i| self.asked[i].1 == mine);
-                if !mine.dominates(&vector) && !repeat {
+                if !asked && !repeat {
                     *sent = sent.wrapping_add(1);
                     outbound
                         .unbounded_send(Outgoing {
-                            envelope: self.protocol.hello(&mine),
+                            envelope: self.protocol.ask(peer, &mine),
                             keep: false,
                         })
                         .map_err(|_| HandleError::Transport)?;

@@ -1,8 +1,11 @@
 //! SQLite storage (native), through `rusqlite` with the bundled SQLite.
 //!
 //! Tables: `records(id TEXT PRIMARY KEY, value BLOB, generation INTEGER)
-//! WITHOUT ROWID` (the generation of the commit that wrote the row, indexed,
-//! so a stale writer finds every row written since its own generation),
+//! WITHOUT ROWID` (the generation of the commit that wrote the row, so a
+//! stale writer finds every row written since its own generation; not
+//! indexed: only a stale commit, which needs several writers on one file,
+//! reads it, by one scan, and an index would cost every bulk insert a
+//! second B-tree),
 //! `meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID` and `segments`;
 //! values are the same encodings IndexedDB stores. Pragmas (the seed's): WAL journal,
 //! `synchronous=NORMAL`, `temp_store=MEMORY`, memory-mapped I/O, 4 KiB
@@ -272,8 +275,7 @@ fn upgrade_schema(connection: &Connection) -> rusqlite::Result<()> {
             )?;
         }
         connection.execute_batch(&format!(
-            "CREATE INDEX IF NOT EXISTS records_by_generation ON records (generation);
-             PRAGMA user_version = {SCHEMA_VERSION};
+            "PRAGMA user_version = {SCHEMA_VERSION};
              COMMIT;"
         ))
     })();

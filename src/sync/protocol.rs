@@ -15,7 +15,12 @@
 //!            u32 count, operations             "what you lack", in chunks
 //!   3 LIVE   u32 count, operations             newly committed writes
 //!   4 ACK    [16] to, version vector           "I now have this"
+//!   5 ASK    [16] to, version vector           "this is what I have; send me what I lack"
 //! ```
+//!
+//! ASK is HELLO addressed to one peer: a replica that answers a HELLO and
+//! sees that the peer has writes it lacks asks that peer alone, instead of
+//! greeting everyone again.
 //!
 //! Operations use the record encoding (`CrdtOperation::encode`). A delta is
 //! complete when every chunk index of its id, `0..chunks`, was received once
@@ -40,6 +45,7 @@ const HELLO: u8 = 1;
 const DELTA: u8 = 2;
 const LIVE: u8 = 3;
 const ACK: u8 = 4;
+const ASK: u8 = 5;
 
 /// The most chunks one delta may have (at [`CHUNK_BYTES`] each, 16 GiB):
 /// a larger count is a malformed message.
@@ -98,6 +104,13 @@ pub enum Message {
         /// The sender's version vector.
         vector: VersionVector,
     },
+    /// A hello for `to` alone: it answers with a delta.
+    Ask {
+        /// The addressee.
+        to: PeerId,
+        /// What the sender has.
+        vector: VersionVector,
+    },
 }
 
 fn encode_ops(writer: &mut Writer, ops: &[CrdtOperation]) {
@@ -147,6 +160,10 @@ impl Message {
                 writer.u8(ACK).raw(to.as_bytes());
                 vector.encode(&mut writer);
             }
+            Message::Ask { to, vector } => {
+                writer.u8(ASK).raw(to.as_bytes());
+                vector.encode(&mut writer);
+            }
         }
         writer.finish()
     }
@@ -191,6 +208,10 @@ impl Message {
                 to: ActorId::decode(&mut reader)?,
                 vector: VersionVector::decode(&mut reader)?,
             },
+            ASK => Message::Ask {
+                to: ActorId::decode(&mut reader)?,
+                vector: VersionVector::decode(&mut reader)?,
+            },
             other => {
                 return Err(DecodeError::Invalid(format!(
                     "unknown sync message kind {other}"
@@ -205,13 +226,15 @@ impl Message {
 /// What a received message asks of the database.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
-    /// A peer announced itself: answer with [`SyncProtocol::delta`] for
-    /// `changes_since(vector)`.
+    /// A peer announced itself (or asked this instance alone): answer with
+    /// [`SyncProtocol::delta`] for `changes_since(vector)`.
     Hello {
         /// The peer.
         from: PeerId,
         /// What it has.
         vector: VersionVector,
+        /// An ASK: answer with the delta only, never with an ASK back.
+        asked: bool,
     },
     /// Merge `ops`; when `complete` is set they finish a delta from a peer
     /// holding that vector, which the database may then adopt. For a delta
@@ -305,6 +328,14 @@ impl SyncProtocol {
         })
     }
 
+    /// The ASK envelope for `to`: a hello only `to` answers.
+    pub fn ask(&self, to: PeerId, vector: &VersionVector) -> Vec<u8> {
+        self.seal(&Message::Ask {
+            to,
+            vector: vector.clone(),
+        })
+    }
+
     /// The ACK envelope for `to`.
     pub fn ack(&self, to: PeerId, vector: &VersionVector) -> Vec<u8> {
         self.seal(&Message::Ack {
@@ -368,7 +399,16 @@ impl SyncProtocol {
             return Ok(Incoming::Ignore);
         }
         Ok(match message {
-            Message::Hello { vector } => Incoming::Hello { from, vector },
+            Message::Hello { vector } => Incoming::Hello {
+                from,
+                vector,
+                asked: false,
+            },
+            Message::Ask { to, vector } if to == self.me => Incoming::Hello {
+                from,
+                vector,
+                asked: true,
+            },
             Message::Live { ops } => Incoming::Apply {
                 from,
                 ops,
@@ -418,7 +458,7 @@ impl SyncProtocol {
                     chunk: Some(ChunkId { delta, chunk }),
                 }
             }
-            Message::Ack { .. } | Message::Delta { .. } => Incoming::Ignore,
+            Message::Ack { .. } | Message::Delta { .. } | Message::Ask { .. } => Incoming::Ignore,
         })
     }
 }
@@ -487,7 +527,7 @@ mod tests {
 
         // B says hello; A answers with what B lacks, in several chunks.
         let hello = pb.hello(b.version_vector());
-        let Incoming::Hello { from, vector } = pa.receive(&hello).unwrap() else {
+        let Incoming::Hello { from, vector, .. } = pa.receive(&hello).unwrap() else {
             panic!("expected a hello");
         };
         assert_eq!(from, b.actor());
@@ -638,6 +678,29 @@ mod tests {
             feed(&mut pb, &chunks, &[0, 1, 1, 2], &[1]).is_empty(),
             "nor does a repeat of the failed chunk"
         );
+    }
+
+    #[test]
+    fn an_ask_is_a_hello_for_its_addressee_alone() {
+        let identity = SyncIdentity::generate();
+        let asker = SyncProtocol::new(ActorId::from_bytes([1; 16]), identity.cipher());
+        let mut addressee = SyncProtocol::new(ActorId::from_bytes([2; 16]), identity.cipher());
+        let mut bystander = SyncProtocol::new(ActorId::from_bytes([3; 16]), identity.cipher());
+        let vector: VersionVector = {
+            let mut v = VersionVector::new();
+            v.raise(asker.me(), 3);
+            v
+        };
+        let ask = asker.ask(addressee.me(), &vector);
+        assert_eq!(
+            addressee.receive(&ask).unwrap(),
+            Incoming::Hello {
+                from: asker.me(),
+                vector,
+                asked: true
+            }
+        );
+        assert_eq!(bystander.receive(&ask).unwrap(), Incoming::Ignore);
     }
 
     #[test]
