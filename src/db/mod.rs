@@ -1162,6 +1162,10 @@ impl Foreign {
         now_ms: u64,
     ) -> Vec<CrdtOperation> {
         let mut ops = Vec::new();
+        if self.records.is_empty() && self.vector.is_none() && self.hlc.is_none() {
+            // Not a stale commit: the common case costs nothing.
+            return ops;
+        }
         let mut already: Vec<Arc<str>> = changes.iter().map(|change| change.id.clone()).collect();
         already.sort_unstable();
         for record in self.records {
