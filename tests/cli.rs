@@ -496,6 +496,39 @@ fn a_cli_write_next_to_a_running_server_is_never_lost() {
     assert_eq!(status["conflicts"], 0, "{status}");
 }
 
+/// Issue #21: `POST /api/search` with `k = 10^15` (no token needed)
+/// allocated for that many results and aborted the server. Now every
+/// search breadth is capped and a larger one is a 400.
+#[test]
+fn huge_search_numbers_are_refused_and_the_server_stays_up() {
+    let cli = Cli::new();
+    cli.ok(&["put", "v1", r#"{"t":1}"#, "--vector", "[1,0,0]"]);
+    cli.ok(&["put", "v2", r#"{"t":2}"#, "--vector", "[0,1,0]"]);
+    let server = serve(&cli, &[]);
+    let a = server.address.as_str();
+    for body in [
+        r#"{"vector":[1,0,0],"k":1000000000000000}"#.to_string(),
+        format!(r#"{{"vector":[1,0,0],"k":{}}}"#, u64::MAX),
+        r#"{"vector":[1,0,0],"k":1000000000000000,"filter":{"where":{"t":1}}}"#.to_string(),
+        r#"{"vector":[1,0,0],"k":10001}"#.to_string(),
+    ] {
+        let (code, response) = http(a, "POST", "/api/search", &[], body.as_bytes());
+        assert_eq!(code, 400, "{body}: {response}");
+        assert!(response.contains("at most 10000"), "{response}");
+    }
+    let (code, response) = http(
+        a,
+        "POST",
+        "/api/search",
+        &[],
+        br#"{"vector":[1,0,0],"k":10000,"filter":{"where":{"t":2}}}"#,
+    );
+    assert_eq!(code, 200, "{response}");
+    assert_eq!(json_of(&response)[0]["id"], "v2");
+    let (code, _) = http(a, "GET", "/health", &[], b"");
+    assert_eq!(code, 200, "the server is still up");
+}
+
 #[test]
 fn two_databases_sync_through_the_cli_and_a_relay() {
     let relay_cli = Cli::new();

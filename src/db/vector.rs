@@ -198,6 +198,12 @@ impl<S: Storage> Database<S> {
         if request.k == 0 {
             return Err(InputError::InvalidArgument("k must be at least 1".into()).into());
         }
+        let max = crate::index::MAX_SEARCH_BREADTH;
+        if request.k > max || request.ef.is_some_and(|ef| ef > max) {
+            return Err(
+                InputError::InvalidArgument(format!("k and ef must be at most {max}")).into(),
+            );
+        }
         if let Some(min) = request.min_score {
             if !min.is_finite() {
                 return Err(
@@ -214,7 +220,7 @@ impl<S: Storage> Database<S> {
         // With a filter, fetch more candidates until enough pass it (or
         // everything was considered).
         let mut fetch = if request.filter.is_some() {
-            request.k * 4
+            request.k.saturating_mul(4).min(max)
         } else {
             request.k
         };
@@ -248,7 +254,12 @@ impl<S: Storage> Database<S> {
             if hits.len() == request.k || exhausted || fetch >= index.len() {
                 return Ok(hits);
             }
-            fetch = (fetch * 4).min(index.len().max(1));
+            let wider = fetch.saturating_mul(4).min(index.len().max(1)).min(max);
+            if wider == fetch {
+                // As wide as a search may go: these are the hits.
+                return Ok(hits);
+            }
+            fetch = wider;
         }
     }
 

@@ -32,6 +32,10 @@ pub use segment::{Segment, SegmentEntry, SEGMENT_ENCODING_VERSION};
 
 use crate::crdt::Dot;
 
+/// The largest `k` and `ef` a search accepts: a request (say over HTTP)
+/// asking for 10^15 results must be refused, not allocate for them.
+pub const MAX_SEARCH_BREADTH: usize = 10_000;
+
 /// Vector index failures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -268,7 +272,8 @@ impl VectorIndex {
         }
     }
 
-    /// The `k` nearest live vectors to `query`, best first, using a search
+    /// The `k` nearest live vectors to `query` (`k` and `ef` at most
+    /// [`MAX_SEARCH_BREADTH`]), best first, using a search
     /// breadth of `max(ef, ef_search, k)` in every sealed segment and an exact
     /// scan of the growing one.
     pub fn search(
@@ -279,6 +284,11 @@ impl VectorIndex {
     ) -> Result<Vec<Neighbour>, IndexError> {
         if k == 0 {
             return Err(IndexError::InvalidParameter("k must be at least 1".into()));
+        }
+        if k > MAX_SEARCH_BREADTH || ef.is_some_and(|ef| ef > MAX_SEARCH_BREADTH) {
+            return Err(IndexError::InvalidParameter(format!(
+                "k and ef must be at most {MAX_SEARCH_BREADTH}"
+            )));
         }
         let Some(dimension) = self.dimension else {
             // Nothing indexed yet: only the query's own validity matters.
