@@ -66,6 +66,27 @@ async fn open(dir: &Path, name: &str) -> Db {
     .unwrap()
 }
 
+/// Replicas `a` and `b` of one database (b joined a's invite).
+async fn pair(dir: &Path) -> (Db, Db) {
+    let a = open(dir, "a").await;
+    let b = open(dir, "b").await;
+    b.join_invite(&a.create_invite().await.unwrap())
+        .await
+        .unwrap();
+    (a, b)
+}
+
+/// Syncs `db` through `url` until the relay stored everything, then stops.
+async fn publish_everything(db: &Db, url: String) {
+    let sync = db.sync(RelayConnector::new(url)).unwrap();
+    eventually("everything is published", || {
+        sync.status().state == SyncState::Synced
+    })
+    .await;
+    drop(sync);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !check() {
@@ -152,11 +173,7 @@ async fn offline_edits_converge_with_the_same_conflicts_and_survive_a_relay_rest
     let backlog = dir.path().join("relay.db");
     let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &backlog).await;
     let address = relay.address;
-    let a = open(dir.path(), "a").await;
-    let b = open(dir.path(), "b").await;
-    b.join_invite(&a.create_invite().await.unwrap())
-        .await
-        .unwrap();
+    let (a, b) = pair(dir.path()).await;
     a.put("shared", json!("original")).await.unwrap();
     let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
     let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
@@ -212,21 +229,11 @@ async fn offline_edits_converge_with_the_same_conflicts_and_survive_a_relay_rest
 async fn peers_never_online_together_sync_through_the_backlog() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &dir.path().join("relay.db")).await;
-    let a = open(dir.path(), "a").await;
-    let b = open(dir.path(), "b").await;
-    b.join_invite(&a.create_invite().await.unwrap())
-        .await
-        .unwrap();
+    let (a, b) = pair(dir.path()).await;
     for i in 0..50 {
         a.put(&format!("k{i}"), json!({ "i": i })).await.unwrap();
     }
-    let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("a published everything", || {
-        sync_a.status().state == SyncState::Synced
-    })
-    .await;
-    drop(sync_a);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish_everything(&a, relay.url()).await;
 
     let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
     eventually("b got a's writes from the backlog", || b.len() == 50).await;
@@ -279,11 +286,7 @@ async fn writes_a_relay_could_not_store_stay_queued() {
     )
     .await;
     let address = full.address;
-    let a = open(dir.path(), "a").await;
-    let b = open(dir.path(), "b").await;
-    b.join_invite(&a.create_invite().await.unwrap())
-        .await
-        .unwrap();
+    let (a, b) = pair(dir.path()).await;
     let text = "x".repeat(2_000);
     for i in 0..60 {
         a.put(&format!("k{i:02}"), json!({ "i": i, "text": text }))
@@ -305,13 +308,7 @@ async fn writes_a_relay_could_not_store_stay_queued() {
 
     // The same relay address (so the same published vector), now with room.
     let roomy = Relay::start(address, &dir.path().join("roomy.db")).await;
-    let sync_a = a.sync(RelayConnector::new(roomy.url())).unwrap();
-    eventually("a published everything", || {
-        sync_a.status().state == SyncState::Synced
-    })
-    .await;
-    drop(sync_a);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish_everything(&a, roomy.url()).await;
     let sync_b = b.sync(RelayConnector::new(roomy.url())).unwrap();
     eventually("b got every write from the backlog alone", || b.len() == 60).await;
     drop(sync_b);
@@ -330,22 +327,12 @@ async fn each_transport_gets_the_writes_it_never_stored() {
         &dir.path().join("second.db"),
     )
     .await;
-    let a = open(dir.path(), "a").await;
-    let b = open(dir.path(), "b").await;
-    b.join_invite(&a.create_invite().await.unwrap())
-        .await
-        .unwrap();
+    let (a, b) = pair(dir.path()).await;
     for i in 0..10 {
         a.put(&format!("k{i}"), json!(i)).await.unwrap();
     }
     for relay in [&first, &second] {
-        let sync = a.sync(RelayConnector::new(relay.url())).unwrap();
-        eventually("a published everything", || {
-            sync.status().state == SyncState::Synced
-        })
-        .await;
-        drop(sync);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        publish_everything(&a, relay.url()).await;
     }
     let sync_b = b.sync(RelayConnector::new(second.url())).unwrap();
     eventually("b got every write from the second relay's backlog", || {
@@ -363,24 +350,14 @@ async fn each_transport_gets_the_writes_it_never_stored() {
 async fn envelopes_that_could_not_be_committed_are_received_again() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start("127.0.0.1:0".parse().unwrap(), &dir.path().join("relay.db")).await;
-    let a = open(dir.path(), "a").await;
-    let b = open(dir.path(), "b").await;
-    b.join_invite(&a.create_invite().await.unwrap())
-        .await
-        .unwrap();
+    let (a, b) = pair(dir.path()).await;
     let text = "y".repeat(4_000);
     for i in 0..40 {
         a.put(&format!("k{i:02}"), json!({ "i": i, "text": text }))
             .await
             .unwrap();
     }
-    let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("a published everything", || {
-        sync_a.status().state == SyncState::Synced
-    })
-    .await;
-    drop(sync_a);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish_everything(&a, relay.url()).await;
 
     // B's disk is full: every commit of what arrives fails.
     b.storage().set_max_size(Some(4096)).unwrap();
