@@ -169,12 +169,12 @@ mod native {
         let mut publishers = Vec::new();
         let mut receivers = Vec::new();
         for c in 0..clients {
-            let topic = [(c % topics) as u8; 32];
+            let join_key = [(c % topics) as u8; 32];
             let (socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
             let (mut sink, mut stream) = socket.split();
             let join = ClientFrame::Join {
                 version: RELAY_VERSION,
-                topic,
+                join_key,
                 since: u64::MAX,
             };
             sink.send(Message::Binary(join.encode().into()))
@@ -198,7 +198,9 @@ mod native {
         }
         let held = relay.stats().connections;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let envelope = vec![7u8; 200];
+        // The relay refuses what does not look like a sealed envelope.
+        let mut envelope = vec![7u8; 200];
+        envelope[0] = pluresdb::sync::crypto::ENVELOPE_VERSION;
         let start = Instant::now();
         let base = delivered.load(Ordering::Relaxed);
         let mut sent = 0u64;

@@ -35,6 +35,14 @@ pub fn check_decoders(data: &[u8]) -> usize {
         );
         accepted += 1;
     }
+    if let Ok(frame) = crate::sync::relay_frame::ClientFrame::decode(data) {
+        assert_eq!(frame.encode(), data, "client relay frame is not canonical");
+        accepted += 1;
+    }
+    if let Ok(frame) = crate::sync::relay_frame::RelayFrame::decode(data) {
+        assert_eq!(frame.encode(), data, "relay frame is not canonical");
+        accepted += 1;
+    }
     if let Ok(vector) = VersionVector::from_bytes(data) {
         assert_eq!(
             vector.to_bytes(),

@@ -788,7 +788,11 @@ async fn a_hyperswarm_session_releases_its_socket_when_it_ends() {
     let bind = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port);
     let connector = HyperswarmConnector::new(bind, testnet.bootstrap());
     for session in 0..2 {
-        let link = connector.connect([0x62; 32], 0).await.unwrap();
+        let rendezvous = pluresdb::transport::Rendezvous {
+            topic: [0x62; 32],
+            join_key: [0x63; 32],
+        };
+        let link = connector.connect(rendezvous, 0).await.unwrap();
         assert!(
             std::net::UdpSocket::bind(bind).is_err(),
             "session {session} holds its port"

@@ -54,8 +54,7 @@ use pluresdb::platform::{BoxFuture, WallClock};
 use pluresdb::storage::{
     meta_keys, CommitBatch, CommitReceipt, LoadedState, MemoryStorage, SlotLease, Storage,
 };
-use pluresdb::sync::Topic;
-use pluresdb::transport::{Connector, Link, Outgoing, TransportEvent};
+use pluresdb::transport::{Connector, Link, Outgoing, Rendezvous, TransportEvent};
 use pluresdb::{Database, OpenOptions, Origin, SyncHandle};
 use serde_json::json;
 
@@ -483,7 +482,7 @@ impl SimRelay {
 struct SimConnector(SimRelay);
 
 impl Connector for SimConnector {
-    fn connect(&self, _topic: Topic, cursor: u64) -> BoxFuture<'_, Result<Link, String>> {
+    fn connect(&self, _rendezvous: Rendezvous, cursor: u64) -> BoxFuture<'_, Result<Link, String>> {
         let link = self.0.join(cursor);
         Box::pin(async move { Ok(link) })
     }

@@ -3,97 +3,15 @@
 //! backlog holding only ciphertext, and a peer with the wrong key.
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::time::{Duration, Instant};
+mod common;
 
-use pluresdb::relay::{RelayConfig, RelayServer};
-use pluresdb::storage::SqliteStorage;
+use std::time::Duration;
+
+use common::{eventually, open, pair, publish_everything, Db, Relay};
+use pluresdb::relay::RelayConfig;
 use pluresdb::transport::RelayConnector;
-use pluresdb::{Database, OpenOptions, SyncState};
+use pluresdb::SyncState;
 use serde_json::json;
-
-type Db = Database<SqliteStorage>;
-
-struct Relay {
-    address: SocketAddr,
-    server: RelayServer,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start(address: SocketAddr, backlog: &Path) -> Relay {
-        Self::start_with(
-            address,
-            RelayConfig {
-                backlog_path: Some(backlog.to_path_buf()),
-                ..RelayConfig::default()
-            },
-        )
-        .await
-    }
-
-    async fn start_with(address: SocketAddr, config: RelayConfig) -> Relay {
-        let server = RelayServer::new(config).unwrap();
-        let app = axum::Router::new().nest("/relay", server.router());
-        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Relay {
-            address,
-            server,
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/relay", self.address)
-    }
-
-    fn stop(self) {
-        self.task.abort();
-    }
-}
-
-async fn open(dir: &Path, name: &str) -> Db {
-    Database::open(
-        SqliteStorage::open(dir.join(format!("{name}.db"))).unwrap(),
-        OpenOptions::default(),
-    )
-    .await
-    .unwrap()
-}
-
-/// Replicas `a` and `b` of one database (b joined a's invite).
-async fn pair(dir: &Path) -> (Db, Db) {
-    let a = open(dir, "a").await;
-    let b = open(dir, "b").await;
-    b.join_invite(&a.create_invite().await.unwrap())
-        .await
-        .unwrap();
-    (a, b)
-}
-
-/// Syncs `db` through `url` until the relay stored everything, then stops.
-async fn publish_everything(db: &Db, url: String) {
-    let sync = db.sync(RelayConnector::new(url)).unwrap();
-    eventually("everything is published", || {
-        sync.status().state == SyncState::Synced
-    })
-    .await;
-    drop(sync);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn state_of(db: &Db) -> Vec<(String, Option<serde_json::Value>, usize)> {
     db.list(&Default::default())
@@ -249,23 +167,35 @@ async fn a_peer_with_the_wrong_key_can_neither_read_nor_inject() {
     let a = open(dir.path(), "a").await;
     let intruder = open(dir.path(), "intruder").await;
     let invite = a.create_invite().await.unwrap();
-    // Same database id (so the same topic), another secret.
-    let id = a.sync_identity().unwrap().database_id().to_owned();
-    let forged = pluresdb::sync::SyncIdentity::new(id, [42; 32]).unwrap();
+    // Same database id, another secret: another join key, so another
+    // topic; the two never meet.
+    let identity = a.sync_identity().unwrap();
+    let forged = pluresdb::sync::SyncIdentity::new(identity.database_id(), [42; 32]).unwrap();
     assert_ne!(forged.invite(), invite);
+    assert_ne!(forged.topic(), identity.topic());
     intruder.join_invite(&forged.invite()).await.unwrap();
     a.put("secret", json!("only for a's group")).await.unwrap();
     intruder.put("injected", json!("evil")).await.unwrap();
     let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
     let sync_i = intruder.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("a rejected the intruder's envelopes", || {
-        sync_a.status().rejected > 0
+    eventually("both published", || {
+        sync_a.status().state == SyncState::Synced && sync_i.status().state == SyncState::Synced
     })
     .await;
-    eventually("the intruder rejected a's", || sync_i.status().rejected > 0).await;
+    // Someone who has a's join key but not its secret (say, a relay that
+    // saw it) publishes envelopes sealed with another key on a's topic.
+    let mut insider = common::RawClient::join(&relay.url(), identity.join_key(), 0).await;
+    let sealed_elsewhere = forged.cipher().seal(b"not a real message");
+    assert!(insider.publish(sealed_elsewhere, true).await);
+    assert!(insider.publish(common::junk_envelope(300), true).await);
+    eventually("a rejected the insider's envelopes", || {
+        sync_a.status().rejected >= 2
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(a.get("injected").unwrap(), None);
     assert_eq!(intruder.get("secret").unwrap(), None);
+    assert_eq!(sync_i.status().peers, 0, "the intruder never met a");
     drop((sync_a, sync_i));
     relay.stop();
 }

@@ -192,6 +192,29 @@ pub struct RelayOptions {
     /// that must be kept are refused (clients keep them queued).
     #[arg(long = "relay-backlog-max-bytes", value_name = "BYTES")]
     pub backlog_max_bytes: Option<u64>,
+    /// Bytes of envelopes kept per topic.
+    #[arg(long = "relay-backlog-topic-bytes", default_value_t = 256 * 1024 * 1024)]
+    pub backlog_topic_bytes: u64,
+    /// Bytes of envelopes kept in total (the oldest go first past it).
+    #[arg(long = "relay-backlog-total-bytes", default_value_t = 4 * 1024 * 1024 * 1024)]
+    pub backlog_total_bytes: u64,
+    /// Envelopes older than this many seconds are dropped.
+    #[arg(long = "relay-backlog-max-age", value_name = "SECONDS", default_value_t = 30 * 24 * 3600)]
+    pub backlog_max_age: u64,
+    /// Topics served at once (with members or a backlog).
+    #[arg(long = "relay-max-topics", default_value_t = 100_000)]
+    pub max_topics: usize,
+    /// Bytes per second read from one connection (a faster client is read
+    /// more slowly).
+    #[arg(long = "relay-bytes-per-second", default_value_t = 8 * 1024 * 1024)]
+    pub bytes_per_second: u64,
+    /// Bytes queued towards one member before it is dropped as too slow.
+    #[arg(long = "relay-member-queue-bytes", default_value_t = 32 * 1024 * 1024)]
+    pub member_queue_bytes: usize,
+    /// Milliseconds a send to a client may take before the client is
+    /// dropped.
+    #[arg(long = "relay-send-timeout-ms", default_value_t = 10_000)]
+    pub send_timeout_ms: u64,
 }
 
 impl RelayOptions {
@@ -212,6 +235,14 @@ impl RelayOptions {
             burst: self.rate.saturating_mul(2),
             max_connections: self.max_connections,
             backlog_max_bytes: self.backlog_max_bytes,
+            backlog_topic_bytes: self.backlog_topic_bytes,
+            backlog_total_bytes: self.backlog_total_bytes,
+            backlog_max_age: std::time::Duration::from_secs(self.backlog_max_age),
+            max_topics: self.max_topics,
+            bytes_per_second: self.bytes_per_second.max(1),
+            burst_bytes: self.bytes_per_second.saturating_mul(2),
+            member_queue_bytes: self.member_queue_bytes,
+            send_timeout: std::time::Duration::from_millis(self.send_timeout_ms.max(1)),
             ..Default::default()
         })
     }

@@ -25,7 +25,7 @@ use crate::crdt::VersionVector;
 use crate::error::{Error, InputError, Result};
 use crate::storage::{meta_keys, Storage};
 use crate::sync::{Incoming, PeerId, SyncIdentity, SyncProtocol};
-use crate::transport::{Connector, Link, Outgoing, TransportEvent};
+use crate::transport::{Connector, Link, Outgoing, Rendezvous, TransportEvent};
 
 /// Prefix of the per-transport published vector (the transport's
 /// description follows).
@@ -195,8 +195,9 @@ impl<S: Storage> Database<S> {
             cursor_key: format!("sync/cursor/{}", connector.describe()),
             published_key: format!("{PUBLISHED_PREFIX}{}", connector.describe()),
             asked: Vec::new(),
+            answered: VecDeque::new(),
             status: status.clone(),
-            topic: identity.topic(),
+            rendezvous: Rendezvous::of(&identity),
         };
         crate::platform::spawn(engine.run(connector, stopped));
         Ok(SyncHandle {
@@ -212,10 +213,25 @@ struct Engine<S: Storage> {
     cursor_key: String,
     published_key: String,
     status: Arc<Mutex<SyncStatus>>,
-    topic: crate::sync::Topic,
+    rendezvous: Rendezvous,
     /// Per peer, this instance's vector when it last answered the peer's
     /// hello with a hello of its own (this session).
     asked: Vec<(PeerId, VersionVector)>,
+    /// Hellos answered this session: (peer, its connection, a hash of its
+    /// vector), newest last. A hello seen again is not answered again.
+    answered: VecDeque<(PeerId, u64, u64)>,
+}
+
+/// Hellos remembered per session (see `Engine::answered`).
+const REMEMBERED_HELLOS: usize = 1024;
+
+fn vector_hash(vector: &VersionVector) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: deterministic across runs (the simulator replays seeds);
+    // only authenticated hellos get here, so nobody can aim for collisions.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    vector.to_bytes().hash(&mut hasher);
+    hasher.finish()
 }
 
 enum SessionEnd {
@@ -266,7 +282,7 @@ impl<S: Storage> Engine<S> {
         let mut attempt = 0u64;
         loop {
             self.update(|s| s.state = SyncState::Connecting);
-            let connect = connector.connect(self.topic, self.cursor()).fuse();
+            let connect = connector.connect(self.rendezvous, self.cursor()).fuse();
             futures::pin_mut!(connect);
             let link = futures::select_biased! {
                 _ = stop => break,
@@ -315,6 +331,7 @@ impl<S: Storage> Engine<S> {
         // between the two.
         let mut commits = self.db.subscribe_commits();
         self.asked.clear();
+        self.answered.clear();
         let mut sent: u32 = 0;
         let mut unstored: VecDeque<(u32, VersionVector)> = VecDeque::new();
         let mut peers: HashMap<u64, PeerId> = HashMap::new();
@@ -491,6 +508,16 @@ impl<S: Storage> Engine<S> {
                 asked,
             } => {
                 note(peer, &self.db);
+                // At most one delta per peer connection and vector: a hello
+                // seen again (replayed by a relay, or repeated) costs nothing.
+                let key = (peer, from, vector_hash(&vector));
+                if self.answered.contains(&key) {
+                    return Ok(());
+                }
+                if self.answered.len() >= REMEMBERED_HELLOS {
+                    self.answered.pop_front();
+                }
+                self.answered.push_back(key);
                 // Read together: a vector read after a later commit would
                 // make the peer adopt a write the delta does not carry.
                 let (ops, mine) = self
@@ -557,7 +584,9 @@ impl<S: Storage> Engine<S> {
                     Err(Error::Storage(error)) => {
                         // Not committed here (quota, I/O): keep the cursor
                         // before this envelope and reconnect later, which
-                        // replays it and asks peers again.
+                        // replays it (not dropped as a replay) and asks
+                        // peers again.
+                        self.protocol.forget(envelope);
                         tracing::warn!(%error, "sync: could not commit a peer's changes");
                         return Err(HandleError::NotCommitted);
                     }

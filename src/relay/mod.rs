@@ -1,21 +1,29 @@
 //! The relay server (native): WebSocket clients join a topic, and every
 //! envelope one member publishes is fanned out to the topic's other
-//! members and kept in a bounded per-topic backlog in SQLite, so peers that
-//! are never online at the same time still sync. The relay sees topics and
-//! sealed envelopes only; it cannot read or forge data.
+//! members and kept in a bounded per-topic backlog in SQLite
+//! ([`backlog`]), so peers that are never online at the same time still
+//! sync. The relay sees topics and sealed envelopes only; it cannot read or
+//! forge data, and only holders of a database's secret can join its topic
+//! (JOIN carries a join key whose hash is the topic).
 //!
-//! Limits, each enforced per connection without disturbing others: frame
-//! size, message rate (token bucket), members per topic, connections in
-//! total, a join deadline, and an idle timeout driven by ping/pong. A
-//! client that breaks a rule gets an ERROR frame and is disconnected; a
-//! client too slow to keep up with its topic is disconnected rather than
-//! slowing the others. Nothing a client sends can panic the relay.
+//! Every resource a client can make the relay hold is bounded (see
+//! [`RelayConfig`] for the defaults): frame size; bytes and messages read
+//! per second (a fast client is read more slowly, never disconnected);
+//! bytes queued towards a member (past the budget it is dropped and what it
+//! held is freed); every send has a timeout; the backlog replay goes in
+//! batches of bounded bytes; the backlog per topic (frames, bytes, age) and
+//! in total (bytes, topics); members per topic; connections; a join
+//! deadline and an idle timeout driven by ping/pong. A client that breaks a
+//! rule gets an ERROR frame and is disconnected. Nothing a client sends can
+//! panic the relay.
 //!
 //! Framing: [`crate::sync::relay_frame`].
 
+mod backlog;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,41 +32,66 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use rusqlite::{params, Connection, OptionalExtension};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
+use self::backlog::{Backlog, BacklogLimits, StoreError};
+use crate::sync::crypto::{topic_of, ENVELOPE_OVERHEAD, ENVELOPE_VERSION};
 use crate::sync::relay_frame::{codes, ClientFrame, RelayFrame, RELAY_VERSION};
 use crate::sync::Topic;
 
-/// Relay limits and storage.
+/// Relay limits and storage. Every field has a safe default.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// Largest WebSocket message accepted (bytes).
+    /// Largest WebSocket message accepted (bytes; default 4 MiB).
     pub max_frame: usize,
-    /// Sustained messages per second per connection.
+    /// Sustained messages per second read from one connection (default
+    /// 200); a client sending faster is read more slowly.
     pub rate_per_second: u32,
-    /// Messages a connection may send in a burst.
+    /// Messages read from a connection in a burst (default 400).
     pub burst: u32,
-    /// Members per topic.
+    /// Sustained bytes per second read from one connection (default 8 MiB;
+    /// every message, pings included, counts at least 64 bytes).
+    pub bytes_per_second: u64,
+    /// Bytes read from a connection in a burst (default 16 MiB; at least
+    /// `max_frame`).
+    pub burst_bytes: u64,
+    /// Members per topic (default 256).
     pub max_members_per_topic: usize,
-    /// Connections in total.
+    /// Connections in total (default 10,000).
     pub max_connections: usize,
-    /// A client must JOIN within this time.
+    /// A client must JOIN within this time (default 10 s).
     pub join_timeout: Duration,
-    /// How often the relay pings.
+    /// How often the relay pings (default 20 s).
     pub ping_interval: Duration,
-    /// A client silent (no frame, no pong) for this long is dropped.
+    /// A client silent (no frame, no pong) for this long is dropped
+    /// (default 60 s).
     pub idle_timeout: Duration,
-    /// Envelopes kept per topic.
+    /// A send to a client that does not finish in this time drops the
+    /// client (default 10 s).
+    pub send_timeout: Duration,
+    /// Envelopes kept per topic (default 10,000).
     pub backlog_frames: u64,
+    /// Bytes of envelopes kept per topic (default 256 MiB).
+    pub backlog_topic_bytes: u64,
+    /// Bytes of envelopes kept in total; past it the oldest envelopes of
+    /// any topic are dropped first (default 4 GiB).
+    pub backlog_total_bytes: u64,
+    /// Envelopes older than this are dropped (default 30 days).
+    pub backlog_max_age: Duration,
+    /// Topics the relay serves at once, with members or a backlog (default
+    /// 100,000).
+    pub max_topics: usize,
     /// The backlog's SQLite file (`None`: in memory).
     pub backlog_path: Option<PathBuf>,
     /// Caps the backlog file at about this many bytes (SQLite's
     /// `max_page_count`; `None`: no cap). A PUBLISH that cannot be kept
     /// once it is full is refused with a `STORAGE` error, never STORED.
     pub backlog_max_bytes: Option<u64>,
-    /// Envelopes queued towards one member before it counts as too slow.
-    pub member_queue: usize,
+    /// Bytes queued towards one member before it counts as too slow and is
+    /// dropped (default 32 MiB).
+    pub member_queue_bytes: usize,
+    /// Bytes of backlog read per replay batch (default 1 MiB).
+    pub replay_batch_bytes: usize,
 }
 
 impl Default for RelayConfig {
@@ -67,15 +100,23 @@ impl Default for RelayConfig {
             max_frame: 4 * 1024 * 1024,
             rate_per_second: 200,
             burst: 400,
+            bytes_per_second: 8 * 1024 * 1024,
+            burst_bytes: 16 * 1024 * 1024,
             max_members_per_topic: 256,
             max_connections: 10_000,
             join_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(10),
             backlog_frames: 10_000,
+            backlog_topic_bytes: 256 * 1024 * 1024,
+            backlog_total_bytes: 4 * 1024 * 1024 * 1024,
+            backlog_max_age: Duration::from_secs(30 * 24 * 3600),
+            max_topics: 100_000,
             backlog_path: None,
             backlog_max_bytes: None,
-            member_queue: 4096,
+            member_queue_bytes: 32 * 1024 * 1024,
+            replay_batch_bytes: 1024 * 1024,
         }
     }
 }
@@ -87,21 +128,50 @@ pub struct RelayStats {
     pub connections: usize,
     /// Topics with at least one member.
     pub topics: usize,
+    /// Topics with envelopes in the backlog.
+    pub backlog_topics: usize,
+    /// Bytes of envelopes in the backlog.
+    pub backlog_bytes: u64,
     /// Envelopes published.
     pub published: u64,
     /// Envelopes delivered to members (fan-out).
     pub delivered: u64,
     /// Connections closed for breaking a rule.
     pub refused: u64,
+    /// Members dropped for not reading fast enough.
+    pub too_slow: u64,
+}
+
+/// Frames on their way to one member, and the bytes they hold.
+struct Outbox {
+    queued_bytes: AtomicUsize,
+    /// Set (and `kick` notified) when the member must go.
+    kicked: AtomicBool,
+    kick: Notify,
 }
 
 struct Member {
-    sender: mpsc::Sender<Arc<Vec<u8>>>,
+    sender: mpsc::UnboundedSender<Arc<Vec<u8>>>,
+    outbox: Arc<Outbox>,
 }
 
-struct Backlog {
-    connection: Connection,
-    inserts_since_trim: u64,
+impl Member {
+    /// Queues `frame` within the member's byte budget; `false` when the
+    /// member is too slow (it is then kicked).
+    fn offer(&self, frame: &Arc<Vec<u8>>, budget: usize) -> bool {
+        let size = frame.len();
+        let before = self.outbox.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        if before.saturating_add(size) > budget {
+            self.outbox.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            self.outbox.kicked.store(true, Ordering::Release);
+            self.outbox.kick.notify_one();
+            return false;
+        }
+        if self.sender.send(frame.clone()).is_err() {
+            self.outbox.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+        }
+        true
+    }
 }
 
 struct Shared {
@@ -113,6 +183,7 @@ struct Shared {
     published: AtomicU64,
     delivered: AtomicU64,
     refused: AtomicU64,
+    too_slow: AtomicU64,
 }
 
 /// A relay server; mount [`RelayServer::router`] on an axum server.
@@ -129,58 +200,60 @@ impl std::fmt::Debug for RelayServer {
     }
 }
 
-fn open_backlog(path: Option<&PathBuf>, max_bytes: Option<u64>) -> rusqlite::Result<Connection> {
-    let connection = match path {
-        Some(path) => Connection::open(path)?,
-        None => Connection::open_in_memory()?,
-    };
-    if let Some(bytes) = max_bytes {
-        let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
-        let pages = (bytes / page_size.max(512) as u64).max(1);
-        connection.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
-    }
-    connection.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = NORMAL;
-         CREATE TABLE IF NOT EXISTS backlog (
-             seq INTEGER PRIMARY KEY AUTOINCREMENT,
-             topic BLOB NOT NULL,
-             envelope BLOB NOT NULL,
-             stored_at INTEGER NOT NULL
-         );
-         CREATE INDEX IF NOT EXISTS backlog_topic ON backlog (topic, seq);",
-    )?;
-    Ok(connection)
-}
+/// How often old envelopes of quiet topics are dropped.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 impl RelayServer {
-    /// A relay with `config` (opens or creates the backlog file).
+    /// A relay with `config` (opens or creates the backlog file). Needs a
+    /// tokio runtime: a background task drops expired envelopes.
     pub fn new(config: RelayConfig) -> Result<Self, String> {
-        let connection = open_backlog(config.backlog_path.as_ref(), config.backlog_max_bytes)
-            .map_err(|e| {
-                format!(
-                    "cannot open the relay backlog {}: {e}",
-                    config
-                        .backlog_path
-                        .as_ref()
-                        .map_or(":memory:".into(), |p| p.display().to_string())
-                )
-            })?;
-        Ok(Self {
+        let limits = BacklogLimits {
+            frames: config.backlog_frames.max(1),
+            topic_bytes: config.backlog_topic_bytes,
+            total_bytes: config.backlog_total_bytes,
+            max_topics: config.max_topics.max(1),
+            max_age: config.backlog_max_age,
+        };
+        let backlog = Backlog::open(
+            config.backlog_path.as_deref(),
+            config.backlog_max_bytes,
+            limits,
+        )
+        .map_err(|e| {
+            format!(
+                "cannot open the relay backlog {}: {e}",
+                config
+                    .backlog_path
+                    .as_ref()
+                    .map_or(":memory:".into(), |p| p.display().to_string())
+            )
+        })?;
+        let server = Self {
             shared: Arc::new(Shared {
                 config,
                 topics: Mutex::new(HashMap::new()),
-                backlog: Mutex::new(Backlog {
-                    connection,
-                    inserts_since_trim: 0,
-                }),
+                backlog: Mutex::new(backlog),
                 next_connection: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 published: AtomicU64::new(0),
                 delivered: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                too_slow: AtomicU64::new(0),
             }),
-        })
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let weak = Arc::downgrade(&server.shared);
+            tokio::spawn(async move {
+                let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+                sweep.tick().await;
+                loop {
+                    sweep.tick().await;
+                    let Some(shared) = weak.upgrade() else { return };
+                    let _ = tokio::task::spawn_blocking(move || expire(&shared)).await;
+                }
+            });
+        }
+        Ok(server)
     }
 
     /// Routes: `GET /` upgrades to the relay WebSocket. Nest it where the
@@ -194,12 +267,42 @@ impl RelayServer {
     /// Current counters.
     pub fn stats(&self) -> RelayStats {
         let shared = &self.shared;
+        let (backlog_topics, backlog_bytes) = shared
+            .backlog
+            .lock()
+            .map(|b| (b.topics(), b.total_bytes()))
+            .unwrap_or_default();
         RelayStats {
             connections: shared.connections.load(Ordering::Relaxed),
             topics: shared.topics.lock().map(|t| t.len()).unwrap_or(0),
+            backlog_topics,
+            backlog_bytes,
             published: shared.published.load(Ordering::Relaxed),
             delivered: shared.delivered.load(Ordering::Relaxed),
             refused: shared.refused.load(Ordering::Relaxed),
+            too_slow: shared.too_slow.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Drops envelopes past the age limit now (the relay also does this
+    /// every minute).
+    pub async fn expire_now(&self) {
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || expire(&shared)).await;
+    }
+}
+
+/// Trims every topic for age, each in its own short lock.
+fn expire(shared: &Shared) {
+    let topics = shared
+        .backlog
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .topic_list();
+    for topic in topics {
+        let mut backlog = shared.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(error) = backlog.trim_topic(&topic, crate::platform::now_ms()) {
+            tracing::warn!(%error, "expiring relay backlog envelopes failed");
         }
     }
 }
@@ -216,46 +319,75 @@ async fn upgrade(State(server): State<RelayServer>, upgrade: WebSocketUpgrade) -
         })
 }
 
-/// A token bucket.
-struct Rate {
+/// A token bucket that answers how long to wait instead of refusing.
+struct Pace {
     tokens: f64,
     last: Instant,
     per_second: f64,
     burst: f64,
 }
 
-impl Rate {
-    fn allow(&mut self) -> bool {
+impl Pace {
+    fn new(per_second: f64, burst: f64) -> Self {
+        Self {
+            tokens: burst,
+            last: Instant::now(),
+            per_second: per_second.max(1.0),
+            burst: burst.max(1.0),
+        }
+    }
+
+    /// Takes `cost` tokens; how long the caller must wait until the bucket
+    /// is no longer in debt.
+    fn charge(&mut self, cost: f64) -> Duration {
         let now = Instant::now();
         let elapsed = now.duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst) - cost;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
         } else {
-            false
+            Duration::from_secs_f64(-self.tokens / self.per_second)
         }
     }
 }
 
-async fn refuse(socket: &mut WebSocket, code: u16, message: impl Into<String>) {
-    let frame = RelayFrame::Error {
-        code,
-        message: message.into(),
-    };
-    let _ = socket.send(Message::Binary(frame.encode().into())).await;
-    let _ = socket.send(Message::Close(None)).await;
-}
+/// The least a message counts towards the byte rate.
+const MESSAGE_COST_BYTES: usize = 64;
 
 impl RelayServer {
+    /// Sends one message within the send timeout; `false` when the client
+    /// is gone or too slow.
+    async fn send(&self, socket: &mut WebSocket, message: Message) -> bool {
+        matches!(
+            tokio::time::timeout(self.shared.config.send_timeout, socket.send(message)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Sends an ERROR frame and closes, within the send timeout.
+    async fn refuse(&self, socket: &mut WebSocket, code: u16, message: impl Into<String>) {
+        if code != codes::STORAGE {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        let frame = RelayFrame::Error {
+            code,
+            message: message.into(),
+        };
+        if self
+            .send(socket, Message::Binary(frame.encode().into()))
+            .await
+        {
+            let _ = self.send(socket, Message::Close(None)).await;
+        }
+    }
+
     async fn serve(&self, mut socket: WebSocket) {
         let shared = &self.shared;
         let config = &shared.config;
         if shared.connections.fetch_add(1, Ordering::AcqRel) >= config.max_connections {
             shared.connections.fetch_sub(1, Ordering::AcqRel);
-            shared.refused.fetch_add(1, Ordering::Relaxed);
-            refuse(
+            self.refuse(
                 &mut socket,
                 codes::FULL,
                 "the relay has as many connections as it takes",
@@ -264,9 +396,8 @@ impl RelayServer {
             return;
         }
         let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-        let joined = self.join(&mut socket, id).await;
-        if let Some((topic, receiver)) = joined {
-            self.run(&mut socket, id, topic, receiver).await;
+        if let Some((topic, receiver, outbox)) = self.join(&mut socket, id).await {
+            self.run(&mut socket, id, topic, receiver, &outbox).await;
             self.leave(&topic, id);
         }
         shared.connections.fetch_sub(1, Ordering::AcqRel);
@@ -278,15 +409,14 @@ impl RelayServer {
         &self,
         socket: &mut WebSocket,
         id: u64,
-    ) -> Option<(Topic, mpsc::Receiver<Arc<Vec<u8>>>)> {
+    ) -> Option<(Topic, mpsc::UnboundedReceiver<Arc<Vec<u8>>>, Arc<Outbox>)> {
         let shared = &self.shared;
         let config = &shared.config;
         let first = tokio::time::timeout(config.join_timeout, socket.recv()).await;
         let bytes = match first {
             Ok(Some(Ok(Message::Binary(bytes)))) => bytes,
             Ok(Some(Ok(_))) => {
-                shared.refused.fetch_add(1, Ordering::Relaxed);
-                refuse(
+                self.refuse(
                     socket,
                     codes::PROTOCOL,
                     "send JOIN first, as a binary message",
@@ -296,55 +426,92 @@ impl RelayServer {
             }
             Ok(_) => return None,
             Err(_) => {
-                shared.refused.fetch_add(1, Ordering::Relaxed);
-                refuse(socket, codes::IDLE, "no JOIN in time").await;
+                self.refuse(socket, codes::IDLE, "no JOIN in time").await;
                 return None;
             }
         };
         let (topic, since) = match ClientFrame::decode(&bytes) {
             Ok(ClientFrame::Join {
                 version: RELAY_VERSION,
-                topic,
+                join_key,
                 since,
-            }) => (topic, since),
+            }) => (topic_of(&join_key), since),
             Ok(ClientFrame::Join { version, .. }) => {
-                shared.refused.fetch_add(1, Ordering::Relaxed);
-                refuse(socket, codes::VERSION, format!("relay framing version {version} is not supported (this relay speaks {RELAY_VERSION})")).await;
+                self.refuse(
+                    socket,
+                    codes::VERSION,
+                    format!(
+                        "relay framing version {version} is not supported (this relay speaks \
+                         {RELAY_VERSION}); update PluresDB"
+                    ),
+                )
+                .await;
                 return None;
             }
             Ok(_) => {
-                shared.refused.fetch_add(1, Ordering::Relaxed);
-                refuse(socket, codes::PROTOCOL, "send JOIN first").await;
+                self.refuse(socket, codes::PROTOCOL, "send JOIN first")
+                    .await;
                 return None;
             }
             Err(error) => {
-                shared.refused.fetch_add(1, Ordering::Relaxed);
-                refuse(socket, codes::MALFORMED, error.to_string()).await;
+                self.refuse(socket, codes::MALFORMED, error.to_string())
+                    .await;
                 return None;
             }
         };
-        let (sender, receiver) = mpsc::channel(config.member_queue);
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let outbox = Arc::new(Outbox {
+            queued_bytes: AtomicUsize::new(0),
+            kicked: AtomicBool::new(false),
+            kick: Notify::new(),
+        });
         let registered = {
+            let backlog_has_topic = self
+                .shared
+                .backlog
+                .lock()
+                .map(|b| (b.has_topic(&topic), b.topics()))
+                .unwrap_or((false, 0));
             let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = topics.entry(topic).or_default();
-            if entry.len() >= config.max_members_per_topic {
-                None
+            let known = topics.contains_key(&topic) || backlog_has_topic.0;
+            if !known && topics.len().saturating_add(backlog_has_topic.1) >= config.max_topics {
+                Err("the relay serves as many topics as it takes")
             } else {
-                let others: Vec<mpsc::Sender<Arc<Vec<u8>>>> =
-                    entry.values().map(|m| m.sender.clone()).collect();
-                entry.insert(id, Member { sender });
-                Some((others, entry.len() as u32 - 1))
+                let entry = topics.entry(topic).or_default();
+                if entry.len() >= config.max_members_per_topic {
+                    Err("this topic has as many members as the relay takes")
+                } else {
+                    let others: Vec<Member> = entry
+                        .values()
+                        .map(|m| Member {
+                            sender: m.sender.clone(),
+                            outbox: m.outbox.clone(),
+                        })
+                        .collect();
+                    entry.insert(
+                        id,
+                        Member {
+                            sender,
+                            outbox: outbox.clone(),
+                        },
+                    );
+                    Ok((others, entry.len() as u32 - 1))
+                }
             }
         };
-        let Some((others, members)) = registered else {
-            shared.refused.fetch_add(1, Ordering::Relaxed);
-            refuse(
-                socket,
-                codes::FULL,
-                "this topic has as many members as the relay takes",
-            )
-            .await;
-            return None;
+        let (others, members) = match registered {
+            Ok(registered) => registered,
+            Err(why) => {
+                // An empty entry made for the check goes again.
+                {
+                    let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+                    if topics.get(&topic).is_some_and(|m| m.is_empty()) {
+                        topics.remove(&topic);
+                    }
+                }
+                self.refuse(socket, codes::FULL, why).await;
+                return None;
+            }
         };
         let head = self.backlog_head(&topic).await;
         let welcome = RelayFrame::Welcome {
@@ -352,10 +519,9 @@ impl RelayServer {
             connection: id,
             members,
         };
-        if socket
-            .send(Message::Binary(welcome.encode().into()))
+        if !self
+            .send(socket, Message::Binary(welcome.encode().into()))
             .await
-            .is_err()
         {
             self.leave(&topic, id);
             return None;
@@ -369,9 +535,10 @@ impl RelayServer {
             .encode(),
         );
         for other in others {
-            let _ = other.try_send(change.clone());
+            other.offer(&change, config.member_queue_bytes);
         }
-        // Replay what was kept after the client's cursor, in batches.
+        // Replay what was kept after the client's cursor, in batches of
+        // bounded bytes, each send within the timeout.
         let mut cursor = since;
         while cursor < head {
             let batch = self.backlog_after(&topic, cursor, head).await;
@@ -385,17 +552,17 @@ impl RelayServer {
                     from: 0,
                     envelope,
                 };
-                if socket
-                    .send(Message::Binary(frame.encode().into()))
-                    .await
-                    .is_err()
+                if outbox.kicked.load(Ordering::Acquire)
+                    || !self
+                        .send(socket, Message::Binary(frame.encode().into()))
+                        .await
                 {
                     self.leave(&topic, id);
                     return None;
                 }
             }
         }
-        Some((topic, receiver))
+        Some((topic, receiver, outbox))
     }
 
     async fn run(
@@ -403,86 +570,117 @@ impl RelayServer {
         socket: &mut WebSocket,
         id: u64,
         topic: Topic,
-        mut receiver: mpsc::Receiver<Arc<Vec<u8>>>,
+        mut receiver: mpsc::UnboundedReceiver<Arc<Vec<u8>>>,
+        outbox: &Outbox,
     ) {
         let shared = &self.shared;
         let config = &shared.config;
-        let mut rate = Rate {
-            tokens: f64::from(config.burst),
-            last: Instant::now(),
-            per_second: f64::from(config.rate_per_second),
-            burst: f64::from(config.burst),
-        };
+        let mut messages = Pace::new(f64::from(config.rate_per_second), f64::from(config.burst));
+        let mut bytes = Pace::new(
+            config.bytes_per_second as f64,
+            config.burst_bytes.max(config.max_frame as u64 + 1024) as f64,
+        );
         let mut ping = tokio::time::interval(config.ping_interval);
         ping.tick().await;
         let mut last_heard = Instant::now();
+        // While set, the client is not read from (it sent too much).
+        let mut paused_until: Option<tokio::time::Instant> = None;
         loop {
+            let resume = async {
+                match paused_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                incoming = socket.recv() => {
+                biased;
+                _ = outbox.kick.notified() => {
+                    shared.too_slow.fetch_add(1, Ordering::Relaxed);
+                    self.refuse(socket, codes::SLOW, format!(
+                        "more than {} bytes waited for this client to read them", config.member_queue_bytes
+                    )).await;
+                    return;
+                }
+                _ = resume => {
+                    paused_until = None;
+                    // Time spent not reading is not the client's silence.
+                    last_heard = Instant::now();
+                }
+                outgoing = receiver.recv() => {
+                    let Some(frame) = outgoing else { return };
+                    outbox.queued_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+                    if !self.send(socket, Message::Binary(frame.as_ref().clone().into())).await {
+                        return;
+                    }
+                }
+                incoming = socket.recv(), if paused_until.is_none() => {
                     let message = match incoming {
                         Some(Ok(message)) => message,
                         _ => return,
                     };
                     last_heard = Instant::now();
+                    let size = match &message {
+                        Message::Binary(b) => b.len(),
+                        Message::Text(t) => t.len(),
+                        Message::Ping(p) | Message::Pong(p) => p.len(),
+                        Message::Close(_) => 0,
+                    };
+                    let wait = messages.charge(1.0).max(bytes.charge(size.max(MESSAGE_COST_BYTES) as f64));
+                    if !wait.is_zero() {
+                        paused_until = Some(tokio::time::Instant::now() + wait);
+                    }
                     match message {
                         Message::Binary(bytes) => {
                             if bytes.len() > config.max_frame {
-                                shared.refused.fetch_add(1, Ordering::Relaxed);
-                                refuse(socket, codes::TOO_LARGE, format!("frames are at most {} bytes", config.max_frame)).await;
-                                return;
-                            }
-                            if !rate.allow() {
-                                shared.refused.fetch_add(1, Ordering::Relaxed);
-                                refuse(socket, codes::RATE_LIMITED, format!("at most {} messages per second", config.rate_per_second)).await;
+                                self.refuse(socket, codes::TOO_LARGE, format!("frames are at most {} bytes", config.max_frame)).await;
                                 return;
                             }
                             match ClientFrame::decode(&bytes) {
+                                Ok(ClientFrame::Publish { envelope, .. })
+                                    if envelope.len() <= ENVELOPE_OVERHEAD || envelope[0] != ENVELOPE_VERSION =>
+                                {
+                                    self.refuse(socket, codes::MALFORMED, "a PUBLISH must carry a sealed envelope").await;
+                                    return;
+                                }
                                 Ok(ClientFrame::Publish { sequence, keep, envelope }) => {
-                                    let Some(backlog) = self.publish(&topic, id, envelope, keep).await else {
-                                        // Never STORED for what was not
-                                        // stored: the client keeps it queued.
-                                        refuse(socket, codes::STORAGE, "the relay could not store the envelope").await;
-                                        return;
+                                    let backlog = match self.publish(&topic, id, envelope, keep).await {
+                                        Ok(backlog) => backlog,
+                                        Err(why) => {
+                                            // Never STORED for what was not
+                                            // stored: the client keeps it queued.
+                                            self.refuse(socket, codes::STORAGE, why).await;
+                                            return;
+                                        }
                                     };
                                     let stored = RelayFrame::Stored { sequence, backlog };
-                                    if socket.send(Message::Binary(stored.encode().into())).await.is_err() {
+                                    if !self.send(socket, Message::Binary(stored.encode().into())).await {
                                         return;
                                     }
                                 }
                                 Ok(ClientFrame::Join { .. }) => {
-                                    shared.refused.fetch_add(1, Ordering::Relaxed);
-                                    refuse(socket, codes::PROTOCOL, "already joined").await;
+                                    self.refuse(socket, codes::PROTOCOL, "already joined").await;
                                     return;
                                 }
                                 Err(error) => {
-                                    shared.refused.fetch_add(1, Ordering::Relaxed);
-                                    refuse(socket, codes::MALFORMED, error.to_string()).await;
+                                    self.refuse(socket, codes::MALFORMED, error.to_string()).await;
                                     return;
                                 }
                             }
                         }
                         Message::Text(_) => {
-                            shared.refused.fetch_add(1, Ordering::Relaxed);
-                            refuse(socket, codes::PROTOCOL, "the relay speaks binary frames only").await;
+                            self.refuse(socket, codes::PROTOCOL, "the relay speaks binary frames only").await;
                             return;
                         }
                         Message::Close(_) => return,
                         Message::Ping(_) | Message::Pong(_) => {}
                     }
                 }
-                outgoing = receiver.recv() => {
-                    let Some(frame) = outgoing else { return };
-                    if socket.send(Message::Binary(frame.as_ref().clone().into())).await.is_err() {
-                        return;
-                    }
-                }
                 _ = ping.tick() => {
-                    if last_heard.elapsed() > config.idle_timeout {
-                        shared.refused.fetch_add(1, Ordering::Relaxed);
-                        refuse(socket, codes::IDLE, "no traffic for too long").await;
+                    if paused_until.is_none() && last_heard.elapsed() > config.idle_timeout {
+                        self.refuse(socket, codes::IDLE, "no traffic for too long").await;
                         return;
                     }
-                    if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    if !self.send(socket, Message::Ping(Vec::new().into())).await {
                         return;
                     }
                 }
@@ -491,15 +689,15 @@ impl RelayServer {
     }
 
     /// Stores an envelope (when `keep`) and fans it out to the topic's
-    /// other members; `None`, and nothing delivered, when it had to be kept
-    /// and could not be.
+    /// other members; an error, and nothing delivered, when it had to be
+    /// kept and could not be.
     async fn publish(
         &self,
         topic: &Topic,
         from: u64,
         envelope: Vec<u8>,
         keep: bool,
-    ) -> Option<u64> {
+    ) -> Result<u64, &'static str> {
         let shared = &self.shared;
         shared.published.fetch_add(1, Ordering::Relaxed);
         let sequence = if keep {
@@ -523,22 +721,21 @@ impl RelayServer {
                     if *member_id == from {
                         continue;
                     }
-                    match member.sender.try_send(frame.clone()) {
-                        Ok(()) => {
-                            shared.delivered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(mpsc::error::TrySendError::Full(_)) => too_slow.push(*member_id),
-                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    if member.offer(&frame, shared.config.member_queue_bytes) {
+                        shared.delivered.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        too_slow.push(*member_id);
                     }
                 }
             }
         }
         // A member that cannot keep up is dropped (it resyncs from the
-        // backlog when it reconnects) instead of holding the others back.
+        // backlog when it reconnects) instead of holding the others back;
+        // its task sees the kick, closes, and frees its queue.
         for member in too_slow {
             self.leave(topic, member);
         }
-        Some(sequence)
+        Ok(sequence)
     }
 
     fn leave(&self, topic: &Topic, id: u64) {
@@ -560,7 +757,7 @@ impl RelayServer {
             .encode(),
         );
         for member in members.values() {
-            let _ = member.sender.try_send(change.clone());
+            member.offer(&change, shared.config.member_queue_bytes);
         }
         if members.is_empty() {
             topics.remove(topic);
@@ -568,60 +765,38 @@ impl RelayServer {
     }
 
     /// Keeps an envelope in the topic's backlog; its sequence number, or
-    /// `None` when the insert failed.
-    async fn store(&self, topic: &Topic, envelope: &[u8]) -> Option<u64> {
+    /// why it could not.
+    async fn store(&self, topic: &Topic, envelope: &[u8]) -> Result<u64, &'static str> {
         let shared = self.shared.clone();
         let topic = *topic;
         let envelope = envelope.to_vec();
         tokio::task::spawn_blocking(move || {
+            let member_topics = shared.topics.lock().map(|t| t.len()).unwrap_or(0);
             let mut backlog = shared.backlog.lock().unwrap_or_else(|e| e.into_inner());
-            let now = crate::platform::now_ms() as i64;
-            let inserted = backlog.connection.execute(
-                "INSERT INTO backlog (topic, envelope, stored_at) VALUES (?1, ?2, ?3)",
-                params![&topic[..], envelope, now],
-            );
-            if let Err(error) = inserted {
-                tracing::warn!(%error, "the relay could not keep an envelope in its backlog");
-                return None;
-            }
-            let sequence = backlog.connection.last_insert_rowid() as u64;
-            backlog.inserts_since_trim += 1;
-            if backlog.inserts_since_trim >= 64 {
-                backlog.inserts_since_trim = 0;
-                let limit = shared.config.backlog_frames as i64;
-                let trimmed = backlog.connection.execute(
-                    "DELETE FROM backlog WHERE topic = ?1 AND seq <= (
-                         SELECT seq FROM backlog WHERE topic = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
-                    params![&topic[..], limit],
-                );
-                if let Err(error) = trimmed {
-                    tracing::warn!(%error, "trimming the relay backlog failed");
+            match backlog.store(&topic, &envelope, crate::platform::now_ms(), member_topics) {
+                Ok(sequence) => Ok(sequence),
+                Err(StoreError::TooManyTopics) => {
+                    Err("the relay keeps backlogs for as many topics as it takes")
+                }
+                Err(StoreError::Sqlite(error)) => {
+                    tracing::warn!(%error, "the relay could not keep an envelope in its backlog");
+                    Err("the relay could not store the envelope")
                 }
             }
-            Some(sequence)
         })
         .await
-        .ok()
-        .flatten()
+        .unwrap_or(Err("the relay could not store the envelope"))
     }
 
     async fn backlog_head(&self, topic: &Topic) -> u64 {
         let shared = self.shared.clone();
         let topic = *topic;
         tokio::task::spawn_blocking(move || {
-            let backlog = shared.backlog.lock().unwrap_or_else(|e| e.into_inner());
-            backlog
-                .connection
-                .query_row(
-                    "SELECT max(seq) FROM backlog WHERE topic = ?1",
-                    [&topic[..]],
-                    |row| row.get::<_, Option<i64>>(0),
-                )
-                .optional()
-                .ok()
-                .flatten()
-                .flatten()
-                .unwrap_or(0) as u64
+            shared
+                .backlog
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .head(&topic)
         })
         .await
         .unwrap_or(0)
@@ -631,21 +806,12 @@ impl RelayServer {
         let shared = self.shared.clone();
         let topic = *topic;
         tokio::task::spawn_blocking(move || {
-            let backlog = shared.backlog.lock().unwrap_or_else(|e| e.into_inner());
-            let mut statement = match backlog.connection.prepare_cached(
-                "SELECT seq, envelope FROM backlog WHERE topic = ?1 AND seq > ?2 AND seq <= ?3
-                 ORDER BY seq LIMIT 256",
-            ) {
-                Ok(statement) => statement,
-                Err(_) => return Vec::new(),
-            };
-            let rows = statement.query_map(params![&topic[..], after as i64, head as i64], |row| {
-                Ok((row.get::<_, i64>(0)? as u64, row.get::<_, Vec<u8>>(1)?))
-            });
-            match rows {
-                Ok(rows) => rows.filter_map(Result::ok).collect(),
-                Err(_) => Vec::new(),
-            }
+            let max_bytes = shared.config.replay_batch_bytes.max(1);
+            shared
+                .backlog
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .after(&topic, after, head, max_bytes)
         })
         .await
         .unwrap_or_default()

@@ -1,17 +1,21 @@
 //! End-to-end encryption of sync traffic.
 //!
 //! A database that syncs has a [`SyncIdentity`]: its *database id* (shared
-//! by every replica; the relay sees only its hash, the topic) and a 32-byte
-//! *secret*. Both travel together in an invite string. From them:
+//! by every replica) and a 32-byte *secret*. Both travel together in an
+//! invite string. From them (protocol version 2):
 //!
-//! - the **topic** is `BLAKE2b-256(database id)` (the seed's `derive_topic`),
-//!   the only thing a relay or network observer learns;
+//! - the **join key** is `BLAKE2b-256` keyed with the secret over
+//!   `"pluresdb/join/v2" || database id`: what a replica shows a relay in
+//!   JOIN, so that only holders of the secret can join the topic;
+//! - the **topic** is `BLAKE2b-256("pluresdb/topic/v2" || join key)`, what
+//!   a relay or the Hyperswarm DHT sees. Neither the database id nor the
+//!   topic yields the join key, so knowing them gains nothing;
 //! - the **key** is `BLAKE2b-256` keyed with the secret over
-//!   `"pluresdb/sync/v1" || topic`;
+//!   `"pluresdb/sync/v2" || topic`;
 //! - every message is sealed with XChaCha20-Poly1305 under that key, a fresh
-//!   random 24-byte nonce, and the topic as associated data, in an envelope
-//!   `u8 version (1) | [24] nonce | ciphertext | [16] tag` (41 bytes of
-//!   overhead).
+//!   random 24-byte nonce, and the envelope version and topic as associated
+//!   data, in an envelope `u8 version (2) | [24] nonce | ciphertext | [16]
+//!   tag` (41 bytes of overhead).
 //!
 //! There is no plaintext mode. A peer with another secret can neither read
 //! nor inject: its envelopes fail authentication and are counted, never
@@ -28,22 +32,47 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::error::DecodeError;
 
-/// Version byte of sealed envelopes.
-pub const ENVELOPE_VERSION: u8 = 1;
+/// Version byte of sealed envelopes (2: keys of protocol version 2).
+pub const ENVELOPE_VERSION: u8 = 2;
 /// Bytes an envelope adds to its plaintext: version, nonce, tag.
 pub const ENVELOPE_OVERHEAD: usize = 1 + 24 + 16;
 const INVITE_PREFIX: &str = "pluresdb1.";
-const KEY_CONTEXT: &[u8] = b"pluresdb/sync/v1";
+const KEY_CONTEXT: &[u8] = b"pluresdb/sync/v2";
+const JOIN_CONTEXT: &[u8] = b"pluresdb/join/v2";
+const TOPIC_CONTEXT: &[u8] = b"pluresdb/topic/v2";
 
-/// A 32-byte topic: `BLAKE2b-256(database id)`.
+/// A 32-byte topic: `BLAKE2b-256("pluresdb/topic/v2" || join key)`.
 pub type Topic = [u8; 32];
 
-/// The seed's `derive_topic`: BLAKE2b-256 of the database id.
-pub fn derive_topic(database_id: &str) -> Topic {
+/// The 32-byte key a replica joins a relay topic with; only holders of the
+/// sync secret can compute it.
+pub type JoinKey = [u8; 32];
+
+/// The topic a join key opens: what a relay computes from JOIN.
+pub fn topic_of(join_key: &JoinKey) -> Topic {
     Blake2b256::new()
-        .chain_update(database_id.as_bytes())
+        .chain_update(TOPIC_CONTEXT)
+        .chain_update(join_key)
         .finalize()
         .into()
+}
+
+/// The random nonce of an envelope (its bytes 1..25), which identifies it:
+/// a replayed envelope carries the same one. `None` when too short.
+pub fn envelope_nonce(envelope: &[u8]) -> Option<[u8; 24]> {
+    envelope.get(1..25)?.try_into().ok()
+}
+
+fn keyed_hash(secret: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac =
+        <Blake2bMac<blake2::digest::consts::U32> as blake2::digest::KeyInit>::new_from_slice(
+            secret,
+        )
+        .expect("a 32-byte key is valid for BLAKE2b");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
 }
 
 /// Errors of sealing and opening envelopes, and of invites.
@@ -109,9 +138,14 @@ impl SyncIdentity {
         &self.database_id
     }
 
+    /// The key this database's replicas join a relay topic with.
+    pub fn join_key(&self) -> JoinKey {
+        keyed_hash(&self.secret, &[JOIN_CONTEXT, self.database_id.as_bytes()])
+    }
+
     /// The topic peers meet on.
     pub fn topic(&self) -> Topic {
-        derive_topic(&self.database_id)
+        topic_of(&self.join_key())
     }
 
     /// The invite string: `pluresdb1.<id>.<secret>` (base64url). Whoever holds
@@ -165,14 +199,7 @@ impl SyncIdentity {
     /// The message cipher for this identity.
     pub fn cipher(&self) -> SyncCipher {
         let topic = self.topic();
-        let mut mac =
-            <Blake2bMac<blake2::digest::consts::U32> as blake2::digest::KeyInit>::new_from_slice(
-                &self.secret,
-            )
-            .expect("a 32-byte key is valid for BLAKE2b");
-        mac.update(KEY_CONTEXT);
-        mac.update(&topic);
-        let key: [u8; 32] = mac.finalize().into_bytes().into();
+        let key = keyed_hash(&self.secret, &[KEY_CONTEXT, &topic]);
         SyncCipher {
             aead: XChaCha20Poly1305::new(&key.into()),
             topic,
@@ -269,16 +296,24 @@ mod tests {
     }
 
     #[test]
-    fn topic_test_vectors() {
-        // BLAKE2b-256, checked against Python's hashlib.blake2b(digest_size=32).
+    fn join_key_and_topic_test_vectors() {
+        // Checked against Python's hashlib: join key =
+        // blake2b(b"pluresdb/join/v2" + b"abc", key=bytes(range(32)),
+        // digest_size=32); topic = blake2b(b"pluresdb/topic/v2" + join key,
+        // digest_size=32).
+        let identity = SyncIdentity::new("abc", std::array::from_fn(|i| i as u8)).unwrap();
         assert_eq!(
-            hex(&derive_topic("")),
-            "0e5751c026e543b2e8ab2eb06099daa1d1e5df47778f7787faab45cdf12fe3a8"
+            hex(&identity.join_key()),
+            "dad9573ee4c0023473148eb786875b6920a2991e10ec5eb85b9f7ef7d8500b0c"
         );
         assert_eq!(
-            hex(&derive_topic("abc")),
-            "bddd813c634239723171ef3fee98579b94964e3bb1cb3e427262c8c068d52319"
+            hex(&identity.topic()),
+            "e2a12118e58c616e02a44d762cffdf95df96389dd70014d7ed74876266d51835"
         );
+        assert_eq!(topic_of(&identity.join_key()), identity.topic());
+        // The id alone gives neither: another secret, another topic.
+        let other = SyncIdentity::new("abc", [0; 32]).unwrap();
+        assert_ne!(other.topic(), identity.topic());
     }
 
     #[test]

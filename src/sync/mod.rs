@@ -7,5 +7,5 @@ pub mod crypto;
 pub mod protocol;
 pub mod relay_frame;
 
-pub use crypto::{derive_topic, CryptoError, SyncCipher, SyncIdentity, Topic};
+pub use crypto::{envelope_nonce, topic_of, CryptoError, JoinKey, SyncCipher, SyncIdentity, Topic};
 pub use protocol::{ChunkId, Incoming, Message, PeerId, SyncError, SyncProtocol, MAX_DELTA_CHUNKS};

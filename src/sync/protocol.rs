@@ -22,6 +22,11 @@
 //! sees that the peer has writes it lacks asks that peer alone, instead of
 //! greeting everyone again.
 //!
+//! A replayed or duplicated envelope (one whose nonce was already opened,
+//! among the last [`REMEMBERED_NONCES`]) is dropped before any work. The
+//! engine also answers at most one delta per peer connection and vector,
+//! so a recorded HELLO replayed costs nothing.
+//!
 //! Operations use the record encoding (`CrdtOperation::encode`). A delta is
 //! complete when every chunk index of its id, `0..chunks`, was received once
 //! and applied (committed) here, in any order; only then does the receiver
@@ -29,15 +34,18 @@
 //! work, and a chunk whose commit failed keeps its delta from ever
 //! completing (the next HELLO asks again).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 
-use super::crypto::{CryptoError, SyncCipher};
+use super::crypto::{envelope_nonce, CryptoError, SyncCipher};
 use crate::codec::{Reader, Writer};
 use crate::crdt::{ActorId, CrdtOperation, VersionVector};
 use crate::error::DecodeError;
 
-/// Version byte of protocol messages.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Version byte of protocol messages (2: keys and topics of
+/// [`super::crypto`] version 2, JOIN with a join key).
+pub const PROTOCOL_VERSION: u8 = 2;
+/// Nonces of opened envelopes remembered to drop replays.
+pub const REMEMBERED_NONCES: usize = 8192;
 /// Plaintext size at which deltas and live batches are split.
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
@@ -292,6 +300,10 @@ pub struct SyncProtocol {
     partial: HashMap<(PeerId, u32), DeltaProgress>,
     started: u64,
     rejected: u64,
+    replayed: u64,
+    /// Nonces of authenticated envelopes, newest last.
+    seen: HashSet<[u8; 24]>,
+    seen_order: VecDeque<[u8; 24]>,
 }
 
 impl SyncProtocol {
@@ -304,7 +316,36 @@ impl SyncProtocol {
             partial: HashMap::new(),
             started: 0,
             rejected: 0,
+            replayed: 0,
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
         }
+    }
+
+    /// Envelopes dropped as replays or duplicates so far.
+    pub fn replayed(&self) -> u64 {
+        self.replayed
+    }
+
+    /// Forgets that `envelope` was received, so that it counts again when
+    /// it arrives again: for an envelope whose changes could not be
+    /// committed.
+    pub fn forget(&mut self, envelope: &[u8]) {
+        if let Some(nonce) = envelope_nonce(envelope) {
+            if self.seen.remove(&nonce) {
+                self.seen_order.retain(|n| *n != nonce);
+            }
+        }
+    }
+
+    fn remember(&mut self, nonce: [u8; 24]) {
+        if self.seen_order.len() >= REMEMBERED_NONCES {
+            if let Some(oldest) = self.seen_order.pop_front() {
+                self.seen.remove(&oldest);
+            }
+        }
+        self.seen.insert(nonce);
+        self.seen_order.push_back(nonce);
     }
 
     /// This instance's peer id.
@@ -385,8 +426,15 @@ impl SyncProtocol {
             .collect()
     }
 
-    /// Opens and interprets an envelope from the transport.
+    /// Opens and interprets an envelope from the transport. A replay of an
+    /// envelope received before is [`Incoming::Ignore`], before any
+    /// decryption.
     pub fn receive(&mut self, envelope: &[u8]) -> Result<Incoming, SyncError> {
+        let nonce = envelope_nonce(envelope);
+        if nonce.is_some_and(|nonce| self.seen.contains(&nonce)) {
+            self.replayed += 1;
+            return Ok(Incoming::Ignore);
+        }
         let plaintext = match self.cipher.open(envelope) {
             Ok(plaintext) => plaintext,
             Err(error) => {
@@ -394,6 +442,11 @@ impl SyncProtocol {
                 return Err(error.into());
             }
         };
+        // Only authenticated envelopes are remembered: junk cannot push
+        // real nonces out.
+        if let Some(nonce) = nonce {
+            self.remember(nonce);
+        }
         let (from, message) = Message::decode(&plaintext)?;
         if from == self.me {
             return Ok(Incoming::Ignore);

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! client -> relay
-//!   0x01 JOIN     u8 version (1), [32] topic, u64 since   (backlog cursor; 0 = everything kept)
+//!   0x01 JOIN     u8 version (2), [32] join key, u64 since   (backlog cursor; 0 = everything kept)
 //!   0x02 PUBLISH  u32 client sequence, u8 flags (bit 0: keep in the backlog), envelope (rest)
 //! relay -> client
 //!   0x81 WELCOME  u64 backlog head, u64 your connection id, u32 other members
@@ -13,22 +13,29 @@
 //!   0x85 ERROR    u16 code, u32 length, UTF-8 message
 //! ```
 //!
+//! The relay derives the topic from the join key
+//! ([`topic_of`](super::crypto::topic_of)), so only holders of the sync
+//! secret can join: knowing a topic or a database id gains nothing.
 //! Liveness uses WebSocket ping/pong. Every integer is little-endian.
 
-use super::crypto::Topic;
+use super::crypto::JoinKey;
 use crate::codec::{Reader, Writer};
 use crate::error::DecodeError;
 
-/// Version of the relay framing sent in JOIN.
-pub const RELAY_VERSION: u8 = 1;
+/// Version of the relay framing sent in JOIN (2: join keys instead of
+/// topics).
+pub const RELAY_VERSION: u8 = 2;
 
 /// Error codes in ERROR frames (the connection closes after one).
 pub mod codes {
-    /// The frame could not be decoded.
+    /// The frame could not be decoded, or a PUBLISH carries no sealed
+    /// envelope.
     pub const MALFORMED: u16 = 1;
     /// The frame exceeds the relay's size limit.
     pub const TOO_LARGE: u16 = 2;
-    /// The client sends faster than the relay allows.
+    /// The client sends faster than the relay allows. Relays of framing
+    /// version 2 slow a fast client down (they read from it more slowly)
+    /// instead of sending this.
     pub const RATE_LIMITED: u16 = 3;
     /// The topic (or the relay) has as many connections as it takes.
     pub const FULL: u16 = 4;
@@ -42,6 +49,10 @@ pub mod codes {
     /// error): nothing of that PUBLISH was stored or delivered; publish it
     /// again later.
     pub const STORAGE: u16 = 8;
+    /// The client did not read what the relay sent it fast enough (its
+    /// queue passed the relay's byte budget): it was dropped, and catches
+    /// up from the backlog when it reconnects.
+    pub const SLOW: u16 = 9;
 }
 
 /// A client-to-relay frame.
@@ -51,8 +62,9 @@ pub enum ClientFrame {
     Join {
         /// Framing version.
         version: u8,
-        /// The topic.
-        topic: Topic,
+        /// The join key; the topic is [`topic_of`](super::crypto::topic_of)
+        /// it.
+        join_key: JoinKey,
         /// The last backlog sequence this client saw (0: all).
         since: u64,
     },
@@ -121,10 +133,10 @@ impl ClientFrame {
         match self {
             ClientFrame::Join {
                 version,
-                topic,
+                join_key,
                 since,
             } => {
-                writer.u8(0x01).u8(*version).raw(topic).u64(*since);
+                writer.u8(0x01).u8(*version).raw(join_key).u64(*since);
             }
             ClientFrame::Publish {
                 sequence,
@@ -147,7 +159,7 @@ impl ClientFrame {
         let frame = match reader.u8()? {
             0x01 => ClientFrame::Join {
                 version: reader.u8()?,
-                topic: reader.array()?,
+                join_key: reader.array()?,
                 since: reader.u64()?,
             },
             0x02 => {
@@ -274,7 +286,7 @@ mod tests {
         let client = [
             ClientFrame::Join {
                 version: RELAY_VERSION,
-                topic: [9; 32],
+                join_key: [9; 32],
                 since: 42,
             },
             ClientFrame::Publish {

@@ -2,8 +2,8 @@
 //! that finds the other replicas of a database on HyperDHT and carries the
 //! same sealed envelopes as the relay, peer to peer.
 //!
-//! - **Discovery.** The sync topic (BLAKE2b-256 of the database id, the
-//!   relay's topic too) is announced with this replica's key pair and
+//! - **Discovery.** The sync topic (derived from the join key, see
+//!   [`crate::sync::crypto`]; the relay's topic too) is announced with this replica's key pair and
 //!   looked up every few seconds; the replica also listens as a HyperDHT
 //!   server for its own key.
 //! - **One connection per pair.** Of two replicas that found each other,
@@ -36,7 +36,7 @@ use futures::channel::mpsc as futures_mpsc;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{Connector, Link, Outgoing, TransportEvent};
+use super::{Connector, Link, Outgoing, Rendezvous, TransportEvent};
 use crate::hyperswarm::hyperdht::{AnnouncementGuard, HyperDht};
 use crate::hyperswarm::udx::UdxStream;
 use crate::hyperswarm::{KeyPair, SecretStream};
@@ -104,8 +104,8 @@ impl HyperswarmConnector {
 }
 
 impl Connector for HyperswarmConnector {
-    fn connect(&self, topic: Topic, _cursor: u64) -> BoxFuture<'_, Result<Link, String>> {
-        Box::pin(self.open(topic))
+    fn connect(&self, rendezvous: Rendezvous, _cursor: u64) -> BoxFuture<'_, Result<Link, String>> {
+        Box::pin(self.open(rendezvous.topic))
     }
 
     fn describe(&self) -> String {

@@ -30,7 +30,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
-use super::{Connector, Link, Outgoing, TransportEvent};
+use super::{Connector, Link, Outgoing, Rendezvous, TransportEvent};
 use crate::platform::BoxFuture;
 use crate::sync::Topic;
 
@@ -231,8 +231,8 @@ impl JsConnector {
 }
 
 impl Connector for JsConnector {
-    fn connect(&self, topic: Topic, _cursor: u64) -> BoxFuture<'_, Result<Link, String>> {
-        Box::pin(self.open(topic))
+    fn connect(&self, rendezvous: Rendezvous, _cursor: u64) -> BoxFuture<'_, Result<Link, String>> {
+        Box::pin(self.open(rendezvous.topic))
     }
 
     fn describe(&self) -> String {

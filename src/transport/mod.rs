@@ -9,7 +9,7 @@
 use futures::channel::mpsc;
 
 use crate::platform::{BoxFuture, MaybeSend, MaybeSync};
-use crate::sync::Topic;
+use crate::sync::{JoinKey, SyncIdentity, Topic};
 
 #[cfg(all(feature = "hyperswarm", not(target_arch = "wasm32")))]
 pub mod hyperswarm;
@@ -88,10 +88,40 @@ pub struct Link {
     pub inbound: mpsc::UnboundedReceiver<TransportEvent>,
 }
 
+/// Where the replicas of one database meet: the public topic, and the join
+/// key that proves to a relay the right to join it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Rendezvous {
+    /// The topic (public: relays and the DHT see it).
+    pub topic: Topic,
+    /// The join key (secret: only replicas and the relays they join see it).
+    pub join_key: JoinKey,
+}
+
+impl Rendezvous {
+    /// The rendezvous of a sync identity.
+    pub fn of(identity: &SyncIdentity) -> Self {
+        Self {
+            topic: identity.topic(),
+            join_key: identity.join_key(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Rendezvous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the join key.
+        f.debug_struct("Rendezvous")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Something that connects to topics.
 pub trait Connector: MaybeSend + MaybeSync + 'static {
-    /// Connects to `topic`, asking for stored envelopes after `cursor`.
-    fn connect(&self, topic: Topic, cursor: u64) -> BoxFuture<'_, Result<Link, String>>;
+    /// Connects to the topic of `rendezvous`, asking for stored envelopes
+    /// after `cursor`.
+    fn connect(&self, rendezvous: Rendezvous, cursor: u64) -> BoxFuture<'_, Result<Link, String>>;
 
     /// For status output and logs.
     fn describe(&self) -> String;

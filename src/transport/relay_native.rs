@@ -6,10 +6,9 @@ use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{Connector, Link, Outgoing, TransportEvent};
+use super::{Connector, Link, Outgoing, Rendezvous, TransportEvent};
 use crate::platform::BoxFuture;
 use crate::sync::relay_frame::{ClientFrame, RelayFrame, RELAY_VERSION};
-use crate::sync::Topic;
 
 /// How long the relay may stay silent (it pings every 20 s) before the
 /// connection counts as lost.
@@ -29,7 +28,7 @@ impl RelayConnector {
         Self { url: url.into() }
     }
 
-    async fn open(&self, topic: Topic, cursor: u64) -> Result<Link, String> {
+    async fn open(&self, rendezvous: Rendezvous, cursor: u64) -> Result<Link, String> {
         let (socket, _) =
             tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(&self.url))
                 .await
@@ -38,7 +37,7 @@ impl RelayConnector {
         let (mut sink, mut stream) = socket.split();
         let join = ClientFrame::Join {
             version: RELAY_VERSION,
-            topic,
+            join_key: rendezvous.join_key,
             since: cursor,
         };
         sink.send(Message::Binary(join.encode().into()))
@@ -122,8 +121,8 @@ impl RelayConnector {
 }
 
 impl Connector for RelayConnector {
-    fn connect(&self, topic: Topic, cursor: u64) -> BoxFuture<'_, Result<Link, String>> {
-        Box::pin(self.open(topic, cursor))
+    fn connect(&self, rendezvous: Rendezvous, cursor: u64) -> BoxFuture<'_, Result<Link, String>> {
+        Box::pin(self.open(rendezvous, cursor))
     }
 
     fn describe(&self) -> String {

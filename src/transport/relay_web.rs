@@ -11,10 +11,9 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
-use super::{Connector, Link, Outgoing, TransportEvent};
+use super::{Connector, Link, Outgoing, Rendezvous, TransportEvent};
 use crate::platform::BoxFuture;
 use crate::sync::relay_frame::{ClientFrame, RelayFrame, RELAY_VERSION};
-use crate::sync::Topic;
 
 /// Connects to a relay at a `ws://` or `wss://` URL.
 #[derive(Debug, Clone)]
@@ -50,7 +49,7 @@ impl RelayConnector {
         Self { url: url.into() }
     }
 
-    async fn open(&self, topic: Topic, cursor: u64) -> Result<Link, String> {
+    async fn open(&self, rendezvous: Rendezvous, cursor: u64) -> Result<Link, String> {
         let socket = WebSocket::new(&self.url)
             .map_err(|e| format!("cannot open a WebSocket to {}: {e:?}", self.url))?;
         socket.set_binary_type(BinaryType::Arraybuffer);
@@ -148,7 +147,7 @@ impl RelayConnector {
             .map_err(|_| "the connection attempt was abandoned".to_string())??;
         let join = ClientFrame::Join {
             version: RELAY_VERSION,
-            topic,
+            join_key: rendezvous.join_key,
             since: cursor,
         };
         guard
@@ -179,8 +178,8 @@ impl RelayConnector {
 }
 
 impl Connector for RelayConnector {
-    fn connect(&self, topic: Topic, cursor: u64) -> BoxFuture<'_, Result<Link, String>> {
-        Box::pin(self.open(topic, cursor))
+    fn connect(&self, rendezvous: Rendezvous, cursor: u64) -> BoxFuture<'_, Result<Link, String>> {
+        Box::pin(self.open(rendezvous, cursor))
     }
 
     fn describe(&self) -> String {
