@@ -305,3 +305,56 @@ async fn envelopes_that_could_not_be_committed_are_received_again() {
     drop(sync_b);
     relay.stop();
 }
+
+/// Issue #21: a large offline queue cut off halfway used to start over on
+/// the next connection (its published vector was written only once all of
+/// it was stored). Now progress is kept as the relay stores it: the second
+/// connection publishes about the rest only, and a peer gets everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_queue_cut_off_halfway_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        RelayConfig {
+            backlog_path: Some(dir.path().join("relay.db")),
+            max_frame: 1024 * 1024,
+            bytes_per_second: 4 * 1024 * 1024,
+            burst_bytes: 4 * 1024 * 1024,
+            ..RelayConfig::default()
+        },
+    )
+    .await;
+    let (a, b) = pair(dir.path()).await;
+    let text = "q".repeat(20_000);
+    let mut batch = Vec::new();
+    for i in 0..800 {
+        let document =
+            pluresdb::crdt::Document::from_value(&json!({ "i": i, "text": text })).unwrap();
+        batch.push((format!("k{i:04}"), document));
+    }
+    a.put_many(batch).await.unwrap();
+    // 16 MB: 62 LIVE envelopes of up to 256 KiB, at 4 MiB/s.
+    let chunks = 62;
+    let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("half of the queue is stored", || {
+        relay.server.stats().published >= 30
+    })
+    .await;
+    drop(sync_a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = relay.server.stats().published;
+    assert!(first < chunks, "cut off before the end ({first})");
+    publish_everything(&a, relay.url()).await;
+    let second = relay.server.stats().published - first;
+    // Starting over would be a hello and all 62 again. Resuming, what was
+    // stored before the last progress write (every 8 envelopes) is not
+    // sent again: at least 16 of the first connection's 30 or more.
+    assert!(
+        second + 16 <= chunks + 1,
+        "{first} envelopes, then {second} more: the queue started over"
+    );
+    let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("b got every write from the backlog", || b.len() == 800).await;
+    drop(sync_b);
+    relay.stop();
+}

@@ -21,7 +21,7 @@ use futures::channel::oneshot;
 use futures::{FutureExt, StreamExt};
 
 use super::{Database, Origin, SyncEvent};
-use crate::crdt::VersionVector;
+use crate::crdt::{CrdtOperation, VersionVector};
 use crate::error::{Error, InputError, Result};
 use crate::storage::{meta_keys, Storage};
 use crate::sync::{Incoming, PeerId, SyncIdentity, SyncProtocol};
@@ -31,6 +31,8 @@ use crate::transport::{Connector, Link, Outgoing, Rendezvous, TransportEvent};
 /// description follows).
 const PUBLISHED_PREFIX: &str = "sync/published/";
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// Stored envelopes between two writes of the published vector.
+const PROGRESS_EVERY: usize = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Where a sync stands.
@@ -350,11 +352,11 @@ impl<S: Storage> Engine<S> {
             return SessionEnd::Stopped;
         };
         let mut alive = send(self.protocol.hello(&vector), false, &mut sent);
-        for envelope in self.protocol.live(&ops) {
-            unstored.push_back((sent, vector.clone()));
+        for (envelope, reached) in self.offline_queue(ops, &published, &vector) {
+            unstored.push_back((sent, reached));
             alive &= send(envelope, true, &mut sent);
         }
-        drop(ops);
+        let mut stored_since_write = 0usize;
         self.update(|s| {
             s.state = if unstored.is_empty() {
                 SyncState::Synced
@@ -397,8 +399,13 @@ impl<S: Storage> Engine<S> {
                                 let (_, vector) = unstored.pop_front().expect("checked");
                                 published.merge(&vector);
                                 advanced = true;
+                                stored_since_write += 1;
                             }
-                            if advanced && unstored.is_empty() {
+                            // Progress is kept as it is made (every few
+                            // envelopes), so a sync cut off halfway resumes
+                            // where it stopped.
+                            if advanced && (unstored.is_empty() || stored_since_write >= PROGRESS_EVERY) {
+                                stored_since_write = 0;
                                 let mut meta = vec![(self.published_key.clone(), published.to_bytes())];
                                 if let Some(cursor) = cursor {
                                     meta.push((self.cursor_key.clone(), cursor.to_le_bytes().to_vec()));
@@ -467,6 +474,45 @@ impl<S: Storage> Engine<S> {
             });
         }
         end
+    }
+
+    /// The offline queue: LIVE envelopes carrying `ops` (what peers may lack
+    /// since `published`), each with the published vector it brings once
+    /// the transport stored it and every envelope before it. The operations
+    /// go in dot order (by writer, then sequence number), so after a prefix
+    /// every current version of the writers done, and of the writer in
+    /// progress up to its last sequence number sent, is out: a later
+    /// `changes_since` of that vector resends nothing stored. The last
+    /// envelope brings `vector`.
+    fn offline_queue(
+        &self,
+        mut ops: Vec<CrdtOperation>,
+        published: &VersionVector,
+        vector: &VersionVector,
+    ) -> Vec<(Vec<u8>, VersionVector)> {
+        ops.sort_by(|a, b| {
+            let (a, b) = (a.version.dot(), b.version.dot());
+            (a.actor, a.seq).cmp(&(b.actor, b.seq))
+        });
+        let groups = SyncProtocol::live_groups(ops);
+        let count = groups.len();
+        let mut reached = published.clone();
+        let mut queue = Vec::with_capacity(count);
+        for (index, group) in groups.into_iter().enumerate() {
+            if index + 1 == count {
+                reached.merge(vector);
+            } else if let Some(last) = group.last().map(|op| op.version.dot()) {
+                // Writers before the one in progress are done.
+                for (actor, seq) in vector.iter() {
+                    if *actor < last.actor {
+                        reached.raise(*actor, *seq);
+                    }
+                }
+                reached.raise(last.actor, last.seq);
+            }
+            queue.push((self.protocol.seal_live(group), reached.clone()));
+        }
+        queue
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -397,6 +397,20 @@ impl SyncProtocol {
             .collect()
     }
 
+    /// Splits `ops` the way [`live`](Self::live) does: groups of at most
+    /// [`CHUNK_BYTES`] encoded bytes, in order; none for no operations.
+    pub fn live_groups(ops: Vec<CrdtOperation>) -> Vec<Vec<CrdtOperation>> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        chunk_ops(&ops)
+    }
+
+    /// The LIVE envelope of one group of operations.
+    pub fn seal_live(&self, ops: Vec<CrdtOperation>) -> Vec<u8> {
+        self.seal(&Message::Live { ops })
+    }
+
     /// DELTA envelopes answering `to`'s hello with `ops` (what it lacks),
     /// computed when this instance had `vector`. Always at least one chunk,
     /// so an empty delta still tells the peer it is up to date.
