@@ -350,19 +350,19 @@ fn every_http_endpoint_including_bad_input() {
     let (code, body) = http(a, "PUT", "/api/records/big", &auth, &big);
     assert_eq!(code, 413, "{body}");
     assert_eq!(json_of(&body)["error"]["code"], "TooLargeError");
-    let (code, body) = http(a, "GET", "/api/records/nobody", &[], b"");
+    let (code, body) = http(a, "GET", "/api/records/nobody", &auth, b"");
     assert_eq!(code, 404);
     assert_eq!(json_of(&body)["error"]["code"], "NotFoundError");
 
-    let record = json_of(&http(a, "GET", "/api/records/u1", &[], b"").1);
+    let record = json_of(&http(a, "GET", "/api/records/u1", &auth, b"").1);
     assert_eq!(
         record,
         json!({ "id": "u1", "data": { "name": "Ann", "age": 31 } })
     );
-    let page = json_of(&http(a, "GET", "/api/records?prefix=u&limit=1", &[], b"").1);
+    let page = json_of(&http(a, "GET", "/api/records?prefix=u&limit=1", &auth, b"").1);
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
     assert_eq!(page["nextCursor"], "u1");
-    let (code, _) = http(a, "GET", "/api/records?limit=minus", &[], b"");
+    let (code, _) = http(a, "GET", "/api/records?limit=minus", &auth, b"");
     assert_eq!(code, 400);
 
     let hits = json_of(
@@ -370,7 +370,7 @@ fn every_http_endpoint_including_bad_input() {
             a,
             "POST",
             "/api/query",
-            &[],
+            &auth,
             br#"{"where":{"age":{"$gte":18}}}"#,
         )
         .1,
@@ -380,19 +380,19 @@ fn every_http_endpoint_including_bad_input() {
         a,
         "POST",
         "/api/query",
-        &[],
+        &auth,
         br#"{"where":{"age":{"$near":1}}}"#,
     );
     assert_eq!(code, 400, "{body}");
 
-    let (code, body) = http(a, "POST", "/api/search", &[], br#"{"vector":[1,0]}"#);
+    let (code, body) = http(a, "POST", "/api/search", &auth, br#"{"vector":[1,0]}"#);
     assert_eq!(code, 200, "{body}");
     assert_eq!(json_of(&body), json!([]), "no vectors yet");
     let (code, body) = http(
         a,
         "POST",
         "/api/search",
-        &[],
+        &auth,
         br#"{"text":"x","vector":[1]}"#,
     );
     assert_eq!(code, 400, "{body}");
@@ -400,12 +400,12 @@ fn every_http_endpoint_including_bad_input() {
         a,
         "POST",
         "/api/search",
-        &[],
+        &auth,
         br#"{"text":"needs an embedder"}"#,
     );
     assert_eq!(code, 400);
 
-    let status = json_of(&http(a, "GET", "/api/status", &[], b"").1);
+    let status = json_of(&http(a, "GET", "/api/status", &auth, b"").1);
     assert_eq!(status["records"], 2);
 
     // Server-sent events: a write shows up on the stream.
@@ -414,7 +414,12 @@ fn every_http_endpoint_including_bad_input() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     events
-        .write_all(format!("GET /api/events HTTP/1.1\r\nHost: {a}\r\n\r\n").as_bytes())
+        .write_all(
+            format!(
+                "GET /api/events HTTP/1.1\r\nHost: {a}\r\nAuthorization: Bearer s3cret\r\n\r\n"
+            )
+            .as_bytes(),
+        )
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let (code, _) = http(a, "DELETE", "/api/records/u2", &auth, b"");
