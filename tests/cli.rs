@@ -506,6 +506,17 @@ fn every_http_endpoint_including_bad_input() {
     for method in ["get", "put", "delete"] {
         assert!(spec["paths"]["/api/records/{id}"].get(method).is_some());
     }
+    // Every guarded route documents the token (401) and Host/Origin (403)
+    // refusals.
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = &operation["responses"];
+            assert!(responses.get("403").is_some(), "{method} {path}: no 403");
+            if path.starts_with("/api/") && path != "/api/openapi.json" {
+                assert!(responses.get("401").is_some(), "{method} {path}: no 401");
+            }
+        }
+    }
 }
 
 /// Issue #20, bug 1, reproduced from the outside as the issue did: a CLI
