@@ -1,40 +1,65 @@
-//! The HTTP API of `pluresdb serve` (axum).
+//! The HTTP API of `pluresdb serve` (axum): its routes, the token check
+//! and the limits of each request.
 //!
 //! Errors are JSON: `{"error": {"code": "InvalidInputError", "message":
 //! "..."}}` with the status codes listed in `api/openapi.json` (served at
-//! `/api/openapi.json`). Writes need `Authorization: Bearer <token>` when
-//! the server has a token.
+//! `/api/openapi.json`). When the server has a token, every `/api` route
+//! but `/api/openapi.json` needs `Authorization: Bearer <token>`;
+//! `/api/events` also takes `?token=<token>`, as a browser's `EventSource`
+//! cannot set headers. Lists are paged ([`MAX_PAGE`] items at most), every
+//! number is range-checked (a 400 otherwise), and each event stream has a
+//! bounded queue ([`EVENT_QUEUE`]).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query as QueryParams, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, Query as QueryParams, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::{Stream, StreamExt};
+use futures::channel::mpsc;
+use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::crdt::Document;
 use crate::error::{Error, ErrorName};
+use crate::index::MAX_SEARCH_BREADTH;
 use crate::storage::SqliteStorage;
 use crate::{Database, ListOptions, Query, SearchQuery, SearchRequest, SyncEvent};
 
 /// The OpenAPI 3 description of this API.
 pub const OPENAPI: &str = include_str!("../../api/openapi.json");
 
+/// Items in a page of `GET /api/records` or `POST /api/query` when the
+/// request does not say.
+pub const DEFAULT_PAGE: usize = 100;
+/// The most items a page may ask for.
+pub const MAX_PAGE: usize = 1_000;
+/// The largest `offset` of `POST /api/query`.
+pub const MAX_OFFSET: usize = 1_000_000_000;
+/// Events an `/api/events` subscriber may fall behind by before its stream
+/// is ended (with a final `lagged` event).
+pub const EVENT_QUEUE: usize = 1_024;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
     /// The served database.
     pub db: Database<SqliteStorage>,
-    /// The bearer token writes need, if any.
+    /// The bearer token the `/api` routes need, if any.
     pub token: Option<String>,
+    /// One permit per open `/api/events` stream.
+    pub event_streams: Arc<Semaphore>,
+    /// Becomes true when the server shuts down: event streams end.
+    pub closing: watch::Receiver<bool>,
 }
 
 /// An API error: status, stable code, message.
@@ -56,6 +81,11 @@ impl ApiError {
 
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "InvalidInputError", message)
+    }
+
+    /// 403: the request's `Host` or `Origin` is not allowed.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "ForbiddenError", message)
     }
 
     fn not_found(id: &str) -> Self {
@@ -113,38 +143,88 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Value> {
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap) -> ApiResult<()> {
-    let Some(token) = &state.token else {
-        return Ok(());
-    };
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Compare without an early exit, so timing does not reveal a prefix.
-    let matches = given.len() == token.len()
+/// Compares without an early exit, so timing does not reveal a prefix.
+fn same_secret(given: &str, token: &str) -> bool {
+    given.len() == token.len()
         && given
             .bytes()
             .zip(token.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if matches {
-        Ok(())
+            == 0
+}
+
+#[derive(Deserialize)]
+struct TokenParam {
+    token: Option<String>,
+}
+
+/// The token a request carries: `Authorization: Bearer <token>`, or on
+/// `/api/events` (`query_allowed`) also `?token=<token>`.
+fn given_token(request: &Request, query_allowed: bool) -> Option<String> {
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(bearer) = bearer {
+        return Some(bearer.to_owned());
+    }
+    if !query_allowed {
+        return None;
+    }
+    QueryParams::<TokenParam>::try_from_uri(request.uri())
+        .ok()
+        .and_then(|QueryParams(params)| params.token)
+}
+
+/// Middleware on every `/api` route but `/api/openapi.json`: 401 unless the
+/// request carries the server's token (when it has one).
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(request).await;
+    };
+    let events = request.uri().path() == "/api/events";
+    let given = given_token(&request, events).unwrap_or_default();
+    if same_secret(&given, token) {
+        return next.run(request).await;
+    }
+    let how = if events {
+        "`Authorization: Bearer <token>` or `?token=<token>`"
     } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "UnauthorizedError",
-            "this server needs `Authorization: Bearer <token>` for writes",
-        ))
+        "`Authorization: Bearer <token>`"
+    };
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "UnauthorizedError",
+        format!("this server needs {how}"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Gives the bare 408 of the request time limit a JSON body.
+pub async fn timeout_as_json(response: Response) -> Response {
+    if response.status() == StatusCode::REQUEST_TIMEOUT
+        && !response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "TimeoutError",
+            "the request took longer than the server allows",
+        )
+        .into_response()
+    } else {
+        response
     }
 }
 
-/// The API routes (`/health`, `/api/...`).
+/// The API routes (`/health`, `/api/...`) but `/api/events`, which
+/// [`event_router`] serves without a time limit.
 pub fn router(state: ApiState, max_body: usize) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/api/openapi.json", get(openapi))
+    let guarded = Router::new()
         .route("/api/records", get(list))
         .route(
             "/api/records/{id}",
@@ -153,9 +233,43 @@ pub fn router(state: ApiState, max_body: usize) -> Router {
         .route("/api/query", post(query))
         .route("/api/search", post(search))
         .route("/api/status", get(status))
-        .route("/api/events", get(events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/openapi.json", get(openapi))
+        .merge(guarded)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// `/api/events`, the server-sent event stream.
+pub fn event_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/events", get(events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+/// A whole number from `value` in `min..=max` (`default` when absent).
+fn bounded(
+    value: Option<&Value>,
+    name: &str,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> ApiResult<usize> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(default);
+    };
+    value
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`{name}` must be a whole number, at least {min} and at most {max}"
+            ))
+        })
 }
 
 async fn health() -> Json<Value> {
@@ -178,14 +292,23 @@ fn record_json(id: &str, data: &Document) -> Value {
     json!({ "id": id, "data": data.to_value() })
 }
 
+/// `GET /api/records`: one page in id order. The database copies the page
+/// (shared documents) under its lock; the JSON is built after.
 async fn list(
     State(state): State<ApiState>,
     params: Result<QueryParams<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let QueryParams(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = bounded(
+        params.limit.map(Value::from).as_ref(),
+        "limit",
+        DEFAULT_PAGE,
+        1,
+        MAX_PAGE,
+    )?;
     let page = state.db.list(&ListOptions {
         prefix: params.prefix,
-        limit: params.limit,
+        limit: Some(limit),
         cursor: params.cursor,
     })?;
     let items: Vec<Value> = page
@@ -211,10 +334,8 @@ async fn get_record(
 async fn put_record(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&state, &headers)?;
     let value = json_body(body)?;
     let document = Document::from_value(&value).map_err(Error::from)?;
     state.db.put_document(&id, document, None).await?;
@@ -224,9 +345,7 @@ async fn put_record(
 async fn delete_record(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
-    authorize(&state, &headers)?;
     if state.db.delete(&id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -234,15 +353,56 @@ async fn delete_record(
     }
 }
 
+/// `POST /api/query`: the query's results from `offset` on, at most `limit`
+/// (default [`DEFAULT_PAGE`], at most [`MAX_PAGE`]) of them. The body stays
+/// a JSON array; when more results follow, the `X-Next-Offset` header gives
+/// the `offset` of the next page.
 async fn query(
     State(state): State<ApiState>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
-    let query = Query::from_json(&json_body(body)?).map_err(Error::from)?;
+) -> ApiResult<Response> {
+    let mut body = match json_body(body)? {
+        Value::Null => Map::new(),
+        Value::Object(object) => object,
+        other => Query::from_json(&other)
+            .map(|_| Map::new())
+            .map_err(Error::from)?,
+    };
+    let limit = bounded(
+        body.remove("limit").as_ref(),
+        "limit",
+        DEFAULT_PAGE,
+        1,
+        MAX_PAGE,
+    )?;
+    let offset = bounded(body.remove("offset").as_ref(), "offset", 0, 0, MAX_OFFSET)?;
+    let mut query = Query::from_json(&Value::Object(body)).map_err(Error::from)?;
+    // One more than the page tells whether another page follows.
+    let wanted = offset
+        .checked_add(limit)
+        .and_then(|n| n.checked_add(1))
+        .ok_or_else(|| ApiError::bad_request("`offset` + `limit` is too large"))?;
+    query.limit = Some(wanted);
     let hits = state.db.query(&query)?;
-    Ok(Json(Value::Array(
-        hits.iter().map(|(id, d)| record_json(id, d)).collect(),
-    )))
+    let more = hits.len() == wanted;
+    let items: Vec<Value> = hits
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(id, d)| record_json(id, d))
+        .collect();
+    let mut response = Json(Value::Array(items)).into_response();
+    if more {
+        response
+            .headers_mut()
+            .insert("x-next-offset", HeaderValue::from(offset + limit));
+    }
+    Ok(response)
+}
+
+/// A JSON number as a finite `f32` (a larger one would become infinite).
+fn finite_f32(value: &Value) -> Option<f32> {
+    value.as_f64().map(|n| n as f32).filter(|n| n.is_finite())
 }
 
 async fn search(
@@ -254,9 +414,11 @@ async fn search(
         (Some(Value::Array(items)), None) => SearchQuery::Vector(
             items
                 .iter()
-                .map(|v| v.as_f64().map(|n| n as f32))
+                .map(finite_f32)
                 .collect::<Option<Vec<f32>>>()
-                .ok_or_else(|| ApiError::bad_request("`vector` must be an array of numbers"))?,
+                .ok_or_else(|| {
+                    ApiError::bad_request("`vector` must be an array of finite 32-bit numbers")
+                })?,
         ),
         (None, Some(Value::String(text))) => SearchQuery::Text(text.clone()),
         _ => {
@@ -265,20 +427,16 @@ async fn search(
             ))
         }
     };
-    let k = match body.get("k") {
-        None => 10,
-        Some(k) => k
-            .as_u64()
-            .filter(|k| *k >= 1)
-            .ok_or_else(|| ApiError::bad_request("`k` must be a positive integer"))?
-            as usize,
+    let k = bounded(body.get("k"), "k", 10, 1, MAX_SEARCH_BREADTH)?;
+    let ef = match body.get("ef") {
+        None | Some(Value::Null) => None,
+        ef => Some(bounded(ef, "ef", 0, 1, MAX_SEARCH_BREADTH)?),
     };
     let min_score = match body.get("minScore") {
         None | Some(Value::Null) => None,
         Some(v) => Some(
-            v.as_f64()
-                .ok_or_else(|| ApiError::bad_request("`minScore` must be a number"))?
-                as f32,
+            finite_f32(v)
+                .ok_or_else(|| ApiError::bad_request("`minScore` must be a finite number"))?,
         ),
     };
     let filter = match body.get("filter") {
@@ -292,7 +450,7 @@ async fn search(
             k,
             min_score,
             filter,
-            ef: None,
+            ef,
         })
         .await?;
     Ok(Json(Value::Array(
@@ -316,19 +474,78 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Json<Value>> {
     })))
 }
 
-async fn events(
-    State(state): State<ApiState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = state.db.subscribe().map(|event| {
-        let (kind, id) = match &event {
-            SyncEvent::Upsert { id } => ("upsert", id),
-            SyncEvent::Delete { id } => ("delete", id),
-            SyncEvent::PeerConnected { peer } => ("peer-connected", peer),
-            SyncEvent::PeerDisconnected { peer } => ("peer-disconnected", peer),
+fn event_of(event: &SyncEvent) -> Event {
+    let (kind, id) = match event {
+        SyncEvent::Upsert { id } => ("upsert", id),
+        SyncEvent::Delete { id } => ("delete", id),
+        SyncEvent::PeerConnected { peer } => ("peer-connected", peer),
+        SyncEvent::PeerDisconnected { peer } => ("peer-disconnected", peer),
+    };
+    Event::default()
+        .event(kind)
+        .data(json!({ "kind": kind, "id": id }).to_string())
+}
+
+/// Resolves once `closing` is true (the server is shutting down).
+pub async fn closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|closing| *closing).await;
+}
+
+/// One `/api/events` stream: its bounded subscription and its slot under
+/// `--max-event-streams`, given back as soon as the stream ends.
+struct Subscriber {
+    events: mpsc::Receiver<SyncEvent>,
+    db: Database<SqliteStorage>,
+    closing: watch::Receiver<bool>,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Subscriber {
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        self.slot.as_ref()?;
+        let event = tokio::select! {
+            event = self.events.next() => event,
+            () = closed(&mut self.closing) => None,
         };
-        Ok(Event::default()
-            .event(kind)
-            .data(json!({ "kind": kind, "id": id }).to_string()))
-    });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        if let Some(event) = event {
+            return Some((Ok(event_of(&event)), self));
+        }
+        self.slot = None;
+        if self.db.is_closed() || *self.closing.borrow() {
+            return None;
+        }
+        // The database dropped this subscriber: it fell more than
+        // EVENT_QUEUE events behind. Say so, then end.
+        let lagged = Event::default().event("lagged").data(
+            json!({ "kind": "lagged", "message": format!("more than {EVENT_QUEUE} events behind; reconnect and re-read") })
+                .to_string(),
+        );
+        Some((Ok(lagged), self))
+    }
+}
+
+/// `GET /api/events`: server-sent events, one per change. 503 beyond
+/// `--max-event-streams` streams.
+async fn events(State(state): State<ApiState>) -> ApiResult<Response> {
+    let slot = state
+        .event_streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UnavailableError",
+                "too many open event streams; try again later",
+            )
+        })?;
+    let subscriber = Subscriber {
+        events: state.db.subscribe_bounded(EVENT_QUEUE),
+        db: state.db.clone(),
+        closing: state.closing.clone(),
+        slot: Some(slot),
+    };
+    let stream = futures::stream::unfold(subscriber, Subscriber::next);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }

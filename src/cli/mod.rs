@@ -257,6 +257,9 @@ pub struct RelayArgs {
     /// Port to listen on (0 picks a free one).
     #[arg(long, short, default_value_t = 8787)]
     pub port: u16,
+    /// Connection limits and timeouts.
+    #[command(flatten)]
+    pub limits: serve::ConnectionLimits,
     /// Relay settings.
     #[command(flatten)]
     pub relay: RelayOptions,
@@ -277,9 +280,31 @@ pub struct ServeArgs {
     /// Directory with the built npm package.
     #[arg(long, default_value = "pkg")]
     pub pkg: PathBuf,
-    /// When set, API writes need `Authorization: Bearer <token>`.
+    /// When set, every `/api` route except `/api/openapi.json` needs
+    /// `Authorization: Bearer <token>` (`/api/events` also takes
+    /// `?token=`). Required when `--host` is not a loopback address.
     #[arg(long, env = "PLURESDB_TOKEN")]
     pub token: Option<String>,
+    /// Serve on a non-loopback address without a token (anyone who can
+    /// reach it can read and write the database).
+    #[arg(long)]
+    pub insecure_no_token: bool,
+    /// Also accept requests whose `Host` (and pages whose `Origin`) is this
+    /// name (repeatable; `localhost`, `127.0.0.1`, `[::1]` and the bound
+    /// address are always accepted).
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
+    /// Also accept requests from pages of this origin, e.g.
+    /// `https://app.example` (repeatable).
+    #[arg(long = "allow-origin", value_name = "URL")]
+    pub allow_origins: Vec<String>,
+    /// Concurrent `/api/events` streams at most (503 beyond).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_event_streams: u32,
+    /// Milliseconds an API request or static file may take (408 beyond);
+    /// not applied to `/api/events` and `/relay`.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub request_timeout_ms: u64,
     /// Largest API request body, in bytes.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_body: usize,
@@ -287,6 +312,9 @@ pub struct ServeArgs {
     /// database needs an invite: `pluresdb invite`).
     #[arg(long)]
     pub sync: bool,
+    /// Connection limits and timeouts.
+    #[command(flatten)]
+    pub limits: serve::ConnectionLimits,
     /// Relay settings.
     #[command(flatten)]
     pub relay: RelayOptions,

@@ -182,9 +182,28 @@ struct State {
     generation: u64,
     /// Rows that failed to decode on open: id -> reason.
     corrupt: HashMap<String, String>,
-    listeners: Vec<mpsc::UnboundedSender<SyncEvent>>,
+    listeners: Vec<Listener>,
     commit_listeners: Vec<mpsc::UnboundedSender<Arc<CommittedBatch>>>,
     closed: bool,
+}
+
+/// A subscriber of [`SyncEvent`]s: unbounded ([`Database::subscribe`]) or
+/// with a bounded queue ([`Database::subscribe_bounded`]), which is dropped
+/// once full instead of growing.
+enum Listener {
+    Unbounded(mpsc::UnboundedSender<SyncEvent>),
+    Bounded(mpsc::Sender<SyncEvent>),
+}
+
+impl Listener {
+    /// Queues `event`; false when the subscriber is gone or (bounded) too
+    /// far behind, and should be dropped.
+    fn send(&mut self, event: SyncEvent) -> bool {
+        match self {
+            Listener::Unbounded(sender) => sender.unbounded_send(event).is_ok(),
+            Listener::Bounded(sender) => sender.try_send(event).is_ok(),
+        }
+    }
 }
 
 struct Shared<S> {
@@ -719,7 +738,23 @@ impl<S: Storage> Database<S> {
     /// receiver unsubscribes.
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<SyncEvent> {
         let (sender, receiver) = mpsc::unbounded();
-        self.shared.state().listeners.push(sender);
+        self.shared
+            .state()
+            .listeners
+            .push(Listener::Unbounded(sender));
+        receiver
+    }
+
+    /// Like [`subscribe`](Self::subscribe), but at most about `capacity`
+    /// events wait in the queue: a subscriber that falls further behind is
+    /// unsubscribed (its stream ends after the events already queued), so a
+    /// slow reader never grows memory nor blocks writers.
+    pub fn subscribe_bounded(&self, capacity: usize) -> mpsc::Receiver<SyncEvent> {
+        let (sender, receiver) = mpsc::channel(capacity);
+        self.shared
+            .state()
+            .listeners
+            .push(Listener::Bounded(sender));
         receiver
     }
 
@@ -735,7 +770,7 @@ impl<S: Storage> Database<S> {
         let mut state = self.shared.state();
         state
             .listeners
-            .retain(|listener| listener.unbounded_send(event.clone()).is_ok());
+            .retain_mut(|listener| listener.send(event.clone()));
     }
 
     /// Waits for queued writes to finish, then closes: later calls fail
@@ -1208,11 +1243,9 @@ fn notify(state: &mut State, changes: &[Change], batches: &[CommittedBatch]) {
                 },
             })
             .collect();
-        state.listeners.retain(|listener| {
-            events
-                .iter()
-                .all(|event| listener.unbounded_send(event.clone()).is_ok())
-        });
+        state
+            .listeners
+            .retain_mut(|listener| events.iter().all(|event| listener.send(event.clone())));
     }
     if state.commit_listeners.is_empty() {
         return;
