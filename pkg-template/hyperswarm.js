@@ -8,7 +8,7 @@
 //   const db = await PluresDB.open('notes', { storage: 'memory', invite });
 //   db.sync(hyperswarmTransport(new Hyperswarm()));
 //
-// The swarm joins the database's sync topic (BLAKE2b-256 of its id, the
+// The swarm joins the database's sync topic (a hash of its join key, the
 // relay's topic too) as client and server. Each Hyperswarm connection
 // carries sealed sync envelopes, one per secret-stream message, exactly as
 // the native transport does; an empty message is a keep-alive. Hyperswarm
