@@ -89,6 +89,85 @@ mod native {
         json!({ "records": count, "ms": stats(times) })
     }
 
+    /// Real text to fill records with: this repository's documentation and
+    /// Rust sources.
+    fn corpus() -> Vec<u8> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut text = Vec::new();
+        let mut dirs = vec![root.join("docs"), root.join("src")];
+        while let Some(dir) = dirs.pop() {
+            let mut entries: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .collect();
+            entries.sort();
+            for path in entries {
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "md" || e == "rs") {
+                    text.extend(std::fs::read(&path).unwrap());
+                }
+            }
+        }
+        text
+    }
+
+    /// The first sync of a database of about `megabytes` MB (records of
+    /// ~10 KB of real text) through a relay with default limits: how long
+    /// A takes to publish it all (its offline queue, kept in the backlog),
+    /// and how long a fresh B takes to hold every record.
+    async fn first_sync(megabytes: usize) -> Value {
+        const RECORD_BYTES: usize = 10_000;
+        let text = corpus();
+        let count = megabytes * 1_000_000 / RECORD_BYTES;
+        let dir = tempfile::tempdir().unwrap();
+        let (address, relay) = start_relay(RelayConfig::default()).await;
+        let url = format!("ws://{address}/relay");
+        let a = open(dir.path(), "a").await;
+        for start in (0..count).step_by(1_000) {
+            let end = (start + 1_000).min(count);
+            a.put_many((start..end).map(|i| {
+                let at = (i * 7_919) % (text.len() - RECORD_BYTES);
+                let body = String::from_utf8_lossy(&text[at..at + RECORD_BYTES]).into_owned();
+                (
+                    format!("doc{i:06}"),
+                    Document::from_value(&json!({ "n": i, "body": body })).unwrap(),
+                )
+            }))
+            .await
+            .unwrap();
+        }
+        let bytes = a.stats().unwrap().live as usize * RECORD_BYTES;
+        let invite = a.create_invite().await.unwrap();
+        let start = Instant::now();
+        let sync_a = a.sync(RelayConnector::new(url.clone())).unwrap();
+        while sync_a.status().state != SyncState::Synced {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let publish_ms = start.elapsed().as_secs_f64() * 1000.0;
+        let b = open(dir.path(), "b").await;
+        b.join_invite(&invite).await.unwrap();
+        let start = Instant::now();
+        let sync_b = b.sync(RelayConnector::new(url)).unwrap();
+        while b.len() < count {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let catch_up_ms = start.elapsed().as_secs_f64() * 1000.0;
+        let stats = relay.stats();
+        drop((sync_a, sync_b));
+        a.close().await.unwrap();
+        b.close().await.unwrap();
+        json!({
+            "records": count,
+            "bytes": bytes,
+            "publishMs": publish_ms,
+            "catchUpMs": catch_up_ms,
+            "refused": stats.refused,
+            "tooSlow": stats.too_slow,
+        })
+    }
+
     /// One peer writes, the other observes: commit-to-visible latency.
     async fn latency(samples: usize) -> Value {
         let dir = tempfile::tempdir().unwrap();
@@ -267,7 +346,9 @@ mod native {
             let latency = latency(if quick { 50 } else { 300 }).await;
             eprintln!("sync bench: fan-out");
             let fan_out = fan_out(if quick { 200 } else { 1_000 }, 10, if quick { 2.0 } else { 5.0 }).await;
-            json!({ "catchUp": catch_up, "latency": latency, "overhead": overhead(), "fanOut": fan_out })
+            eprintln!("sync bench: first sync");
+            let first_sync = first_sync(if quick { 10 } else { 100 }).await;
+            json!({ "catchUp": catch_up, "latency": latency, "overhead": overhead(), "fanOut": fan_out, "firstSync": first_sync })
         });
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-sync.json");
         std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap()).unwrap();

@@ -102,6 +102,7 @@ function syncSection(docsDir, s) {
     ['bytes per update beyond the encoded record (AEAD tag included)', `${s.overhead.overheadBytes} B (record ${s.overhead.operationBytes} B, envelope ${s.overhead.envelopeBytes} B)`, '≤ 64 B'],
     ['relay: WebSocket clients held at once', `${s.fanOut.connectionsHeld} (refused ${s.fanOut.refused})`, '≥ 1,000'],
     ['relay: deliveries per second fanned out', `${fmt(s.fanOut.deliveriesPerSecond, 0)} (${s.fanOut.delivered.toLocaleString('en-US')} of ${s.fanOut.expectedDeliveries.toLocaleString('en-US')} delivered in the window)`, '≥ 20,000'],
+    ...(s.firstSync ? [[`first sync of ${fmt(s.firstSync.bytes / 1e6, 0)} MB (${s.firstSync.records.toLocaleString('en-US')} records of ~10 KB of real text) through a relay with default limits: A publishes / a fresh B holds everything`, `${fmt(s.firstSync.publishMs / 1000, 1)} s / ${fmt(s.firstSync.catchUpMs / 1000, 1)} s (refused ${s.firstSync.refused}, dropped as slow ${s.firstSync.tooSlow})`, 'finishes']] : []),
   ]), '');
   out.push(`Fan-out: ${s.fanOut.clients} clients on ${s.fanOut.topics} topics, one publisher per topic sending 200-byte envelopes every millisecond; clients and relay share this machine's 2 cores. Relay frames add ${s.overhead.publishFrameBytes - s.overhead.envelopeBytes} bytes on the way in and ${s.overhead.deliveredFrameBytes - s.overhead.envelopeBytes} on the way out (plus the WebSocket header).`, '');
   return out.join('\n');
