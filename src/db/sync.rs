@@ -33,6 +33,48 @@ const PUBLISHED_PREFIX: &str = "sync/published/";
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// Stored envelopes between two writes of the published vector.
 const PROGRESS_EVERY: usize = 8;
+/// Bytes of kept envelopes sent and not yet stored by the transport; the
+/// rest waits, unsealed (flow control: the offline queue of a large
+/// database is never sealed and queued at once).
+const WINDOW_BYTES: usize = 4 * 1024 * 1024;
+
+/// A group of operations to publish as one kept LIVE envelope, and the
+/// published vector it brings once stored.
+type Publication = (Vec<CrdtOperation>, VersionVector);
+
+/// Kept envelopes in flight: (send sequence, vector it brings, bytes).
+type InFlight = VecDeque<(u32, VersionVector, usize)>;
+
+/// Seals and sends queued publications while fewer than [`WINDOW_BYTES`]
+/// are in flight (always at least one); `false` when the link is gone.
+fn pump(
+    protocol: &SyncProtocol,
+    queued: &mut VecDeque<Publication>,
+    unstored: &mut InFlight,
+    outbound: &futures::channel::mpsc::UnboundedSender<Outgoing>,
+    sent: &mut u32,
+) -> bool {
+    let mut in_flight: usize = unstored.iter().map(|(_, _, bytes)| bytes).sum();
+    while in_flight < WINDOW_BYTES || unstored.is_empty() {
+        let Some((ops, reached)) = queued.pop_front() else {
+            break;
+        };
+        let envelope = protocol.seal_live(ops);
+        in_flight += envelope.len();
+        unstored.push_back((*sent, reached, envelope.len()));
+        *sent = sent.wrapping_add(1);
+        if outbound
+            .unbounded_send(Outgoing {
+                envelope,
+                keep: true,
+            })
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
+}
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Where a sync stands.
@@ -335,7 +377,8 @@ impl<S: Storage> Engine<S> {
         self.asked.clear();
         self.answered.clear();
         let mut sent: u32 = 0;
-        let mut unstored: VecDeque<(u32, VersionVector)> = VecDeque::new();
+        let mut unstored: InFlight = VecDeque::new();
+        let mut queued: VecDeque<Publication> = VecDeque::new();
         let mut peers: HashMap<u64, PeerId> = HashMap::new();
         let mut known: Vec<PeerId> = Vec::new();
         let mut cursor: Option<u64> = None;
@@ -352,18 +395,23 @@ impl<S: Storage> Engine<S> {
             return SessionEnd::Stopped;
         };
         let mut alive = send(self.protocol.hello(&vector), false, &mut sent);
-        for (envelope, reached) in self.offline_queue(ops, &published, &vector) {
-            unstored.push_back((sent, reached));
-            alive &= send(envelope, true, &mut sent);
-        }
+        queued.extend(self.offline_queue(ops, &published, &vector));
+        alive &= pump(
+            &self.protocol,
+            &mut queued,
+            &mut unstored,
+            &outbound,
+            &mut sent,
+        );
         let mut stored_since_write = 0usize;
+        let pending = (unstored.len() + queued.len()) as u64;
         self.update(|s| {
-            s.state = if unstored.is_empty() {
+            s.state = if pending == 0 {
                 SyncState::Synced
             } else {
                 SyncState::Syncing
             };
-            s.pending = unstored.len() as u64;
+            s.pending = pending;
             s.last_error = None;
         });
         if !alive {
@@ -395,8 +443,8 @@ impl<S: Storage> Engine<S> {
                         }
                         TransportEvent::Stored { sequence, .. } => {
                             let mut advanced = false;
-                            while unstored.front().is_some_and(|(s, _)| s.wrapping_sub(sequence) > u32::MAX / 2 || *s == sequence) {
-                                let (_, vector) = unstored.pop_front().expect("checked");
+                            while unstored.front().is_some_and(|(s, _, _)| s.wrapping_sub(sequence) > u32::MAX / 2 || *s == sequence) {
+                                let (_, vector, _) = unstored.pop_front().expect("checked");
                                 published.merge(&vector);
                                 advanced = true;
                                 stored_since_write += 1;
@@ -414,7 +462,10 @@ impl<S: Storage> Engine<S> {
                                     break SessionEnd::Stopped;
                                 }
                             }
-                            let pending = unstored.len() as u64;
+                            if !pump(&self.protocol, &mut queued, &mut unstored, &outbound, &mut sent) {
+                                break SessionEnd::Disconnected;
+                            }
+                            let pending = (unstored.len() + queued.len()) as u64;
                             self.update(|s| {
                                 s.pending = pending;
                                 s.state = if pending == 0 { SyncState::Synced } else { SyncState::Syncing };
@@ -444,13 +495,13 @@ impl<S: Storage> Engine<S> {
                     // The vector as of this batch's commit: one read now
                     // could cover later commits not yet sent.
                     let vector = VersionVector::clone(&batch.vector);
-                    for envelope in self.protocol.live(&batch.ops) {
-                        unstored.push_back((sent, vector.clone()));
-                        if !send(envelope, true, &mut sent) {
-                            break;
-                        }
+                    for group in SyncProtocol::live_groups(batch.ops.to_vec()) {
+                        queued.push_back((group, vector.clone()));
                     }
-                    let pending = unstored.len() as u64;
+                    if !pump(&self.protocol, &mut queued, &mut unstored, &outbound, &mut sent) {
+                        break SessionEnd::Disconnected;
+                    }
+                    let pending = (unstored.len() + queued.len()) as u64;
                     self.update(|s| {
                         s.pending = pending;
                         s.state = SyncState::Syncing;
@@ -476,9 +527,9 @@ impl<S: Storage> Engine<S> {
         end
     }
 
-    /// The offline queue: LIVE envelopes carrying `ops` (what peers may lack
-    /// since `published`), each with the published vector it brings once
-    /// the transport stored it and every envelope before it. The operations
+    /// The offline queue: groups of `ops` (what peers may lack since
+    /// `published`) for LIVE envelopes, each with the published vector it
+    /// brings once the transport stored it and every envelope before it. The operations
     /// go in dot order (by writer, then sequence number), so after a prefix
     /// every current version of the writers done, and of the writer in
     /// progress up to its last sequence number sent, is out: a later
@@ -489,7 +540,7 @@ impl<S: Storage> Engine<S> {
         mut ops: Vec<CrdtOperation>,
         published: &VersionVector,
         vector: &VersionVector,
-    ) -> Vec<(Vec<u8>, VersionVector)> {
+    ) -> Vec<Publication> {
         ops.sort_by(|a, b| {
             let (a, b) = (a.version.dot(), b.version.dot());
             (a.actor, a.seq).cmp(&(b.actor, b.seq))
@@ -510,7 +561,7 @@ impl<S: Storage> Engine<S> {
                 }
                 reached.raise(last.actor, last.seq);
             }
-            queue.push((self.protocol.seal_live(group), reached.clone()));
+            queue.push((group, reached.clone()));
         }
         queue
     }
