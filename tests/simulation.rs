@@ -11,7 +11,7 @@
 //! middle of commits (the commit lands or not, and is never acknowledged),
 //! reopens them, makes commits fail (quota), makes clocks jump, lag, race
 //! years ahead or read `u64::MAX`, cuts relay connections, restarts syncs,
-//! and has the relay drop, duplicate, reorder, trim and truncate what it
+//! and has the relay drop, duplicate, reorder, replay, trim and truncate what it
 //! holds and answer STORED for envelopes it never stored. Then the faults
 //! stop, every device reopens, every instance syncs afresh, and the world
 //! must converge.
@@ -41,7 +41,7 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -297,7 +297,14 @@ struct RelayFaults {
     false_stored: f64,
     /// After a store, the oldest half of the backlog is truncated.
     truncate: f64,
+    /// With a delivery, an envelope recorded earlier (any kind) is
+    /// delivered again, as if from another connection: a relay replaying
+    /// what it saw.
+    replay: f64,
 }
+
+/// Envelopes the simulated relay keeps to replay.
+const RECORDED: usize = 64;
 
 struct Member {
     events: mpsc::UnboundedSender<TransportEvent>,
@@ -311,6 +318,8 @@ struct RelayState {
     next_sequence: u64,
     members: BTreeMap<u64, Member>,
     next_member: u64,
+    /// Envelopes fanned out, newest last (at most [`RECORDED`]).
+    recorded: VecDeque<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -451,6 +460,16 @@ impl SimRelay {
                     .filter(|(member, _)| **member != id)
                     .map(|(_, member)| member.events.clone())
                     .collect();
+                if state.recorded.len() >= RECORDED {
+                    state.recorded.pop_front();
+                }
+                state.recorded.push_back(envelope.clone());
+                let replayed = relay.rng.with(|rng| {
+                    rng.chance(faults.replay)
+                        .then(|| rng.below(state.recorded.len() as u64) as usize)
+                });
+                let replayed = replayed.map(|index| state.recorded[index].clone());
+                let fake_connection = state.next_member + 1_000;
                 drop(state);
                 for receiver in receivers {
                     let copies = relay.rng.with(|rng| {
@@ -467,6 +486,13 @@ impl SimRelay {
                             envelope: envelope.clone(),
                             cursor: backlog_sequence,
                             from: id,
+                        });
+                    }
+                    if let Some(old) = &replayed {
+                        let _ = receiver.unbounded_send(TransportEvent::Envelope {
+                            envelope: old.clone(),
+                            cursor: None,
+                            from: fake_connection,
                         });
                     }
                 }
@@ -587,6 +613,7 @@ impl World {
             reorder: rng.intensity(0.1, 0.5),
             false_stored: rng.intensity(0.05, 0.3),
             truncate: rng.intensity(0.02, 0.1),
+            replay: rng.intensity(0.05, 0.3),
         };
         let backlog_limit = [8usize, 64, 10_000][rng.below(3) as usize];
         let device_count = 2 + rng.below(2) as usize;
@@ -599,6 +626,7 @@ impl World {
                 next_sequence: 0,
                 members: BTreeMap::new(),
                 next_member: 0,
+                recorded: VecDeque::new(),
             })),
             rng: shared.clone(),
         };
