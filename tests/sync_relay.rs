@@ -358,3 +358,92 @@ async fn an_offline_queue_cut_off_halfway_resumes_where_it_stopped() {
     drop(sync_b);
     relay.stop();
 }
+
+/// Issue #21: a first sync through a delta (the relay's backlog cannot
+/// hold the database) cut off halfway used to start over. Every record was
+/// written twice, so the receiver's vector cannot advance on its own; its
+/// next HELLO tells the sender what prefix of the delta it holds, and the
+/// sender sends the rest only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_cut_off_halfway_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        RelayConfig {
+            backlog_path: Some(dir.path().join("relay.db")),
+            backlog_frames: 1,
+            max_frame: 1024 * 1024,
+            bytes_per_second: 4 * 1024 * 1024,
+            burst_bytes: 4 * 1024 * 1024,
+            ..RelayConfig::default()
+        },
+    )
+    .await;
+    let (a, b) = pair(dir.path()).await;
+    let text = "d".repeat(20_000);
+    for round in 0..2 {
+        let mut batch = Vec::new();
+        for i in 0..800 {
+            let value = json!({ "i": i, "round": round, "text": text });
+            batch.push((
+                format!("k{i:04}"),
+                pluresdb::crdt::Document::from_value(&value).unwrap(),
+            ));
+        }
+        a.put_many(batch).await.unwrap();
+    }
+    publish_everything(&a, relay.url()).await;
+    let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("a is online", || sync_a.status().state == SyncState::Synced).await;
+    // 16 MB in 62 chunks of 256 KiB; b holds 400 records after about half.
+    let chunks = 62;
+    let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("b holds half", || b.len() >= 400).await;
+    // Both go (so nothing of the first delta is still on its way), and
+    // come back with new sync sessions.
+    drop((sync_a, sync_b));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.len() < 800, "cut off before the end");
+    // An observer on the topic counts what a's next connection publishes
+    // (b republishes what it holds as its own offline queue, which is not
+    // what this test is about).
+    let join_key = a.sync_identity().unwrap().join_key();
+    let mut observer = common::RawClient::join(&relay.url(), join_key, u64::MAX).await;
+    assert!(observer.next_frame(Duration::from_secs(5)).await.is_some());
+    let from_a = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = from_a.clone();
+    let watcher = tokio::spawn(async move {
+        let mut a_connection = None;
+        while let Some(frame) = observer.next_frame(Duration::from_secs(60)).await {
+            match frame {
+                pluresdb::sync::relay_frame::RelayFrame::Members {
+                    joined: true,
+                    connection,
+                    ..
+                } if a_connection.is_none() => a_connection = Some(connection),
+                pluresdb::sync::relay_frame::RelayFrame::Frame { from, .. }
+                    if Some(from) == a_connection =>
+                {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    });
+    let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("a is back", || sync_a.status().state == SyncState::Synced).await;
+    let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("b holds everything", || b.len() == 800).await;
+    eventually("b is synced", || sync_b.status().state == SyncState::Synced).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = from_a.load(std::sync::atomic::Ordering::Relaxed);
+    watcher.abort();
+    // Starting over: 62 chunks, plus a's hello, ask and acks. Resuming:
+    // about half of the chunks.
+    assert!(
+        second + 15 < chunks,
+        "a's second connection published {second} envelopes: the delta started over"
+    );
+    drop((sync_a, sync_b));
+    relay.stop();
+}

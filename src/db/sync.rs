@@ -24,12 +24,16 @@ use super::{Database, Origin, SyncEvent};
 use crate::crdt::{CrdtOperation, VersionVector};
 use crate::error::{Error, InputError, Result};
 use crate::storage::{meta_keys, Storage};
+use crate::sync::protocol::{vector_digest, ResumeHint};
 use crate::sync::{Incoming, PeerId, SyncIdentity, SyncProtocol};
 use crate::transport::{Connector, Link, Outgoing, Rendezvous, TransportEvent};
 
 /// Prefix of the per-transport published vector (the transport's
 /// description follows).
 const PUBLISHED_PREFIX: &str = "sync/published/";
+/// Prefix of the per-transport resume hints (deltas received in part, so a
+/// restarted sync resumes them).
+const RESUME_PREFIX: &str = "sync/resume/";
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// Stored envelopes between two writes of the published vector.
 const PROGRESS_EVERY: usize = 8;
@@ -233,9 +237,18 @@ impl<S: Storage> Database<S> {
             last_received_ms: None,
         }));
         let (stop, stopped) = oneshot::channel();
+        let resume_key = format!("{RESUME_PREFIX}{}", connector.describe());
+        let mut protocol = SyncProtocol::new(self.actor(), identity.cipher());
+        let hints = self
+            .sync_meta(&resume_key)
+            .and_then(|bytes| ResumeHint::list_from_bytes(&bytes).ok())
+            .unwrap_or_default();
+        protocol.inherit_hints(hints.clone());
         let engine = Engine {
             db: self.clone(),
-            protocol: SyncProtocol::new(self.actor(), identity.cipher()),
+            protocol,
+            resume_key,
+            hints_written: hints,
             cursor_key: format!("sync/cursor/{}", connector.describe()),
             published_key: format!("{PUBLISHED_PREFIX}{}", connector.describe()),
             asked: Vec::new(),
@@ -254,6 +267,10 @@ impl<S: Storage> Database<S> {
 struct Engine<S: Storage> {
     db: Database<S>,
     protocol: SyncProtocol,
+    /// Where the resume hints of deltas being received are kept, and what
+    /// was last written there.
+    resume_key: String,
+    hints_written: Vec<ResumeHint>,
     cursor_key: String,
     published_key: String,
     status: Arc<Mutex<SyncStatus>>,
@@ -268,15 +285,6 @@ struct Engine<S: Storage> {
 
 /// Hellos remembered per session (see `Engine::answered`).
 const REMEMBERED_HELLOS: usize = 1024;
-
-fn vector_hash(vector: &VersionVector) -> u64 {
-    use std::hash::{Hash, Hasher};
-    // Fixed keys: deterministic across runs (the simulator replays seeds);
-    // only authenticated hellos get here, so nobody can aim for collisions.
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    vector.to_bytes().hash(&mut hasher);
-    hasher.finish()
-}
 
 enum SessionEnd {
     Disconnected,
@@ -603,11 +611,12 @@ impl<S: Storage> Engine<S> {
                 from: peer,
                 vector,
                 asked,
+                resume,
             } => {
                 note(peer, &self.db);
                 // At most one delta per peer connection and vector: a hello
                 // seen again (replayed by a relay, or repeated) costs nothing.
-                let key = (peer, from, vector_hash(&vector));
+                let key = (peer, from, vector_digest(&vector));
                 if self.answered.contains(&key) {
                     return Ok(());
                 }
@@ -621,7 +630,12 @@ impl<S: Storage> Engine<S> {
                     .db
                     .changes_and_vector(&vector)
                     .map_err(|_| HandleError::Closed)?;
-                for envelope in self.protocol.delta(peer, &ops, &mine) {
+                // The peer holds a prefix of a delta this instance sent at
+                // this same vector: send the rest only.
+                let resume_after = resume
+                    .filter(|(digest, _)| *digest == vector_digest(&mine))
+                    .map(|(_, after)| after);
+                for envelope in self.protocol.delta(peer, &ops, &mine, resume_after) {
                     *sent = sent.wrapping_add(1);
                     outbound
                         .unbounded_send(Outgoing {
@@ -672,6 +686,20 @@ impl<S: Storage> Engine<S> {
                     .await;
                 if let Some(chunk) = chunk {
                     self.protocol.chunk_applied(peer, chunk, result.is_ok());
+                    // Kept after the commit, so a hint never names more
+                    // than is stored.
+                    let hints = self.protocol.resume_hints();
+                    if result.is_ok() && hints != self.hints_written {
+                        let bytes = ResumeHint::list_to_bytes(&hints);
+                        if self
+                            .db
+                            .write_meta(vec![(self.resume_key.clone(), bytes)])
+                            .await
+                            .is_ok()
+                        {
+                            self.hints_written = hints;
+                        }
+                    }
                 }
                 match result {
                     Ok(()) => {}

@@ -9,7 +9,9 @@
 //! u8   protocol version = 1
 //! [16] sender peer id (the sender's actor id)
 //! u8   kind, then:
-//!   1 HELLO  version vector                    "this is what I have"
+//!   1 HELLO  version vector, u8 count,         "this is what I have"
+//!            count × ([16] peer, u64 vector digest, [16] actor, u64 seq)
+//!                                              (resume hints, see below)
 //!   2 DELTA  [16] to, u32 delta id, u32 chunk, u32 chunks,
 //!            version vector (the sender's, when it computed the delta),
 //!            u32 count, operations             "what you lack", in chunks
@@ -21,6 +23,13 @@
 //! ASK is HELLO addressed to one peer: a replica that answers a HELLO and
 //! sees that the peer has writes it lacks asks that peer alone, instead of
 //! greeting everyone again.
+//!
+//! Deltas go in dot order (by writer, then sequence number). A delta cut
+//! off (a disconnect) can resume: the receiver's next HELLO carries, per
+//! peer whose delta it holds a prefix of (chunks `0..=k` committed), a hint
+//! `(peer, digest of that delta's vector, last dot of chunk k)`. A peer
+//! whose vector still has that digest leaves out what its delta would
+//! carry up to that dot: the receiver committed exactly that already.
 //!
 //! A replayed or duplicated envelope (one whose nonce was already opened,
 //! among the last [`REMEMBERED_NONCES`]) is dropped before any work. The
@@ -38,7 +47,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::crypto::{envelope_nonce, CryptoError, SyncCipher};
 use crate::codec::{Reader, Writer};
-use crate::crdt::{ActorId, CrdtOperation, VersionVector};
+use crate::crdt::{ActorId, CrdtOperation, Dot, VersionVector};
 use crate::error::DecodeError;
 
 /// Version byte of protocol messages (2: keys and topics of
@@ -61,6 +70,85 @@ pub const MAX_DELTA_CHUNKS: u32 = 1 << 16;
 /// Deltas being received at once; past this the oldest is forgotten (it
 /// then never completes, and a later HELLO asks again).
 const MAX_PARTIAL_DELTAS: usize = 64;
+/// Resume hints a HELLO carries at most.
+pub const MAX_RESUME_HINTS: usize = 8;
+
+/// A stable 64-bit digest of a version vector (BLAKE2b), the same on every
+/// platform and build: what resume hints name a delta's vector by.
+pub fn vector_digest(vector: &VersionVector) -> u64 {
+    use blake2::Digest;
+    let hash = blake2::Blake2b512::digest(vector.to_bytes());
+    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+/// "I hold a prefix of your delta computed at the vector with this digest,
+/// up to this dot": carried in HELLO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeHint {
+    /// The peer whose delta was cut off.
+    pub peer: PeerId,
+    /// [`vector_digest`] of the vector that delta carried.
+    pub vector_digest: u64,
+    /// The last dot of the committed prefix.
+    pub after: Dot,
+}
+
+impl ResumeHint {
+    /// `u8 count, count × ([16] peer, u64 digest, [16] actor, u64 seq)`.
+    pub fn encode_list(hints: &[ResumeHint], writer: &mut Writer) {
+        writer.u8(hints.len().min(MAX_RESUME_HINTS) as u8);
+        for hint in hints.iter().take(MAX_RESUME_HINTS) {
+            writer
+                .raw(hint.peer.as_bytes())
+                .u64(hint.vector_digest)
+                .raw(hint.after.actor.as_bytes())
+                .u64(hint.after.seq);
+        }
+    }
+
+    /// Decodes what [`encode_list`](Self::encode_list) wrote.
+    pub fn decode_list(reader: &mut Reader<'_>) -> Result<Vec<ResumeHint>, DecodeError> {
+        let count = usize::from(reader.u8()?);
+        if count > MAX_RESUME_HINTS {
+            return Err(DecodeError::Invalid(format!(
+                "{count} resume hints (at most {MAX_RESUME_HINTS})"
+            )));
+        }
+        let mut hints = Vec::with_capacity(count);
+        for _ in 0..count {
+            let peer = ActorId::decode(reader)?;
+            let vector_digest = reader.u64()?;
+            let actor = ActorId::decode(reader)?;
+            let seq = reader.u64()?;
+            if seq == 0 || seq > crate::crdt::MAX_COUNTER {
+                return Err(DecodeError::Invalid(format!(
+                    "resume hint at sequence number {seq}"
+                )));
+            }
+            hints.push(ResumeHint {
+                peer,
+                vector_digest,
+                after: Dot { actor, seq },
+            });
+        }
+        Ok(hints)
+    }
+
+    /// The list as bytes, for the metadata store.
+    pub fn list_to_bytes(hints: &[ResumeHint]) -> Vec<u8> {
+        let mut writer = Writer::new();
+        Self::encode_list(hints, &mut writer);
+        writer.finish()
+    }
+
+    /// A list from [`list_to_bytes`](Self::list_to_bytes).
+    pub fn list_from_bytes(bytes: &[u8]) -> Result<Vec<ResumeHint>, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        let hints = Self::decode_list(&mut reader)?;
+        reader.finish()?;
+        Ok(hints)
+    }
+}
 
 /// A sync peer: the actor id of the instance at the other end.
 pub type PeerId = ActorId;
@@ -84,6 +172,8 @@ pub enum Message {
     Hello {
         /// What the sender has.
         vector: VersionVector,
+        /// Deltas the sender holds a prefix of.
+        resume: Vec<ResumeHint>,
     },
     /// One chunk of the operations `to` lacks.
     Delta {
@@ -143,9 +233,10 @@ impl Message {
         let mut writer = Writer::new();
         writer.u8(PROTOCOL_VERSION).raw(sender.as_bytes());
         match self {
-            Message::Hello { vector } => {
+            Message::Hello { vector, resume } => {
                 writer.u8(HELLO);
                 vector.encode(&mut writer);
+                ResumeHint::encode_list(resume, &mut writer);
             }
             Message::Delta {
                 to,
@@ -191,6 +282,7 @@ impl Message {
         let message = match reader.u8()? {
             HELLO => Message::Hello {
                 vector: VersionVector::decode(&mut reader)?,
+                resume: ResumeHint::decode_list(&mut reader)?,
             },
             DELTA => {
                 let to = ActorId::decode(&mut reader)?;
@@ -243,6 +335,11 @@ pub enum Incoming {
         vector: VersionVector,
         /// An ASK: answer with the delta only, never with an ASK back.
         asked: bool,
+        /// The peer holds a prefix of a delta from this instance: (digest
+        /// of that delta's vector, last dot held). When this instance's
+        /// vector still has that digest, pass the dot to
+        /// [`SyncProtocol::delta`].
+        resume: Option<(u64, Dot)>,
     },
     /// Merge `ops`; when `complete` is set they finish a delta from a peer
     /// holding that vector, which the database may then adopt. For a delta
@@ -282,8 +379,13 @@ pub struct ChunkId {
 #[derive(Debug)]
 struct DeltaProgress {
     chunks: u32,
+    /// [`vector_digest`] of the vector the delta carries.
+    vector_digest: u64,
     /// Chunk indices received and committed, sorted.
     applied: Vec<u32>,
+    /// The largest dot of each chunk received (committed or not), by
+    /// chunk index.
+    last_dots: HashMap<u32, Dot>,
     /// A chunk arrived whose commit failed: this delta never completes.
     failed: bool,
     /// Order of arrival among partial deltas, for eviction.
@@ -301,6 +403,8 @@ pub struct SyncProtocol {
     started: u64,
     rejected: u64,
     replayed: u64,
+    /// Resume hints of an earlier instance.
+    inherited: Vec<ResumeHint>,
     /// Nonces of authenticated envelopes, newest last.
     seen: HashSet<[u8; 24]>,
     seen_order: VecDeque<[u8; 24]>,
@@ -317,6 +421,7 @@ impl SyncProtocol {
             started: 0,
             rejected: 0,
             replayed: 0,
+            inherited: Vec::new(),
             seen: HashSet::new(),
             seen_order: VecDeque::new(),
         }
@@ -362,11 +467,61 @@ impl SyncProtocol {
         self.cipher.seal(&message.encode(&self.me))
     }
 
-    /// The HELLO envelope.
+    /// The HELLO envelope, with [`resume_hints`](Self::resume_hints).
     pub fn hello(&self, vector: &VersionVector) -> Vec<u8> {
         self.seal(&Message::Hello {
             vector: vector.clone(),
+            resume: self.resume_hints(),
         })
+    }
+
+    /// Resume hints for the deltas this instance holds a committed prefix
+    /// of (the newest per peer), then inherited ones
+    /// ([`inherit_hints`](Self::inherit_hints)) for other peers; at most
+    /// [`MAX_RESUME_HINTS`].
+    pub fn resume_hints(&self) -> Vec<ResumeHint> {
+        let mut progress: Vec<(&(PeerId, u32), &DeltaProgress)> = self
+            .partial
+            .iter()
+            .filter(|(_, progress)| !progress.failed)
+            .collect();
+        progress.sort_by_key(|(_, progress)| std::cmp::Reverse(progress.started));
+        let mut resume: Vec<ResumeHint> = Vec::new();
+        for ((peer, _), progress) in progress {
+            if resume.len() >= MAX_RESUME_HINTS || resume.iter().any(|h| h.peer == *peer) {
+                continue;
+            }
+            // The committed prefix 0..=k, and its largest dot.
+            let mut after = None;
+            for (index, chunk) in progress.applied.iter().enumerate() {
+                if *chunk as usize != index {
+                    break;
+                }
+                if let Some(dot) = progress.last_dots.get(chunk) {
+                    after = Some(after.map_or(*dot, |a: Dot| a.max(*dot)));
+                }
+            }
+            if let Some(after) = after {
+                resume.push(ResumeHint {
+                    peer: *peer,
+                    vector_digest: progress.vector_digest,
+                    after,
+                });
+            }
+        }
+        for hint in &self.inherited {
+            if resume.len() < MAX_RESUME_HINTS && !resume.iter().any(|h| h.peer == hint.peer) {
+                resume.push(*hint);
+            }
+        }
+        resume
+    }
+
+    /// Hints an earlier instance of this replica computed (kept in its
+    /// metadata), so that a restarted sync resumes deltas too.
+    pub fn inherit_hints(&mut self, hints: Vec<ResumeHint>) {
+        self.inherited = hints;
+        self.inherited.truncate(MAX_RESUME_HINTS);
     }
 
     /// The ASK envelope for `to`: a hello only `to` answers.
@@ -391,7 +546,7 @@ impl SyncProtocol {
         if ops.is_empty() {
             return Vec::new();
         }
-        chunk_ops(ops)
+        chunk_ops(ops.iter().cloned())
             .into_iter()
             .map(|ops| self.seal(&Message::Live { ops }))
             .collect()
@@ -403,7 +558,7 @@ impl SyncProtocol {
         if ops.is_empty() {
             return Vec::new();
         }
-        chunk_ops(&ops)
+        chunk_ops(ops)
     }
 
     /// The LIVE envelope of one group of operations.
@@ -412,17 +567,26 @@ impl SyncProtocol {
     }
 
     /// DELTA envelopes answering `to`'s hello with `ops` (what it lacks),
-    /// computed when this instance had `vector`. Always at least one chunk,
-    /// so an empty delta still tells the peer it is up to date.
+    /// computed when this instance had `vector`, in dot order; with
+    /// `resume_after` (from the hello's hint, when `vector` still has its
+    /// digest), without the operations up to that dot, which the peer
+    /// holds. Always at least one chunk, so an empty delta still tells the
+    /// peer it is up to date.
     pub fn delta(
         &mut self,
         to: PeerId,
         ops: &[CrdtOperation],
         vector: &VersionVector,
+        resume_after: Option<Dot>,
     ) -> Vec<Vec<u8>> {
         let delta = self.next_delta;
         self.next_delta = self.next_delta.wrapping_add(1);
-        let chunks = chunk_ops(ops);
+        let mut ops: Vec<&CrdtOperation> = ops
+            .iter()
+            .filter(|op| resume_after.is_none_or(|after| op.version.dot() > after))
+            .collect();
+        ops.sort_by_key(|op| op.version.dot());
+        let chunks = chunk_ops(ops.into_iter().cloned());
         let count = crate::codec::len_u32(chunks.len());
         chunks
             .into_iter()
@@ -466,15 +630,20 @@ impl SyncProtocol {
             return Ok(Incoming::Ignore);
         }
         Ok(match message {
-            Message::Hello { vector } => Incoming::Hello {
+            Message::Hello { vector, resume } => Incoming::Hello {
                 from,
                 vector,
                 asked: false,
+                resume: resume
+                    .iter()
+                    .find(|hint| hint.peer == self.me)
+                    .map(|hint| (hint.vector_digest, hint.after)),
             },
             Message::Ask { to, vector } if to == self.me => Incoming::Hello {
                 from,
                 vector,
                 asked: true,
+                resume: None,
             },
             Message::Live { ops } => Incoming::Apply {
                 from,
@@ -506,15 +675,24 @@ impl SyncProtocol {
                 }
                 self.started += 1;
                 let started = self.started;
+                let digest = vector_digest(&vector);
                 let progress = self.partial.entry(key).or_insert_with(|| DeltaProgress {
                     chunks,
+                    vector_digest: digest,
                     applied: Default::default(),
+                    last_dots: HashMap::new(),
                     failed: false,
                     started,
                 });
-                if progress.chunks != chunks || progress.applied.binary_search(&chunk).is_ok() {
+                if progress.chunks != chunks
+                    || progress.vector_digest != digest
+                    || progress.applied.binary_search(&chunk).is_ok()
+                {
                     // A repeat, or a chunk of another delta under this id.
                     return Ok(Incoming::Ignore);
+                }
+                if let Some(last) = ops.iter().map(|op| op.version.dot()).max() {
+                    progress.last_dots.insert(chunk, last);
                 }
                 let complete =
                     !progress.failed && progress.applied.len() as u64 + 1 == u64::from(chunks);
@@ -547,14 +725,17 @@ impl SyncProtocol {
             progress.applied.insert(position, chunk.chunk);
         }
         if progress.applied.len() as u64 == u64::from(progress.chunks) {
-            self.partial.remove(&key);
+            // Complete: this and every older delta from the peer are done
+            // with (the peer's vector is adopted).
+            self.partial.retain(|(peer, _), _| *peer != from);
+            self.inherited.retain(|hint| hint.peer != from);
         }
     }
 }
 
 /// Splits operations into groups of at most [`CHUNK_BYTES`] encoded bytes
 /// (an operation larger than that travels alone). At least one group.
-fn chunk_ops(ops: &[CrdtOperation]) -> Vec<Vec<CrdtOperation>> {
+fn chunk_ops(ops: impl IntoIterator<Item = CrdtOperation>) -> Vec<Vec<CrdtOperation>> {
     let mut chunks = vec![Vec::new()];
     let mut size = 0;
     for op in ops {
@@ -564,7 +745,7 @@ fn chunk_ops(ops: &[CrdtOperation]) -> Vec<Vec<CrdtOperation>> {
             size = 0;
         }
         size += op_size;
-        chunks.last_mut().expect("non-empty").push(op.clone());
+        chunks.last_mut().expect("non-empty").push(op);
     }
     chunks
 }
@@ -599,7 +780,7 @@ mod tests {
         };
         assert_eq!(from, b.actor());
         let ops = a.changes_since(&vector);
-        let chunks = pa.delta(from, &ops, &a.version_vector().clone());
+        let chunks = pa.delta(from, &ops, &a.version_vector().clone(), None);
         assert!(chunks.len() > 1, "an 800 KB delta is chunked");
         for (index, chunk) in chunks.iter().enumerate() {
             // Own messages and other peers' deltas are ignored by A.
@@ -658,6 +839,7 @@ mod tests {
             pb.me(),
             &a.changes_since(&VersionVector::new()),
             a.version_vector(),
+            None,
         );
         assert_eq!(chunks.len(), 3);
         (pa, pb, chunks)
@@ -722,6 +904,72 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_cut_off_resumes_after_the_prefix_the_receiver_holds() {
+        // Issue #21: a first sync cut off halfway started over.
+        let identity = SyncIdentity::generate();
+        let mut a = CrdtStore::new(ActorId::from_bytes([1; 16]));
+        let mut b = CrdtStore::new(ActorId::from_bytes([2; 16]));
+        // Every key written twice: the versions sent have dots 7..=12, so
+        // B's vector cannot advance on its own (1..=6 never arrive) and
+        // only the hint can tell A what B holds.
+        for round in 0..2 {
+            for i in 0..6 {
+                a.put(
+                    &format!("k{i}"),
+                    Document::from_value(&json!(format!("{round}{}", "y".repeat(100_000))))
+                        .unwrap(),
+                    1,
+                );
+            }
+        }
+        let mut pa = SyncProtocol::new(a.actor(), identity.cipher());
+        let mut pb = SyncProtocol::new(b.actor(), identity.cipher());
+        let vector = a.version_vector().clone();
+        let chunks = pa.delta(
+            b.actor(),
+            &a.changes_since(b.version_vector()),
+            &vector,
+            None,
+        );
+        assert_eq!(chunks.len(), 3);
+        // B commits chunks 0 and 1, then the connection drops.
+        for chunk in &chunks[..2] {
+            let Incoming::Apply {
+                from, ops, chunk, ..
+            } = pb.receive(chunk).unwrap()
+            else {
+                panic!("expected operations");
+            };
+            for op in ops {
+                b.apply(op, 2);
+            }
+            pb.chunk_applied(from, chunk.unwrap(), true);
+        }
+        assert!(b.version_vector().is_empty(), "nothing contiguous yet");
+        assert_eq!(a.changes_since(b.version_vector()).len(), 6);
+        // B's next hello names A's delta and the last dot it holds.
+        let Incoming::Hello { resume, .. } = pa.receive(&pb.hello(b.version_vector())).unwrap()
+        else {
+            panic!("expected a hello");
+        };
+        let (digest, after) = resume.expect("a resume hint for A");
+        assert_eq!(digest, vector_digest(&vector));
+        let rest = pa.delta(
+            b.actor(),
+            &a.changes_since(b.version_vector()),
+            &vector,
+            Some(after),
+        );
+        assert_eq!(rest.len(), 1, "only the last third is sent again");
+        let Incoming::Apply { ops, complete, .. } = pb.receive(&rest[0]).unwrap() else {
+            panic!("expected operations");
+        };
+        assert_eq!(ops.len(), 2);
+        b.apply_delta(ops, &complete.expect("the resumed delta completes"), 3);
+        assert_eq!(a.state_bytes(), b.state_bytes());
+    }
+
+    #[test]
     fn an_ask_is_a_hello_for_its_addressee_alone() {
         let identity = SyncIdentity::generate();
         let asker = SyncProtocol::new(ActorId::from_bytes([1; 16]), identity.cipher());
@@ -738,7 +986,8 @@ mod tests {
             Incoming::Hello {
                 from: asker.me(),
                 vector,
-                asked: true
+                asked: true,
+                resume: None,
             }
         );
         assert_eq!(bystander.receive(&ask).unwrap(), Incoming::Ignore);
