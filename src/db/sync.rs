@@ -549,10 +549,7 @@ impl<S: Storage> Engine<S> {
         published: &VersionVector,
         vector: &VersionVector,
     ) -> Vec<Publication> {
-        ops.sort_by(|a, b| {
-            let (a, b) = (a.version.dot(), b.version.dot());
-            (a.actor, a.seq).cmp(&(b.actor, b.seq))
-        });
+        crate::sync::protocol::sort_by_dot(&mut ops);
         let groups = SyncProtocol::live_groups(ops);
         let count = groups.len();
         let mut reached = published.clone();

@@ -43,7 +43,7 @@
 //! work, and a chunk whose commit failed keeps its delta from ever
 //! completing (the next HELLO asks again).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use super::crypto::{envelope_nonce, CryptoError, SyncCipher};
 use crate::codec::{Reader, Writer};
@@ -77,8 +77,21 @@ pub const MAX_RESUME_HINTS: usize = 8;
 /// platform and build: what resume hints name a delta's vector by.
 pub fn vector_digest(vector: &VersionVector) -> u64 {
     use blake2::Digest;
-    let hash = blake2::Blake2b512::digest(vector.to_bytes());
+    let hash = blake2::Blake2b256::digest(vector.to_bytes());
     u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+/// What identifies an envelope among those remembered: the first 8 bytes
+/// of its random nonce.
+fn nonce_key(envelope: &[u8]) -> Option<u64> {
+    let nonce = envelope_nonce(envelope)?;
+    Some(u64::from_le_bytes(nonce[..8].try_into().expect("8 bytes")))
+}
+
+/// Sorts operations by dot (writer, then sequence number): the order of
+/// deltas and of the offline queue. Dots are unique, so the order is too.
+pub fn sort_by_dot(ops: &mut [CrdtOperation]) {
+    ops.sort_unstable_by_key(|op| op.version.dot());
 }
 
 /// "I hold a prefix of your delta computed at the vector with this digest,
@@ -383,9 +396,9 @@ struct DeltaProgress {
     vector_digest: u64,
     /// Chunk indices received and committed, sorted.
     applied: Vec<u32>,
-    /// The largest dot of each chunk received (committed or not), by
-    /// chunk index.
-    last_dots: HashMap<u32, Dot>,
+    /// The largest dot of each chunk received (committed or not), sorted
+    /// by chunk index.
+    last_dots: Vec<(u32, Dot)>,
     /// A chunk arrived whose commit failed: this delta never completes.
     failed: bool,
     /// Order of arrival among partial deltas, for eviction.
@@ -405,9 +418,10 @@ pub struct SyncProtocol {
     replayed: u64,
     /// Resume hints of an earlier instance.
     inherited: Vec<ResumeHint>,
-    /// Nonces of authenticated envelopes, newest last.
-    seen: HashSet<[u8; 24]>,
-    seen_order: VecDeque<[u8; 24]>,
+    /// The first 8 bytes of the nonces of authenticated envelopes, newest
+    /// last (random, so two collide with odds of 2^-64; a scan of 8,192
+    /// words is a few microseconds).
+    seen: VecDeque<u64>,
 }
 
 impl SyncProtocol {
@@ -422,8 +436,7 @@ impl SyncProtocol {
             rejected: 0,
             replayed: 0,
             inherited: Vec::new(),
-            seen: HashSet::new(),
-            seen_order: VecDeque::new(),
+            seen: VecDeque::new(),
         }
     }
 
@@ -436,21 +449,16 @@ impl SyncProtocol {
     /// it arrives again: for an envelope whose changes could not be
     /// committed.
     pub fn forget(&mut self, envelope: &[u8]) {
-        if let Some(nonce) = envelope_nonce(envelope) {
-            if self.seen.remove(&nonce) {
-                self.seen_order.retain(|n| *n != nonce);
-            }
+        if let Some(nonce) = nonce_key(envelope) {
+            self.seen.retain(|n| *n != nonce);
         }
     }
 
-    fn remember(&mut self, nonce: [u8; 24]) {
-        if self.seen_order.len() >= REMEMBERED_NONCES {
-            if let Some(oldest) = self.seen_order.pop_front() {
-                self.seen.remove(&oldest);
-            }
+    fn remember(&mut self, nonce: u64) {
+        if self.seen.len() >= REMEMBERED_NONCES {
+            self.seen.pop_front();
         }
-        self.seen.insert(nonce);
-        self.seen_order.push_back(nonce);
+        self.seen.push_back(nonce);
     }
 
     /// This instance's peer id.
@@ -480,15 +488,10 @@ impl SyncProtocol {
     /// ([`inherit_hints`](Self::inherit_hints)) for other peers; at most
     /// [`MAX_RESUME_HINTS`].
     pub fn resume_hints(&self) -> Vec<ResumeHint> {
-        let mut progress: Vec<(&(PeerId, u32), &DeltaProgress)> = self
-            .partial
-            .iter()
-            .filter(|(_, progress)| !progress.failed)
-            .collect();
-        progress.sort_by_key(|(_, progress)| std::cmp::Reverse(progress.started));
-        let mut resume: Vec<ResumeHint> = Vec::new();
-        for ((peer, _), progress) in progress {
-            if resume.len() >= MAX_RESUME_HINTS || resume.iter().any(|h| h.peer == *peer) {
+        // Per peer, the newest partial delta with a committed prefix.
+        let mut newest: Vec<(u64, ResumeHint)> = Vec::new();
+        for ((peer, _), progress) in &self.partial {
+            if progress.failed {
                 continue;
             }
             // The committed prefix 0..=k, and its largest dot.
@@ -497,17 +500,29 @@ impl SyncProtocol {
                 if *chunk as usize != index {
                     break;
                 }
-                if let Some(dot) = progress.last_dots.get(chunk) {
-                    after = Some(after.map_or(*dot, |a: Dot| a.max(*dot)));
+                if let Ok(at) = progress.last_dots.binary_search_by_key(chunk, |(c, _)| *c) {
+                    let dot = progress.last_dots[at].1;
+                    after = Some(after.map_or(dot, |a: Dot| a.max(dot)));
                 }
             }
-            if let Some(after) = after {
-                resume.push(ResumeHint {
-                    peer: *peer,
-                    vector_digest: progress.vector_digest,
-                    after,
-                });
+            let Some(after) = after else { continue };
+            let hint = ResumeHint {
+                peer: *peer,
+                vector_digest: progress.vector_digest,
+                after,
+            };
+            match newest.iter_mut().find(|(_, h)| h.peer == *peer) {
+                Some(entry) if entry.0 < progress.started => *entry = (progress.started, hint),
+                Some(_) => {}
+                None => newest.push((progress.started, hint)),
             }
+        }
+        let mut resume: Vec<ResumeHint> = Vec::new();
+        while resume.len() < MAX_RESUME_HINTS {
+            let Some(at) = (0..newest.len()).max_by_key(|i| newest[*i].0) else {
+                break;
+            };
+            resume.push(newest.swap_remove(at).1);
         }
         for hint in &self.inherited {
             if resume.len() < MAX_RESUME_HINTS && !resume.iter().any(|h| h.peer == hint.peer) {
@@ -581,12 +596,13 @@ impl SyncProtocol {
     ) -> Vec<Vec<u8>> {
         let delta = self.next_delta;
         self.next_delta = self.next_delta.wrapping_add(1);
-        let mut ops: Vec<&CrdtOperation> = ops
+        let mut ops: Vec<CrdtOperation> = ops
             .iter()
             .filter(|op| resume_after.is_none_or(|after| op.version.dot() > after))
+            .cloned()
             .collect();
-        ops.sort_by_key(|op| op.version.dot());
-        let chunks = chunk_ops(ops.into_iter().cloned());
+        sort_by_dot(&mut ops);
+        let chunks = chunk_ops(ops);
         let count = crate::codec::len_u32(chunks.len());
         chunks
             .into_iter()
@@ -608,7 +624,7 @@ impl SyncProtocol {
     /// envelope received before is [`Incoming::Ignore`], before any
     /// decryption.
     pub fn receive(&mut self, envelope: &[u8]) -> Result<Incoming, SyncError> {
-        let nonce = envelope_nonce(envelope);
+        let nonce = nonce_key(envelope);
         if nonce.is_some_and(|nonce| self.seen.contains(&nonce)) {
             self.replayed += 1;
             return Ok(Incoming::Ignore);
@@ -680,7 +696,7 @@ impl SyncProtocol {
                     chunks,
                     vector_digest: digest,
                     applied: Default::default(),
-                    last_dots: HashMap::new(),
+                    last_dots: Vec::new(),
                     failed: false,
                     started,
                 });
@@ -692,7 +708,10 @@ impl SyncProtocol {
                     return Ok(Incoming::Ignore);
                 }
                 if let Some(last) = ops.iter().map(|op| op.version.dot()).max() {
-                    progress.last_dots.insert(chunk, last);
+                    match progress.last_dots.binary_search_by_key(&chunk, |(c, _)| *c) {
+                        Ok(at) => progress.last_dots[at].1 = last,
+                        Err(at) => progress.last_dots.insert(at, (chunk, last)),
+                    }
                 }
                 let complete =
                     !progress.failed && progress.applied.len() as u64 + 1 == u64::from(chunks);
