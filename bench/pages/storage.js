@@ -14,7 +14,9 @@ const fresh = (prefix) => `${prefix}-${Date.now()}-${counter++}`;
 
 const contenders = {
   pluresdb: {
-    async open(name) { return PluresDB.open(name); },
+    async open(name, variant) {
+      return PluresDB.open(name, variant === 'relaxed' ? { durability: 'relaxed' } : undefined);
+    },
     async bulk(db, docs) { await db.putMany(docs.map((d) => [d.id, d])); },
     async put(db, doc) { await db.put(doc.id, doc); },
     async get(db, id) { return db.get(id); },
@@ -42,7 +44,7 @@ const contenders = {
     async destroy(db) { await db.delete(); },
   },
   indexeddb: {
-    async open(name) {
+    async open(name, variant) {
       const request = indexedDB.open(name, 1);
       request.onupgradeneeded = () => {
         const store = request.result.createObjectStore('docs', { keyPath: 'id' });
@@ -50,6 +52,7 @@ const contenders = {
       };
       const db = await idbRequest(request);
       db.benchName = name;
+      db.strict = variant === 'strict';
       return db;
     },
     async bulk(db, docs) {
@@ -59,7 +62,7 @@ const contenders = {
       await idbDone(tx);
     },
     async put(db, doc) {
-      const tx = db.transaction('docs', 'readwrite');
+      const tx = db.transaction('docs', 'readwrite', db.strict ? { durability: 'strict' } : undefined);
       tx.objectStore('docs').put(doc);
       await idbDone(tx);
     },
@@ -105,8 +108,11 @@ async function bulkInsert(name, count, runs) {
   return { ...result, perSecond: (count / result.median) * 1000 };
 }
 
-/** `count` sequential awaited single inserts. */
-async function singleInserts(name, count, runs) {
+/**
+ * `count` sequential awaited single inserts; `variant` 'strict' or 'relaxed'
+ * picks the durability where the contender lets one choose.
+ */
+async function singleInserts(name, count, runs, variant) {
   const contender = contenders[name];
   const docs = documents(count, 99);
   let db;
@@ -115,7 +121,7 @@ async function singleInserts(name, count, runs) {
   }, {
     setup: async () => {
       if (db) await contender.destroy(db);
-      db = await contender.open(fresh(`single-${name}`));
+      db = await contender.open(fresh(`single-${name}`), variant);
     },
   });
   await contender.destroy(db);

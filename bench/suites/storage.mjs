@@ -13,6 +13,12 @@ export async function runStorageSuite({ context, baseUrl, runs, quick }) {
     results.single[name] = await page.evaluate(([n, r]) => globalThis.bench.singleInserts(n, 300, r), [name, runs]);
     results.reads[name] = await page.evaluate(([n, d, r]) => globalThis.bench.reads(n, d, r), [name, docs, runs]);
   }
+  // The same single inserts at the other durability.
+  for (const [name, variant] of [['pluresdb', 'relaxed'], ['indexeddb', 'strict']]) {
+    console.log(`bench: storage/${name}: single inserts, durability ${variant}`);
+    results.single[`${name}-${variant}`] = await page.evaluate(
+      ([n, r, v]) => globalThis.bench.singleInserts(n, 300, r, v), [name, runs, variant]);
+  }
   const sizes = quick ? [10_000] : [10_000, 100_000];
   for (const size of sizes) {
     for (const name of contenders) {

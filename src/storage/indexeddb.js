@@ -78,13 +78,15 @@ export function transactionPromise(transaction) {
   });
 }
 
-// Starts a read-write transaction over `names` with strict durability: its
-// "complete" event fires only once the data is flushed to disk, so a write
-// acknowledged to the caller survives the browser or the machine dying
-// right after. (Browsers' default may report completion before the flush.)
-export function beginStrictWrite(db, names) {
-  return db.transaction(names, 'readwrite', { durability: 'strict' });
+// Starts a read-write transaction over `names`, by default with strict
+// durability: its "complete" event fires only once the data is flushed to
+// disk, so a write acknowledged to the caller survives the browser or the
+// machine dying right after. `relaxed` asks for the browsers' default, which
+// may report completion before the flush.
+export function beginWrite(db, names, relaxed) {
+  return db.transaction(names, 'readwrite', { durability: relaxed ? 'relaxed' : 'strict' });
 }
+
 
 // Reads a whole store as [keys, values] in key order, in one transaction
 // together with the other stores read by the same call.

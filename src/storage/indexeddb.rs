@@ -50,10 +50,11 @@ extern "C" {
     fn request_promise(request: &web_sys::IdbRequest) -> js_sys::Promise;
     #[wasm_bindgen(js_name = transactionPromise)]
     fn transaction_promise(transaction: &web_sys::IdbTransaction) -> js_sys::Promise;
-    #[wasm_bindgen(js_name = beginStrictWrite, catch)]
-    fn begin_strict_write(
+    #[wasm_bindgen(js_name = beginWrite, catch)]
+    fn begin_write(
         database: &IdbDatabase,
         names: &Array,
+        relaxed: bool,
     ) -> Result<web_sys::IdbTransaction, JsValue>;
     #[wasm_bindgen(js_name = readStores)]
     fn read_stores(database: &IdbDatabase, names: &Array) -> js_sys::Promise;
@@ -125,11 +126,35 @@ struct Channel {
     _on_message: Closure<dyn FnMut(Uint8Array)>,
 }
 
+/// How long a commit waits before it counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdbDurability {
+    /// `durability: 'strict'` (default): a commit resolves once the
+    /// browser flushed it to disk, so it survives the browser, the tab's
+    /// process or the machine dying right after.
+    #[default]
+    Strict,
+    /// `durability: 'relaxed'` (IndexedDB's own default in Chromium): a
+    /// commit resolves once the browser has it, before the flush. If the
+    /// browser process or the machine dies within a moment after, the
+    /// newest acknowledged commits can be lost (each whole, never in part,
+    /// and never one without those before it); closing or crashing a tab
+    /// alone loses nothing.
+    Relaxed,
+}
+
 /// IndexedDB storage for one named database.
 pub struct IndexedDbStorage {
     name: String,
+    durability: IdbDurability,
     /// Chunks in the records store, as far as this instance knows.
     chunks: std::cell::Cell<u32>,
+    /// Chunks this instance appended since it last compacted, and the
+    /// generation of the first: once there are enough, every chunk from
+    /// that one on (a suffix: other tabs' chunks in between included) is
+    /// folded into one.
+    appended: std::cell::Cell<u32>,
+    first_appended: std::cell::Cell<Option<u64>>,
     connection: RefCell<Option<Connection>>,
     channel: RefCell<Option<Channel>>,
 }
@@ -147,6 +172,11 @@ impl IndexedDbStorage {
 
     /// Opens (creating or upgrading) the IndexedDB database for `name`.
     pub async fn open(name: &str) -> Result<Self, StorageError> {
+        Self::open_with(name, IdbDurability::Strict).await
+    }
+
+    /// Opens with the given durability.
+    pub async fn open_with(name: &str, durability: IdbDurability) -> Result<Self, StorageError> {
         if !has_indexed_db() {
             return Err(StorageError::Backend(
                 "IndexedDB is not available in this environment; use memory storage".into(),
@@ -154,7 +184,10 @@ impl IndexedDbStorage {
         }
         let storage = Self {
             name: name.to_owned(),
+            durability,
             chunks: std::cell::Cell::new(0),
+            appended: std::cell::Cell::new(0),
+            first_appended: std::cell::Cell::new(None),
             connection: RefCell::new(None),
             channel: RefCell::new(None),
         };
@@ -275,41 +308,116 @@ impl IndexedDbStorage {
             .ok_or_else(|| StorageError::ConnectionLost("no IndexedDB connection".into()))
     }
 
-    /// Starts a read-write transaction over every store, with strict
-    /// durability (see `beginStrictWrite`).
-    async fn begin_write(&self) -> Result<WriteTransaction, StorageError> {
+    /// Starts a read-write transaction with this storage's durability
+    /// (see `beginWrite`) over records and meta, and segments when
+    /// `segments` (a narrower scope is a cheaper transaction).
+    async fn begin_write(&self, segments: bool) -> Result<WriteTransaction, StorageError> {
         let database = self.database().await?;
-        let names = Array::of3(&RECORDS.into(), &META.into(), &SEGMENTS.into());
-        let transaction = begin_strict_write(&database, &names)
+        let names = if segments {
+            Array::of3(&RECORDS.into(), &META.into(), &SEGMENTS.into())
+        } else {
+            Array::of2(&RECORDS.into(), &META.into())
+        };
+        let transaction = begin_write(&database, &names, self.durability == IdbDurability::Relaxed)
             .map_err(|e| storage_error("starting a transaction", e))?;
         let done = JsFuture::from(transaction_promise(&transaction));
         Ok(WriteTransaction { transaction, done })
     }
 
+    /// One commit. First optimistically: every write is queued before the
+    /// stored generation is read back, on the assumption that no other tab
+    /// committed since this one last did (one round trip fewer); when one
+    /// did, that transaction is aborted (nothing of it lands) and the
+    /// commit is made again the careful way, merging what the other tab
+    /// wrote.
     async fn commit_once(&self, batch: &CommitBatch) -> Result<CommitReceipt, StorageError> {
-        let transaction = self.begin_write().await?;
-        let result = self.write(&transaction, batch).await;
-        transaction.finish(result).await
+        let segments = !batch.segments.is_empty() || !batch.removed_segments.is_empty();
+        let transaction = self.begin_write(segments).await?;
+        match self.write_optimistically(&transaction, batch).await {
+            Ok(Some(receipt)) => {
+                let receipt = transaction.finish(Ok(receipt)).await?;
+                self.note_chunk_written(batch, receipt.generation);
+                Ok(receipt)
+            }
+            Ok(None) => {
+                let _ = transaction.transaction.abort();
+                let _ = transaction.done.await;
+                let transaction = self.begin_write(segments).await?;
+                let result = self.write(&transaction, batch).await;
+                let receipt = transaction.finish(result).await?;
+                self.note_chunk_written(batch, receipt.generation);
+                Ok(receipt)
+            }
+            Err(error) => transaction.finish(Err(error)).await,
+        }
     }
 
-    async fn write(
+    fn note_chunk_written(&self, batch: &CommitBatch, generation: u64) {
+        if batch.records.is_empty() && batch.removed_records.is_empty() {
+            return;
+        }
+        self.chunks.set(self.chunks.get() + 1);
+        let bytes: usize = batch
+            .records
+            .iter()
+            .map(|(id, row)| id.len() + row.len())
+            .sum();
+        if bytes >= SMALL_CHUNK_BYTES {
+            // A large chunk is not worth folding: the suffix to fold starts
+            // after it.
+            self.appended.set(0);
+            self.first_appended.set(None);
+            return;
+        }
+        self.appended.set(self.appended.get() + 1);
+        if self.first_appended.get().is_none() {
+            self.first_appended.set(Some(generation));
+        }
+    }
+
+    /// Queues the commit as if the stored generation were
+    /// `batch.expected_generation`, then checks it: the receipt, or `None`
+    /// when another tab committed in between (the caller aborts).
+    async fn write_optimistically(
         &self,
         transaction: &WriteTransaction,
         batch: &CommitBatch,
-    ) -> Result<CommitReceipt, StorageError> {
+    ) -> Result<Option<CommitReceipt>, StorageError> {
         let records = transaction.store(RECORDS)?;
         let meta = transaction.store(META)?;
-        let segments = transaction.store(SEGMENTS)?;
-        let stored_generation = read_generation(&meta).await?;
-        let stale = stored_generation != batch.expected_generation;
-        let generation = stored_generation + 1;
-        // Read before this commit's chunk exists, so it is not among them.
-        let foreign_records = if stale {
-            rows_written_after(&records, batch.expected_generation, stored_generation).await?
-        } else {
-            Vec::new()
-        };
+        // Requests run in order: this read sees the store as it was before
+        // the writes below.
+        let stored = meta
+            .get(&JsValue::from_str(GENERATION_KEY))
+            .map_err(|e| storage_error("reading the generation", e))?;
+        let stored = JsFuture::from(request_promise(&stored));
+        let generation = batch.expected_generation + 1;
+        self.queue_writes(transaction, &records, &meta, batch, generation, None)?;
+        let stored = stored
+            .await
+            .map_err(|e| storage_error("reading the generation", e))?;
+        if decode_generation(&stored)? != batch.expected_generation {
+            return Ok(None);
+        }
+        Ok(Some(CommitReceipt {
+            generation,
+            merged_records: Vec::new(),
+            foreign_records: Vec::new(),
+            foreign_meta: Vec::new(),
+        }))
+    }
 
+    /// Queues the chunk, metadata (`merged` replaces values of keys another
+    /// tab also wrote), segments and the new generation.
+    fn queue_writes(
+        &self,
+        transaction: &WriteTransaction,
+        records: &IdbObjectStore,
+        meta: &IdbObjectStore,
+        batch: &CommitBatch,
+        generation: u64,
+        merged: Option<&[(String, Vec<u8>)]>,
+    ) -> Result<(), StorageError> {
         // Every commit is one appended chunk: one value however many rows,
         // and nothing another tab wrote is ever overwritten.
         if !batch.records.is_empty() || !batch.removed_records.is_empty() {
@@ -320,8 +428,45 @@ impl IndexedDbStorage {
                     &chunk_key(generation, 0),
                 )
                 .map_err(|e| storage_error("writing records", e))?;
-            self.chunks.set(self.chunks.get() + 1);
         }
+        for (key, value) in merged.unwrap_or(&batch.meta) {
+            meta.put_with_key(&Uint8Array::from(value.as_slice()), &JsValue::from_str(key))
+                .map_err(|e| storage_error("writing metadata", e))?;
+        }
+        if !batch.segments.is_empty() || !batch.removed_segments.is_empty() {
+            let segments = transaction.store(SEGMENTS)?;
+            for (id, bytes) in &batch.segments {
+                segments
+                    .put_with_key(&Uint8Array::from(bytes.as_slice()), &JsValue::from_str(id))
+                    .map_err(|e| storage_error("writing an index segment", e))?;
+            }
+            for id in &batch.removed_segments {
+                segments
+                    .delete(&JsValue::from_str(id))
+                    .map_err(|e| storage_error("removing an index segment", e))?;
+            }
+        }
+        write_generation(meta, generation)
+    }
+
+    async fn write(
+        &self,
+        transaction: &WriteTransaction,
+        batch: &CommitBatch,
+    ) -> Result<CommitReceipt, StorageError> {
+        let records = transaction.store(RECORDS)?;
+        let meta = transaction.store(META)?;
+        let stored_generation = read_generation(&meta).await?;
+        let stale = stored_generation != batch.expected_generation;
+        let generation = stored_generation + 1;
+        // Read before this commit's chunk exists, so it is not among them.
+        let foreign_records = if stale {
+            rows_written_after(&records, batch.expected_generation, stored_generation).await?
+        } else {
+            Vec::new()
+        };
+
+        let mut merged = Vec::with_capacity(batch.meta.len());
         for (key, value) in &batch.meta {
             let value = if stale {
                 // Another tab committed since this one last did: merge the
@@ -334,20 +479,16 @@ impl IndexedDbStorage {
             } else {
                 value.clone()
             };
-            meta.put_with_key(&Uint8Array::from(value.as_slice()), &JsValue::from_str(key))
-                .map_err(|e| storage_error("writing metadata", e))?;
+            merged.push((key.clone(), value));
         }
-        for (id, bytes) in &batch.segments {
-            segments
-                .put_with_key(&Uint8Array::from(bytes.as_slice()), &JsValue::from_str(id))
-                .map_err(|e| storage_error("writing an index segment", e))?;
-        }
-        for id in &batch.removed_segments {
-            segments
-                .delete(&JsValue::from_str(id))
-                .map_err(|e| storage_error("removing an index segment", e))?;
-        }
-        write_generation(&meta, generation)?;
+        self.queue_writes(
+            transaction,
+            &records,
+            &meta,
+            batch,
+            generation,
+            Some(&merged),
+        )?;
         let mut foreign_meta = Vec::new();
         if stale {
             for key in MERGEABLE_META {
@@ -364,51 +505,53 @@ impl IndexedDbStorage {
     }
 
     /// Folds chunks together so loads stay fast and superseded rows are
-    /// dropped: the newest run of small chunks once it is long enough, and
-    /// everything (including rows from before chunks existed) once there are
-    /// very many chunks. One transaction; bounded work in the common case.
+    /// dropped: the chunks from the first this instance appended since it
+    /// last compacted (a suffix of the store) once it appended enough, and
+    /// everything (including rows from before chunks existed) once there
+    /// are very many chunks. Decided without touching IndexedDB, so most
+    /// commits open no second transaction; reads only that suffix, so the
+    /// cost does not grow with the database.
     async fn compact_if_needed(&self) -> Result<(), StorageError> {
-        if self.chunks.get() < COMPACT_AFTER_CHUNKS {
+        let full = self.chunks.get() as usize >= FULL_COMPACTION_CHUNKS;
+        if !full && self.appended.get() < COMPACT_AFTER_CHUNKS {
             return Ok(());
         }
-        let transaction = self.begin_write().await?;
-        let result = self.compact(&transaction).await;
-        transaction.finish(result).await
+        let since = self.first_appended.take();
+        self.appended.set(0);
+        let transaction = self.begin_write(false).await?;
+        let result = self
+            .compact(&transaction, if full { None } else { since })
+            .await;
+        // A small output is folded again with the next chunks (so rows of
+        // one id written across many commits end up as one), until it is
+        // large.
+        if let Some(Some(output)) = transaction.finish(result).await? {
+            self.first_appended.set(Some(output));
+        }
+        Ok(())
     }
 
-    async fn compact(&self, transaction: &WriteTransaction) -> Result<(), StorageError> {
+    /// Folds the chunks from generation `since` on, or everything; the
+    /// generation of the output when it is one small chunk.
+    async fn compact(
+        &self,
+        transaction: &WriteTransaction,
+        since: Option<u64>,
+    ) -> Result<Option<Option<u64>>, StorageError> {
         let records = transaction.store(RECORDS)?;
         let meta = transaction.store(META)?;
         let generation = read_generation(&meta).await? + 1;
-        let keys: Array = request("listing chunks", records.get_all_keys())
-            .await?
-            .unchecked_into();
-        let values: Array = request("reading chunks", records.get_all())
-            .await?
-            .unchecked_into();
-        let chunk_count = keys.iter().filter(|k| k.is_array()).count();
-        self.chunks.set(chunk_count as u32);
-        // The newest chunks that are small, newest first.
-        let mut tail = 0;
-        for index in (0..keys.length()).rev() {
-            let key = keys.get(index);
-            let size = values.get(index).unchecked_into::<Uint8Array>().length();
-            if !key.is_array() || size >= SMALL_CHUNK_BYTES {
-                break;
-            }
-            tail += 1;
+        let (keys, values) = read_chunks(&records, since).await?;
+        if keys.length() < 2 {
+            return Ok(None);
         }
-        let full = chunk_count >= FULL_COMPACTION_CHUNKS;
-        if !full && tail < COMPACT_AFTER_CHUNKS / 2 {
-            return Ok(());
-        }
-        let first = if full { 0 } else { keys.length() - tail };
+        let full = since.is_none();
         let mut entries = Vec::new();
-        for index in first..keys.length() {
+        for index in 0..keys.length() {
             decode_entry(&keys.get(index), &values.get(index), &mut entries)?;
         }
         let merged = merge_entries(entries, full);
-        for index in first..keys.length() {
+        for index in 0..keys.length() {
             records
                 .delete(&keys.get(index))
                 .map_err(|e| storage_error("removing a compacted chunk", e))?;
@@ -422,10 +565,35 @@ impl IndexedDbStorage {
                 .map_err(|e| storage_error("writing a compacted chunk", e))?;
         }
         write_generation(&meta, generation)?;
+        let folded = keys.iter().filter(|k| k.is_array()).count() as u32;
         self.chunks
-            .set(chunk_count as u32 - (keys.length() - first) + merged.len() as u32);
-        Ok(())
+            .set(self.chunks.get().saturating_sub(folded) + merged.len() as u32);
+        let small = merged.len() == 1 && merged[0].len() < SMALL_CHUNK_BYTES;
+        Ok(Some(small.then_some(generation)))
     }
+}
+
+/// The keys and values of every chunk from generation `from` on, or of
+/// everything in the store (rows of older formats included) for `None`.
+async fn read_chunks(
+    records: &IdbObjectStore,
+    from: Option<u64>,
+) -> Result<(Array, Array), StorageError> {
+    let (keys, values) = match from {
+        None => (records.get_all_keys(), records.get_all()),
+        Some(from) => {
+            let range = web_sys::IdbKeyRange::lower_bound(&chunk_key(from, 0))
+                .map_err(|e| storage_error("selecting chunks", e))?;
+            (
+                records.get_all_keys_with_key(&range),
+                records.get_all_with_key(&range),
+            )
+        }
+    };
+    Ok((
+        request("listing chunks", keys).await?.unchecked_into(),
+        request("reading chunks", values).await?.unchecked_into(),
+    ))
 }
 
 /// Every record row in chunks written after generation `since` (a chunk's
@@ -439,27 +607,8 @@ async fn rows_written_after(
     since: u64,
     stored_generation: u64,
 ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
-    let (keys, values): (Array, Array) = if stored_generation < since {
-        (
-            request("listing chunks", records.get_all_keys())
-                .await?
-                .unchecked_into(),
-            request("reading chunks", records.get_all())
-                .await?
-                .unchecked_into(),
-        )
-    } else {
-        let range = web_sys::IdbKeyRange::lower_bound(&chunk_key(since + 1, 0))
-            .map_err(|e| storage_error("reading chunks", e))?;
-        (
-            request("listing chunks", records.get_all_keys_with_key(&range))
-                .await?
-                .unchecked_into(),
-            request("reading chunks", records.get_all_with_key(&range))
-                .await?
-                .unchecked_into(),
-        )
-    };
+    let from = (stored_generation >= since).then_some(since + 1);
+    let (keys, values) = read_chunks(records, from).await?;
     let mut entries = Vec::new();
     for (key, value) in keys.iter().zip(values.iter()) {
         decode_entry(&key, &value, &mut entries)?;
@@ -486,10 +635,11 @@ fn decode_entry(
     Ok(())
 }
 
-/// Start compacting once this many chunks exist.
+/// Fold what this instance appended once it appended this many chunks.
 const COMPACT_AFTER_CHUNKS: u32 = 32;
-/// Chunks below this size count as small.
-const SMALL_CHUNK_BYTES: u32 = 1024 * 1024;
+/// Chunks of at least this many bytes are never folded by a partial
+/// compaction.
+const SMALL_CHUNK_BYTES: usize = 1024 * 1024;
 /// Fold everything once this many chunks exist.
 const FULL_COMPACTION_CHUNKS: usize = 256;
 /// Compaction output is split into chunks of about this size.

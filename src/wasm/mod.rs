@@ -13,7 +13,7 @@ use wasm_bindgen_futures::future_to_promise;
 
 use crate::crdt::Document;
 use crate::error::{Error, InputError};
-use crate::storage::{IndexedDbStorage, MemoryStorage};
+use crate::storage::{IdbDurability, IndexedDbStorage, MemoryStorage};
 use crate::{Database, ListOptions, OpenOptions, Query, SearchQuery, SearchRequest, SyncEvent};
 
 mod storage_choice;
@@ -196,15 +196,24 @@ impl PluresDB {
             if name.is_empty() {
                 return Err(invalid_input("a database name must not be empty"));
             }
+            let durability = match string_option(&options, "durability")?.as_deref() {
+                None | Some("strict") => IdbDurability::Strict,
+                Some("relaxed") => IdbDurability::Relaxed,
+                Some(other) => {
+                    return Err(invalid_input(format!(
+                        "unknown durability `{other}`: use 'strict' or 'relaxed'"
+                    )))
+                }
+            };
             let storage = match string_option(&options, "storage")?.as_deref() {
                 Some("memory") => BrowserStorage::Memory(MemoryStorage::new()),
                 Some("indexeddb") => BrowserStorage::IndexedDb(
-                    IndexedDbStorage::open(&name)
+                    IndexedDbStorage::open_with(&name, durability)
                         .await
                         .map_err(|e| to_js_error(&e.into()))?,
                 ),
                 None if IndexedDbStorage::is_available() => BrowserStorage::IndexedDb(
-                    IndexedDbStorage::open(&name)
+                    IndexedDbStorage::open_with(&name, durability)
                         .await
                         .map_err(|e| to_js_error(&e.into()))?,
                 ),

@@ -14,6 +14,15 @@ export type JsonValue = null | boolean | number | string | JsonValue[] | { [key:
 export interface OpenOptions {
   /** Where data lives: IndexedDB (default where available) or memory. */
   storage?: 'indexeddb' | 'memory';
+  /**
+   * When an IndexedDB write counts as done. `'strict'` (default): once the
+   * browser flushed it to disk; it survives the browser or the machine dying
+   * right after. `'relaxed'` (about twice as fast for single awaited writes):
+   * once the browser has it; if the browser process or the machine dies a
+   * moment later, the newest acknowledged writes can be lost (whole, in
+   * order); closing or crashing a tab alone loses nothing.
+   */
+  durability?: 'strict' | 'relaxed';
   /** Join the database an invite (from `createInvite`) belongs to. */
   invite?: string;
   /** Start syncing through this relay (`ws://` or `wss://`). */

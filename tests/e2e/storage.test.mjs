@@ -141,6 +141,51 @@ test('two tabs see each other\'s writes live and hold different actor slots', as
   await second.close();
 });
 
+test('two tabs racing single writes lose nothing (optimistic commits, compaction of interleaved chunks)', async () => {
+  // Each awaited put first assumes no other tab committed since its last
+  // commit; with two tabs racing most of those guesses are wrong and the
+  // commit is redone, and each tab folds the chunks since its first one
+  // (the other tab's among them) every 32 commits.
+  const first = await openFixture();
+  const second = await openFixture();
+  const write = (page, { prefix, durability }) => page.evaluate(async ({ prefix, durability }) => {
+    const db = await globalThis.api.PluresDB.open('racing', durability ? { durability } : undefined);
+    for (let i = 0; i < 200; i++) {
+      await db.put(`${prefix}${i}`, { i, prefix });
+      if (i % 50 === 0) await db.put('shared', { by: prefix, i });
+    }
+    await db.close();
+  }, { prefix, durability });
+  await Promise.all([write(first, { prefix: 'a' }), write(second, { prefix: 'b', durability: 'relaxed' })]);
+  const third = await openFixture();
+  const seen = await third.evaluate(async () => {
+    const db = await globalThis.api.PluresDB.open('racing');
+    const ids = [];
+    for (let i = 0; i < 200; i++) {
+      for (const prefix of ['a', 'b']) {
+        const value = await db.get(`${prefix}${i}`);
+        if (value?.i === i && value.prefix === prefix) ids.push(`${prefix}${i}`);
+      }
+    }
+    const shared = await db.get('shared');
+    await db.close();
+    return { count: ids.length, shared };
+  });
+  assert.equal(seen.count, 400, 'every acknowledged write of both tabs is there');
+  assert.ok(seen.shared && seen.shared.i === 150, `the last shared write of one tab wins: ${JSON.stringify(seen.shared)}`);
+  const bad = await third.evaluate(async () => {
+    try {
+      await globalThis.api.PluresDB.open('racing', { durability: 'sometimes' });
+      return null;
+    } catch (error) {
+      return [error.name, error.message];
+    }
+  });
+  assert.equal(bad?.[0], 'InvalidInputError');
+  assert.match(bad[1], /durability/);
+  for (const page of [first, second, third]) await page.close();
+});
+
 test('an older IndexedDB schema is upgraded; a blocked upgrade is a clear error', async () => {
   const page = await openFixture();
   const result = await page.evaluate(async () => {
