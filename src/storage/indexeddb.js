@@ -127,3 +127,33 @@ export function openChannel(name, onMessage) {
   };
   return channel;
 }
+
+// The global scope's StorageManager, where it has one: whether the origin's
+// storage is persistent (asking for it first when `requestPersist` and the
+// scope can ask: `persist()` exists in pages, not in workers), and how much
+// of the quota is used. Resolves to { persisted, requested, usage, quota }
+// with null for what the scope cannot tell.
+export async function storageHealth(requestPersist) {
+  const storage = globalThis.navigator && globalThis.navigator.storage;
+  const health = { persisted: null, requested: false, usage: null, quota: null };
+  if (!storage) return health;
+  try {
+    if (typeof storage.persisted === 'function') health.persisted = await storage.persisted();
+    if (requestPersist && health.persisted === false && typeof storage.persist === 'function') {
+      health.requested = true;
+      health.persisted = await storage.persist();
+    }
+  } catch {
+    // Some scopes refuse (opaque origins); the answer stays unknown.
+  }
+  try {
+    if (typeof storage.estimate === 'function') {
+      const estimate = await storage.estimate();
+      health.usage = estimate.usage ?? null;
+      health.quota = estimate.quota ?? null;
+    }
+  } catch {
+    // Unknown.
+  }
+  return health;
+}

@@ -56,6 +56,8 @@ extern "C" {
         names: &Array,
         relaxed: bool,
     ) -> Result<web_sys::IdbTransaction, JsValue>;
+    #[wasm_bindgen(js_name = storageHealth)]
+    fn storage_health(request_persist: bool) -> js_sys::Promise;
     #[wasm_bindgen(js_name = readStores)]
     fn read_stores(database: &IdbDatabase, names: &Array) -> js_sys::Promise;
     #[wasm_bindgen(js_name = acquireSlotLock)]
@@ -124,6 +126,53 @@ struct Connection {
 struct Channel {
     channel: web_sys::BroadcastChannel,
     _on_message: Closure<dyn FnMut(Uint8Array)>,
+}
+
+/// What the browser says of the origin's storage
+/// (`navigator.storage`); `None` where the scope cannot tell.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StorageHealth {
+    /// The origin's storage is persistent (not evicted under storage
+    /// pressure without the user's consent).
+    pub persisted: Option<bool>,
+    /// Persistence was asked for (at open, in a page).
+    pub persist_requested: bool,
+    /// Bytes the origin uses.
+    pub usage: Option<f64>,
+    /// Bytes the origin may use.
+    pub quota: Option<f64>,
+}
+
+impl StorageHealth {
+    /// Asks the browser (and, when `request_persist`, asks for persistence
+    /// where the scope may).
+    pub async fn query(request_persist: bool) -> Self {
+        let Ok(value) = JsFuture::from(storage_health(request_persist)).await else {
+            return Self::default();
+        };
+        let field =
+            |name: &str| js_sys::Reflect::get(&value, &name.into()).unwrap_or(JsValue::NULL);
+        Self {
+            persisted: field("persisted").as_bool(),
+            persist_requested: field("requested").as_bool().unwrap_or(false),
+            usage: field("usage").as_f64(),
+            quota: field("quota").as_f64(),
+        }
+    }
+
+    /// `"low"` (persistent, room left), `"high"` (best-effort storage the
+    /// browser may evict under pressure, or over 90 % of the quota used)
+    /// or `"unknown"`.
+    pub fn eviction_risk(&self) -> &'static str {
+        let nearly_full =
+            matches!((self.usage, self.quota), (Some(u), Some(q)) if q > 0.0 && u / q > 0.9);
+        match self.persisted {
+            _ if nearly_full => "high",
+            Some(true) => "low",
+            Some(false) => "high",
+            None => "unknown",
+        }
+    }
 }
 
 /// How long a commit waits before it counts as done.
@@ -728,6 +777,26 @@ impl WriteTransaction {
     }
 }
 
+/// About how many bytes `batch` writes.
+fn batch_bytes(batch: &CommitBatch) -> usize {
+    let rows: usize = batch
+        .records
+        .iter()
+        .map(|(id, row)| id.len() + row.len())
+        .sum();
+    let meta: usize = batch
+        .meta
+        .iter()
+        .map(|(key, value)| key.len() + value.len())
+        .sum();
+    let segments: usize = batch
+        .segments
+        .iter()
+        .map(|(id, bytes)| id.len() + bytes.len())
+        .sum();
+    rows + meta + segments
+}
+
 /// Chunk keys are `[generation, part]`: arrays sort after the string keys of
 /// rows stored one per record (before chunks existed), and by commit order
 /// among themselves.
@@ -858,7 +927,29 @@ impl Storage for IndexedDbStorage {
                 self.commit_once(&batch).await
             }
             other => other,
-        }?;
+        }
+        .map_err(|error| (error, batch_bytes(&batch)));
+        let receipt = match receipt {
+            Ok(receipt) => receipt,
+            Err((StorageError::QuotaExceeded(message), needed)) => {
+                // Tell the app how much was needed and how much there is.
+                let health = StorageHealth::query(false).await;
+                let mib = |bytes: f64| format!("{:.1} MiB", bytes / (1024.0 * 1024.0));
+                let room = match (health.usage, health.quota) {
+                    (Some(usage), Some(quota)) => format!(
+                        "; the origin uses {} of its {} quota",
+                        mib(usage),
+                        mib(quota)
+                    ),
+                    _ => String::new(),
+                };
+                return Err(StorageError::QuotaExceeded(format!(
+                    "{message} (this write needed about {}{room}; nothing of it was stored)",
+                    mib(needed as f64)
+                )));
+            }
+            Err((error, _)) => return Err(error),
+        };
         // Compaction is housekeeping: the commit is durable either way.
         if let Err(error) = self.compact_if_needed().await {
             tracing::warn!(%error, "IndexedDB compaction failed; it is retried after a later commit");

@@ -13,7 +13,7 @@ use wasm_bindgen_futures::future_to_promise;
 
 use crate::crdt::Document;
 use crate::error::{Error, InputError};
-use crate::storage::{IdbDurability, IndexedDbStorage, MemoryStorage};
+use crate::storage::{IdbDurability, IndexedDbStorage, MemoryStorage, StorageHealth};
 use crate::{Database, ListOptions, OpenOptions, Query, SearchQuery, SearchRequest, SyncEvent};
 
 mod storage_choice;
@@ -81,7 +81,15 @@ fn document_to_js(document: &Document) -> Result<JsValue, JsValue> {
     js_sys::JSON::parse(document.as_str())
 }
 
-fn string_option(options: &JsValue, key: &str) -> Result<Option<String>, JsValue> {
+/// The option `key` of `options` converted by `convert`; `None` when it is
+/// absent (or null), an InvalidInputError saying `kind` when it does not
+/// convert.
+fn typed_option<T>(
+    options: &JsValue,
+    key: &str,
+    kind: &str,
+    convert: impl FnOnce(&JsValue) -> Option<T>,
+) -> Result<Option<T>, JsValue> {
     if options.is_undefined() || options.is_null() {
         return Ok(None);
     }
@@ -89,25 +97,23 @@ fn string_option(options: &JsValue, key: &str) -> Result<Option<String>, JsValue
     if value.is_undefined() || value.is_null() {
         return Ok(None);
     }
-    value
-        .as_string()
+    convert(&value)
         .map(Some)
-        .ok_or_else(|| invalid_input(format!("option `{key}` must be a string")))
+        .ok_or_else(|| invalid_input(format!("option `{key}` must be {kind}")))
+}
+
+fn string_option(options: &JsValue, key: &str) -> Result<Option<String>, JsValue> {
+    typed_option(options, key, "a string", JsValue::as_string)
+}
+
+fn bool_option(options: &JsValue, key: &str) -> Result<Option<bool>, JsValue> {
+    typed_option(options, key, "a boolean", JsValue::as_bool)
 }
 
 fn number_option(options: &JsValue, key: &str) -> Result<Option<f64>, JsValue> {
-    if options.is_undefined() || options.is_null() {
-        return Ok(None);
-    }
-    let value = Reflect::get(options, &JsValue::from_str(key))?;
-    if value.is_undefined() || value.is_null() {
-        return Ok(None);
-    }
-    value
-        .as_f64()
-        .filter(|n| n.is_finite() && *n >= 0.0)
-        .map(Some)
-        .ok_or_else(|| invalid_input(format!("option `{key}` must be a non-negative number")))
+    typed_option(options, key, "a non-negative number", |value| {
+        value.as_f64().filter(|n| n.is_finite() && *n >= 0.0)
+    })
 }
 
 /// `OpenOptions` from JS: `{ embedder?, embedFields?, index?: { dimension?,
@@ -180,6 +186,8 @@ pub struct PluresDB {
     name: String,
     db: Database<BrowserStorage>,
     sync: std::rc::Rc<std::cell::RefCell<Option<crate::SyncHandle>>>,
+    /// What the browser last said of the origin's storage.
+    health: std::rc::Rc<std::cell::Cell<StorageHealth>>,
 }
 
 #[wasm_bindgen]
@@ -224,6 +232,15 @@ impl PluresDB {
                     )))
                 }
             };
+            let request_persist = bool_option(&options, "persist")?.unwrap_or(true);
+            let health = match &storage {
+                BrowserStorage::IndexedDb(_) => StorageHealth::query(request_persist).await,
+                BrowserStorage::Memory(_) => StorageHealth {
+                    persisted: Some(false),
+                    ..StorageHealth::default()
+                },
+            };
+            let health = std::rc::Rc::new(std::cell::Cell::new(health));
             let db = Database::open(storage, open_options(&options)?)
                 .await
                 .map_err(|e| to_js_error(&e))?;
@@ -237,7 +254,13 @@ impl PluresDB {
                     .map_err(|e| to_js_error(&e))?;
                 *sync.borrow_mut() = Some(handle);
             }
-            Ok(PluresDB { name, db, sync }.into())
+            Ok(PluresDB {
+                name,
+                db,
+                sync,
+                health,
+            }
+            .into())
         })
     }
 
@@ -644,6 +667,7 @@ impl PluresDB {
         let out = Object::new();
         let status = self.sync.borrow().as_ref().map(|handle| handle.status());
         let set = |key: &str, value: JsValue| Reflect::set(&out, &key.into(), &value);
+        set("evictionRisk", self.health.get().eviction_risk().into())?;
         match status {
             None => {
                 set("state", "stopped".into())?;
@@ -673,6 +697,42 @@ impl PluresDB {
             }
         }
         Ok(out.into())
+    }
+
+    /// `{ storage, persisted, persistRequested, usage, quota, evictionRisk }`:
+    /// what the browser says of this origin's storage now (see
+    /// `StorageStatus`).
+    #[wasm_bindgen(js_name = storageStatus, unchecked_return_type = "Promise<StorageStatus>")]
+    pub fn storage_status(&self) -> Promise {
+        let indexed = matches!(self.db.storage(), BrowserStorage::IndexedDb(_));
+        let cached = self.health.clone();
+        spawn_promise(async move {
+            let mut health = cached.get();
+            if indexed {
+                let now = StorageHealth::query(false).await;
+                health = StorageHealth {
+                    persist_requested: health.persist_requested,
+                    ..now
+                };
+                cached.set(health);
+            }
+            let out = Object::new();
+            let set = |key: &str, value: JsValue| Reflect::set(&out, &key.into(), &value);
+            let number = |n: Option<f64>| n.map_or(JsValue::NULL, JsValue::from);
+            set(
+                "storage",
+                if indexed { "indexeddb" } else { "memory" }.into(),
+            )?;
+            set(
+                "persisted",
+                health.persisted.map_or(JsValue::NULL, JsValue::from),
+            )?;
+            set("persistRequested", health.persist_requested.into())?;
+            set("usage", number(health.usage))?;
+            set("quota", number(health.quota))?;
+            set("evictionRisk", health.eviction_risk().into())?;
+            Ok(out.into())
+        })
     }
 
     /// Waits for pending writes, then closes the database.

@@ -23,6 +23,12 @@ export interface OpenOptions {
    * order); closing or crashing a tab alone loses nothing.
    */
   durability?: 'strict' | 'relaxed';
+  /**
+   * Ask the browser to make this origin's storage persistent at open
+   * (`navigator.storage.persist()`, pages only; default true). The answer is
+   * in `storageStatus()`.
+   */
+  persist?: boolean;
   /** Join the database an invite (from `createInvite`) belongs to. */
   invite?: string;
   /** Start syncing through this relay (`ws://` or `wss://`). */
@@ -141,6 +147,26 @@ export interface SyncStatus {
   lastError: string | null;
   lastReceivedAt: number | null;
   transport: string | null;
+  /** As `storageStatus().evictionRisk`, as last known (at open or the last `storageStatus()`). */
+  evictionRisk: 'low' | 'high' | 'unknown';
+}
+
+/** What the browser says of the origin's storage (`navigator.storage`). */
+export interface StorageStatus {
+  storage: 'indexeddb' | 'memory';
+  /** Persistent storage (not evicted under pressure without the user's consent); null where the scope cannot tell. */
+  persisted: boolean | null;
+  /** Persistence was asked for at open. */
+  persistRequested: boolean;
+  /** Bytes the origin uses and may use; null where unknown. */
+  usage: number | null;
+  quota: number | null;
+  /**
+   * 'low': persistent with room left; 'high': best-effort storage the browser
+   * may evict under storage pressure (or memory storage), or over 90 % of the
+   * quota used; 'unknown': the scope cannot tell.
+   */
+  evictionRisk: 'low' | 'high' | 'unknown';
 }
 
 /**

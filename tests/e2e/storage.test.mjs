@@ -257,6 +257,40 @@ test('an older IndexedDB schema is upgraded; a blocked upgrade is a clear error'
   await page.close();
 });
 
+test('storageStatus reports persistence, usage, quota and eviction risk', async () => {
+  const page = await openFixture();
+  const result = await page.evaluate(async () => {
+    const db = await globalThis.api.PluresDB.open('health');
+    await db.put('a', { text: 'x'.repeat(10_000) });
+    const status = await db.storageStatus();
+    const sync = db.syncStatus();
+    await db.close();
+    const memory = await globalThis.api.PluresDB.open('health-memory', { storage: 'memory', persist: false });
+    const memoryStatus = await memory.storageStatus();
+    await memory.close();
+    let badPersist;
+    try {
+      await globalThis.api.PluresDB.open('health', { persist: 'yes' });
+    } catch (error) {
+      badPersist = error.name;
+    }
+    return { status, syncRisk: sync.evictionRisk, memoryStatus, badPersist };
+  });
+  const { status } = result;
+  assert.equal(status.storage, 'indexeddb');
+  assert.equal(typeof status.persisted, 'boolean');
+  assert.equal(status.persistRequested, status.persisted === true ? status.persistRequested : true,
+    'persistence is asked for at open unless already granted');
+  assert.ok(status.usage > 0 && status.quota > status.usage, JSON.stringify(status));
+  assert.equal(status.evictionRisk, status.persisted ? 'low' : 'high');
+  assert.equal(result.syncRisk, status.evictionRisk);
+  assert.deepEqual(result.memoryStatus, {
+    storage: 'memory', persisted: false, persistRequested: false, usage: null, quota: null, evictionRisk: 'high',
+  });
+  assert.equal(result.badPersist, 'InvalidInputError');
+  await page.close();
+});
+
 test('quota exceeded is a QuotaExceededError and loses nothing committed', async () => {
   const context = await browser.context.browser()?.newContext() ?? browser.context;
   const page = await openFixture(context);
@@ -294,6 +328,8 @@ test('quota exceeded is a QuotaExceededError and loses nothing committed', async
   });
   assert.equal(result.error?.name, 'QuotaExceededError', JSON.stringify(result));
   assert.match(result.error.message, /quota/i);
+  // It says how much the write needed and how much the origin has.
+  assert.match(result.error.message, /needed about \d+\.\d MiB; the origin uses \d+\.\d MiB of its \d+\.\d MiB quota/);
   assert.equal(result.visible, undefined, 'the failed write is not visible');
   assert.deepEqual(result.small, { ok: true });
   assert.equal(result.kept, result.written, 'every acknowledged write is kept');

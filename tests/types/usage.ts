@@ -11,6 +11,7 @@ import init, {
   type PluresDBError,
   type Query,
   type SearchHit,
+  type StorageStatus,
   type SyncStatus,
   type SyncTransport,
   type SyncTransportLink,
@@ -71,6 +72,12 @@ export async function everyMethod(): Promise<void> {
   db.sync({ name: 'no connect' });
   const status: SyncStatus = db.syncStatus();
   const state: 'offline' | 'connecting' | 'syncing' | 'synced' | 'stopped' = status.state;
+  const risk: 'low' | 'high' | 'unknown' = status.evictionRisk;
+  const storage: StorageStatus = await db.storageStatus();
+  const persisted: boolean | null = storage.persisted;
+  const room: number | null = storage.quota;
+  const relaxed = await PluresDB.open('relaxed', { durability: 'relaxed', persist: false });
+  await relaxed.close();
   db.stopSync();
   unsubscribe();
   unwatch();
