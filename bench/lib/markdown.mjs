@@ -36,6 +36,15 @@ function storageSection(docsDir, s) {
     label(n), range(s.single[n]), fmt(s.single[n].perSecond, 0), ratio(s.single[n].median, s.single.pluresdb.median),
   ])), '');
 
+  if (s.singleLarge) {
+    const large = Object.keys(s.singleLarge).filter((n) => n !== 'size');
+    out.push(`### 300 single awaited inserts into a database of ${s.singleLarge.size.toLocaleString('en-US')} records`, '');
+    out.push('The same inserts into the database the cold-open test below populated (PouchDB is not populated at this size), at each contender\'s default durability.', '');
+    out.push(table(['database', 'time', 'inserts/s', 'vs PluresDB'], large.map((n) => [
+      label(n), range(s.singleLarge[n]), fmt(s.singleLarge[n].perSecond, 0), ratio(s.singleLarge[n].median, s.singleLarge.pluresdb.median),
+    ])), '');
+  }
+
   out.push('### 2,000 awaited gets by id, and a query by field', '');
   out.push('Query: `category == "c3" and score >= 500`, sorted by `n` (Dexie and raw IndexedDB use an index on `category`; PouchDB scans, as it has no query engine without plugins).', '');
   out.push(table(['database', 'gets', 'gets/s', 'query', 'query hits'], names.map((n) => [

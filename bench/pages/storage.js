@@ -162,6 +162,20 @@ async function populate(name, dbName, count) {
   await contender.close(db);
 }
 
+/** `count` awaited single inserts into the existing database `dbName`, new ids each run. */
+async function singleInsertsInto(name, dbName, count, runs) {
+  const contender = contenders[name];
+  const db = await contender.open(dbName);
+  let run = 0;
+  const result = await measure(runs, async () => {
+    const docs = documents(count, 100 + run).map((doc, i) => ({ ...doc, id: `more:${run}:${i}` }));
+    run++;
+    for (const doc of docs) await contender.put(db, doc);
+  });
+  await contender.close(db);
+  return { ...result, perSecond: (count / result.median) * 1000 };
+}
+
 /** Opens an existing database and reads one record: the cold-open time. */
 async function coldOpen(name, dbName) {
   const contender = contenders[name];
@@ -179,5 +193,5 @@ async function destroy(name, dbName) {
   await contender.destroy(await contender.open(dbName));
 }
 
-globalThis.bench = { bulkInsert, singleInserts, reads, populate, coldOpen, destroy, contenders: Object.keys(contenders) };
+globalThis.bench = { bulkInsert, singleInserts, singleInsertsInto, reads, populate, coldOpen, destroy, contenders: Object.keys(contenders) };
 document.body.dataset.ready = 'true';

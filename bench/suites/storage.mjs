@@ -34,6 +34,12 @@ export async function runStorageSuite({ context, baseUrl, runs, quick }) {
         times.push(await fresh.evaluate(([n, db]) => globalThis.bench.coldOpen(n, db), [name, dbName]));
         await fresh.close();
       }
+      if (size === sizes.at(-1)) {
+        console.log(`bench: storage/${name}: single inserts into ${size} records`);
+        results.singleLarge ??= { size };
+        results.singleLarge[name] = await page.evaluate(
+          ([n, db, r]) => globalThis.bench.singleInsertsInto(n, db, 300, r), [name, dbName, runs]);
+      }
       await page.evaluate(([n, db]) => globalThis.bench.destroy(n, db), [name, dbName]);
       const sorted = [...times].sort((a, b) => a - b);
       (results.coldOpen[size] ??= {})[name] = {
