@@ -17,7 +17,7 @@ export interface OpenOptions {
   /**
    * When an IndexedDB write counts as done. `'strict'` (default): once the
    * browser flushed it to disk; it survives the browser or the machine dying
-   * right after. `'relaxed'` (about twice as fast for single awaited writes):
+   * right after. `'relaxed'` (about a third faster for single awaited writes):
    * once the browser has it; if the browser process or the machine dies a
    * moment later, the newest acknowledged writes can be lost (whole, in
    * order); closing or crashing a tab alone loses nothing.
