@@ -306,6 +306,19 @@ async fn envelopes_that_could_not_be_committed_are_received_again() {
     relay.stop();
 }
 
+/// Writes `k0000` .. `k0799`, about 20 KB each (16 MB), in one batch.
+async fn put_800_records_of_20_kb(db: &Db, round: u32) {
+    let text = "q".repeat(20_000);
+    let batch = (0..800).map(|i| {
+        let value = json!({ "i": i, "round": round, "text": text });
+        (
+            format!("k{i:04}"),
+            pluresdb::crdt::Document::from_value(&value).unwrap(),
+        )
+    });
+    db.put_many(batch).await.unwrap();
+}
+
 /// Issue #21: a large offline queue cut off halfway used to start over on
 /// the next connection (its published vector was written only once all of
 /// it was stored). Now progress is kept as the relay stores it: the second
@@ -325,14 +338,7 @@ async fn an_offline_queue_cut_off_halfway_resumes_where_it_stopped() {
     )
     .await;
     let (a, b) = pair(dir.path()).await;
-    let text = "q".repeat(20_000);
-    let mut batch = Vec::new();
-    for i in 0..800 {
-        let document =
-            pluresdb::crdt::Document::from_value(&json!({ "i": i, "text": text })).unwrap();
-        batch.push((format!("k{i:04}"), document));
-    }
-    a.put_many(batch).await.unwrap();
+    put_800_records_of_20_kb(&a, 0).await;
     // 16 MB: 62 LIVE envelopes of up to 256 KiB, at 4 MiB/s.
     let chunks = 62;
     let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
@@ -380,17 +386,8 @@ async fn a_delta_cut_off_halfway_resumes_where_it_stopped() {
     )
     .await;
     let (a, b) = pair(dir.path()).await;
-    let text = "d".repeat(20_000);
     for round in 0..2 {
-        let mut batch = Vec::new();
-        for i in 0..800 {
-            let value = json!({ "i": i, "round": round, "text": text });
-            batch.push((
-                format!("k{i:04}"),
-                pluresdb::crdt::Document::from_value(&value).unwrap(),
-            ));
-        }
-        a.put_many(batch).await.unwrap();
+        put_800_records_of_20_kb(&a, round).await;
     }
     publish_everything(&a, relay.url()).await;
     let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
