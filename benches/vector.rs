@@ -117,7 +117,7 @@ mod native {
 
         let mut group = c.benchmark_group("vector search 20k x 384");
         group.throughput(Throughput::Elements(QUERIES as u64));
-        group.bench_function("pluresdb hnsw (ef 16)", |b| {
+        group.bench_function("pluresdb hnsw (default ef)", |b| {
             b.iter(|| {
                 for query in &queries {
                     let hits = runtime

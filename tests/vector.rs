@@ -107,12 +107,9 @@ async fn recall_against_exact_search_on_clustered_vectors() {
     let default_recall = recall_at_10(&db, &queries, None).await;
     let wide_recall = recall_at_10(&db, &queries, Some(256)).await;
     println!("recall@10: {default_recall:.3} at the default ef_search, {wide_recall:.3} at ef 256");
-    // The default (ef 16) trades recall for speed; a wider search reaches
-    // the 0.95 the benchmarks hold it to. (At ef 128 this hard set, 40
-    // clusters in 64 dimensions, measured 0.948 to 0.974 from run to run,
-    // as which vectors share a segment depends on background timing; at
-    // ef 256 it measured 0.996 to 0.997.)
-    assert!(default_recall >= 0.6, "default recall {default_recall}");
+    // This hard set (40 clusters in 64 dimensions, segments of 1,000)
+    // measured 0.93 at the default breadth (64) and 0.999 at 256.
+    assert!(default_recall >= 0.85, "default recall {default_recall}");
     assert!(wide_recall >= 0.95, "recall at ef 256 {wide_recall}");
     db.close().await.unwrap();
 }
@@ -404,7 +401,8 @@ async fn recall_on_real_sentence_embeddings() {
     let default_recall = recall_at_10(&db, &queries, None).await;
     println!("real embeddings recall@10: {default_recall:.3} default, {recall:.3} at ef 64");
     assert!(recall >= 0.95, "recall {recall}");
-    assert!(default_recall >= 0.85, "default recall {default_recall}");
+    // Recall-first default: no `ef` needed for 0.95 on real embeddings.
+    assert!(default_recall >= 0.95, "default recall {default_recall}");
     // A short query finds the sentence it was derived from.
     let mut found = 0;
     for (text, source, vector) in &set.queries {

@@ -45,7 +45,7 @@ pub struct SearchRequest {
     pub min_score: Option<f32>,
     /// Only records matching this query's filters (and prefix).
     pub filter: Option<Query>,
-    /// Search breadth; at least the configured `ef_search` and `k`.
+    /// Search breadth (at least `k`); the index's `ef_search` when `None`.
     pub ef: Option<usize>,
 }
 
@@ -309,7 +309,7 @@ pub(super) fn sync_index(state: &mut State, changes: &[Change], may_carry_vector
         let winner = store.record(&change.id).map(|r| r.winner());
         match winner {
             Some(version) if version.data.is_some() && version.embedding.is_some() => {
-                let embedding = version.embedding.as_ref().expect("checked");
+                let embedding = version.embedding.clone().expect("checked");
                 if let Err(error) = index.upsert(change.id.clone(), version.dot(), embedding) {
                     // The record is stored; only its vector is left out.
                     tracing::warn!(id = %change.id, %error, "embedding not indexed");
@@ -402,7 +402,7 @@ pub(super) fn build_index(
         let winner = record.winner();
         match (&winner.data, &winner.embedding) {
             (Some(_), Some(embedding)) => {
-                Some((record.shared_id().clone(), winner.dot(), &embedding[..]))
+                Some((record.shared_id().clone(), winner.dot(), embedding.clone()))
             }
             _ => None,
         }

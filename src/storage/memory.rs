@@ -21,6 +21,8 @@ struct MemoryData {
     held_slots: BTreeSet<u32>,
     /// When set, commits fail with this error (for failure-path tests).
     fail_commits_with: Option<StorageError>,
+    /// A volatile store keeps no record rows or index segments.
+    volatile: bool,
 }
 
 /// Storage in process memory.
@@ -33,6 +35,17 @@ impl MemoryStorage {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store for one database that nothing ever reopens (the
+    /// browser's `storage: 'memory'`): commits keep generations and
+    /// metadata but not record rows or index segments, which the database
+    /// already holds in memory, so nothing is held twice. Loading it again
+    /// once written is an error, never an empty database.
+    pub fn volatile() -> Self {
+        let storage = Self::default();
+        storage.data().volatile = true;
+        storage
     }
 
     fn data(&self) -> std::sync::MutexGuard<'_, MemoryData> {
@@ -100,6 +113,11 @@ impl Storage for MemoryStorage {
 
     async fn load(&self) -> Result<LoadedState, StorageError> {
         let data = self.data();
+        if data.volatile && data.generation > 0 {
+            return Err(StorageError::Backend(
+                "a volatile memory store keeps no records to reopen".into(),
+            ));
+        }
         Ok(LoadedState {
             generation: data.generation,
             records: data
@@ -167,6 +185,16 @@ impl Storage for MemoryStorage {
             })
             .collect();
         let generation = data.generation + 1;
+        let record_rows = if data.volatile {
+            Vec::new()
+        } else {
+            record_rows
+        };
+        let segments = if data.volatile {
+            Vec::new()
+        } else {
+            batch.segments
+        };
         for (id, row) in record_rows {
             data.records.insert(id, (generation, row));
         }
@@ -176,7 +204,7 @@ impl Storage for MemoryStorage {
         for (key, value) in meta_rows {
             data.meta.insert(key, value);
         }
-        for (id, bytes) in batch.segments {
+        for (id, bytes) in segments {
             data.segments.insert(id, bytes);
         }
         for id in batch.removed_segments {
@@ -197,5 +225,42 @@ impl Storage for MemoryStorage {
             foreign_records,
             foreign_meta,
         })
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    fn batch(generation: u64) -> CommitBatch {
+        CommitBatch {
+            expected_generation: generation,
+            records: vec![("a".into(), vec![1; 1000])],
+            meta: vec![("m".into(), vec![2])],
+            segments: vec![("s".into(), vec![3; 1000])],
+            ..CommitBatch::default()
+        }
+    }
+
+    #[test]
+    fn a_volatile_store_keeps_generations_but_no_rows_and_cannot_be_reopened() {
+        futures::executor::block_on(async {
+            let volatile = MemoryStorage::volatile();
+            assert_eq!(volatile.load().await.unwrap().generation, 0);
+            let receipt = volatile.commit(batch(0)).await.unwrap();
+            assert_eq!(receipt.generation, 1);
+            assert_eq!(volatile.commit(batch(1)).await.unwrap().generation, 2);
+            assert!(volatile.raw_record("a").is_none(), "no record row kept");
+            assert!(volatile.data().segments.is_empty(), "no segment kept");
+            assert!(matches!(
+                volatile.load().await,
+                Err(StorageError::Backend(message)) if message.contains("volatile")
+            ));
+            // The ordinary store keeps everything and reopens.
+            let kept = MemoryStorage::new();
+            kept.commit(batch(0)).await.unwrap();
+            let loaded = kept.load().await.unwrap();
+            assert_eq!((loaded.records.len(), loaded.segments.len()), (1, 1));
+        });
     }
 }

@@ -117,7 +117,7 @@ fn number_option(options: &JsValue, key: &str) -> Result<Option<f64>, JsValue> {
 }
 
 /// `OpenOptions` from JS: `{ embedder?, embedFields?, index?: { dimension?,
-/// efConstruction?, efSearch?, sealThreshold?, maxSegment? } }`.
+/// m?, efConstruction?, efSearch?, sealThreshold?, maxSegment? } }`.
 fn open_options(options: &JsValue) -> Result<OpenOptions, JsValue> {
     let mut out = OpenOptions::default();
     if options.is_undefined() || options.is_null() {
@@ -155,8 +155,14 @@ fn open_options(options: &JsValue) -> Result<OpenOptions, JsValue> {
     if let Some(n) = positive("dimension")? {
         out.index.dimension = Some(n);
     }
+    if let Some(n) = positive("m")? {
+        if !(2..=64).contains(&n) {
+            return Err(invalid_input("index option `m` must be between 2 and 64"));
+        }
+        out.index.m = n;
+    }
     if let Some(n) = positive("efConstruction")? {
-        out.index.ef_construction = n;
+        out.index.ef_construction = n.min(crate::index::MAX_SEARCH_BREADTH);
     }
     if let Some(n) = positive("efSearch")? {
         out.index.ef_search = n;
@@ -214,7 +220,7 @@ impl PluresDB {
                 }
             };
             let storage = match string_option(&options, "storage")?.as_deref() {
-                Some("memory") => BrowserStorage::Memory(MemoryStorage::new()),
+                Some("memory") => BrowserStorage::Memory(MemoryStorage::volatile()),
                 Some("indexeddb") => BrowserStorage::IndexedDb(
                     IndexedDbStorage::open_with(&name, durability)
                         .await
@@ -225,7 +231,7 @@ impl PluresDB {
                         .await
                         .map_err(|e| to_js_error(&e.into()))?,
                 ),
-                None => BrowserStorage::Memory(MemoryStorage::new()),
+                None => BrowserStorage::Memory(MemoryStorage::volatile()),
                 Some(other) => {
                     return Err(invalid_input(format!(
                         "unknown storage `{other}`: use 'indexeddb' or 'memory'"
