@@ -51,6 +51,24 @@ pub fn check_decoders(data: &[u8]) -> usize {
         );
         accepted += 1;
     }
+    if let Ok(segment) = crate::index::Segment::decode("fuzz".into(), data) {
+        assert_eq!(segment.encode(), data, "index segment is not canonical");
+        accepted += 1;
+    }
+    if let Ok((graph, read)) = pluresdb_hnsw::Hnsw::decode(data) {
+        let mut encoded = Vec::new();
+        graph.encode(&mut encoded);
+        assert_eq!(encoded, data[..read], "HNSW graph is not canonical");
+        // Whatever decodes can be searched without going out of bounds.
+        if graph.dimension() <= 4096 {
+            let query = pluresdb_hnsw::Quantized::new(&vec![0.5; graph.dimension()]);
+            let mut found = Vec::new();
+            let mut scratch = pluresdb_hnsw::Scratch::default();
+            graph.search(&query, 16, |_| true, &mut scratch, &mut found);
+            assert!(found.iter().all(|s| (s.node as usize) < graph.len()));
+        }
+        accepted += 1;
+    }
     accepted
 }
 

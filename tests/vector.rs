@@ -422,3 +422,122 @@ async fn recall_on_real_sentence_embeddings() {
     );
     db.close().await.unwrap();
 }
+
+/// `bench/data/corpus-minilm.bin` (real MiniLM embeddings of Debian package
+/// descriptions; `scripts/generate-corpus-embeddings.py`).
+struct RealCorpus {
+    base: Vec<Vec<f32>>,
+    queries: Vec<Vec<f32>>,
+    /// The exact top 10 of each query, best first.
+    truth: Vec<Vec<u32>>,
+}
+
+fn real_corpus() -> RealCorpus {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/bench/data/corpus-minilm.bin"
+    ))
+    .unwrap();
+    assert_eq!(&bytes[..8], b"PLDBVEC1");
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let (dim, base, queries, k) = (word(8), word(12), word(16), word(20));
+    let half = |bits: u16| -> f32 {
+        let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
+        let exponent = i32::from((bits >> 10) & 0x1F);
+        let mantissa = f32::from(bits & 0x3FF);
+        match exponent {
+            0 => sign * mantissa * 2f32.powi(-24),
+            _ => sign * (1.0 + mantissa / 1024.0) * 2f32.powi(exponent - 15),
+        }
+    };
+    let mut at = 24;
+    let mut vectors = |count: usize| -> Vec<Vec<f32>> {
+        (0..count)
+            .map(|_| {
+                let v: Vec<f32> = (0..dim)
+                    .map(|i| {
+                        half(u16::from_le_bytes([
+                            bytes[at + 2 * i],
+                            bytes[at + 2 * i + 1],
+                        ]))
+                    })
+                    .collect();
+                at += 2 * dim;
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.into_iter().map(|x| x / norm).collect()
+            })
+            .collect()
+    };
+    let (base, queries) = (vectors(base), vectors(queries));
+    let truth = (0..queries.len())
+        .map(|q| (0..10).map(|i| word(at + 4 * (q * k + i)) as u32).collect())
+        .collect();
+    RealCorpus {
+        base,
+        queries,
+        truth,
+    }
+}
+
+/// Recall@10 and seconds per query of `index` over the real queries.
+fn real_recall(
+    index: &mut pluresdb::index::VectorIndex,
+    queries: &[Vec<f32>],
+    truth: &[Vec<u32>],
+) -> (f64, f64) {
+    let start = std::time::Instant::now();
+    let mut hits = 0;
+    for (query, truth) in queries.iter().zip(truth) {
+        let found = index.search(query, 10, None).unwrap();
+        hits += found
+            .iter()
+            .filter(|n| truth.contains(&n.id[1..].parse::<u32>().unwrap()))
+            .count();
+    }
+    let seconds = start.elapsed().as_secs_f64() / queries.len() as f64;
+    (hits as f64 / (10 * queries.len()) as f64, seconds)
+}
+
+#[test]
+fn several_segments_keep_the_default_recall_on_real_embeddings() {
+    use pluresdb::crdt::{ActorId, Dot};
+    use pluresdb::index::VectorIndex;
+    let RealCorpus {
+        base,
+        queries,
+        truth,
+    } = real_corpus();
+    let queries = &queries[..300];
+    let truth = &truth[..300];
+    // One segment, then the same vectors in ten segments (sealed every
+    // 2,000 vectors, never merged).
+    let mut results = Vec::new();
+    for seal_every in [base.len(), 2_000] {
+        let mut index = VectorIndex::new(IndexConfig::default());
+        for (i, vector) in base.iter().enumerate() {
+            let dot = Dot {
+                actor: ActorId::from_bytes([7; 16]),
+                seq: i as u64 + 1,
+            };
+            index
+                .upsert(format!("v{i}").into(), dot, Arc::from(vector.as_slice()))
+                .unwrap();
+            if (i + 1) % seal_every == 0 {
+                let job = index.take_seal_job_at(format!("s{i}"), 1).unwrap();
+                let (segment, replaces) = job.build();
+                index.install_segment(segment, replaces);
+            }
+        }
+        assert_eq!(index.stats().segments.len(), base.len() / seal_every);
+        results.push(real_recall(&mut index, queries, truth));
+    }
+    let ((one, one_time), (ten, ten_time)) = (results[0], results[1]);
+    println!(
+        "real embeddings, default ef: one segment recall {one:.3} at {:.0} us/query; ten segments {ten:.3} at {:.0} us/query ({:.1}x)",
+        one_time * 1e6,
+        ten_time * 1e6,
+        ten_time / one_time
+    );
+    assert!(one >= 0.95, "one segment: recall {one}");
+    assert!(ten >= 0.95, "ten segments: recall {ten}");
+}

@@ -44,6 +44,23 @@ pub const MAX_SEARCH_BREADTH: usize = 10_000;
 /// written (the segment and its encoding).
 pub const MAX_SEGMENT_BYTES: usize = 48 * 1024 * 1024;
 
+/// The breadth a segment holding `live` of `total` vectors is searched
+/// with, for a search of breadth `ef` and `k` results: `ef` scaled by three
+/// times the segment's share of the vectors, at least `k`, at most `ef`.
+///
+/// A segment holding a tenth of the vectors holds about a tenth of the true
+/// neighbours, and finding its few nearest needs a much narrower search
+/// than finding all of them in one graph. Measured on 20,000 real sentence
+/// embeddings (`several_segments_keep_the_default_recall_on_real_embeddings`,
+/// `ef` 64): ten segments searched at the full breadth each gave recall@10
+/// 0.998 at 8.3 times the time of one segment (0.985); at three times their
+/// share, 0.983 at 3.7 times; at twice their share, 0.965 at 2.7 times.
+/// Up to three equal segments are searched at the full breadth.
+fn segment_breadth(ef: usize, k: usize, live: usize, total: usize) -> usize {
+    let share = ef.saturating_mul(3).saturating_mul(live) / total.max(1);
+    (share + 1).clamp(k.min(ef), ef)
+}
+
 /// Vector index failures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -326,9 +343,15 @@ impl VectorIndex {
         let ef = ef.unwrap_or(self.config.ef_search).max(k);
         let mut candidates: Vec<(f32, Arc<str>)> = Vec::with_capacity(ef * 2);
         let mut found = Vec::with_capacity(ef);
+        let total: usize = self.segments.iter().map(|(_, s)| s.live()).sum();
         for (_, segment) in &mut self.segments {
             found.clear();
-            segment.search(&query, &quantized, ef, &mut found);
+            segment.search(
+                &query,
+                &quantized,
+                segment_breadth(ef, k, segment.live(), total),
+                &mut found,
+            );
             candidates.extend(
                 found
                     .iter()
@@ -779,6 +802,16 @@ mod tests {
         assert!(index.take_merge_job_of("m".into(), 2).is_none());
         let hits = index.search(&vector(1100, 8), 1, None).unwrap();
         assert_eq!(&*hits[0].id, "v1100");
+    }
+
+    #[test]
+    fn segments_are_searched_at_three_times_their_share_of_the_breadth() {
+        assert_eq!(segment_breadth(64, 10, 20_000, 20_000), 64);
+        assert_eq!(segment_breadth(64, 10, 10_000, 20_000), 64);
+        assert_eq!(segment_breadth(64, 10, 2_000, 20_000), 20);
+        assert_eq!(segment_breadth(64, 10, 10, 20_000), 10, "at least k");
+        assert_eq!(segment_breadth(10, 10, 10, 20_000), 10);
+        assert_eq!(segment_breadth(64, 10, 5, 0), 64, "no division by zero");
     }
 
     #[test]

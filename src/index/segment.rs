@@ -415,4 +415,25 @@ mod tests {
         let hits = search(&mut extended, &all[120].1, 4);
         assert_eq!(hits[0].1, 120);
     }
+
+    #[test]
+    fn mutated_segments_are_refused_or_searched_safely() {
+        let segment = Segment::build("s".into(), 8, items(120, 8), params());
+        let bytes = segment.encode();
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for round in 0..3000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut mutated = bytes.clone();
+            let at = (state % mutated.len() as u64) as usize;
+            mutated[at] ^= (state >> 32) as u8 | 1;
+            if round % 10 == 0 {
+                mutated.truncate(at);
+            }
+            // Panics on a decoder that accepts bytes it cannot re-encode, or
+            // a graph whose search leaves its bounds.
+            crate::fuzzing::check_decoders(&mutated);
+        }
+    }
 }
