@@ -8,7 +8,7 @@ const TYPES = {
   '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript',
   '.wasm': 'application/wasm', '.json': 'application/json', '.css': 'text/css',
 };
-const ALLOWED = ['/pkg/', '/pkgprof/', '/bench/pages/', '/bench/tmp/', '/bench/data/', '/node_modules/'];
+const ALLOWED = ['/pkg/', '/pkgprof/', '/bench/pages/', '/bench/lib/', '/bench/tmp/', '/bench/data/', '/node_modules/'];
 
 export async function startStaticServer(root) {
   const server = createServer(async (request, response) => {
