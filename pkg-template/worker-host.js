@@ -1,7 +1,7 @@
 // The Worker side of `pluresdb/worker`: opens one database in this dedicated
 // worker and answers the page's calls, so indexing, sealing vector segments
 // and large imports never block the page. Started by `openInWorker`.
-import init, { PluresDB, hashEmbed } from './pluresdb.js';
+import init, { PluresDB } from './pluresdb.js';
 
 let db;
 const stops = new Map(); // watch/subscribe id -> stop function
@@ -18,11 +18,12 @@ function errorMessage(error) {
 const calls = {
   async open(name, options = {}) {
     await init();
-    const { embedder, ...rest } = options;
-    if (embedder === 'hash') rest.embedder = (texts) => hashEmbed(texts, options.embedderDimension);
-    else if (embedder !== undefined) throw Object.assign(new Error("in a worker, `embedder` can only be 'hash' (functions cannot cross to a worker)"), { name: 'InvalidInputError' });
-    delete rest.embedderDimension;
-    db = await PluresDB.open(name, rest);
+    // A built-in embedder by name ('hash', 'minilm-static') is resolved
+    // here, so texts are embedded in this worker, off the page's thread.
+    if (options.embedder !== undefined && typeof options.embedder !== 'string') {
+      throw Object.assign(new Error("in a worker, `embedder` is a built-in's name, 'hash' or 'minilm-static' (functions cannot cross to a worker)"), { name: 'InvalidInputError' });
+    }
+    db = await PluresDB.open(name, options);
     return { name: db.name, actorId: db.actorId, storageKind: db.storageKind, methods: [...methods] };
   },
   watch(id, query) {

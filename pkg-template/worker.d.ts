@@ -6,9 +6,12 @@ import type {
 } from './pluresdb.js';
 
 /** `OpenOptions`, with the built-in embedder chosen by name. */
-export interface WorkerOpenOptions extends Omit<OpenOptions, 'embedder'> {
-  /** `'hash'`: the built-in `hashEmbed` (functions cannot cross to a worker). */
-  embedder?: 'hash';
+export interface WorkerOpenOptions extends Omit<OpenOptions, 'embedder' | 'onEmbedderProgress'> {
+  /**
+   * A built-in embedder by name, run in the worker (functions cannot cross
+   * to a worker): `'minilm-static'` (meaning) or `'hash'` (words).
+   */
+  embedder?: 'hash' | 'minilm-static';
   /** The dimension of the built-in embedder (256 by default). */
   embedderDimension?: number;
 }

@@ -3,7 +3,7 @@
 //   (package.json stamped with the crate version) -> wasm-opt -Oz,
 // then prints the raw and gzipped size of the .wasm.
 import { execFileSync } from 'node:child_process';
-import { cpSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync, renameSync } from 'node:fs';
+import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, renameSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -45,6 +45,17 @@ run('wasm-bindgen', [
 for (const file of ['README.md', 'node.js', 'worker.js', 'worker.d.ts', 'worker-host.js', 'hyperswarm.js', 'hyperswarm.d.ts']) {
   cpSync(join(root, 'pkg-template', file), join(pkg, file));
 }
+// Built-in models: separate assets, fetched only when a database asks for
+// one (never part of the .wasm); `pluresdb/embedders` re-exports their
+// loader from the snippet the .wasm itself imports.
+for (const file of ['vocab.txt', 'embeddings.bin', 'README.md']) {
+  cpSync(join(root, 'models', 'minilm-static', file), join(pkg, 'models', 'minilm-static', file));
+}
+const snippets = join(pkg, 'snippets');
+const [crateSnippets] = readdirSync(snippets).filter((dir) => dir.startsWith('pluresdb-'));
+writeFileSync(join(pkg, 'embedders.js'),
+  `// Built-in embedders (see README.md, "Search by meaning, offline").\nexport * from './snippets/${crateSnippets}/src/wasm/embedders.js';\n`);
+cpSync(join(root, 'pkg-template', 'embedders.d.ts'), join(pkg, 'embedders.d.ts'));
 const manifest = JSON.parse(readFileSync(join(root, 'pkg-template', 'package.json'), 'utf8'));
 manifest.version = crateVersion();
 writeFileSync(join(pkg, 'package.json'), `${JSON.stringify(manifest, null, 2)}\n`);

@@ -183,6 +183,38 @@ fn search_by_vector_and_by_text_with_the_hash_embedder() {
 }
 
 #[test]
+fn the_built_in_model_finds_meaning_from_the_command_line() {
+    let notes = Cli::new();
+    for (id, text) in [
+        ("kids", "Pick up the kids from football practice at 5"),
+        ("lisbon", "Book flights to Lisbon for the conference"),
+        ("anna", "Buy a birthday present for Anna"),
+    ] {
+        notes.ok(&[
+            "--embedder",
+            "minilm-static",
+            "put",
+            id,
+            &json!({ "text": text }).to_string(),
+        ]);
+    }
+    let search = |query: &str| -> String {
+        let hits = notes.ok(&["--embedder", "minilm-static", "search", query, "--k", "1"]);
+        let hit: Value = serde_json::from_str(hits.lines().next().unwrap()).unwrap();
+        hit["id"].as_str().unwrap().to_string()
+    };
+    // No word in common with the note it finds.
+    assert_eq!(search("travel plans"), "lisbon");
+    assert_eq!(search("gift ideas"), "anna");
+    let unknown = notes.run(&["--embedder", "gpt-9", "search", "x"]);
+    assert!(
+        stderr(&unknown).contains("minilm-static"),
+        "{}",
+        stderr(&unknown)
+    );
+}
+
+#[test]
 fn import_is_idempotent_and_export_round_trips() {
     let cli = Cli::new();
     let input = cli.dir.path().join("in.jsonl");

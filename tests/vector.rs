@@ -441,25 +441,14 @@ fn real_corpus() -> RealCorpus {
     assert_eq!(&bytes[..8], b"PLDBVEC1");
     let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
     let (dim, base, queries, k) = (word(8), word(12), word(16), word(20));
-    let half = |bits: u16| -> f32 {
-        let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
-        let exponent = i32::from((bits >> 10) & 0x1F);
-        let mantissa = f32::from(bits & 0x3FF);
-        match exponent {
-            0 => sign * mantissa * 2f32.powi(-24),
-            _ => sign * (1.0 + mantissa / 1024.0) * 2f32.powi(exponent - 15),
-        }
-    };
     let mut at = 24;
     let mut vectors = |count: usize| -> Vec<Vec<f32>> {
         (0..count)
             .map(|_| {
                 let v: Vec<f32> = (0..dim)
                     .map(|i| {
-                        half(u16::from_le_bytes([
-                            bytes[at + 2 * i],
-                            bytes[at + 2 * i + 1],
-                        ]))
+                        half::f16::from_le_bytes([bytes[at + 2 * i], bytes[at + 2 * i + 1]])
+                            .to_f32()
                     })
                     .collect();
                 at += 2 * dim;

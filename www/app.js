@@ -31,14 +31,40 @@ function remoteEmbedder(url) {
   };
 }
 
-function embedderFor(modelUrl) {
-  return modelUrl ? remoteEmbedder(modelUrl) : (texts) => hashEmbed(texts, 256);
+// Which built-in embedder a database uses, remembered per database: its
+// vectors must all come from one model. New databases use the built-in
+// model (`minilm-static`, distilled from all-MiniLM-L6-v2: it knows that
+// flights are travel); a database this demo filled before, with the hash
+// embedder, keeps that one.
+const EMBEDDER_KEY = (name) => `pluresdb-demo:embedder:${name}`;
+
+function showModelProgress({ loaded, total }) {
+  const mb = (bytes) => (bytes / 1e6).toFixed(1);
+  status.textContent = total
+    ? `Loading the search model: ${mb(loaded)} of ${mb(total)} MB (once; it is kept for offline use)…`
+    : `Loading the search model: ${mb(loaded)} MB…`;
+  status.dataset.kind = 'progress';
 }
 
 async function openDatabase(name, { invite, modelUrl } = {}) {
-  const options = { embedder: embedderFor(modelUrl), embedFields: ['text'] };
+  const options = { embedFields: ['text'] };
   if (invite) options.invite = invite;
-  return PluresDB.open(name, options);
+  if (modelUrl) return PluresDB.open(name, { ...options, embedder: remoteEmbedder(modelUrl) });
+  const remembered = localStorage.getItem(EMBEDDER_KEY(name));
+  if (remembered === 'hash') return PluresDB.open(name, { ...options, embedder: (texts) => hashEmbed(texts, 256) });
+  const db = await PluresDB.open(name, { ...options, embedder: 'minilm-static', onEmbedderProgress: showModelProgress });
+  if (status.dataset.kind === 'progress') {
+    status.textContent = '';
+    delete status.dataset.kind;
+  }
+  if (!remembered && db.indexStats().vectors > 0) {
+    // Vectors from before the demo remembered its embedder: the hash's.
+    await db.close();
+    localStorage.setItem(EMBEDDER_KEY(name), 'hash');
+    return openDatabase(name, { invite, modelUrl });
+  }
+  localStorage.setItem(EMBEDDER_KEY(name), 'minilm-static');
+  return db;
 }
 
 await init();

@@ -6,11 +6,13 @@
 //   on a `{ type: 'push', db }` message where Background Sync is missing.
 import init, { PluresDB } from '/pkg/pluresdb.js';
 
-const CACHE = 'pluresdb-demo-v1';
+const CACHE = 'pluresdb-demo-v2';
 const SHELL = [
   '/', '/index.html', '/app.js', '/style.css', '/manifest.webmanifest',
   '/icons/icon-192.png', '/icons/icon-512.png',
   '/pkg/pluresdb.js', '/pkg/pluresdb_bg.wasm',
+  // The built-in search model, so that search works offline from the start.
+  '/pkg/models/minilm-static/vocab.txt', '/pkg/models/minilm-static/embeddings.bin',
 ];
 const relayUrl = `${self.location.protocol === 'https:' ? 'wss' : 'ws'}://${self.location.host}/relay`;
 

@@ -33,8 +33,11 @@ struct Cli {
     #[arg(long, global = true, env = "PLURESDB_DB", value_name = "PATH")]
     db: Option<PathBuf>,
 
-    /// Embed records' text on put and accept text in search: `hash` (the
-    /// built-in offline embedder, 256 dimensions) or `hash:<dimensions>`.
+    /// Embed records' text on put and accept text in search:
+    /// `minilm-static` (a static model distilled from all-MiniLM-L6-v2,
+    /// 256 dimensions: finds meaning; the same model as the npm package's),
+    /// `hash` (hashed words and trigrams, 256 dimensions) or
+    /// `hash:<dimensions>`.
     #[arg(long, global = true, value_name = "EMBEDDER")]
     embedder: Option<String>,
 
@@ -386,6 +389,10 @@ impl DatabaseOptions {
     fn open_options(&self) -> Result<OpenOptions, Failure> {
         let mut options = OpenOptions::default();
         if let Some(spec) = &self.embedder {
+            if spec == "minilm-static" {
+                options.embedder = Some(Arc::new(crate::index::StaticEmbedder::built_in()));
+                return Ok(options);
+            }
             let dimension = match spec.split_once(':') {
                 None if spec == "hash" => 256,
                 Some(("hash", dimension)) => dimension
@@ -393,7 +400,7 @@ impl DatabaseOptions {
                     .map_err(|_| Failure::new(format!("bad embedder dimension in `{spec}`")))?,
                 _ => {
                     return Err(Failure::new(format!(
-                        "unknown embedder `{spec}` (use `hash` or `hash:<dimensions>`)"
+                        "unknown embedder `{spec}` (use `minilm-static`, `hash` or `hash:<dimensions>`)"
                     )))
                 }
             };

@@ -22,6 +22,8 @@
 mod distance;
 mod hash_embedder;
 mod segment;
+#[cfg(not(target_arch = "wasm32"))]
+mod static_embedder;
 
 use std::sync::Arc;
 
@@ -32,6 +34,8 @@ pub use distance::{cosine_distance, dot, score_of, UnitVector};
 pub use hash_embedder::HashEmbedder;
 pub use pluresdb_hnsw::Params as GraphParams;
 pub use segment::{Segment, SegmentEntry, SEGMENT_ENCODING_VERSION};
+#[cfg(not(target_arch = "wasm32"))]
+pub use static_embedder::{StaticEmbedder, STATIC_MODEL};
 
 use crate::crdt::Dot;
 

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use wasm_bindgen_futures::future_to_promise;
+use wasm_bindgen_futures::{future_to_promise, JsFuture};
 
 use crate::crdt::Document;
 use crate::error::{Error, InputError};
@@ -23,6 +23,41 @@ mod vector;
 pub use vector::hash_embed;
 
 pub use storage_choice::BrowserStorage;
+
+#[wasm_bindgen(module = "/src/wasm/embedders.js")]
+extern "C" {
+    /// Loads a built-in embedder by name: a promise of `(texts) => vectors`.
+    #[wasm_bindgen(js_name = namedEmbedder, catch)]
+    fn named_embedder(name: &str, options: &JsValue) -> Result<Promise, JsValue>;
+}
+
+/// The embedder an `embedder` option names: `'hash'` (`embedderDimension`,
+/// default 256) or a built-in model such as `'minilm-static'`, loaded on
+/// first use. `None` when the option is not a string.
+async fn embedder_by_name(
+    options: &JsValue,
+) -> Result<Option<std::sync::Arc<dyn crate::db::EmbedText>>, JsValue> {
+    if options.is_undefined() || options.is_null() {
+        return Ok(None);
+    }
+    let Some(name) = Reflect::get(options, &"embedder".into())?.as_string() else {
+        return Ok(None);
+    };
+    if name == "hash" {
+        let dimension = number_option(options, "embedderDimension")?.map_or(256, |n| n as usize);
+        if !(1..=crate::crdt::MAX_EMBEDDING_DIM).contains(&dimension) {
+            return Err(invalid_input("option `embedderDimension` is out of range"));
+        }
+        return Ok(Some(std::sync::Arc::new(crate::index::HashEmbedder::new(
+            dimension,
+        ))));
+    }
+    let function = JsFuture::from(named_embedder(&name, options)?)
+        .await?
+        .dyn_into::<Function>()
+        .map_err(|_| invalid_input("a built-in embedder did not load as a function"))?;
+    Ok(Some(std::sync::Arc::new(vector::JsEmbedder::new(function))))
+}
 
 #[wasm_bindgen(module = "/src/wasm/json.js")]
 extern "C" {
@@ -124,9 +159,11 @@ fn open_options(options: &JsValue) -> Result<OpenOptions, JsValue> {
         return Ok(out);
     }
     let embedder = Reflect::get(options, &"embedder".into())?;
-    if !embedder.is_undefined() && !embedder.is_null() {
+    if !embedder.is_undefined() && !embedder.is_null() && !embedder.is_string() {
         let function = embedder.dyn_into::<Function>().map_err(|_| {
-            invalid_input("option `embedder` must be an async function (texts) => vectors")
+            invalid_input(
+                "option `embedder` must be an async function (texts) => vectors, 'hash' or 'minilm-static'",
+            )
         })?;
         out.embedder = Some(std::sync::Arc::new(vector::JsEmbedder::new(function)));
     }
@@ -247,7 +284,11 @@ impl PluresDB {
                 },
             };
             let health = std::rc::Rc::new(std::cell::Cell::new(health));
-            let db = Database::open(storage, open_options(&options)?)
+            let mut open_options = open_options(&options)?;
+            if let Some(embedder) = embedder_by_name(&options).await? {
+                open_options.embedder = Some(embedder);
+            }
+            let db = Database::open(storage, open_options)
                 .await
                 .map_err(|e| to_js_error(&e))?;
             if let Some(invite) = string_option(&options, "invite")? {

@@ -33,8 +33,23 @@ export interface OpenOptions {
   invite?: string;
   /** Start syncing through this relay (`ws://` or `wss://`). */
   relay?: string;
-  /** Embeds texts: when set, `put` embeds records' text fields and `search` accepts text. */
-  embedder?: (texts: string[]) => Promise<Array<Float32Array | number[]>> | Array<Float32Array | number[]>;
+  /**
+   * Embeds texts: when set, `put` embeds records' text fields and `search`
+   * accepts text. A function of yours, or a built-in by name: `'minilm-static'`
+   * (a static model distilled from all-MiniLM-L6-v2, 256 dimensions, loaded
+   * from the package's `models/` on first use: finds meaning, e.g. flights
+   * for "travel plans") or `'hash'` (words and character trigrams).
+   */
+  embedder?:
+    | 'hash'
+    | 'minilm-static'
+    | ((texts: string[]) => Promise<Array<Float32Array | number[]>> | Array<Float32Array | number[]>);
+  /** The dimension of the `'hash'` embedder (default 256). */
+  embedderDimension?: number;
+  /** Where a built-in model's files are (a directory URL ending in `/`; default: the package's `models/`). */
+  embedderUrl?: string;
+  /** Download progress of a built-in model, the first time it loads. */
+  onEmbedderProgress?: (progress: { loaded: number; total?: number }) => void;
   /** The top-level string fields the embedder sees (all when omitted). */
   embedFields?: string[];
   /** Vector index settings (the defaults suit sentence embeddings). */

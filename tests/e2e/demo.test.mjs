@@ -124,6 +124,24 @@ test('notes are created with the keyboard and found by meaning', async () => {
   assert.deepEqual(main.errors, []);
 });
 
+test('search finds notes by meaning with the built-in model: "travel plans" finds the flights', async () => {
+  const meaning = [
+    'Pick up the kids from football practice at 5',
+    'Book flights to Lisbon for the conference',
+    'Buy a birthday present for Anna',
+  ];
+  for (const text of meaning) await addNote(main, text);
+  // No word in common with the note each query should find.
+  for (const [query, expected] of [['travel plans', meaning[1]], ['soccer', meaning[0]]]) {
+    const hits = await searchFor(main, query);
+    assert.equal(hits[0]?.text, expected, `best hit for "${query}": ${JSON.stringify(hits)}`);
+  }
+  assert.equal(await main.evaluate(() => localStorage.getItem('pluresdb-demo:embedder:notes')), 'minilm-static');
+  for (const text of meaning) await main.locator('#notes li', { hasText: text }).locator('.delete').click();
+  await main.fill('#search', '');
+  assert.deepEqual(main.errors, []);
+});
+
 test('the installable shell works offline: a reload without the server shows every note', async () => {
   const manifest = await (await fetch(`${server.url}/manifest.webmanifest`)).json();
   assert.equal(manifest.display, 'standalone');
@@ -134,7 +152,7 @@ test('the installable shell works offline: a reload without the server shows eve
   }
   await main.waitForSelector('body[data-offline-ready="true"]', { state: 'attached' });
   await eventually(() => main.evaluate(async () => {
-    const cache = await caches.open('pluresdb-demo-v1');
+    const cache = await caches.open('pluresdb-demo-v2');
     const cached = (await cache.keys()).map((request) => new URL(request.url).pathname);
     return navigator.serviceWorker.controller !== null && cached.some((path) => path.includes('/snippets/'));
   }), 'the service worker to control the page and cache the package');

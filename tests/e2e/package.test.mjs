@@ -224,9 +224,16 @@ test('the README example of pluresdb/worker runs: the database in a dedicated Wo
     const badEmbedder = await openInWorker('x', { embedder: () => [] }).then(() => 'opened', (error) => error.name);
     const storage = db.storageKind;
     await db.close();
-    return { bad, badEmbedder, storage };
+    // The built-in model by name loads and embeds inside the worker.
+    const notes = await openInWorker('worker-minilm', { storage: 'memory', embedder: 'minilm-static', embedFields: ['text'] });
+    await notes.put('kids', { text: 'Pick up the kids from football practice at 5' });
+    await notes.put('lisbon', { text: 'Book flights to Lisbon for the conference' });
+    await notes.put('anna', { text: 'Buy a birthday present for Anna' });
+    const travel = (await notes.search('travel plans', { k: 1 }))[0].id;
+    await notes.close();
+    return { bad, badEmbedder, storage, travel };
   }).catch((error) => ({ error: String(error) }));
-  assert.deepEqual(checks, { bad: 'InvalidInputError', badEmbedder: 'InvalidInputError', storage: 'indexeddb' });
+  assert.deepEqual(checks, { bad: 'InvalidInputError', badEmbedder: 'InvalidInputError', storage: 'indexeddb', travel: 'lisbon' });
   assert.deepEqual(page.errors, []);
   await page.close();
 });

@@ -13,17 +13,6 @@ use std::time::Instant;
 
 use pluresdb_hnsw::{dot, Hnsw, Params, Quantized, Scratch};
 
-fn half_to_f32(bits: u16) -> f32 {
-    let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exponent = i32::from((bits >> 10) & 0x1F);
-    let mantissa = f32::from(bits & 0x3FF);
-    match exponent {
-        0 => sign * mantissa * 2f32.powi(-24),
-        31 => f32::NAN,
-        _ => sign * (1.0 + mantissa / 1024.0) * 2f32.powi(exponent - 15),
-    }
-}
-
 struct Corpus {
     base: Vec<Vec<f32>>,
     queries: Vec<Vec<f32>>,
@@ -42,7 +31,7 @@ fn load(path: &str) -> Corpus {
                 let v: Vec<f32> = (0..dim)
                     .map(|i| {
                         let b = at + 2 * i;
-                        half_to_f32(u16::from_le_bytes([bytes[b], bytes[b + 1]]))
+                        half::f16::from_le_bytes([bytes[b], bytes[b + 1]]).to_f32()
                     })
                     .collect();
                 at += 2 * dim;

@@ -1,0 +1,316 @@
+//! `minilm-static`: a static sentence-embedding model distilled from
+//! all-MiniLM-L6-v2 (`models/minilm-static/`, made by
+//! `scripts/distill-static-model.py`, model2vec's method): a text is split
+//! into BERT uncased WordPiece tokens, the tokens' rows of a 30,522 × 256
+//! table are averaged and the mean is scaled to unit length.
+//!
+//! The same model runs in the browser in JavaScript (`src/wasm/embedders.js`);
+//! both reproduce the Python reference's tokens and vectors
+//! (`models/minilm-static/check.json`), so a record embedded in a browser
+//! and one embedded natively are comparable. The CLI carries the table in
+//! its binary ([`StaticEmbedder::built_in`]).
+
+use std::collections::HashMap;
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
+
+use crate::db::EmbedText;
+use crate::platform::BoxFuture;
+
+/// The built-in model's name and version, as stored with what it embeds.
+pub const STATIC_MODEL: &str = "minilm-static@1";
+const MAGIC: &[u8; 8] = b"PLDBSTM1";
+const MAX_WORD_CHARS: usize = 100;
+
+/// A static embedding model: a WordPiece vocabulary and one row per token.
+pub struct StaticEmbedder {
+    vocab: HashMap<String, u32>,
+    unknown: u32,
+    dimension: usize,
+    table: Vec<f32>,
+}
+
+impl std::fmt::Debug for StaticEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticEmbedder")
+            .field("tokens", &self.vocab.len())
+            .field("dimension", &self.dimension)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_cjk(c: char) -> bool {
+    matches!(u32::from(c),
+        0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0x20000..=0x2A6DF | 0x2A700..=0x2B73F
+        | 0x2B740..=0x2B81F | 0x2B920..=0x2CEAF | 0xF900..=0xFAFF | 0x2F800..=0x2FA1F)
+}
+
+fn is_control(c: char) -> bool {
+    matches!(
+        c.general_category(),
+        GeneralCategory::Control | GeneralCategory::Format | GeneralCategory::PrivateUse
+    )
+}
+
+fn is_punctuation(c: char) -> bool {
+    c.is_ascii_punctuation() || c.general_category_group() == GeneralCategoryGroup::Punctuation
+}
+
+/// BERT's normaliser: control characters dropped, whitespace to spaces,
+/// CJK ideographs spaced, accents stripped (NFD without nonspacing marks),
+/// lower case.
+fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        // Control characters go first: U+0085 and U+000B are whitespace to
+        // Rust but controls to BERT, which drops them.
+        let kept_control = matches!(c, '\t' | '\n' | '\r');
+        if c == '\0' || c == '\u{FFFD}' || (is_control(c) && !kept_control) {
+            continue;
+        }
+        if c.is_whitespace() {
+            out.push(' ');
+        } else if is_cjk(c) {
+            out.push(' ');
+            out.push(c);
+            out.push(' ');
+        } else {
+            out.push(c);
+        }
+    }
+    out.nfd()
+        .filter(|c| c.general_category() != GeneralCategory::NonspacingMark)
+        .collect::<String>()
+        .to_lowercase()
+}
+
+/// Words: split on whitespace, every punctuation character its own word.
+fn pre_tokenize(text: &str) -> Vec<&str> {
+    let mut words = Vec::new();
+    let mut start = None;
+    for (at, c) in text.char_indices() {
+        if c.is_whitespace() || is_punctuation(c) {
+            if let Some(from) = start.take() {
+                words.push(&text[from..at]);
+            }
+            if !c.is_whitespace() {
+                words.push(&text[at..at + c.len_utf8()]);
+            }
+        } else if start.is_none() {
+            start = Some(at);
+        }
+    }
+    if let Some(from) = start {
+        words.push(&text[from..]);
+    }
+    words
+}
+
+impl StaticEmbedder {
+    /// A model from its files: `vocab.txt` (one token per line, in id
+    /// order) and `embeddings.bin` (`PLDBSTM1`, u32 vocabulary size, u32
+    /// dimension, then the rows as little-endian half floats).
+    pub fn from_files(vocab: &str, table: &[u8]) -> Result<Self, String> {
+        if table.len() < 16 || &table[..8] != MAGIC {
+            return Err("not a static embedding table".into());
+        }
+        let word = |at: usize| {
+            u32::from_le_bytes([table[at], table[at + 1], table[at + 2], table[at + 3]])
+        };
+        let (size, dimension) = (word(8) as usize, word(12) as usize);
+        let expected = size
+            .checked_mul(dimension)
+            .and_then(|values| values.checked_mul(2))
+            .and_then(|bytes| bytes.checked_add(16));
+        if expected != Some(table.len()) || dimension == 0 {
+            return Err(format!(
+                "static embedding table of {} bytes does not match its header ({size} × {dimension})",
+                table.len()
+            ));
+        }
+        let tokens: Vec<&str> = vocab.lines().collect();
+        if tokens.len() != size {
+            return Err(format!(
+                "the vocabulary has {} tokens, the table {size}",
+                tokens.len()
+            ));
+        }
+        let vocab: HashMap<String, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(id, token)| (token.to_string(), id as u32))
+            .collect();
+        let unknown = *vocab
+            .get("[UNK]")
+            .ok_or("the vocabulary has no [UNK] token")?;
+        let table = table[16..]
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect();
+        Ok(Self {
+            vocab,
+            unknown,
+            dimension,
+            table,
+        })
+    }
+
+    /// The model the CLI carries in its binary.
+    pub fn built_in() -> Self {
+        static VOCAB: &str = include_str!("../../models/minilm-static/vocab.txt");
+        static TABLE: &[u8] = include_bytes!("../../models/minilm-static/embeddings.bin");
+        Self::from_files(VOCAB, TABLE).expect("the built-in model decodes")
+    }
+
+    /// The vectors' dimension.
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// The WordPiece ids of `text` (no `[CLS]`/`[SEP]`).
+    pub fn token_ids(&self, text: &str) -> Vec<u32> {
+        let normalized = normalize(text);
+        let mut ids = Vec::new();
+        for word in pre_tokenize(&normalized) {
+            let chars: Vec<(usize, char)> = word.char_indices().collect();
+            if chars.len() > MAX_WORD_CHARS {
+                ids.push(self.unknown);
+                continue;
+            }
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            let mut piece = String::new();
+            while start < chars.len() {
+                let mut end = chars.len();
+                let mut found = None;
+                while start < end {
+                    let to = chars.get(end).map_or(word.len(), |(at, _)| *at);
+                    piece.clear();
+                    if start > 0 {
+                        piece.push_str("##");
+                    }
+                    piece.push_str(&word[chars[start].0..to]);
+                    found = self.vocab.get(&piece).copied();
+                    if found.is_some() {
+                        break;
+                    }
+                    end -= 1;
+                }
+                match found {
+                    Some(id) => pieces.push(id),
+                    None => {
+                        pieces.clear();
+                        pieces.push(self.unknown);
+                        break;
+                    }
+                }
+                start = end;
+            }
+            ids.extend(pieces);
+        }
+        ids
+    }
+
+    /// The unit-length embedding of `text` (zeros when no token has a row).
+    pub fn embed_text(&self, text: &str) -> Vec<f32> {
+        let mut sum = vec![0f64; self.dimension];
+        for id in self.token_ids(text) {
+            let row = &self.table[id as usize * self.dimension..][..self.dimension];
+            for (total, value) in sum.iter_mut().zip(row) {
+                *total += f64::from(*value);
+            }
+        }
+        let norm = sum.iter().map(|x| x * x).sum::<f64>().sqrt();
+        sum.iter()
+            .map(|x| if norm > 0.0 { (x / norm) as f32 } else { 0.0 })
+            .collect()
+    }
+}
+
+impl EmbedText for StaticEmbedder {
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
+        Box::pin(async move { Ok(texts.iter().map(|t| self.embed_text(t)).collect()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_and_vectors_match_the_python_reference() {
+        let model = StaticEmbedder::built_in();
+        assert_eq!(model.dimension(), 256);
+        let check: serde_json::Value =
+            serde_json::from_str(include_str!("../../models/minilm-static/check.json")).unwrap();
+        let samples = check["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 20);
+        for sample in samples {
+            let text = sample["text"].as_str().unwrap();
+            let ids: Vec<u32> = sample["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|id| id.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(model.token_ids(text), ids, "tokens of {text:?}");
+            let vector = model.embed_text(text);
+            for (d, expected) in sample["embedding_head"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+            {
+                let expected = expected.as_f64().unwrap() as f32;
+                assert!(
+                    (vector[d] - expected).abs() < 1e-5,
+                    "{text:?} component {d}: {} against {expected}",
+                    vector[d]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn meaning_not_words_ranks_the_notes() {
+        let model = StaticEmbedder::built_in();
+        let notes = [
+            "Pick up the kids from football practice at 5",
+            "Book flights to Lisbon for the conference",
+            "Buy a birthday present for Anna",
+        ];
+        let vectors: Vec<Vec<f32>> = notes.iter().map(|n| model.embed_text(n)).collect();
+        for (query, expected) in [("travel plans", 1), ("gift ideas", 2), ("soccer", 0)] {
+            let q = model.embed_text(query);
+            let best = (0..3)
+                .max_by(|a, b| {
+                    crate::index::dot(&q, &vectors[*a])
+                        .total_cmp(&crate::index::dot(&q, &vectors[*b]))
+                })
+                .unwrap();
+            assert_eq!(best, expected, "{query:?} found {:?}", notes[best]);
+        }
+    }
+
+    #[test]
+    fn bad_model_files_are_refused() {
+        assert!(StaticEmbedder::from_files("a\n", b"nope").is_err());
+        let mut table = MAGIC.to_vec();
+        table.extend_from_slice(&2u32.to_le_bytes());
+        table.extend_from_slice(&1u32.to_le_bytes());
+        table.extend_from_slice(&[0, 0]);
+        assert!(
+            StaticEmbedder::from_files("[UNK]\nb\n", &table).is_err(),
+            "short table"
+        );
+        table.extend_from_slice(&[0, 0x3C]);
+        assert!(
+            StaticEmbedder::from_files("[UNK]\n", &table).is_err(),
+            "vocabulary too short"
+        );
+        let model = StaticEmbedder::from_files("[UNK]\nb\n", &table).unwrap();
+        assert_eq!(model.embed_text("b"), vec![1.0]);
+        assert_eq!(model.embed_text(""), vec![0.0], "no token: zeros");
+    }
+}
