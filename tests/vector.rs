@@ -530,3 +530,65 @@ fn several_segments_keep_the_default_recall_on_real_embeddings() {
     assert!(one >= 0.95, "one segment: recall {one}");
     assert!(ten >= 0.95, "ten segments: recall {ten}");
 }
+
+#[tokio::test]
+async fn a_database_keeps_the_model_that_filled_it_and_refuses_another() {
+    use pluresdb::index::StaticEmbedder;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.db");
+    let with = |embedder: Option<Arc<dyn pluresdb::EmbedText>>| OpenOptions {
+        embedder,
+        ..OpenOptions::default()
+    };
+    let hash: Arc<dyn pluresdb::EmbedText> = Arc::new(HashEmbedder::new(256));
+    let db = Database::open(
+        SqliteStorage::open(&path).unwrap(),
+        with(Some(hash.clone())),
+    )
+    .await
+    .unwrap();
+    db.put("n1", json!({ "text": "Book flights to Lisbon" }))
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    // Another model of the same dimension: refused, nothing changed.
+    let error = Database::open(
+        SqliteStorage::open(&path).unwrap(),
+        with(Some(Arc::new(StaticEmbedder::built_in()))),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.name(), ErrorName::InvalidInput);
+    let message = error.to_string();
+    assert!(
+        message.contains("hash@1/256") && message.contains("minilm-static@1"),
+        "{message}"
+    );
+    // The same model, or none (vectors given by hand), opens.
+    for embedder in [Some(hash), None] {
+        let db = Database::open(SqliteStorage::open(&path).unwrap(), with(embedder))
+            .await
+            .unwrap();
+        assert_eq!(db.index_stats().vectors, 1);
+        db.close().await.unwrap();
+    }
+    // A new database remembers the built-in model, which then opens it.
+    let other = dir.path().join("other.db");
+    let fresh = || with(Some(Arc::new(StaticEmbedder::built_in())));
+    let db = Database::open(SqliteStorage::open(&other).unwrap(), fresh())
+        .await
+        .unwrap();
+    db.put("n1", json!({ "text": "Book flights to Lisbon" }))
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    let db = Database::open(SqliteStorage::open(&other).unwrap(), fresh())
+        .await
+        .unwrap();
+    let hits = db
+        .search(&SearchRequest::text("travel plans"))
+        .await
+        .unwrap();
+    assert_eq!(hits[0].id, "n1");
+    db.close().await.unwrap();
+}

@@ -20,7 +20,7 @@ use crate::crdt::{
     decode_operations, validate_id, ActorId, Change, ChangeKind, CrdtOperation, CrdtStore,
     Document, Record, Version, VersionVector,
 };
-use crate::error::{Error, Result, StorageError};
+use crate::error::{Error, InputError, Result, StorageError};
 use crate::index::{IndexConfig, VectorIndex};
 use crate::platform::{self, SystemClock, WallClock};
 use crate::query::Query;
@@ -357,6 +357,23 @@ impl<S: Storage> Database<S> {
         }
         if stored_actor.is_none() && lease.is_exclusive() {
             meta.push((slot_key, actor.as_bytes().to_vec()));
+        }
+        // One model per database: vectors of two models are not comparable
+        // (even at one dimension), so a database remembers the named model
+        // that filled it and refuses another.
+        if let Some(model) = options.embedder.as_ref().and_then(|e| e.model()) {
+            match loaded.meta.get(meta_keys::EMBEDDER) {
+                Some(stored) if stored.as_slice() != model.as_bytes() => {
+                    return Err(Error::Input(InputError::InvalidArgument(format!(
+                        "this database's vectors were made by the embedder `{}`; opening it with `{model}` would mix vectors that cannot be compared. Open it with the same embedder, or copy the records into a new database",
+                        String::from_utf8_lossy(stored)
+                    ))));
+                }
+                None if index.is_empty() => {
+                    meta.push((meta_keys::EMBEDDER.to_owned(), model.into_bytes()))
+                }
+                _ => {}
+            }
         }
         let mut generation = loaded.generation;
         if !meta.is_empty() || !dropped_segments.is_empty() {

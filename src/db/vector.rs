@@ -23,6 +23,13 @@ pub trait EmbedText: MaybeSend + MaybeSync {
         &'a self,
         texts: &'a [String],
     ) -> BoxFuture<'a, std::result::Result<Vec<Vec<f32>>, String>>;
+
+    /// The model's name and version (`minilm-static@1`, `hash@1/256`), when
+    /// it has one: a database remembers the model that filled it and
+    /// refuses to open with another, whose vectors would not be comparable.
+    fn model(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What to search with.

@@ -87,6 +87,10 @@ impl EmbedText for HashEmbedder {
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
         Box::pin(async move { Ok(texts.iter().map(|t| self.embed_text(t)).collect()) })
     }
+
+    fn model(&self) -> Option<String> {
+        Some(format!("hash@1/{}", self.dimension))
+    }
 }
 
 #[cfg(test)]

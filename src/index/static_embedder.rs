@@ -232,6 +232,10 @@ impl EmbedText for StaticEmbedder {
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
         Box::pin(async move { Ok(texts.iter().map(|t| self.embed_text(t)).collect()) })
     }
+
+    fn model(&self) -> Option<String> {
+        Some(STATIC_MODEL.into())
+    }
 }
 
 #[cfg(test)]

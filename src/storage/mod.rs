@@ -60,6 +60,9 @@ pub mod meta_keys {
     /// cursor), `sync/published/<transport>` (the version vector that
     /// transport stored so far).
     pub const SYNC_PREFIX: &str = "sync/";
+    /// The embedding model that filled the database (`minilm-static@1`),
+    /// written when a named embedder first opens an empty index.
+    pub const EMBEDDER: &str = "embedder";
 
     /// The metadata key of actor slot `slot`.
     pub fn slot(slot: u32) -> String {

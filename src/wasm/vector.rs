@@ -33,11 +33,16 @@ pub(crate) fn vector_from_js(value: &JsValue, what: &str) -> Result<Vec<f32>, Js
 /// An embedder written in JavaScript: `async (texts) => Float32Array[]`.
 pub(crate) struct JsEmbedder {
     function: Function,
+    /// The function's `modelName` property, which the built-in loaders set.
+    model: Option<String>,
 }
 
 impl JsEmbedder {
     pub(crate) fn new(function: Function) -> Self {
-        Self { function }
+        let model = js_sys::Reflect::get(&function, &"modelName".into())
+            .ok()
+            .and_then(|name| name.as_string());
+        Self { function, model }
     }
 
     async fn call(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
@@ -75,6 +80,10 @@ impl JsEmbedder {
 impl EmbedText for JsEmbedder {
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
         Box::pin(self.call(texts))
+    }
+
+    fn model(&self) -> Option<String> {
+        self.model.clone()
     }
 }
 
