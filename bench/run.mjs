@@ -14,6 +14,7 @@ import { startStaticServer } from './lib/server.mjs';
 import { runCriterion } from './suites/native.mjs';
 import { runStorageSuite } from './suites/storage.mjs';
 import { runVectorSuite } from './suites/vector.mjs';
+import { runEmbedSuite } from './suites/embed.mjs';
 import { runSyncSuite } from './suites/sync.mjs';
 import { runSizeSuite } from './suites/size.mjs';
 import { runIdleSuite } from './suites/idle.mjs';
@@ -24,7 +25,7 @@ const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const runsArg = args.indexOf('--runs');
 const runs = runsArg >= 0 ? Number(args[runsArg + 1]) : quick ? 3 : 5;
-const allSuites = ['storage', 'vector', 'sync', 'idle', 'size', 'native'];
+const allSuites = ['storage', 'vector', 'embed', 'sync', 'idle', 'size', 'native'];
 const requested = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--runs');
 const suites = requested.length ? requested : allSuites;
 for (const suite of suites) {
@@ -74,7 +75,7 @@ const results = {
   suites: { ...(previous.suites ?? {}) },
 };
 
-const needsBrowser = suites.some((s) => ['storage', 'vector'].includes(s));
+const needsBrowser = suites.some((s) => ['storage', 'vector', 'embed'].includes(s));
 let server;
 let browser;
 try {
@@ -90,6 +91,8 @@ try {
       results.suites.storage = await runStorageSuite({ context: browser.context, baseUrl: server.url, runs, quick });
     } else if (suite === 'vector') {
       results.suites.vector = await runVectorSuite({ context: browser.context, baseUrl: server.url, quick });
+    } else if (suite === 'embed') {
+      results.suites.embed = await runEmbedSuite({ context: browser.context, baseUrl: server.url, root, runs, quick });
     } else if (suite === 'sync') {
       results.suites.sync = runSyncSuite(root, quick);
     } else if (suite === 'idle') {

@@ -180,6 +180,30 @@ function vectorSection(docsDir, v) {
   return out.join('\n');
 }
 
+function embedSection(docsDir, e) {
+  if (!e) return '';
+  const out = [`## Embedding text (built-in models)${e.quick ? ' — quick run' : ''}`, ''];
+  out.push(`${e.count.toLocaleString('en-US')} short real sentences (the held-out queries of \`bench/data/corpus.txt\`, 69 characters on average), one embedding each; measured ${e.measuredAt}. ` +
+    'In the browser every run starts a fresh dedicated Worker that loads the model from the package over HTTP (from this machine, so download time is local) and then embeds; natively `cargo run --release --example embed_speed`; the Python reference is sentence-transformers\' all-MiniLM-L6-v2 (the full transformer, the model `minilm-static` is distilled from) on CPU, 2 threads, batches of 32. Median (min–max) over the runs.', '');
+  const rates = (values) => spread(values);
+  const browser = e.browser.runs;
+  const rows = [
+    ['`minilm-static`, browser Worker (JavaScript)', rates(browser.map((r) => r.staticPerSecond)), `${spread(browser.map((r) => r.readyMs))} ms to ready`],
+    ['`minilm-static`, native (Rust)', rates(e.native.static), `${fmt(e.native.loadMs, 0)} ms to decode the built-in table`],
+    ['`hash`, browser Worker (WebAssembly)', rates(browser.map((r) => r.hashPerSecond)), '–'],
+    ['`hash`, native', rates(e.native.hash), '–'],
+    e.python.skipped
+      ? ['all-MiniLM-L6-v2, Python reference', e.python.skipped, '–']
+      : ['all-MiniLM-L6-v2, Python reference (torch ' + e.python.torch + ')', rates(e.python.perSecond), `${fmt(e.python.loadMs, 0)} ms to load`],
+  ];
+  out.push(table(['embedder', 'sentences/s', 'first load'], rows), '');
+  const bytes = Object.values(e.modelBytes).reduce((a, b) => a + b, 0);
+  out.push(`The model's files: ${fmt(bytes / 1e6, 1)} MB (\`vocab.txt\` and the half-float table), fetched once and cached by the demo's service worker; never part of the \`.wasm\`. ` +
+    'Quality is in `models/minilm-static/README.md`: recall@10 0.283 against the full model\'s top 10 on the benchmark corpus. ' +
+    `Targets (issue #27): a static model ≥ 2,000 sentences/s in the browser (measured ${fmt(median(browser.map((r) => r.staticPerSecond)), 0)}), the default model ≤ 25 MB (${fmt(bytes / 1e6, 1)} MB).`, '');
+  return out.join('\n');
+}
+
 function syncSection(docsDir, s) {
   if (!s) return '';
   const out = [`## Sync through a loopback relay (native)${s.quick ? ' — quick run' : ''}`, '', `Measured ${s.measuredAt} with \`benches/sync.rs\`: two databases on SQLite, the relay in the same process, all on 127.0.0.1.`, ''];
@@ -284,6 +308,7 @@ export function writeMarkdown(root, results) {
     '',
     storageSection(docsDir, results.suites?.storage),
     vectorSection(docsDir, results.suites?.vector),
+    embedSection(docsDir, results.suites?.embed),
     syncSection(docsDir, results.suites?.sync),
     idleSection(docsDir, results.suites?.idle),
     sizeSection(docsDir, results.suites?.size),

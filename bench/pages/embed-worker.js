@@ -1,0 +1,25 @@
+// One run of the browser embedding benchmark, in a fresh Worker: time to
+// load the built-in model (the package's files over HTTP, decoded), then
+// sentences per second for it and for the hash embedder.
+import init, { hashEmbed } from '/pkg/pluresdb.js';
+
+self.onmessage = async ({ data: { sentences } }) => {
+  try {
+    const start = performance.now();
+    const { loadEmbedder } = await import('/pkg/embedders.js');
+    const embed = await loadEmbedder('minilm-static');
+    const readyMs = performance.now() - start;
+    await embed(sentences.slice(0, 20)); // warm up the JIT
+    let t = performance.now();
+    await embed(sentences);
+    const staticPerSecond = (sentences.length / (performance.now() - t)) * 1000;
+    await init();
+    hashEmbed(sentences.slice(0, 20), 256);
+    t = performance.now();
+    hashEmbed(sentences, 256);
+    const hashPerSecond = (sentences.length / (performance.now() - t)) * 1000;
+    self.postMessage({ readyMs, staticPerSecond, hashPerSecond });
+  } catch (error) {
+    self.postMessage({ error: String(error?.stack ?? error) });
+  }
+};
