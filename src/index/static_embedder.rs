@@ -297,6 +297,20 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any text, from any script or none, embeds without a panic to a
+        /// unit vector or to zeros (texts arrive from the network: HTTP
+        /// search, synced records).
+        #[test]
+        fn any_text_embeds_to_a_unit_vector_or_zeros(text in "\\PC{0,80}|[\\x00-\\u{FFFF}]{0,40}") {
+            static MODEL: std::sync::OnceLock<StaticEmbedder> = std::sync::OnceLock::new();
+            let model = MODEL.get_or_init(StaticEmbedder::built_in);
+            let vector = model.embed_text(&text);
+            let norm: f32 = vector.iter().map(|x| x * x).sum();
+            proptest::prop_assert!(norm == 0.0 || (norm - 1.0).abs() < 1e-4, "norm {norm}");
+        }
+    }
+
     #[test]
     fn bad_model_files_are_refused() {
         assert!(StaticEmbedder::from_files("a\n", b"nope").is_err());
