@@ -115,6 +115,12 @@ function realVectorSection(docsDir, real, measuredAt, quick) {
   out.push('Memory is each library\'s whole WebAssembly memory once its index is built (the peak: WebAssembly memory never shrinks), and how much it grew during the build. ' +
     'hnswlib-wasm starts with a heap that already has room, so its growth understates what it holds; the whole memory is the fair figure. ' +
     `PluresDB's holds the records too (ids, versions, the embeddings themselves, which the index shares instead of copying). The raw vectors alone are ${mib(first.count * first.dim * 4)}.`, '');
+  const p = first.contenders.pluresdb.build;
+  if (p.stats?.graphBytes !== undefined && p.memoryInserted !== undefined) {
+    out.push(`Where PluresDB's ${mib(p.memoryTotal)} go (memory storage, from \`indexStats()\` and the module's memory between the steps): ` +
+      `${mib(p.memoryTotal - p.memoryBytes)} before the database opened; ${mib(p.memoryInserted)} once every record is stored, of which ${mib(p.stats.vectorBytes)} are the embeddings (held once, by the records and the index) and the rest records, ids and versions; ` +
+      `the HNSW graph ${mib(p.stats.graphBytes)} (byte-quantised vectors, links, id table); the remaining ${mib(p.memoryBytes - p.memoryInserted - p.stats.graphBytes)} is the peak of building and encoding the segment for storage.`, '');
+  }
   const efs = Object.keys(first.contenders.pluresdb.queries);
   const rows = efs.map((ef) => {
     const row = [ef === 'default' ? 'default' : ef];

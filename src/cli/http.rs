@@ -469,7 +469,7 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Json<Value>> {
         "conflicts": stats.conflicted,
         "actor": state.db.actor().to_string(),
         "actors": state.db.version_vector().len(),
-        "index": { "dimension": index.dimension, "vectors": index.vectors, "segments": index.segments },
+        "index": { "dimension": index.dimension, "vectors": index.vectors, "segments": index.segments, "graphBytes": index.graph_bytes, "vectorBytes": index.vector_bytes },
         "sync": state.db.sync_identity().is_some(),
     })))
 }

@@ -196,6 +196,13 @@ pub struct IndexStats {
     pub growing: usize,
     /// Live vectors per sealed segment.
     pub segments: Vec<usize>,
+    /// Memory of the HNSW graphs: quantised vectors, links, id tables
+    /// (the sealed segments' own bytes).
+    pub graph_bytes: usize,
+    /// Memory of the exact `f32` vectors of live entries. A unit-length
+    /// embedding is shared with its record, so this is not in addition to
+    /// the records' memory.
+    pub vector_bytes: usize,
 }
 
 /// The vector index of one database.
@@ -277,6 +284,8 @@ impl VectorIndex {
             vectors: self.located.len(),
             growing: self.growing.len(),
             segments: self.segments.iter().map(|(_, s)| s.live()).collect(),
+            graph_bytes: self.segments.iter().map(|(_, s)| s.heap_bytes()).sum(),
+            vector_bytes: self.located.len() * self.dimension.unwrap_or(0) * 4,
         }
     }
 

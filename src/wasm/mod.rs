@@ -468,7 +468,8 @@ impl PluresDB {
         })
     }
 
-    /// Vector index sizes: `{ dimension, vectors, growing, segments }`.
+    /// Vector index sizes: `{ dimension, vectors, growing, segments,
+    /// graphBytes, vectorBytes }`.
     #[wasm_bindgen(js_name = indexStats, unchecked_return_type = "IndexStats")]
     pub fn index_stats(&self) -> Result<JsValue, JsValue> {
         check_usable()?;
@@ -494,6 +495,16 @@ impl PluresDB {
             .map(|n| JsValue::from(*n as u32))
             .collect();
         Reflect::set(&out, &"segments".into(), &segments)?;
+        Reflect::set(
+            &out,
+            &"graphBytes".into(),
+            &JsValue::from(stats.graph_bytes as f64),
+        )?;
+        Reflect::set(
+            &out,
+            &"vectorBytes".into(),
+            &JsValue::from(stats.vector_bytes as f64),
+        )?;
         Ok(out.into())
     }
 

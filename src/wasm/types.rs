@@ -164,6 +164,10 @@ export interface IndexStats {
   vectors: number;
   growing: number;
   segments: number[];
+  /** Memory of the HNSW graphs: quantised vectors, links, id tables. */
+  graphBytes: number;
+  /** Memory of the exact vectors (shared with the records when unit length, not in addition). */
+  vectorBytes: number;
 }
 
 /** Where a sync stands. */

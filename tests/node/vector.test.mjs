@@ -25,6 +25,9 @@ test('putWithEmbedding and search by vector, with k, minScore and filter', async
   assert.equal(stats.dimension, 32);
   assert.equal(stats.vectors, 300);
   assert.ok(stats.segments.length >= 1, JSON.stringify(stats));
+  // Memory: the exact vectors, and graphs of at least one code byte per component.
+  assert.equal(stats.vectorBytes, 300 * 32 * 4);
+  assert.ok(stats.graphBytes >= 300 * 32, JSON.stringify(stats));
 
   const hits = await db.search(randomVector(43, 32), { k: 5 });
   assert.equal(hits.length, 5);
