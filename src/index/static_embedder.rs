@@ -22,6 +22,10 @@ use crate::platform::BoxFuture;
 pub const STATIC_MODEL: &str = "minilm-static@1";
 const MAGIC: &[u8; 8] = b"PLDBSTM1";
 const MAX_WORD_CHARS: usize = 100;
+/// Tokens of a text that count, as a transformer reads at most so many
+/// (MiniLM itself 256); beyond them a text costs no more to embed, however
+/// long a request made it.
+pub const MAX_TOKENS: usize = 512;
 
 /// A static embedding model: a WordPiece vocabulary and one row per token.
 pub struct StaticEmbedder {
@@ -168,7 +172,8 @@ impl StaticEmbedder {
         self.dimension
     }
 
-    /// The WordPiece ids of `text` (no `[CLS]`/`[SEP]`).
+    /// The WordPiece ids of `text` (no `[CLS]`/`[SEP]`), at most
+    /// [`MAX_TOKENS`].
     pub fn token_ids(&self, text: &str) -> Vec<u32> {
         let normalized = normalize(text);
         let mut ids = Vec::new();
@@ -208,6 +213,10 @@ impl StaticEmbedder {
                 start = end;
             }
             ids.extend(pieces);
+            if ids.len() >= MAX_TOKENS {
+                ids.truncate(MAX_TOKENS);
+                break;
+            }
         }
         ids
     }
@@ -309,6 +318,24 @@ mod tests {
             let norm: f32 = vector.iter().map(|x| x * x).sum();
             proptest::prop_assert!(norm == 0.0 || (norm - 1.0).abs() < 1e-4, "norm {norm}");
         }
+    }
+
+    #[test]
+    fn only_the_first_512_tokens_count() {
+        let model = StaticEmbedder::built_in();
+        // A text as large as an HTTP body may be (16 MiB), starting with
+        // words of 100 characters that split into single letters, the
+        // tokenizer's worst case.
+        let word = "q".repeat(99) + "x";
+        let head = [word.as_str(); 6].join(" ");
+        assert!(model.token_ids(&head).len() >= MAX_TOKENS);
+        // What follows the first 512 tokens changes nothing.
+        let tail = vec!["book flights to lisbon"; 800_000].join(" ");
+        let huge = format!("{head} {tail}");
+        assert!(huge.len() > 16 << 20);
+        assert_eq!(model.token_ids(&huge).len(), MAX_TOKENS);
+        assert_eq!(model.embed_text(&huge), model.embed_text(&head));
+        assert_ne!(model.embed_text(&tail), model.embed_text(&head));
     }
 
     #[test]

@@ -12,6 +12,9 @@
 export const STATIC_MODEL = 'minilm-static';
 const MAGIC = 'PLDBSTM1';
 const MAX_WORD_CHARS = 100;
+// Tokens of a text that count (as src/index/static_embedder.rs): a text
+// costs no more to embed past them, however long.
+const MAX_TOKENS = 512;
 
 /** Where the package keeps its models (this file is `snippets/<crate>/src/wasm/embedders.js`). */
 function defaultModelUrl(name) {
@@ -109,7 +112,7 @@ function preTokenize(text) {
   return words;
 }
 
-/** WordPiece ids of a text (no [CLS]/[SEP]). */
+/** WordPiece ids of a text (no [CLS]/[SEP]), at most MAX_TOKENS. */
 export function wordPieceIds(vocab, unknown, text) {
   const ids = [];
   for (const word of preTokenize(normalize(String(text)))) {
@@ -139,6 +142,7 @@ export function wordPieceIds(vocab, unknown, text) {
     }
     if (failed) ids.push(unknown);
     else ids.push(...pieces);
+    if (ids.length >= MAX_TOKENS) return ids.slice(0, MAX_TOKENS);
   }
   return ids;
 }

@@ -50,6 +50,17 @@ test('minilm-static finds a quarter of MiniLM\'s true top 10 on 300 real queries
   assert.ok(recall >= 0.25, `recall@10 ${recall}`);
 });
 
+test('minilm-static reads only the first 512 tokens of a text, however long', async () => {
+  const embed = await loadEmbedder(STATIC_MODEL);
+  const word = `${'q'.repeat(99)}x`;
+  // 6 words of 100 single-letter pieces pass 512 tokens; what follows changes nothing.
+  const head = Array(6).fill(word).join(' ');
+  const tail = Array(100000).fill('book flights to lisbon').join(' ');
+  const [headVector, hugeVector, tailVector] = await embed([head, `${head} ${tail}`, tail]);
+  assert.deepEqual(hugeVector, headVector);
+  assert.notDeepEqual(tailVector, headVector);
+});
+
 test("embedder: 'minilm-static' by name: 'travel plans' finds the Lisbon note", async () => {
   const db = await PluresDB.open('node-minilm', { storage: 'memory', embedder: 'minilm-static', embedFields: ['text'] });
   await db.put('kids', { text: 'Pick up the kids from football practice at 5' });
