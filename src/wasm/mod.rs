@@ -474,37 +474,28 @@ impl PluresDB {
     pub fn index_stats(&self) -> Result<JsValue, JsValue> {
         check_usable()?;
         let stats = self.db.index_stats();
-        let out = Object::new();
-        let dimension = stats
-            .dimension
-            .map_or(JsValue::NULL, |d| JsValue::from(d as u32));
-        Reflect::set(&out, &"dimension".into(), &dimension)?;
-        Reflect::set(
-            &out,
-            &"vectors".into(),
-            &JsValue::from(stats.vectors as u32),
-        )?;
-        Reflect::set(
-            &out,
-            &"growing".into(),
-            &JsValue::from(stats.growing as u32),
-        )?;
         let segments: Array = stats
             .segments
             .iter()
             .map(|n| JsValue::from(*n as u32))
             .collect();
-        Reflect::set(&out, &"segments".into(), &segments)?;
-        Reflect::set(
-            &out,
-            &"graphBytes".into(),
-            &JsValue::from(stats.graph_bytes as f64),
-        )?;
-        Reflect::set(
-            &out,
-            &"vectorBytes".into(),
-            &JsValue::from(stats.vector_bytes as f64),
-        )?;
+        let fields: [(&str, JsValue); 6] = [
+            (
+                "dimension",
+                stats
+                    .dimension
+                    .map_or(JsValue::NULL, |d| JsValue::from(d as u32)),
+            ),
+            ("vectors", JsValue::from(stats.vectors as u32)),
+            ("growing", JsValue::from(stats.growing as u32)),
+            ("segments", segments.into()),
+            ("graphBytes", JsValue::from(stats.graph_bytes as f64)),
+            ("vectorBytes", JsValue::from(stats.vector_bytes as f64)),
+        ];
+        let out = Object::new();
+        for (key, value) in fields {
+            Reflect::set(&out, &key.into(), &value)?;
+        }
         Ok(out.into())
     }
 
