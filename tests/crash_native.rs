@@ -100,14 +100,28 @@ fn acknowledged_writes_survive_kill_9() {
             .spawn()
             .expect("child starts");
         let stdout = child.stdout.take().unwrap();
+        let (first_ack_tx, first_ack) = std::sync::mpsc::channel::<()>();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|line| line.strip_prefix("ack ").map(str::to_owned))
-                .collect::<Vec<String>>()
+            let mut acked = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(id) = line.strip_prefix("ack ") {
+                    if acked.is_empty() {
+                        let _ = first_ack_tx.send(());
+                    }
+                    acked.push(id.to_owned());
+                }
+            }
+            acked
         });
-        // Let it write for 150-650 ms, then kill it mid-flight.
+        // Opening the file takes longer as it grows (every record is
+        // loaded), so the kill timer starts at the child's first
+        // acknowledged write: then it writes for 150-650 ms and is killed
+        // mid-flight.
+        first_ack
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| {
+                panic!("round {round}: the child exited or acknowledged nothing within 120 s")
+            });
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
