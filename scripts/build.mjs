@@ -7,6 +7,7 @@ import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFi
 import { gzipSync } from 'node:zlib';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { platformTriple } from '../pkg-template/platform.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const pkg = join(root, 'pkg');
@@ -42,7 +43,7 @@ run('wasm-bindgen', [
   join(root, 'target', target, 'wasm-release', 'pluresdb.wasm'),
 ]);
 
-for (const file of ['README.md', 'node.js', 'worker.js', 'worker.d.ts', 'worker-host.js', 'hyperswarm.js', 'hyperswarm.d.ts']) {
+for (const file of ['README.md', 'node.js', 'node.d.ts', 'node-wasm.js', 'node-addon.js', 'platform.js', 'worker.js', 'worker.d.ts', 'worker-host.js', 'hyperswarm.js', 'hyperswarm.d.ts']) {
   cpSync(join(root, 'pkg-template', file), join(pkg, file));
 }
 // Built-in models: separate assets, fetched only when a database asks for
@@ -56,9 +57,43 @@ const [crateSnippets] = readdirSync(snippets).filter((dir) => dir.startsWith('pl
 writeFileSync(join(pkg, 'embedders.js'),
   `// Built-in embedders (see README.md, "Search by meaning, offline").\nexport * from './snippets/${crateSnippets}/src/wasm/embedders.js';\n`);
 cpSync(join(root, 'pkg-template', 'embedders.d.ts'), join(pkg, 'embedders.d.ts'));
+// The JSON checks the .wasm uses, for the native addon's wrapper too.
+writeFileSync(join(pkg, 'json.js'),
+  `// JSON validation shared by the WebAssembly build and the native addon.\nexport * from './snippets/${crateSnippets}/src/wasm/json.js';\n`);
 const manifest = JSON.parse(readFileSync(join(root, 'pkg-template', 'package.json'), 'utf8'));
 manifest.version = crateVersion();
+// The prebuilt addons ship as one package per platform, at this version.
+for (const name of Object.keys(manifest.optionalDependencies ?? {})) manifest.optionalDependencies[name] = manifest.version;
 writeFileSync(join(pkg, 'package.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+
+// The Node addon for this machine's platform (crates/node): beside node.js
+// as `pluresdb.<triple>.node`, and as the per-platform package
+// `pkg-native/<triple>/` (`pluresdb-<triple>`, one of the main package's
+// optionalDependencies) that a release publishes for every platform.
+const triple = platformTriple();
+console.log(`build: compiling the Node addon for ${triple}`);
+run('cargo', ['build', '--quiet', '-p', 'pluresdb-node', '--profile', 'node-addon']);
+const library = { win32: 'pluresdb_node.dll', darwin: 'libpluresdb_node.dylib' }[process.platform] ?? 'libpluresdb_node.so';
+const addonFile = `pluresdb.${triple}.node`;
+cpSync(join(root, 'target', 'node-addon', library), join(pkg, addonFile));
+const platformDir = join(root, 'pkg-native', triple);
+rmSync(platformDir, { recursive: true, force: true });
+mkdirSync(platformDir, { recursive: true });
+cpSync(join(pkg, addonFile), join(platformDir, addonFile));
+const [os, cpu, abi] = triple.split('-');
+writeFileSync(join(platformDir, 'package.json'), `${JSON.stringify({
+  name: `pluresdb-${triple}`,
+  version: crateVersion(),
+  description: `PluresDB's native addon (SQLite) for ${triple}; installed by \`pluresdb\` as an optional dependency.`,
+  main: addonFile,
+  files: [addonFile],
+  os: [os],
+  cpu: [cpu],
+  ...(os === 'linux' ? { libc: [abi === 'musl' ? 'musl' : 'glibc'] } : {}),
+  license: 'MIT OR Apache-2.0',
+  engines: { node: '>=20' },
+}, null, 2)}\n`);
+console.log(`build: pkg/${addonFile} and pkg-native/${triple}/ (${kib(statSync(join(pkg, addonFile)).size)})`);
 
 const wasm = join(pkg, 'pluresdb_bg.wasm');
 const before = statSync(wasm).size;

@@ -50,9 +50,9 @@ pub mod hyperswarm;
 pub mod relay;
 
 pub use db::{
-    text_of, CommittedBatch, Database, DatabaseStats, EmbedText, EmbeddedEntry, ListOptions,
-    OpenOptions, Origin, Page, SearchHit, SearchQuery, SearchRequest, SyncEvent, SyncHandle,
-    SyncState, SyncStatus,
+    next_change_under, text_of, CommittedBatch, Database, DatabaseStats, EmbedText, EmbeddedEntry,
+    ListOptions, OpenOptions, Origin, Page, SearchHit, SearchQuery, SearchRequest, SyncEvent,
+    SyncHandle, SyncState, SyncStatus,
 };
 pub use error::{Error, Result};
 pub use query::Query;

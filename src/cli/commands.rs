@@ -257,14 +257,6 @@ enum SyncVia {
     },
 }
 
-/// The public HyperDHT bootstrap nodes (as npm `hyperdht` lists them).
-#[cfg_attr(not(feature = "hyperswarm"), allow(dead_code))]
-const PUBLIC_BOOTSTRAP: [&str; 3] = [
-    "88.99.3.86:49737",
-    "142.93.90.113:49737",
-    "138.68.147.8:49737",
-];
-
 async fn sync(
     db: &Database<SqliteStorage>,
     via: SyncVia,
@@ -289,10 +281,7 @@ async fn sync(
             bind,
         } => {
             if bootstrap.is_empty() {
-                bootstrap = PUBLIC_BOOTSTRAP
-                    .iter()
-                    .filter_map(|node| node.parse().ok())
-                    .collect();
+                bootstrap = crate::transport::hyperswarm::PUBLIC_BOOTSTRAP.to_vec();
             }
             let connector = crate::transport::HyperswarmConnector::new(bind, bootstrap);
             eprintln!(

@@ -104,6 +104,17 @@ impl Document {
         Ok(Self::from_text(text))
     }
 
+    /// Wraps JSON text as it is (not canonicalised, like
+    /// `from_stringified`) after checking that it is valid JSON: for
+    /// bindings whose glue writes the text with `JSON.stringify`, such as
+    /// the Node addon, which must not trust its callers.
+    pub fn from_json_text(text: String) -> Result<Self, InputError> {
+        Self::check_size(text.len())?;
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)
+            .map_err(|e| InputError::InvalidDocument(format!("not valid JSON: {e}")))?;
+        Ok(Self::from_text(text))
+    }
+
     fn check_size(len: usize) -> Result<(), InputError> {
         if len > MAX_DOCUMENT_BYTES {
             return Err(InputError::TooLarge {

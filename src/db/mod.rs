@@ -61,6 +61,46 @@ pub enum SyncEvent {
     },
 }
 
+impl SyncEvent {
+    /// The JavaScript API's `{ kind, id }`: `upsert`, `delete`,
+    /// `peer-connected` or `peer-disconnected`, and the record or peer id.
+    pub fn kind_and_id(&self) -> (&'static str, &str) {
+        match self {
+            SyncEvent::Upsert { id } => ("upsert", id),
+            SyncEvent::Delete { id } => ("delete", id),
+            SyncEvent::PeerConnected { peer } => ("peer-connected", peer),
+            SyncEvent::PeerDisconnected { peer } => ("peer-disconnected", peer),
+        }
+    }
+
+    /// Whether a live query over ids starting with `prefix` must look again.
+    pub fn changes_prefix(&self, prefix: &str) -> bool {
+        match self {
+            SyncEvent::Upsert { id } | SyncEvent::Delete { id } => id.starts_with(prefix),
+            _ => false,
+        }
+    }
+}
+
+/// For live queries: waits until `events` brings a change to an id under
+/// `prefix`, then takes every event already queued (changes committed
+/// together cause one new result). `false` once the database is gone.
+pub async fn next_change_under(
+    events: &mut mpsc::UnboundedReceiver<SyncEvent>,
+    prefix: &str,
+) -> bool {
+    use futures::StreamExt;
+    loop {
+        match events.next().await {
+            None => return false,
+            Some(event) if event.changes_prefix(prefix) => break,
+            Some(_) => continue,
+        }
+    }
+    while let Ok(_queued) = events.try_recv() {}
+    true
+}
+
 /// Where a committed batch came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {

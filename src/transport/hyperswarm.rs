@@ -58,6 +58,13 @@ pub struct HyperswarmConnector {
     key_pair: KeyPair,
 }
 
+/// The public HyperDHT bootstrap nodes (as npm `hyperdht` lists them).
+pub const PUBLIC_BOOTSTRAP: [SocketAddrV4; 3] = [
+    SocketAddrV4::new(std::net::Ipv4Addr::new(88, 99, 3, 86), 49737),
+    SocketAddrV4::new(std::net::Ipv4Addr::new(142, 93, 90, 113), 49737),
+    SocketAddrV4::new(std::net::Ipv4Addr::new(138, 68, 147, 8), 49737),
+];
+
 impl HyperswarmConnector {
     /// A connector whose node binds `bind` (port 0 for any) and joins the
     /// DHT through `bootstrap`, with a fresh key pair.

@@ -14,7 +14,7 @@ use wasm_bindgen_futures::{future_to_promise, JsFuture};
 use crate::crdt::Document;
 use crate::error::{Error, InputError};
 use crate::storage::{IdbDurability, IndexedDbStorage, MemoryStorage, StorageHealth};
-use crate::{Database, ListOptions, OpenOptions, Query, SearchQuery, SearchRequest, SyncEvent};
+use crate::{Database, ListOptions, OpenOptions, Query, SearchQuery, SearchRequest};
 
 mod storage_choice;
 mod types;
@@ -605,22 +605,10 @@ impl PluresDB {
                     }
                     last = Some(result);
                 }
-                // Wait for a relevant change, then take every change
-                // already queued, so one commit means one call.
-                let relevant = |event: &SyncEvent| match event {
-                    SyncEvent::Upsert { id } | SyncEvent::Delete { id } => {
-                        id.starts_with(query.prefix.as_str())
-                    }
-                    _ => false,
-                };
-                loop {
-                    match events.next().await {
-                        None => return,
-                        Some(event) if relevant(&event) => break,
-                        Some(_) => continue,
-                    }
+                // One commit means one call.
+                if !crate::next_change_under(&mut events, &query.prefix).await {
+                    return;
                 }
-                while let Ok(_queued) = events.try_recv() {}
             }
         });
         let unwatch = Closure::once_into_js(move || active.set(false));
@@ -645,12 +633,7 @@ impl PluresDB {
                 if !still_active.get() {
                     break;
                 }
-                let (kind, id) = match &event {
-                    SyncEvent::Upsert { id } => ("upsert", id),
-                    SyncEvent::Delete { id } => ("delete", id),
-                    SyncEvent::PeerConnected { peer } => ("peer-connected", peer),
-                    SyncEvent::PeerDisconnected { peer } => ("peer-disconnected", peer),
-                };
+                let (kind, id) = event.kind_and_id();
                 let object = Object::new();
                 let _ = Reflect::set(&object, &"kind".into(), &kind.into());
                 let _ = Reflect::set(&object, &"id".into(), &JsValue::from_str(id));
@@ -680,10 +663,12 @@ impl PluresDB {
     /// or through a `SyncTransport` such as `hyperswarmTransport(swarm)`
     /// from `pluresdb/hyperswarm`, replacing any running sync. Writes made
     /// offline are sent when the connection comes back; it reconnects on
-    /// its own.
+    /// its own. (`{ hyperswarm }` is the Node addon's built-in transport;
+    /// this build refuses it with `InvalidInputError`.)
     pub fn sync(
         &self,
-        #[wasm_bindgen(unchecked_param_type = "string | SyncTransport")] via: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "string | SyncTransport | HyperswarmSyncOptions")]
+        via: JsValue,
     ) -> Result<(), JsValue> {
         check_usable()?;
         let handle = if let Some(relay_url) = via.as_string() {
@@ -694,6 +679,11 @@ impl PluresDB {
             }
             self.db
                 .sync(crate::transport::RelayConnector::new(relay_url))
+        } else if Reflect::has(&via, &"hyperswarm".into()).unwrap_or(false) {
+            return Err(invalid_input(
+                "{ hyperswarm } is the Node addon's built-in transport; the WebAssembly \
+                 build syncs over hyperswarmTransport(swarm) from pluresdb/hyperswarm",
+            ));
         } else {
             let connector = crate::transport::JsConnector::new(via).map_err(invalid_input)?;
             self.db.sync(connector)

@@ -12,8 +12,16 @@ export type JsonValue = null | boolean | number | string | JsonValue[] | { [key:
 
 /** Options of `PluresDB.open`. */
 export interface OpenOptions {
-  /** Where data lives: IndexedDB (default where available) or memory. */
-  storage?: 'indexeddb' | 'memory';
+  /**
+   * Where data lives: IndexedDB (the browser default) or memory; with the
+   * Node addon, a SQLite file (the Node default) or memory.
+   */
+  storage?: 'indexeddb' | 'sqlite' | 'memory';
+  /**
+   * The SQLite file (Node addon only); default `<data dir>/databases/<name>.db`,
+   * the data directory being `$PLURESDB_DATA_DIR` or the user's.
+   */
+  path?: string;
   /**
    * When an IndexedDB write counts as done. `'strict'` (default): once the
    * browser flushed it to disk; it survives the browser or the machine dying
@@ -187,7 +195,7 @@ export interface SyncStatus {
 
 /** What the browser says of the origin's storage (`navigator.storage`). */
 export interface StorageStatus {
-  storage: 'indexeddb' | 'memory';
+  storage: 'indexeddb' | 'sqlite' | 'memory';
   /** Persistent storage (not evicted under pressure without the user's consent); null where the scope cannot tell. */
   persisted: boolean | null;
   /** Persistence was asked for at open. */
@@ -236,6 +244,16 @@ export interface SyncTransportLink {
  * from `pluresdb/hyperswarm`. It has no backlog: peers that were offline
  * catch up when they connect.
  */
+/** Peer to peer over Hyperswarm with the Node addon's built-in transport. */
+export interface HyperswarmSyncOptions {
+  hyperswarm: {
+    /** HyperDHT bootstrap nodes, IPv4 `'host:port'` (default: the public ones). */
+    bootstrap?: string[];
+    /** Where the UDP socket binds, `'host:port'` (default: all interfaces, any port). */
+    bind?: string;
+  };
+}
+
 export interface SyncTransport {
   /** Shown in the sync status. */
   name?: string;

@@ -156,3 +156,47 @@ test('a browser and a native database sync through the same relay', async () => 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a Node replica on the native addon and a browser replica converge through one relay', async () => {
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { root } = await import('./harness.mjs');
+  const { PluresDB, backend } = await import(join(root, 'pkg', 'node.js'));
+  assert.equal(backend, 'native', 'the Node side runs on the addon');
+  const dir = mkdtempSync(join(tmpdir(), 'pluresdb-addon-'));
+  try {
+    const a = await page(first);
+    const invite = await a.evaluate(async (relay) => {
+      globalThis.db = await globalThis.api.PluresDB.open('browser-addon');
+      await globalThis.db.put('from-browser', { text: 'hello Node' });
+      const invite = await globalThis.db.createInvite();
+      globalThis.db.sync(relay);
+      return invite;
+    }, server.relayUrl);
+    const node = await PluresDB.open('node-addon', { path: join(dir, 'node.db'), invite });
+    assert.equal(node.storageKind, 'sqlite');
+    await node.put('from-node', { text: 'hello browser' });
+    node.sync(server.relayUrl);
+    const deadline = Date.now() + 20_000;
+    while ((await node.get('from-browser'))?.text !== 'hello Node') {
+      if (Date.now() > deadline) throw new Error(`Node never received the browser's record: ${JSON.stringify(node.syncStatus())}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    await waitFor(a, async () => (await globalThis.db.get('from-node'))?.text === 'hello browser');
+    // A live write each way after both are connected.
+    await node.put('live-node', { n: 1 });
+    await waitFor(a, async () => (await globalThis.db.get('live-node'))?.n === 1);
+    await a.evaluate(() => globalThis.db.put('live-browser', { n: 2 }));
+    while ((await node.get('live-browser'))?.n !== 2) {
+      if (Date.now() > deadline + 20_000) throw new Error('Node never received the live browser write');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.equal(node.syncStatus().state === 'synced' || node.syncStatus().state === 'syncing', true);
+    node.stopSync();
+    await node.close();
+    await a.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

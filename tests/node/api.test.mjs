@@ -1,14 +1,16 @@
-// The npm package in Node (memory storage): the JavaScript API end to end.
+// The npm package in Node: the JavaScript API end to end, on the native
+// addon (SQLite) or, with PLURESDB_NO_ADDON=1, the WebAssembly build
+// (memory); scripts/test runs every Node test file both ways.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import init, { PluresDB } from '../../pkg/node.js';
+import init, { PluresDB, backend } from '../../pkg/node.js';
 
 await init();
 
-test('opens in memory under Node', async () => {
+test('opens under Node: a SQLite file on the addon, memory on WebAssembly', async () => {
   const db = await PluresDB.open('node-open');
   assert.equal(db.name, 'node-open');
-  assert.equal(db.storageKind, 'memory');
+  assert.equal(db.storageKind, backend === 'native' ? 'sqlite' : 'memory');
   await db.close();
 });
 

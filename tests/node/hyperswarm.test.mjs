@@ -14,9 +14,12 @@ import { pathToFileURL } from 'node:url';
 import { format, promisify } from 'node:util';
 import createTestnet from 'hyperdht/testnet.js';
 import Hyperswarm from 'hyperswarm';
-import init, { PluresDB } from '../../pkg/node.js';
+// The adapter drives the WebAssembly build's `SyncTransport`, on both runs
+// of the suite; the addon's own transport is tested here too.
+import init, { PluresDB } from '../../pkg/node-wasm.js';
+import { backend, PluresDB as NodePluresDB } from '../../pkg/node.js';
 import { hyperswarmTransport } from '../../pkg/hyperswarm.js';
-import { root } from './relay.mjs';
+import { eventually, root } from './relay.mjs';
 import { codeBlocks, expectedOutput } from './markdown.mjs';
 
 const run = promisify(execFile);
@@ -34,17 +37,6 @@ after(async () => {
   await testnet?.destroy();
   if (scratch) rmSync(scratch, { recursive: true, force: true });
 });
-
-/** Polls `check` until it returns a truthy value, or fails after `ms`. */
-async function eventually(what, check, ms = 60_000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-}
 
 /** `pluresdb get` on the native database: the record's JSON, or undefined. */
 async function nativeGet(file, id) {
@@ -194,7 +186,7 @@ test('the npm README\'s Hyperswarm example runs and prints what it claims', asyn
   const printed = [];
   globalThis.__readmeLog = (...args) => printed.push(format(...args));
   const source = block
-    .replaceAll("from 'pluresdb'", `from '${pathToFileURL(join(root, 'pkg', 'node.js')).href}'`)
+    .replaceAll("from 'pluresdb/wasm'", `from '${pathToFileURL(join(root, 'pkg', 'node-wasm.js')).href}'`)
     .replaceAll("from 'pluresdb/hyperswarm'", `from '${pathToFileURL(join(root, 'pkg', 'hyperswarm.js')).href}'`)
     .replaceAll("from 'hyperswarm'", `from '${import.meta.resolve('hyperswarm')}'`)
     // Loopback only: the swarms join the local testnet, not the public DHT.
@@ -206,3 +198,23 @@ test('the npm README\'s Hyperswarm example runs and prints what it claims', asyn
   await import(pathToFileURL(file).href);
   assert.deepEqual(printed, expectedOutput(block));
 });
+
+test('the npm README\'s native Hyperswarm example runs on the addon and prints what it claims',
+  { skip: backend === 'native' ? false : 'the WebAssembly run has no addon' }, async () => {
+    const [block] = codeBlocks(readFileSync(join(root, 'pkg-template/README.md'), 'utf8'), 'js hyperswarm-native');
+    assert.ok(block, 'the package README has a `js hyperswarm-native` example');
+    assert.equal(NodePluresDB.backend.startsWith('native addon'), true);
+    const bootstrap = JSON.stringify(testnet.bootstrap.map(({ host, port }) => `${host}:${port}`));
+    const printed = [];
+    globalThis.__readmeLog = (...args) => printed.push(format(...args));
+    const source = block
+      .replaceAll("from 'pluresdb'", `from '${pathToFileURL(join(root, 'pkg', 'node.js')).href}'`)
+      // Loopback only: the replicas bootstrap from the local testnet.
+      .replaceAll('{ hyperswarm: {} }', `{ hyperswarm: { bootstrap: ${bootstrap}, bind: '127.0.0.1:0' } }`)
+      .replaceAll('console.log(', 'globalThis.__readmeLog(');
+    assert.notEqual(source, block);
+    const file = join(scratch, 'readme-hyperswarm-native.mjs');
+    writeFileSync(file, source);
+    await import(pathToFileURL(file).href);
+    assert.deepEqual(printed, expectedOutput(block));
+  });

@@ -1,5 +1,5 @@
-// A real `pluresdb relay` (the debug build) on a free loopback port, with its
-// backlog in a scratch directory, for the Node tests that sync.
+// Helpers of the Node tests: polling, and a real `pluresdb relay` (the debug
+// build) on a free loopback port with its backlog in a scratch directory.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -7,6 +7,17 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const root = fileURLToPath(new URL('../../', import.meta.url));
+
+/** Polls `check` until it returns a truthy value, or fails after `ms`. */
+export async function eventually(what, check, ms = 60_000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
 
 /** Starts the relay; resolves to { url, scratch, stop }. */
 export async function startRelay() {

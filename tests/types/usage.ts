@@ -120,3 +120,18 @@ export async function inWorker(): Promise<number> {
   await openInWorker('bad', { embedder: (texts: string[]) => texts.map(() => [0]) });
   return hits.length + status.peers;
 }
+
+// The Node entry: the same class, the native addon's options, and `backend`.
+import { PluresDB as NodePluresDB, backend, type HyperswarmSyncOptions } from '../../pkg/node.js';
+
+export async function inNode(): Promise<string> {
+  const db = await NodePluresDB.open('types-node', { path: '/tmp/types-node.db', storage: 'sqlite' });
+  const swarm: HyperswarmSyncOptions = { hyperswarm: { bootstrap: ['127.0.0.1:49737'], bind: '127.0.0.1:0' } };
+  db.sync(swarm);
+  const storage: 'indexeddb' | 'sqlite' | 'memory' = (await db.storageStatus()).storage;
+  const which: 'native' | 'wasm' = backend;
+  // @ts-expect-error a bootstrap node is a string
+  db.sync({ hyperswarm: { bootstrap: [49737] } });
+  await db.close();
+  return `${which} ${storage}`;
+}
