@@ -156,10 +156,13 @@ function createClass(addon, triple) {
     }
 
     get(id) {
-      return call((async () => {
-        const text = await this.#native.get(id);
-        return text === null ? undefined : JSON.parse(text);
-      })());
+      // A lookup in memory: synchronous in the addon, a promise here.
+      try {
+        const text = this.#native.get(id);
+        return Promise.resolve(text === null ? undefined : JSON.parse(text));
+      } catch (error) {
+        return Promise.reject(translate(error));
+      }
     }
 
     delete(id) { return call(this.#native.delete(id)); }

@@ -115,6 +115,13 @@ impl Document {
         Ok(Self::from_text(text))
     }
 
+    /// Wraps a JSON value serde_json already parsed as raw text (so it is
+    /// valid JSON), as it is: how the Node addon takes `putMany`'s entries.
+    pub fn from_raw_json(raw: Box<serde_json::value::RawValue>) -> Result<Self, InputError> {
+        Self::check_size(raw.get().len())?;
+        Ok(Self::from_text(Box::<str>::from(raw)))
+    }
+
     fn check_size(len: usize) -> Result<(), InputError> {
         if len > MAX_DOCUMENT_BYTES {
             return Err(InputError::TooLarge {
