@@ -248,7 +248,7 @@ impl EmbedText for JsEmbedder {
 
 /// Opens (or creates) a database: `name` and the options as JSON (see
 /// `node-addon.js`), with a JavaScript embedder apart when there is one.
-#[napi]
+#[napi(catch_unwind)]
 pub async fn open(
     name: String,
     options_json: String,
@@ -325,7 +325,7 @@ pub struct Subscription {
 #[napi]
 impl Subscription {
     /// Stops calling back (idempotent).
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn stop(&self) {
         self.active
             .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -396,7 +396,7 @@ impl NativeDatabase {
     }
 
     /// Stores a JSON document.
-    #[napi]
+    #[napi(catch_unwind)]
     pub async fn put(&self, id: String, json: String) -> Result<()> {
         let document = document(json)?;
         self.db
@@ -406,7 +406,7 @@ impl NativeDatabase {
     }
 
     /// Stores a JSON document with its embedding.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn put_with_embedding<'env>(
         &self,
         env: &'env Env,
@@ -425,7 +425,7 @@ impl NativeDatabase {
 
     /// Stores `[[id, data], ...]` (JSON text) with optional vectors, in one
     /// transaction.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn put_many<'env>(
         &self,
         env: &'env Env,
@@ -461,7 +461,7 @@ impl NativeDatabase {
     /// The JSON text under `id`, or `null`. Synchronous: a lookup in
     /// memory costs less than a round trip through the runtime (the
     /// wrapper still returns a promise).
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn get(&self, id: String) -> Result<Option<String>> {
         Ok(self
             .db
@@ -471,13 +471,13 @@ impl NativeDatabase {
     }
 
     /// Deletes `id`; whether there was anything to delete.
-    #[napi]
+    #[napi(catch_unwind)]
     pub async fn delete(&self, id: String) -> Result<bool> {
         self.db.delete(&id).await.map_err(|e| js_error(&e))
     }
 
     /// `{ items: [{ id, data }], nextCursor }` as JSON.
-    #[napi]
+    #[napi(catch_unwind)]
     pub async fn list(&self, options_json: String) -> Result<String> {
         let options: Value = serde_json::from_str(&options_json)
             .map_err(|e| invalid(format!("list options: {e}")))?;
@@ -505,7 +505,7 @@ impl NativeDatabase {
     }
 
     /// `[{ id, data }]` as JSON for a query given as JSON.
-    #[napi]
+    #[napi(catch_unwind)]
     pub async fn query(&self, query_json: String) -> Result<String> {
         let query = parse_query(&query_json)?;
         let hits = self.db.query(&query).map_err(|e| js_error(&e))?;
@@ -514,7 +514,7 @@ impl NativeDatabase {
 
     /// `[{ id, score, data }]` as JSON: the nearest records to `vector` or
     /// to `text` (one of them), with `{ k, minScore, filter, ef }`.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn search<'env>(
         &self,
         env: &'env Env,
@@ -570,7 +570,7 @@ impl NativeDatabase {
     }
 
     /// Vector index sizes as JSON.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn index_stats(&self) -> String {
         let stats = self.db.index_stats();
         json!({
@@ -585,13 +585,13 @@ impl NativeDatabase {
     }
 
     /// Seals and merges waiting index work.
-    #[napi]
+    #[napi(catch_unwind)]
     pub async fn flush_index(&self) -> Result<()> {
         self.db.flush_index().await.map_err(|e| js_error(&e))
     }
 
     /// The losing concurrent versions of `id` as JSON.
-    #[napi]
+    #[napi(catch_unwind)]
     pub async fn conflicts(&self, id: String) -> Result<String> {
         let versions = self.db.conflicts(&id).map_err(|e| js_error(&e))?;
         let out: Vec<Value> = versions
@@ -613,7 +613,7 @@ impl NativeDatabase {
 
     /// Calls `callback(json)` with the query's result now and after every
     /// committed change that changes it.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn watch(
         &self,
         query_json: String,
@@ -648,7 +648,7 @@ impl NativeDatabase {
     }
 
     /// Calls `listener(json)` with `{ kind, id }` after every change.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn subscribe(&self, function: Function<'_, String, ()>) -> Result<Subscription> {
         let callback = callback(function)?;
         let active = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -670,14 +670,14 @@ impl NativeDatabase {
     }
 
     /// This database's invite string.
-    #[napi]
+    #[napi(catch_unwind)]
     pub async fn create_invite(&self) -> Result<String> {
         self.db.create_invite().await.map_err(|e| js_error(&e))
     }
 
     /// Syncs through a relay (`ws://`/`wss://` URL), replacing any running
     /// sync.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn sync_relay(&self, url: String) -> Result<()> {
         self.start_relay_sync(url)
     }
@@ -685,7 +685,7 @@ impl NativeDatabase {
     /// Syncs peer to peer over Hyperswarm with the native transport:
     /// `{ bootstrap?: ['host:port'], bind?: 'host:port' }` as JSON; the
     /// public HyperDHT bootstrap nodes when `bootstrap` is absent.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn sync_hyperswarm(&self, options_json: String) -> Result<()> {
         let options: Value = serde_json::from_str(&options_json)
             .map_err(|e| invalid(format!("hyperswarm options: {e}")))?;
@@ -707,13 +707,13 @@ impl NativeDatabase {
     }
 
     /// Stops syncing.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn stop_sync(&self) {
         self.sync.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// The sync status as JSON (as the WebAssembly build reports it).
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn sync_status(&self) -> String {
         // A file on disk is not evicted; memory is gone with the process.
         let eviction_risk = if self.path.is_some() { "low" } else { "high" };
@@ -744,7 +744,7 @@ impl NativeDatabase {
     }
 
     /// Waits for pending writes and closes the database.
-    #[napi]
+    #[napi(catch_unwind)]
     pub async fn close(&self) -> Result<()> {
         self.sync.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.db.close().await.map_err(|e| js_error(&e))
@@ -752,7 +752,7 @@ impl NativeDatabase {
 
     /// Closes the database and deletes its file (and SQLite's `-wal` and
     /// `-shm` files beside it).
-    #[napi]
+    #[napi(catch_unwind)]
     pub async fn destroy(&self) -> Result<()> {
         self.close().await?;
         if let Some(path) = &self.path {
