@@ -6,13 +6,14 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import createTestnet from 'hyperdht/testnet.js';
 import { PluresDB, backend } from '../../pkg/node.js';
+import { platformTriple } from '../../pkg/platform.js';
 import { eventually, root } from './relay.mjs';
 
 const native = backend === 'native';
@@ -140,7 +141,7 @@ test('two Node replicas sync over the addon\'s own Hyperswarm transport', { skip
   }
 });
 
-test('without the addon, Node falls back to WebAssembly in memory with a one-line warning', { skip }, async () => {
+test('without the addon, Node falls back to WebAssembly in memory with a one-line warning; the platform package loads it', { skip }, async () => {
   const copy = join(scratch, 'pkg-without-addon');
   cpSync(join(root, 'pkg'), copy, {
     recursive: true,
@@ -158,6 +159,16 @@ test('without the addon, Node falls back to WebAssembly in memory with a one-lin
   const warnings = stderr.trim().split('\n');
   assert.equal(warnings.length, 1, stderr);
   assert.match(warnings[0], /^pluresdb: no native addon for \S+ .*using WebAssembly with in-memory storage/);
+
+  // The per-platform package `npm run build` lays out in pkg-native/, where
+  // npm would install it (an optional dependency beside the package), is
+  // found and loaded.
+  const triple = platformTriple();
+  mkdirSync(join(scratch, 'node_modules'), { recursive: true });
+  symlinkSync(join(root, 'pkg-native', triple), join(scratch, 'node_modules', `pluresdb-${triple}`), 'dir');
+  const withPackage = await run(process.execPath, [file], { cwd: scratch, env: { ...process.env, PLURESDB_DATA_DIR: join(scratch, 'platform-data') } });
+  assert.deepEqual(JSON.parse(withPackage.stdout), { backend: 'native', kind: 'sqlite', a: 1 });
+  assert.equal(withPackage.stderr, '');
 });
 
 test('bad input to the addon is a typed error and loses nothing', { skip }, async () => {
