@@ -73,6 +73,16 @@ function vectorOf(value, what) {
 
 // Options as JSON: absent (undefined) options are left out; a non-finite
 // number becomes its name, so the addon reports it as the wrong type.
+/** Entries per slice of a large `putMany`. */
+const SLICE = 4096;
+
+/** putMany's vectors as Float32Arrays (null where an entry has none). */
+function vectorsOf(vectors, first) {
+  return vectors === null
+    ? null
+    : Array.from(vectors, (v, i) => (v === undefined || v === null ? null : vectorOf(v, `entries[${first + i}].vector`)));
+}
+
 function optionsJson(options, what) {
   if (options === undefined || options === null) return '{}';
   if (typeof options !== 'object') throw invalid(`${what} must be an object`);
@@ -147,11 +157,18 @@ function createClass(addon, triple) {
 
     putMany(entries) {
       return call((async () => {
-        const { text, vectors } = entriesToJsonText(entries);
-        const converted = vectors === null
-          ? null
-          : Array.from(vectors, (v, i) => (v === undefined || v === null ? null : vectorOf(v, `entries[${i}].vector`)));
-        return this.#native.putMany(text, converted);
+        if (!Array.isArray(entries) || entries.length <= SLICE) {
+          const { text, vectors } = entriesToJsonText(entries);
+          return this.#native.putMany(text, vectorsOf(vectors, 0));
+        }
+        // A large batch goes in slices: the addon parses one while this
+        // thread serialises the next; one transaction all the same.
+        const batch = this.#native.putManyBegin();
+        for (let first = 0; first < entries.length; first += SLICE) {
+          const { text, vectors } = entriesToJsonText(entries.slice(first, first + SLICE), first);
+          batch.add(text, vectorsOf(vectors, first));
+        }
+        return batch.commit();
       })());
     }
 

@@ -43,7 +43,7 @@ export function runNodeSuite(root, { runs, quick }) {
   const singles = quick ? 1_000 : 10_000;
   const engines = ['addon', 'better-sqlite3', 'wasm'];
   const rows = Object.fromEntries(engines.map((e) => [e, { putManyMs: [], singlePutMs: [], getMs: [], openMs: [] }]));
-  const rounds = Math.min(runs, 3);
+  const rounds = Math.min(runs, 5);
   for (let round = 0; round < rounds; round++) {
     for (const engine of engines) {
       const dir = mkdtempSync(join(tmpdir(), `pluresdb-bench-node-${engine}-`));

@@ -111,8 +111,10 @@ export function toJsonText(value) {
 // and returns { text, vectors }: the pairs as one JSON text `[[id, data],
 // ...]` (one string crosses into WebAssembly for the whole batch), and the
 // vectors (null when no entry has one; otherwise one slot per entry,
-// undefined where an entry has none).
-export function entriesToJsonText(entries) {
+// undefined where an entry has none). `first` is the index of entries[0] in
+// the caller's whole batch, for error messages when it sends a batch in
+// slices.
+export function entriesToJsonText(entries, first = 0) {
   if (!Array.isArray(entries)) {
     throw invalidArgument('putMany takes an array of [id, data] or { id, data }');
   }
@@ -134,10 +136,10 @@ export function entriesToJsonText(entries) {
       vector = entry.vector;
       if (normalized === null) normalized = entries.slice(0, i).map((e) => [e[0], e[1]]);
     } else {
-      throw invalidArgument(`putMany entry ${i} is neither [id, data] nor { id, data }`);
+      throw invalidArgument(`putMany entry ${first + i} is neither [id, data] nor { id, data }`);
     }
-    if (typeof id !== 'string') throw invalidArgument(`putMany entry ${i} has no string id`);
-    checkJson(data, `entries[${i}].data`);
+    if (typeof id !== 'string') throw invalidArgument(`putMany entry ${first + i} has no string id`);
+    checkJson(data, `entries[${first + i}].data`);
     if (normalized !== null) normalized.push([id, data]);
     if (vector !== undefined && vector !== null) {
       if (vectors === null) vectors = new Array(entries.length);

@@ -88,3 +88,25 @@ test('a closed database refuses calls with ClosedError', async () => {
   await assert.rejects(db.get('a'), { name: 'ClosedError' });
   await assert.rejects(db.put('a', 2), { name: 'ClosedError' });
 });
+
+test('a large putMany is one transaction: a bad entry late in it stores nothing and is named', async () => {
+  // The addon sends batches over 4,096 entries in slices; error messages
+  // and atomicity must not show it.
+  const db = await PluresDB.open('node-large-batch', { storage: 'memory' });
+  const entries = Array.from({ length: 10_000 }, (_, i) => [`big:${String(i).padStart(5, '0')}`, { i }]);
+  entries[9_000] = ['big:09000', { when: new Date(0) }];
+  await assert.rejects(db.putMany(entries), { name: 'InvalidInputError', message: /entries\[9000\]\.data/ });
+  entries[9_500] = [42, {}];
+  entries[9_000] = ['big:09000', { i: 9_000 }];
+  await assert.rejects(db.putMany(entries), { name: 'InvalidInputError', message: /entry 9500 has no string id/ });
+  assert.equal((await db.list({ prefix: 'big:' })).items.length, 0, 'nothing was stored');
+  entries[9_500] = ['big:09500', { i: 9_500 }];
+  entries[8_191] = { id: 'big:08191', data: { i: 8_191, object: true }, vector: [1, 0, 0] };
+  await db.putMany(entries);
+  const page = await db.list({ prefix: 'big:', limit: 10_000 });
+  assert.equal(page.items.length, 10_000);
+  assert.deepEqual(page.items[8_191], { id: 'big:08191', data: { i: 8_191, object: true } });
+  assert.deepEqual(page.items[9_999], { id: 'big:09999', data: { i: 9_999 } });
+  assert.equal((await db.search([1, 0, 0], { k: 1 }))[0].id, 'big:08191');
+  await db.close();
+});

@@ -432,30 +432,25 @@ impl NativeDatabase {
         entries_json: String,
         vectors: Option<Vec<Option<Float32Array>>>,
     ) -> Result<PromiseRaw<'env, ()>> {
-        let vectors: Vec<Option<Vec<f32>>> = vectors
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| v.map(|v| v.to_vec()))
-            .collect();
+        let vectors = copy_vectors(vectors);
         let db = self.db.clone();
         env.spawn_future(async move {
-            let pairs: Vec<(String, Box<serde_json::value::RawValue>)> =
-                serde_json::from_str(&entries_json)
-                    .map_err(|e| invalid(format!("putMany entries: {e}")))?;
-            let mut vectors = vectors.into_iter();
-            let entries = pairs
-                .into_iter()
-                .map(|(id, data)| {
-                    let vector = vectors.next().flatten();
-                    let document =
-                        Document::from_raw_json(data).map_err(|e| js_error(&e.into()))?;
-                    Ok((id, document, vector.map(Into::into)))
-                })
-                .collect::<Result<Vec<EmbeddedEntry>>>()?;
+            let entries = parse_entries(&entries_json, vectors)?;
             db.put_many_with_embeddings(entries)
                 .await
                 .map_err(|e| js_error(&e))
         })
+    }
+
+    /// Starts a `putMany` sent in slices: the wrapper serialises the next
+    /// slice while the runtime parses the last, and `commit` stores them
+    /// all in one transaction. Dropping the batch stores nothing.
+    #[napi(catch_unwind)]
+    pub fn put_many_begin(&self) -> PutManyBatch {
+        PutManyBatch {
+            db: self.db.clone(),
+            slices: Mutex::new(Vec::new()),
+        }
     }
 
     /// The JSON text under `id`, or `null`. Synchronous: a lookup in
@@ -788,6 +783,76 @@ impl NativeDatabase {
         }
         Ok(())
     }
+}
+
+type ParsedSlice = futures::channel::oneshot::Receiver<Result<Vec<EmbeddedEntry>>>;
+
+/// A `putMany` arriving in slices (see [`NativeDatabase::put_many_begin`]).
+#[napi]
+pub struct PutManyBatch {
+    db: Database<SqliteStorage>,
+    slices: Mutex<Vec<ParsedSlice>>,
+}
+
+#[napi]
+impl PutManyBatch {
+    /// Adds the next slice (JSON text and vectors, as `putMany` takes
+    /// them); it is parsed in the background.
+    #[napi(catch_unwind)]
+    pub fn add(&self, entries_json: String, vectors: Option<Vec<Option<Float32Array>>>) {
+        let vectors = copy_vectors(vectors);
+        let (parsed, parsing) = futures::channel::oneshot::channel();
+        napi::bindgen_prelude::spawn(async move {
+            // The receiver is gone only when the batch was dropped.
+            let _ = parsed.send(parse_entries(&entries_json, vectors));
+        });
+        self.slices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(parsing);
+    }
+
+    /// Stores every slice added, in one transaction (all or nothing).
+    #[napi(catch_unwind)]
+    pub fn commit<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
+        let slices = std::mem::take(&mut *self.slices.lock().unwrap_or_else(|e| e.into_inner()));
+        let db = self.db.clone();
+        env.spawn_future(async move {
+            let mut entries = Vec::new();
+            for slice in slices {
+                let parsed = slice
+                    .await
+                    .map_err(|_| js_error(&DbError::Internal("a slice was not parsed".into())))??;
+                entries.extend(parsed);
+            }
+            db.put_many_with_embeddings(entries)
+                .await
+                .map_err(|e| js_error(&e))
+        })
+    }
+}
+
+fn copy_vectors(vectors: Option<Vec<Option<Float32Array>>>) -> Vec<Option<Vec<f32>>> {
+    vectors
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.map(|v| v.to_vec()))
+        .collect()
+}
+
+/// `[[id, data], ...]` with the vectors beside it, as database entries.
+fn parse_entries(entries_json: &str, vectors: Vec<Option<Vec<f32>>>) -> Result<Vec<EmbeddedEntry>> {
+    let pairs: Vec<(String, Box<serde_json::value::RawValue>)> =
+        serde_json::from_str(entries_json).map_err(|e| invalid(format!("putMany entries: {e}")))?;
+    let mut vectors = vectors.into_iter();
+    pairs
+        .into_iter()
+        .map(|(id, data)| {
+            let vector = vectors.next().flatten();
+            let document = Document::from_raw_json(data).map_err(|e| js_error(&e.into()))?;
+            Ok((id, document, vector.map(Into::into)))
+        })
+        .collect()
 }
 
 fn parse_query(query_json: &str) -> Result<Query> {
