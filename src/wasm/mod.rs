@@ -223,7 +223,9 @@ where
     })
 }
 
-/// A PluresDB database in the browser (IndexedDB) or in Node (memory).
+/// A PluresDB database: in the browser on IndexedDB (or memory); in Node,
+/// Deno and Electron the package's native addon gives the same class on
+/// SQLite, falling back to this build in memory.
 #[wasm_bindgen]
 pub struct PluresDB {
     name: String,
@@ -235,9 +237,9 @@ pub struct PluresDB {
 
 #[wasm_bindgen]
 impl PluresDB {
-    /// Opens (or creates) the database `name`. Options:
-    /// `{ storage?: 'indexeddb' | 'memory' }` (IndexedDB when the global
-    /// scope has it, memory otherwise).
+    /// Opens (or creates) the database `name` (see `OpenOptions`): on
+    /// IndexedDB when the global scope has it, in memory otherwise; on the
+    /// Node addon, a SQLite file (`{ path }`, or `<data dir>/databases/<name>.db`).
     #[wasm_bindgen(unchecked_return_type = "Promise<PluresDB>")]
     pub fn open(
         name: String,
@@ -324,7 +326,8 @@ impl PluresDB {
         self.db.actor().to_string()
     }
 
-    /// Where the data lives: `'indexeddb'` or `'memory'`.
+    /// Where the data lives: `'indexeddb'` or `'memory'` (`'sqlite'` on the
+    /// Node addon).
     #[wasm_bindgen(getter, js_name = storageKind)]
     pub fn storage_kind(&self) -> String {
         match self.db.storage() {
