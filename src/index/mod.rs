@@ -128,6 +128,35 @@ impl Default for IndexConfig {
 }
 
 impl IndexConfig {
+    /// The names of the JavaScript API's `index: { ... }` options, each a
+    /// positive integer (see [`set_option`](Self::set_option)).
+    pub const OPTION_NAMES: [&'static str; 6] = [
+        "dimension",
+        "m",
+        "efConstruction",
+        "efSearch",
+        "sealThreshold",
+        "maxSegment",
+    ];
+
+    /// Sets the `index` option `name` (one of [`OPTION_NAMES`](Self::OPTION_NAMES))
+    /// to `value`, a positive integer, as the JavaScript APIs (WebAssembly
+    /// and the Node addon) take them; the message for a value out of range.
+    /// `efConstruction` is capped at [`MAX_SEARCH_BREADTH`].
+    pub fn set_option(&mut self, name: &str, value: usize) -> Result<(), String> {
+        match name {
+            "dimension" => self.dimension = Some(value),
+            "m" if (2..=64).contains(&value) => self.m = value,
+            "m" => return Err("index option `m` must be between 2 and 64".into()),
+            "efConstruction" => self.ef_construction = value.min(MAX_SEARCH_BREADTH),
+            "efSearch" => self.ef_search = value,
+            "sealThreshold" => self.seal_threshold = value,
+            "maxSegment" => self.max_segment = value,
+            other => return Err(format!("unknown index option `{other}`")),
+        }
+        Ok(())
+    }
+
     fn graph_params(&self) -> GraphParams {
         GraphParams {
             m: self.m,
@@ -660,6 +689,34 @@ impl VectorIndex {
 mod tests {
     use super::*;
     use crate::crdt::ActorId;
+
+    #[test]
+    fn javascript_index_options_are_checked_once_for_both_apis() {
+        let mut config = IndexConfig::default();
+        for name in IndexConfig::OPTION_NAMES {
+            config.set_option(name, 40).unwrap();
+        }
+        assert_eq!(
+            config,
+            IndexConfig {
+                dimension: Some(40),
+                m: 40,
+                ef_construction: 40,
+                ef_search: 40,
+                seal_threshold: 40,
+                max_segment: 40,
+            }
+        );
+        assert!(config
+            .set_option("m", 1)
+            .unwrap_err()
+            .contains("between 2 and 64"));
+        assert!(config.set_option("m", 65).is_err());
+        assert_eq!(config.m, 40, "a refused value changes nothing");
+        config.set_option("efConstruction", 1_000_000).unwrap();
+        assert_eq!(config.ef_construction, MAX_SEARCH_BREADTH);
+        assert!(config.set_option("ef", 10).is_err());
+    }
 
     fn dot(seq: u64) -> Dot {
         Dot {

@@ -189,26 +189,10 @@ fn open_options(options: &JsValue) -> Result<OpenOptions, JsValue> {
             None => Ok(None),
         }
     };
-    if let Some(n) = positive("dimension")? {
-        out.index.dimension = Some(n);
-    }
-    if let Some(n) = positive("m")? {
-        if !(2..=64).contains(&n) {
-            return Err(invalid_input("index option `m` must be between 2 and 64"));
+    for name in crate::index::IndexConfig::OPTION_NAMES {
+        if let Some(n) = positive(name)? {
+            out.index.set_option(name, n).map_err(invalid_input)?;
         }
-        out.index.m = n;
-    }
-    if let Some(n) = positive("efConstruction")? {
-        out.index.ef_construction = n.min(crate::index::MAX_SEARCH_BREADTH);
-    }
-    if let Some(n) = positive("efSearch")? {
-        out.index.ef_search = n;
-    }
-    if let Some(n) = positive("sealThreshold")? {
-        out.index.seal_threshold = n;
-    }
-    if let Some(n) = positive("maxSegment")? {
-        out.index.max_segment = n;
     }
     Ok(out)
 }

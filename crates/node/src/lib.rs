@@ -99,6 +99,25 @@ fn positive_option(options: &Value, key: &str, what: &str) -> Result<Option<usiz
 /// `~/Library/Application Support/pluresdb` on macOS, `%APPDATA%\pluresdb`
 /// on Windows). Names keep letters, digits, `-`, `_` and `.`; any other
 /// byte is written as `%XX`, so every name maps to one file.
+/// A non-negative number option (`limit`, `ef`), truncated to an integer
+/// as the WebAssembly build does.
+fn count_option(options: &Value, key: &str) -> Result<Option<usize>> {
+    match option(options, key) {
+        None => Ok(None),
+        Some(value) => value
+            .as_f64()
+            .filter(|n| n.is_finite() && *n >= 0.0)
+            .map(|n| Some(n as usize))
+            .ok_or_else(|| invalid(format!("option `{key}` must be a non-negative number"))),
+    }
+}
+
+fn storage_error(message: String) -> napi::Error {
+    js_error(&DbError::Storage(pluresdb::error::StorageError::Backend(
+        message,
+    )))
+}
+
 fn database_path(name: &str, options: &Value) -> Result<PathBuf> {
     if let Some(path) = string_option(options, "path")? {
         if path.is_empty() {
@@ -123,11 +142,8 @@ fn database_path(name: &str, options: &Value) -> Result<PathBuf> {
     }
     file.push_str(".db");
     let dir = base.join("databases");
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        js_error(&DbError::Storage(pluresdb::error::StorageError::Backend(
-            format!("cannot create {}: {e}", dir.display()),
-        )))
-    })?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| storage_error(format!("cannot create {}: {e}", dir.display())))?;
     Ok(dir.join(file))
 }
 
@@ -182,27 +198,10 @@ fn open_options(options: &Value, embedder: Option<Arc<dyn EmbedText>>) -> Result
         if !index.is_object() {
             return Err(invalid("option `index` must be an object"));
         }
-        let what = "index option";
-        if let Some(n) = positive_option(index, "dimension", what)? {
-            out.index.dimension = Some(n);
-        }
-        if let Some(n) = positive_option(index, "m", what)? {
-            if !(2..=64).contains(&n) {
-                return Err(invalid("index option `m` must be between 2 and 64"));
+        for name in pluresdb::index::IndexConfig::OPTION_NAMES {
+            if let Some(n) = positive_option(index, name, "index option")? {
+                out.index.set_option(name, n).map_err(invalid)?;
             }
-            out.index.m = n;
-        }
-        if let Some(n) = positive_option(index, "efConstruction", what)? {
-            out.index.ef_construction = n.min(pluresdb::index::MAX_SEARCH_BREADTH);
-        }
-        if let Some(n) = positive_option(index, "efSearch", what)? {
-            out.index.ef_search = n;
-        }
-        if let Some(n) = positive_option(index, "sealThreshold", what)? {
-            out.index.seal_threshold = n;
-        }
-        if let Some(n) = positive_option(index, "maxSegment", what)? {
-            out.index.max_segment = n;
         }
     }
     Ok(out)
@@ -476,16 +475,7 @@ impl NativeDatabase {
     pub async fn list(&self, options_json: String) -> Result<String> {
         let options: Value = serde_json::from_str(&options_json)
             .map_err(|e| invalid(format!("list options: {e}")))?;
-        let limit = match option(&options, "limit") {
-            None => None,
-            Some(value) => Some(
-                value
-                    .as_f64()
-                    .filter(|n| n.is_finite() && *n >= 0.0)
-                    .ok_or_else(|| invalid("option `limit` must be a non-negative number"))?
-                    as usize,
-            ),
-        };
+        let limit = count_option(&options, "limit")?;
         let list_options = ListOptions {
             prefix: string_option(&options, "prefix")?.unwrap_or_default(),
             limit,
@@ -543,13 +533,7 @@ impl NativeDatabase {
             if let Some(filter) = option(&options, "filter") {
                 request.filter = Some(Query::from_json(filter).map_err(|e| js_error(&e.into()))?);
             }
-            if let Some(ef) = option(&options, "ef") {
-                let ef = ef
-                    .as_f64()
-                    .filter(|n| n.is_finite() && *n >= 0.0)
-                    .ok_or_else(|| invalid("option `ef` must be a non-negative number"))?;
-                request.ef = Some(ef as usize);
-            }
+            request.ef = count_option(&options, "ef")?;
             let hits = db.search(&request).await.map_err(|e| js_error(&e))?;
             let mut out = String::from("[");
             for (n, hit) in hits.iter().enumerate() {
@@ -750,34 +734,32 @@ impl NativeDatabase {
     #[napi(catch_unwind)]
     pub async fn destroy(&self) -> Result<()> {
         self.close().await?;
-        if let Some(path) = &self.path {
-            // Writer slots' lock files are numbered from 0 without gaps.
-            let mut locks = (0u32..)
-                .map(|n| format!(".slot-{n}.lock"))
-                .take_while(|suffix| {
-                    let mut file = path.clone().into_os_string();
-                    file.push(suffix);
-                    std::path::Path::new(&file).exists()
-                });
-            let locks: Vec<String> = locks.by_ref().collect();
-            for suffix in ["", "-wal", "-shm"]
-                .into_iter()
-                .map(String::from)
-                .chain(locks)
-            {
-                let mut file = path.clone().into_os_string();
-                file.push(&suffix);
-                match std::fs::remove_file(&file) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(js_error(&DbError::Storage(
-                            pluresdb::error::StorageError::Backend(format!(
-                                "cannot delete {}: {e}",
-                                PathBuf::from(file).display()
-                            )),
-                        )))
-                    }
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let sibling = |suffix: &str| {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            PathBuf::from(file)
+        };
+        // Writer slots' lock files are numbered from 0 without gaps.
+        let locks = (0u32..)
+            .map(|n| sibling(&format!(".slot-{n}.lock")))
+            .take_while(|lock| lock.exists());
+        let files: Vec<PathBuf> = ["", "-wal", "-shm"]
+            .map(sibling)
+            .into_iter()
+            .chain(locks)
+            .collect();
+        for file in files {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(storage_error(format!(
+                        "cannot delete {}: {e}",
+                        file.display()
+                    )))
                 }
             }
         }
