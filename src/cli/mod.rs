@@ -218,20 +218,36 @@ pub struct RelayOptions {
     /// dropped.
     #[arg(long = "relay-send-timeout-ms", default_value_t = 10_000)]
     pub send_timeout_ms: u64,
+    /// Keep the backlog and membership in Redis (`redis://host:port[/db]`)
+    /// instead of SQLite, so several relay processes serve the same topics
+    /// (see docs/DEPLOY.md).
+    #[arg(long = "redis", value_name = "URL", env = "PLURESDB_REDIS_URL")]
+    pub redis: Option<String>,
 }
 
 impl RelayOptions {
     /// The relay configuration, creating the backlog's directory.
     pub fn config(&self) -> std::io::Result<RelayConfig> {
-        let backlog = match &self.backlog {
-            Some(path) => path.clone(),
-            None => data_dir()?.join("relay.db"),
+        let backlog = match (&self.backlog, &self.redis) {
+            (Some(_), Some(_)) => {
+                return Err(std::io::Error::other(
+                    "--relay-backlog and --redis name two places for the backlog; give one",
+                ))
+            }
+            (Some(path), None) => Some(path.clone()),
+            (None, None) => Some(data_dir()?.join("relay.db")),
+            (None, Some(_)) => None,
         };
-        if let Some(parent) = backlog.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = backlog
+            .as_ref()
+            .and_then(|b| b.parent())
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             std::fs::create_dir_all(parent)?;
         }
         Ok(RelayConfig {
-            backlog_path: Some(backlog),
+            backlog_path: backlog,
+            redis_url: self.redis.clone(),
             backlog_frames: self.backlog_frames,
             max_frame: self.max_frame,
             rate_per_second: self.rate,

@@ -224,8 +224,10 @@ pub fn router(
         ))
 }
 
-fn relay_server(options: &RelayOptions) -> io::Result<RelayServer> {
-    RelayServer::new(options.config()?).map_err(io::Error::other)
+async fn relay_server(options: &RelayOptions) -> io::Result<RelayServer> {
+    RelayServer::open(options.config()?)
+        .await
+        .map_err(io::Error::other)
 }
 
 async fn listen(address: SocketAddr) -> io::Result<TcpListener> {
@@ -412,7 +414,7 @@ async fn serve_connections(
 
 /// `pluresdb relay`: the relay alone, until the process is stopped.
 pub async fn run_relay(args: RelayArgs) -> io::Result<()> {
-    let relay = relay_server(&args.relay)?;
+    let relay = relay_server(&args.relay).await?;
     let listener = listen(SocketAddr::new(args.host, args.port)).await?;
     let address = listener.local_addr()?;
     println!("PluresDB relay listening on ws://{address}/relay");
@@ -477,7 +479,7 @@ pub async fn run(args: ServeArgs, options: DatabaseOptions) -> Result<(), Failur
         }
     }
     let db = options.open().await?;
-    let relay = relay_server(&args.relay)?;
+    let relay = relay_server(&args.relay).await?;
     let listener = listen(args.address()).await?;
     let address = listener.local_addr()?;
     let sync = if args.sync {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::store::{EnvelopeLog, Kept, Refusal, StoreFuture};
 use crate::sync::Topic;
 
 /// Backlog limits.
@@ -318,5 +319,102 @@ impl Backlog {
             }
         }
         batch
+    }
+}
+
+/// The single-node relay's [`EnvelopeLog`]: a [`Backlog`] file, each call
+/// on tokio's blocking pool.
+pub(crate) struct SqliteLog {
+    backlog: std::sync::Arc<std::sync::Mutex<Backlog>>,
+}
+
+impl SqliteLog {
+    pub fn new(backlog: Backlog) -> Self {
+        Self {
+            backlog: std::sync::Arc::new(std::sync::Mutex::new(backlog)),
+        }
+    }
+
+    /// Runs `work` on the backlog off the async threads.
+    fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Backlog) -> T + Send + 'static,
+    ) -> StoreFuture<'_, Result<T, Refusal>> {
+        let backlog = self.backlog.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut backlog = backlog.lock().unwrap_or_else(|e| e.into_inner());
+                work(&mut backlog)
+            })
+            .await
+            .map_err(|e| Refusal::Unavailable(format!("the backlog task failed: {e}")))
+        })
+    }
+}
+
+impl EnvelopeLog for SqliteLog {
+    fn admits(&self, topic: Topic, member_topics: usize) -> StoreFuture<'_, Result<bool, Refusal>> {
+        let backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        let admitted = backlog.has_topic(&topic)
+            || backlog.topics().saturating_add(member_topics) < backlog.limits.max_topics;
+        Box::pin(std::future::ready(Ok(admitted)))
+    }
+
+    fn store(
+        &self,
+        topic: Topic,
+        _from: u64,
+        envelope: Vec<u8>,
+        member_topics: usize,
+    ) -> StoreFuture<'_, Result<u64, Refusal>> {
+        let stored = self.with(move |backlog| {
+            backlog.store(&topic, &envelope, crate::platform::now_ms(), member_topics)
+        });
+        Box::pin(async move {
+            match stored.await? {
+                Ok(sequence) => Ok(sequence),
+                Err(StoreError::TooManyTopics) => Err(Refusal::TooManyTopics),
+                Err(StoreError::Sqlite(error)) => Err(Refusal::Unavailable(error.to_string())),
+            }
+        })
+    }
+
+    fn head(&self, topic: Topic) -> StoreFuture<'_, Result<u64, Refusal>> {
+        self.with(move |backlog| backlog.head(&topic))
+    }
+
+    fn after(
+        &self,
+        topic: Topic,
+        after: u64,
+        head: u64,
+        max_bytes: usize,
+    ) -> StoreFuture<'_, Result<Vec<Kept>, Refusal>> {
+        self.with(move |backlog| backlog.after(&topic, after, head, max_bytes))
+    }
+
+    fn expire(&self) -> StoreFuture<'_, ()> {
+        let backlog = self.backlog.clone();
+        Box::pin(async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                // Each topic in its own short lock.
+                let topics = backlog
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .topic_list();
+                for topic in topics {
+                    let mut backlog = backlog.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Err(error) = backlog.trim_topic(&topic, crate::platform::now_ms()) {
+                        tracing::warn!(%error, "expiring relay backlog envelopes failed");
+                    }
+                }
+            })
+            .await;
+        })
+    }
+
+    fn usage(&self) -> (usize, u64) {
+        let backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+        (backlog.topics(), backlog.total_bytes())
     }
 }

@@ -17,9 +17,16 @@
 //! rule gets an ERROR frame and is disconnected. Nothing a client sends can
 //! panic the relay.
 //!
+//! Where envelopes are kept is an [`store::EnvelopeLog`]: a SQLite file
+//! for one relay ([`backlog`]), or Redis Streams shared by a cluster of
+//! relays ([`redis`], `RelayConfig::redis_url`), where membership limits
+//! hold across relays and each relay fans out what any of them stored.
+//!
 //! Framing: [`crate::sync::relay_frame`].
 
 mod backlog;
+mod redis;
+mod store;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,7 +41,9 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::{mpsc, Notify};
 
-use self::backlog::{Backlog, BacklogLimits, StoreError};
+use self::backlog::{Backlog, BacklogLimits, SqliteLog};
+use self::redis::{Entry, Positions, RedisHub};
+use self::store::{EnvelopeLog, Refusal};
 use crate::sync::crypto::{topic_of, ENVELOPE_OVERHEAD, ENVELOPE_VERSION};
 use crate::sync::relay_frame::{codes, ClientFrame, RelayFrame, RELAY_VERSION};
 use crate::sync::Topic;
@@ -92,6 +101,10 @@ pub struct RelayConfig {
     pub member_queue_bytes: usize,
     /// Bytes of backlog read per replay batch (default 1 MiB).
     pub replay_batch_bytes: usize,
+    /// Keep the backlog and membership in this Redis
+    /// (`redis://host:port[/db]`) instead of `backlog_path`, so any number
+    /// of relays serve the same topics (open with [`RelayServer::open`]).
+    pub redis_url: Option<String>,
 }
 
 impl Default for RelayConfig {
@@ -117,6 +130,7 @@ impl Default for RelayConfig {
             backlog_max_bytes: None,
             member_queue_bytes: 32 * 1024 * 1024,
             replay_batch_bytes: 1024 * 1024,
+            redis_url: None,
         }
     }
 }
@@ -153,6 +167,9 @@ struct Outbox {
 struct Member {
     sender: mpsc::UnboundedSender<Arc<Vec<u8>>>,
     outbox: Arc<Outbox>,
+    /// In a cluster: the live entry that announced this member; older
+    /// membership news predates its WELCOME and is not passed on.
+    joined_at: (u64, u64),
 }
 
 impl Member {
@@ -174,10 +191,20 @@ impl Member {
     }
 }
 
+/// A topic this relay has members in.
+#[derive(Default)]
+struct Followed {
+    members: HashMap<u64, Member>,
+    /// In a cluster: what the members were given of the topic's streams.
+    positions: Positions,
+}
+
 struct Shared {
     config: RelayConfig,
-    topics: Mutex<HashMap<Topic, HashMap<u64, Member>>>,
-    backlog: Mutex<Backlog>,
+    topics: Mutex<HashMap<Topic, Followed>>,
+    log: Arc<dyn EnvelopeLog>,
+    /// In a cluster: the Redis that relays share (also `log`).
+    cluster: Option<Arc<RedisHub>>,
     next_connection: AtomicU64,
     connections: AtomicUsize,
     published: AtomicU64,
@@ -204,20 +231,43 @@ impl std::fmt::Debug for RelayServer {
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 impl RelayServer {
-    /// A relay with `config` (opens or creates the backlog file). Needs a
-    /// tokio runtime: a background task drops expired envelopes.
+    /// A relay with `config` keeping its backlog in SQLite (opens or
+    /// creates the file). Needs a tokio runtime: a background task drops
+    /// expired envelopes. A cluster relay (`redis_url`) needs
+    /// [`RelayServer::open`].
     pub fn new(config: RelayConfig) -> Result<Self, String> {
-        let limits = BacklogLimits {
+        if config.redis_url.is_some() {
+            return Err("a relay on Redis is opened with RelayServer::open".into());
+        }
+        let log = Arc::new(SqliteLog::new(Self::open_backlog(&config)?));
+        Ok(Self::start(config, log, None))
+    }
+
+    /// A relay with `config`: on Redis when `redis_url` is set (it must be
+    /// reachable now; later outages are survived), else on SQLite.
+    pub async fn open(config: RelayConfig) -> Result<Self, String> {
+        let Some(url) = config.redis_url.clone() else {
+            return Self::new(config);
+        };
+        let hub = Arc::new(RedisHub::connect(&url, Self::limits(&config)).await?);
+        Ok(Self::start(config, hub.clone(), Some(hub)))
+    }
+
+    fn limits(config: &RelayConfig) -> BacklogLimits {
+        BacklogLimits {
             frames: config.backlog_frames.max(1),
             topic_bytes: config.backlog_topic_bytes,
             total_bytes: config.backlog_total_bytes,
             max_topics: config.max_topics.max(1),
             max_age: config.backlog_max_age,
-        };
-        let backlog = Backlog::open(
+        }
+    }
+
+    fn open_backlog(config: &RelayConfig) -> Result<Backlog, String> {
+        Backlog::open(
             config.backlog_path.as_deref(),
             config.backlog_max_bytes,
-            limits,
+            Self::limits(config),
         )
         .map_err(|e| {
             format!(
@@ -227,12 +277,20 @@ impl RelayServer {
                     .as_ref()
                     .map_or(":memory:".into(), |p| p.display().to_string())
             )
-        })?;
+        })
+    }
+
+    fn start(
+        config: RelayConfig,
+        log: Arc<dyn EnvelopeLog>,
+        cluster: Option<Arc<RedisHub>>,
+    ) -> Self {
         let server = Self {
             shared: Arc::new(Shared {
                 config,
                 topics: Mutex::new(HashMap::new()),
-                backlog: Mutex::new(backlog),
+                log,
+                cluster: cluster.clone(),
                 next_connection: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 published: AtomicU64::new(0),
@@ -249,11 +307,15 @@ impl RelayServer {
                 loop {
                     sweep.tick().await;
                     let Some(shared) = weak.upgrade() else { return };
-                    let _ = tokio::task::spawn_blocking(move || expire(&shared)).await;
+                    shared.log.expire().await;
                 }
             });
+            if let Some(hub) = cluster {
+                tokio::spawn(follow(Arc::downgrade(&server.shared), hub.clone()));
+                tokio::spawn(refresh_members(Arc::downgrade(&server.shared), hub));
+            }
         }
-        Ok(server)
+        server
     }
 
     /// Routes: `GET /` upgrades to the relay WebSocket. Nest it where the
@@ -264,14 +326,10 @@ impl RelayServer {
             .with_state(self.clone())
     }
 
-    /// Current counters.
+    /// Current counters (in a cluster, the backlog's as last seen).
     pub fn stats(&self) -> RelayStats {
         let shared = &self.shared;
-        let (backlog_topics, backlog_bytes) = shared
-            .backlog
-            .lock()
-            .map(|b| (b.topics(), b.total_bytes()))
-            .unwrap_or_default();
+        let (backlog_topics, backlog_bytes) = shared.log.usage();
         RelayStats {
             connections: shared.connections.load(Ordering::Relaxed),
             topics: shared.topics.lock().map(|t| t.len()).unwrap_or(0),
@@ -287,22 +345,148 @@ impl RelayServer {
     /// Drops envelopes past the age limit now (the relay also does this
     /// every minute).
     pub async fn expire_now(&self) {
-        let shared = self.shared.clone();
-        let _ = tokio::task::spawn_blocking(move || expire(&shared)).await;
+        self.shared.log.expire().await;
     }
 }
 
-/// Trims every topic for age, each in its own short lock.
-fn expire(shared: &Shared) {
-    let topics = shared
-        .backlog
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .topic_list();
-    for topic in topics {
-        let mut backlog = shared.backlog.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(error) = backlog.trim_topic(&topic, crate::platform::now_ms()) {
-            tracing::warn!(%error, "expiring relay backlog envelopes failed");
+/// A cluster relay's reader: waits for entries of the topics it has
+/// members in and delivers them, until the relay is dropped.
+async fn follow(relay: std::sync::Weak<Shared>, hub: Arc<RedisHub>) {
+    let mut wake = hub.wake_position().await;
+    let mut failing = false;
+    loop {
+        let followed: Vec<(Topic, Positions)> = {
+            let Some(shared) = relay.upgrade() else {
+                return;
+            };
+            let topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+            topics.iter().map(|(t, f)| (*t, f.positions)).collect()
+        };
+        match hub.read(&followed, &mut wake).await {
+            Ok(entries) => {
+                if failing {
+                    tracing::info!(redis = hub.url(), "the relay reads from Redis again");
+                    failing = false;
+                }
+                let Some(shared) = relay.upgrade() else {
+                    return;
+                };
+                deliver(&shared, entries);
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(?error, "the relay cannot read from Redis; retrying");
+                    failing = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Hands entries read from Redis to this relay's members, each at most
+/// once and in stream order.
+fn deliver(shared: &Shared, entries: Vec<(Topic, Entry)>) {
+    let budget = shared.config.member_queue_bytes;
+    let mut too_slow = Vec::new();
+    {
+        let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+        for (topic, entry) in entries {
+            let Some(followed) = topics.get_mut(&topic) else {
+                continue;
+            };
+            // Membership news reaches members that joined before it.
+            let mut news_of = None;
+            let (frame, skip, counts) = match entry {
+                Entry::Kept {
+                    sequence,
+                    from,
+                    envelope,
+                } => {
+                    if sequence <= followed.positions.log {
+                        continue;
+                    }
+                    followed.positions.log = sequence;
+                    let frame = RelayFrame::Frame {
+                        sequence,
+                        from,
+                        envelope,
+                    };
+                    (frame, from, true)
+                }
+                Entry::Live { id, from, envelope } => {
+                    if id <= followed.positions.live {
+                        continue;
+                    }
+                    followed.positions.live = id;
+                    let frame = RelayFrame::Frame {
+                        sequence: 0,
+                        from,
+                        envelope,
+                    };
+                    (frame, from, true)
+                }
+                Entry::Member {
+                    id,
+                    joined,
+                    connection,
+                    members,
+                } => {
+                    if id <= followed.positions.live {
+                        continue;
+                    }
+                    followed.positions.live = id;
+                    news_of = Some(id);
+                    let frame = RelayFrame::Members {
+                        members,
+                        joined,
+                        connection,
+                    };
+                    (frame, connection, false)
+                }
+            };
+            let frame = Arc::new(frame.encode());
+            for (member_id, member) in &followed.members {
+                if *member_id == skip || news_of.is_some_and(|id| id <= member.joined_at) {
+                    continue;
+                }
+                if member.offer(&frame, budget) {
+                    if counts {
+                        shared.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else {
+                    too_slow.push((topic, *member_id));
+                }
+            }
+        }
+    }
+    for (topic, member) in too_slow {
+        RelayServer::leave_shared(shared, &topic, member);
+    }
+}
+
+/// A cluster relay keeps its members counted in Redis, and drops those of
+/// relays that died, every [`redis::MEMBER_REFRESH`].
+async fn refresh_members(relay: std::sync::Weak<Shared>, hub: Arc<RedisHub>) {
+    let mut tick = tokio::time::interval(redis::MEMBER_REFRESH);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let members: Vec<(Topic, Vec<u64>)> = {
+            let Some(shared) = relay.upgrade() else {
+                return;
+            };
+            let topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+            topics
+                .iter()
+                .map(|(t, f)| (*t, f.members.keys().copied().collect()))
+                .collect()
+        };
+        for (topic, connections) in members {
+            if let Err(error) = hub.refresh(&topic, &connections).await {
+                tracing::warn!(?error, "refreshing the relay's members in Redis failed");
+                break;
+            }
         }
     }
 }
@@ -395,7 +579,11 @@ impl RelayServer {
             .await;
             return;
         }
-        let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        let mut id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        if let Some(hub) = &shared.cluster {
+            // Unique across the cluster: this relay's id, then its count.
+            id = (u64::from(hub.instance) << 32) | (id & 0xffff_ffff);
+        }
         if let Some((topic, receiver, outbox)) = self.join(&mut socket, id).await {
             self.run(&mut socket, id, topic, receiver, &outbox).await;
             self.leave(&topic, id);
@@ -465,55 +653,22 @@ impl RelayServer {
             kicked: AtomicBool::new(false),
             kick: Notify::new(),
         });
-        let registered = {
-            let backlog_has_topic = self
-                .shared
-                .backlog
-                .lock()
-                .map(|b| (b.has_topic(&topic), b.topics()))
-                .unwrap_or((false, 0));
-            let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
-            let known = topics.contains_key(&topic) || backlog_has_topic.0;
-            if !known && topics.len().saturating_add(backlog_has_topic.1) >= config.max_topics {
-                Err("the relay serves as many topics as it takes")
-            } else {
-                let entry = topics.entry(topic).or_default();
-                if entry.len() >= config.max_members_per_topic {
-                    Err("this topic has as many members as the relay takes")
-                } else {
-                    let others: Vec<Member> = entry
-                        .values()
-                        .map(|m| Member {
-                            sender: m.sender.clone(),
-                            outbox: m.outbox.clone(),
-                        })
-                        .collect();
-                    entry.insert(
-                        id,
-                        Member {
-                            sender,
-                            outbox: outbox.clone(),
-                        },
-                    );
-                    Ok((others, entry.len() as u32 - 1))
-                }
-            }
+        let member = Member {
+            sender,
+            outbox: outbox.clone(),
+            joined_at: (0, 0),
         };
-        let (others, members) = match registered {
+        let registered = match &shared.cluster {
+            Some(hub) => self.register_in_cluster(hub, &topic, id, member).await,
+            None => self.register(&topic, id, member).await,
+        };
+        let (head, members) = match registered {
             Ok(registered) => registered,
-            Err(why) => {
-                // An empty entry made for the check goes again.
-                {
-                    let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
-                    if topics.get(&topic).is_some_and(|m| m.is_empty()) {
-                        topics.remove(&topic);
-                    }
-                }
-                self.refuse(socket, codes::FULL, why).await;
+            Err((code, why)) => {
+                self.refuse(socket, code, why).await;
                 return None;
             }
         };
-        let head = self.backlog_head(&topic).await;
         let welcome = RelayFrame::Welcome {
             head,
             connection: id,
@@ -526,22 +681,29 @@ impl RelayServer {
             self.leave(&topic, id);
             return None;
         }
-        let change = Arc::new(
-            RelayFrame::Members {
-                members,
-                joined: true,
-                connection: id,
-            }
-            .encode(),
-        );
-        for other in others {
-            other.offer(&change, config.member_queue_bytes);
-        }
         // Replay what was kept after the client's cursor, in batches of
         // bounded bytes, each send within the timeout.
         let mut cursor = since;
         while cursor < head {
-            let batch = self.backlog_after(&topic, cursor, head).await;
+            let batch = match self
+                .shared
+                .log
+                .after(topic, cursor, head, config.replay_batch_bytes.max(1))
+                .await
+            {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(?error, "reading the relay backlog failed");
+                    self.leave(&topic, id);
+                    self.refuse(
+                        socket,
+                        codes::STORAGE,
+                        "the relay could not read its backlog",
+                    )
+                    .await;
+                    return None;
+                }
+            };
             if batch.is_empty() {
                 break;
             }
@@ -688,9 +850,208 @@ impl RelayServer {
         }
     }
 
+    /// Topics this relay has members in that count towards the topic
+    /// limit besides `topic` and those with a backlog (alone, every topic
+    /// with members counts, as it always has; in a cluster, the backlog's
+    /// topics are counted in Redis, so only those without one are added).
+    fn member_topics(&self, topic: &Topic) -> usize {
+        let topics = self.shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if self.shared.cluster.is_none() {
+            return topics.len();
+        }
+        topics
+            .iter()
+            .filter(|(t, followed)| *t != topic && followed.positions.log == 0)
+            .count()
+    }
+
+    /// Whether a member may join `topic` under the topic limit: `Ok(true)`
+    /// when this relay already has members there; `Err(Some(FULL))` when
+    /// not admitted, `Err(None)` when the store could not say.
+    async fn admit_topic(&self, topic: &Topic) -> Result<bool, Option<(u16, &'static str)>> {
+        let shared = &self.shared;
+        let known = shared
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(topic);
+        if known {
+            return Ok(true);
+        }
+        match shared.log.admits(*topic, self.member_topics(topic)).await {
+            Ok(true) => Ok(false),
+            Ok(false) => Err(Some((
+                codes::FULL,
+                "the relay serves as many topics as it takes",
+            ))),
+            Err(error) => {
+                tracing::warn!(?error, "the relay's storage is unavailable");
+                Err(None)
+            }
+        }
+    }
+
+    /// Registers a member on this relay alone: the backlog head and the
+    /// other members, or why not.
+    async fn register(
+        &self,
+        topic: &Topic,
+        id: u64,
+        member: Member,
+    ) -> Result<(u64, u32), (u16, &'static str)> {
+        let shared = &self.shared;
+        let config = &shared.config;
+        self.admit_topic(topic)
+            .await
+            .map_err(|refusal| match refusal {
+                Some(full) => full,
+                None => (
+                    codes::STORAGE,
+                    "the relay's storage is unavailable; try again later",
+                ),
+            })?;
+        let (others, members) = {
+            let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = topics.entry(*topic).or_default();
+            if entry.members.len() >= config.max_members_per_topic {
+                if entry.members.is_empty() {
+                    topics.remove(topic);
+                }
+                return Err((
+                    codes::FULL,
+                    "this topic has as many members as the relay takes",
+                ));
+            }
+            let others: Vec<Member> = entry
+                .members
+                .values()
+                .map(|m| Member {
+                    sender: m.sender.clone(),
+                    outbox: m.outbox.clone(),
+                    joined_at: m.joined_at,
+                })
+                .collect();
+            entry.members.insert(id, member);
+            (others, entry.members.len() as u32 - 1)
+        };
+        let head = match shared.log.head(*topic).await {
+            Ok(head) => head,
+            Err(error) => {
+                tracing::warn!(?error, "reading the relay backlog failed");
+                self.leave(topic, id);
+                return Err((
+                    codes::STORAGE,
+                    "the relay's storage is unavailable; try again later",
+                ));
+            }
+        };
+        let change = Arc::new(
+            RelayFrame::Members {
+                members,
+                joined: true,
+                connection: id,
+            }
+            .encode(),
+        );
+        for other in others {
+            other.offer(&change, config.member_queue_bytes);
+        }
+        Ok((head, members))
+    }
+
+    /// Registers a member of a cluster: counted in Redis against the
+    /// member limit of every relay together; the member is given what the
+    /// relay's reader delivered up to now as its backlog head, so replay
+    /// and fan-out meet with no gap.
+    async fn register_in_cluster(
+        &self,
+        hub: &RedisHub,
+        topic: &Topic,
+        id: u64,
+        member: Member,
+    ) -> Result<(u64, u32), (u16, &'static str)> {
+        const UNAVAILABLE: (u16, &str) = (
+            codes::STORAGE,
+            "the relay's storage (Redis) is unavailable; try again later",
+        );
+        let shared = &self.shared;
+        let config = &shared.config;
+        let known = self
+            .admit_topic(topic)
+            .await
+            .map_err(|refusal| refusal.unwrap_or(UNAVAILABLE))?;
+        // Where to start reading a topic this relay does not follow yet is
+        // taken before joining, so no membership change of others falls
+        // between the two.
+        let mut start = None;
+        if !known {
+            match hub.positions(topic).await {
+                Ok(positions) => start = Some(positions),
+                Err(error) => {
+                    tracing::warn!(?error, "Redis is unavailable");
+                    return Err(UNAVAILABLE);
+                }
+            }
+        }
+        let mut member = member;
+        let members = match hub.join(topic, id, config.max_members_per_topic).await {
+            Ok(Some((members, joined_at))) => {
+                member.joined_at = joined_at;
+                members
+            }
+            Ok(None) => {
+                return Err((
+                    codes::FULL,
+                    "this topic has as many members as the relay takes",
+                ))
+            }
+            Err(error) => {
+                tracing::warn!(?error, "Redis is unavailable");
+                return Err(UNAVAILABLE);
+            }
+        };
+        let mut member = Some(member);
+        loop {
+            let inserted = {
+                let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+                let followed = match (topics.get_mut(topic), start) {
+                    (Some(followed), _) => Some(followed),
+                    (None, Some(positions)) => Some(topics.entry(*topic).or_insert(Followed {
+                        members: HashMap::new(),
+                        positions,
+                    })),
+                    (None, None) => None,
+                };
+                followed.map(|followed| {
+                    let newly = followed.members.is_empty();
+                    if let Some(member) = member.take() {
+                        followed.members.insert(id, member);
+                    }
+                    (followed.positions.log, newly)
+                })
+            };
+            if let Some((head, newly)) = inserted {
+                if newly {
+                    hub.wake().await;
+                }
+                return Ok((head, members));
+            }
+            // Not followed yet: start where the streams are now.
+            match hub.positions(topic).await {
+                Ok(positions) => start = Some(positions),
+                Err(error) => {
+                    tracing::warn!(?error, "Redis is unavailable");
+                    let _ = hub.leave(topic, id).await;
+                    return Err(UNAVAILABLE);
+                }
+            }
+        }
+    }
+
     /// Stores an envelope (when `keep`) and fans it out to the topic's
-    /// other members; an error, and nothing delivered, when it had to be
-    /// kept and could not be.
+    /// other members (in a cluster: hands it to every relay through
+    /// Redis); an error, and nothing delivered, when it had to be kept and
+    /// could not be.
     async fn publish(
         &self,
         topic: &Topic,
@@ -700,8 +1061,21 @@ impl RelayServer {
     ) -> Result<u64, &'static str> {
         let shared = &self.shared;
         shared.published.fetch_add(1, Ordering::Relaxed);
+        if let Some(hub) = &shared.cluster {
+            return if keep {
+                self.store(topic, from, envelope).await
+            } else {
+                hub.broadcast(topic, from, &envelope)
+                    .await
+                    .map(|()| 0)
+                    .map_err(|error| {
+                        tracing::warn!(?error, "Redis is unavailable");
+                        "the relay's storage (Redis) is unavailable"
+                    })
+            };
+        }
         let sequence = if keep {
-            self.store(topic, &envelope).await?
+            self.store(topic, from, envelope.clone()).await?
         } else {
             0
         };
@@ -716,8 +1090,8 @@ impl RelayServer {
         let mut too_slow = Vec::new();
         {
             let topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(members) = topics.get(topic) {
-                for (member_id, member) in members {
+            if let Some(followed) = topics.get(topic) {
+                for (member_id, member) in &followed.members {
                     if *member_id == from {
                         continue;
                     }
@@ -739,81 +1113,70 @@ impl RelayServer {
     }
 
     fn leave(&self, topic: &Topic, id: u64) {
-        let shared = &self.shared;
+        Self::leave_shared(&self.shared, topic, id);
+    }
+
+    /// Removes a member (in a cluster also from Redis, in the background)
+    /// and tells the others.
+    fn leave_shared(shared: &Shared, topic: &Topic, id: u64) {
         let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(members) = topics.get_mut(topic) else {
+        let Some(followed) = topics.get_mut(topic) else {
             return;
         };
-        if members.remove(&id).is_none() {
+        if followed.members.remove(&id).is_none() {
             return;
         }
-        let count = members.len() as u32;
-        let change = Arc::new(
-            RelayFrame::Members {
-                members: count.saturating_sub(1),
-                joined: false,
-                connection: id,
+        if let Some(hub) = &shared.cluster {
+            // The others hear of it through Redis, on every relay.
+            let hub = hub.clone();
+            let topic = *topic;
+            tokio::spawn(async move {
+                if let Err(error) = hub.leave(&topic, id).await {
+                    tracing::warn!(?error, "Redis is unavailable; the member expires instead");
+                }
+            });
+        } else {
+            let count = followed.members.len() as u32;
+            let change = Arc::new(
+                RelayFrame::Members {
+                    members: count.saturating_sub(1),
+                    joined: false,
+                    connection: id,
+                }
+                .encode(),
+            );
+            for member in followed.members.values() {
+                member.offer(&change, shared.config.member_queue_bytes);
             }
-            .encode(),
-        );
-        for member in members.values() {
-            member.offer(&change, shared.config.member_queue_bytes);
         }
-        if members.is_empty() {
+        if followed.members.is_empty() {
             topics.remove(topic);
         }
     }
 
     /// Keeps an envelope in the topic's backlog; its sequence number, or
     /// why it could not.
-    async fn store(&self, topic: &Topic, envelope: &[u8]) -> Result<u64, &'static str> {
-        let shared = self.shared.clone();
-        let topic = *topic;
-        let envelope = envelope.to_vec();
-        tokio::task::spawn_blocking(move || {
-            let member_topics = shared.topics.lock().map(|t| t.len()).unwrap_or(0);
-            let mut backlog = shared.backlog.lock().unwrap_or_else(|e| e.into_inner());
-            match backlog.store(&topic, &envelope, crate::platform::now_ms(), member_topics) {
-                Ok(sequence) => Ok(sequence),
-                Err(StoreError::TooManyTopics) => {
-                    Err("the relay keeps backlogs for as many topics as it takes")
-                }
-                Err(StoreError::Sqlite(error)) => {
-                    tracing::warn!(%error, "the relay could not keep an envelope in its backlog");
-                    Err("the relay could not store the envelope")
-                }
+    async fn store(
+        &self,
+        topic: &Topic,
+        from: u64,
+        envelope: Vec<u8>,
+    ) -> Result<u64, &'static str> {
+        let shared = &self.shared;
+        let member_topics = self.member_topics(topic);
+        match shared
+            .log
+            .store(*topic, from, envelope, member_topics)
+            .await
+        {
+            Ok(sequence) => Ok(sequence),
+            Err(Refusal::TooManyTopics) => {
+                Err("the relay keeps backlogs for as many topics as it takes")
             }
-        })
-        .await
-        .unwrap_or(Err("the relay could not store the envelope"))
-    }
-
-    async fn backlog_head(&self, topic: &Topic) -> u64 {
-        let shared = self.shared.clone();
-        let topic = *topic;
-        tokio::task::spawn_blocking(move || {
-            shared
-                .backlog
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .head(&topic)
-        })
-        .await
-        .unwrap_or(0)
-    }
-
-    async fn backlog_after(&self, topic: &Topic, after: u64, head: u64) -> Vec<(u64, Vec<u8>)> {
-        let shared = self.shared.clone();
-        let topic = *topic;
-        tokio::task::spawn_blocking(move || {
-            let max_bytes = shared.config.replay_batch_bytes.max(1);
-            shared
-                .backlog
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .after(&topic, after, head, max_bytes)
-        })
-        .await
-        .unwrap_or_default()
+            Err(Refusal::Unavailable(error)) => {
+                tracing::warn!(%error, "the relay could not keep an envelope in its backlog");
+                Err("the relay could not store the envelope")
+            }
+        }
     }
 }

@@ -2,6 +2,8 @@
 //! databases on SQLite, and waiting for a condition.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,7 +34,7 @@ impl Relay {
     }
 
     pub async fn start_with(address: SocketAddr, config: RelayConfig) -> Relay {
-        let server = RelayServer::new(config).unwrap();
+        let server = RelayServer::open(config).await.unwrap();
         let app = axum::Router::new().nest("/relay", server.router());
         let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let address = listener.local_addr().unwrap();

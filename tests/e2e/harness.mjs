@@ -17,9 +17,11 @@ export const root = fileURLToPath(new URL('../../', import.meta.url));
 export async function startServer(extraArgs = [], { port = 0, scratch: reuse } = {}) {
   const binary = process.env.PLURESDB_BIN ?? join(root, 'target', 'debug', 'pluresdb');
   const scratch = reuse ?? mkdtempSync(join(tmpdir(), 'pluresdb-serve-'));
+  // A relay on Redis keeps no backlog file.
+  const backlog = extraArgs.includes('--redis') ? [] : ['--relay-backlog', join(scratch, 'relay.db')];
   const child = spawn(binary, [
     '--db', join(scratch, 'server.db'), 'serve', '--port', String(port),
-    '--relay-backlog', join(scratch, 'relay.db'), ...extraArgs,
+    ...backlog, ...extraArgs,
   ], {
     cwd: root,
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -52,6 +54,92 @@ export async function startServer(extraArgs = [], { port = 0, scratch: reuse } =
         await new Promise((resolve) => child.once('exit', resolve));
       }
       if (!keepData) rmSync(scratch, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A free TCP port on 127.0.0.1. */
+async function freePort() {
+  const { createServer } = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Starts Debian's `redis-server` on a free loopback port with its data in a
+ * scratch directory (append-only file, fsync always); no system service.
+ * Resolves to { url, stop }.
+ */
+export async function startRedis() {
+  const scratch = mkdtempSync(join(tmpdir(), 'pluresdb-redis-'));
+  const port = await freePort();
+  const child = spawn('redis-server', [
+    '--port', String(port), '--bind', '127.0.0.1', '--dir', scratch, '--save', '',
+    '--appendonly', 'yes', '--appendfsync', 'always', '--loglevel', 'warning',
+  ], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const spawned = new Promise((resolve, reject) => {
+    child.once('spawn', resolve);
+    child.once('error', (e) => reject(new Error(`redis-server is not installed (scripts/setup installs it): ${e.message}`)));
+  });
+  await spawned;
+  const { connect } = await import('node:net');
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const ready = await new Promise((resolve) => {
+      const socket = connect(port, '127.0.0.1');
+      socket.once('connect', () => socket.write('PING\r\n'));
+      socket.once('data', (data) => { socket.destroy(); resolve(String(data).startsWith('+PONG')); });
+      socket.once('error', () => resolve(false));
+    });
+    if (ready) break;
+    if (Date.now() > deadline) throw new Error('redis-server did not start');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return {
+    url: `redis://127.0.0.1:${port}/`,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill('SIGKILL');
+        await new Promise((resolve) => child.once('exit', resolve));
+      }
+      rmSync(scratch, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Starts `pluresdb relay` with `args`; resolves to { relayUrl, stop }. */
+export async function startRelay(args = []) {
+  const binary = process.env.PLURESDB_BIN ?? join(root, 'target', 'debug', 'pluresdb');
+  const child = spawn(binary, ['relay', '--port', '0', ...args], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (chunk) => { stderr += chunk; });
+  const relayUrl = await new Promise((resolve, reject) => {
+    let stdout = '';
+    const timer = setTimeout(() => reject(new Error(`relay did not start: ${stderr}`)), 20_000);
+    child.stdout.on('data', (chunk) => {
+      stdout += chunk;
+      const match = stdout.match(/listening on (ws:\/\/\S+)/);
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1]);
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`relay exited with ${code}: ${stderr}`)));
+  });
+  return {
+    relayUrl,
+    child,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await new Promise((resolve) => child.once('exit', resolve));
+      }
     },
   };
 }

@@ -1,0 +1,465 @@
+//! A relay cluster: several relays on one real `redis-server` (started by
+//! the tests on a free loopback port, in a temporary directory). Replicas
+//! on different relays converge; a relay killed with SIGKILL loses nothing
+//! its clients were told was STORED, and they resume on another relay
+//! behind the same address; Redis killed and restarted (append-only file,
+//! fsync always) loses nothing STORED; while Redis is down relays answer
+//! with a clear error and acknowledge nothing; the single relay's limits
+//! (members, topics, backlog frames) hold across relays.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::redis_server::RedisServer;
+use common::{eventually, junk_envelope, open, pair, RawClient, Relay};
+use pluresdb::relay::RelayConfig;
+use pluresdb::sync::relay_frame::{codes, RelayFrame};
+use pluresdb::transport::RelayConnector;
+use pluresdb::SyncState;
+use serde_json::json;
+
+async fn relay_on(redis: &RedisServer, config: RelayConfig) -> Relay {
+    Relay::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        RelayConfig {
+            redis_url: Some(redis.url()),
+            ..config
+        },
+    )
+    .await
+}
+
+const QUIET: Duration = Duration::from_millis(700);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_two_relays_converge_live_and_through_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let one = relay_on(&redis, RelayConfig::default()).await;
+    let two = relay_on(&redis, RelayConfig::default()).await;
+    let (a, b) = pair(dir.path()).await;
+    a.put("before", json!("written before sync")).await.unwrap();
+    let sync_a = a.sync(RelayConnector::new(one.url())).unwrap();
+    let sync_b = b.sync(RelayConnector::new(two.url())).unwrap();
+    eventually("b has a's earlier write", || {
+        b.get("before").unwrap() == Some(json!("written before sync"))
+    })
+    .await;
+    for i in 0..50 {
+        a.put(&format!("a{i}"), json!({ "i": i })).await.unwrap();
+        b.put(&format!("b{i}"), json!({ "i": i })).await.unwrap();
+    }
+    eventually("both have all 101 records", || {
+        a.len() == 101 && b.len() == 101
+    })
+    .await;
+    eventually("both synced, each seeing the other", || {
+        sync_a.status().state == SyncState::Synced
+            && sync_b.status().state == SyncState::Synced
+            && sync_a.status().peers == 1
+            && sync_b.status().peers == 1
+    })
+    .await;
+    assert_eq!(a.version_vector(), b.version_vector());
+
+    // A third replica that was never online with them catches up from the
+    // Redis backlog through either relay.
+    drop((sync_a, sync_b));
+    let c = open(dir.path(), "c").await;
+    c.join_invite(&a.create_invite().await.unwrap())
+        .await
+        .unwrap();
+    let sync_c = c.sync(RelayConnector::new(two.url())).unwrap();
+    eventually("c got everything from the backlog", || c.len() == 101).await;
+    drop(sync_c);
+
+    // Redis holds ciphertext only.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("pluresdb:relay:*:log")
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(keys.len(), 1, "one topic: {keys:?}");
+    let entries: redis::Value = redis::cmd("XRANGE")
+        .arg(&keys[0])
+        .arg("-")
+        .arg("+")
+        .query(&mut connection)
+        .unwrap();
+    let dump = format!("{entries:?}");
+    assert!(dump.len() > 1_000, "entries were kept");
+    for plaintext in ["written before sync", "before"] {
+        let bytes = plaintext.as_bytes();
+        let found = match &entries {
+            redis::Value::Array(items) => format!("{items:?}").contains(plaintext),
+            _ => false,
+        };
+        assert!(
+            !found && !bytes.is_empty(),
+            "Redis holds `{plaintext}` in clear"
+        );
+    }
+    one.stop();
+    two.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_counted_and_announced_across_relays() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let config = RelayConfig {
+        max_members_per_topic: 2,
+        ..RelayConfig::default()
+    };
+    let one = relay_on(&redis, config.clone()).await;
+    let two = relay_on(&redis, config).await;
+    let key = [7u8; 32];
+
+    let mut first = RawClient::join(&one.url(), key, 0).await;
+    let Some(RelayFrame::Welcome {
+        members: 0,
+        connection: first_id,
+        ..
+    }) = first.next_frame(QUIET * 4).await
+    else {
+        panic!("the first member is welcomed alone");
+    };
+    let mut second = RawClient::join(&two.url(), key, 0).await;
+    let Some(RelayFrame::Welcome {
+        members: 1,
+        connection: second_id,
+        ..
+    }) = second.next_frame(QUIET * 4).await
+    else {
+        panic!("the second member, on another relay, counts the first");
+    };
+    assert_ne!(
+        first_id, second_id,
+        "connection ids are unique in the cluster"
+    );
+    assert_eq!(
+        first.next_frame(QUIET * 4).await,
+        Some(RelayFrame::Members {
+            members: 1,
+            joined: true,
+            connection: second_id
+        }),
+        "the first hears of the second through Redis"
+    );
+
+    // The member limit holds across relays, on either of them.
+    for url in [one.url(), two.url()] {
+        let mut third = RawClient::join(&url, key, 0).await;
+        match third.next_frame(QUIET * 4).await {
+            Some(RelayFrame::Error { code, message }) => {
+                assert_eq!(code, codes::FULL, "{message}");
+            }
+            other => panic!("a third member was let in: {other:?}"),
+        }
+    }
+
+    // Envelopes cross relays both ways; the sender never gets its own.
+    let envelope = junk_envelope(100);
+    assert!(first.publish(envelope.clone(), false).await);
+    assert!(matches!(
+        first.next_frame(QUIET * 4).await,
+        Some(RelayFrame::Stored { backlog: 0, .. })
+    ));
+    match second.next_frame(QUIET * 4).await {
+        Some(RelayFrame::Frame {
+            sequence: 0,
+            from,
+            envelope: got,
+        }) => {
+            assert_eq!(from, first_id);
+            assert_eq!(got, envelope);
+        }
+        other => panic!("the live envelope did not cross relays: {other:?}"),
+    }
+    let kept = junk_envelope(120);
+    assert!(second.publish(kept.clone(), true).await);
+    let Some(RelayFrame::Stored { backlog, .. }) = second.next_frame(QUIET * 4).await else {
+        panic!("no STORED");
+    };
+    assert!(backlog > 0);
+    assert_eq!(
+        first.next_frame(QUIET * 4).await,
+        Some(RelayFrame::Frame {
+            sequence: backlog,
+            from: second_id,
+            envelope: kept
+        })
+    );
+    assert!(
+        second.drain(QUIET).await.is_empty(),
+        "nothing echoed to the sender"
+    );
+
+    // Leaving is announced on the other relay, and frees the place.
+    drop(second);
+    assert_eq!(
+        first.next_frame(QUIET * 4).await,
+        Some(RelayFrame::Members {
+            members: 0,
+            joined: false,
+            connection: second_id
+        })
+    );
+    let mut again = RawClient::join(&two.url(), key, 0).await;
+    assert!(matches!(
+        again.next_frame(QUIET * 4).await,
+        Some(RelayFrame::Welcome { members: 1, .. })
+    ));
+    one.stop();
+    two.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_and_topic_limits_hold_across_relays() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let config = RelayConfig {
+        backlog_frames: 5,
+        max_topics: 2,
+        ..RelayConfig::default()
+    };
+    let one = relay_on(&redis, config.clone()).await;
+    let two = relay_on(&redis, config).await;
+
+    let mut writer = RawClient::join(&one.url(), [1; 32], 0).await;
+    assert!(matches!(
+        writer.next_frame(QUIET * 4).await,
+        Some(RelayFrame::Welcome { .. })
+    ));
+    let mut sent = Vec::new();
+    let mut sequences = Vec::new();
+    for _ in 0..12 {
+        let envelope = junk_envelope(64);
+        assert!(writer.publish(envelope.clone(), true).await);
+        let Some(RelayFrame::Stored { backlog, .. }) = writer.next_frame(QUIET * 4).await else {
+            panic!("no STORED");
+        };
+        sent.push(envelope);
+        sequences.push(backlog);
+    }
+    assert!(
+        sequences.windows(2).all(|w| w[0] < w[1]),
+        "cursors grow: {sequences:?}"
+    );
+
+    // A reader on the other relay gets the newest five, in order.
+    let mut reader = RawClient::join(&two.url(), [1; 32], 0).await;
+    let Some(RelayFrame::Welcome { head, .. }) = reader.next_frame(QUIET * 4).await else {
+        panic!("no WELCOME");
+    };
+    assert_eq!(head, sequences[11]);
+    let frames = reader.drain(QUIET).await;
+    let replayed: Vec<(u64, Vec<u8>)> = frames
+        .into_iter()
+        .filter_map(|f| match f {
+            RelayFrame::Frame {
+                sequence, envelope, ..
+            } => Some((sequence, envelope)),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<(u64, Vec<u8>)> = sequences[7..]
+        .iter()
+        .copied()
+        .zip(sent[7..].iter().cloned())
+        .collect();
+    assert_eq!(replayed, expected);
+
+    // Resuming from a cursor gives exactly what came after it.
+    let mut resumed = RawClient::join(&one.url(), [1; 32], sequences[9]).await;
+    let frames = resumed.drain(QUIET).await;
+    let resumed_sequences: Vec<u64> = frames
+        .iter()
+        .filter_map(|f| match f {
+            RelayFrame::Frame { sequence, .. } => Some(*sequence),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resumed_sequences, sequences[10..].to_vec());
+
+    // Topics (at most 2): the first has a backlog, a second fits on the
+    // other relay, a third does not, on either relay.
+    let mut second_topic = RawClient::join(&two.url(), [2; 32], 0).await;
+    assert!(matches!(
+        second_topic.next_frame(QUIET * 4).await,
+        Some(RelayFrame::Welcome { .. })
+    ));
+    assert!(second_topic.publish(junk_envelope(64), true).await);
+    assert!(matches!(
+        second_topic.next_frame(QUIET * 4).await,
+        Some(RelayFrame::Stored { .. })
+    ));
+    for url in [one.url(), two.url()] {
+        let mut third_topic = RawClient::join(&url, [3; 32], 0).await;
+        match third_topic.drain(QUIET).await.last() {
+            Some(RelayFrame::Error { code, .. }) => assert_eq!(*code, codes::FULL),
+            other => panic!("a third topic was served: {other:?}"),
+        }
+    }
+    one.stop();
+    two.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_stored_is_lost_when_redis_is_killed_and_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(dir.path());
+    let relay = relay_on(&redis, RelayConfig::default()).await;
+    let (a, b) = pair(dir.path()).await;
+    for i in 0..200 {
+        a.put(&format!("k{i:03}"), json!({ "i": i })).await.unwrap();
+    }
+    let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("a's writes are STORED", || {
+        sync_a.status().state == SyncState::Synced
+    })
+    .await;
+
+    // Redis dies (SIGKILL): publishes are refused with a clear error and
+    // stay queued; nothing is acknowledged.
+    redis.kill();
+    for i in 200..220 {
+        a.put(&format!("k{i:03}"), json!({ "i": i })).await.unwrap();
+    }
+    eventually("the relay says why it cannot store", || {
+        sync_a
+            .status()
+            .last_error
+            .is_some_and(|e| e.contains("could not store") || e.contains("unavailable"))
+    })
+    .await;
+    assert_ne!(sync_a.status().state, SyncState::Synced);
+    let mut raw = RawClient::join(&relay.url(), [9; 32], 0).await;
+    match raw.drain(QUIET * 4).await.last() {
+        Some(RelayFrame::Error { code, message }) => {
+            assert_eq!(*code, codes::STORAGE);
+            assert!(message.contains("unavailable"), "{message}");
+        }
+        other => panic!("a JOIN while Redis is down was not refused: {other:?}"),
+    }
+
+    // Redis comes back from its append-only file; the client's backoff
+    // finds it, and everything arrives, the first 200 from the backlog.
+    redis.restart();
+    eventually("a published the rest once Redis was back", || {
+        sync_a.status().state == SyncState::Synced
+    })
+    .await;
+    drop(sync_a);
+    let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("b got all 220 from the backlog", || b.len() == 220).await;
+    drop(sync_b);
+    relay.stop();
+}
+
+/// A TCP load balancer for the test: each connection goes to the first
+/// backend that accepts it.
+async fn balancer(backends: Arc<Mutex<Vec<SocketAddr>>>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let candidates = backends.lock().unwrap().clone();
+            tokio::spawn(async move {
+                for backend in candidates {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// `pluresdb relay --redis` as its own process, so it can be SIGKILLed.
+fn relay_process(redis: &RedisServer) -> (Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
+        .args(["relay", "--port", "0", "--redis", &redis.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("PluresDB relay listening on ws://")
+        .and_then(|rest| rest.strip_suffix("/relay"))
+        .unwrap_or_else(|| panic!("unexpected relay output: {line}"))
+        .parse()
+        .unwrap();
+    (child, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_relay_resume_on_another_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let (mut first, first_address) = relay_process(&redis);
+    let (mut second, second_address) = relay_process(&redis);
+    let backends = Arc::new(Mutex::new(vec![first_address, second_address]));
+    let front = balancer(backends.clone()).await;
+    let url = format!("ws://{front}/relay");
+
+    let (a, b) = pair(dir.path()).await;
+    let sync_a = a.sync(RelayConnector::new(url.clone())).unwrap();
+    let sync_b = b
+        .sync(RelayConnector::new(format!("ws://{second_address}/relay")))
+        .unwrap();
+    // a writes a steady stream; the relay it is on dies in the middle.
+    for i in 0..300 {
+        a.put(
+            &format!("k{i:03}"),
+            json!({ "i": i, "text": "x".repeat(200) }),
+        )
+        .await
+        .unwrap();
+        if i == 150 {
+            eventually("b got a's first writes through the first relay", || {
+                !b.is_empty()
+            })
+            .await;
+            first.kill().unwrap();
+            first.wait().unwrap();
+        }
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    eventually(
+        "a's writes are all STORED, through the second relay",
+        || sync_a.status().state == SyncState::Synced && sync_a.status().pending == 0,
+    )
+    .await;
+    eventually("b, on the second relay, has all 300", || b.len() == 300).await;
+    drop((sync_a, sync_b));
+
+    // Everything STORED is in the shared backlog: a replica that was
+    // never online with a gets it all.
+    let c = open(dir.path(), "c").await;
+    c.join_invite(&a.create_invite().await.unwrap())
+        .await
+        .unwrap();
+    let sync_c = c.sync(RelayConnector::new(url)).unwrap();
+    eventually("c got all 300 from the backlog", || c.len() == 300).await;
+    drop(sync_c);
+    let _ = second.kill();
+    let _ = second.wait();
+}
