@@ -16,6 +16,7 @@ import { runStorageSuite } from './suites/storage.mjs';
 import { runVectorSuite } from './suites/vector.mjs';
 import { runEmbedSuite } from './suites/embed.mjs';
 import { runSyncSuite } from './suites/sync.mjs';
+import { runClusterSuite } from './suites/cluster.mjs';
 import { runSizeSuite } from './suites/size.mjs';
 import { runIdleSuite } from './suites/idle.mjs';
 import { runNodeSuite } from './suites/node.mjs';
@@ -26,7 +27,7 @@ const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const runsArg = args.indexOf('--runs');
 const runs = runsArg >= 0 ? Number(args[runsArg + 1]) : quick ? 3 : 5;
-const allSuites = ['storage', 'vector', 'embed', 'node', 'sync', 'idle', 'size', 'native'];
+const allSuites = ['storage', 'vector', 'embed', 'node', 'sync', 'cluster', 'idle', 'size', 'native'];
 const requested = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--runs');
 const suites = requested.length ? requested : allSuites;
 for (const suite of suites) {
@@ -96,6 +97,8 @@ try {
       results.suites.embed = await runEmbedSuite({ context: browser.context, baseUrl: server.url, root, runs, quick });
     } else if (suite === 'sync') {
       results.suites.sync = runSyncSuite(root, quick);
+    } else if (suite === 'cluster') {
+      results.suites.cluster = runClusterSuite(root, quick);
     } else if (suite === 'node') {
       results.suites.node = runNodeSuite(root, { runs, quick });
     } else if (suite === 'idle') {

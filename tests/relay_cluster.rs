@@ -463,3 +463,85 @@ async fn clients_of_a_killed_relay_resume_on_another_and_lose_nothing() {
     let _ = second.kill();
     let _ = second.wait();
 }
+
+/// The kept envelopes a fresh member of `join_key` is replayed.
+async fn replayed(url: &str, join_key: [u8; 32]) -> Vec<Vec<u8>> {
+    let mut reader = RawClient::join(url, join_key, 0).await;
+    reader
+        .drain(QUIET)
+        .await
+        .into_iter()
+        .filter_map(|f| match f {
+            RelayFrame::Frame { envelope, .. } => Some(envelope),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Publishes kept envelopes of `len` bytes to `join_key` through `url`.
+async fn publish_kept(url: &str, join_key: [u8; 32], count: usize, len: usize) -> Vec<Vec<u8>> {
+    let mut writer = RawClient::join(url, join_key, u64::MAX).await;
+    assert!(matches!(
+        writer.next_frame(QUIET * 4).await,
+        Some(RelayFrame::Welcome { .. })
+    ));
+    let mut sent = Vec::new();
+    for _ in 0..count {
+        let envelope = junk_envelope(len);
+        assert!(writer.publish(envelope.clone(), true).await);
+        assert!(matches!(
+            writer.next_frame(QUIET * 4).await,
+            Some(RelayFrame::Stored { .. })
+        ));
+        sent.push(envelope);
+    }
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_bytes_and_age_limits_hold_in_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let config = RelayConfig {
+        backlog_topic_bytes: 1_000,
+        backlog_total_bytes: 1_500,
+        ..RelayConfig::default()
+    };
+    let one = relay_on(&redis, config.clone()).await;
+    let two = relay_on(&redis, config).await;
+
+    // Per topic: 300-byte envelopes, at most 1,000 bytes, so the newest 3.
+    let first = publish_kept(&one.url(), [1; 32], 6, 300).await;
+    assert_eq!(replayed(&two.url(), [1; 32]).await, first[3..].to_vec());
+    // In total: 1,500 bytes; a second topic's envelopes push the first
+    // topic's oldest out first.
+    let second = publish_kept(&two.url(), [2; 32], 3, 300).await;
+    assert_eq!(replayed(&one.url(), [2; 32]).await, second);
+    assert_eq!(replayed(&one.url(), [1; 32]).await, first[4..].to_vec());
+    let stats = one.server.stats();
+    assert!(stats.backlog_bytes <= 1_500, "{stats:?}");
+
+    // Age: with a one-second limit, what is older is gone after the sweep
+    // (and on the next store), on every relay.
+    let aging = relay_on(
+        &redis,
+        RelayConfig {
+            backlog_max_age: Duration::from_secs(1),
+            ..RelayConfig::default()
+        },
+    )
+    .await;
+    let old = publish_kept(&aging.url(), [3; 32], 2, 100).await;
+    assert_eq!(replayed(&two.url(), [3; 32]).await, old);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    aging.server.expire_now().await;
+    assert!(
+        replayed(&two.url(), [3; 32]).await.is_empty(),
+        "expired envelopes were replayed"
+    );
+    let fresh = publish_kept(&aging.url(), [4; 32], 1, 100).await;
+    assert_eq!(replayed(&one.url(), [4; 32]).await, fresh);
+    one.stop();
+    two.stop();
+    aging.stop();
+}

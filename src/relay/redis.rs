@@ -557,13 +557,18 @@ impl RedisHub {
 
     /// Wakes this relay's reader (it follows a new topic).
     pub async fn wake(&self) {
-        let _: redis::RedisResult<Value> = redis::cmd("XADD")
+        // A day after its relay's last wake-up, the key goes.
+        let _: redis::RedisResult<Value> = redis::pipe()
+            .cmd("XADD")
             .arg(self.wake_key())
             .arg("MAXLEN")
             .arg(16)
             .arg("*")
             .arg("w")
             .arg(1)
+            .ignore()
+            .pexpire(self.wake_key(), 86_400_000)
+            .ignore()
             .query_async(&mut self.commands.clone())
             .await;
     }
