@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::redis_server::RedisServer;
 use common::{eventually, junk_envelope, pair, RawClient, Relay};
 use pluresdb::relay::RelayConfig;
 use pluresdb::sync::relay_frame::{codes, ClientFrame, RelayFrame};
@@ -30,11 +31,26 @@ struct RelayProcess {
 }
 
 impl RelayProcess {
+    /// A relay with its backlog in SQLite.
     fn start(flags: &[&str]) -> RelayProcess {
         let dir = tempfile::tempdir().unwrap();
+        let backlog = dir.path().join("relay.db").display().to_string();
+        Self::spawn(dir, &["--relay-backlog", &backlog], flags)
+    }
+
+    /// A relay of a cluster, on `redis`.
+    fn start_on_redis(redis: &RedisServer, flags: &[&str]) -> RelayProcess {
+        Self::spawn(
+            tempfile::tempdir().unwrap(),
+            &["--redis", &redis.url()],
+            flags,
+        )
+    }
+
+    fn spawn(dir: tempfile::TempDir, backend: &[&str], flags: &[&str]) -> RelayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
-            .args(["relay", "--port", "0", "--relay-backlog"])
-            .arg(dir.path().join("relay.db"))
+            .args(["relay", "--port", "0"])
+            .args(backend)
             .args(flags)
             .stdout(Stdio::piped())
             .spawn()
@@ -125,14 +141,27 @@ async fn answers(url: &str) -> bool {
 /// receives every envelope.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_never_reads_is_dropped_and_its_queue_freed() {
-    let mut relay = RelayProcess::start(&[
-        "--relay-bytes-per-second",
-        "16777216",
-        "--relay-member-queue-bytes",
-        "41943040",
-        "--relay-send-timeout-ms",
-        "2000",
-    ]);
+    member_that_never_reads(RelayProcess::start(SLOW_MEMBER_FLAGS)).await;
+}
+
+/// The same attack on a relay of a cluster: the envelopes cross Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_reads_is_dropped_on_a_cluster_relay_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    member_that_never_reads(RelayProcess::start_on_redis(&redis, SLOW_MEMBER_FLAGS)).await;
+}
+
+const SLOW_MEMBER_FLAGS: &[&str] = &[
+    "--relay-bytes-per-second",
+    "16777216",
+    "--relay-member-queue-bytes",
+    "41943040",
+    "--relay-send-timeout-ms",
+    "2000",
+];
+
+async fn member_that_never_reads(mut relay: RelayProcess) {
     let key = [1u8; 32];
     let mut slow = RawClient::join(&relay.url, key, u64::MAX).await;
     let mut honest = RawClient::join(&relay.url, key, u64::MAX).await;
@@ -206,12 +235,25 @@ async fn a_member_that_never_reads_is_dropped_and_its_queue_freed() {
 /// still gets the whole backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joiners_that_never_read_the_backlog_hold_little() {
-    let mut relay = RelayProcess::start(&[
-        "--relay-bytes-per-second",
-        "1000000000",
-        "--relay-send-timeout-ms",
-        "2000",
-    ]);
+    joiners_that_never_read(RelayProcess::start(HANGING_JOINER_FLAGS)).await;
+}
+
+/// The same attack on a relay of a cluster: the backlog is in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiners_that_never_read_the_backlog_hold_little_on_a_cluster_relay_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    joiners_that_never_read(RelayProcess::start_on_redis(&redis, HANGING_JOINER_FLAGS)).await;
+}
+
+const HANGING_JOINER_FLAGS: &[&str] = &[
+    "--relay-bytes-per-second",
+    "1000000000",
+    "--relay-send-timeout-ms",
+    "2000",
+];
+
+async fn joiners_that_never_read(mut relay: RelayProcess) {
     let key = [2u8; 32];
     let mut publisher = RawClient::join(&relay.url, key, u64::MAX).await;
     assert!(publisher.next_frame(Duration::from_secs(5)).await.is_some());

@@ -328,7 +328,19 @@ async fn nothing_stored_is_lost_when_redis_is_killed_and_restarted() {
 
     // Redis dies (SIGKILL): publishes are refused with a clear error and
     // stay queued; nothing is acknowledged.
+    let mut joined_before = RawClient::join(&relay.url(), [8; 32], 0).await;
+    assert!(matches!(
+        joined_before.next_frame(QUIET * 4).await,
+        Some(RelayFrame::Welcome { .. })
+    ));
     redis.kill();
+    assert!(joined_before.publish(junk_envelope(100), true).await);
+    match joined_before.drain(QUIET * 8).await.as_slice() {
+        [RelayFrame::Error { code, message }] => {
+            assert_eq!(*code, codes::STORAGE, "{message}");
+        }
+        other => panic!("a PUBLISH while Redis is down was answered {other:?}"),
+    }
     for i in 200..220 {
         a.put(&format!("k{i:03}"), json!({ "i": i })).await.unwrap();
     }

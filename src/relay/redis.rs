@@ -187,6 +187,30 @@ return dropped
     ))
 });
 
+/// KEYS log; ARGV after (exclusive id), head (id), max bytes. The entries
+/// after `after` up to `head` as {id, envelope, id, envelope, …}, at most
+/// 256 and about `max bytes` (at least one): entries are read one at a
+/// time, so neither Redis nor the relay holds more than a batch.
+static AFTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local log, cursor, head, budget = KEYS[1], '(' .. ARGV[1], ARGV[2], tonumber(ARGV[3])
+local out, bytes = {}, 0
+for _ = 1, 256 do
+  local entry = redis.call('XRANGE', log, cursor, head, 'COUNT', 1)[1]
+  if not entry then break end
+  local envelope = entry[2][6]
+  out[#out + 1] = entry[1]
+  out[#out + 1] = envelope
+  bytes = bytes + string.len(envelope)
+  cursor = '(' .. entry[1]
+  if bytes >= budget then break end
+end
+return out
+"#,
+    )
+});
+
 /// Shared Lua of the membership scripts: drops expired members (announcing
 /// each as left) and adds a live entry.
 const PRESENCE_LUA: &str = r#"
@@ -772,39 +796,27 @@ impl EnvelopeLog for RedisHub {
         max_bytes: usize,
     ) -> StoreFuture<'_, Result<Vec<Kept>, Refusal>> {
         Box::pin(async move {
-            let reply: Value = redis::cmd("XRANGE")
-                .arg(topic_key(&topic, "log"))
-                .arg(format!("({}", id_of(after)))
+            let mut invocation = AFTER.prepare_invoke();
+            invocation
+                .key(topic_key(&topic, "log"))
+                .arg(id_of(after))
                 .arg(id_of(head))
-                .arg("COUNT")
-                .arg(64)
-                .query_async(&mut self.commands.clone())
+                .arg(max_bytes);
+            let reply: Vec<Value> = invocation
+                .invoke_async(&mut self.commands.clone())
                 .await
                 .map_err(unavailable)?;
-            let mut batch = Vec::new();
-            let Value::Array(items) = reply else {
-                return Ok(batch);
-            };
-            let mut bytes = 0usize;
-            for item in &items {
-                let Value::Array(item) = item else { continue };
-                let (Some(sequence), Some(values)) = (
-                    item.first().and_then(text).and_then(sequence_of),
-                    item.get(1),
-                ) else {
-                    continue;
-                };
-                let values = fields(values);
-                let Some(Value::BulkString(envelope)) = field(&values, "e") else {
-                    continue;
-                };
-                bytes = bytes.saturating_add(envelope.len());
-                batch.push((sequence, envelope.clone()));
-                if bytes >= max_bytes {
-                    break;
-                }
-            }
-            Ok(batch)
+            Ok(reply
+                .chunks_exact(2)
+                .filter_map(
+                    |pair| match (text(&pair[0]).and_then(sequence_of), &pair[1]) {
+                        (Some(sequence), Value::BulkString(envelope)) => {
+                            Some((sequence, envelope.clone()))
+                        }
+                        _ => None,
+                    },
+                )
+                .collect())
         })
     }
 
