@@ -189,7 +189,8 @@ mod native {
         let mut publishers = Vec::new();
         let mut receivers = Vec::new();
         for c in 0..clients {
-            let join_key = [(c % topics) as u8 + 1; 32];
+            let mut join_key = [1u8; 32];
+            join_key[..8].copy_from_slice(&((c % topics) as u64).to_le_bytes());
             let url = &urls[(c / topics) % urls.len()];
             let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
             let (mut sink, mut stream) = socket.split();
@@ -444,7 +445,11 @@ mod native {
                 eprintln!("relay cluster bench: {name}");
                 let setup = setup(name, relays, on_redis);
                 let urls: Vec<String> = setup.relays.iter().map(RelayProcess::url).collect();
-                let fan_out = fan_out(&urls, clients, 10, seconds).await;
+                let topics: usize = std::env::var("PLURESDB_BENCH_TOPICS")
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(10);
+                let fan_out = fan_out(&urls, clients, topics, seconds).await;
                 let catch_up = catch_up(&urls, records, runs).await;
                 setups.push(json!({
                     "name": setup.name,
