@@ -83,6 +83,7 @@ mod memory {
 
 mod indexeddb_specifics {
     use super::*;
+    use pluresdb::storage::{meta_keys, Storage};
     use pluresdb::{Database, OpenOptions};
     use serde_json::json;
     use wasm_bindgen_test::wasm_bindgen_test;
@@ -104,6 +105,93 @@ mod indexeddb_specifics {
             .unwrap();
         assert_eq!(db.get("before").unwrap(), Some(json!(1)));
         assert_eq!(db.get("after").unwrap(), Some(json!(2)));
+        db.close().await.unwrap();
+    }
+
+    /// Rewrites a database's head row the way schema 2 kept it: the
+    /// generation alone (8 bytes), the version vector and HLC as rows of
+    /// their own.
+    async fn as_schema_2(database: &str) {
+        let script = format!(
+            r#"(async () => {{
+                const request = (r) => new Promise((ok, fail) => {{ r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); }});
+                const db = await request(indexedDB.open({database:?}));
+                const tx = db.transaction('meta', 'readwrite');
+                const meta = tx.objectStore('meta');
+                const head = new Uint8Array(await request(meta.get('generation')));
+                const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
+                let at = 8;
+                while (at < head.length) {{
+                    const keyLength = view.getUint16(at, true); at += 2;
+                    const key = new TextDecoder().decode(head.subarray(at, at + keyLength)); at += keyLength;
+                    const valueLength = view.getUint32(at, true); at += 4;
+                    meta.put(head.slice(at, at + valueLength), key); at += valueLength;
+                }}
+                if (at !== head.length || head.length <= 8) throw new Error('unexpected head row');
+                meta.put(head.slice(0, 8), 'generation');
+                await new Promise((ok) => {{ tx.oncomplete = ok; }});
+                db.close();
+            }})()"#
+        );
+        let promise: js_sys::Promise = js_sys::eval(&script).unwrap().into();
+        wasm_bindgen_futures::JsFuture::from(promise)
+            .await
+            .expect("the head row was rewritten");
+    }
+
+    /// Schema 3 keeps the version vector and HLC in the head row; a
+    /// database whose rows are laid out as schema 2 kept them opens with
+    /// its vector and clock, and new writes never reuse a dot.
+    #[wasm_bindgen_test]
+    async fn a_schema_2_head_keeps_its_version_vector_and_clock() {
+        let factory = IndexedDbFactory::new();
+        let db = Database::open(factory.open("legacy-head").await, OpenOptions::default())
+            .await
+            .unwrap();
+        for i in 0..5 {
+            db.put(&format!("k{i}"), json!(i)).await.unwrap();
+        }
+        let vector = db.version_vector();
+        db.close().await.unwrap();
+        let stored = |loaded: &pluresdb::storage::LoadedState| {
+            (
+                loaded.meta.get(meta_keys::VERSION_VECTOR).cloned(),
+                loaded.meta.contains_key(meta_keys::HLC),
+            )
+        };
+        let before = factory.open("legacy-head").await.load().await.unwrap();
+        assert_eq!(stored(&before), (Some(vector.to_bytes()), true));
+        as_schema_2(&format!("pluresdb/{}-legacy-head", factory.run)).await;
+        let legacy = factory.open("legacy-head").await.load().await.unwrap();
+        assert_eq!(
+            stored(&legacy),
+            (Some(vector.to_bytes()), true),
+            "the rows schema 2 kept on their own are read"
+        );
+        assert_eq!(legacy.generation, before.generation);
+
+        let db = Database::open(factory.open("legacy-head").await, OpenOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            db.version_vector(),
+            vector,
+            "the vector came from the schema-2 rows"
+        );
+        db.put("k5", json!(5)).await.unwrap();
+        let after = db.version_vector();
+        assert_ne!(after, vector, "a new write advanced the vector");
+        db.close().await.unwrap();
+        let db = Database::open(factory.open("legacy-head").await, OpenOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(db.version_vector(), after);
+        let reloaded = factory.open("legacy-head").await.load().await.unwrap();
+        assert_eq!(stored(&reloaded), (Some(after.to_bytes()), true));
+        assert_eq!(db.len(), 6);
+        for i in 0..6 {
+            assert_eq!(db.get(&format!("k{i}")).unwrap(), Some(json!(i)));
+        }
         db.close().await.unwrap();
     }
 
