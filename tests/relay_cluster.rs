@@ -557,3 +557,52 @@ async fn backlog_bytes_and_age_limits_hold_in_redis() {
     two.stop();
     aging.stop();
 }
+
+/// `GET /health` of a relay process: the status code and body.
+async fn health(address: SocketAddr) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("the health check answers in time")
+    .unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_tells_a_load_balancer_whether_redis_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(dir.path());
+    let (mut relay, address) = relay_process(&redis);
+    let (status, body) = health(address).await;
+    assert_eq!(status, 200, "{body}");
+    redis.kill();
+    let (status, body) = health(address).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("does not answer"), "{body}");
+    redis.restart();
+    let mut healthy = false;
+    for _ in 0..50 {
+        if health(address).await.0 == 200 {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(healthy, "the relay reconnected to Redis");
+    let _ = relay.kill();
+    let _ = relay.wait();
+}

@@ -412,13 +412,30 @@ async fn serve_connections(
     }
 }
 
+/// `GET /health` of `pluresdb relay`: 200 when the relay can keep
+/// envelopes, 503 (with the reason) when its storage (Redis) does not
+/// answer, so a load balancer sends clients elsewhere.
+async fn relay_health(relay: RelayServer) -> Response {
+    match relay.check_storage().await {
+        Ok(()) => axum::Json(serde_json::json!({ "status": "ok" })).into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "unavailable", "error": error })),
+        )
+            .into_response(),
+    }
+}
+
 /// `pluresdb relay`: the relay alone, until the process is stopped.
 pub async fn run_relay(args: RelayArgs) -> io::Result<()> {
     let relay = relay_server(&args.relay).await?;
     let listener = listen(SocketAddr::new(args.host, args.port)).await?;
     let address = listener.local_addr()?;
     println!("PluresDB relay listening on ws://{address}/relay");
-    let app = Router::new().nest("/relay", relay.router());
+    let app = Router::new().nest("/relay", relay.router()).route(
+        "/health",
+        axum::routing::get(move || relay_health(relay.clone())),
+    );
     let (closing, _) = watch::channel(false);
     serve_connections(listener, app, &args.limits, ctrl_c(), closing).await;
     Ok(())

@@ -342,6 +342,20 @@ impl RelayServer {
         }
     }
 
+    /// Whether the relay can keep envelopes now: a relay of a cluster
+    /// checks that Redis answers (a load balancer's health check should
+    /// use this, through `pluresdb relay`'s `/health`); one on SQLite always
+    /// can.
+    pub async fn check_storage(&self) -> Result<(), String> {
+        match &self.shared.cluster {
+            Some(hub) => hub
+                .ping()
+                .await
+                .map_err(|error| format!("Redis at {} does not answer: {error:?}", hub.url())),
+            None => Ok(()),
+        }
+    }
+
     /// Drops envelopes past the age limit now (the relay also does this
     /// every minute).
     pub async fn expire_now(&self) {

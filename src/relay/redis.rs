@@ -243,7 +243,13 @@ local members, live = KEYS[1], KEYS[2]
 local now = now_ms()
 local ttl = tonumber(ARGV[3])
 reap(members, live, now)
-for i = 6, #ARGV do redis.call('HSET', members, ARGV[i], now + ttl) end
+for i = 6, #ARGV do
+  -- A member whose lease ran out while its relay could not reach Redis
+  -- (the others heard it left) is back: say so.
+  if redis.call('HSET', members, ARGV[i], now + ttl) == 1 then
+    live_add(live, 'm', 1, 'c', ARGV[i], 'k', redis.call('HLEN', members) - 1)
+  end
+end
 local joining = ARGV[5]
 local joined = ''
 if joining ~= '' then
@@ -447,6 +453,15 @@ impl RedisHub {
         };
         hub.refresh_usage().await;
         Ok(hub)
+    }
+
+    /// Whether Redis answers now (within the reply timeout).
+    pub async fn ping(&self) -> Result<(), Refusal> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.commands.clone())
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 
     /// The Redis this hub uses (for messages).
