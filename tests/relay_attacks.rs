@@ -698,3 +698,71 @@ fn relay_frame_decoders_take_any_bytes() {
         }
     }
 }
+
+/// Joins of 20 clients racing for 20 new topics: no more than the topic
+/// limit are let in.
+async fn racing_joins_stay_within_the_topic_limit(relay: &Relay) {
+    let joins = (0..20u8).map(|i| {
+        let url = relay.url();
+        async move {
+            let mut client = RawClient::join(&url, [100 + i; 32], 0).await;
+            let frame = client.next_frame(Duration::from_secs(10)).await;
+            (client, frame)
+        }
+    });
+    let results = futures::future::join_all(joins).await;
+    let welcomed = results
+        .iter()
+        .filter(|(_, frame)| matches!(frame, Some(RelayFrame::Welcome { .. })))
+        .count();
+    let refused = results
+        .iter()
+        .filter(|(_, frame)| {
+            matches!(
+                frame,
+                Some(RelayFrame::Error {
+                    code: codes::FULL,
+                    ..
+                })
+            )
+        })
+        .count();
+    assert!(
+        (1..=3).contains(&welcomed),
+        "{welcomed} topics let in, the limit is 3"
+    );
+    assert_eq!(
+        welcomed + refused,
+        20,
+        "every other join was refused as FULL"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_joins_for_new_topics_cannot_pass_the_limit_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        RelayConfig {
+            backlog_path: Some(dir.path().join("relay.db")),
+            max_topics: 3,
+            ..RelayConfig::default()
+        },
+    )
+    .await;
+    racing_joins_stay_within_the_topic_limit(&relay).await;
+    relay.stop();
+
+    let redis = RedisServer::start(dir.path());
+    let relay = Relay::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        RelayConfig {
+            redis_url: Some(redis.url()),
+            max_topics: 3,
+            ..RelayConfig::default()
+        },
+    )
+    .await;
+    racing_joins_stay_within_the_topic_limit(&relay).await;
+    relay.stop();
+}

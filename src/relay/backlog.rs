@@ -417,4 +417,11 @@ impl EnvelopeLog for SqliteLog {
         let backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
         (backlog.topics(), backlog.total_bytes())
     }
+
+    fn holds(&self, topic: &Topic) -> bool {
+        self.backlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .has_topic(topic)
+    }
 }

@@ -363,6 +363,31 @@ impl RelayServer {
     }
 }
 
+/// Whether a member joining `topic` would take this relay past its topic
+/// limit, checked under the topics lock so joins racing for new topics
+/// cannot pass it together: the topics with a backlog (SQLite: counted in
+/// memory; a cluster: as Redis last said) and those this relay has members
+/// in (in a cluster, those without a backlog).
+///
+/// `has_backlog`: the topic has envelopes kept, so it counts already.
+fn over_topic_limit(
+    shared: &Shared,
+    topics: &HashMap<Topic, Followed>,
+    topic: &Topic,
+    has_backlog: bool,
+) -> bool {
+    if has_backlog || topics.contains_key(topic) {
+        return false;
+    }
+    let (backlog_topics, _) = shared.log.usage();
+    let member_topics = if shared.cluster.is_some() {
+        topics.values().filter(|f| f.positions.log == 0).count()
+    } else {
+        topics.len()
+    };
+    member_topics.saturating_add(backlog_topics) >= shared.config.max_topics.max(1)
+}
+
 /// A cluster relay's reader: waits for entries of the topics it has
 /// members in and delivers them, until the relay is dropped.
 async fn follow(relay: std::sync::Weak<Shared>, hub: Arc<RedisHub>) {
@@ -879,10 +904,10 @@ impl RelayServer {
             .count()
     }
 
-    /// Whether a member may join `topic` under the topic limit: `Ok(true)`
-    /// when this relay already has members there; `Err(Some(FULL))` when
-    /// not admitted, `Err(None)` when the store could not say.
-    async fn admit_topic(&self, topic: &Topic) -> Result<bool, Option<(u16, &'static str)>> {
+    /// Whether a member may join `topic` under the topic limit:
+    /// `Err(Some(FULL))` when not, `Err(None)` when the store could not
+    /// say.
+    async fn admit_topic(&self, topic: &Topic) -> Result<(), Option<(u16, &'static str)>> {
         let shared = &self.shared;
         let known = shared
             .topics
@@ -890,10 +915,10 @@ impl RelayServer {
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(topic);
         if known {
-            return Ok(true);
+            return Ok(());
         }
         match shared.log.admits(*topic, self.member_topics(topic)).await {
-            Ok(true) => Ok(false),
+            Ok(true) => Ok(()),
             Ok(false) => Err(Some((
                 codes::FULL,
                 "the relay serves as many topics as it takes",
@@ -926,6 +951,9 @@ impl RelayServer {
             })?;
         let (others, members) = {
             let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+            if over_topic_limit(shared, &topics, topic, shared.log.holds(topic)) {
+                return Err((codes::FULL, "the relay serves as many topics as it takes"));
+            }
             let entry = topics.entry(*topic).or_default();
             if entry.members.len() >= config.max_members_per_topic {
                 if entry.members.is_empty() {
@@ -990,23 +1018,19 @@ impl RelayServer {
         );
         let shared = &self.shared;
         let config = &shared.config;
-        let known = self
-            .admit_topic(topic)
+        self.admit_topic(topic)
             .await
             .map_err(|refusal| refusal.unwrap_or(UNAVAILABLE))?;
-        // Where to start reading a topic this relay does not follow yet is
-        // taken before joining, so no membership change of others falls
-        // between the two.
-        let mut start = None;
-        if !known {
-            match hub.positions(topic).await {
-                Ok(positions) => start = Some(positions),
-                Err(error) => {
-                    tracing::warn!(?error, "Redis is unavailable");
-                    return Err(UNAVAILABLE);
-                }
+        // Where to start reading the topic, should this relay not follow it
+        // yet, is taken before joining, so no membership change of others
+        // falls between the two.
+        let start = match hub.positions(topic).await {
+            Ok(positions) => positions,
+            Err(error) => {
+                tracing::warn!(?error, "Redis is unavailable");
+                return Err(UNAVAILABLE);
             }
-        }
+        };
         let mut member = member;
         let members = match hub.join(topic, id, config.max_members_per_topic).await {
             Ok(Some((members, joined_at))) => {
@@ -1024,42 +1048,30 @@ impl RelayServer {
                 return Err(UNAVAILABLE);
             }
         };
-        let mut member = Some(member);
-        loop {
-            let inserted = {
-                let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
-                let followed = match (topics.get_mut(topic), start) {
-                    (Some(followed), _) => Some(followed),
-                    (None, Some(positions)) => Some(topics.entry(*topic).or_insert(Followed {
-                        members: HashMap::new(),
-                        positions,
-                    })),
-                    (None, None) => None,
-                };
-                followed.map(|followed| {
-                    let newly = followed.members.is_empty();
-                    if let Some(member) = member.take() {
-                        followed.members.insert(id, member);
-                    }
-                    (followed.positions.log, newly)
-                })
-            };
-            if let Some((head, newly)) = inserted {
-                if newly {
-                    hub.wake().await;
-                }
-                return Ok((head, members));
+        // A topic this relay follows already goes on from where its reader
+        // is; a new one starts where the streams were before the JOIN.
+        let admitted = {
+            let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+            if over_topic_limit(shared, &topics, topic, start.log > 0) {
+                None
+            } else {
+                let followed = topics.entry(*topic).or_insert_with(|| Followed {
+                    members: HashMap::new(),
+                    positions: start,
+                });
+                let newly = followed.members.is_empty();
+                followed.members.insert(id, member);
+                Some((followed.positions.log, newly))
             }
-            // Not followed yet: start where the streams are now.
-            match hub.positions(topic).await {
-                Ok(positions) => start = Some(positions),
-                Err(error) => {
-                    tracing::warn!(?error, "Redis is unavailable");
-                    let _ = hub.leave(topic, id).await;
-                    return Err(UNAVAILABLE);
-                }
-            }
+        };
+        let Some((head, newly)) = admitted else {
+            let _ = hub.leave(topic, id).await;
+            return Err((codes::FULL, "the relay serves as many topics as it takes"));
+        };
+        if newly {
+            hub.wake().await;
         }
+        Ok((head, members))
     }
 
     /// Stores an envelope (when `keep`) and fans it out to the topic's

@@ -879,6 +879,10 @@ impl EnvelopeLog for RedisHub {
             self.bytes_seen.load(Ordering::Relaxed),
         )
     }
+
+    fn holds(&self, _topic: &Topic) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -62,4 +62,8 @@ pub(crate) trait EnvelopeLog: Send + Sync {
 
     /// Topics with envelopes kept, and their bytes (as last seen; no I/O).
     fn usage(&self) -> (usize, u64);
+
+    /// Whether `topic` has envelopes kept, as far as known without I/O
+    /// (Redis: not known, so no).
+    fn holds(&self, topic: &Topic) -> bool;
 }
