@@ -398,9 +398,14 @@ async fn balancer(backends: Arc<Mutex<Vec<SocketAddr>>>) -> SocketAddr {
 
 /// `pluresdb relay --redis` as its own process, so it can be SIGKILLed.
 fn relay_process(redis: &RedisServer) -> (Child, SocketAddr) {
+    relay_process_with(redis, &[])
+}
+
+fn relay_process_with(redis: &RedisServer, flags: &[&str]) -> (Child, SocketAddr) {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
         .args(["relay", "--port", "0", "--redis", &redis.url()])
+        .args(flags)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -605,4 +610,52 @@ async fn health_tells_a_load_balancer_whether_redis_answers() {
     assert!(healthy, "the relay reconnected to Redis");
     let _ = relay.kill();
     let _ = relay.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_members_of_a_relay_that_died_leave_when_their_leases_run_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let (mut doomed, doomed_address) = relay_process_with(&redis, &["--relay-member-lease", "1.5"]);
+    let survivor = relay_on(
+        &redis,
+        RelayConfig {
+            member_lease: Duration::from_millis(1_500),
+            ..RelayConfig::default()
+        },
+    )
+    .await;
+    let key = [5u8; 32];
+    let mut stranded = RawClient::join(&format!("ws://{doomed_address}/relay"), key, 0).await;
+    let Some(RelayFrame::Welcome {
+        connection: stranded_id,
+        ..
+    }) = stranded.next_frame(QUIET * 4).await
+    else {
+        panic!("no WELCOME on the doomed relay");
+    };
+    let mut watcher = RawClient::join(&survivor.url(), key, 0).await;
+    assert!(matches!(
+        watcher.next_frame(QUIET * 4).await,
+        Some(RelayFrame::Welcome { members: 1, .. })
+    ));
+
+    // The relay dies without a word; its member's lease is not renewed.
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let started = std::time::Instant::now();
+    match watcher.next_frame(Duration::from_secs(10)).await {
+        Some(RelayFrame::Members {
+            members: 0,
+            joined: false,
+            connection,
+        }) => {
+            assert_eq!(connection, stranded_id);
+        }
+        other => panic!("the dead relay's member did not leave: {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "it took {waited:?}");
+    drop(stranded);
+    survivor.stop();
 }

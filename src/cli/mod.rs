@@ -223,6 +223,22 @@ pub struct RelayOptions {
     /// (see docs/DEPLOY.md).
     #[arg(long = "redis", value_name = "URL", env = "PLURESDB_REDIS_URL")]
     pub redis: Option<String>,
+    /// With --redis: seconds a member counts after its relay last renewed
+    /// its lease, so the members of a relay that died leave within this.
+    #[arg(long = "relay-member-lease", value_name = "SECONDS", default_value_t = 30.0,
+          value_parser = parse_lease)]
+    pub member_lease: f64,
+}
+
+/// A member lease: at least 0.3 s, at most a day.
+fn parse_lease(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(0.3..=86_400.0).contains(&seconds) {
+        return Err("a member lease is from 0.3 to 86400 seconds".into());
+    }
+    Ok(seconds)
 }
 
 impl RelayOptions {
@@ -248,6 +264,7 @@ impl RelayOptions {
         Ok(RelayConfig {
             backlog_path: backlog,
             redis_url: self.redis.clone(),
+            member_lease: std::time::Duration::from_secs_f64(self.member_lease),
             backlog_frames: self.backlog_frames,
             max_frame: self.max_frame,
             rate_per_second: self.rate,

@@ -105,6 +105,10 @@ pub struct RelayConfig {
     /// (`redis://host:port[/db]`) instead of `backlog_path`, so any number
     /// of relays serve the same topics (open with [`RelayServer::open`]).
     pub redis_url: Option<String>,
+    /// In a cluster: how long a member counts after its relay last renewed
+    /// its lease (default 30 s; renewed every third of it), so the members
+    /// of a relay that died leave within about this long.
+    pub member_lease: Duration,
 }
 
 impl Default for RelayConfig {
@@ -131,6 +135,7 @@ impl Default for RelayConfig {
             member_queue_bytes: 32 * 1024 * 1024,
             replay_batch_bytes: 1024 * 1024,
             redis_url: None,
+            member_lease: Duration::from_secs(30),
         }
     }
 }
@@ -249,7 +254,8 @@ impl RelayServer {
         let Some(url) = config.redis_url.clone() else {
             return Self::new(config);
         };
-        let hub = Arc::new(RedisHub::connect(&url, Self::limits(&config)).await?);
+        let hub =
+            Arc::new(RedisHub::connect(&url, Self::limits(&config), config.member_lease).await?);
         Ok(Self::start(config, hub.clone(), Some(hub)))
     }
 
@@ -505,9 +511,9 @@ fn deliver(shared: &Shared, entries: Vec<(Topic, Entry)>) {
 }
 
 /// A cluster relay keeps its members counted in Redis, and drops those of
-/// relays that died, every [`redis::MEMBER_REFRESH`].
+/// relays that died, every third of `RelayConfig::member_lease`.
 async fn refresh_members(relay: std::sync::Weak<Shared>, hub: Arc<RedisHub>) {
-    let mut tick = tokio::time::interval(redis::MEMBER_REFRESH);
+    let mut tick = tokio::time::interval(hub.renewal_interval());
     tick.tick().await;
     loop {
         tick.tick().await;

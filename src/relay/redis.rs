@@ -47,10 +47,6 @@ const SEQ_BITS: u32 = 20;
 const LIVE_ENTRIES: u32 = 256;
 /// How old a live entry may get before it is trimmed (ms).
 const LIVE_MAX_AGE_MS: u64 = 10_000;
-/// How long a member counts without its relay refreshing it (ms).
-pub(crate) const MEMBER_TTL_MS: u64 = 30_000;
-/// How often a relay refreshes its members.
-pub(crate) const MEMBER_REFRESH: Duration = Duration::from_secs(10);
 /// How long one blocking read waits for new entries (ms).
 const READ_BLOCK_MS: u64 = 2_000;
 /// Entries read per stream and read.
@@ -325,6 +321,8 @@ pub(crate) struct RedisHub {
     reader: ConnectionManager,
     url: String,
     limits: BacklogLimits,
+    /// How long a member counts without its relay renewing its lease.
+    member_lease: Duration,
     /// This relay process's random id (connection ids carry it).
     pub instance: u32,
     topics_seen: AtomicUsize,
@@ -420,7 +418,11 @@ fn unavailable(error: redis::RedisError) -> Refusal {
 
 impl RedisHub {
     /// Connects to the Redis at `url` (fails when it cannot be reached).
-    pub async fn connect(url: &str, limits: BacklogLimits) -> Result<Self, String> {
+    pub async fn connect(
+        url: &str,
+        limits: BacklogLimits,
+        member_lease: Duration,
+    ) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("bad Redis URL {url:?}: {e}"))?;
         let config = || {
             ConnectionManagerConfig::new()
@@ -447,6 +449,7 @@ impl RedisHub {
             reader,
             url: url.to_string(),
             limits,
+            member_lease,
             instance: u32::from_le_bytes(instance).max(1),
             topics_seen: AtomicUsize::new(0),
             bytes_seen: AtomicU64::new(0),
@@ -462,6 +465,18 @@ impl RedisHub {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+
+    /// How often this relay renews its members' leases (a third of the
+    /// lease, so one missed renewal does not end a lease).
+    pub fn renewal_interval(&self) -> Duration {
+        (self.member_lease / 3).max(Duration::from_millis(100))
+    }
+
+    fn lease_ms(&self) -> u64 {
+        self.member_lease
+            .as_millis()
+            .clamp(300, u128::from(u32::MAX)) as u64
     }
 
     /// The Redis this hub uses (for messages).
@@ -498,7 +513,7 @@ impl RedisHub {
     ) -> Result<Option<(u32, (u64, u64))>, Refusal> {
         let mut invocation = membership(&PRESENCE, topic);
         invocation
-            .arg(MEMBER_TTL_MS)
+            .arg(self.lease_ms())
             .arg(max_members)
             .arg(connection.to_string());
         let (others, joined): (i64, String) = invocation
@@ -514,7 +529,7 @@ impl RedisHub {
     /// relays that stopped refreshing theirs).
     pub async fn refresh(&self, topic: &Topic, connections: &[u64]) -> Result<(), Refusal> {
         let mut invocation = membership(&PRESENCE, topic);
-        invocation.arg(MEMBER_TTL_MS).arg(0).arg("");
+        invocation.arg(self.lease_ms()).arg(0).arg("");
         for connection in connections {
             invocation.arg(connection.to_string());
         }
