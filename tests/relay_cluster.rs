@@ -659,3 +659,18 @@ async fn the_members_of_a_relay_that_died_leave_when_their_leases_run_out() {
     drop(stranded);
     survivor.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_mode_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start_with(dir.path(), &["--cluster-enabled", "yes"]);
+    let refused = pluresdb::relay::RelayServer::open(RelayConfig {
+        redis_url: Some(redis.url()),
+        ..RelayConfig::default()
+    })
+    .await;
+    match refused {
+        Err(message) => assert!(message.contains("cluster mode"), "{message}"),
+        Ok(_) => panic!("a relay started on Redis Cluster"),
+    }
+}

@@ -442,6 +442,19 @@ impl RedisHub {
             )))
             .await
             .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
+        // Redis Cluster would refuse the scripts and reads that name keys
+        // of several topics (CROSSSLOT) on every publish: say so at start.
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut commands.clone())
+            .await
+            .map_err(|e| format!("cannot query Redis at {url}: {e}"))?;
+        if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+            return Err(format!(
+                "Redis at {url} runs in cluster mode, which the relay does not support \
+                 (see docs/DEPLOY.md); give it a standalone Redis or a primary with replicas"
+            ));
+        }
         let mut instance = [0u8; 4];
         getrandom::getrandom(&mut instance).map_err(|e| e.to_string())?;
         let hub = Self {

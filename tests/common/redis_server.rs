@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     pub port: u16,
     pub dir: PathBuf,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -15,6 +16,11 @@ impl RedisServer {
     /// Starts Redis in `dir` with the append-only file fsynced on every
     /// write (what a relay cluster that promises STORED needs).
     pub fn start(dir: &Path) -> RedisServer {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts Redis with extra `redis-server` arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -23,6 +29,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port,
             dir: dir.to_path_buf(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         server.restart();
@@ -44,6 +51,7 @@ impl RedisServer {
                 "always",
             ])
             .args(["--daemonize", "no", "--loglevel", "warning"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
