@@ -766,3 +766,82 @@ async fn racing_joins_for_new_topics_cannot_pass_the_limit_together() {
     racing_joins_stay_within_the_topic_limit(&relay).await;
     relay.stop();
 }
+
+/// Two members publishing at once, a third receiving: kept envelopes reach
+/// it in backlog order, so its cursor (the last sequence it received)
+/// never passes one it did not get. On one relay the store and the fan-out
+/// of two publishers used to interleave, so a receiver could get 105 before
+/// 104, reconnect in between, and never replay 104.
+async fn kept_envelopes_arrive_in_backlog_order(url: String) {
+    let key = [42u8; 32];
+    let mut receiver = RawClient::join(&url, key, u64::MAX).await;
+    assert!(matches!(
+        receiver.next_frame(Duration::from_secs(5)).await,
+        Some(RelayFrame::Welcome { .. })
+    ));
+    let publish = |url: String| async move {
+        let mut client = RawClient::join(&url, key, u64::MAX).await;
+        for _ in 0..300 {
+            assert!(client.publish(junk_envelope(64), true).await);
+        }
+        let mut stored = 0;
+        while stored < 300 {
+            match client.next_frame(Duration::from_secs(20)).await {
+                Some(RelayFrame::Stored { .. }) => stored += 1,
+                Some(
+                    RelayFrame::Welcome { .. }
+                    | RelayFrame::Members { .. }
+                    | RelayFrame::Frame { .. },
+                ) => {}
+                other => panic!("expected STORED, got {other:?}"),
+            }
+        }
+        client
+    };
+    let (first, second) = tokio::join!(publish(url.clone()), publish(url.clone()));
+    let mut sequences = Vec::new();
+    while sequences.len() < 600 {
+        match receiver.next_frame(Duration::from_secs(20)).await {
+            Some(RelayFrame::Frame { sequence, .. }) => sequences.push(sequence),
+            Some(RelayFrame::Members { .. }) => {}
+            other => panic!("after {} frames: {other:?}", sequences.len()),
+        }
+    }
+    let out_of_order = sequences.windows(2).filter(|w| w[0] >= w[1]).count();
+    assert_eq!(
+        out_of_order, 0,
+        "{out_of_order} kept envelopes arrived after a later one"
+    );
+    drop((first, second));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_envelopes_reach_members_in_backlog_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        RelayConfig {
+            backlog_path: Some(dir.path().join("relay.db")),
+            rate_per_second: 100_000,
+            burst: 100_000,
+            ..RelayConfig::default()
+        },
+    )
+    .await;
+    kept_envelopes_arrive_in_backlog_order(relay.url()).await;
+    relay.stop();
+
+    let redis = RedisServer::start(dir.path());
+    let relay = Relay::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        RelayConfig {
+            redis_url: Some(redis.url()),
+            rate_per_second: 100_000,
+            burst: 100_000,
+            ..RelayConfig::default()
+        },
+    )
+    .await;
+    kept_envelopes_arrive_in_backlog_order(relay.url()).await;
+    relay.stop();
+}

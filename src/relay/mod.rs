@@ -210,6 +210,11 @@ struct Shared {
     log: Arc<dyn EnvelopeLog>,
     /// In a cluster: the Redis that relays share (also `log`).
     cluster: Option<Arc<RedisHub>>,
+    /// Alone: held from storing a kept envelope until it is fanned out, so
+    /// members get kept envelopes in sequence order (a member's cursor is
+    /// the last sequence it got, and must never pass one it did not get).
+    /// A cluster's reader delivers in stream order instead.
+    publish_order: tokio::sync::Mutex<()>,
     next_connection: AtomicU64,
     connections: AtomicUsize,
     published: AtomicU64,
@@ -297,6 +302,7 @@ impl RelayServer {
                 topics: Mutex::new(HashMap::new()),
                 log,
                 cluster: cluster.clone(),
+                publish_order: tokio::sync::Mutex::new(()),
                 next_connection: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 published: AtomicU64::new(0),
@@ -1106,6 +1112,11 @@ impl RelayServer {
                     })
             };
         }
+        let _in_order = if keep {
+            Some(shared.publish_order.lock().await)
+        } else {
+            None
+        };
         let sequence = if keep {
             self.store(topic, from, envelope.clone()).await?
         } else {
