@@ -202,6 +202,12 @@ struct Followed {
     members: HashMap<u64, Member>,
     /// In a cluster: what the members were given of the topic's streams.
     positions: Positions,
+    /// Alone: held from storing a kept envelope of this topic until it is
+    /// fanned out, so members get the topic's kept envelopes in sequence
+    /// order (a member's cursor is the last sequence it got, and must never
+    /// pass one it did not get). A cluster's reader delivers in stream
+    /// order instead.
+    publish_order: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct Shared {
@@ -210,11 +216,6 @@ struct Shared {
     log: Arc<dyn EnvelopeLog>,
     /// In a cluster: the Redis that relays share (also `log`).
     cluster: Option<Arc<RedisHub>>,
-    /// Alone: held from storing a kept envelope until it is fanned out, so
-    /// members get kept envelopes in sequence order (a member's cursor is
-    /// the last sequence it got, and must never pass one it did not get).
-    /// A cluster's reader delivers in stream order instead.
-    publish_order: tokio::sync::Mutex<()>,
     next_connection: AtomicU64,
     connections: AtomicUsize,
     published: AtomicU64,
@@ -302,7 +303,6 @@ impl RelayServer {
                 topics: Mutex::new(HashMap::new()),
                 log,
                 cluster: cluster.clone(),
-                publish_order: tokio::sync::Mutex::new(()),
                 next_connection: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 published: AtomicU64::new(0),
@@ -1068,8 +1068,8 @@ impl RelayServer {
                 None
             } else {
                 let followed = topics.entry(*topic).or_insert_with(|| Followed {
-                    members: HashMap::new(),
                     positions: start,
+                    ..Followed::default()
                 });
                 let newly = followed.members.is_empty();
                 followed.members.insert(id, member);
@@ -1112,10 +1112,15 @@ impl RelayServer {
                     })
             };
         }
-        let _in_order = if keep {
-            Some(shared.publish_order.lock().await)
-        } else {
-            None
+        let order = keep
+            .then(|| {
+                let topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+                topics.get(topic).map(|f| f.publish_order.clone())
+            })
+            .flatten();
+        let _in_order = match &order {
+            Some(order) => Some(order.lock().await),
+            None => None,
         };
         let sequence = if keep {
             self.store(topic, from, envelope.clone()).await?
