@@ -674,3 +674,64 @@ async fn redis_cluster_mode_is_refused_with_a_clear_error() {
         Ok(_) => panic!("a relay started on Redis Cluster"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_whose_leases_lapsed_while_redis_was_away_are_announced_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(dir.path());
+    let config = RelayConfig {
+        member_lease: Duration::from_millis(1_500),
+        ..RelayConfig::default()
+    };
+    let one = relay_on(&redis, config.clone()).await;
+    let two = relay_on(&redis, config).await;
+    let key = [6u8; 32];
+    let mut kept = RawClient::join(&one.url(), key, 0).await;
+    let Some(RelayFrame::Welcome {
+        connection: kept_id,
+        ..
+    }) = kept.next_frame(QUIET * 4).await
+    else {
+        panic!("no WELCOME");
+    };
+    let mut watcher = RawClient::join(&two.url(), key, 0).await;
+    assert!(matches!(
+        watcher.next_frame(QUIET * 4).await,
+        Some(RelayFrame::Welcome { members: 1, .. })
+    ));
+
+    // Redis is away for longer than a lease: nobody can renew it.
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    redis.restart();
+
+    // The lapsed lease is reaped (MEMBERS left), then renewed by its relay,
+    // which says it is back (MEMBERS joined). (The count in that frame
+    // depends on which relay renewed first: the watcher's lease lapsed
+    // too.)
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < deadline {
+        match watcher.next_frame(Duration::from_secs(1)).await {
+            Some(RelayFrame::Members {
+                members,
+                joined,
+                connection,
+            }) if connection == kept_id => {
+                last = Some((members, joined));
+                if joined {
+                    break;
+                }
+            }
+            Some(RelayFrame::Error { code, message }) => panic!("ERROR {code}: {message}"),
+            _ => {}
+        }
+    }
+    assert!(
+        last.is_some_and(|(_, joined)| joined),
+        "the member was announced again: {last:?}"
+    );
+    drop(kept);
+    one.stop();
+    two.stop();
+}
