@@ -13,10 +13,14 @@
 //! `cargo bench --bench relay_cluster` (`-- --quick` for a smaller run).
 
 #[cfg(not(target_arch = "wasm32"))]
+#[path = "../tests/common/redis_server.rs"]
+mod redis_server;
+#[cfg(not(target_arch = "wasm32"))]
+#[path = "../tests/common/relay_process.rs"]
+mod relay_process;
+
+#[cfg(not(target_arch = "wasm32"))]
 mod native {
-    use std::io::BufRead;
-    use std::net::SocketAddr;
-    use std::process::{Child, Command, Stdio};
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
@@ -30,146 +34,38 @@ mod native {
     use serde_json::{json, Value};
     use tokio_tungstenite::tungstenite::Message;
 
+    use super::redis_server::RedisServer;
+    use super::relay_process::{balancer, RelayProcess};
+
     fn stats(mut values: Vec<f64>) -> Value {
         values.sort_by(|a, b| a.total_cmp(b));
         let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
         json!({ "median": at(0.5), "min": values[0], "max": values[values.len() - 1], "runs": values.len() })
     }
 
-    struct Redis {
-        child: Child,
-        url: String,
-        _dir: tempfile::TempDir,
-    }
+    /// Flags every relay of the benchmark gets: room for the offered load.
+    const RELAY_FLAGS: &[&str] = &["--relay-rate", "5000", "--max-connections", "4000"];
 
-    impl Redis {
-        fn start() -> Redis {
-            let dir = tempfile::tempdir().unwrap();
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
-                .arg(dir.path())
-                .args([
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "everysec",
-                ])
-                .args(["--loglevel", "warning"])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server is not installed (scripts/setup installs it)");
-            let url = format!("redis://127.0.0.1:{port}/");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let ready = redis::Client::open(url.as_str())
-                    .and_then(|c| c.get_connection())
-                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                    .is_ok();
-                if ready {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "redis-server did not start");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Redis {
-                child,
-                url,
-                _dir: dir,
-            }
-        }
-    }
-
-    impl Drop for Redis {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    /// A `pluresdb relay` process.
-    struct RelayProcess {
-        child: Child,
-        address: SocketAddr,
-    }
-
-    impl RelayProcess {
-        fn start(backend: &[String]) -> RelayProcess {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
-                .args([
-                    "relay",
-                    "--port",
-                    "0",
-                    "--relay-rate",
-                    "5000",
-                    "--max-connections",
-                    "4000",
-                ])
-                .args(backend)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap();
-            let mut line = String::new();
-            std::io::BufReader::new(child.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            let address = line
-                .trim()
-                .strip_prefix("PluresDB relay listening on ws://")
-                .and_then(|rest| rest.strip_suffix("/relay"))
-                .unwrap_or_else(|| panic!("unexpected relay output: {line}"))
-                .parse()
-                .unwrap();
-            RelayProcess { child, address }
-        }
-
-        fn url(&self) -> String {
-            format!("ws://{}/relay", self.address)
-        }
-
-        fn kill(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    impl Drop for RelayProcess {
-        fn drop(&mut self) {
-            self.kill();
-        }
+    /// Redis with its append-only file fsynced every second.
+    fn start_redis(dir: &std::path::Path) -> RedisServer {
+        RedisServer::start_with(dir, &["--appendfsync", "everysec"])
     }
 
     /// The relays of one setup, and what keeps their state.
     struct Setup {
         name: &'static str,
         relays: Vec<RelayProcess>,
-        _redis: Option<Redis>,
+        _redis: Option<RedisServer>,
         _dir: tempfile::TempDir,
     }
 
     fn setup(name: &'static str, relays: usize, on_redis: bool) -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let redis = on_redis.then(Redis::start);
+        let redis = on_redis.then(|| start_redis(dir.path()));
         let relays = (0..relays)
-            .map(|i| {
-                let backend = match &redis {
-                    Some(redis) => vec!["--redis".to_string(), redis.url.clone()],
-                    None => vec![
-                        "--relay-backlog".to_string(),
-                        dir.path()
-                            .join(format!("relay{i}.db"))
-                            .display()
-                            .to_string(),
-                    ],
-                };
-                RelayProcess::start(&backend)
+            .map(|_| match &redis {
+                Some(redis) => RelayProcess::on_redis(&redis.url(), RELAY_FLAGS),
+                None => RelayProcess::on_sqlite(RELAY_FLAGS),
             })
             .collect();
         Setup {
@@ -353,37 +249,15 @@ mod native {
         json!({ "records": count, "ms": stats(times) })
     }
 
-    /// A TCP load balancer: each connection goes to the first backend that
-    /// accepts it.
-    async fn balancer(backends: Arc<Mutex<Vec<SocketAddr>>>) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let candidates = backends.lock().unwrap().clone();
-                tokio::spawn(async move {
-                    for backend in candidates {
-                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        address
-    }
-
     /// Two relays on one Redis behind a load balancer: A syncs through the
     /// balancer (so the first relay), B through the second relay. The
     /// first relay is SIGKILLed and A writes at once: the time until B has
     /// the write (A noticing, backing off, reconnecting through the
     /// balancer to the second relay, publishing), per run.
     async fn failover(runs: usize) -> Value {
-        let redis = Redis::start();
-        let backend = vec!["--redis".to_string(), redis.url.clone()];
-        let second = RelayProcess::start(&backend);
+        let redis_dir = tempfile::tempdir().unwrap();
+        let redis = start_redis(redis_dir.path());
+        let second = RelayProcess::on_redis(&redis.url(), RELAY_FLAGS);
         let backends = Arc::new(Mutex::new(Vec::new()));
         let front = balancer(backends.clone()).await;
         let dir = tempfile::tempdir().unwrap();
@@ -392,10 +266,10 @@ mod native {
         b.join_invite(&a.create_invite().await.unwrap())
             .await
             .unwrap();
-        let sync_b = b.sync(RelayConnector::new(second.url())).unwrap();
+        let sync_b = b.sync(RelayConnector::new(second.url.clone())).unwrap();
         let mut times = Vec::new();
         for run in 0..runs {
-            let mut first = RelayProcess::start(&backend);
+            let mut first = RelayProcess::on_redis(&redis.url(), RELAY_FLAGS);
             *backends.lock().unwrap() = vec![first.address, second.address];
             let sync_a = a
                 .sync(RelayConnector::new(format!("ws://{front}/relay")))
@@ -444,7 +318,7 @@ mod native {
             ] {
                 eprintln!("relay cluster bench: {name}");
                 let setup = setup(name, relays, on_redis);
-                let urls: Vec<String> = setup.relays.iter().map(RelayProcess::url).collect();
+                let urls: Vec<String> = setup.relays.iter().map(|r| r.url.clone()).collect();
                 let topics: usize = std::env::var("PLURESDB_BENCH_TOPICS")
                     .ok()
                     .and_then(|t| t.parse().ok())

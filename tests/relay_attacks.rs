@@ -9,11 +9,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
+use common::relay_process::RelayProcess;
 use common::{eventually, junk_envelope, pair, RawClient, Relay};
 use pluresdb::relay::RelayConfig;
 use pluresdb::sync::relay_frame::{codes, ClientFrame, RelayFrame};
@@ -22,77 +21,6 @@ use pluresdb::SyncState;
 use serde_json::json;
 
 const MIB: usize = 1024 * 1024;
-
-/// `pluresdb relay` in its own process.
-struct RelayProcess {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl RelayProcess {
-    /// A relay with its backlog in SQLite.
-    fn start(flags: &[&str]) -> RelayProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let backlog = dir.path().join("relay.db").display().to_string();
-        Self::spawn(dir, &["--relay-backlog", &backlog], flags)
-    }
-
-    /// A relay of a cluster, on `redis`.
-    fn start_on_redis(redis: &RedisServer, flags: &[&str]) -> RelayProcess {
-        Self::spawn(
-            tempfile::tempdir().unwrap(),
-            &["--redis", &redis.url()],
-            flags,
-        )
-    }
-
-    fn spawn(dir: tempfile::TempDir, backend: &[&str], flags: &[&str]) -> RelayProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
-            .args(["relay", "--port", "0"])
-            .args(backend)
-            .args(flags)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|word| word.starts_with("ws://"))
-            .unwrap_or_else(|| panic!("no URL in {line:?}"))
-            .to_string();
-        RelayProcess {
-            child,
-            url,
-            _dir: dir,
-        }
-    }
-
-    /// `VmRSS` (current) or `VmHWM` (peak) in bytes.
-    fn memory(&self, field: &str) -> usize {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .unwrap_or_else(|| panic!("no {field}"));
-        let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        kib * 1024
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Reads frames in the background, counting delivered envelopes and their
 /// bytes until the connection ends.
@@ -141,7 +69,7 @@ async fn answers(url: &str) -> bool {
 /// receives every envelope.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_never_reads_is_dropped_and_its_queue_freed() {
-    member_that_never_reads(RelayProcess::start(SLOW_MEMBER_FLAGS)).await;
+    member_that_never_reads(RelayProcess::on_sqlite(SLOW_MEMBER_FLAGS)).await;
 }
 
 /// The same attack on a relay of a cluster: the envelopes cross Redis.
@@ -149,7 +77,7 @@ async fn a_member_that_never_reads_is_dropped_and_its_queue_freed() {
 async fn a_member_that_never_reads_is_dropped_on_a_cluster_relay_too() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
-    member_that_never_reads(RelayProcess::start_on_redis(&redis, SLOW_MEMBER_FLAGS)).await;
+    member_that_never_reads(RelayProcess::on_redis(&redis.url(), SLOW_MEMBER_FLAGS)).await;
 }
 
 const SLOW_MEMBER_FLAGS: &[&str] = &[
@@ -235,7 +163,7 @@ async fn member_that_never_reads(mut relay: RelayProcess) {
 /// still gets the whole backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joiners_that_never_read_the_backlog_hold_little() {
-    joiners_that_never_read(RelayProcess::start(HANGING_JOINER_FLAGS)).await;
+    joiners_that_never_read(RelayProcess::on_sqlite(HANGING_JOINER_FLAGS)).await;
 }
 
 /// The same attack on a relay of a cluster: the backlog is in Redis.
@@ -243,7 +171,7 @@ async fn joiners_that_never_read_the_backlog_hold_little() {
 async fn joiners_that_never_read_the_backlog_hold_little_on_a_cluster_relay_too() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
-    joiners_that_never_read(RelayProcess::start_on_redis(&redis, HANGING_JOINER_FLAGS)).await;
+    joiners_that_never_read(RelayProcess::on_redis(&redis.url(), HANGING_JOINER_FLAGS)).await;
 }
 
 const HANGING_JOINER_FLAGS: &[&str] = &[

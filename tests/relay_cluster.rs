@@ -11,11 +11,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::redis_server::RedisServer;
+use common::relay_process::{balancer, RelayProcess};
 use common::{eventually, junk_envelope, open, pair, RawClient, Relay};
 use pluresdb::relay::RelayConfig;
 use pluresdb::sync::relay_frame::{codes, RelayFrame};
@@ -375,71 +375,19 @@ async fn nothing_stored_is_lost_when_redis_is_killed_and_restarted() {
     relay.stop();
 }
 
-/// A TCP load balancer for the test: each connection goes to the first
-/// backend that accepts it.
-async fn balancer(backends: Arc<Mutex<Vec<SocketAddr>>>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let candidates = backends.lock().unwrap().clone();
-            tokio::spawn(async move {
-                for backend in candidates {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    address
-}
-
-/// `pluresdb relay --redis` as its own process, so it can be SIGKILLed.
-fn relay_process(redis: &RedisServer) -> (Child, SocketAddr) {
-    relay_process_with(redis, &[])
-}
-
-fn relay_process_with(redis: &RedisServer, flags: &[&str]) -> (Child, SocketAddr) {
-    use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pluresdb"))
-        .args(["relay", "--port", "0", "--redis", &redis.url()])
-        .args(flags)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("PluresDB relay listening on ws://")
-        .and_then(|rest| rest.strip_suffix("/relay"))
-        .unwrap_or_else(|| panic!("unexpected relay output: {line}"))
-        .parse()
-        .unwrap();
-    (child, address)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_of_a_killed_relay_resume_on_another_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
-    let (mut first, first_address) = relay_process(&redis);
-    let (mut second, second_address) = relay_process(&redis);
-    let backends = Arc::new(Mutex::new(vec![first_address, second_address]));
+    let mut first = RelayProcess::on_redis(&redis.url(), &[]);
+    let second = RelayProcess::on_redis(&redis.url(), &[]);
+    let backends = Arc::new(Mutex::new(vec![first.address, second.address]));
     let front = balancer(backends.clone()).await;
     let url = format!("ws://{front}/relay");
 
     let (a, b) = pair(dir.path()).await;
     let sync_a = a.sync(RelayConnector::new(url.clone())).unwrap();
-    let sync_b = b
-        .sync(RelayConnector::new(format!("ws://{second_address}/relay")))
-        .unwrap();
+    let sync_b = b.sync(RelayConnector::new(second.url.clone())).unwrap();
     // a writes a steady stream; the relay it is on dies in the middle.
     for i in 0..300 {
         a.put(
@@ -453,8 +401,7 @@ async fn clients_of_a_killed_relay_resume_on_another_and_lose_nothing() {
                 !b.is_empty()
             })
             .await;
-            first.kill().unwrap();
-            first.wait().unwrap();
+            first.kill();
         }
         if i % 10 == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -477,8 +424,7 @@ async fn clients_of_a_killed_relay_resume_on_another_and_lose_nothing() {
     let sync_c = c.sync(RelayConnector::new(url)).unwrap();
     eventually("c got all 300 from the backlog", || c.len() == 300).await;
     drop(sync_c);
-    let _ = second.kill();
-    let _ = second.wait();
+    drop(second);
 }
 
 /// The kept envelopes a fresh member of `join_key` is replayed.
@@ -591,7 +537,8 @@ async fn health(address: SocketAddr) -> (u16, String) {
 async fn health_tells_a_load_balancer_whether_redis_answers() {
     let dir = tempfile::tempdir().unwrap();
     let mut redis = RedisServer::start(dir.path());
-    let (mut relay, address) = relay_process(&redis);
+    let relay = RelayProcess::on_redis(&redis.url(), &[]);
+    let address = relay.address;
     let (status, body) = health(address).await;
     assert_eq!(status, 200, "{body}");
     redis.kill();
@@ -608,15 +555,14 @@ async fn health_tells_a_load_balancer_whether_redis_answers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(healthy, "the relay reconnected to Redis");
-    let _ = relay.kill();
-    let _ = relay.wait();
+    drop(relay);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_members_of_a_relay_that_died_leave_when_their_leases_run_out() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
-    let (mut doomed, doomed_address) = relay_process_with(&redis, &["--relay-member-lease", "1.5"]);
+    let mut doomed = RelayProcess::on_redis(&redis.url(), &["--relay-member-lease", "1.5"]);
     let survivor = relay_on(
         &redis,
         RelayConfig {
@@ -626,7 +572,7 @@ async fn the_members_of_a_relay_that_died_leave_when_their_leases_run_out() {
     )
     .await;
     let key = [5u8; 32];
-    let mut stranded = RawClient::join(&format!("ws://{doomed_address}/relay"), key, 0).await;
+    let mut stranded = RawClient::join(&doomed.url, key, 0).await;
     let Some(RelayFrame::Welcome {
         connection: stranded_id,
         ..
@@ -641,8 +587,7 @@ async fn the_members_of_a_relay_that_died_leave_when_their_leases_run_out() {
     ));
 
     // The relay dies without a word; its member's lease is not renewed.
-    doomed.kill().unwrap();
-    doomed.wait().unwrap();
+    doomed.kill();
     let started = std::time::Instant::now();
     match watcher.next_frame(Duration::from_secs(10)).await {
         Some(RelayFrame::Members {

@@ -353,13 +353,6 @@ impl SqliteLog {
 }
 
 impl EnvelopeLog for SqliteLog {
-    fn admits(&self, topic: Topic, member_topics: usize) -> StoreFuture<'_, Result<bool, Refusal>> {
-        let backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
-        let admitted = backlog.has_topic(&topic)
-            || backlog.topics().saturating_add(member_topics) < backlog.limits.max_topics;
-        Box::pin(std::future::ready(Ok(admitted)))
-    }
-
     fn store(
         &self,
         topic: Topic,

@@ -916,10 +916,14 @@ impl RelayServer {
             .count()
     }
 
-    /// Whether a member may join `topic` under the topic limit:
-    /// `Err(Some(FULL))` when not, `Err(None)` when the store could not
-    /// say.
-    async fn admit_topic(&self, topic: &Topic) -> Result<(), Option<(u16, &'static str)>> {
+    /// Whether a member may join `topic` under the cluster's topic limit:
+    /// `Err(Some(FULL))` when not, `Err(None)` when Redis could not say.
+    /// (Alone, `over_topic_limit` decides, under the topics lock.)
+    async fn admit_topic(
+        &self,
+        hub: &RedisHub,
+        topic: &Topic,
+    ) -> Result<(), Option<(u16, &'static str)>> {
         let shared = &self.shared;
         let known = shared
             .topics
@@ -929,7 +933,7 @@ impl RelayServer {
         if known {
             return Ok(());
         }
-        match shared.log.admits(*topic, self.member_topics(topic)).await {
+        match hub.admits(topic, self.member_topics(topic)).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Some((
                 codes::FULL,
@@ -952,15 +956,6 @@ impl RelayServer {
     ) -> Result<(u64, u32), (u16, &'static str)> {
         let shared = &self.shared;
         let config = &shared.config;
-        self.admit_topic(topic)
-            .await
-            .map_err(|refusal| match refusal {
-                Some(full) => full,
-                None => (
-                    codes::STORAGE,
-                    "the relay's storage is unavailable; try again later",
-                ),
-            })?;
         let (others, members) = {
             let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
             if over_topic_limit(shared, &topics, topic, shared.log.holds(topic)) {
@@ -1030,7 +1025,7 @@ impl RelayServer {
         );
         let shared = &self.shared;
         let config = &shared.config;
-        self.admit_topic(topic)
+        self.admit_topic(hub, topic)
             .await
             .map_err(|refusal| refusal.unwrap_or(UNAVAILABLE))?;
         // Where to start reading the topic, should this relay not follow it

@@ -514,6 +514,20 @@ impl RedisHub {
         }
     }
 
+    /// Whether a member may join `topic` without passing the topic limit
+    /// across the cluster, `member_topics` being this relay's topics with
+    /// members and no backlog.
+    pub async fn admits(&self, topic: &Topic, member_topics: usize) -> Result<bool, Refusal> {
+        let (known, topics): (Option<f64>, usize) = redis::pipe()
+            .zscore(format!("{PREFIX}topics"), hex(topic))
+            .zcard(format!("{PREFIX}topics"))
+            .query_async(&mut self.commands.clone())
+            .await
+            .map_err(unavailable)?;
+        self.topics_seen.store(topics, Ordering::Relaxed);
+        Ok(known.is_some() || topics.saturating_add(member_topics) < self.limits.max_topics)
+    }
+
     /// Joins `connection` to `topic` across the cluster: the other members
     /// after it joined and the live entry announcing it (membership news
     /// older than that is not the member's), or `None` when the topic is
@@ -770,19 +784,6 @@ impl RedisHub {
 }
 
 impl EnvelopeLog for RedisHub {
-    fn admits(&self, topic: Topic, member_topics: usize) -> StoreFuture<'_, Result<bool, Refusal>> {
-        Box::pin(async move {
-            let (known, topics): (Option<f64>, usize) = redis::pipe()
-                .zscore(format!("{PREFIX}topics"), hex(&topic))
-                .zcard(format!("{PREFIX}topics"))
-                .query_async(&mut self.commands.clone())
-                .await
-                .map_err(unavailable)?;
-            self.topics_seen.store(topics, Ordering::Relaxed);
-            Ok(known.is_some() || topics.saturating_add(member_topics) < self.limits.max_topics)
-        })
-    }
-
     fn store(
         &self,
         topic: Topic,

@@ -31,10 +31,6 @@ pub(crate) enum Refusal {
 /// Sequences are positive, grow with every envelope kept for a topic, and
 /// are what clients pass back as their resume cursor.
 pub(crate) trait EnvelopeLog: Send + Sync {
-    /// Whether a member may join `topic` without passing the topic limit,
-    /// `member_topics` being the topics this relay has members in.
-    fn admits(&self, topic: Topic, member_topics: usize) -> StoreFuture<'_, Result<bool, Refusal>>;
-
     /// Keeps `envelope` (published by connection `from`); its sequence.
     fn store(
         &self,

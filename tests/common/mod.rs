@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod redis_server;
+pub mod relay_process;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,5 +1,7 @@
 //! A real `redis-server` for tests: its own loopback port and temporary
-//! directory, no system service; killed when dropped.
+//! directory, no system service; killed when dropped. Shared by the relay
+//! tests and `benches/relay_cluster.rs`.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
