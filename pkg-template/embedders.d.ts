@@ -16,11 +16,14 @@ export interface ModelProgress {
 /** The name of the static model distilled from all-MiniLM-L6-v2 (256 dimensions). */
 export const STATIC_MODEL: 'minilm-static';
 
+/** The name of all-MiniLM-L6-v2 itself, the transformer (384 dimensions). */
+export const EXACT_MODEL: 'minilm';
+
 /**
  * Loads a built-in model (once per page or worker) from the package's
  * `models/` directory, or from `options.url` (a directory URL ending in `/`).
  */
 export function loadEmbedder(
-  name?: 'minilm-static',
+  name?: 'minilm-static' | 'minilm',
   options?: { url?: string | URL; onProgress?: (progress: ModelProgress) => void },
 ): Promise<BuiltInEmbedder>;

@@ -134,7 +134,7 @@ function createClass(addon, triple) {
         jsEmbedder = embedderForAddon(embedder);
         model = typeof embedder.modelName === 'string' ? embedder.modelName : null;
       } else if (embedder !== undefined && embedder !== null) {
-        throw invalid("option `embedder` must be an async function (texts) => vectors, 'hash' or 'minilm-static'");
+        throw invalid("option `embedder` must be an async function (texts) => vectors, 'hash', 'minilm' or 'minilm-static'");
       }
       for (const key of ['onEmbedderProgress', 'embedderUrl', 'persist', 'durability']) delete rest[key];
       const json = optionsJson({ ...rest, embedder: named }, 'options');

@@ -18,10 +18,10 @@ function errorMessage(error) {
 const calls = {
   async open(name, options = {}) {
     await init();
-    // A built-in embedder by name ('hash', 'minilm-static') is resolved
+    // A built-in embedder by name ('hash', 'minilm', 'minilm-static') is resolved
     // here, so texts are embedded in this worker, off the page's thread.
     if (options.embedder !== undefined && typeof options.embedder !== 'string') {
-      throw Object.assign(new Error("in a worker, `embedder` is a built-in's name, 'hash' or 'minilm-static' (functions cannot cross to a worker)"), { name: 'InvalidInputError' });
+      throw Object.assign(new Error("in a worker, `embedder` is a built-in's name, 'hash', 'minilm' or 'minilm-static' (functions cannot cross to a worker)"), { name: 'InvalidInputError' });
     }
     db = await PluresDB.open(name, options);
     return { name: db.name, actorId: db.actorId, storageKind: db.storageKind, methods: [...methods] };

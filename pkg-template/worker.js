@@ -12,14 +12,14 @@ function toError({ name, message }) {
 /**
  * Opens `name` in a new dedicated worker. `options` are those of
  * `PluresDB.open`, except that `embedder` can only name a built-in
- * (`'hash'`, with `embedderDimension`, or `'minilm-static'`, which then
+ * (`'hash'`, with `embedderDimension`, `'minilm'` or `'minilm-static'`, which then
  * loads and runs in the worker) and `onEmbedderProgress` is not available.
  */
 export async function openInWorker(name, options = {}) {
   if (options.embedder !== undefined && typeof options.embedder !== 'string') {
     throw toError({
       name: 'InvalidInputError',
-      message: "in a worker, `embedder` can only name a built-in, 'hash' or 'minilm-static' (functions cannot cross to a worker); " +
+      message: "in a worker, `embedder` can only name a built-in, 'hash', 'minilm' or 'minilm-static' (functions cannot cross to a worker); " +
         'embed in the page and use putWithEmbedding, or open the database with PluresDB.open',
     });
   }

@@ -52,6 +52,29 @@ for (const file of ['README.md', 'node.js', 'node.d.ts', 'node-wasm.js', 'node-a
 for (const file of ['vocab.txt', 'embeddings.bin', 'README.md']) {
   cpSync(join(root, 'models', 'minilm-static', file), join(pkg, 'models', 'minilm-static', file));
 }
+// The exact model: its own WebAssembly module (crates/minilm, candle with
+// SIMD, optimised for speed, not size), its weights and the vocabulary.
+console.log('build: compiling the minilm model module (wasm32, release)');
+run('cargo', ['build', '--quiet', '-p', 'pluresdb-minilm', '--lib', '--release', '--target', target]);
+const minilm = join(pkg, 'models', 'minilm');
+run('wasm-bindgen', [
+  '--target', 'web',
+  '--out-dir', minilm,
+  '--out-name', 'minilm',
+  '--no-typescript',
+  '--remove-name-section',
+  '--remove-producers-section',
+  join(root, 'target', target, 'release', 'pluresdb_minilm.wasm'),
+]);
+run('wasm-opt', [
+  '-O3', '--enable-bulk-memory', '--enable-reference-types', '--enable-nontrapping-float-to-int',
+  '--enable-sign-ext', '--enable-mutable-globals', '--enable-multivalue', '--enable-simd',
+  join(minilm, 'minilm_bg.wasm'), '-o', join(minilm, 'minilm_bg.wasm'),
+]);
+cpSync(join(root, 'models', 'minilm-static', 'vocab.txt'), join(minilm, 'vocab.txt'));
+for (const file of ['model.safetensors', 'README.md']) cpSync(join(root, 'models', 'minilm', file), join(minilm, file));
+console.log(`build: pkg/models/minilm/minilm_bg.wasm ${kib(statSync(join(minilm, 'minilm_bg.wasm')).size)}, ` +
+  `weights ${kib(statSync(join(minilm, 'model.safetensors')).size)}`);
 const snippets = join(pkg, 'snippets');
 const [crateSnippets] = readdirSync(snippets).filter((dir) => dir.startsWith('pluresdb-'));
 writeFileSync(join(pkg, 'embedders.js'),

@@ -183,32 +183,43 @@ fn search_by_vector_and_by_text_with_the_hash_embedder() {
 }
 
 #[test]
-fn the_built_in_model_finds_meaning_from_the_command_line() {
-    let notes = Cli::new();
-    for (id, text) in [
-        ("kids", "Pick up the kids from football practice at 5"),
-        ("lisbon", "Book flights to Lisbon for the conference"),
-        ("anna", "Buy a birthday present for Anna"),
-    ] {
-        notes.ok(&[
-            "--embedder",
-            "minilm-static",
-            "put",
-            id,
-            &json!({ "text": text }).to_string(),
-        ]);
+fn the_built_in_models_find_meaning_from_the_command_line() {
+    for model in ["minilm-static", "minilm"] {
+        let notes = Cli::new();
+        for (id, text) in [
+            ("kids", "Pick up the kids from football practice at 5"),
+            ("lisbon", "Book flights to Lisbon for the conference"),
+            ("anna", "Buy a birthday present for Anna"),
+        ] {
+            notes.ok(&[
+                "--embedder",
+                model,
+                "put",
+                id,
+                &json!({ "text": text }).to_string(),
+            ]);
+        }
+        let search = |query: &str| -> String {
+            let hits = notes.ok(&["--embedder", model, "search", query, "--k", "1"]);
+            let hit: Value = serde_json::from_str(hits.lines().next().unwrap()).unwrap();
+            hit["id"].as_str().unwrap().to_string()
+        };
+        // No word in common with the note it finds.
+        assert_eq!(search("travel plans"), "lisbon", "{model}");
+        assert_eq!(search("gift ideas"), "anna", "{model}");
+        // The database remembers its model and refuses the other.
+        let other = if model == "minilm" {
+            "minilm-static"
+        } else {
+            "minilm"
+        };
+        let refused = notes.run(&["--embedder", other, "search", "travel plans"]);
+        assert!(!refused.status.success(), "{model} then {other}");
     }
-    let search = |query: &str| -> String {
-        let hits = notes.ok(&["--embedder", "minilm-static", "search", query, "--k", "1"]);
-        let hit: Value = serde_json::from_str(hits.lines().next().unwrap()).unwrap();
-        hit["id"].as_str().unwrap().to_string()
-    };
-    // No word in common with the note it finds.
-    assert_eq!(search("travel plans"), "lisbon");
-    assert_eq!(search("gift ideas"), "anna");
+    let notes = Cli::new();
     let unknown = notes.run(&["--embedder", "gpt-9", "search", "x"]);
     assert!(
-        stderr(&unknown).contains("minilm-static"),
+        stderr(&unknown).contains("`minilm`") && stderr(&unknown).contains("minilm-static"),
         "{}",
         stderr(&unknown)
     );

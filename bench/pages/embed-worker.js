@@ -1,9 +1,9 @@
 // One run of the browser embedding benchmark, in a fresh Worker: time to
-// load the built-in model (the package's files over HTTP, decoded), then
-// sentences per second for it and for the hash embedder.
+// load each built-in model (the package's files over HTTP, decoded), then
+// sentences per second for it, and for the hash embedder.
 import init, { hashEmbed } from '/pkg/pluresdb.js';
 
-self.onmessage = async ({ data: { sentences } }) => {
+self.onmessage = async ({ data: { sentences, exactCount } }) => {
   try {
     const start = performance.now();
     const { loadEmbedder } = await import('/pkg/embedders.js');
@@ -18,7 +18,15 @@ self.onmessage = async ({ data: { sentences } }) => {
     t = performance.now();
     hashEmbed(sentences, 256);
     const hashPerSecond = (sentences.length / (performance.now() - t)) * 1000;
-    self.postMessage({ readyMs, staticPerSecond, hashPerSecond });
+    t = performance.now();
+    const exact = await loadEmbedder('minilm');
+    const exactReadyMs = performance.now() - t;
+    await exact(sentences.slice(0, 8));
+    const exactSentences = sentences.slice(0, exactCount);
+    t = performance.now();
+    await exact(exactSentences);
+    const exactPerSecond = (exactSentences.length / (performance.now() - t)) * 1000;
+    self.postMessage({ readyMs, staticPerSecond, hashPerSecond, exactReadyMs, exactPerSecond, exactCount: exactSentences.length });
   } catch (error) {
     self.postMessage({ error: String(error?.stack ?? error) });
   }

@@ -15,12 +15,12 @@ function inWorker(message) {
   });
 }
 
-export async function run({ count = 1000, runs = 5 } = {}) {
+export async function run({ count = 1000, runs = 5, exactCount = count } = {}) {
   const text = await (await fetch('/bench/data/corpus.txt')).text();
   const lines = text.split('\n').filter(Boolean);
   const sentences = lines.slice(-count);
   const results = [];
-  for (let run = 0; run < runs; run++) results.push(await inWorker({ sentences }));
+  for (let run = 0; run < runs; run++) results.push(await inWorker({ sentences, exactCount }));
   return { count: sentences.length, runs: results };
 }
 

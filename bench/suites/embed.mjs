@@ -1,5 +1,5 @@
-// Embedding suite: the built-in static model (minilm-static) and the hash
-// embedder, in a browser Worker and natively, side by side with the Python
+// Embedding suite: the built-in models (minilm, the transformer, and
+// minilm-static) and the hash embedder, in a browser Worker and natively, side by side with the Python
 // reference (sentence-transformers all-MiniLM-L6-v2 on CPU) over the same
 // 1,000 short real sentences (the held-out queries of bench/data/corpus.txt).
 //
@@ -17,13 +17,17 @@ export async function runEmbedSuite({ context, baseUrl, root, runs, quick }) {
   for (const file of ['vocab.txt', 'embeddings.bin']) {
     results.modelBytes[file] = statSync(join(root, 'pkg', 'models', 'minilm-static', file)).size;
   }
+  results.exactBytes = {};
+  for (const file of ['vocab.txt', 'model.safetensors', 'minilm_bg.wasm', 'minilm.js']) {
+    results.exactBytes[file] = statSync(join(root, 'pkg', 'models', 'minilm', file)).size;
+  }
 
   console.log('bench: embed: browser, a fresh Worker per run');
   const page = await context.newPage();
   page.on('pageerror', (error) => console.error('bench page error:', error));
   await page.goto(`${baseUrl}/bench/pages/embed.html`);
   await page.waitForSelector('body[data-ready="true"]', { state: 'attached' });
-  results.browser = await page.evaluate(([count, r]) => globalThis.bench.run({ count, runs: r }), [COUNT, runs]);
+  results.browser = await page.evaluate(([count, r, q]) => globalThis.bench.run({ count, runs: r, exactCount: q ? 200 : count }), [COUNT, runs, quick]);
   await page.close();
 
   console.log('bench: embed: native (cargo run --release --example embed_speed)');

@@ -34,8 +34,10 @@ struct Cli {
     db: Option<PathBuf>,
 
     /// Embed records' text on put and accept text in search:
-    /// `minilm-static` (a static model distilled from all-MiniLM-L6-v2,
-    /// 256 dimensions: finds meaning; the same model as the npm package's),
+    /// `minilm` (the all-MiniLM-L6-v2 transformer, 384 dimensions: the
+    /// best at meaning, a few milliseconds per text), `minilm-static` (a
+    /// static model distilled from it, 256 dimensions: rougher, thousands
+    /// of texts per second), both the same models as the npm package's,
     /// `hash` (hashed words and trigrams, 256 dimensions) or
     /// `hash:<dimensions>`.
     #[arg(long, global = true, value_name = "EMBEDDER")]
@@ -426,6 +428,11 @@ impl DatabaseOptions {
                 options.embedder = Some(Arc::new(crate::index::StaticEmbedder::built_in()));
                 return Ok(options);
             }
+            #[cfg(feature = "minilm")]
+            if spec == "minilm" {
+                options.embedder = Some(Arc::new(crate::index::MiniLmEmbedder::built_in()));
+                return Ok(options);
+            }
             let dimension = match spec.split_once(':') {
                 None if spec == "hash" => 256,
                 Some(("hash", dimension)) => dimension
@@ -433,7 +440,7 @@ impl DatabaseOptions {
                     .map_err(|_| Failure::new(format!("bad embedder dimension in `{spec}`")))?,
                 _ => {
                     return Err(Failure::new(format!(
-                        "unknown embedder `{spec}` (use `minilm-static`, `hash` or `hash:<dimensions>`)"
+                        "unknown embedder `{spec}` (use `minilm`, `minilm-static`, `hash` or `hash:<dimensions>`)"
                     )))
                 }
             };

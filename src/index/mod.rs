@@ -21,9 +21,13 @@
 
 mod distance;
 mod hash_embedder;
+#[cfg(all(not(target_arch = "wasm32"), feature = "minilm"))]
+mod minilm_embedder;
 mod segment;
 #[cfg(not(target_arch = "wasm32"))]
 mod static_embedder;
+#[cfg(not(target_arch = "wasm32"))]
+mod wordpiece;
 
 use std::sync::Arc;
 
@@ -32,6 +36,8 @@ use rustc_hash::FxHashMap;
 
 pub use distance::{cosine_distance, dot, score_of, UnitVector};
 pub use hash_embedder::HashEmbedder;
+#[cfg(all(not(target_arch = "wasm32"), feature = "minilm"))]
+pub use minilm_embedder::{MiniLmEmbedder, MINILM_MODEL};
 pub use pluresdb_hnsw::Params as GraphParams;
 pub use segment::{Segment, SegmentEntry, SEGMENT_ENCODING_VERSION};
 #[cfg(not(target_arch = "wasm32"))]

@@ -10,18 +10,13 @@
 //! and one embedded natively are comparable. The CLI carries the table in
 //! its binary ([`StaticEmbedder::built_in`]).
 
-use std::collections::HashMap;
-
-use unicode_normalization::UnicodeNormalization;
-use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
-
+use super::wordpiece::WordPiece;
 use crate::db::EmbedText;
 use crate::platform::BoxFuture;
 
 /// The built-in model's name and version, as stored with what it embeds.
 pub const STATIC_MODEL: &str = "minilm-static@1";
 const MAGIC: &[u8; 8] = b"PLDBSTM1";
-const MAX_WORD_CHARS: usize = 100;
 /// Tokens of a text that count, as a transformer reads at most so many
 /// (MiniLM itself 256); beyond them a text costs no more to embed, however
 /// long a request made it.
@@ -29,8 +24,7 @@ pub const MAX_TOKENS: usize = 512;
 
 /// A static embedding model: a WordPiece vocabulary and one row per token.
 pub struct StaticEmbedder {
-    vocab: HashMap<String, u32>,
-    unknown: u32,
+    tokenizer: WordPiece,
     dimension: usize,
     table: Vec<f32>,
 }
@@ -38,77 +32,10 @@ pub struct StaticEmbedder {
 impl std::fmt::Debug for StaticEmbedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StaticEmbedder")
-            .field("tokens", &self.vocab.len())
+            .field("tokens", &self.tokenizer.vocabulary_size())
             .field("dimension", &self.dimension)
             .finish_non_exhaustive()
     }
-}
-
-fn is_cjk(c: char) -> bool {
-    matches!(u32::from(c),
-        0x4E00..=0x9FFF | 0x3400..=0x4DBF | 0x20000..=0x2A6DF | 0x2A700..=0x2B73F
-        | 0x2B740..=0x2B81F | 0x2B920..=0x2CEAF | 0xF900..=0xFAFF | 0x2F800..=0x2FA1F)
-}
-
-fn is_control(c: char) -> bool {
-    matches!(
-        c.general_category(),
-        GeneralCategory::Control | GeneralCategory::Format | GeneralCategory::PrivateUse
-    )
-}
-
-fn is_punctuation(c: char) -> bool {
-    c.is_ascii_punctuation() || c.general_category_group() == GeneralCategoryGroup::Punctuation
-}
-
-/// BERT's normaliser: control characters dropped, whitespace to spaces,
-/// CJK ideographs spaced, accents stripped (NFD without nonspacing marks),
-/// lower case.
-fn normalize(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        // Control characters go first: U+0085 and U+000B are whitespace to
-        // Rust but controls to BERT, which drops them.
-        let kept_control = matches!(c, '\t' | '\n' | '\r');
-        if c == '\0' || c == '\u{FFFD}' || (is_control(c) && !kept_control) {
-            continue;
-        }
-        if c.is_whitespace() {
-            out.push(' ');
-        } else if is_cjk(c) {
-            out.push(' ');
-            out.push(c);
-            out.push(' ');
-        } else {
-            out.push(c);
-        }
-    }
-    out.nfd()
-        .filter(|c| c.general_category() != GeneralCategory::NonspacingMark)
-        .collect::<String>()
-        .to_lowercase()
-}
-
-/// Words: split on whitespace, every punctuation character its own word.
-fn pre_tokenize(text: &str) -> Vec<&str> {
-    let mut words = Vec::new();
-    let mut start = None;
-    for (at, c) in text.char_indices() {
-        if c.is_whitespace() || is_punctuation(c) {
-            if let Some(from) = start.take() {
-                words.push(&text[from..at]);
-            }
-            if !c.is_whitespace() {
-                words.push(&text[at..at + c.len_utf8()]);
-            }
-        } else if start.is_none() {
-            start = Some(at);
-        }
-    }
-    if let Some(from) = start {
-        words.push(&text[from..]);
-    }
-    words
 }
 
 impl StaticEmbedder {
@@ -133,28 +60,19 @@ impl StaticEmbedder {
                 table.len()
             ));
         }
-        let tokens: Vec<&str> = vocab.lines().collect();
-        if tokens.len() != size {
+        let tokenizer = WordPiece::from_vocab(vocab)?;
+        if tokenizer.vocabulary_size() != size {
             return Err(format!(
                 "the vocabulary has {} tokens, the table {size}",
-                tokens.len()
+                tokenizer.vocabulary_size()
             ));
         }
-        let vocab: HashMap<String, u32> = tokens
-            .iter()
-            .enumerate()
-            .map(|(id, token)| (token.to_string(), id as u32))
-            .collect();
-        let unknown = *vocab
-            .get("[UNK]")
-            .ok_or("the vocabulary has no [UNK] token")?;
         let table = table[16..]
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect();
         Ok(Self {
-            vocab,
-            unknown,
+            tokenizer,
             dimension,
             table,
         })
@@ -175,50 +93,7 @@ impl StaticEmbedder {
     /// The WordPiece ids of `text` (no `[CLS]`/`[SEP]`), at most
     /// [`MAX_TOKENS`].
     pub fn token_ids(&self, text: &str) -> Vec<u32> {
-        let normalized = normalize(text);
-        let mut ids = Vec::new();
-        for word in pre_tokenize(&normalized) {
-            let chars: Vec<(usize, char)> = word.char_indices().collect();
-            if chars.len() > MAX_WORD_CHARS {
-                ids.push(self.unknown);
-                continue;
-            }
-            let mut pieces = Vec::new();
-            let mut start = 0;
-            let mut piece = String::new();
-            while start < chars.len() {
-                let mut end = chars.len();
-                let mut found = None;
-                while start < end {
-                    let to = chars.get(end).map_or(word.len(), |(at, _)| *at);
-                    piece.clear();
-                    if start > 0 {
-                        piece.push_str("##");
-                    }
-                    piece.push_str(&word[chars[start].0..to]);
-                    found = self.vocab.get(&piece).copied();
-                    if found.is_some() {
-                        break;
-                    }
-                    end -= 1;
-                }
-                match found {
-                    Some(id) => pieces.push(id),
-                    None => {
-                        pieces.clear();
-                        pieces.push(self.unknown);
-                        break;
-                    }
-                }
-                start = end;
-            }
-            ids.extend(pieces);
-            if ids.len() >= MAX_TOKENS {
-                ids.truncate(MAX_TOKENS);
-                break;
-            }
-        }
-        ids
+        self.tokenizer.token_ids(text, MAX_TOKENS)
     }
 
     /// The unit-length embedding of `text` (zeros when no token has a row).

@@ -8,8 +8,20 @@
 // 30,522 x 256 table are averaged and the mean is scaled to unit length. No
 // network access but the package's own files; the table (15.6 MB) is fetched
 // the first time a database asks for the model, once per page or worker.
+//
+// `minilm` is all-MiniLM-L6-v2 itself, the transformer (`models/minilm/`,
+// exported with 8-bit weights by `scripts/export-minilm.py`; within cosine
+// 0.999 of the float32 model): the same tokenizer here, then the model
+// compiled to WebAssembly from `crates/minilm` (candle, SIMD), a module of
+// its own with its weights (23.6 MB), fetched when a database first asks
+// for it. A few milliseconds per text: embed in `openInWorker` or a Worker.
 
 export const STATIC_MODEL = 'minilm-static';
+export const EXACT_MODEL = 'minilm';
+/** Texts per call into the transformer: sorted by length, so little padding. */
+const EXACT_BATCH = 32;
+/** Word pieces the transformer reads, [CLS] and [SEP] aside (max_seq_length 256). */
+const EXACT_MAX_PIECES = 254;
 const MAGIC = 'PLDBSTM1';
 const MAX_WORD_CHARS = 100;
 // Tokens of a text that count (as src/index/static_embedder.rs): a text
@@ -207,26 +219,83 @@ const loading = new Map();
  * reports the download.
  */
 export async function loadEmbedder(name = STATIC_MODEL, options = {}) {
-  if (name !== STATIC_MODEL) {
-    throw Object.assign(new Error(`unknown embedder '${name}': the built-in ones are 'hash' and '${STATIC_MODEL}'`), {
+  if (name !== STATIC_MODEL && name !== EXACT_MODEL) {
+    throw Object.assign(new Error(`unknown embedder '${name}': the built-in ones are 'hash', '${EXACT_MODEL}' and '${STATIC_MODEL}'`), {
       name: 'InvalidInputError',
     });
   }
   const base = options.url ? new URL(options.url, globalThis.location?.href) : defaultModelUrl(name);
   const key = base.href;
   if (!loading.has(key)) {
-    loading.set(key, (async () => {
-      const [vocab, table] = await Promise.all([
-        readBytes(new URL('vocab.txt', base)),
-        readBytes(new URL('embeddings.bin', base), options.onProgress),
-      ]);
-      return decodeStaticModel(new TextDecoder().decode(vocab), table);
-    })());
+    loading.set(key, name === STATIC_MODEL ? loadStatic(base, options.onProgress) : loadExact(base, options.onProgress));
     loading.get(key).catch(() => loading.delete(key));
   }
   const model = await loading.get(key);
-  const embed = async (texts) => texts.map((text) => embedStatic(model, text));
+  const embed = name === STATIC_MODEL
+    ? async (texts) => texts.map((text) => embedStatic(model, text))
+    : (texts) => embedExact(model, texts);
   return Object.assign(embed, { modelName: `${name}@1`, dimension: model.dimension });
+}
+
+async function loadStatic(base, onProgress) {
+  const [vocab, table] = await Promise.all([
+    readBytes(new URL('vocab.txt', base)),
+    readBytes(new URL('embeddings.bin', base), onProgress),
+  ]);
+  return decodeStaticModel(new TextDecoder().decode(vocab), table);
+}
+
+// ---- The exact model -------------------------------------------------------
+
+async function loadExact(base, onProgress) {
+  let glue;
+  try {
+    glue = await import(new URL('minilm.js', base).href);
+  } catch (error) {
+    const inServiceWorker = typeof globalThis.ServiceWorkerGlobalScope === 'function'
+      && globalThis instanceof globalThis.ServiceWorkerGlobalScope;
+    throw new Error(inServiceWorker
+      ? `the '${EXACT_MODEL}' model cannot load in a service worker (import() is not allowed there): embed in a page or a Worker, or use '${STATIC_MODEL}'`
+      : `loading the '${EXACT_MODEL}' model from ${base}: ${error?.message ?? error}`);
+  }
+  const [vocab, wasm, weights] = await Promise.all([
+    readBytes(new URL('vocab.txt', base)),
+    readBytes(new URL('minilm_bg.wasm', base)),
+    readBytes(new URL('model.safetensors', base), onProgress),
+  ]);
+  await glue.default({ module_or_path: wasm });
+  const model = new glue.MiniLm(weights);
+  const tokens = new TextDecoder().decode(vocab).split('\n');
+  if (tokens.at(-1) === '') tokens.pop();
+  const vocabMap = new Map(tokens.map((token, id) => [token, id]));
+  return { vocab: vocabMap, unknown: vocabMap.get('[UNK]'), dimension: model.dimension, model };
+}
+
+/**
+ * Embeds texts with the transformer, a batch of similar lengths at a time,
+ * yielding to the event loop between batches so a page stays responsive.
+ */
+async function embedExact(model, texts) {
+  const ids = texts.map((text) => wordPieceIds(model.vocab, model.unknown, text).slice(0, EXACT_MAX_PIECES));
+  const order = ids.map((_, index) => index).sort((a, b) => ids[a].length - ids[b].length);
+  const out = new Array(texts.length);
+  for (let at = 0; at < order.length; at += EXACT_BATCH) {
+    if (at > 0) await new Promise((resolve) => setTimeout(resolve, 0));
+    const batch = order.slice(at, at + EXACT_BATCH);
+    const flat = new Uint32Array(batch.reduce((total, index) => total + ids[index].length, 0));
+    const lengths = new Uint32Array(batch.length);
+    let offset = 0;
+    batch.forEach((index, row) => {
+      flat.set(ids[index], offset);
+      offset += ids[index].length;
+      lengths[row] = ids[index].length;
+    });
+    const vectors = model.model.embed(flat, lengths);
+    batch.forEach((index, row) => {
+      out[index] = vectors.slice(row * model.dimension, (row + 1) * model.dimension);
+    });
+  }
+  return out;
 }
 
 /** For `PluresDB.open`: the embedder `name` with the open options' `embedderUrl` and `onEmbedderProgress`. */

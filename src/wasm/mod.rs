@@ -32,7 +32,7 @@ extern "C" {
 }
 
 /// The embedder an `embedder` option names: `'hash'` (`embedderDimension`,
-/// default 256) or a built-in model such as `'minilm-static'`, loaded on
+/// default 256) or a built-in model (`'minilm'`, `'minilm-static'`), loaded on
 /// first use. `None` when the option is not a string.
 async fn embedder_by_name(
     options: &JsValue,
@@ -162,7 +162,7 @@ fn open_options(options: &JsValue) -> Result<OpenOptions, JsValue> {
     if !embedder.is_undefined() && !embedder.is_null() && !embedder.is_string() {
         let function = embedder.dyn_into::<Function>().map_err(|_| {
             invalid_input(
-                "option `embedder` must be an async function (texts) => vectors, 'hash' or 'minilm-static'",
+                "option `embedder` must be an async function (texts) => vectors, 'hash', 'minilm' or 'minilm-static'",
             )
         })?;
         out.embedder = Some(std::sync::Arc::new(vector::JsEmbedder::new(function)));

@@ -237,3 +237,47 @@ test('the README example of pluresdb/worker runs: the database in a dedicated Wo
   assert.deepEqual(page.errors, []);
   await page.close();
 });
+
+test("the exact model 'minilm' runs off the main thread: by name in openInWorker, and loadEmbedder in a plain Worker", async () => {
+  const page = await fixturePage();
+  const checks = await page.evaluate(async () => {
+    const { openInWorker } = await import('/pkg/worker.js');
+    const notes = await openInWorker('worker-exact', { storage: 'memory', embedder: 'minilm', embedFields: ['text'] });
+    await notes.put('kids', { text: 'Pick up the kids from football practice at 5' });
+    await notes.put('lisbon', { text: 'Book flights to Lisbon for the conference' });
+    await notes.put('anna', { text: 'Buy a birthday present for Anna' });
+    const travel = (await notes.search('travel plans', { k: 1 }))[0].id;
+    const gift = (await notes.search('gift ideas', { k: 1 }))[0].id;
+    const dimension = (await notes.indexStats()).dimension;
+    await notes.close();
+    // A plain module Worker of the app's own, with the package's loader.
+    const source = `import { loadEmbedder } from '${new URL('/pkg/embedders.js', location.href)}';
+      const dot = (a, b) => a.reduce((sum, x, i) => sum + x * b[i], 0);
+      self.onmessage = async ({ data }) => {
+        try {
+          const embed = await loadEmbedder('minilm');
+          const [question, answer, unrelated] = await embed(data);
+          self.postMessage({ name: embed.modelName, close: dot(question, answer), far: dot(question, unrelated) });
+        } catch (error) {
+          self.postMessage({ error: String(error) });
+        }
+      };`;
+    const worker = new Worker(URL.createObjectURL(new Blob([source], { type: 'text/javascript' })), { type: 'module' });
+    const plain = await new Promise((resolve) => {
+      worker.onmessage = ({ data }) => resolve(data);
+      worker.onerror = (event) => resolve({ error: event.message });
+      worker.postMessage(['How do I book a train ticket?', 'Buying railway tickets online', 'A recipe for lemon cake']);
+    });
+    worker.terminate();
+    return { travel, gift, dimension, plain };
+  }).catch((error) => ({ error: String(error) }));
+  assert.equal(checks.error, undefined, checks.error);
+  assert.equal(checks.travel, 'lisbon');
+  assert.equal(checks.gift, 'anna');
+  assert.equal(checks.dimension, 384);
+  assert.equal(checks.plain.error, undefined, checks.plain.error);
+  assert.equal(checks.plain.name, 'minilm@1');
+  assert.ok(checks.plain.close > checks.plain.far + 0.2, JSON.stringify(checks.plain));
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});

@@ -1,12 +1,14 @@
 // The built-in embedders through the npm package in Node: `minilm-static`
 // against the Python reference (tokens and vectors of models/minilm-static/
 // check.json, recall@10 against all-MiniLM-L6-v2 on the benchmark corpus),
-// and by name in PluresDB.open.
+// `minilm` (the transformer, WebAssembly) against the float32 reference
+// (models/minilm/check.json and the 1,050 real sentences of
+// tests/data/sentences-minilm.bin), and both by name in PluresDB.open.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import init, { PluresDB } from '../../pkg/node.js';
-import { loadEmbedder, STATIC_MODEL } from '../../pkg/embedders.js';
+import { EXACT_MODEL, loadEmbedder, STATIC_MODEL } from '../../pkg/embedders.js';
 import { loadCorpus } from '../../bench/lib/corpus.mjs';
 
 await init();
@@ -61,8 +63,71 @@ test('minilm-static reads only the first 512 tokens of a text, however long', as
   assert.notDeepEqual(tailVector, headVector);
 });
 
-test("embedder: 'minilm-static' by name: 'travel plans' finds the Lisbon note", async () => {
-  const db = await PluresDB.open('node-minilm', { storage: 'memory', embedder: 'minilm-static', embedFields: ['text'] });
+function cosine(a, b) {
+  let sum = 0;
+  for (let d = 0; d < a.length; d++) sum += a[d] * b[d];
+  return sum;
+}
+
+/** tests/data/sentences-minilm.bin: 1,000 sentences and 50 queries with the reference's vectors. */
+function readSentences() {
+  const data = readFileSync(new URL('tests/data/sentences-minilm.bin', root));
+  const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  assert.equal(data.subarray(0, 8).toString('latin1'), 'PLDBEMB1');
+  const [count, queries, dimension] = [8, 12, 16].map((at) => view.getUint32(at, true));
+  const texts = [];
+  const vectors = [];
+  let at = 20;
+  for (let i = 0; i < count + queries; i++) {
+    const length = view.getUint32(at, true);
+    texts.push(data.subarray(at + 4, at + 4 + length).toString('utf8'));
+    at += 4 + length + (i >= count ? 4 : 0);
+    vectors.push(new Float32Array(data.buffer.slice(data.byteOffset + at, data.byteOffset + at + 4 * dimension)));
+    at += 4 * dimension;
+  }
+  assert.equal(at, data.length);
+  return { texts, vectors, count };
+}
+
+function topTen(vectors, count, q) {
+  return vectors.slice(0, count)
+    .map((v, i) => [i === q ? -Infinity : cosine(v, vectors[q]), i])
+    .sort((a, b) => b[0] - a[0] || a[1] - b[1])
+    .slice(0, 10)
+    .map(([, i]) => i);
+}
+
+test('minilm gives the float32 reference its tokens and vectors (check.json)', async () => {
+  const check = JSON.parse(readFileSync(new URL('models/minilm/check.json', root), 'utf8'));
+  const embed = await loadEmbedder(EXACT_MODEL);
+  assert.equal(embed.modelName, 'minilm@1');
+  assert.equal(embed.dimension, 384);
+  const vectors = await embed(check.samples.map((s) => s.text));
+  check.samples.forEach((sample, i) => {
+    const similarity = cosine(vectors[i], sample.vector);
+    assert.ok(similarity >= 0.995, `${JSON.stringify(sample.text)}: cosine ${similarity}`);
+  });
+});
+
+test('minilm on 1,050 real sentences: every vector within cosine 0.99 of the reference, recall@10 >= 0.95', async () => {
+  const { texts, vectors: reference, count } = readSentences();
+  const embed = await loadEmbedder(EXACT_MODEL);
+  const ours = await embed(texts);
+  let worst = 1;
+  ours.forEach((vector, i) => { worst = Math.min(worst, cosine(vector, reference[i])); });
+  assert.ok(worst >= 0.99, `lowest cosine ${worst}`);
+  let hits = 0;
+  for (let q = 0; q < count; q++) {
+    const truth = new Set(topTen(reference, count, q));
+    hits += topTen(ours, count, q).filter((i) => truth.has(i)).length;
+  }
+  // 0.979 in scripts/export-minilm.py, through PyTorch with the same weights.
+  const recall = hits / (10 * count);
+  assert.ok(recall >= 0.95, `recall@10 ${recall}`);
+});
+
+for (const name of [STATIC_MODEL, EXACT_MODEL]) test(`embedder: '${name}' by name: 'travel plans' finds the Lisbon note`, async () => {
+  const db = await PluresDB.open(`node-${name}`, { storage: 'memory', embedder: name, embedFields: ['text'] });
   await db.put('kids', { text: 'Pick up the kids from football practice at 5' });
   await db.put('lisbon', { text: 'Book flights to Lisbon for the conference' });
   await db.put('anna', { text: 'Buy a birthday present for Anna' });

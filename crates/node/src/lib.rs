@@ -165,12 +165,15 @@ fn open_options(options: &Value, embedder: Option<Arc<dyn EmbedText>>) -> Result
             };
             out.embedder = Some(Arc::new(pluresdb::index::HashEmbedder::new(dimension)));
         }
+        Some("minilm") => {
+            out.embedder = Some(Arc::new(pluresdb::index::MiniLmEmbedder::built_in()));
+        }
         Some("minilm-static") => {
             out.embedder = Some(Arc::new(pluresdb::index::StaticEmbedder::built_in()));
         }
         Some(other) => {
             return Err(invalid(format!(
-                "unknown embedder '{other}': the built-in ones are 'hash' and 'minilm-static' (or pass an async function (texts) => vectors)"
+                "unknown embedder '{other}': the built-in ones are 'hash', 'minilm' and 'minilm-static' (or pass an async function (texts) => vectors)"
             )))
         }
     }
