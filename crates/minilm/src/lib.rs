@@ -82,6 +82,37 @@ fn format_error(message: impl std::fmt::Display) -> ModelError {
     ModelError::Format(message.to_string())
 }
 
+/// A configuration the model code can run: a head count that divides the
+/// hidden size (the attention divides by it), room for [`MAX_SEQUENCE`]
+/// positions, and sizes no BERT of this kind exceeds.
+fn check_config(config: &Config) -> Result<(), ModelError> {
+    let heads = config.num_attention_heads;
+    if heads == 0 || config.hidden_size == 0 || config.hidden_size % heads != 0 {
+        return Err(format_error(format!(
+            "hidden size {} does not split into {heads} attention heads",
+            config.hidden_size
+        )));
+    }
+    if config.max_position_embeddings < MAX_SEQUENCE {
+        return Err(format_error(format!(
+            "{} positions, fewer than the {MAX_SEQUENCE} texts are read with",
+            config.max_position_embeddings
+        )));
+    }
+    let sizes = [
+        config.vocab_size,
+        config.hidden_size,
+        config.intermediate_size,
+        config.num_hidden_layers,
+        config.max_position_embeddings,
+        config.type_vocab_size,
+    ];
+    if sizes.iter().any(|&size| size == 0 || size > 1 << 20) {
+        return Err(format_error(format!("implausible sizes {sizes:?}")));
+    }
+    Ok(())
+}
+
 impl MiniLm {
     /// Loads the model from the bytes of its weight file: a safetensors file
     /// whose metadata has `format` = [`FORMAT`] and `config` (the BERT
@@ -107,6 +138,7 @@ impl MiniLm {
                 .ok_or_else(|| format_error("the metadata has no config"))?,
         )
         .map_err(format_error)?;
+        check_config(&config)?;
         let device = Device::Cpu;
         let mut stored = candle_core::safetensors::load_buffer(bytes, &device)?;
         let mut tensors = HashMap::with_capacity(stored.len());
@@ -299,6 +331,24 @@ mod tests {
         ));
         let long = vec![1000u32; 5000];
         assert_eq!(model.embed(&[long]).unwrap()[0].len(), 384);
+        // A configuration whose hidden size does not split into its heads
+        // (the attention divides by the head count) is refused up front.
+        let config = r#"{"vocab_size":30522,"hidden_size":384,"num_hidden_layers":6,"num_attention_heads":0,"intermediate_size":1536,"hidden_act":"gelu","hidden_dropout_prob":0.1,"max_position_embeddings":512,"type_vocab_size":2,"initializer_range":0.02,"layer_norm_eps":1e-12,"pad_token_id":0}"#;
+        let metadata = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("config".to_string(), config.to_string()),
+        ]);
+        let no_heads = safetensors::serialize(
+            Vec::<(&str, safetensors::tensor::TensorView)>::new(),
+            Some(metadata),
+        )
+        .unwrap();
+        assert!(
+            matches!(MiniLm::from_bytes(&no_heads), Err(ModelError::Format(message)) if message.contains("attention heads"))
+        );
+        // A real model cut short.
+        let whole = include_bytes!("../../../models/minilm/model.safetensors");
+        assert!(MiniLm::from_bytes(&whole[..whole.len() / 2]).is_err());
         for bytes in [
             &b""[..],
             b"not a model",
