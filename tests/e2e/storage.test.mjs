@@ -101,6 +101,40 @@ test('a ServiceWorker stores data the page can read', async () => {
   await page.close();
 });
 
+test("in a ServiceWorker 'minilm-static' finds meaning and 'minilm' is a clear error (import() is not allowed there)", async () => {
+  const page = await openFixture();
+  const result = await page.evaluate(async () => {
+    const registration = await navigator.serviceWorker.register('/sw.js', { type: 'module' });
+    const worker = registration.active ?? registration.installing ?? registration.waiting;
+    if (worker.state !== 'activated') {
+      await new Promise((resolve) => worker.addEventListener('statechange', () => {
+        if (worker.state === 'activated') resolve();
+      }));
+    }
+    let next = 0;
+    const call = (op, ...args) => new Promise((resolve, reject) => {
+      const channel = new MessageChannel();
+      channel.port1.onmessage = ({ data }) => {
+        if (data.error) reject(Object.assign(new Error(data.error.message), data.error));
+        else resolve(data.result);
+      };
+      worker.postMessage({ id: next++, op, args }, [channel.port2]);
+    });
+    await call('open', 'sw-static', { storage: 'memory', embedder: 'minilm-static', embedFields: ['text'] });
+    await call('put', 'sw-static', 'lisbon', { text: 'Book flights to Lisbon for the conference' });
+    await call('put', 'sw-static', 'anna', { text: 'Buy a birthday present for Anna' });
+    const found = await call('search', 'sw-static', 'travel plans', { k: 1 });
+    await call('close', 'sw-static');
+    const exact = await call('open', 'sw-exact', { storage: 'memory', embedder: 'minilm' })
+      .then(() => 'opened', (error) => error.message);
+    await registration.unregister();
+    return { found, exact };
+  });
+  assert.deepEqual(result.found, ['lisbon']);
+  assert.match(result.exact, /cannot load in a service worker.*minilm-static/);
+  await page.close();
+});
+
 test('two tabs see each other\'s writes live and hold different actor slots', async () => {
   const first = await openFixture();
   const second = await openFixture();

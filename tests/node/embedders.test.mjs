@@ -126,6 +126,23 @@ test('minilm on 1,050 real sentences: every vector within cosine 0.99 of the ref
   assert.ok(recall >= 0.95, `recall@10 ${recall}`);
 });
 
+test('minilm: a vector made by the WebAssembly model and one made by the database (the addon: native Rust) agree', async () => {
+  // The record's vector comes from the WebAssembly module; the query is
+  // embedded by the database's own 'minilm' (natively on the addon
+  // backend, in WebAssembly on the fallback). The same text must score 1.
+  const embed = await loadEmbedder(EXACT_MODEL);
+  const texts = ['Book flights to Lisbon for the conference', 'naïve façade résumé, 中文 and 🙂'];
+  const vectors = await embed(texts);
+  const db = await PluresDB.open('node-minilm-agree', { storage: 'memory', embedder: EXACT_MODEL });
+  for (const [i, vector] of vectors.entries()) await db.putWithEmbedding(`t${i}`, { i }, vector);
+  for (const [i, text] of texts.entries()) {
+    const [hit] = await db.search(text, { k: 1 });
+    assert.equal(hit.id, `t${i}`);
+    assert.ok(hit.score > 0.9999, `${text}: score ${hit.score}`);
+  }
+  await db.close();
+});
+
 for (const name of [STATIC_MODEL, EXACT_MODEL]) test(`embedder: '${name}' by name: 'travel plans' finds the Lisbon note`, async () => {
   const db = await PluresDB.open(`node-${name}`, { storage: 'memory', embedder: name, embedFields: ['text'] });
   await db.put('kids', { text: 'Pick up the kids from football practice at 5' });

@@ -14,6 +14,7 @@ export async function handle({ op, args }) {
     case 'put': return databases.get(args[0]).put(args[1], args[2]);
     case 'get': return databases.get(args[0]).get(args[1]);
     case 'list': return databases.get(args[0]).list(args[1]);
+    case 'search': return (await databases.get(args[0]).search(args[1], args[2])).map((hit) => hit.id);
     case 'close': {
       await databases.get(args[0]).close();
       databases.delete(args[0]);
