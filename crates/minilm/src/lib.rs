@@ -87,7 +87,7 @@ fn format_error(message: impl std::fmt::Display) -> ModelError {
 /// positions, and sizes no BERT of this kind exceeds.
 fn check_config(config: &Config) -> Result<(), ModelError> {
     let heads = config.num_attention_heads;
-    if heads == 0 || config.hidden_size == 0 || config.hidden_size % heads != 0 {
+    if heads == 0 || config.hidden_size == 0 || !config.hidden_size.is_multiple_of(heads) {
         return Err(format_error(format!(
             "hidden size {} does not split into {heads} attention heads",
             config.hidden_size
