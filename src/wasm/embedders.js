@@ -225,7 +225,8 @@ export async function loadEmbedder(name = STATIC_MODEL, options = {}) {
     });
   }
   const base = options.url ? new URL(options.url, globalThis.location?.href) : defaultModelUrl(name);
-  const key = base.href;
+  // One load per model and place (an `embedderUrl` names a directory of one model's files).
+  const key = `${name} ${base.href}`;
   if (!loading.has(key)) {
     loading.set(key, name === STATIC_MODEL ? loadStatic(base, options.onProgress) : loadExact(base, options.onProgress));
     loading.get(key).catch(() => loading.delete(key));
