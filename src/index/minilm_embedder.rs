@@ -123,21 +123,11 @@ mod tests {
             serde_json::from_str(include_str!("../../models/minilm/check.json")).unwrap();
         for sample in check["samples"].as_array().unwrap() {
             let text = sample["text"].as_str().unwrap();
-            let ids: Vec<u32> = sample["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|id| id.as_u64().unwrap() as u32)
-                .collect();
+            let ids: Vec<u32> = serde_json::from_value(sample["ids"].clone()).unwrap();
             let limit = pluresdb_minilm::MAX_SEQUENCE - 2;
             let ours = MiniLm::sequence(&model.inner.tokenizer.token_ids(text, limit));
             assert_eq!(ours, ids, "tokens of {text:?}");
-            let reference: Vec<f32> = sample["vector"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
+            let reference: Vec<f32> = serde_json::from_value(sample["vector"].clone()).unwrap();
             let vector = &model.embed_now(&[text.to_string()]).unwrap()[0];
             assert!(cosine(vector, &reference) >= 0.995, "{text:?}");
         }

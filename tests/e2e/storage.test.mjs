@@ -69,22 +69,8 @@ test('a dedicated Worker stores data the page can read', async () => {
 test('a ServiceWorker stores data the page can read', async () => {
   const page = await openFixture();
   const result = await page.evaluate(async () => {
-    const registration = await navigator.serviceWorker.register('/sw.js', { type: 'module' });
-    const worker = registration.active ?? registration.installing ?? registration.waiting;
-    if (worker.state !== 'activated') {
-      await new Promise((resolve) => worker.addEventListener('statechange', () => {
-        if (worker.state === 'activated') resolve();
-      }));
-    }
-    let next = 0;
-    const call = (op, ...args) => new Promise((resolve, reject) => {
-      const channel = new MessageChannel();
-      channel.port1.onmessage = ({ data }) => {
-        if (data.error) reject(Object.assign(new Error(data.error.message), data.error));
-        else resolve(data.result);
-      };
-      worker.postMessage({ id: next++, op, args }, [channel.port2]);
-    });
+    const { serviceWorkerRpc } = await import('/rpc.js');
+    const { call, registration } = await serviceWorkerRpc();
     const scope = await call('scope');
     const opened = await call('open', 'sw-db');
     await call('put', 'sw-db', 'from-sw', { scope });
@@ -104,22 +90,8 @@ test('a ServiceWorker stores data the page can read', async () => {
 test("in a ServiceWorker 'minilm-static' finds meaning and 'minilm' is a clear error (import() is not allowed there)", async () => {
   const page = await openFixture();
   const result = await page.evaluate(async () => {
-    const registration = await navigator.serviceWorker.register('/sw.js', { type: 'module' });
-    const worker = registration.active ?? registration.installing ?? registration.waiting;
-    if (worker.state !== 'activated') {
-      await new Promise((resolve) => worker.addEventListener('statechange', () => {
-        if (worker.state === 'activated') resolve();
-      }));
-    }
-    let next = 0;
-    const call = (op, ...args) => new Promise((resolve, reject) => {
-      const channel = new MessageChannel();
-      channel.port1.onmessage = ({ data }) => {
-        if (data.error) reject(Object.assign(new Error(data.error.message), data.error));
-        else resolve(data.result);
-      };
-      worker.postMessage({ id: next++, op, args }, [channel.port2]);
-    });
+    const { serviceWorkerRpc } = await import('/rpc.js');
+    const { call, registration } = await serviceWorkerRpc();
     await call('open', 'sw-static', { storage: 'memory', embedder: 'minilm-static', embedFields: ['text'] });
     await call('put', 'sw-static', 'lisbon', { text: 'Book flights to Lisbon for the conference' });
     await call('put', 'sw-static', 'anna', { text: 'Buy a birthday present for Anna' });

@@ -32,3 +32,28 @@ export async function answer(message, reply) {
     reply({ id: message.id, error: { name: error.name, message: error.message } });
   }
 }
+
+/**
+ * Page side: registers the service worker fixture (`/sw.js`), waits until it
+ * is active and returns `call(op, ...args)`, which sends one request over a
+ * MessageChannel and resolves with the answer, and `registration`.
+ */
+export async function serviceWorkerRpc() {
+  const registration = await navigator.serviceWorker.register('/sw.js', { type: 'module' });
+  const worker = registration.active ?? registration.installing ?? registration.waiting;
+  if (worker.state !== 'activated') {
+    await new Promise((resolve) => worker.addEventListener('statechange', () => {
+      if (worker.state === 'activated') resolve();
+    }));
+  }
+  let next = 0;
+  const call = (op, ...args) => new Promise((resolve, reject) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = ({ data }) => {
+      if (data.error) reject(Object.assign(new Error(data.error.message), data.error));
+      else resolve(data.result);
+    };
+    worker.postMessage({ id: next++, op, args }, [channel.port2]);
+  });
+  return { call, registration };
+}
