@@ -52,8 +52,8 @@ for (const file of ['README.md', 'node.js', 'node.d.ts', 'node-wasm.js', 'node-a
 for (const file of ['vocab.txt', 'embeddings.bin', 'README.md']) {
   cpSync(join(root, 'models', 'minilm-static', file), join(pkg, 'models', 'minilm-static', file));
 }
-// The exact model: its own WebAssembly module (crates/minilm, candle with
-// SIMD, optimised for speed, not size), its weights and the vocabulary.
+// The exact model: its own WebAssembly module (crates/minilm, with SIMD,
+// optimised for speed, not size), its weights and the vocabulary.
 console.log('build: compiling the minilm model module (wasm32, release)');
 run('cargo', ['build', '--quiet', '-p', 'pluresdb-minilm', '--lib', '--release', '--target', target]);
 const minilm = join(pkg, 'models', 'minilm');

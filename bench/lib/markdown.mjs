@@ -195,7 +195,7 @@ function embedSection(docsDir, e) {
   const browser = e.browser.runs;
   const exactRows = browser[0].exactPerSecond === undefined ? [] : [
     [`\`minilm\`, browser Worker (WebAssembly, ${browser[0].exactCount} sentences)`, rates(browser.map((r) => r.exactPerSecond)), `${spread(browser.map((r) => r.exactReadyMs))} ms to ready`],
-    ['`minilm`, native (Rust, candle)', rates(e.native.exact), `${fmt(e.native.exactLoadMs, 0)} ms to load the built-in weights`],
+    ['`minilm`, native (Rust)', rates(e.native.exact), `${fmt(e.native.exactLoadMs, 0)} ms to load the built-in weights`],
   ];
   const rows = [
     ...exactRows,
@@ -215,7 +215,7 @@ function embedSection(docsDir, e) {
   if (e.exactBytes) {
     const exactBytes = Object.values(e.exactBytes).reduce((a, b) => a + b, 0);
     const python = e.python.skipped ? null : median(e.python.perSecond);
-    out.push(`\`minilm\` is the transformer itself (candle; 8-bit weights widened to float32 on load): ${fmt(exactBytes / 1e6, 1)} MB to download ` +
+    out.push(`\`minilm\` is the transformer itself (8-bit weights widened to float32 on load, the word embeddings widened as they are read): ${fmt(exactBytes / 1e6, 1)} MB to download ` +
       `(weights ${fmt(e.exactBytes['model.safetensors'] / 1e6, 1)} MB, WebAssembly module ${fmt(e.exactBytes['minilm_bg.wasm'] / 1e6, 1)} MB, vocabulary), its own module beside the core \`.wasm\`. ` +
       'Quality is in `models/minilm/README.md`: every vector within cosine 0.999 of the float32 model\'s. ' +
       `Targets (issue #27): ≥ 50 sentences/s in the browser for the exact model (measured ${fmt(median(browser.map((r) => r.exactPerSecond)), 0)}); ` +

@@ -1,7 +1,7 @@
 //! `minilm`: the exact all-MiniLM-L6-v2 transformer as a built-in embedder
 //! (feature `minilm`, on by default). The text goes through the shared BERT
 //! tokenizer ([`super::wordpiece`]), the ids through the model of the
-//! `pluresdb-minilm` crate (candle), whose 8-bit weights
+//! `pluresdb-minilm` crate, whose 8-bit weights
 //! (`models/minilm/model.safetensors`, 23.6 MB) the binary carries.
 //!
 //! The browser runs the same model, compiled to WebAssembly, behind the

@@ -12,7 +12,7 @@
 // `minilm` is all-MiniLM-L6-v2 itself, the transformer (`models/minilm/`,
 // exported with 8-bit weights by `scripts/export-minilm.py`; within cosine
 // 0.999 of the float32 model): the same tokenizer here, then the model
-// compiled to WebAssembly from `crates/minilm` (candle, SIMD), a module of
+// compiled to WebAssembly from `crates/minilm` (SIMD), a module of
 // its own with its weights (23.6 MB), fetched when a database first asks
 // for it. A few milliseconds per text: embed in `openInWorker` or a Worker.
 

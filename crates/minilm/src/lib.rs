@@ -1,6 +1,7 @@
 //! PluresDB's exact built-in sentence embedder: the all-MiniLM-L6-v2
-//! transformer (6 BERT layers, 384 dimensions) run by `candle`, natively and
-//! in WebAssembly.
+//! transformer (6 BERT layers, 384 dimensions), natively and in WebAssembly.
+//! The forward pass is this crate's own (`src/encoder.rs`, on `gemm`); why, and
+//! what it replaced, is in `docs/ARCHITECTURE.md` ("Built-in embedders").
 //!
 //! This crate owns the model, not the text: it takes WordPiece token ids
 //! (with `[CLS]` and `[SEP]`), as the BERT uncased tokenizer makes them, and
@@ -17,14 +18,13 @@
 //! documents the format). The 8 bits keep every vector within cosine 0.999 of
 //! the float32 model's (`models/minilm/README.md`).
 
-use std::collections::HashMap;
+use serde::Deserialize;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
-
+mod encoder;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
+
+use encoder::{Embeddings, Encoder, Layer, LayerNorm, Linear};
 
 /// The model's name and version, as a database stores it with its vectors.
 pub const MODEL: &str = "minilm@1";
@@ -34,11 +34,8 @@ pub const FORMAT: &str = "pluresdb-minilm-q8/1";
 /// (sentence-transformers' `max_seq_length` for this model); longer texts
 /// are truncated, as the reference does.
 pub const MAX_SEQUENCE: usize = 256;
-/// Texts run through the transformer together; sorted by length first, so
-/// a batch pads little.
-pub const BATCH: usize = 32;
-/// The most positions, padding included, in one batch: long texts run a few
-/// at a time rather than padding 32 short ones to their length.
+/// The most tokens in one batch (texts are never padded, so a batch is
+/// just a unit of work: natively, batches run on all cores at once).
 pub const BATCH_POSITIONS: usize = 2048;
 const CLS: u32 = 101;
 const SEP: u32 = 102;
@@ -57,23 +54,20 @@ pub enum ModelError {
         /// The vocabulary's size.
         vocabulary: usize,
     },
-    /// The tensor engine failed.
-    #[error("the model failed: {0}")]
-    Engine(#[from] candle_core::Error),
 }
 
 /// all-MiniLM-L6-v2, ready to embed.
 pub struct MiniLm {
-    model: BertModel,
+    encoder: Encoder,
     vocabulary: usize,
-    dimension: usize,
 }
 
 impl std::fmt::Debug for MiniLm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MiniLm")
             .field("vocabulary", &self.vocabulary)
-            .field("dimension", &self.dimension)
+            .field("dimension", &self.encoder.hidden)
+            .field("layers", &self.encoder.layers.len())
             .finish_non_exhaustive()
     }
 }
@@ -82,9 +76,24 @@ fn format_error(message: impl std::fmt::Display) -> ModelError {
     ModelError::Format(message.to_string())
 }
 
-/// A configuration the model code can run: a head count that divides the
-/// hidden size (the attention divides by it), room for [`MAX_SEQUENCE`]
-/// positions, and sizes no BERT of this kind exceeds.
+/// The BERT configuration, as the weight file's metadata carries it (the
+/// fields of Hugging Face's `config.json` this model code reads).
+#[derive(Debug, Deserialize)]
+struct Config {
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    hidden_act: String,
+    max_position_embeddings: usize,
+    type_vocab_size: usize,
+    layer_norm_eps: f64,
+}
+
+/// A configuration the model code can run: GELU, a head count that divides
+/// the hidden size (the attention divides by it), room for
+/// [`MAX_SEQUENCE`] positions, and sizes no BERT of this kind exceeds.
 fn check_config(config: &Config) -> Result<(), ModelError> {
     let heads = config.num_attention_heads;
     if heads == 0 || config.hidden_size == 0 || !config.hidden_size.is_multiple_of(heads) {
@@ -99,6 +108,12 @@ fn check_config(config: &Config) -> Result<(), ModelError> {
             config.max_position_embeddings
         )));
     }
+    if config.hidden_act != "gelu" {
+        return Err(format_error(format!(
+            "activation {:?}; only BERT's \"gelu\" is supported",
+            config.hidden_act
+        )));
+    }
     let sizes = [
         config.vocab_size,
         config.hidden_size,
@@ -110,7 +125,114 @@ fn check_config(config: &Config) -> Result<(), ModelError> {
     if sizes.iter().any(|&size| size == 0 || size > 1 << 20) {
         return Err(format_error(format!("implausible sizes {sizes:?}")));
     }
+    if !(config.layer_norm_eps > 0.0 && config.layer_norm_eps < 1.0) {
+        return Err(format_error(format!(
+            "implausible layer norm epsilon {}",
+            config.layer_norm_eps
+        )));
+    }
     Ok(())
+}
+
+/// Reads tensors by name from the weight file, checking their types and
+/// shapes.
+struct Weights<'a> {
+    file: safetensors::SafeTensors<'a>,
+}
+
+impl Weights<'_> {
+    fn view(
+        &self,
+        name: &str,
+        dtype: safetensors::Dtype,
+        shape: &[usize],
+    ) -> Result<safetensors::tensor::TensorView<'_>, ModelError> {
+        let view = self
+            .file
+            .tensor(name)
+            .map_err(|_| format_error(format!("the tensor {name} is missing")))?;
+        if view.dtype() != dtype || view.shape() != shape {
+            return Err(format_error(format!(
+                "{name} is {:?} {:?}, expected {dtype:?} {shape:?}",
+                view.dtype(),
+                view.shape()
+            )));
+        }
+        Ok(view)
+    }
+
+    fn floats(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let view = self.view(name, safetensors::Dtype::F32, shape)?;
+        Ok(view
+            .data()
+            .chunks_exact(4)
+            .map(|bytes| f32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+            .collect())
+    }
+
+    /// An 8-bit matrix `[rows, columns]`: the stored integers plus 128, and
+    /// one scale per row.
+    fn matrix_q8(
+        &self,
+        name: &str,
+        rows: usize,
+        columns: usize,
+    ) -> Result<(Vec<u8>, Vec<f32>), ModelError> {
+        let q8 = self.view(
+            &format!("{name}.q8"),
+            safetensors::Dtype::U8,
+            &[rows, columns],
+        )?;
+        let scales = self.floats(&format!("{name}.scale"), &[rows])?;
+        Ok((q8.data().to_vec(), scales))
+    }
+
+    /// A dense layer stored as PyTorch does (`weight` `[outputs, inputs]`,
+    /// 8-bit), widened and transposed to `[inputs][outputs]`.
+    fn linear(&self, name: &str, inputs: usize, outputs: usize) -> Result<Linear, ModelError> {
+        let (q8, scales) = self.matrix_q8(&format!("{name}.weight"), outputs, inputs)?;
+        let mut weight = vec![0f32; inputs * outputs];
+        for (output, (row, scale)) in q8.chunks_exact(inputs).zip(&scales).enumerate() {
+            for (input, &value) in row.iter().enumerate() {
+                weight[input * outputs + output] = (f32::from(value) - 128.0) * scale;
+            }
+        }
+        Ok(Linear {
+            weight,
+            bias: self.floats(&format!("{name}.bias"), &[outputs])?,
+            inputs,
+            outputs,
+        })
+    }
+
+    fn layer_norm(&self, name: &str, size: usize, epsilon: f32) -> Result<LayerNorm, ModelError> {
+        Ok(LayerNorm {
+            gamma: self.floats(&format!("{name}.weight"), &[size])?,
+            beta: self.floats(&format!("{name}.bias"), &[size])?,
+            epsilon,
+        })
+    }
+}
+
+/// Query, key and value side by side: one layer of `3 · hidden` outputs.
+fn fuse(parts: [Linear; 3]) -> Linear {
+    let inputs = parts[0].inputs;
+    let outputs: usize = parts.iter().map(|part| part.outputs).sum();
+    let mut weight = Vec::with_capacity(inputs * outputs);
+    for input in 0..inputs {
+        for part in &parts {
+            weight.extend_from_slice(&part.weight[input * part.outputs..][..part.outputs]);
+        }
+    }
+    Linear {
+        weight,
+        bias: parts
+            .iter()
+            .flat_map(|part| part.bias.iter().copied())
+            .collect(),
+        inputs,
+        outputs,
+    }
 }
 
 impl MiniLm {
@@ -139,46 +261,71 @@ impl MiniLm {
         )
         .map_err(format_error)?;
         check_config(&config)?;
-        let device = Device::Cpu;
-        let mut stored = candle_core::safetensors::load_buffer(bytes, &device)?;
-        let mut tensors = HashMap::with_capacity(stored.len());
-        let names: Vec<String> = stored.keys().cloned().collect();
-        for name in names {
-            let Some(matrix) = name.strip_suffix(".q8") else {
-                continue;
-            };
-            let q8 = stored.remove(&name).expect("listed");
-            let scale = stored
-                .remove(&format!("{matrix}.scale"))
-                .ok_or_else(|| format_error(format!("{matrix} has no scale")))?;
-            let (rows, _) = q8.dims2()?;
-            if q8.dtype() != DType::U8 || scale.dtype() != DType::F32 || scale.dims() != [rows] {
-                return Err(format_error(format!("{matrix}: bad 8-bit layout")));
-            }
-            let widened =
-                (q8.to_dtype(DType::F32)? - 128.0)?.broadcast_mul(&scale.unsqueeze(1)?)?;
-            tensors.insert(matrix.to_string(), widened);
-        }
-        for (name, tensor) in stored {
-            if name.ends_with(".scale") {
-                return Err(format_error(format!("{name} scales no matrix")));
-            }
-            tensors.insert(name, tensor.to_dtype(DType::F32)?);
-        }
-        let model = BertModel::load(
-            VarBuilder::from_tensors(tensors, DType::F32, &device),
-            &config,
+        let weights = Weights {
+            file: safetensors::SafeTensors::deserialize(bytes).map_err(format_error)?,
+        };
+        let hidden = config.hidden_size;
+        let epsilon = config.layer_norm_eps as f32;
+        let (words, word_scales) = weights.matrix_q8(
+            "embeddings.word_embeddings.weight",
+            config.vocab_size,
+            hidden,
         )?;
+        let token_types = weights.floats(
+            "embeddings.token_type_embeddings.weight",
+            &[config.type_vocab_size, hidden],
+        )?;
+        let embeddings = Embeddings {
+            words,
+            word_scales,
+            positions: weights.floats(
+                "embeddings.position_embeddings.weight",
+                &[config.max_position_embeddings, hidden],
+            )?,
+            // Every token is of type 0 (one sentence per input).
+            token_type: token_types[..hidden].to_vec(),
+            norm: weights.layer_norm("embeddings.LayerNorm", hidden, epsilon)?,
+        };
+        let inner = config.intermediate_size;
+        let layers = (0..config.num_hidden_layers)
+            .map(|index| {
+                let name = |part: &str| format!("encoder.layer.{index}.{part}");
+                Ok(Layer {
+                    qkv: fuse([
+                        weights.linear(&name("attention.self.query"), hidden, hidden)?,
+                        weights.linear(&name("attention.self.key"), hidden, hidden)?,
+                        weights.linear(&name("attention.self.value"), hidden, hidden)?,
+                    ]),
+                    attention_output: weights.linear(
+                        &name("attention.output.dense"),
+                        hidden,
+                        hidden,
+                    )?,
+                    attention_norm: weights.layer_norm(
+                        &name("attention.output.LayerNorm"),
+                        hidden,
+                        epsilon,
+                    )?,
+                    intermediate: weights.linear(&name("intermediate.dense"), hidden, inner)?,
+                    output: weights.linear(&name("output.dense"), inner, hidden)?,
+                    output_norm: weights.layer_norm(&name("output.LayerNorm"), hidden, epsilon)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
         Ok(Self {
-            model,
+            encoder: Encoder {
+                embeddings,
+                layers,
+                hidden,
+                heads: config.num_attention_heads,
+            },
             vocabulary: config.vocab_size,
-            dimension: config.hidden_size,
         })
     }
 
     /// The vectors' dimension (384).
     pub fn dimension(&self) -> usize {
-        self.dimension
+        self.encoder.hidden
     }
 
     /// The model's input for the WordPiece ids of one text (without
@@ -193,9 +340,9 @@ impl MiniLm {
     }
 
     /// The unit-length embedding of each sequence (as [`MiniLm::sequence`]
-    /// makes them; longer ones are cut to [`MAX_SEQUENCE`]), in order. The
-    /// sequences run in batches of similar length, at most [`BATCH`] texts
-    /// and [`BATCH_POSITIONS`] positions each.
+    /// makes them; longer ones are cut to [`MAX_SEQUENCE`]), in order.
+    /// The sequences run in batches of at most [`BATCH_POSITIONS`] tokens;
+    /// natively, the batches run on every core at once.
     pub fn embed(&self, sequences: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, ModelError> {
         for &id in sequences.iter().flatten() {
             if id as usize >= self.vocabulary {
@@ -205,55 +352,65 @@ impl MiniLm {
                 });
             }
         }
-        let mut order: Vec<usize> = (0..sequences.len()).collect();
-        order.sort_by_key(|&index| sequences[index].len());
-        let length = |index: usize| sequences[index].len().clamp(1, MAX_SEQUENCE);
-        let mut vectors = vec![Vec::new(); sequences.len()];
-        let mut rest = &order[..];
-        while !rest.is_empty() {
-            // Sorted by length, so each added text is the batch's longest.
-            let mut size = 1;
-            while size < rest.len().min(BATCH) && (size + 1) * length(rest[size]) <= BATCH_POSITIONS
-            {
-                size += 1;
-            }
-            let (batch, next) = rest.split_at(size);
-            rest = next;
-            let texts: Vec<&[u32]> = batch
-                .iter()
-                .map(|&index| &sequences[index][..sequences[index].len().min(MAX_SEQUENCE)])
-                .collect();
-            for (&index, vector) in batch.iter().zip(self.embed_batch(&texts)?) {
-                vectors[index] = vector;
-            }
-        }
-        Ok(vectors)
+        // An empty sequence is read as `[CLS] [SEP]`, as the tokenizer
+        // would make it.
+        let empty = [CLS, SEP];
+        let texts: Vec<&[u32]> = sequences
+            .iter()
+            .map(|ids| match ids.len() {
+                0 => &empty[..],
+                length => &ids[..length.min(MAX_SEQUENCE)],
+            })
+            .collect();
+        let batches = batches(&texts, workers());
+        let embed = |range: &std::ops::Range<usize>| self.encoder.embed(&texts[range.clone()]);
+        #[cfg(not(target_arch = "wasm32"))]
+        let vectors: Vec<Vec<Vec<f32>>> = {
+            use rayon::prelude::*;
+            batches.par_iter().map(embed).collect()
+        };
+        #[cfg(target_arch = "wasm32")]
+        let vectors: Vec<Vec<Vec<f32>>> = batches.iter().map(embed).collect();
+        Ok(vectors.into_iter().flatten().collect())
     }
+}
 
-    fn embed_batch(&self, texts: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let width = texts.iter().map(|ids| ids.len()).max().unwrap_or(0).max(1);
-        let mut ids = vec![0u32; texts.len() * width];
-        let mut mask = vec![0f32; texts.len() * width];
-        for (row, text) in texts.iter().enumerate() {
-            ids[row * width..][..text.len()].copy_from_slice(text);
-            mask[row * width..][..text.len()].fill(1.0);
+/// How many batches can run at once.
+fn workers() -> usize {
+    #[cfg(not(target_arch = "wasm32"))]
+    return rayon::current_num_threads();
+    #[cfg(target_arch = "wasm32")]
+    return 1;
+}
+
+/// Consecutive ranges of `texts` of at most [`BATCH_POSITIONS`] tokens
+/// each (a longer single text is a batch of its own), and at least
+/// `workers` of them when there are that many texts, so every core gets a
+/// share.
+fn batches(texts: &[&[u32]], workers: usize) -> Vec<std::ops::Range<usize>> {
+    let total: usize = texts.iter().map(|text| text.len()).sum();
+    let budget = total.div_ceil(workers.max(1)).clamp(1, BATCH_POSITIONS);
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    let mut tokens = 0;
+    for (index, text) in texts.iter().enumerate() {
+        if index > start && tokens + text.len() > budget {
+            ranges.push(start..index);
+            start = index;
+            tokens = 0;
         }
-        let device = &self.model.device;
-        let ids = Tensor::from_vec(ids, (texts.len(), width), device)?;
-        let mask = Tensor::from_vec(mask, (texts.len(), width), device)?;
-        let token_types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
-        let summed = hidden.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
-        let counts = mask.sum_keepdim(1)?.clamp(1.0, f64::MAX)?;
-        let mean = summed.broadcast_div(&counts)?;
-        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-        Ok(mean.broadcast_div(&norms)?.to_vec2()?)
+        tokens += text.len();
     }
+    if start < texts.len() {
+        ranges.push(start..texts.len());
+    }
+    ranges
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn model() -> MiniLm {
         MiniLm::from_bytes(include_bytes!("../../../models/minilm/model.safetensors")).unwrap()
@@ -310,6 +467,48 @@ mod tests {
             assert!(cosine(&alone[0], vector) > 0.99999);
         }
         assert!(model.embed(&[]).unwrap().is_empty());
+        // Many texts of mixed lengths, several batches on several threads:
+        // each vector still belongs to its own text.
+        let many: Vec<Vec<u32>> = (0..150u32)
+            .map(|index| {
+                let length = (index * 37 % 300) as usize;
+                MiniLm::sequence(
+                    &(0..length as u32)
+                        .map(|at| 1000 + (index * 131 + at * 7) % 20_000)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let vectors = model.embed(&many).unwrap();
+        assert_eq!(vectors.len(), many.len());
+        for index in [0, 1, 7, 64, 100, 149] {
+            let alone = model.embed(&many[index..=index]).unwrap();
+            assert!(cosine(&alone[0], &vectors[index]) > 0.99999, "text {index}");
+        }
+        assert!(cosine(&vectors[1], &vectors[2]) < 0.99);
+    }
+
+    #[test]
+    fn batches_cover_every_text_once_within_the_budget() {
+        let lengths = [5usize, 3000, 7, 2048, 1, 1, 900, 900, 900];
+        let texts: Vec<Vec<u32>> = lengths.iter().map(|&n| vec![1; n]).collect();
+        let slices: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
+        for workers in [1, 2, 8, 64] {
+            let ranges = batches(&slices, workers);
+            let mut next = 0;
+            for range in &ranges {
+                assert_eq!(range.start, next);
+                assert!(range.end > range.start);
+                let tokens: usize = lengths[range.clone()].iter().sum();
+                assert!(range.len() == 1 || tokens <= BATCH_POSITIONS, "{range:?}");
+                next = range.end;
+            }
+            assert_eq!(next, lengths.len());
+        }
+        // Small inputs still give every worker a share.
+        let short: Vec<&[u32]> = vec![&[1, 2, 3]; 10];
+        assert_eq!(batches(&short, 2).len(), 2);
+        assert!(batches(&[], 2).is_empty());
     }
 
     #[test]
