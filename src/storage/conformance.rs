@@ -326,6 +326,63 @@ pub async fn two_instances_never_lose_writes<F: StorageFactory>(factory: &F) {
     db.close().await.unwrap();
 }
 
+/// Two instances commit one write at a time, interleaved, often enough
+/// that each folds chunks the other appended (IndexedDB compacts every 32
+/// commits, removing the folded range in one request), on top of rows an
+/// earlier session stored: every write is there after reopening.
+pub async fn interleaved_writers_survive_compaction<F: StorageFactory>(factory: &F) {
+    // Chunks from before (a session of fewer commits than compaction waits
+    // for): never folded by the partial compactions below, and never lost.
+    let earlier = Database::open(factory.open("interleaved").await, OpenOptions::default())
+        .await
+        .unwrap();
+    for id in 0..10 {
+        earlier.put(&format!("z{id}"), json!(id)).await.unwrap();
+    }
+    earlier.close().await.unwrap();
+    let first = Database::open(factory.open("interleaved").await, OpenOptions::default())
+        .await
+        .unwrap();
+    let second = Database::open(factory.open("interleaved").await, OpenOptions::default())
+        .await
+        .unwrap();
+    for round in 0..90 {
+        // The first writes new ids only, so no chunk of it is redundant; the
+        // second overwrites, so compaction has rows to drop.
+        first
+            .put(&format!("a{round}"), json!({ "round": round }))
+            .await
+            .unwrap();
+        second
+            .put(&format!("b{}", round % 45), json!({ "round": round }))
+            .await
+            .unwrap();
+    }
+    assert!(first.delete("a3").await.unwrap());
+    first.close().await.unwrap();
+    second.close().await.unwrap();
+
+    let db = Database::open(factory.open("interleaved").await, OpenOptions::default())
+        .await
+        .unwrap();
+    for id in 0..90 {
+        let expected = (id != 3).then(|| json!({ "round": id }));
+        assert_eq!(db.get(&format!("a{id}")).unwrap(), expected, "a{id}");
+    }
+    for id in 0..45 {
+        assert_eq!(
+            db.get(&format!("b{id}")).unwrap(),
+            Some(json!({ "round": 45 + id })),
+            "b{id}"
+        );
+    }
+    for id in 0..10 {
+        assert_eq!(db.get(&format!("z{id}")).unwrap(), Some(json!(id)), "z{id}");
+    }
+    assert_eq!(db.len(), 89 + 45 + 10);
+    db.close().await.unwrap();
+}
+
 /// Issue #20, bug 1: two instances on one storage; B's first commit after
 /// A's is stale and read-merges, B's next one is not. B must have learnt
 /// every row A stored (not only the rows of its own batch), so its second
@@ -611,6 +668,7 @@ macro_rules! storage_conformance_tests {
             slots_are_exclusive_and_reused,
             database_persists_across_reopen,
             two_instances_never_lose_writes,
+            interleaved_writers_survive_compaction,
             a_stale_writer_never_overwrites_what_it_did_not_see,
             newer_format_is_refused,
             older_format_is_migrated,
