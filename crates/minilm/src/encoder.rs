@@ -363,7 +363,8 @@ fn exp(x: f32) -> f32 {
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     let exponent = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    let power = f32::from_bits(((exponent + 127) as u32) << 23);
+    // Wrapping: a NaN input gives NaN, never an overflow panic.
+    let power = f32::from_bits((exponent.wrapping_add(127) as u32) << 23);
     polynomial * power
 }
 
@@ -386,6 +387,9 @@ mod tests {
         assert!(worst_erf < 1e-6, "erf: error {worst_erf}");
         assert!(exp(-1000.0) < 1e-37);
         assert!(exp(1000.0).is_finite());
+        assert!(exp(f32::NAN).is_nan() && erf(f32::NAN).is_nan());
+        assert_eq!(erf(f32::INFINITY), 1.0);
+        assert_eq!(erf(f32::NEG_INFINITY), -1.0);
     }
 
     #[test]
