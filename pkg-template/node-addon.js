@@ -210,6 +210,8 @@ function createClass(addon, triple) {
       return call((async () => JSON.parse(await this.#native.query(queryJson(query))))());
     }
 
+    explain(query) { return JSON.parse(now(() => this.#native.explain(queryJson(query)))); }
+
     conflicts(id) {
       return call((async () => JSON.parse(await this.#native.conflicts(id)))());
     }

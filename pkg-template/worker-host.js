@@ -7,7 +7,7 @@ let db;
 const stops = new Map(); // watch/subscribe id -> stop function
 // The database methods the page may call (open tells the page this list).
 const methods = new Set([
-  'put', 'putMany', 'get', 'delete', 'list', 'query', 'conflicts', 'search', 'putWithEmbedding',
+  'put', 'putMany', 'get', 'delete', 'list', 'query', 'explain', 'conflicts', 'search', 'putWithEmbedding',
   'indexStats', 'flushIndex', 'createInvite', 'sync', 'stopSync', 'syncStatus', 'close', 'destroy',
 ]);
 

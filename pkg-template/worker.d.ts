@@ -1,7 +1,7 @@
 // Types of `pluresdb/worker`: the PluresDB API with the database in a
 // dedicated Worker. Synchronous methods of `PluresDB` return promises here.
 import type {
-  ChangeEvent, ConflictVersion, IndexStats, ListOptions, ListPage, OpenOptions, PutEntry, Query,
+  ChangeEvent, ConflictVersion, IndexStats, ListOptions, ListPage, OpenOptions, PutEntry, Query, QueryPlan,
   SearchHit, SearchOptions, StoredRecord, SyncStatus,
 } from './pluresdb.js';
 
@@ -28,6 +28,7 @@ export interface WorkerDB {
   delete(id: string): Promise<boolean>;
   list<T = unknown>(options?: ListOptions): Promise<ListPage<T>>;
   query<T = unknown>(query: Query): Promise<Array<StoredRecord<T>>>;
+  explain(query: Query): Promise<QueryPlan>;
   conflicts(id: string): Promise<ConflictVersion[]>;
   search<T = unknown>(query: string | Float32Array | number[], options?: SearchOptions): Promise<Array<SearchHit<T>>>;
   putWithEmbedding(id: string, data: unknown, vector: Float32Array | number[]): Promise<void>;

@@ -132,12 +132,25 @@ impl Query {
         &self,
         records: impl Iterator<Item = (&'a str, &'a Document)>,
     ) -> Vec<(String, Document)> {
+        let mut records = records;
+        self.run_records(&mut records, true)
+    }
+
+    /// Runs the query over `(id, document)` pairs, in id order when
+    /// `in_id_order` (else the hits are put in id order). One function for
+    /// every source of records (a scan, an index): each instance of a
+    /// generic one adds code to the browser build.
+    pub(crate) fn run_records<'a>(
+        &self,
+        records: &mut dyn Iterator<Item = (&'a str, &'a Document)>,
+        in_id_order: bool,
+    ) -> Vec<(String, Document)> {
         let mut hits: Vec<(&'a str, &'a Document, Option<std::sync::Arc<Value>>)> = Vec::new();
         for (id, document) in records {
             if !id.starts_with(self.prefix.as_str()) {
                 continue;
             }
-            if self.filters.is_empty() && self.sort.is_empty() {
+            if self.filters.is_empty() && self.sort.is_empty() && in_id_order {
                 hits.push((id, document, None));
                 if self.limit.is_some_and(|limit| hits.len() >= limit) {
                     break;
@@ -149,7 +162,7 @@ impl Query {
                 hits.push((id, document, Some(value)));
             }
         }
-        if !self.sort.is_empty() {
+        if !self.sort.is_empty() || !in_id_order {
             hits.sort_by(|(id_a, _, a), (id_b, _, b)| {
                 let (Some(a), Some(b)) = (a, b) else {
                     return id_a.cmp(id_b);

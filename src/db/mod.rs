@@ -25,9 +25,12 @@ use crate::index::{IndexConfig, VectorIndex};
 use crate::platform::{self, SystemClock, WallClock};
 use crate::query::Query;
 
+mod field_index;
 mod sync;
 mod vector;
 
+use field_index::FieldIndexes;
+pub use field_index::QueryPlan;
 pub use sync::{SyncHandle, SyncState, SyncStatus};
 
 use crate::storage::{
@@ -140,6 +143,10 @@ pub struct OpenOptions {
     pub embedder: Option<Arc<dyn EmbedText>>,
     /// The top-level string fields an embedder sees (all when empty).
     pub embed_fields: Vec<String>,
+    /// Top-level fields to keep secondary indexes on, so queries with
+    /// conditions on them (`=`, `$in`, ranges) read only the records that
+    /// can match instead of scanning (see [`Database::explain`]).
+    pub indexes: Vec<String>,
 }
 
 impl Default for OpenOptions {
@@ -149,6 +156,7 @@ impl Default for OpenOptions {
             index: IndexConfig::default(),
             embedder: None,
             embed_fields: Vec::new(),
+            indexes: Vec::new(),
         }
     }
 }
@@ -215,6 +223,8 @@ enum Job {
 struct State {
     store: CrdtStore,
     index: VectorIndex,
+    /// The declared secondary indexes on fields.
+    fields: FieldIndexes,
     /// The database's sync identity, once it has one.
     identity: Option<crate::sync::SyncIdentity>,
     /// Stored `sync/...` metadata (cursors, what was published).
@@ -294,6 +304,7 @@ impl<S: Storage> Database<S> {
     ///
     /// Natively this must run inside a tokio runtime.
     pub async fn open(storage: S, options: OpenOptions) -> Result<Self> {
+        FieldIndexes::validate(&options.indexes)?;
         let lease = storage.acquire_slot().await?;
         let loaded = storage.load().await?;
 
@@ -385,6 +396,7 @@ impl<S: Storage> Database<S> {
             .collect();
         let (index, dropped_segments) =
             vector::build_index(options.index.clone(), loaded.segments, &store);
+        let fields = FieldIndexes::build(&options.indexes, &store);
 
         // A new database records its format; a new slot records its actor id
         // before the actor writes anything.
@@ -435,6 +447,7 @@ impl<S: Storage> Database<S> {
             state: Mutex::new(State {
                 store,
                 index,
+                fields,
                 identity,
                 sync_meta,
                 generation,
@@ -727,17 +740,53 @@ impl<S: Storage> Database<S> {
     }
 
     /// Live records matching `query` (filters on top-level fields, sort,
-    /// limit), as `(id, document)`.
+    /// limit), as `(id, document)`. A condition on an indexed field
+    /// ([`OpenOptions::indexes`]) narrows the records read; without one, a
+    /// query with conditions scans every record under its prefix (and logs
+    /// a warning once per set of fields, natively).
     pub fn query(&self, query: &Query) -> Result<Vec<(String, Document)>> {
+        let (results, plan) = self.query_with_plan(query)?;
+        #[cfg(not(target_arch = "wasm32"))]
+        warn_scan_once(query, &plan);
+        #[cfg(target_arch = "wasm32")]
+        let _ = plan;
+        Ok(results)
+    }
+
+    /// [`Database::query`], and which records it read.
+    pub fn query_with_plan(&self, query: &Query) -> Result<(Vec<(String, Document)>, QueryPlan)> {
         let state = self.readable()?;
-        let prefix = query.prefix.as_str();
-        let start = Bound::Included(prefix);
-        let live = state
-            .store
-            .records_in((start, Bound::Unbounded))
-            .take_while(|record| record.id().starts_with(prefix))
+        if let Some((field, ids)) = state.fields.plan(query) {
+            let plan = QueryPlan {
+                index: Some(field),
+                reads: ids.len(),
+            };
+            let mut live = ids.iter().filter_map(|id| {
+                let record = state.store.record(id)?;
+                record.data().map(|data| (record.id(), data))
+            });
+            return Ok((query.run_records(&mut live, false), plan));
+        }
+        let mut reads = 0;
+        let mut live = under_prefix(&state.store, &query.prefix)
+            .inspect(|_| reads += 1)
             .filter_map(|record| record.data().map(|data| (record.id(), data)));
-        Ok(query.run(live))
+        let results = query.run_records(&mut live, true);
+        Ok((results, QueryPlan { index: None, reads }))
+    }
+
+    /// Which records `query` would read: through which index, and how many
+    /// (without running it).
+    pub fn explain(&self, query: &Query) -> Result<QueryPlan> {
+        let state = self.readable()?;
+        if let Some((field, ids)) = state.fields.plan(query) {
+            return Ok(QueryPlan {
+                index: Some(field),
+                reads: ids.len(),
+            });
+        }
+        let reads = under_prefix(&state.store, &query.prefix).count();
+        Ok(QueryPlan { index: None, reads })
     }
 
     /// Counts of live records, tombstones and records with conflicts.
@@ -929,7 +978,7 @@ async fn run_announcement_listener<S: Storage>(
         }
         let preview = state.store.preview(&ops);
         let changes = state.store.install(preview, &ops, None, now);
-        vector::sync_index(&mut state, &changes, vector::carries_vectors(&ops));
+        index_changes(&mut state, &changes, vector::carries_vectors(&ops));
         let job = CommittedBatch {
             origin,
             ops,
@@ -1149,7 +1198,7 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
                 .store
                 .install(records, &ops, peer_vector.as_ref(), now);
             let foreign_ops = foreign.merge_into(&mut state.store, &mut changes, now);
-            vector::sync_index(
+            index_changes(
                 &mut state,
                 &changes,
                 merged_from_storage || !foreign_ops.is_empty() || vector::carries_vectors(&ops),
@@ -1285,6 +1334,57 @@ impl Foreign {
         }
         ops
     }
+}
+
+/// Every record (tombstones included) whose id starts with `prefix`.
+fn under_prefix<'a>(store: &'a CrdtStore, prefix: &'a str) -> impl Iterator<Item = &'a Record> {
+    store
+        .records_in((Bound::Included(prefix), Bound::Unbounded))
+        .take_while(move |record| record.id().starts_with(prefix))
+}
+
+/// A query with conditions that scans at least this many records is worth
+/// a warning (once per set of fields): an index would read fewer.
+pub const SCAN_WARNING_READS: usize = 1000;
+
+/// The fields of a query worth a scan warning (`"category, score"`), or
+/// `None` when it used an index, has no conditions or read few records.
+pub(crate) fn scan_warning(query: &Query, plan: &QueryPlan) -> Option<String> {
+    if plan.index.is_some() || query.filters.is_empty() || plan.reads < SCAN_WARNING_READS {
+        return None;
+    }
+    let mut fields: Vec<&str> = Vec::new();
+    for filter in &query.filters {
+        if !fields.contains(&filter.field.as_str()) {
+            fields.push(&filter.field);
+        }
+    }
+    Some(fields.join(", "))
+}
+
+/// Logs, once per process and set of fields, that a query scanned.
+#[cfg(not(target_arch = "wasm32"))]
+fn warn_scan_once(query: &Query, plan: &QueryPlan) {
+    static WARNED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let Some(fields) = scan_warning(query, plan) else {
+        return;
+    };
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if warned.len() < 256 && !warned.contains(&fields) {
+        tracing::warn!(
+            %fields,
+            reads = plan.reads,
+            "a query read every record under its prefix because none of these fields is indexed; declare one in `indexes` to read only the records that can match"
+        );
+        warned.push(fields);
+    }
+}
+
+/// Brings the vector index and the field indexes up to date with changes.
+fn index_changes(state: &mut State, changes: &[Change], may_carry_vectors: bool) {
+    vector::sync_index(state, changes, may_carry_vectors);
+    let State { fields, store, .. } = state;
+    fields.apply(changes, store);
 }
 
 fn notify(state: &mut State, changes: &[Change], batches: &[CommittedBatch]) {

@@ -151,7 +151,22 @@ fn number_option(options: &JsValue, key: &str) -> Result<Option<f64>, JsValue> {
     })
 }
 
-/// `OpenOptions` from JS: `{ embedder?, embedFields?, index?: { dimension?,
+/// The option `key` of `options`: an array of field names (empty when
+/// absent).
+fn field_names(options: &JsValue, key: &str) -> Result<Vec<String>, JsValue> {
+    let error = || invalid_input(format!("option `{key}` must be an array of field names"));
+    let fields = Reflect::get(options, &key.into())?;
+    if fields.is_undefined() || fields.is_null() {
+        return Ok(Vec::new());
+    }
+    let fields = fields.dyn_ref::<Array>().ok_or_else(error)?;
+    fields
+        .iter()
+        .map(|field| field.as_string().ok_or_else(error))
+        .collect()
+}
+
+/// `OpenOptions` from JS: `{ embedder?, embedFields?, indexes?, index?: { dimension?,
 /// m?, efConstruction?, efSearch?, sealThreshold?, maxSegment? } }`.
 fn open_options(options: &JsValue) -> Result<OpenOptions, JsValue> {
     let mut out = OpenOptions::default();
@@ -167,18 +182,8 @@ fn open_options(options: &JsValue) -> Result<OpenOptions, JsValue> {
         })?;
         out.embedder = Some(std::sync::Arc::new(vector::JsEmbedder::new(function)));
     }
-    let fields = Reflect::get(options, &"embedFields".into())?;
-    if let Some(fields) = fields.dyn_ref::<Array>() {
-        for field in fields.iter() {
-            out.embed_fields.push(field.as_string().ok_or_else(|| {
-                invalid_input("option `embedFields` must be an array of field names")
-            })?);
-        }
-    } else if !fields.is_undefined() && !fields.is_null() {
-        return Err(invalid_input(
-            "option `embedFields` must be an array of field names",
-        ));
-    }
+    out.embed_fields = field_names(options, "embedFields")?;
+    out.indexes = field_names(options, "indexes")?;
     let index = Reflect::get(options, &"index".into())?;
     let positive = |key: &str| -> Result<Option<usize>, JsValue> {
         match number_option(&index, key)? {
@@ -197,10 +202,44 @@ fn open_options(options: &JsValue) -> Result<OpenOptions, JsValue> {
     Ok(out)
 }
 
+/// Warns on the console, once per page and set of fields, that a query
+/// with conditions scanned at least [`crate::SCAN_WARNING_READS`]
+/// records because none of its fields is indexed.
+fn warn_scan_once(query: &crate::query::Query, plan: &crate::QueryPlan) {
+    thread_local! {
+        static WARNED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let Some(fields) = crate::db::scan_warning(query, plan) else {
+        return;
+    };
+    WARNED.with(|warned| {
+        let mut warned = warned.borrow_mut();
+        if warned.len() < 256 && !warned.contains(&fields) {
+            web_sys::console::warn_1(
+                &format!(
+                    "PluresDB: a query on {fields} read all {} records under its prefix because none of these fields is indexed; open the database with `indexes: [...]` naming one of them to read only the records that can match",
+                    plan.reads
+                )
+                .into(),
+            );
+            warned.push(fields);
+        }
+    });
+}
+
 fn spawn_promise<F>(future: F) -> Promise
 where
     F: std::future::Future<Output = Result<JsValue, JsValue>> + 'static,
 {
+    promise_of(Box::pin(future))
+}
+
+/// The promise of a boxed future: one instance of `future_to_promise` for
+/// every method (an instance per method added about 1.4 KB each to the
+/// `.wasm`).
+fn promise_of(
+    future: std::pin::Pin<Box<dyn std::future::Future<Output = Result<JsValue, JsValue>>>>,
+) -> Promise {
     future_to_promise(async move {
         check_usable()?;
         future.await
@@ -509,13 +548,36 @@ impl PluresDB {
         let db = self.db.clone();
         let parsed = query_from_js(&query);
         spawn_promise(async move {
-            let hits = db.query(&parsed?).map_err(|e| to_js_error(&e))?;
+            let query = parsed?;
+            let (hits, plan) = db.query_with_plan(&query).map_err(|e| to_js_error(&e))?;
+            warn_scan_once(&query, &plan);
             let items = Array::new();
             for (id, document) in &hits {
                 items.push(&record_object(id, document)?);
             }
             Ok(items.into())
         })
+    }
+
+    /// Which records `query` would read, without running it:
+    /// `{ index, reads }`, where `index` is the indexed field whose
+    /// condition narrows the query (`null`: a scan of every record under
+    /// the prefix) and `reads` how many records it reads.
+    #[wasm_bindgen(unchecked_return_type = "QueryPlan")]
+    pub fn explain(
+        &self,
+        #[wasm_bindgen(unchecked_optional_param_type = "Query")] query: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        check_usable()?;
+        let plan = self
+            .db
+            .explain(&query_from_js(&query)?)
+            .map_err(|e| to_js_error(&e))?;
+        let out = Object::new();
+        let index = plan.index.map_or(JsValue::NULL, |field| field.into());
+        Reflect::set(&out, &"index".into(), &index)?;
+        Reflect::set(&out, &"reads".into(), &(plan.reads as f64).into())?;
+        Ok(out.into())
     }
 
     /// The concurrent versions that lost to the current value of `id`:

@@ -64,6 +64,16 @@ export interface OpenOptions {
   onEmbedderProgress?: (progress: { loaded: number; total?: number }) => void;
   /** The top-level string fields the embedder sees (all when omitted). */
   embedFields?: string[];
+  /**
+   * Top-level fields to keep secondary indexes on (Dexie-style:
+   * `['category', 'score']`). A query with a condition on one of them
+   * (`=`, `$in`, `$gt`/`$gte`/`$lt`/`$lte`) reads only the records that can
+   * match; any other query reads every record under its prefix, and one
+   * that reads 1,000 or more warns on the console once. Indexes are built
+   * at open and kept up to date on every change, local or synced. At most
+   * 32 fields.
+   */
+  indexes?: string[];
   /** Vector index settings (the defaults suit sentence embeddings). */
   index?: {
     /** The vectors' dimension (set by the first vector when omitted). */
@@ -126,6 +136,14 @@ export interface Query {
   where?: { [field: string]: JsonValue | FieldOperators };
   sort?: SortKey | SortKey[];
   limit?: number;
+}
+
+/** Which records a query reads, from `explain`. */
+export interface QueryPlan {
+  /** The indexed field whose condition narrows the query, or `null` for a scan of every record under the prefix. */
+  index: string | null;
+  /** How many records the query reads. */
+  reads: number;
 }
 
 /** A concurrent version that lost to the current value. */

@@ -224,6 +224,13 @@ test('the README example of pluresdb/worker runs: the database in a dedicated Wo
     const badEmbedder = await openInWorker('x', { embedder: () => [] }).then(() => 'opened', (error) => error.name);
     const storage = db.storageKind;
     await db.close();
+    // Declared indexes cross into the worker, and on IndexedDB a query on
+    // one reads only its matches.
+    const indexed = await openInWorker(`worker-indexes-${Date.now()}`, { indexes: ['kind'] });
+    await indexed.putMany([['a', { kind: 'x' }], ['b', { kind: 'y' }], ['c', { kind: 'x' }]]);
+    const plan = await indexed.explain({ where: { kind: 'x' } });
+    const kinds = (await indexed.query({ where: { kind: 'x' } })).map((record) => record.id);
+    await indexed.destroy();
     // The built-in model by name loads and embeds inside the worker.
     const notes = await openInWorker('worker-minilm', { storage: 'memory', embedder: 'minilm-static', embedFields: ['text'] });
     await notes.put('kids', { text: 'Pick up the kids from football practice at 5' });
@@ -231,9 +238,12 @@ test('the README example of pluresdb/worker runs: the database in a dedicated Wo
     await notes.put('anna', { text: 'Buy a birthday present for Anna' });
     const travel = (await notes.search('travel plans', { k: 1 }))[0].id;
     await notes.close();
-    return { bad, badEmbedder, storage, travel };
+    return { bad, badEmbedder, storage, travel, plan, kinds };
   }).catch((error) => ({ error: String(error) }));
-  assert.deepEqual(checks, { bad: 'InvalidInputError', badEmbedder: 'InvalidInputError', storage: 'indexeddb', travel: 'lisbon' });
+  assert.deepEqual(checks, {
+    bad: 'InvalidInputError', badEmbedder: 'InvalidInputError', storage: 'indexeddb', travel: 'lisbon',
+    plan: { index: 'kind', reads: 2 }, kinds: ['a', 'c'],
+  });
   assert.deepEqual(page.errors, []);
   await page.close();
 });

@@ -110,3 +110,36 @@ test('a large putMany is one transaction: a bad entry late in it stores nothing 
   assert.equal((await db.search([1, 0, 0], { k: 1 }))[0].id, 'big:08191');
   await db.close();
 });
+
+test('indexes: a query on an indexed field reads only its matches (explain), a scan of many records warns once', async () => {
+  const db = await PluresDB.open(`node-indexes-${process.pid}`, { indexes: ['category', 'score'] });
+  await db.putMany(Array.from({ length: 2_000 }, (_, n) => [
+    `n${String(n).padStart(4, '0')}`, { category: `c${n % 20}`, score: n, other: n % 20 },
+  ]));
+  const hits = await db.query({ where: { category: 'c7', score: { $gte: 1_000 } }, sort: '-score' });
+  assert.equal(hits.length, 50);
+  assert.deepEqual(hits[0], { id: 'n1987', data: { category: 'c7', score: 1_987, other: 7 } });
+  assert.deepEqual(await db.explain({ where: { category: 'c7' } }), { index: 'category', reads: 100 });
+  assert.deepEqual(await db.explain({ where: { score: { $gt: 1_989 } } }), { index: 'score', reads: 10 });
+  assert.deepEqual(await db.explain({ where: { other: 7 } }), { index: null, reads: 2_000 });
+  // The scan gives the same answer; on WebAssembly it warns on the console
+  // once per set of fields (natively, through the log).
+  const warnings = [];
+  const warn = console.warn;
+  console.warn = (...args) => warnings.push(args.join(' '));
+  try {
+    assert.equal((await db.query({ where: { other: 7 } })).length, 100);
+    assert.equal((await db.query({ where: { other: 8 } })).length, 100);
+  } finally {
+    console.warn = warn;
+  }
+  if (backend !== 'native') {
+    assert.equal(warnings.length, 1, warnings.join('\n'));
+    assert.match(warnings[0], /query on other read all 2000 records.*indexes/);
+  }
+  await assert.rejects(PluresDB.open('node-indexes-bad', { indexes: 'category' }),
+    { name: 'InvalidInputError', message: /`indexes` must be an array of field names/ });
+  await assert.rejects(PluresDB.open('node-indexes-bad', { indexes: ['a', 'a'] }),
+    { name: 'InvalidInputError', message: /indexed twice/ });
+  await db.destroy();
+});

@@ -177,26 +177,8 @@ fn open_options(options: &Value, embedder: Option<Arc<dyn EmbedText>>) -> Result
             )))
         }
     }
-    match option(options, "embedFields") {
-        None => {}
-        Some(Value::Array(fields)) => {
-            for field in fields {
-                out.embed_fields.push(
-                    field
-                        .as_str()
-                        .ok_or_else(|| {
-                            invalid("option `embedFields` must be an array of field names")
-                        })?
-                        .to_owned(),
-                );
-            }
-        }
-        Some(_) => {
-            return Err(invalid(
-                "option `embedFields` must be an array of field names",
-            ))
-        }
-    }
+    out.embed_fields = field_names(options, "embedFields")?;
+    out.indexes = field_names(options, "indexes")?;
     if let Some(index) = option(options, "index") {
         if !index.is_object() {
             return Err(invalid("option `index` must be an object"));
@@ -498,6 +480,14 @@ impl NativeDatabase {
         let query = parse_query(&query_json)?;
         let hits = self.db.query(&query).map_err(|e| js_error(&e))?;
         Ok(records_json(hits.iter().map(|(id, d)| (id.as_str(), d))))
+    }
+
+    /// `{ index, reads }` as JSON: which records the query would read.
+    #[napi(catch_unwind)]
+    pub fn explain(&self, query_json: String) -> Result<String> {
+        let query = parse_query(&query_json)?;
+        let plan = self.db.explain(&query).map_err(|e| js_error(&e))?;
+        Ok(serde_json::json!({ "index": plan.index, "reads": plan.reads }).to_string())
     }
 
     /// `[{ id, score, data }]` as JSON: the nearest records to `vector` or
@@ -838,6 +828,19 @@ fn parse_entries(entries_json: &str, vectors: Vec<Option<Vec<f32>>>) -> Result<V
             Ok((id, document, vector.map(Into::into)))
         })
         .collect()
+}
+
+/// The option `key`: an array of field names (empty when absent).
+fn field_names(options: &Value, key: &str) -> Result<Vec<String>> {
+    let error = || invalid(format!("option `{key}` must be an array of field names"));
+    match option(options, key) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(fields)) => fields
+            .iter()
+            .map(|field| field.as_str().map(str::to_owned).ok_or_else(error))
+            .collect(),
+        Some(_) => Err(error()),
+    }
 }
 
 fn parse_query(query_json: &str) -> Result<Query> {
