@@ -1466,3 +1466,49 @@ fn random_requests_never_break_the_api() {
     }
     assert_up(&server.address);
 }
+
+#[test]
+fn index_flags_declare_secondary_indexes() {
+    let cli = Cli::new();
+    let lines: String = (0..1200)
+        .map(|n| {
+            format!(
+                "{{\"id\": \"n{n:04}\", \"data\": {{\"kind\": \"k{}\", \"n\": {n}}}}}\n",
+                n % 12
+            )
+        })
+        .collect();
+    let imported = cli.with_stdin(&["import", "-"], &lines);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let query = r#"{"where": {"kind": "k5", "n": {"$lt": 100}}}"#;
+    let count = |output: &Output| -> usize {
+        assert!(output.status.success(), "{}", stderr(output));
+        let hits: Value = serde_json::from_slice(&output.stdout).unwrap();
+        hits.as_array().unwrap().len()
+    };
+    // Without an index the query scans 1,200 records and says so once.
+    let scanned = cli.run(&["query", query]);
+    assert_eq!(count(&scanned), 8);
+    assert!(
+        stderr(&scanned).contains("none of these fields is indexed"),
+        "{}",
+        stderr(&scanned)
+    );
+    // With either field indexed: the same answer, no warning.
+    for field in ["kind", "n"] {
+        let indexed = cli.run(&["--index", field, "query", query]);
+        assert_eq!(count(&indexed), 8);
+        assert!(
+            !stderr(&indexed).contains("indexed"),
+            "{}",
+            stderr(&indexed)
+        );
+    }
+    let twice = cli.run(&["--index", "kind", "--index", "kind", "query", query]);
+    assert_eq!(twice.status.code(), Some(1));
+    assert!(
+        stderr(&twice).contains("indexed twice"),
+        "{}",
+        stderr(&twice)
+    );
+}

@@ -43,6 +43,12 @@ struct Cli {
     #[arg(long, global = true, value_name = "EMBEDDER")]
     embedder: Option<String>,
 
+    /// Keep a secondary index on this top-level field (repeat for more, up
+    /// to 32): `query` and the HTTP API's `/api/query` then read only the
+    /// records that can match a condition (`=`, `$in`, a range) on it.
+    #[arg(long = "index", global = true, value_name = "FIELD")]
+    indexes: Vec<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -411,6 +417,7 @@ impl From<std::io::Error> for Failure {
 pub struct DatabaseOptions {
     path: Option<PathBuf>,
     embedder: Option<String>,
+    indexes: Vec<String>,
 }
 
 impl DatabaseOptions {
@@ -422,7 +429,10 @@ impl DatabaseOptions {
     }
 
     fn open_options(&self) -> Result<OpenOptions, Failure> {
-        let mut options = OpenOptions::default();
+        let mut options = OpenOptions {
+            indexes: self.indexes.clone(),
+            ..OpenOptions::default()
+        };
         if let Some(spec) = &self.embedder {
             if spec == "minilm-static" {
                 options.embedder = Some(Arc::new(crate::index::StaticEmbedder::built_in()));
@@ -485,6 +495,7 @@ pub fn main() -> ExitCode {
     let options = DatabaseOptions {
         path: cli.db,
         embedder: cli.embedder,
+        indexes: cli.indexes,
     };
     let result = runtime.block_on(run(cli.command, options));
     match result {
