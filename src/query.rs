@@ -75,6 +75,11 @@ pub struct Query {
     pub limit: Option<usize>,
 }
 
+/// The most values one `$in` may list: a scan compares each with every
+/// record, so the cost of a query stays bounded by this, not by the size
+/// of the request.
+pub const MAX_IN_OPERANDS: usize = 10_000;
+
 fn invalid(message: impl Into<String>) -> InputError {
     InputError::InvalidArgument(message.into())
 }
@@ -236,12 +241,19 @@ fn parse_operator(field: &str, operator: &str, operand: &Value) -> Result<Condit
         "$gte" => Condition::Gte(range_operand()?),
         "$lt" => Condition::Lt(range_operand()?),
         "$lte" => Condition::Lte(range_operand()?),
-        "$in" => Condition::In(
-            operand
+        "$in" => {
+            let operands = operand
                 .as_array()
-                .ok_or_else(|| invalid(format!("`$in` on `{field}` needs an array")))?
-                .clone(),
-        ),
+                .ok_or_else(|| invalid(format!("`$in` on `{field}` needs an array")))?;
+            // A scan checks every operand against every record.
+            if operands.len() > MAX_IN_OPERANDS {
+                return Err(invalid(format!(
+                    "`$in` on `{field}` has {} values; at most {MAX_IN_OPERANDS} are allowed",
+                    operands.len()
+                )));
+            }
+            Condition::In(operands.clone())
+        }
         "$exists" => Condition::Exists(
             operand
                 .as_bool()

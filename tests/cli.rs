@@ -1269,6 +1269,13 @@ fn records_and_queries_are_paged_and_numbers_checked() {
         "default page"
     );
     assert!(head.contains("x-next-offset: 100"), "{head}");
+    // A `$in` longer than the cap (a scan compares each value with every
+    // record) is a 400 that names the cap.
+    let values: Vec<u32> = (0..=10_000).collect();
+    let long = json!({ "where": { "i": { "$in": values } } });
+    let (code, _, response) = http_full(a, "POST", "/api/query", &[], long.to_string().as_bytes());
+    assert_eq!(code, 400, "{response}");
+    assert!(response.contains("at most 10000"), "{response}");
 
     // Numbers out of range are a 400, never a crash.
     let too_big = u64::MAX.to_string();

@@ -228,6 +228,24 @@ async fn an_index_reads_only_the_records_that_can_match() {
     assert_eq!(hits.len(), 20);
     assert_eq!((plan.index.as_deref(), plan.reads), (Some("category"), 20));
 
+    // A long `$in` of repeated values lists each record once; past
+    // MAX_IN_OPERANDS it is refused (a scan compares every value with
+    // every record).
+    let repeated: Vec<Value> = (0..pluresdb::query::MAX_IN_OPERANDS)
+        .map(|n| json!(format!("c{}", n % 2)))
+        .collect();
+    let (hits, plan) = db
+        .query_with_plan(&query(
+            json!({ "where": { "category": { "$in": repeated } } }),
+        ))
+        .unwrap();
+    assert_eq!((hits.len(), plan.reads), (200, 200));
+    let too_many: Vec<Value> = (0..=pluresdb::query::MAX_IN_OPERANDS)
+        .map(|n| json!(n))
+        .collect();
+    let refused = Query::from_json(&json!({ "where": { "score": { "$in": too_many } } }));
+    assert!(refused.unwrap_err().to_string().contains("at most 10000"));
+
     // A range only matches its operand's type: no string is `> 5`.
     let typed = query(json!({ "where": { "category": { "$gt": 5 } } }));
     assert_eq!(db.query_with_plan(&typed).unwrap().1.reads, 0);

@@ -246,13 +246,19 @@ impl FieldIndexes {
             .and_then(|record| record.data())
             .map(|document| document.value());
         for (field, index) in &mut self.fields {
-            index.remove(id);
             let encoded = value
                 .as_ref()
                 .and_then(|value| value.as_object())
                 .and_then(|object| object.get(field.as_str()))
-                .and_then(encode);
-            if let Some((encoded, _)) = encoded {
+                .and_then(encode)
+                .map(|(encoded, _)| encoded);
+            // Most changes leave most indexed fields as they were.
+            let current = index.value_of.get(&**id).map(Vec::as_slice);
+            if current == encoded.as_ref().map(|encoded| encoded.as_bytes()) {
+                continue;
+            }
+            index.remove(id);
+            if let Some(encoded) = encoded {
                 index.insert(id, encoded);
             }
         }
@@ -334,14 +340,16 @@ fn candidates(index: &FieldIndex, conditions: &[&Condition]) -> Option<Vec<Arc<s
                 let encoded: Option<Vec<(String, bool)>> = values.iter().map(encode).collect();
                 if let Some(encoded) = encoded {
                     // Each distinct key once (`1` and `1.0` are one key), so
-                    // each id is listed once.
-                    let mut seen: Vec<&str> = Vec::new();
+                    // each id is listed once; an ordered set keeps that
+                    // O(k log k) for a long list (the crate's map type, as
+                    // for the entries).
+                    let mut distinct: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+                    for (value, _) in encoded {
+                        distinct.insert(value, Vec::new());
+                    }
                     let mut ids = Vec::new();
-                    for (value, _) in &encoded {
-                        if !seen.contains(&value.as_str()) {
-                            seen.push(value);
-                            ids.extend(index.equal(value.clone()));
-                        }
+                    for value in distinct.into_keys() {
+                        ids.extend(index.equal(value));
                     }
                     keep(ids);
                 }
