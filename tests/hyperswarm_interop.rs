@@ -713,6 +713,130 @@ async fn a_rust_client_connects_to_a_stock_hyperdht_server() {
     testnet.quit().await;
 }
 
+// ---- holepunching, forced on loopback ---------------------------------------
+//
+// On loopback every socket is reachable, so both ends are told to treat
+// themselves as firewalled (as hyperdht's own tests do): the handshake
+// then offers a holepunch, both sides classify their "NAT" from DHT pings
+// (consistent: every node sees the same port), exchange the two
+// PEER_HOLEPUNCH rounds through a relaying DHT node, probe, and connect on
+// the punch sockets. `tests/hyperswarm_nat.rs` runs the same paths through
+// real NATs.
+
+/// A Rust node that holepunches even on loopback.
+async fn firewalled_rust_dht(testnet: &StockTestnet) -> HyperDht {
+    testnet.rust_dht().await.with_holepunching_forced()
+}
+
+fn punched(dht: &HyperDht) -> (u64, u64, u64) {
+    let stats = dht.stats();
+    (
+        stats.open.load(Ordering::Relaxed),
+        stats.consistent.load(Ordering::Relaxed),
+        stats.random.load(Ordering::Relaxed),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rust_peers_holepunch_on_loopback() {
+    let testnet = StockTestnet::start(6).await;
+    let server = firewalled_rust_dht(&testnet).await;
+    let client = firewalled_rust_dht(&testnet).await;
+    let server_keys = KeyPair::from_seed([41; 32]);
+    let server_public = server_keys.public_key();
+    let mut connections = server.listen(server_keys).await.unwrap();
+    let client_keys = KeyPair::generate();
+    let (connected, accepted) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            client.connect(&client_keys, server_public)
+        ),
+        tokio::time::timeout(Duration::from_secs(30), connections.recv()),
+    );
+    let mut ours = connected.expect("punched within 30 s").unwrap();
+    let mut theirs = accepted
+        .expect("accepted within 30 s")
+        .expect("a connection");
+    assert_eq!(ours.remote_public_key(), server_public);
+    assert_eq!(theirs.remote_public_key(), client_keys.public_key());
+    // Both ends went through the consistent holepunch, not a direct dial.
+    assert_eq!(punched(&client), (0, 1, 0));
+    assert_eq!(punched(&server), (0, 1, 0));
+    ours.send(b"through the punch").await.unwrap();
+    let got = theirs.recv().await.unwrap().expect("a message");
+    assert_eq!(got, b"through the punch");
+    theirs.send(&[9u8; 100_000]).await.unwrap();
+    let got = ours.recv().await.unwrap().expect("a message");
+    assert_eq!(got, [9u8; 100_000]);
+    testnet.quit().await;
+}
+
+#[tokio::test]
+async fn a_stock_client_holepunches_to_a_rust_server_on_loopback() {
+    let mut testnet = StockTestnet::start(6).await;
+    let dht = firewalled_rust_dht(&testnet).await;
+    let server_keys = KeyPair::from_seed([42; 32]);
+    let server_public = server_keys.public_key();
+    let mut connections = dht.listen(server_keys).await.unwrap();
+    testnet
+        .commands
+        .write_all(format!("connect {} firewalled\n", hex(&server_public)).as_bytes())
+        .await
+        .unwrap();
+    let mut connection = tokio::time::timeout(Duration::from_secs(30), connections.recv())
+        .await
+        .expect("the stock client punches through within 30 s")
+        .expect("a connection");
+    let hello = tokio::time::timeout(Duration::from_secs(30), connection.recv())
+        .await
+        .expect("the client's message arrives within 30 s")
+        .unwrap()
+        .expect("a message");
+    assert_eq!(hello, b"hello from node");
+    connection.send(b"hello from rust").await.unwrap();
+    let data = testnet.next("data").await;
+    assert_eq!(data["text"], "hello from rust");
+    // The stock client did not dial directly (on loopback its first
+    // low-TTL probe already reaches the punch socket, which answers it, so
+    // it connects before its punching loop counts), and we punched.
+    assert_eq!(data["punches"]["open"], 0, "{data}");
+    assert_eq!(punched(&dht), (0, 1, 0));
+    testnet.quit().await;
+}
+
+#[tokio::test]
+async fn a_rust_client_holepunches_to_a_stock_server_on_loopback() {
+    let mut testnet = StockTestnet::start(6).await;
+    let dht = firewalled_rust_dht(&testnet).await;
+    let server_seed = [43u8; 32];
+    testnet
+        .command(
+            &format!("listen {} firewalled", hex(&server_seed)),
+            "listening",
+        )
+        .await;
+    let server_public = KeyPair::from_seed(server_seed).public_key();
+    let mut connection = tokio::time::timeout(
+        Duration::from_secs(30),
+        dht.connect(&KeyPair::generate(), server_public),
+    )
+    .await
+    .expect("punched within 30 s")
+    .unwrap();
+    let accepted = testnet.next("connection").await;
+    assert_eq!(accepted["punches"]["consistent"], 1, "{accepted}");
+    assert_eq!(accepted["punches"]["open"], 0, "{accepted}");
+    assert_eq!(punched(&dht), (0, 1, 0));
+    connection.send(b"hello from rust").await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(30), connection.recv())
+        .await
+        .expect("the echo arrives within 30 s")
+        .unwrap()
+        .expect("an echo");
+    assert_eq!(echo, b"echo:hello from rust");
+    testnet.quit().await;
+}
+
 // ---- PluresDB sync over Hyperswarm ----------------------------------------
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {

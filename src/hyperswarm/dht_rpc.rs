@@ -30,7 +30,7 @@ use std::time::Duration;
 use blake2::{Blake2b256, Digest as _};
 use tokio::sync::{mpsc, oneshot};
 
-use super::udx::{Datagram, UdxSocket};
+use super::udx::{Datagram, UdxSocket, HOLEPUNCH_PROBE};
 
 /// First byte of a request.
 pub const REQUEST_ID: u8 = 0x03;
@@ -81,6 +81,10 @@ pub enum DhtError {
     /// Connecting to a peer failed after it was found.
     #[error("connecting to the peer failed: {0}")]
     Connect(String),
+    /// Both peers are behind NATs that pick a new port per destination,
+    /// which holepunching cannot get through (a blind relay can).
+    #[error("connecting to the peer failed: both peers are behind randomizing NATs, which cannot be holepunched")]
+    DoubleRandomNat,
 }
 
 /// `BLAKE2b-256` of the 6-byte compact address: a node's id.
@@ -396,12 +400,15 @@ pub struct DhtNode {
     pending: Pending,
     table: Table,
     application: Application,
+    probes: Probes,
     next_tid: Mutex<u16>,
     receiver: tokio::task::JoinHandle<()>,
 }
 
 /// Where requests for commands other than `dht-rpc`'s own go (HyperDHT's).
 type Application = Arc<Mutex<Option<mpsc::Sender<(Request, SocketAddrV4)>>>>;
+/// Where holepunch probes (one-byte datagrams) go, by sender.
+type Probes = Arc<Mutex<Option<mpsc::Sender<SocketAddrV4>>>>;
 
 impl Drop for DhtNode {
     fn drop(&mut self) {
@@ -443,18 +450,21 @@ impl DhtNode {
         let pending = Pending::default();
         let table = Table::default();
         let application = Application::default();
+        let probes = Probes::default();
         let receiver = tokio::spawn(receive_loop(
             socket.clone(),
             incoming,
             pending.clone(),
             table.clone(),
             application.clone(),
+            probes.clone(),
         ));
         Ok(Self {
             socket,
             pending,
             table,
             application,
+            probes,
             next_tid: Mutex::new(1),
             receiver,
         })
@@ -476,6 +486,16 @@ impl DhtNode {
         let (sender, receiver) = mpsc::channel(256);
         if let Ok(mut application) = self.application.lock() {
             *application = Some(sender);
+        }
+        receiver
+    }
+
+    /// From now on, holepunch probes that reach this socket are delivered
+    /// here by sender (a full queue drops them, as probes repeat).
+    pub fn holepunch_probes(&self) -> mpsc::Receiver<SocketAddrV4> {
+        let (sender, receiver) = mpsc::channel(64);
+        if let Ok(mut probes) = self.probes.lock() {
+            *probes = Some(sender);
         }
         receiver
     }
@@ -659,9 +679,17 @@ async fn receive_loop(
     pending: Pending,
     table: Table,
     application: Application,
+    probes: Probes,
 ) {
     while let Some((datagram, from)) = incoming.recv().await {
         let SocketAddr::V4(from) = from else { continue };
+        if datagram == [HOLEPUNCH_PROBE] {
+            let listener = probes.lock().ok().and_then(|probes| probes.clone());
+            if let Some(listener) = listener {
+                let _ = listener.try_send(from);
+            }
+            continue;
+        }
         match Message::decode(&datagram) {
             Ok(Message::Response(response)) => {
                 let waiter = pending

@@ -19,21 +19,25 @@
 //! Records from the network are decoded defensively: a malformed one is
 //! skipped, never a panic.
 
-use std::collections::HashSet;
-use std::net::SocketAddrV4;
-
-use blake2::{Blake2b256, Digest as _};
-
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use blake2::{Blake2b256, Digest as _};
 use tokio::sync::mpsc;
 
-use super::dht_rpc::{DhtError, DhtNode, Message, Reader, Request, Response, Writer};
+use super::dht_rpc::{
+    DhtError, DhtNode, Message, Reader, Request, Response, Writer, PING, PING_NAT,
+};
+use super::holepunch::{
+    error, random_bytes, Firewall, HolepunchHop, HolepunchInfo, HolepunchPayload, RelayInfo,
+    SecurePayload, MAX_PAYLOAD_ADDRESSES, PEER_HOLEPUNCH,
+};
 use super::namespace;
 use super::noise::{Handshake, KeyPair, Pattern};
+use super::punch::Puncher;
 use super::secret_stream::SecretStream;
 use super::udx::UdxStream;
 
@@ -56,8 +60,6 @@ const FROM_CLIENT: u64 = 0;
 const FROM_SERVER: u64 = 1;
 const FROM_RELAY: u64 = 2;
 const REPLY: u64 = 4;
-/// Noise payload firewall value: reachable at the address it was seen at.
-const FIREWALL_OPEN: u64 = 1;
 
 /// The hop-by-hop envelope of `PEER_HANDSHAKE`: flags (1 peer address,
 /// 2 relay address), mode, the Noise message, the addresses.
@@ -126,6 +128,9 @@ pub struct NoisePayload {
     pub error: u64,
     /// Firewall kind (0 unknown, 1 open, 2 consistent, 3 random).
     pub firewall: u64,
+    /// A server that must be holepunched: its handle for this handshake
+    /// and the relays that reach it.
+    pub holepunch: Option<HolepunchInfo>,
     /// IPv4 addresses the peer can be reached at.
     pub addresses4: Vec<SocketAddrV4>,
     /// The peer's UDX stream id, if it offers a stream.
@@ -135,29 +140,34 @@ pub struct NoisePayload {
 }
 
 impl NoisePayload {
-    /// What this side sends: reachable where seen, a UDX stream with a
-    /// secret-stream on it.
-    fn offering_stream(stream_id: u32) -> Self {
+    /// What this side sends: how it can be reached, and a UDX stream
+    /// with a secret-stream on it.
+    fn offering_stream(stream_id: u32, reachability: &Reachability) -> Self {
         Self {
             version: 1,
             error: 0,
-            firewall: FIREWALL_OPEN,
-            addresses4: Vec::new(),
+            firewall: reachability.firewall().code(),
+            holepunch: None,
+            addresses4: reachability.public.into_iter().collect(),
             udx_id: Some(u64::from(stream_id)),
             secret_stream: true,
         }
     }
 
-    /// Our encoding (no holepunch, IPv6 or relay-through sections).
+    /// Our encoding (no IPv6 or relay-through sections).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
-        let flags = u64::from(!self.addresses4.is_empty()) << 1
+        let flags = u64::from(self.holepunch.is_some())
+            | u64::from(!self.addresses4.is_empty()) << 1
             | u64::from(self.udx_id.is_some()) << 3
             | u64::from(self.secret_stream) << 4;
         w.uint(1);
         w.uint(flags);
         w.uint(self.error);
         w.uint(self.firewall);
+        if let Some(holepunch) = &self.holepunch {
+            holepunch.write(&mut w);
+        }
         if !self.addresses4.is_empty() {
             w.ipv4_array(&self.addresses4);
         }
@@ -174,7 +184,7 @@ impl NoisePayload {
     }
 
     /// Decodes a peer's payload, skipping the sections this side does not
-    /// use (holepunch relays, IPv6 addresses, relay-through, relays).
+    /// use (IPv6 addresses, relay-through, relays).
     pub fn decode(bytes: &[u8]) -> Result<Self, DhtError> {
         let mut r = Reader::new(bytes);
         let version = r.uint()?;
@@ -192,12 +202,11 @@ impl NoisePayload {
             ..Self::default()
         };
         if flags & 1 != 0 {
-            r.uint()?; // holepunch id
-            let relays = usize::try_from(r.uint()?).map_err(|_| DhtError::TooLong)?;
-            r.take(relays.checked_mul(12).ok_or(DhtError::TooLong)?)?;
+            payload.holepunch = Some(HolepunchInfo::read(&mut r)?);
         }
         if flags & 2 != 0 {
             payload.addresses4 = r.ipv4_array()?;
+            payload.addresses4.truncate(MAX_PAYLOAD_ADDRESSES);
         }
         if flags & 4 != 0 {
             let count = usize::try_from(r.uint()?).map_err(|_| DhtError::TooLong)?;
@@ -286,6 +295,66 @@ pub fn encode_announce(record: &PeerRecord, signature: &[u8; 64]) -> Vec<u8> {
     w.bytes
 }
 
+/// How this node can be reached, decided once per [`HyperDht`] (see
+/// [`HyperDht::reachability`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reachability {
+    /// Reachable unsolicited at `public` (no NAT or firewall in the way).
+    pub open: bool,
+    /// The address DHT nodes see this node's socket at, when it is open.
+    pub public: Option<SocketAddrV4>,
+}
+
+impl Reachability {
+    /// What the Noise payload says about this node.
+    pub fn firewall(&self) -> Firewall {
+        if self.open {
+            Firewall::Open
+        } else {
+            Firewall::Unknown
+        }
+    }
+}
+
+/// Holepunch sessions a server runs at once; more handshakes that need one
+/// are answered without a holepunch offer (the client fails cleanly).
+pub const MAX_PUNCH_SESSIONS: usize = 64;
+/// A holepunch session that has not started punching this long after its
+/// handshake is dropped (hyperdht's `HANDSHAKE_INITIAL_TIMEOUT`).
+const PUNCH_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a punch may take once both sides punch (random NATs probe for
+/// about 35 s).
+const PUNCH_TIMEOUT: Duration = Duration::from_secs(45);
+/// How often a server pings its relays so its NAT keeps their mappings
+/// (hyperdht's announcer pings every 3 s; UDP mappings last 30 s or more).
+const RELAY_KEEPALIVE: Duration = Duration::from_secs(10);
+/// How long the reachability check waits for `PING_NAT` answers.
+const REACHABILITY_WAIT: Duration = Duration::from_millis(1500);
+/// Nodes the reachability check asks.
+const REACHABILITY_NODES: usize = 5;
+
+/// How this node's connections were made (hyperdht's `stats.punches`).
+#[derive(Debug, Default)]
+pub struct ConnectStats {
+    /// Directly: one side was reachable.
+    pub open: AtomicU64,
+    /// Holepunched between two consistent NATs.
+    pub consistent: AtomicU64,
+    /// Holepunched with a random NAT on one side.
+    pub random: AtomicU64,
+}
+
+impl ConnectStats {
+    fn count_punch(&self, local: Firewall, remote: Firewall) {
+        let counter = if local >= Firewall::Random || remote >= Firewall::Random {
+            &self.random
+        } else {
+            &self.consistent
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Discovery over a [`DhtNode`], bootstrapped from known nodes. Clones
 /// share the node.
 #[derive(Debug, Clone)]
@@ -293,6 +362,9 @@ pub struct HyperDht {
     node: Arc<DhtNode>,
     bootstrap: Vec<SocketAddrV4>,
     reannounce: Duration,
+    firewalled: bool,
+    reachability: Arc<tokio::sync::OnceCell<Reachability>>,
+    stats: Arc<ConnectStats>,
 }
 
 impl HyperDht {
@@ -305,7 +377,15 @@ impl HyperDht {
             node: Arc::new(DhtNode::bind(address).await?),
             bootstrap,
             reannounce: DEFAULT_REANNOUNCE_INTERVAL,
+            firewalled: false,
+            reachability: Arc::default(),
+            stats: Arc::default(),
         })
+    }
+
+    /// How this node's connections (as client and as server) were made.
+    pub fn stats(&self) -> &ConnectStats {
+        &self.stats
     }
 
     /// How often [`listen`](Self::listen) and [`keep_announced`](Self::keep_announced)
@@ -315,6 +395,55 @@ impl HyperDht {
         self
     }
 
+    /// Treats this node as firewalled whatever the reachability check
+    /// would say, so connections holepunch even where the peer could be
+    /// reached directly (loopback tests of the holepunch path, as
+    /// hyperdht's own tests force it).
+    pub fn with_holepunching_forced(mut self) -> Self {
+        self.firewalled = true;
+        self
+    }
+
+    /// Whether this node is reachable unsolicited, checked once as
+    /// `dht-rpc` does: DHT nodes are asked (`PING_NAT`) to answer on a
+    /// fresh socket that never sent anything, which no NAT or stateful
+    /// firewall lets through, and the node's own socket must be seen at
+    /// its local port. Behind a NAT this takes [`REACHABILITY_WAIT`].
+    pub async fn reachability(&self) -> Reachability {
+        if self.firewalled {
+            return Reachability::default();
+        }
+        *self
+            .reachability
+            .get_or_init(|| check_reachability(&self.node, &self.bootstrap))
+            .await
+    }
+
+    /// Nodes to ping when sampling a socket's NAT: those this node met,
+    /// then the bootstrap nodes.
+    fn sampling_candidates(&self) -> Vec<SocketAddrV4> {
+        let mut candidates: Vec<SocketAddrV4> = self
+            .node
+            .closest_known(&random_bytes())
+            .into_iter()
+            .map(|peer| peer.address)
+            .collect();
+        for address in &self.bootstrap {
+            if !candidates.contains(address) {
+                candidates.push(*address);
+            }
+        }
+        candidates
+    }
+
+    /// The host punch sockets bind to: the node's own.
+    fn bind_host(&self) -> Ipv4Addr {
+        match self.node.local_addr() {
+            Ok(SocketAddr::V4(address)) => *address.ip(),
+            _ => Ipv4Addr::UNSPECIFIED,
+        }
+    }
+
     /// Announces `key_pair` under `topic` now and then every re-announce
     /// interval, until the returned guard is dropped.
     pub async fn keep_announced(
@@ -322,15 +451,38 @@ impl HyperDht {
         topic: [u8; 32],
         key_pair: KeyPair,
     ) -> Result<AnnouncementGuard, DhtError> {
-        self.announce(topic, &key_pair).await?;
+        self.keep_announced_with_relays(topic, key_pair, Arc::default())
+            .await
+    }
+
+    /// As [`keep_announced`](Self::keep_announced), keeping `relays` up
+    /// to date with the nodes that stored the record and the address each
+    /// saw this node at.
+    async fn keep_announced_with_relays(
+        &self,
+        topic: [u8; 32],
+        key_pair: KeyPair,
+        relays: Arc<Mutex<Vec<RelayInfo>>>,
+    ) -> Result<AnnouncementGuard, DhtError> {
+        let first = self.announce_with_relays(topic, &key_pair).await?;
+        if let Ok(mut known) = relays.lock() {
+            *known = first;
+        }
         let dht = self.clone();
         let task = tokio::spawn(async move {
             let mut renew = tokio::time::interval(dht.reannounce);
             renew.tick().await; // the first tick is now: just announced
             loop {
                 renew.tick().await;
-                if let Err(error) = dht.announce(topic, &key_pair).await {
-                    tracing::debug!(%error, "hyperdht: renewing an announcement failed");
+                match dht.announce_with_relays(topic, &key_pair).await {
+                    Ok(stored) => {
+                        if let Ok(mut known) = relays.lock() {
+                            *known = stored;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "hyperdht: renewing an announcement failed");
+                    }
                 }
             }
         });
@@ -370,41 +522,60 @@ impl HyperDht {
     /// (each with the token it gave us), listing up to three of them as
     /// relays. Returns how many nodes stored it.
     pub async fn announce(&self, topic: [u8; 32], key_pair: &KeyPair) -> Result<usize, DhtError> {
+        Ok(self.announce_with_relays(topic, key_pair).await?.len())
+    }
+
+    /// As [`announce`](Self::announce); returns the nodes that stored the
+    /// record, each with the address it saw this node at.
+    async fn announce_with_relays(
+        &self,
+        topic: [u8; 32],
+        key_pair: &KeyPair,
+    ) -> Result<Vec<RelayInfo>, DhtError> {
         let answers = self
             .node
             .query(topic, &self.bootstrap, false, LOOKUP, None)
             .await?;
         let holders: Vec<_> = answers
             .into_iter()
-            .filter_map(|(peer, response)| response.token.map(|token| (peer, token)))
+            .filter_map(|(peer, response)| response.token.map(|token| (peer, token, response.to)))
             .collect();
         let record = PeerRecord {
             public_key: key_pair.public_key(),
             relay_addresses: holders
                 .iter()
                 .take(MAX_RELAYS)
-                .map(|(peer, _)| peer.address)
+                .map(|(peer, _, _)| peer.address)
                 .collect(),
         };
-        let requests = holders.iter().map(|(peer, token)| {
+        let requests = holders.iter().map(|(peer, token, seen_at)| {
             let signature =
                 key_pair.sign(&announce_signable(&topic, &peer.id, token, &record, None));
             let value = encode_announce(&record, &signature);
-            self.node.request(
-                peer.address,
-                false,
-                ANNOUNCE,
-                Some(topic),
-                Some(*token),
-                Some(value),
-            )
+            async move {
+                let stored = self
+                    .node
+                    .request(
+                        peer.address,
+                        false,
+                        ANNOUNCE,
+                        Some(topic),
+                        Some(*token),
+                        Some(value),
+                    )
+                    .await;
+                matches!(stored, Ok(response) if response.error == 0).then_some(RelayInfo {
+                    relay_address: peer.address,
+                    peer_address: *seen_at,
+                })
+            }
         });
-        let stored = futures::future::join_all(requests)
+        let stored: Vec<RelayInfo> = futures::future::join_all(requests)
             .await
             .into_iter()
-            .filter(|result| matches!(result, Ok(response) if response.error == 0))
-            .count();
-        if stored == 0 {
+            .flatten()
+            .collect();
+        if stored.is_empty() {
             return Err(DhtError::NoNodes);
         }
         Ok(stored)
@@ -413,39 +584,59 @@ impl HyperDht {
     /// Runs a HyperDHT server for `key_pair`: announces it under
     /// `BLAKE2b-256(publicKey)` (so clients' FIND_PEER finds the relays)
     /// and renews that every re-announce interval, answers relayed
-    /// `PEER_HANDSHAKE`s with the IK handshake, and yields each client's
-    /// secret-stream over a UDX stream on this node's socket. The server
-    /// stops when the returned receiver is dropped.
+    /// `PEER_HANDSHAKE`s with the IK handshake, holepunches through both
+    /// NATs when neither side is reachable (`PEER_HOLEPUNCH`), and yields
+    /// each client's secret-stream over a UDX stream. The server stops
+    /// when the returned receiver is dropped.
     pub async fn listen(
         &self,
         key_pair: KeyPair,
     ) -> Result<mpsc::Receiver<SecretStream<UdxStream>>, DhtError> {
         let target: [u8; 32] = Blake2b256::digest(key_pair.public_key()).into();
+        let reachability = self.reachability().await;
         let mut requests = self.node.serve_requests();
-        let announced = self.keep_announced(target, key_pair.clone()).await?;
+        let relays: Arc<Mutex<Vec<RelayInfo>>> = Arc::default();
+        let announced = self
+            .keep_announced_with_relays(target, key_pair.clone(), relays.clone())
+            .await?;
         let (connections, accepted) = mpsc::channel(16);
-        let node = self.node.clone();
+        let (punch_requests, mut punch_inbox) = mpsc::channel(64);
+        let (sessions_over, mut finished) = mpsc::channel(MAX_PUNCH_SESSIONS);
+        let dht = self.clone();
         tokio::spawn(async move {
             let _announced = announced;
             let mut server = Server {
-                node,
+                dht,
                 key_pair,
                 target,
+                reachability,
+                relays,
                 connections,
                 answered: HashMap::new(),
+                sessions: (0..MAX_PUNCH_SESSIONS).map(|_| None).collect(),
+                punch_requests,
+                sessions_over,
             };
+            let mut keepalive = tokio::time::interval(RELAY_KEEPALIVE);
+            keepalive.tick().await;
             loop {
-                let request = tokio::select! {
-                    request = requests.recv() => request,
+                tokio::select! {
+                    request = requests.recv() => {
+                        let Some((request, from)) = request else { break };
+                        server.on_request(request, from, None).await;
+                    }
+                    request = punch_inbox.recv() => {
+                        let Some((request, from, session)) = request else { break };
+                        server.on_request(request, from, Some(session)).await;
+                    }
+                    over = finished.recv() => {
+                        let Some((id, session)) = over else { break };
+                        server.end_session(id, &session);
+                    }
+                    _ = keepalive.tick() => server.ping_relays(),
                     // Nobody takes connections any more: stop serving,
                     // which also lets go of the node.
-                    () = server.connections.closed() => None,
-                };
-                let Some((request, from)) = request else {
-                    break;
-                };
-                if request.command == PEER_HANDSHAKE && request.target == Some(target) {
-                    server.on_peer_handshake(request, from).await;
+                    () = server.connections.closed() => break,
                 }
             }
         });
@@ -454,23 +645,25 @@ impl HyperDht {
 
     /// Connects to the HyperDHT server `server_public_key` as `key_pair`:
     /// finds its relays (FIND_PEER), runs the IK handshake through one of
-    /// them, and opens the secret-stream over a UDX stream from this
-    /// node's socket to the server's.
+    /// them, then opens the secret-stream over a UDX stream: directly when
+    /// either side is reachable, else through a holepunch (both sides
+    /// probe each other from fresh sockets until both NATs let the other's
+    /// packets in).
     pub async fn connect(
         &self,
         key_pair: &KeyPair,
         server_public_key: [u8; 32],
     ) -> Result<SecretStream<UdxStream>, DhtError> {
         let target: [u8; 32] = Blake2b256::digest(server_public_key).into();
+        let reachability = self.reachability().await;
         let (_, relays) = self
             .find_peer_with_holders(&server_public_key)
             .await?
             .ok_or(DhtError::PeerNotFound)?;
-        let fail = |why: &str| DhtError::Connect(why.to_owned());
         let mut noise = peer_handshake(key_pair.clone(), Some(server_public_key))
             .map_err(|error| fail(&error.to_string()))?;
         let local_stream = random_stream_id();
-        let ours = NoisePayload::offering_stream(local_stream);
+        let ours = NoisePayload::offering_stream(local_stream, &reachability);
         let first = noise
             .send(&ours.encode())
             .map_err(|error| fail(&error.to_string()))?;
@@ -528,17 +721,225 @@ impl HyperDht {
                 .established()
                 .cloned()
                 .ok_or_else(|| fail("handshake unfinished"))?;
+            let relayed = answer.peer_address.is_some();
             let server_address = answer.peer_address.unwrap_or(*relay);
-            let stream = self
-                .node
-                .udx()
-                .connect(local_stream, server_stream, SocketAddr::V4(server_address))
-                .map_err(|error| DhtError::Io(error.to_string()))?;
+            let holepunch = server
+                .holepunch
+                .clone()
+                .filter(|holepunch| !holepunch.relays.is_empty());
+            let direct = if Firewall::from_code(server.firewall) == Firewall::Open
+                || (relayed && holepunch.is_none())
+            {
+                // The server is reachable: at the first public address it
+                // gave, else where the relay saw it.
+                Some(
+                    server
+                        .addresses4
+                        .iter()
+                        .copied()
+                        .find(|address| is_public(*address.ip()))
+                        .unwrap_or(server_address),
+                )
+            } else if reachability.open {
+                // We are reachable: the server opens the stream to us, and
+                // ours follows its first packet.
+                Some(server_address)
+            } else {
+                None
+            };
+            if let Some(address) = direct {
+                self.stats.open.fetch_add(1, Ordering::Relaxed);
+                let stream = self
+                    .node
+                    .udx()
+                    .connect(local_stream, server_stream, SocketAddr::V4(address))
+                    .map_err(|error| DhtError::Io(error.to_string()))?;
+                return SecretStream::from_established(stream, true, established)
+                    .await
+                    .map_err(|error| fail(&error.to_string()));
+            }
+            let Some(holepunch) = holepunch else {
+                return Err(fail(
+                    "neither side is reachable and the server offered no holepunch",
+                ));
+            };
+            let punch = ClientPunch {
+                target,
+                relay: *relay,
+                server_address,
+                holepunch,
+                secure: SecurePayload::new(&established.hash),
+                local_stream,
+                server_stream,
+                open: reachability.open,
+            };
+            let stream = self.holepunch(punch).await?;
             return SecretStream::from_established(stream, true, established)
                 .await
                 .map_err(|error| fail(&error.to_string()));
         }
         Err(last_error)
+    }
+
+    /// The client's side of a holepunch (hyperdht's `probeRound` and
+    /// `roundPunch`): learn both NATs through the relays, agree to punch,
+    /// probe, and open the UDX stream on the socket the first probe from
+    /// the server reached.
+    async fn holepunch(&self, punch: ClientPunch) -> Result<UdxStream, DhtError> {
+        let puncher = Arc::new(Puncher::bind(self.bind_host(), punch.open).await?);
+        let candidates = self.sampling_candidates();
+        let server_relay = punch
+            .holepunch
+            .relays
+            .iter()
+            .find(|relay| relay.relay_address == punch.relay)
+            .copied()
+            .unwrap_or(punch.holepunch.relays[0]);
+        let mut round = 0u64;
+        let mut server_address = punch.server_address;
+        // Round one: tell the server our NAT (as far as known), learn its
+        // NAT and token. A low-TTL probe first opens our NAT towards it.
+        puncher.probe(server_address, true).await;
+        let sampling = puncher.analyze(&candidates);
+        tokio::pin!(sampling);
+        let mut sampled = false;
+        let (reply, peer_address) = loop {
+            let payload = HolepunchPayload {
+                firewall: puncher.firewall().code(),
+                round,
+                addresses: puncher.addresses(),
+                remote_address: Some(server_address),
+                ..HolepunchPayload::default()
+            };
+            round += 1;
+            let (reply, seen_at, peer_address) = client_round(
+                &puncher,
+                &punch,
+                server_relay.peer_address,
+                server_relay.relay_address,
+                &payload,
+            )
+            .await?;
+            if reply.error != error::NONE {
+                return Err(fail(&format!(
+                    "the server aborted the holepunch (error {})",
+                    reply.error
+                )));
+            }
+            puncher.update_remote(
+                Firewall::from_code(reply.firewall),
+                reply.addresses.as_deref(),
+                reply.punching,
+                None,
+            );
+            puncher.add_sample(seen_at, server_relay.relay_address);
+            if Firewall::from_code(reply.firewall) == Firewall::Unknown {
+                // Give the server a moment to classify its NAT.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if !sampled {
+                (&mut sampling).await;
+                sampled = true;
+            }
+            let retry =
+                Firewall::from_code(reply.firewall) == Firewall::Unknown || reply.token.is_none();
+            if !retry || round >= 2 {
+                break (reply, peer_address);
+            }
+        };
+        let remote_firewall = Firewall::from_code(reply.firewall);
+        let local_firewall = puncher.firewall();
+        if remote_firewall == Firewall::Unknown || local_firewall == Firewall::Unknown {
+            self.abort_punch(&puncher, &punch, server_relay, round)
+                .await;
+            return Err(fail(
+                "holepunch probe timed out: a NAT could not be classified",
+            ));
+        }
+        if remote_firewall >= Firewall::Random && local_firewall >= Firewall::Random {
+            self.abort_punch(&puncher, &punch, server_relay, round)
+                .await;
+            return Err(DhtError::DoubleRandomNat);
+        }
+        let Some(server_token) = reply.token else {
+            self.abort_punch(&puncher, &punch, server_relay, round)
+                .await;
+            return Err(fail("the server sent no holepunch token"));
+        };
+        // The server may have answered from another socket than the one
+        // the handshake relay saw; if we share the relay, probe that one.
+        if server_relay.relay_address == punch.relay && server_address != peer_address {
+            server_address = peer_address;
+            puncher.probe(server_address, true).await;
+        }
+        // Round two: both commit to punching, with tokens that verify the
+        // hosts each side will probe.
+        puncher.freeze();
+        let our_token = punch.secure.token(*server_address.ip());
+        let payload = HolepunchPayload {
+            firewall: puncher.firewall().code(),
+            round,
+            punching: true,
+            addresses: puncher.addresses(),
+            token: Some(our_token),
+            remote_token: Some(server_token),
+            ..HolepunchPayload::default()
+        };
+        let (reply, _, _) =
+            client_round(&puncher, &punch, server_address, punch.relay, &payload).await?;
+        if reply.error == error::TRY_LATER {
+            return Err(fail(
+                "the server is busy punching random NATs; try again later",
+            ));
+        }
+        if reply.error != error::NONE {
+            return Err(fail(&format!(
+                "the server aborted the holepunch (error {})",
+                reply.error
+            )));
+        }
+        let echoed = reply.remote_token == Some(our_token);
+        puncher.update_remote(
+            Firewall::from_code(reply.firewall),
+            reply.addresses.as_deref(),
+            reply.punching,
+            echoed.then_some(*server_address.ip()),
+        );
+        if !reply.punching {
+            return Err(fail("the server is not holepunching"));
+        }
+        if !puncher.punch(true).await {
+            return Err(fail("the server's NAT cannot be holepunched from ours"));
+        }
+        let stream = puncher
+            .connect_on_first_probe(true, punch.local_stream, punch.server_stream, PUNCH_TIMEOUT)
+            .await?;
+        self.stats
+            .count_punch(puncher.firewall(), puncher.remote().firewall);
+        Ok(stream)
+    }
+
+    /// Tells the server this client gives up (so it frees its session).
+    async fn abort_punch(
+        &self,
+        puncher: &Puncher,
+        punch: &ClientPunch,
+        server_relay: RelayInfo,
+        round: u64,
+    ) {
+        let payload = HolepunchPayload {
+            error: error::ABORTED,
+            round,
+            ..HolepunchPayload::default()
+        };
+        let _ = client_round(
+            puncher,
+            punch,
+            server_relay.peer_address,
+            server_relay.relay_address,
+            &payload,
+        )
+        .await;
     }
 
     /// The record a server announced for `public_key`, if a node has it.
@@ -586,6 +987,154 @@ impl HyperDht {
     }
 }
 
+fn fail(why: &str) -> DhtError {
+    DhtError::Connect(why.to_owned())
+}
+
+/// Whether an address is worth dialling from elsewhere (not private,
+/// loopback, link-local or unspecified).
+fn is_public(ip: Ipv4Addr) -> bool {
+    !(ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast())
+}
+
+/// The reachability check (see [`HyperDht::reachability`]).
+async fn check_reachability(node: &DhtNode, bootstrap: &[SocketAddrV4]) -> Reachability {
+    let mut nodes: Vec<SocketAddrV4> = node
+        .closest_known(&random_bytes())
+        .into_iter()
+        .map(|peer| peer.address)
+        .collect();
+    for address in bootstrap {
+        if !nodes.contains(address) {
+            nodes.push(*address);
+        }
+    }
+    nodes.truncate(REACHABILITY_NODES);
+    let Ok(SocketAddr::V4(local)) = node.local_addr() else {
+        return Reachability::default();
+    };
+    let Ok(fresh) = tokio::net::UdpSocket::bind(SocketAddrV4::new(*local.ip(), 0)).await else {
+        return Reachability::default();
+    };
+    let Ok(fresh_port) = fresh.local_addr().map(|address| address.port()) else {
+        return Reachability::default();
+    };
+    // Ask every node to answer on the fresh socket; meanwhile, learn where
+    // they see this node's own socket.
+    let tids: Vec<u16> = nodes
+        .iter()
+        .map(|_| u16::from_le_bytes(random_bytes()))
+        .collect();
+    for (address, tid) in nodes.iter().zip(&tids) {
+        let request = Message::Request(Request {
+            tid: *tid,
+            to: *address,
+            id: None,
+            token: None,
+            internal: true,
+            command: PING_NAT,
+            target: None,
+            value: Some(fresh_port.to_le_bytes().to_vec()),
+        });
+        let _ = node.send_message(&request, *address).await;
+    }
+    let seen_at = futures::future::join_all(
+        nodes
+            .iter()
+            .map(|&address| node.request(address, true, PING, None, None, None)),
+    )
+    .await;
+    let mut answered = HashSet::new();
+    let deadline = tokio::time::Instant::now() + REACHABILITY_WAIT;
+    let mut buffer = [0u8; 2048];
+    while answered.len() < nodes.len() {
+        let Ok(Ok((len, SocketAddr::V4(from)))) =
+            tokio::time::timeout_at(deadline, fresh.recv_from(&mut buffer)).await
+        else {
+            break;
+        };
+        if let Ok(Message::Response(response)) = Message::decode(&buffer[..len]) {
+            if nodes.contains(&from) && tids.contains(&response.tid) {
+                answered.insert(from);
+            }
+        }
+    }
+    let public: Vec<SocketAddrV4> = seen_at
+        .into_iter()
+        .filter_map(|reply| reply.ok().map(|reply| reply.to))
+        .collect();
+    let needed = nodes.len().min(3);
+    let consistent = public.first().is_some_and(|first| {
+        first.port() == local.port() && public.iter().all(|seen| seen == first)
+    });
+    if needed > 0 && answered.len() >= needed && consistent {
+        Reachability {
+            open: true,
+            public: public.first().copied(),
+        }
+    } else {
+        Reachability::default()
+    }
+}
+
+/// What a client's holepunch knows from the handshake.
+struct ClientPunch {
+    target: [u8; 32],
+    /// The relay the handshake went through.
+    relay: SocketAddrV4,
+    /// The server's address as that relay saw it.
+    server_address: SocketAddrV4,
+    holepunch: HolepunchInfo,
+    secure: SecurePayload,
+    local_stream: u32,
+    server_stream: u32,
+    open: bool,
+}
+
+/// One client holepunch round through `relay` to `peer_address`: the
+/// server's payload, the address the relay saw us at, and the server's
+/// address as the relay saw it.
+async fn client_round(
+    puncher: &Puncher,
+    punch: &ClientPunch,
+    peer_address: SocketAddrV4,
+    relay: SocketAddrV4,
+    payload: &HolepunchPayload,
+) -> Result<(HolepunchPayload, SocketAddrV4, SocketAddrV4), DhtError> {
+    let hop = HolepunchHop {
+        mode: FROM_CLIENT,
+        id: punch.holepunch.id,
+        payload: punch.secure.seal(payload),
+        peer_address: Some(peer_address),
+    };
+    let response = puncher
+        .node()
+        .request(
+            relay,
+            false,
+            PEER_HOLEPUNCH,
+            Some(punch.target),
+            None,
+            Some(hop.encode()),
+        )
+        .await?;
+    let answer = response
+        .value
+        .as_deref()
+        .and_then(|value| HolepunchHop::decode(value).ok())
+        .filter(|answer| answer.mode == REPLY)
+        .ok_or_else(|| fail("the relay sent a bad PEER_HOLEPUNCH reply"))?;
+    let reply = punch
+        .secure
+        .open(&answer.payload)
+        .ok_or_else(|| fail("the server's holepunch payload does not open"))?;
+    Ok((reply, response.to, answer.peer_address.unwrap_or(relay)))
+}
+
 /// Keeps an announcement renewed until dropped (see
 /// [`HyperDht::keep_announced`]).
 #[derive(Debug)]
@@ -599,21 +1148,76 @@ impl Drop for AnnouncementGuard {
     }
 }
 
-/// The server side of `PEER_HANDSHAKE`.
+/// One handshake a server holepunches for.
+struct PunchSession {
+    secure: SecurePayload,
+    puncher: Arc<Puncher>,
+    /// The highest round the client sent.
+    round: Mutex<u64>,
+    /// Replies already sent, by (relay, transaction).
+    answered: Mutex<HashMap<(SocketAddrV4, u16), Message>>,
+}
+
+/// A request that reached a punch socket, with the session it belongs to.
+type PunchRequest = (Request, SocketAddrV4, usize);
+
+/// The server side of `PEER_HANDSHAKE` and `PEER_HOLEPUNCH`.
 struct Server {
-    node: Arc<DhtNode>,
+    dht: HyperDht,
     key_pair: KeyPair,
     target: [u8; 32],
+    reachability: Reachability,
+    relays: Arc<Mutex<Vec<RelayInfo>>>,
     connections: mpsc::Sender<SecretStream<UdxStream>>,
-    /// Replies already sent, by (sender, transaction): a retried request
-    /// gets the same answer instead of a second handshake.
-    answered: HashMap<(SocketAddrV4, u16), Message>,
+    /// Handshake replies already sent, by (sender, transaction): a retried
+    /// request gets the same answer instead of a second handshake.
+    answered: HashMap<(SocketAddrV4, u16), (Message, Option<usize>)>,
+    /// Holepunch sessions by id (the index).
+    sessions: Vec<Option<Arc<PunchSession>>>,
+    punch_requests: mpsc::Sender<PunchRequest>,
+    /// Sessions whose punch is over (connected, failed or expired).
+    sessions_over: mpsc::Sender<(usize, Arc<PunchSession>)>,
 }
 
 impl Server {
+    async fn on_request(&mut self, request: Request, from: SocketAddrV4, socket: Option<usize>) {
+        if request.target != Some(self.target) {
+            return;
+        }
+        match request.command {
+            PEER_HANDSHAKE if socket.is_none() => self.on_peer_handshake(request, from).await,
+            PEER_HOLEPUNCH => self.on_peer_holepunch(request, from, socket),
+            _ => {}
+        }
+    }
+
+    /// Pings the relays so the NAT in front of this server keeps the
+    /// mappings they reach it through.
+    fn ping_relays(&self) {
+        let relays: Vec<SocketAddrV4> = self
+            .relays
+            .lock()
+            .map(|relays| relays.iter().map(|relay| relay.relay_address).collect())
+            .unwrap_or_default();
+        if self.reachability.open || relays.is_empty() {
+            return;
+        }
+        let node = self.dht.node.clone();
+        tokio::spawn(async move {
+            let pings = relays
+                .iter()
+                .map(|&relay| node.request(relay, true, PING, None, None, None));
+            futures::future::join_all(pings).await;
+        });
+    }
+
     async fn on_peer_handshake(&mut self, request: Request, from: SocketAddrV4) {
-        if let Some(reply) = self.answered.get(&(from, request.tid)) {
-            let _ = self.node.send_message(reply, from).await;
+        if let Some((reply, session)) = self.answered.get(&(from, request.tid)) {
+            let node = match session.and_then(|id| self.sessions[id].clone()) {
+                Some(session) => session.puncher.node().clone(),
+                None => self.dht.node.clone(),
+            };
+            let _ = node.send_message(reply, from).await;
             return;
         }
         let Some(hop) = request
@@ -645,7 +1249,35 @@ impl Server {
             return;
         };
         let local_stream = random_stream_id();
-        let ours = NoisePayload::offering_stream(local_stream);
+        let direct = hop.mode == FROM_CLIENT
+            || Firewall::from_code(client.firewall) == Firewall::Open
+            || self.reachability.open;
+        // Neither side reachable: offer a holepunch from a fresh socket,
+        // if a session slot is free.
+        let mut ours = NoisePayload::offering_stream(local_stream, &self.reachability);
+        let mut session = None;
+        if !direct {
+            let relays = self
+                .relays
+                .lock()
+                .map(|relays| relays.clone())
+                .unwrap_or_default();
+            let free = self.sessions.iter().position(Option::is_none);
+            if let (Some(id), false) = (free, relays.is_empty()) {
+                match Puncher::bind(self.dht.bind_host(), false).await {
+                    Ok(puncher) => {
+                        ours.holepunch = Some(HolepunchInfo {
+                            id: id as u64,
+                            relays,
+                        });
+                        session = Some((id, Arc::new(puncher)));
+                    }
+                    Err(error) => tracing::debug!(%error, "cannot open a holepunch socket"),
+                }
+            } else {
+                tracing::debug!("no holepunch session free: the client cannot connect");
+            }
+        }
         let Ok(answer) = noise.send(&ours.encode()) else {
             return;
         };
@@ -694,15 +1326,101 @@ impl Server {
         if self.answered.len() > 1024 {
             self.answered.clear();
         }
-        self.answered.insert((from, request.tid), reply.clone());
-        let _ = self.node.send_message(&reply, from).await;
-        let Ok(stream) =
-            self.node
-                .udx()
-                .connect(local_stream, client_stream, SocketAddr::V4(client_address))
-        else {
+        self.answered.insert(
+            (from, request.tid),
+            (reply.clone(), session.as_ref().map(|(id, _)| *id)),
+        );
+        let Some((id, puncher)) = session else {
+            let _ = self.dht.node.send_message(&reply, from).await;
+            let Ok(stream) = self.dht.node.udx().connect(
+                local_stream,
+                client_stream,
+                SocketAddr::V4(client_address),
+            ) else {
+                return;
+            };
+            self.dht.stats.open.fetch_add(1, Ordering::Relaxed);
+            self.hand_over(stream, established);
             return;
         };
+        // The reply leaves from the punch socket, so the relay tells the
+        // client where that socket is seen.
+        let _ = puncher.node().send_message(&reply, from).await;
+        let session = Arc::new(PunchSession {
+            secure: SecurePayload::new(&established.hash),
+            puncher: puncher.clone(),
+            round: Mutex::new(0),
+            answered: Mutex::default(),
+        });
+        self.sessions[id] = Some(session.clone());
+        // Holepunch rounds may also arrive at the punch socket.
+        let mut punch_socket_requests = puncher.node().serve_requests();
+        let inbox = self.punch_requests.clone();
+        let forward = tokio::spawn(async move {
+            while let Some((request, from)) = punch_socket_requests.recv().await {
+                if inbox.send((request, from, id)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let candidates = self.dht.sampling_candidates();
+        let sampler = puncher.clone();
+        tokio::spawn(async move { sampler.analyze(&candidates).await });
+        let connections = self.connections.clone();
+        let over = self.sessions_over.clone();
+        let stats = self.dht.stats.clone();
+        tokio::spawn(async move {
+            // The session ends when the first probe connects, when the
+            // client never starts punching, or when punching runs out.
+            let connecting = puncher.connect_on_first_probe(
+                false,
+                local_stream,
+                client_stream,
+                PUNCH_START_TIMEOUT + PUNCH_TIMEOUT,
+            );
+            let not_started = async {
+                tokio::time::sleep(PUNCH_START_TIMEOUT).await;
+                if !puncher.is_punching() {
+                    return;
+                }
+                std::future::pending::<()>().await;
+            };
+            let connected = tokio::select! {
+                connected = connecting => connected,
+                () = not_started => Err(fail("the client never started punching")),
+            };
+            forward.abort();
+            let _ = over.send((id, session)).await;
+            if connected.is_ok() {
+                stats.count_punch(puncher.firewall(), puncher.remote().firewall);
+            }
+            drop(puncher);
+            match connected {
+                Ok(stream) => {
+                    match SecretStream::from_established(stream, false, established).await {
+                        Ok(secret) => {
+                            let _ = connections.send(secret).await;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "a holepunched client's stream failed to start");
+                        }
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "holepunch failed"),
+            }
+        });
+    }
+
+    /// Frees session `id` if it still holds `session`.
+    fn end_session(&mut self, id: usize, session: &Arc<PunchSession>) {
+        if let Some(slot) = self.sessions.get_mut(id) {
+            if slot.as_ref().is_some_and(|held| Arc::ptr_eq(held, session)) {
+                *slot = None;
+            }
+        }
+    }
+
+    fn hand_over(&self, stream: UdxStream, established: super::noise::Established) {
         let connections = self.connections.clone();
         tokio::spawn(async move {
             match SecretStream::from_established(stream, false, established).await {
@@ -711,6 +1429,133 @@ impl Server {
                 }
                 Err(error) => tracing::debug!(%error, "a HyperDHT client's stream failed to start"),
             }
+        });
+    }
+
+    /// A holepunch round relayed from the client.
+    fn on_peer_holepunch(&mut self, request: Request, from: SocketAddrV4, socket: Option<usize>) {
+        let Some(hop) = request
+            .value
+            .as_deref()
+            .and_then(|value| HolepunchHop::decode(value).ok())
+        else {
+            return;
+        };
+        let Ok(id) = usize::try_from(hop.id) else {
+            return;
+        };
+        let Some(session) = self.sessions.get(id).cloned().flatten() else {
+            return;
+        };
+        let (FROM_RELAY, Some(peer_address)) = (hop.mode, hop.peer_address) else {
+            return;
+        };
+        // Only the client of this handshake can seal a round for it.
+        let Some(remote) = session.secure.open(&hop.payload) else {
+            return;
+        };
+        if let Some(reply) = session
+            .answered
+            .lock()
+            .ok()
+            .and_then(|answered| answered.get(&(from, request.tid)).cloned())
+        {
+            let node = session.puncher.node().clone();
+            tokio::spawn(async move { node.send_message(&reply, from).await });
+            return;
+        }
+        let is_server_relay = self
+            .relays
+            .lock()
+            .map(|relays| relays.iter().any(|relay| relay.relay_address == from))
+            .unwrap_or(false);
+        if socket == Some(id) {
+            session.puncher.add_sample(request.to, from);
+        }
+        if remote.error != error::NONE {
+            // The client gave up.
+            self.end_session(id, &session);
+            return;
+        }
+        let candidates = self.dht.sampling_candidates();
+        tokio::spawn(async move {
+            let puncher = &session.puncher;
+            let token = session.secure.token(*peer_address.ip());
+            let echoed = is_server_relay && remote.remote_token == Some(token);
+            let latest = session.round.lock().map(|mut round| {
+                let latest = remote.round >= *round;
+                if latest {
+                    *round = remote.round;
+                }
+                latest
+            });
+            if latest.unwrap_or(false) {
+                puncher.update_remote(
+                    Firewall::from_code(remote.firewall),
+                    remote.addresses.as_deref(),
+                    remote.punching,
+                    echoed.then_some(*peer_address.ip()),
+                );
+            }
+            puncher.analyze(&candidates).await;
+            let mut payload = HolepunchPayload {
+                round: remote.round,
+                token: is_server_relay.then_some(token),
+                remote_token: remote.token,
+                ..HolepunchPayload::default()
+            };
+            if !remote.punching && !puncher.stable() {
+                payload.error = error::ABORTED;
+            } else {
+                // Fast open: the client already probed the address we
+                // are seen at; answer it right away.
+                if puncher.firewall().coerced() == Firewall::Consistent
+                    && remote.remote_address.is_some_and(|address| {
+                        puncher
+                            .addresses()
+                            .is_some_and(|ours| ours.contains(&address))
+                    })
+                {
+                    puncher.probe(peer_address, false).await;
+                }
+                if remote.punching && !puncher.punch(false).await {
+                    payload.error = error::ABORTED;
+                }
+                if puncher.firewall() != Firewall::Unknown {
+                    puncher.freeze();
+                }
+            }
+            if payload.error == error::NONE {
+                payload.firewall = puncher.firewall().code();
+                payload.punching = puncher.is_punching();
+                payload.addresses = puncher.addresses();
+            } else {
+                payload.token = None;
+            }
+            let reply = Message::Request(Request {
+                tid: request.tid,
+                to: from,
+                id: None,
+                token: None,
+                internal: false,
+                command: PEER_HOLEPUNCH,
+                target: request.target,
+                value: Some(
+                    HolepunchHop {
+                        mode: FROM_SERVER,
+                        id: 0,
+                        payload: session.secure.seal(&payload),
+                        peer_address: Some(peer_address),
+                    }
+                    .encode(),
+                ),
+            });
+            if let Ok(mut answered) = session.answered.lock() {
+                if answered.len() < 64 {
+                    answered.insert((from, request.tid), reply.clone());
+                }
+            }
+            let _ = puncher.node().send_message(&reply, from).await;
         });
     }
 }
@@ -732,10 +1577,7 @@ fn peer_handshake(
 
 /// A fresh UDX stream id (31 bits, as `udx-native` allocates small ones).
 fn random_stream_id() -> u32 {
-    let mut bytes = [0u8; 4];
-    // The operating system's generator failing is not recoverable.
-    getrandom::getrandom(&mut bytes).expect("the OS random number generator failed");
-    u32::from_le_bytes(bytes) & 0x7fff_ffff
+    u32::from_le_bytes(random_bytes()) & 0x7fff_ffff
 }
 
 #[cfg(test)]
@@ -786,7 +1628,8 @@ mod tests {
         let payload = NoisePayload {
             version: 1,
             error: 0,
-            firewall: FIREWALL_OPEN,
+            firewall: Firewall::Open.code(),
+            holepunch: None,
             addresses4: vec!["10.0.0.2:7000".parse().unwrap()],
             udx_id: Some(70_000),
             secret_stream: true,

@@ -18,8 +18,10 @@
 //! is listed in `docs/ARCHITECTURE.md`, "Hyperswarm transport".
 
 pub mod dht_rpc;
+pub mod holepunch;
 pub mod hyperdht;
 pub mod noise;
+pub mod punch;
 pub mod secret_stream;
 pub mod udx;
 

@@ -60,6 +60,12 @@ pub const MAGIC: u8 = 0xFF;
 pub const VERSION: u8 = 1;
 /// Header length.
 pub const HEADER_LEN: usize = 20;
+/// HyperDHT's holepunch probe: a datagram of this one byte.
+pub const HOLEPUNCH_PROBE: u8 = 0;
+/// The TTL of a probe that should only open this side's NAT.
+const PROBE_LOW_TTL: u32 = 5;
+/// The TTL of everything else.
+const DEFAULT_TTL: u32 = 64;
 /// Carries stream data.
 pub const DATA: u8 = 0b000001;
 /// The sender's last packet.
@@ -271,6 +277,21 @@ impl UdxSocket {
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.udp.local_addr()
+    }
+
+    /// Sends HyperDHT's one-byte holepunch probe (`[0]`) to `to`. A
+    /// `low_ttl` probe (TTL 5) opens this side's NAT mapping towards `to`
+    /// but dies before it reaches a NAT far away, which could otherwise
+    /// answer it with a mapping of its own.
+    pub async fn send_probe(&self, to: SocketAddr, low_ttl: bool) -> io::Result<()> {
+        if low_ttl {
+            self.udp.set_ttl(PROBE_LOW_TTL)?;
+        }
+        let sent = self.udp.send_to(&[HOLEPUNCH_PROBE], to).await;
+        if low_ttl {
+            self.udp.set_ttl(DEFAULT_TTL)?;
+        }
+        sent.map(drop)
     }
 
     /// Opens a stream with id `local_id` to stream `remote_id` at `remote`.

@@ -4,10 +4,16 @@
 //   ping <port>              a testnet node pings 127.0.0.1:<port>
 //   lookup <topic>           a fresh client looks the topic up; prints the public keys found
 //   announce <topic> <seed>  a client announces the seed's key pair under the topic
-//   listen <seed>            a client runs a HyperDHT server for the seed's key pair that
-//                            echoes every message as "echo:" + message
-//   connect <public-key>     a client connects to that server, sends "hello from node",
-//                            prints the first message it gets back, and ends
+//   listen <seed> [firewalled]
+//                            a client runs a HyperDHT server for the seed's key pair that
+//                            echoes every message as "echo:" + message; prints
+//                            `connection` events with the node's punch stats
+//   connect <public-key> [firewalled]
+//                            a client connects to that server, sends "hello from node",
+//                            prints the first message it gets back (and its punch
+//                            stats), and ends
+//   (`firewalled`: the client node skips dht-rpc's quick reachability test, so it
+//   stays firewalled and holepunches even on loopback, as hyperdht's own tests do)
 //   forget <topic> <key>     every testnet node drops the key's record under the topic
 //                            (as if it had expired)
 //   quit                     tears the testnet down
@@ -30,6 +36,8 @@ print({
 });
 
 const keep = [];
+// `firewalled` as the last word of a command: see the header.
+const nodeOptions = (line) => (line.trim().split(/\s+/).at(-1) === 'firewalled' ? { quickFirewall: false } : {});
 for await (const line of readline.createInterface({ input: process.stdin })) {
   const [command, argument] = line.trim().split(/\s+/);
   if (command === 'ping') {
@@ -55,10 +63,11 @@ for await (const line of readline.createInterface({ input: process.stdin })) {
     await client.announce(Buffer.from(argument, 'hex'), keyPair).finished();
     print({ event: 'announced', publicKey: keyPair.publicKey.toString('hex') });
   } else if (command === 'listen') {
-    const client = testnet.createNode();
+    const client = testnet.createNode(nodeOptions(line));
     keep.push(client);
     const keyPair = DHT.keyPair(Buffer.from(argument, 'hex'));
     const server = client.createServer((socket) => {
+      print({ event: 'connection', punches: { ...client.stats.punches } });
       socket.on('data', (data) => socket.write(Buffer.concat([Buffer.from('echo:'), data])));
       socket.on('end', () => socket.end());
       socket.on('error', () => {});
@@ -66,12 +75,17 @@ for await (const line of readline.createInterface({ input: process.stdin })) {
     await server.listen(keyPair);
     print({ event: 'listening', publicKey: keyPair.publicKey.toString('hex') });
   } else if (command === 'connect') {
-    const client = testnet.createNode();
+    const client = testnet.createNode(nodeOptions(line));
     keep.push(client);
     const socket = client.connect(Buffer.from(argument, 'hex'));
     socket.on('open', () => socket.write(Buffer.from('hello from node')));
     socket.once('data', (data) => {
-      print({ event: 'data', text: data.toString(), remotePublicKey: socket.remotePublicKey.toString('hex') });
+      print({
+        event: 'data',
+        text: data.toString(),
+        remotePublicKey: socket.remotePublicKey.toString('hex'),
+        punches: { ...client.stats.punches },
+      });
       socket.end();
     });
     socket.on('error', (error) => print({ event: 'error', message: error.message }));

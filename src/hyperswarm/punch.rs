@@ -1,0 +1,468 @@
+//! The probing half of HyperDHT holepunching (`lib/holepuncher.js`): a
+//! fresh socket per connection attempt, its NAT classified from DHT
+//! pings, and the probes that open both NATs towards each other.
+//!
+//! - **Consistent ↔ consistent.** Both sides send probes to the addresses
+//!   the other reported, once a second, ten times (the server waits a
+//!   second first: the client's first probes already went out).
+//! - **Consistent ↔ random.** The consistent side sends a probe every
+//!   20 ms to a random port of the random side's verified host (about
+//!   35 s at most); the random side opens up to 256 sockets, each sending
+//!   a probe to the consistent side's verified address, and keeps them
+//!   alive. A birthday collision gets a probe through.
+//! - **Connected.** The first probe that arrives wins: the initiator
+//!   (client) opens its UDX stream on that socket to the probe's sender;
+//!   the other side answers every probe with one and opens its stream
+//!   there too. Both already know each other's stream ids from the
+//!   handshake.
+//!
+//! Every punch is bounded in time and in sockets; dropping the
+//! [`Puncher`] stops its probing and closes its sockets.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::dht_rpc::{DhtError, DhtNode, PING};
+use super::holepunch::{Firewall, NatSampler};
+use super::udx::{UdxSocket, UdxStream};
+
+/// Sockets the random side of a consistent ↔ random punch opens.
+pub const BIRTHDAY_SOCKETS: usize = 256;
+/// Probes per address in a consistent punch, one a second.
+const CONSISTENT_TRIES: u32 = 10;
+/// Probes to random ports (one per 20 ms, about 35 s).
+const RANDOM_TRIES: u32 = 1750;
+const RANDOM_INTERVAL: Duration = Duration::from_millis(20);
+/// DHT nodes pinged per sampling round.
+const SAMPLE_PINGS: usize = 4;
+
+/// An address the remote side reported, and whether its host was
+/// verified by an echoed token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteAddress {
+    /// Where to probe.
+    pub address: SocketAddrV4,
+    /// The remote proved it receives at this host.
+    pub verified: bool,
+}
+
+/// What the remote side told us in its last round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteState {
+    /// Its NAT.
+    pub firewall: Firewall,
+    /// Where it can be probed.
+    pub addresses: Vec<RemoteAddress>,
+    /// It is punching (or ready to).
+    pub punching: bool,
+}
+
+impl Default for RemoteState {
+    fn default() -> Self {
+        Self {
+            firewall: Firewall::Unknown,
+            addresses: Vec::new(),
+            punching: false,
+        }
+    }
+}
+
+/// A probe arrived: on which of the puncher's sockets, and from where.
+type Arrival = (usize, SocketAddrV4);
+
+/// One connection attempt's sockets, NAT view and probing.
+pub struct Puncher {
+    node: Arc<DhtNode>,
+    /// The primary socket first, then birthday sockets.
+    sockets: Arc<Mutex<Vec<UdxSocket>>>,
+    nat: Mutex<NatSampler>,
+    remote: Mutex<RemoteState>,
+    arrivals: tokio::sync::Mutex<mpsc::Receiver<Arrival>>,
+    arrival_sender: mpsc::Sender<Arrival>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    punching: Mutex<Option<bool>>,
+    analyzed: tokio::sync::OnceCell<()>,
+}
+
+impl std::fmt::Debug for Puncher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Puncher")
+            .field("local_addr", &self.node.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Puncher {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.lock() {
+            for task in tasks.iter() {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Puncher {
+    /// Binds a fresh socket on `host` for one connection attempt; `open`
+    /// when this node is reachable unsolicited.
+    pub async fn bind(host: Ipv4Addr, open: bool) -> Result<Self, DhtError> {
+        let node = Arc::new(DhtNode::bind(SocketAddrV4::new(host, 0)).await?);
+        let (arrival_sender, arrivals) = mpsc::channel(64);
+        let mut probes = node.holepunch_probes();
+        let forward = arrival_sender.clone();
+        let task = tokio::spawn(async move {
+            while let Some(from) = probes.recv().await {
+                if forward.send((0, from)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let primary = node.udx().clone();
+        Ok(Self {
+            node,
+            sockets: Arc::new(Mutex::new(vec![primary])),
+            nat: Mutex::new(NatSampler::new(open)),
+            remote: Mutex::new(RemoteState::default()),
+            arrivals: tokio::sync::Mutex::new(arrivals),
+            arrival_sender,
+            tasks: Mutex::new(vec![task]),
+            punching: Mutex::new(None),
+            analyzed: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The primary socket's `dht-rpc` node (holepunch rounds go through it).
+    pub fn node(&self) -> &Arc<DhtNode> {
+        &self.node
+    }
+
+    /// This socket's NAT as classified so far.
+    pub fn firewall(&self) -> Firewall {
+        self.nat
+            .lock()
+            .map(|nat| nat.firewall())
+            .unwrap_or(Firewall::Unknown)
+    }
+
+    /// Where this socket can be probed, as classified so far.
+    pub fn addresses(&self) -> Option<Vec<SocketAddrV4>> {
+        self.nat.lock().ok().and_then(|nat| nat.addresses())
+    }
+
+    /// Records that `from` saw this socket at `to`.
+    pub fn add_sample(&self, to: SocketAddrV4, from: SocketAddrV4) {
+        if let Ok(mut nat) = self.nat.lock() {
+            nat.add(to, from);
+        }
+    }
+
+    /// Stops reclassifying this socket (the result went to the peer).
+    pub fn freeze(&self) {
+        if let Ok(mut nat) = self.nat.lock() {
+            nat.freeze();
+        }
+    }
+
+    /// What the remote side said last.
+    pub fn remote(&self) -> RemoteState {
+        self.remote
+            .lock()
+            .map(|remote| remote.clone())
+            .unwrap_or_default()
+    }
+
+    /// Takes the remote side's latest round; `verified_host` is the host
+    /// whose token the remote echoed (addresses on it are verified, as
+    /// are hosts verified before).
+    pub fn update_remote(
+        &self,
+        firewall: Firewall,
+        addresses: Option<&[SocketAddrV4]>,
+        punching: bool,
+        verified_host: Option<Ipv4Addr>,
+    ) {
+        let Ok(mut remote) = self.remote.lock() else {
+            return;
+        };
+        let previously_verified: Vec<Ipv4Addr> = remote
+            .addresses
+            .iter()
+            .filter(|known| known.verified)
+            .map(|known| *known.address.ip())
+            .collect();
+        remote.firewall = firewall;
+        remote.punching = punching;
+        remote.addresses = addresses
+            .unwrap_or_default()
+            .iter()
+            .map(|address| RemoteAddress {
+                address: *address,
+                verified: Some(*address.ip()) == verified_host
+                    || previously_verified.contains(address.ip()),
+            })
+            .collect();
+    }
+
+    /// Waits until this socket's NAT is classified (sampling once, however
+    /// many callers wait).
+    pub async fn analyze(&self, candidates: &[SocketAddrV4]) {
+        self.analyzed.get_or_init(|| self.sample(candidates)).await;
+    }
+
+    /// Whether punching started.
+    pub fn is_punching(&self) -> bool {
+        self.punching
+            .lock()
+            .map(|punching| *punching == Some(true))
+            .unwrap_or(false)
+    }
+
+    /// Pings DHT nodes from this socket until its NAT is classified (or
+    /// the candidates run out): what [`analyze`](Self::analyze) waits for.
+    async fn sample(&self, candidates: &[SocketAddrV4]) {
+        let mut next = 0;
+        for _round in 0..2 {
+            let wanted = super::holepunch::MIN_SAMPLES.saturating_sub(self.sampled());
+            if self.settled() || wanted == 0 {
+                return;
+            }
+            let batch: Vec<SocketAddrV4> = candidates
+                .iter()
+                .skip(next)
+                .take(wanted.min(SAMPLE_PINGS))
+                .copied()
+                .collect();
+            if batch.is_empty() {
+                return;
+            }
+            next += batch.len();
+            let pings = batch.iter().map(|&node| async move {
+                (
+                    node,
+                    self.node.request(node, true, PING, None, None, None).await,
+                )
+            });
+            for (node, reply) in futures::future::join_all(pings).await {
+                if let Ok(reply) = reply {
+                    self.add_sample(reply.to, node);
+                }
+            }
+        }
+    }
+
+    fn sampled(&self) -> usize {
+        self.nat.lock().map(|nat| nat.sampled()).unwrap_or(0)
+    }
+
+    fn settled(&self) -> bool {
+        self.nat.lock().map(|nat| nat.settled()).unwrap_or(true)
+    }
+
+    /// Whether a punch can work from what both sides know: this side's NAT
+    /// is known and not both are random.
+    pub fn stable(&self) -> bool {
+        let local = self.firewall();
+        let remote = self.remote().firewall;
+        !(local == Firewall::Unknown || (local >= Firewall::Random && remote >= Firewall::Random))
+    }
+
+    /// A probe from the primary socket (`low_ttl`: only open our mapping).
+    pub async fn probe(&self, to: SocketAddrV4, low_ttl: bool) {
+        let _ = self
+            .node
+            .udx()
+            .send_probe(SocketAddr::V4(to), low_ttl)
+            .await;
+    }
+
+    /// Starts punching towards the remote in the background, by both
+    /// sides' NATs; `false` when their NATs cannot be punched (both
+    /// random, or the needed address is not verified). Starts once.
+    pub async fn punch(self: &Arc<Self>, initiator: bool) -> bool {
+        if let Ok(started) = self.punching.lock() {
+            if let Some(started) = *started {
+                return started;
+            }
+        }
+        let started = self.start_punch(initiator).await;
+        if let Ok(mut punching) = self.punching.lock() {
+            *punching = Some(started);
+        }
+        started
+    }
+
+    async fn start_punch(self: &Arc<Self>, initiator: bool) -> bool {
+        let remote = self.remote();
+        if remote.addresses.is_empty() {
+            return false;
+        }
+        let local = self.firewall().coerced();
+        let remote_firewall = remote.firewall.coerced();
+        let verified = remote
+            .addresses
+            .iter()
+            .find(|address| address.verified)
+            .copied();
+        let puncher = Arc::downgrade(self);
+        let task = match (local, remote_firewall) {
+            (Firewall::Consistent, Firewall::Consistent) => tokio::spawn(async move {
+                if !initiator {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                for tick in 0..CONSISTENT_TRIES {
+                    let Some(puncher) = puncher.upgrade() else {
+                        return;
+                    };
+                    for address in &remote.addresses {
+                        // Unverified addresses only every fourth tick.
+                        if address.verified || tick % 4 == 0 {
+                            puncher.probe(address.address, false).await;
+                        }
+                    }
+                    drop(puncher);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }),
+            (Firewall::Consistent, Firewall::Random) => {
+                let Some(target) = verified else { return false };
+                tokio::spawn(async move {
+                    for _ in 0..RANDOM_TRIES {
+                        let Some(puncher) = puncher.upgrade() else {
+                            return;
+                        };
+                        let port =
+                            1000 + (u16::from_le_bytes(super::holepunch::random_bytes()) % 64_536);
+                        puncher
+                            .probe(SocketAddrV4::new(*target.address.ip(), port), false)
+                            .await;
+                        drop(puncher);
+                        tokio::time::sleep(RANDOM_INTERVAL).await;
+                    }
+                })
+            }
+            (Firewall::Random, Firewall::Consistent) => {
+                let Some(target) = verified else { return false };
+                if self.open_birthday_sockets(target.address).await.is_err() {
+                    return false;
+                }
+                let sockets = self.sockets.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let count = sockets.lock().map(|sockets| sockets.len()).unwrap_or(0);
+                    for round in 0..RANDOM_TRIES as usize {
+                        if puncher.strong_count() == 0 {
+                            return;
+                        }
+                        let socket = sockets
+                            .lock()
+                            .ok()
+                            .and_then(|sockets| sockets.get(round % count.max(1)).cloned());
+                        if let Some(socket) = socket {
+                            let low_ttl = round < count;
+                            let _ = socket
+                                .send_probe(SocketAddr::V4(target.address), low_ttl)
+                                .await;
+                        }
+                        tokio::time::sleep(RANDOM_INTERVAL).await;
+                    }
+                })
+            }
+            _ => return false,
+        };
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.push(task);
+        }
+        true
+    }
+
+    /// Opens the birthday sockets, each sending a low-TTL probe to
+    /// `target` so its NAT mapping exists.
+    async fn open_birthday_sockets(&self, target: SocketAddrV4) -> std::io::Result<()> {
+        let host = match self.node.local_addr()? {
+            SocketAddr::V4(address) => *address.ip(),
+            SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        loop {
+            let index = self
+                .sockets
+                .lock()
+                .map(|sockets| sockets.len())
+                .unwrap_or(usize::MAX);
+            if index >= BIRTHDAY_SOCKETS {
+                return Ok(());
+            }
+            let (socket, mut others) =
+                UdxSocket::bind_shared(SocketAddr::V4(SocketAddrV4::new(host, 0))).await?;
+            let forward = self.arrival_sender.clone();
+            let task = tokio::spawn(async move {
+                while let Some((datagram, from)) = others.recv().await {
+                    if datagram != [super::udx::HOLEPUNCH_PROBE] {
+                        continue;
+                    }
+                    let SocketAddr::V4(from) = from else { continue };
+                    if forward.send((index, from)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            socket.send_probe(SocketAddr::V4(target), true).await?;
+            if let Ok(mut sockets) = self.sockets.lock() {
+                sockets.push(socket);
+            }
+            if let Ok(mut tasks) = self.tasks.lock() {
+                tasks.push(task);
+            }
+        }
+    }
+
+    /// Waits for the first probe to arrive and opens the UDX stream on
+    /// that socket to its sender. The non-initiator answers every probe it
+    /// sees with one, so the initiator hears back; the initiator stops
+    /// probing. Gives up after `timeout`.
+    pub async fn connect_on_first_probe(
+        &self,
+        initiator: bool,
+        local_stream: u32,
+        remote_stream: u32,
+        timeout: Duration,
+    ) -> Result<UdxStream, DhtError> {
+        let mut arrivals = self.arrivals.lock().await;
+        let (index, from) = tokio::time::timeout(timeout, arrivals.recv())
+            .await
+            .map_err(|_| DhtError::Connect("no holepunch probe arrived in time".into()))?
+            .ok_or_else(|| DhtError::Connect("the puncher closed".into()))?;
+        let socket = self
+            .sockets
+            .lock()
+            .ok()
+            .and_then(|sockets| sockets.get(index).cloned())
+            .ok_or_else(|| DhtError::Connect("the punched socket is gone".into()))?;
+        if !initiator {
+            let _ = socket.send_probe(SocketAddr::V4(from), false).await;
+        }
+        // Keep the winning socket; the others close with the puncher.
+        let stream = socket
+            .connect(local_stream, remote_stream, SocketAddr::V4(from))
+            .map_err(|error| DhtError::Io(error.to_string()))?;
+        if !initiator {
+            // Answer the probes still in flight until the peer's stream
+            // takes over (they are one byte each, at most a few).
+            let mut arrivals_left = 16;
+            while arrivals_left > 0 {
+                match tokio::time::timeout(Duration::from_millis(50), arrivals.recv()).await {
+                    Ok(Some((i, again))) if i == index => {
+                        let _ = socket.send_probe(SocketAddr::V4(again), false).await;
+                    }
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+                arrivals_left -= 1;
+            }
+        }
+        Ok(stream)
+    }
+}
