@@ -30,7 +30,7 @@ use std::time::Duration;
 use blake2::{Blake2b256, Digest as _};
 use tokio::sync::{mpsc, oneshot};
 
-use super::udx::{Datagram, UdxSocket, HOLEPUNCH_PROBE};
+use super::udx::{stream_id_of, Datagram, UdxSocket, HOLEPUNCH_PROBE};
 
 /// First byte of a request.
 pub const REQUEST_ID: u8 = 0x03;
@@ -407,8 +407,9 @@ pub struct DhtNode {
 
 /// Where requests for commands other than `dht-rpc`'s own go (HyperDHT's).
 type Application = Arc<Mutex<Option<mpsc::Sender<(Request, SocketAddrV4)>>>>;
-/// Where holepunch probes (one-byte datagrams) go, by sender.
-type Probes = Arc<Mutex<Option<mpsc::Sender<SocketAddrV4>>>>;
+/// Where holepunch probes (one-byte datagrams) and UDX packets for
+/// streams not opened yet go, by sender.
+type Probes = Arc<Mutex<Option<mpsc::Sender<(SocketAddrV4, Option<Vec<u8>>)>>>>;
 
 impl Drop for DhtNode {
     fn drop(&mut self) {
@@ -491,8 +492,10 @@ impl DhtNode {
     }
 
     /// From now on, holepunch probes that reach this socket are delivered
-    /// here by sender (a full queue drops them, as probes repeat).
-    pub fn holepunch_probes(&self) -> mpsc::Receiver<SocketAddrV4> {
+    /// here by sender, as are UDX packets for streams not opened here yet
+    /// (with the packet). A full queue drops them, as probes and UDX
+    /// packets are sent again.
+    pub fn holepunch_probes(&self) -> mpsc::Receiver<(SocketAddrV4, Option<Vec<u8>>)> {
         let (sender, receiver) = mpsc::channel(64);
         if let Ok(mut probes) = self.probes.lock() {
             *probes = Some(sender);
@@ -531,6 +534,31 @@ impl DhtNode {
         token: Option<[u8; 32]>,
         value: Option<Vec<u8>>,
     ) -> Result<Response, DhtError> {
+        self.request_with_attempts(
+            to,
+            internal,
+            command,
+            target,
+            token,
+            value,
+            REQUEST_ATTEMPTS,
+        )
+        .await
+    }
+
+    /// [`request`](Self::request) with `attempts` tries of
+    /// [`REQUEST_TIMEOUT`] each (at least one).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn request_with_attempts(
+        &self,
+        to: SocketAddrV4,
+        internal: bool,
+        command: u64,
+        target: Option<[u8; 32]>,
+        token: Option<[u8; 32]>,
+        value: Option<Vec<u8>>,
+        attempts: u32,
+    ) -> Result<Response, DhtError> {
         let tid = {
             let mut next = self
                 .next_tid
@@ -555,7 +583,7 @@ impl DhtNode {
             pending.insert(tid, sender);
         }
         let mut result = Err(DhtError::Timeout(SocketAddr::V4(to)));
-        for _ in 0..REQUEST_ATTEMPTS {
+        for _ in 0..attempts.max(1) {
             self.socket
                 .send_to(&datagram, SocketAddr::V4(to))
                 .await
@@ -683,10 +711,11 @@ async fn receive_loop(
 ) {
     while let Some((datagram, from)) = incoming.recv().await {
         let SocketAddr::V4(from) = from else { continue };
-        if datagram == [HOLEPUNCH_PROBE] {
+        let probe = datagram == [HOLEPUNCH_PROBE];
+        if probe || stream_id_of(&datagram).is_some() {
             let listener = probes.lock().ok().and_then(|probes| probes.clone());
             if let Some(listener) = listener {
-                let _ = listener.try_send(from);
+                let _ = listener.try_send((from, (!probe).then_some(datagram)));
             }
             continue;
         }

@@ -316,6 +316,9 @@ impl Reachability {
     }
 }
 
+/// Handshake answers a server remembers (for retries through the same or
+/// another relay); the memory is cleared when full.
+const MAX_ANSWERED_HANDSHAKES: usize = 1024;
 /// Holepunch sessions a server runs at once; more handshakes that need one
 /// are answered without a holepunch offer (the client fails cleanly).
 pub const MAX_PUNCH_SESSIONS: usize = 64;
@@ -328,6 +331,11 @@ const PUNCH_TIMEOUT: Duration = Duration::from_secs(45);
 /// How often a server pings its relays so its NAT keeps their mappings
 /// (hyperdht's announcer pings every 3 s; UDP mappings last 30 s or more).
 const RELAY_KEEPALIVE: Duration = Duration::from_secs(10);
+/// How long a server still answers a client's rounds after the punch
+/// connected (hyperdht's `handshakeClearWait`).
+const SESSION_LINGER: Duration = Duration::from_secs(10);
+/// Tries of one second for a holepunch round through a relay.
+const HOLEPUNCH_ROUND_ATTEMPTS: u32 = 5;
 /// How long the reachability check waits for `PING_NAT` answers.
 const REACHABILITY_WAIT: Duration = Duration::from_millis(1500);
 /// Nodes the reachability check asks.
@@ -368,19 +376,27 @@ pub struct HyperDht {
 }
 
 impl HyperDht {
-    /// Binds a node at `address` that bootstraps from `bootstrap`.
+    /// Binds a node at `address` that bootstraps from `bootstrap`, and
+    /// starts checking in the background whether it is reachable (see
+    /// [`reachability`](Self::reachability)), so the first connection
+    /// does not wait for it.
     pub async fn bind(
         address: SocketAddrV4,
         bootstrap: Vec<SocketAddrV4>,
     ) -> Result<Self, DhtError> {
-        Ok(Self {
+        let dht = Self {
             node: Arc::new(DhtNode::bind(address).await?),
             bootstrap,
             reannounce: DEFAULT_REANNOUNCE_INTERVAL,
             firewalled: false,
             reachability: Arc::default(),
             stats: Arc::default(),
-        })
+        };
+        let background = dht.clone();
+        tokio::spawn(async move {
+            background.reachability().await;
+        });
+        Ok(dht)
     }
 
     /// How this node's connections (as client and as server) were made.
@@ -690,7 +706,7 @@ impl HyperDht {
             {
                 Ok(reply) => reply,
                 Err(error) => {
-                    last_error = error;
+                    last_error = fail(&format!("the handshake through {relay} failed: {error}"));
                     continue;
                 }
             };
@@ -787,6 +803,35 @@ impl HyperDht {
     /// the server reached.
     async fn holepunch(&self, punch: ClientPunch) -> Result<UdxStream, DhtError> {
         let puncher = Arc::new(Puncher::bind(self.bind_host(), punch.open).await?);
+        // Whatever gets through first wins, even before the rounds end (on
+        // a LAN or loopback the first low-TTL probe already arrives).
+        let connecting = puncher.connect_on_first_probe(
+            true,
+            punch.local_stream,
+            punch.server_stream,
+            PUNCH_START_TIMEOUT + PUNCH_TIMEOUT,
+        );
+        tokio::pin!(connecting);
+        let stream = tokio::select! {
+            stream = &mut connecting => stream?,
+            rounds = self.punch_rounds(&puncher, &punch) => {
+                rounds?;
+                tokio::time::timeout(PUNCH_TIMEOUT, connecting)
+                    .await
+                    .map_err(|_| fail("no holepunch probe arrived in time"))??
+            }
+        };
+        self.stats
+            .count_punch(puncher.firewall(), puncher.remote().firewall);
+        Ok(stream)
+    }
+
+    /// The two rounds of a client's holepunch, up to the start of punching.
+    async fn punch_rounds(
+        &self,
+        puncher: &Arc<Puncher>,
+        punch: &ClientPunch,
+    ) -> Result<(), DhtError> {
         let candidates = self.sampling_candidates();
         let server_relay = punch
             .holepunch
@@ -813,13 +858,14 @@ impl HyperDht {
             };
             round += 1;
             let (reply, seen_at, peer_address) = client_round(
-                &puncher,
-                &punch,
+                puncher,
+                punch,
                 server_relay.peer_address,
                 server_relay.relay_address,
                 &payload,
             )
-            .await?;
+            .await
+            .map_err(|error| fail(&format!("holepunch round {round}: {error}")))?;
             if reply.error != error::NONE {
                 return Err(fail(&format!(
                     "the server aborted the holepunch (error {})",
@@ -849,21 +895,25 @@ impl HyperDht {
         };
         let remote_firewall = Firewall::from_code(reply.firewall);
         let local_firewall = puncher.firewall();
+        tracing::debug!(
+            ?local_firewall,
+            ?remote_firewall,
+            local = ?puncher.addresses(),
+            remote = ?reply.addresses,
+            "holepunch: first round done"
+        );
         if remote_firewall == Firewall::Unknown || local_firewall == Firewall::Unknown {
-            self.abort_punch(&puncher, &punch, server_relay, round)
-                .await;
+            self.abort_punch(puncher, punch, server_relay, round).await;
             return Err(fail(
                 "holepunch probe timed out: a NAT could not be classified",
             ));
         }
         if remote_firewall >= Firewall::Random && local_firewall >= Firewall::Random {
-            self.abort_punch(&puncher, &punch, server_relay, round)
-                .await;
+            self.abort_punch(puncher, punch, server_relay, round).await;
             return Err(DhtError::DoubleRandomNat);
         }
         let Some(server_token) = reply.token else {
-            self.abort_punch(&puncher, &punch, server_relay, round)
-                .await;
+            self.abort_punch(puncher, punch, server_relay, round).await;
             return Err(fail("the server sent no holepunch token"));
         };
         // The server may have answered from another socket than the one
@@ -885,8 +935,9 @@ impl HyperDht {
             remote_token: Some(server_token),
             ..HolepunchPayload::default()
         };
-        let (reply, _, _) =
-            client_round(&puncher, &punch, server_address, punch.relay, &payload).await?;
+        let (reply, _, _) = client_round(puncher, punch, server_address, punch.relay, &payload)
+            .await
+            .map_err(|error| fail(&format!("the punching round: {error}")))?;
         if reply.error == error::TRY_LATER {
             return Err(fail(
                 "the server is busy punching random NATs; try again later",
@@ -911,12 +962,8 @@ impl HyperDht {
         if !puncher.punch(true).await {
             return Err(fail("the server's NAT cannot be holepunched from ours"));
         }
-        let stream = puncher
-            .connect_on_first_probe(true, punch.local_stream, punch.server_stream, PUNCH_TIMEOUT)
-            .await?;
-        self.stats
-            .count_punch(puncher.firewall(), puncher.remote().firewall);
-        Ok(stream)
+        tracing::debug!(remote = ?puncher.remote(), "holepunch: client punching");
+        Ok(())
     }
 
     /// Tells the server this client gives up (so it frees its session).
@@ -1111,15 +1158,18 @@ async fn client_round(
         payload: punch.secure.seal(payload),
         peer_address: Some(peer_address),
     };
+    // The server may classify its NAT before it answers (about two
+    // seconds at most): more tries than a plain request.
     let response = puncher
         .node()
-        .request(
+        .request_with_attempts(
             relay,
             false,
             PEER_HOLEPUNCH,
             Some(punch.target),
             None,
             Some(hop.encode()),
+            HOLEPUNCH_ROUND_ATTEMPTS,
         )
         .await?;
     let answer = response
@@ -1169,9 +1219,9 @@ struct Server {
     reachability: Reachability,
     relays: Arc<Mutex<Vec<RelayInfo>>>,
     connections: mpsc::Sender<SecretStream<UdxStream>>,
-    /// Handshake replies already sent, by (sender, transaction): a retried
-    /// request gets the same answer instead of a second handshake.
-    answered: HashMap<(SocketAddrV4, u16), (Message, Option<usize>)>,
+    /// Handshakes already answered, by the hash of the client's Noise
+    /// message: our Noise answer and the holepunch session, if any.
+    answered: HashMap<[u8; 32], (Vec<u8>, Option<usize>)>,
     /// Holepunch sessions by id (the index).
     sessions: Vec<Option<Arc<PunchSession>>>,
     punch_requests: mpsc::Sender<PunchRequest>,
@@ -1212,14 +1262,6 @@ impl Server {
     }
 
     async fn on_peer_handshake(&mut self, request: Request, from: SocketAddrV4) {
-        if let Some((reply, session)) = self.answered.get(&(from, request.tid)) {
-            let node = match session.and_then(|id| self.sessions[id].clone()) {
-                Some(session) => session.puncher.node().clone(),
-                None => self.dht.node.clone(),
-            };
-            let _ = node.send_message(reply, from).await;
-            return;
-        }
         let Some(hop) = request
             .value
             .as_deref()
@@ -1227,6 +1269,20 @@ impl Server {
         else {
             return;
         };
+        // The same Noise message again (a retry, or the client trying
+        // several relays at once, as hyperdht does) gets the same answer,
+        // not a second handshake and stream.
+        let key: [u8; 32] = Blake2b256::digest(&hop.noise).into();
+        if let Some((answer, session)) = self.answered.get(&key).cloned() {
+            if let Some(reply) = handshake_reply(&request, from, &hop, answer, self.target) {
+                let node = match session.and_then(|id| self.sessions[id].clone()) {
+                    Some(session) => session.puncher.node().clone(),
+                    None => self.dht.node.clone(),
+                };
+                let _ = node.send_message(&reply, from).await;
+            }
+            return;
+        }
         let client_address = match (hop.mode, hop.peer_address) {
             (FROM_RELAY, Some(address)) => address,
             (FROM_CLIENT, _) => from,
@@ -1284,52 +1340,14 @@ impl Server {
         let Some(established) = noise.established().cloned() else {
             return;
         };
-        let reply = if hop.mode == FROM_RELAY {
-            // Back through the relay, which answers the client.
-            Message::Request(Request {
-                tid: request.tid,
-                to: from,
-                id: None,
-                token: None,
-                internal: false,
-                command: PEER_HANDSHAKE,
-                target: Some(self.target),
-                value: Some(
-                    HandshakeHop {
-                        mode: FROM_SERVER,
-                        noise: answer,
-                        peer_address: Some(client_address),
-                        relay_address: None,
-                    }
-                    .encode(),
-                ),
-            })
-        } else {
-            Message::Response(Response {
-                tid: request.tid,
-                to: from,
-                id: None,
-                token: None,
-                closer_nodes: Vec::new(),
-                error: 0,
-                value: Some(
-                    HandshakeHop {
-                        mode: REPLY,
-                        noise: answer,
-                        peer_address: None,
-                        relay_address: None,
-                    }
-                    .encode(),
-                ),
-            })
+        let Some(reply) = handshake_reply(&request, from, &hop, answer.clone(), self.target) else {
+            return;
         };
-        if self.answered.len() > 1024 {
+        if self.answered.len() >= MAX_ANSWERED_HANDSHAKES {
             self.answered.clear();
         }
-        self.answered.insert(
-            (from, request.tid),
-            (reply.clone(), session.as_ref().map(|(id, _)| *id)),
-        );
+        self.answered
+            .insert(key, (answer, session.as_ref().map(|(id, _)| *id)));
         let Some((id, puncher)) = session else {
             let _ = self.dht.node.send_message(&reply, from).await;
             let Ok(stream) = self.dht.node.udx().connect(
@@ -1389,10 +1407,19 @@ impl Server {
                 connected = connecting => connected,
                 () = not_started => Err(fail("the client never started punching")),
             };
-            forward.abort();
-            let _ = over.send((id, session)).await;
             if connected.is_ok() {
                 stats.count_punch(puncher.firewall(), puncher.remote().firewall);
+                // Late rounds from the client (it may not have heard our
+                // probe yet) are still answered for a while, saying we are
+                // connected.
+                tokio::spawn(async move {
+                    tokio::time::sleep(SESSION_LINGER).await;
+                    forward.abort();
+                    let _ = over.send((id, session)).await;
+                });
+            } else {
+                forward.abort();
+                let _ = over.send((id, session)).await;
             }
             drop(puncher);
             match connected {
@@ -1504,7 +1531,12 @@ impl Server {
                 remote_token: remote.token,
                 ..HolepunchPayload::default()
             };
-            if !remote.punching && !puncher.stable() {
+            // A NAT that could not be classified ends the punch. Two random
+            // NATs are reported as they are: the client then gives up with
+            // the clear "double randomized NATs" error (stock hyperdht's
+            // server aborts here instead, which its client reports as a
+            // bare abort).
+            if !remote.punching && puncher.firewall() == Firewall::Unknown {
                 payload.error = error::ABORTED;
             } else {
                 // Fast open: the client already probed the address we
@@ -1525,8 +1557,17 @@ impl Server {
                     puncher.freeze();
                 }
             }
+            tracing::debug!(
+                round = remote.round,
+                punching = puncher.is_punching(),
+                local = ?puncher.firewall(),
+                remote = ?puncher.remote(),
+                error = payload.error,
+                "holepunch: server answers a round"
+            );
             if payload.error == error::NONE {
                 payload.firewall = puncher.firewall().code();
+                payload.connected = puncher.is_connected();
                 payload.punching = puncher.is_punching();
                 payload.addresses = puncher.addresses();
             } else {
@@ -1557,6 +1598,55 @@ impl Server {
             }
             let _ = puncher.node().send_message(&reply, from).await;
         });
+    }
+}
+
+/// The envelope of a handshake answer for `request` (from `from`):
+/// back through the relay, or straight to a client that asked directly.
+fn handshake_reply(
+    request: &Request,
+    from: SocketAddrV4,
+    hop: &HandshakeHop,
+    answer: Vec<u8>,
+    target: [u8; 32],
+) -> Option<Message> {
+    match (hop.mode, hop.peer_address) {
+        (FROM_RELAY, Some(client_address)) => Some(Message::Request(Request {
+            tid: request.tid,
+            to: from,
+            id: None,
+            token: None,
+            internal: false,
+            command: PEER_HANDSHAKE,
+            target: Some(target),
+            value: Some(
+                HandshakeHop {
+                    mode: FROM_SERVER,
+                    noise: answer,
+                    peer_address: Some(client_address),
+                    relay_address: None,
+                }
+                .encode(),
+            ),
+        })),
+        (FROM_CLIENT, _) => Some(Message::Response(Response {
+            tid: request.tid,
+            to: from,
+            id: None,
+            token: None,
+            closer_nodes: Vec::new(),
+            error: 0,
+            value: Some(
+                HandshakeHop {
+                    mode: REPLY,
+                    noise: answer,
+                    peer_address: None,
+                    relay_address: None,
+                }
+                .encode(),
+            ),
+        })),
+        _ => None,
     }
 }
 

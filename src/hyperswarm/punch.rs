@@ -71,8 +71,9 @@ impl Default for RemoteState {
     }
 }
 
-/// A probe arrived: on which of the puncher's sockets, and from where.
-type Arrival = (usize, SocketAddrV4);
+/// A probe (or a UDX packet for a stream not opened yet) arrived: on which
+/// of the puncher's sockets, from where, and the UDX packet if it was one.
+type Arrival = (usize, SocketAddrV4, Option<Vec<u8>>);
 
 /// One connection attempt's sockets, NAT view and probing.
 pub struct Puncher {
@@ -85,6 +86,9 @@ pub struct Puncher {
     arrival_sender: mpsc::Sender<Arrival>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     punching: Mutex<Option<bool>>,
+    /// The probing task, stopped once connected.
+    probing: Mutex<Option<JoinHandle<()>>>,
+    connected: std::sync::atomic::AtomicBool,
     analyzed: tokio::sync::OnceCell<()>,
 }
 
@@ -103,6 +107,7 @@ impl Drop for Puncher {
                 task.abort();
             }
         }
+        self.stop_probing();
     }
 }
 
@@ -115,8 +120,8 @@ impl Puncher {
         let mut probes = node.holepunch_probes();
         let forward = arrival_sender.clone();
         let task = tokio::spawn(async move {
-            while let Some(from) = probes.recv().await {
-                if forward.send((0, from)).await.is_err() {
+            while let Some((from, packet)) = probes.recv().await {
+                if forward.send((0, from, packet)).await.is_err() {
                     break;
                 }
             }
@@ -131,6 +136,8 @@ impl Puncher {
             arrival_sender,
             tasks: Mutex::new(vec![task]),
             punching: Mutex::new(None),
+            probing: Mutex::new(None),
+            connected: std::sync::atomic::AtomicBool::new(false),
             analyzed: tokio::sync::OnceCell::new(),
         })
     }
@@ -262,14 +269,6 @@ impl Puncher {
         self.nat.lock().map(|nat| nat.settled()).unwrap_or(true)
     }
 
-    /// Whether a punch can work from what both sides know: this side's NAT
-    /// is known and not both are random.
-    pub fn stable(&self) -> bool {
-        let local = self.firewall();
-        let remote = self.remote().firewall;
-        !(local == Firewall::Unknown || (local >= Firewall::Random && remote >= Firewall::Random))
-    }
-
     /// A probe from the primary socket (`low_ttl`: only open our mapping).
     pub async fn probe(&self, to: SocketAddrV4, low_ttl: bool) {
         let _ = self
@@ -373,10 +372,24 @@ impl Puncher {
             }
             _ => return false,
         };
-        if let Ok(mut tasks) = self.tasks.lock() {
-            tasks.push(task);
+        if let Ok(mut probing) = self.probing.lock() {
+            *probing = Some(task);
         }
         true
+    }
+
+    /// Stops sending probes (the connection is made).
+    fn stop_probing(&self) {
+        if let Ok(mut probing) = self.probing.lock() {
+            if let Some(task) = probing.take() {
+                task.abort();
+            }
+        }
+    }
+
+    /// Whether a probe got through and the stream is open.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Opens the birthday sockets, each sending a low-TTL probe to
@@ -400,11 +413,13 @@ impl Puncher {
             let forward = self.arrival_sender.clone();
             let task = tokio::spawn(async move {
                 while let Some((datagram, from)) = others.recv().await {
-                    if datagram != [super::udx::HOLEPUNCH_PROBE] {
+                    let probe = datagram == [super::udx::HOLEPUNCH_PROBE];
+                    if !probe && super::udx::stream_id_of(&datagram).is_none() {
                         continue;
                     }
                     let SocketAddr::V4(from) = from else { continue };
-                    if forward.send((index, from)).await.is_err() {
+                    let packet = (!probe).then_some(datagram);
+                    if forward.send((index, from, packet)).await.is_err() {
                         break;
                     }
                 }
@@ -419,10 +434,10 @@ impl Puncher {
         }
     }
 
-    /// Waits for the first probe to arrive and opens the UDX stream on
-    /// that socket to its sender. The non-initiator answers every probe it
-    /// sees with one, so the initiator hears back; the initiator stops
-    /// probing. Gives up after `timeout`.
+    /// Waits for the first probe (or the peer's first UDX packet for our
+    /// stream) to arrive and opens the UDX stream on that socket to its
+    /// sender. The non-initiator answers the probes it sees with one, so
+    /// the initiator hears back. Gives up after `timeout`.
     pub async fn connect_on_first_probe(
         &self,
         initiator: bool,
@@ -431,38 +446,37 @@ impl Puncher {
         timeout: Duration,
     ) -> Result<UdxStream, DhtError> {
         let mut arrivals = self.arrivals.lock().await;
-        let (index, from) = tokio::time::timeout(timeout, arrivals.recv())
-            .await
-            .map_err(|_| DhtError::Connect("no holepunch probe arrived in time".into()))?
-            .ok_or_else(|| DhtError::Connect("the puncher closed".into()))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (index, from, packet) = loop {
+            let arrival = tokio::time::timeout_at(deadline, arrivals.recv())
+                .await
+                .map_err(|_| DhtError::Connect("no holepunch probe arrived in time".into()))?
+                .ok_or_else(|| DhtError::Connect("the puncher closed".into()))?;
+            match &arrival.2 {
+                Some(packet) if super::udx::stream_id_of(packet) != Some(local_stream) => {}
+                _ => break arrival,
+            }
+        };
+        tracing::debug!(socket = index, %from, initiator, udx = packet.is_some(), "holepunch: the peer got through");
         let socket = self
             .sockets
             .lock()
             .ok()
             .and_then(|sockets| sockets.get(index).cloned())
             .ok_or_else(|| DhtError::Connect("the punched socket is gone".into()))?;
-        if !initiator {
+        if !initiator && packet.is_none() {
             let _ = socket.send_probe(SocketAddr::V4(from), false).await;
         }
         // Keep the winning socket; the others close with the puncher.
         let stream = socket
             .connect(local_stream, remote_stream, SocketAddr::V4(from))
             .map_err(|error| DhtError::Io(error.to_string()))?;
-        if !initiator {
-            // Answer the probes still in flight until the peer's stream
-            // takes over (they are one byte each, at most a few).
-            let mut arrivals_left = 16;
-            while arrivals_left > 0 {
-                match tokio::time::timeout(Duration::from_millis(50), arrivals.recv()).await {
-                    Ok(Some((i, again))) if i == index => {
-                        let _ = socket.send_probe(SocketAddr::V4(again), false).await;
-                    }
-                    Ok(Some(_)) => {}
-                    _ => break,
-                }
-                arrivals_left -= 1;
-            }
+        if let Some(packet) = packet {
+            socket.deliver(local_stream, packet, SocketAddr::V4(from));
         }
+        self.connected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop_probing();
         Ok(stream)
     }
 }

@@ -294,6 +294,19 @@ impl UdxSocket {
         sent.map(drop)
     }
 
+    /// Hands `datagram` from `from` to stream `local_id` as if it had just
+    /// arrived (the packet that made a holepunch open the stream).
+    pub fn deliver(&self, local_id: u32, datagram: Vec<u8>, from: SocketAddr) {
+        let route = self
+            .routes
+            .lock()
+            .ok()
+            .and_then(|routes| routes.get(&local_id).cloned());
+        if let Some(route) = route {
+            let _ = route.try_send((datagram, from));
+        }
+    }
+
     /// Opens a stream with id `local_id` to stream `remote_id` at `remote`.
     /// Both sides must know each other's ids (HyperDHT exchanges them in
     /// its handshake). Fails if `local_id` is already in use here.
@@ -355,11 +368,33 @@ async fn receive_loop(udp: Arc<UdpSocket>, routes: Routes, others: Option<mpsc::
             .lock()
             .ok()
             .and_then(|routes| routes.get(&id).cloned());
-        if let Some(route) = route {
+        match (route, &others) {
             // A full queue drops the datagram, as a full socket buffer would.
-            let _ = route.try_send((datagram.to_vec(), from));
+            (Some(route), _) => {
+                let _ = route.try_send((datagram.to_vec(), from));
+            }
+            // A stream nobody opened here yet: the sharing protocol may be
+            // waiting for it (a holepunch learns its peer's address from
+            // the first packet).
+            (None, Some(others)) => {
+                let _ = others.try_send((datagram.to_vec(), from));
+            }
+            (None, None) => {}
         }
     }
+}
+
+/// The stream id a UDX datagram is addressed to, if it is one.
+pub fn stream_id_of(datagram: &[u8]) -> Option<u32> {
+    if datagram.len() < HEADER_LEN || datagram[0] != MAGIC || datagram[1] != VERSION {
+        return None;
+    }
+    Some(u32::from_le_bytes([
+        datagram[4],
+        datagram[5],
+        datagram[6],
+        datagram[7],
+    ]))
 }
 
 /// How a stream failed, if it did: reported by reads after the data.

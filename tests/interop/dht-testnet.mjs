@@ -1,5 +1,6 @@
-// A stock HyperDHT testnet on 127.0.0.1 (hyperdht/testnet, which runs the
-// npm dht-rpc underneath), driven by tests/hyperswarm_interop.rs.
+// A stock HyperDHT testnet (hyperdht/testnet, which runs the npm dht-rpc
+// underneath), driven by tests/hyperswarm_interop.rs and tests/hyperswarm_nat.rs.
+// Usage: node dht-testnet.mjs [size] [host]; host defaults to 127.0.0.1.
 // Prints one JSON object per line; reads commands from stdin:
 //   ping <port>              a testnet node pings 127.0.0.1:<port>
 //   lookup <topic>           a fresh client looks the topic up; prints the public keys found
@@ -26,13 +27,17 @@ import { createRequire } from 'node:module';
 const { id: nodeId } = createRequire(import.meta.url)('dht-rpc/lib/peer.js');
 
 const size = Number(process.argv[2] || 5);
+// The address the nodes are reached at (argv[3]; they bind all interfaces
+// unless it is loopback): the NAT tests run the testnet in a "public"
+// network namespace.
+const host = process.argv[3] || '127.0.0.1';
 const print = (value) => process.stdout.write(JSON.stringify(value) + '\n');
-const testnet = await createTestnet(size, { host: '127.0.0.1' });
+const testnet = await createTestnet(size, { host });
 
 print({
   event: 'ready',
   bootstrap: testnet.bootstrap.map(({ host, port }) => `${host}:${port}`),
-  nodes: testnet.nodes.map((node) => ({ port: node.address().port, id: nodeId('127.0.0.1', node.address().port).toString('hex') })),
+  nodes: testnet.nodes.map((node) => ({ port: node.address().port, id: nodeId(host, node.address().port).toString('hex') })),
 });
 
 const keep = [];
