@@ -74,13 +74,14 @@ pub fn check_decoders(data: &[u8]) -> usize {
 
 /// Runs every decoder of datagrams and handshake messages from the
 /// Hyperswarm transport on `data`: UDX packets, `dht-rpc` messages,
-/// HyperDHT records and the Noise responder. Each may reject the input;
+/// HyperDHT records, handshake and holepunch messages (and the sealed
+/// holepunch payload and NAT sampler) and the Noise responder. Each may reject the input;
 /// whatever it accepts must survive a round trip through its encoder.
 /// Panics (which the fuzzer reports) on a violation. Returns how many
 /// decoders accepted the input.
 #[cfg(all(feature = "hyperswarm", not(target_arch = "wasm32")))]
 pub fn check_network_decoders(data: &[u8]) -> usize {
-    use crate::hyperswarm::{dht_rpc, hyperdht, noise, udx};
+    use crate::hyperswarm::{dht_rpc, holepunch, hyperdht, noise, udx};
     let mut accepted = 0;
     if let Ok(packet) = udx::decode(data) {
         assert!(
@@ -108,8 +109,47 @@ pub fn check_network_decoders(data: &[u8]) -> usize {
         assert_eq!(hyperdht::HandshakeHop::decode(&hop.encode()), Ok(hop));
         accepted += 1;
     }
-    if hyperdht::NoisePayload::decode(data).is_ok() {
+    if let Ok(payload) = hyperdht::NoisePayload::decode(data) {
+        // What this side reads of a payload, it writes back the same.
+        if payload.version == 1 {
+            let again = hyperdht::NoisePayload::decode(&payload.encode());
+            assert_eq!(
+                again
+                    .as_ref()
+                    .map(|again| (&again.holepunch, &again.addresses4, again.udx_id)),
+                Ok((&payload.holepunch, &payload.addresses4, payload.udx_id)),
+                "Noise payload does not round-trip"
+            );
+        }
         accepted += 1;
+    }
+    if let Ok(hop) = holepunch::HolepunchHop::decode(data) {
+        assert_eq!(holepunch::HolepunchHop::decode(&hop.encode()), Ok(hop));
+        accepted += 1;
+    }
+    if let Ok(payload) = holepunch::HolepunchPayload::decode(data) {
+        assert_eq!(
+            holepunch::HolepunchPayload::decode(&payload.encode()),
+            Ok(payload)
+        );
+        accepted += 1;
+    }
+    // A sealed payload from a stranger opens to nothing (the key is the
+    // handshake's), whatever its length.
+    if holepunch::SecurePayload::new(&[7; 64]).open(data).is_some() {
+        accepted += 1;
+    }
+    // A NAT sampler fed addresses from the input never panics.
+    let mut sampler = holepunch::NatSampler::new(false);
+    for chunk in data.chunks_exact(12) {
+        let address = |bytes: &[u8]| {
+            std::net::SocketAddrV4::new(
+                std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]),
+                u16::from_le_bytes([bytes[4], bytes[5]]),
+            )
+        };
+        sampler.add(address(&chunk[..6]), address(&chunk[6..]));
+        let _ = (sampler.firewall(), sampler.addresses());
     }
     for pattern in [noise::Pattern::XX, noise::Pattern::IK] {
         let keys = noise::KeyPair::from_seed([1; 32]);

@@ -11,11 +11,13 @@
 //!   codec, requests with retries, iterative FIND_NODE queries.
 //! - [`hyperdht`]: peer discovery on it (LOOKUP, signed ANNOUNCE,
 //!   FIND_PEER) and connecting through it (`PEER_HANDSHAKE`: a server
-//!   accepts relayed handshakes, a client connects), yielding a
-//!   secret-stream over UDX.
+//!   accepts relayed handshakes, a client connects; `PEER_HOLEPUNCH` when
+//!   neither side is reachable), yielding a secret-stream over UDX.
+//! - [`holepunch`]: the holepunch messages, their sealed payload and the
+//!   NAT classification; [`punch`]: the probing through both NATs.
 //!
-//! What exists and what does not yet (holepunching, the sync transport)
-//! is listed in `docs/ARCHITECTURE.md`, "Hyperswarm transport".
+//! What exists and what does not yet (blind relays, IPv6) is listed in
+//! `docs/ARCHITECTURE.md`, "Hyperswarm transport".
 
 pub mod dht_rpc;
 pub mod holepunch;
