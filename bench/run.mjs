@@ -19,6 +19,7 @@ import { runSyncSuite } from './suites/sync.mjs';
 import { runClusterSuite } from './suites/cluster.mjs';
 import { runSizeSuite } from './suites/size.mjs';
 import { runIdleSuite } from './suites/idle.mjs';
+import { runNatSuite } from './suites/nat.mjs';
 import { runNodeSuite } from './suites/node.mjs';
 import { writeMarkdown } from './lib/markdown.mjs';
 
@@ -27,7 +28,7 @@ const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const runsArg = args.indexOf('--runs');
 const runs = runsArg >= 0 ? Number(args[runsArg + 1]) : quick ? 3 : 5;
-const allSuites = ['storage', 'vector', 'embed', 'node', 'sync', 'cluster', 'idle', 'size', 'native'];
+const allSuites = ['storage', 'vector', 'embed', 'node', 'sync', 'cluster', 'idle', 'nat', 'size', 'native'];
 const requested = args.filter((a, i) => !a.startsWith('--') && args[i - 1] !== '--runs');
 const suites = requested.length ? requested : allSuites;
 for (const suite of suites) {
@@ -103,6 +104,8 @@ try {
       results.suites.node = runNodeSuite(root, { runs, quick });
     } else if (suite === 'idle') {
       results.suites.idle = await runIdleSuite(root, quick);
+    } else if (suite === 'nat') {
+      results.suites.nat = runNatSuite(root, quick);
     } else if (suite === 'size') {
       results.suites.size = runSizeSuite(root);
     } else if (suite === 'native') {

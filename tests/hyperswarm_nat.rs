@@ -654,6 +654,131 @@ async fn two_databases_sync_across_consistent_nats() {
     serving.kill().await.unwrap();
 }
 
+/// `npm run bench` (suite `nat`, `bench/suites/nat.mjs`) runs this: the
+/// time from `connect` to a first echo through each NAT pairing, Rust↔Rust
+/// and stock Node↔Node side by side in the same worlds, and the CPU an
+/// idle server behind a NAT costs. Writes JSON to `PLURESDB_NAT_BENCH_OUT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark (npm run bench -- nat)"]
+async fn bench_connect_times() {
+    let samples: usize = std::env::var("PLURESDB_NAT_BENCH_SAMPLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20);
+    let idle_seconds: u64 = std::env::var("PLURESDB_NAT_BENCH_IDLE_SECONDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(60);
+    let out =
+        std::env::var("PLURESDB_NAT_BENCH_OUT").expect("PLURESDB_NAT_BENCH_OUT names the output");
+    // (name, sites, server site, client site, a fresh pair per sample)
+    let pairings: [(&str, [Site; 2], usize, usize, bool); 4] = [
+        (
+            "consistent ↔ consistent",
+            [Site::Consistent, Site::Consistent],
+            1,
+            0,
+            false,
+        ),
+        (
+            "consistent client → random server",
+            [Site::Consistent, Site::Random],
+            1,
+            0,
+            true,
+        ),
+        (
+            "random client → consistent server",
+            [Site::Consistent, Site::Random],
+            0,
+            1,
+            true,
+        ),
+        (
+            "random client → open server",
+            [Site::Open, Site::Random],
+            0,
+            1,
+            false,
+        ),
+    ];
+    let mut results = Vec::new();
+    let mut idle = json!(null);
+    for (index, (name, sites, server_site, client_site, fresh)) in pairings.into_iter().enumerate()
+    {
+        let world = World::build(&format!("b{index}"), &sites).expect("network namespaces");
+        let (_testnet, bootstrap) = start_testnet(&world).await;
+        let mut by_stack = serde_json::Map::new();
+        for (stack_index, stack) in [Stack::Rust, Stack::Node].into_iter().enumerate() {
+            let seed = 0x60 + (index * 2 + stack_index) as u8;
+            let seed_hex = hex(&[seed; 32]);
+            let public_key = hex(&KeyPair::from_seed([seed; 32]).public_key());
+            let (mut times, mut failures) = (Vec::new(), Vec::new());
+            let rounds = if fresh { samples } else { 1 };
+            let per_round = if fresh { 1 } else { samples };
+            let mut server = None;
+            for _ in 0..rounds {
+                if fresh || server.is_none() {
+                    let mut started = start_peer(
+                        &world.site(server_site),
+                        stack,
+                        &bootstrap,
+                        &["listen", &seed_hex],
+                    );
+                    started.expect("listening", Duration::from_secs(60)).await;
+                    server = Some(started);
+                }
+                let count = per_round.to_string();
+                let mut client = start_peer(
+                    &world.site(client_site),
+                    stack,
+                    &bootstrap,
+                    &["connect", &public_key, &count],
+                );
+                for _ in 0..per_round {
+                    let event = client.next(CONNECT_WAIT + Duration::from_secs(30)).await;
+                    match event["ms"].as_u64() {
+                        Some(ms) if event["event"] == "data" => times.push(ms),
+                        _ => failures.push(event),
+                    }
+                }
+            }
+            eprintln!("{name}, {stack:?}: {times:?} ms, {} failed", failures.len());
+            if index == 0 {
+                // The last server sits idle behind its NAT: its CPU time.
+                let server = server.as_ref().expect("a server");
+                let pid = server.child.id().expect("a running server");
+                let before = cpu_seconds(pid);
+                tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
+                let used = cpu_seconds(pid) - before;
+                let percent = used / idle_seconds as f64 * 100.0;
+                if idle.is_null() {
+                    idle = json!({ "seconds": idle_seconds });
+                }
+                idle[format!("{stack:?}").to_lowercase()] = json!(percent);
+                eprintln!("{stack:?} server idle behind a NAT: {percent:.3} % of a core");
+            }
+            by_stack.insert(
+                format!("{stack:?}").to_lowercase(),
+                json!({ "ms": times, "failures": failures }),
+            );
+        }
+        results.push(json!({ "pairing": name, "samples": samples, "results": by_stack }));
+    }
+    let report = json!({ "pairings": results, "idleServer": idle });
+    std::fs::write(&out, report.to_string()).expect("writing the results");
+}
+
+/// utime + stime of `pid` in seconds (Linux `/proc`).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("a comm field") + 2..]
+        .split(' ')
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
 /// The Rust peer, run by the tests above inside a namespace (see
 /// `start_peer`): `PLURESDB_NAT_PEER` is `listen <seed>` or
 /// `connect <public key>`, `PLURESDB_NAT_BOOTSTRAP` the DHT's addresses.
@@ -722,34 +847,43 @@ async fn nat_peer() {
                 });
             }
         }
-        ["connect", public_key] => {
-            let started = Instant::now();
-            let connected = tokio::time::timeout(
-                CONNECT_WAIT,
-                dht.connect(&KeyPair::generate(), key(public_key)),
-            )
-            .await;
-            match connected {
-                Ok(Ok(mut connection)) => {
-                    connection.send(b"hello").await.expect("sending");
-                    let reply = tokio::time::timeout(Duration::from_secs(30), connection.recv())
-                        .await
-                        .expect("a reply within 30 s")
-                        .expect("reading the reply")
-                        .expect("a reply");
-                    emit(json!({
-                        "event": "data",
-                        "text": String::from_utf8_lossy(&reply),
-                        "ms": started.elapsed().as_millis() as u64,
-                        "punches": punches(&dht),
-                    }));
+        ["connect", public_key, rest @ ..] => {
+            // `connect <key> [count]`: that many connections one after the
+            // other, each timed from `connect` to the echo of a first
+            // message (after the reachability check, as the stock peer
+            // starts its clock after bootstrapping).
+            let count: usize = rest.first().map_or(1, |n| n.parse().expect("a count"));
+            dht.reachability().await;
+            for _ in 0..count {
+                let started = Instant::now();
+                let connected = tokio::time::timeout(
+                    CONNECT_WAIT,
+                    dht.connect(&KeyPair::generate(), key(public_key)),
+                )
+                .await;
+                match connected {
+                    Ok(Ok(mut connection)) => {
+                        connection.send(b"hello").await.expect("sending");
+                        let reply =
+                            tokio::time::timeout(Duration::from_secs(30), connection.recv())
+                                .await
+                                .expect("a reply within 30 s")
+                                .expect("reading the reply")
+                                .expect("a reply");
+                        emit(json!({
+                            "event": "data",
+                            "text": String::from_utf8_lossy(&reply),
+                            "ms": started.elapsed().as_millis() as u64,
+                            "punches": punches(&dht),
+                        }));
+                    }
+                    Ok(Err(error)) => emit(json!({
+                        "event": "error",
+                        "message": error.to_string(),
+                        "doubleRandom": matches!(error, DhtError::DoubleRandomNat),
+                    })),
+                    Err(_) => emit(json!({ "event": "error", "message": "timed out" })),
                 }
-                Ok(Err(error)) => emit(json!({
-                    "event": "error",
-                    "message": error.to_string(),
-                    "doubleRandom": matches!(error, DhtError::DoubleRandomNat),
-                })),
-                Err(_) => emit(json!({ "event": "error", "message": "timed out" })),
             }
         }
         _ => panic!("unknown role {role}"),

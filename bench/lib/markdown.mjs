@@ -299,6 +299,26 @@ function idleSection(docsDir, s) {
   return out.join('\n');
 }
 
+function natSection(s) {
+  if (!s) return '';
+  const out = [`## Connecting through NATs${s.quick ? ' — quick run' : ''}`, '', `Measured ${s.measuredAt} by \`bench/suites/nat.mjs\` (\`bench_connect_times\` in \`tests/hyperswarm_nat.rs\`): per pairing, a world of network namespaces (a public bridge with a stock HyperDHT testnet, sites behind \`MASQUERADE\` routers for consistent NATs and \`MASQUERADE --random-fully\` for random ones, or on the bridge for open), then a server and a client, native Rust ↔ Rust and stock Node \`hyperdht\` ↔ Node side by side. Each figure is the time from \`connect\` to the echo of a first message (after bootstrap and the reachability check, which both stacks do first), median of the samples with min–max. Random pairings start a fresh server and client per sample, since stock hyperdht allows one random punch per node every 20 s.`, ''];
+  const cell = (r) => {
+    if (!r || !r.ms.length) return `failed (${r?.failures.length ?? 0})`;
+    const sorted = [...r.ms].sort((a, b) => a - b);
+    const failed = r.failures.length ? `, ${r.failures.length} failed` : '';
+    return `${median(r.ms).toFixed(0)} ms (${sorted[0]}–${sorted.at(-1)}, n=${r.ms.length}${failed})`;
+  };
+  out.push(table(['pairing', 'native Rust', 'stock Node', 'native / Node'], s.pairings.map((p) => [
+    p.pairing, cell(p.results.rust), cell(p.results.node),
+    p.results.rust.ms.length && p.results.node.ms.length ? `${(median(p.results.rust.ms) / median(p.results.node.ms)).toFixed(2)}×` : '–',
+  ])), '');
+  if (s.idleServer) {
+    out.push(`An idle server behind a consistent NAT, over ${s.idleServer.seconds} s: native ${s.idleServer.rust.toFixed(3)} % of a core, stock Node ${s.idleServer.node.toFixed(3)} % (target under 2 %). The native server pings its relays every 10 s to keep its NAT mappings.`, '');
+  }
+  out.push('A random pairing is a birthday search (256 sockets on the random side, a probe to a random port every 20 ms from the other), so its time varies widely between samples. A stock node on the open site calls itself firewalled for its first minutes (dht-rpc\'s adaptive mode), so the stock "open server" figure is a punch.', '');
+  return out.join('\n');
+}
+
 function sizeSection(docsDir, z) {
   if (!z) return '';
   const kb = (b) => `${(b / 1024).toFixed(1)} KiB`;
@@ -381,6 +401,7 @@ export function writeMarkdown(root, results) {
     syncSection(docsDir, results.suites?.sync),
     clusterSection(results.suites?.cluster),
     idleSection(docsDir, results.suites?.idle),
+    natSection(results.suites?.nat),
     sizeSection(docsDir, results.suites?.size),
     nativeSection(docsDir, results.suites?.native),
   ];

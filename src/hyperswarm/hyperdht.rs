@@ -424,7 +424,7 @@ impl HyperDht {
     /// `dht-rpc` does: DHT nodes are asked (`PING_NAT`) to answer on a
     /// fresh socket that never sent anything, which no NAT or stateful
     /// firewall lets through, and the node's own socket must be seen at
-    /// its local port. Behind a NAT this takes [`REACHABILITY_WAIT`].
+    /// its local port. Behind a NAT this takes 1.5 s (no answers come).
     pub async fn reachability(&self) -> Reachability {
         if self.firewalled {
             return Reachability::default();
@@ -1719,7 +1719,13 @@ mod tests {
             version: 1,
             error: 0,
             firewall: Firewall::Open.code(),
-            holepunch: None,
+            holepunch: Some(HolepunchInfo {
+                id: 3,
+                relays: vec![RelayInfo {
+                    relay_address: "9.9.9.9:49737".parse().unwrap(),
+                    peer_address: "8.8.8.8:1000".parse().unwrap(),
+                }],
+            }),
             addresses4: vec!["10.0.0.2:7000".parse().unwrap()],
             udx_id: Some(70_000),
             secret_stream: true,
@@ -1727,9 +1733,14 @@ mod tests {
         assert_eq!(NoisePayload::decode(&payload.encode()).unwrap(), payload);
         // A future payload version is reported, not misread.
         assert_eq!(NoisePayload::decode(&[2, 0xff]).unwrap().version, 2);
-        // Sections this side skips are length-checked.
+        // A holepunch section claiming two billion relays is refused
+        // before anything is read or allocated; a short one is truncated.
         assert_eq!(
             NoisePayload::decode(&[1, 1, 0, 0, 0, 0xfe, 0xff, 0xff, 0xff, 0x7f]),
+            Err(DhtError::TooLong)
+        );
+        assert_eq!(
+            NoisePayload::decode(&[1, 1, 0, 0, 0, 2, 1, 2, 3]),
             Err(DhtError::Truncated)
         );
     }

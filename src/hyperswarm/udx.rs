@@ -633,18 +633,29 @@ impl Driver {
                     let Some((datagram, from)) = datagram else {
                         return Err((io::ErrorKind::NotConnected, "the UDX socket closed"));
                     };
-                    if from != self.remote {
+                    let moved = from != self.remote;
+                    if moved {
                         if self.heard_from_peer {
                             continue;
                         }
                         // The peer's first packet may come from another
                         // socket than the one it was announced at (a
-                        // HyperDHT client's stream socket); follow it.
+                        // HyperDHT client's stream socket, or a NAT's
+                        // mapping); follow it.
                         self.remote = from;
                     }
                     self.heard_from_peer = true;
                     if self.on_datagram(&datagram).await {
                         return Err((io::ErrorKind::ConnectionReset, "the peer destroyed the UDX stream"));
+                    }
+                    if moved {
+                        // What we sent before went where the peer is not:
+                        // resend it now rather than after a timeout.
+                        let now = Instant::now();
+                        let unacked: Vec<u32> = self.in_flight.keys().copied().collect();
+                        for seq in unacked {
+                            self.retransmit(seq, now).await;
+                        }
                     }
                 }
                 read = self.user_read.read(&mut chunk), if can_send => {

@@ -4,9 +4,10 @@
 //     runs a server for the seed's key pair that echoes every message as
 //     "echo:" + message; prints `listening`, then `connection` with the
 //     node's punch stats for each client
-//   node hyperdht-peer.mjs <bootstrap host:port,...> connect <public-key>
-//     connects, sends "hello", prints the reply and the punch
-//     stats as `data` (or `error`), and exits
+//   node hyperdht-peer.mjs <bootstrap host:port,...> connect <public-key> [count]
+//     connects (count times, one after the other), sends "hello", prints
+//     the reply, the time from connect to it and the punch stats as `data`
+//     (or `error`) for each, and exits
 // Prints one JSON object per line.
 import DHT from 'hyperdht';
 
@@ -30,26 +31,31 @@ if (command === 'listen') {
   await server.listen(keyPair);
   print({ event: 'listening', publicKey: keyPair.publicKey.toString('hex'), firewalled: node.firewalled });
 } else if (command === 'connect') {
-  const started = Date.now();
-  const socket = node.connect(Buffer.from(argument, 'hex'));
-  socket.on('open', () => socket.write(Buffer.from('hello')));
-  socket.once('data', async (data) => {
-    print({
-      event: 'data',
-      text: data.toString(),
-      ms: Date.now() - started,
-      punches: { ...node.stats.punches },
-      firewalled: node.firewalled,
-    });
-    socket.end();
-    await node.destroy();
-    process.exit(0);
-  });
-  socket.on('error', async (error) => {
-    print({ event: 'error', message: error.message, code: error.code });
-    await node.destroy();
-    process.exit(0);
-  });
+  // `connect <key> [count]`: that many connections one after the other.
+  const count = Number(process.argv[5] || 1);
+  for (let i = 0; i < count; i++) print(await connectOnce(Buffer.from(argument, 'hex')));
+  await node.destroy();
+  process.exit(0);
 } else {
   throw new Error(`unknown command ${command}`);
+}
+
+/** One connection, timed from `connect` to the echo of a first message. */
+function connectOnce(publicKey) {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    const socket = node.connect(publicKey);
+    socket.on('open', () => socket.write(Buffer.from('hello')));
+    socket.once('data', (data) => {
+      resolve({
+        event: 'data',
+        text: data.toString(),
+        ms: Date.now() - started,
+        punches: { ...node.stats.punches },
+        firewalled: node.firewalled,
+      });
+      socket.end();
+    });
+    socket.on('error', (error) => resolve({ event: 'error', message: error.message, code: error.code }));
+  });
 }
