@@ -37,7 +37,7 @@ use super::holepunch::{
 };
 use super::namespace;
 use super::noise::{Handshake, KeyPair, Pattern};
-use super::punch::Puncher;
+use super::punch::{PunchStart, Puncher, RandomPunches};
 use super::secret_stream::SecretStream;
 use super::udx::UdxStream;
 
@@ -322,6 +322,8 @@ const MAX_ANSWERED_HANDSHAKES: usize = 1024;
 /// Holepunch sessions a server runs at once; more handshakes that need one
 /// are answered without a holepunch offer (the client fails cleanly).
 pub const MAX_PUNCH_SESSIONS: usize = 64;
+/// Holepunch sessions not yet connected that one client host may hold.
+pub const MAX_PUNCH_SESSIONS_PER_HOST: usize = 4;
 /// A holepunch session that has not started punching this long after its
 /// handshake is dropped (hyperdht's `HANDSHAKE_INITIAL_TIMEOUT`).
 const PUNCH_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -373,6 +375,7 @@ pub struct HyperDht {
     firewalled: bool,
     reachability: Arc<tokio::sync::OnceCell<Reachability>>,
     stats: Arc<ConnectStats>,
+    random_punches: RandomPunches,
 }
 
 impl HyperDht {
@@ -391,6 +394,7 @@ impl HyperDht {
             firewalled: false,
             reachability: Arc::default(),
             stats: Arc::default(),
+            random_punches: RandomPunches::default(),
         };
         let background = dht.clone();
         tokio::spawn(async move {
@@ -802,7 +806,9 @@ impl HyperDht {
     /// probe, and open the UDX stream on the socket the first probe from
     /// the server reached.
     async fn holepunch(&self, punch: ClientPunch) -> Result<UdxStream, DhtError> {
-        let puncher = Arc::new(Puncher::bind(self.bind_host(), punch.open).await?);
+        let puncher = Arc::new(
+            Puncher::bind(self.bind_host(), punch.open, self.random_punches.clone()).await?,
+        );
         // Whatever gets through first wins, even before the rounds end (on
         // a LAN or loopback the first low-TTL probe already arrives).
         let connecting = puncher.connect_on_first_probe(
@@ -959,8 +965,16 @@ impl HyperDht {
         if !reply.punching {
             return Err(fail("the server is not holepunching"));
         }
-        if !puncher.punch(true).await {
-            return Err(fail("the server's NAT cannot be holepunched from ours"));
+        match puncher.punch(true).await {
+            PunchStart::Started => {}
+            PunchStart::NotPunchable => {
+                return Err(fail("the server's NAT cannot be holepunched from ours"))
+            }
+            PunchStart::Busy => {
+                return Err(fail(
+                    "this node is already punching random NATs; try again later",
+                ))
+            }
         }
         tracing::debug!(remote = ?puncher.remote(), "holepunch: client punching");
         Ok(())
@@ -1200,6 +1214,8 @@ impl Drop for AnnouncementGuard {
 
 /// One handshake a server holepunches for.
 struct PunchSession {
+    /// The client's host as the relay saw it.
+    client_host: Ipv4Addr,
     secure: SecurePayload,
     puncher: Arc<Puncher>,
     /// The highest round the client sent.
@@ -1319,8 +1335,22 @@ impl Server {
                 .map(|relays| relays.clone())
                 .unwrap_or_default();
             let free = self.sessions.iter().position(Option::is_none);
-            if let (Some(id), false) = (free, relays.is_empty()) {
-                match Puncher::bind(self.dht.bind_host(), false).await {
+            // One host cannot take every slot (it still can with many);
+            // sessions that connected and only linger do not count.
+            let from_host = self
+                .sessions
+                .iter()
+                .flatten()
+                .filter(|session| {
+                    session.client_host == *client_address.ip() && !session.puncher.is_connected()
+                })
+                .count();
+            if from_host >= MAX_PUNCH_SESSIONS_PER_HOST {
+                tracing::debug!(%client_address, "too many holepunch sessions for one host");
+            } else if let (Some(id), false) = (free, relays.is_empty()) {
+                match Puncher::bind(self.dht.bind_host(), false, self.dht.random_punches.clone())
+                    .await
+                {
                     Ok(puncher) => {
                         ours.holepunch = Some(HolepunchInfo {
                             id: id as u64,
@@ -1365,6 +1395,7 @@ impl Server {
         // client where that socket is seen.
         let _ = puncher.node().send_message(&reply, from).await;
         let session = Arc::new(PunchSession {
+            client_host: *client_address.ip(),
             secure: SecurePayload::new(&established.hash),
             puncher: puncher.clone(),
             round: Mutex::new(0),
@@ -1550,8 +1581,14 @@ impl Server {
                 {
                     puncher.probe(peer_address, false).await;
                 }
-                if remote.punching && !puncher.punch(false).await {
-                    payload.error = error::ABORTED;
+                if remote.punching {
+                    match puncher.punch(false).await {
+                        PunchStart::Started => {}
+                        PunchStart::NotPunchable => payload.error = error::ABORTED,
+                        // Stock clients wait and retry (through a blind
+                        // relay) or give up; ours gives up with a clear error.
+                        PunchStart::Busy => payload.error = error::TRY_LATER,
+                    }
                 }
                 if puncher.firewall() != Firewall::Unknown {
                     puncher.freeze();

@@ -20,6 +20,7 @@
 //! [`Puncher`] stops its probing and closes its sockets.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,41 @@ const RANDOM_TRIES: u32 = 1750;
 const RANDOM_INTERVAL: Duration = Duration::from_millis(20);
 /// DHT nodes pinged per sampling round.
 const SAMPLE_PINGS: usize = 4;
+
+/// Punches with a random NAT a node runs at once: each opens up to 256
+/// sockets or sends up to 1,750 probes, so a peer that asks for many must
+/// wait (stock hyperdht allows one).
+pub const MAX_RANDOM_PUNCHES: usize = 2;
+
+/// The count of random-NAT punches running on one node, shared by its
+/// punchers.
+#[derive(Debug, Clone, Default)]
+pub struct RandomPunches(Arc<AtomicUsize>);
+
+impl RandomPunches {
+    fn try_acquire(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                (running < MAX_RANDOM_PUNCHES).then_some(running + 1)
+            })
+            .is_ok()
+    }
+
+    fn release(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How a call to [`Puncher::punch`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PunchStart {
+    /// Probing runs.
+    Started,
+    /// These NATs cannot be punched (both random, or no verified address).
+    NotPunchable,
+    /// Too many random-NAT punches run on this node; try later.
+    Busy,
+}
 
 /// An address the remote side reported, and whether its host was
 /// verified by an echoed token.
@@ -85,11 +121,14 @@ pub struct Puncher {
     arrivals: tokio::sync::Mutex<mpsc::Receiver<Arrival>>,
     arrival_sender: mpsc::Sender<Arrival>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    punching: Mutex<Option<bool>>,
+    punching: Mutex<Option<PunchStart>>,
     /// The probing task, stopped once connected.
     probing: Mutex<Option<JoinHandle<()>>>,
-    connected: std::sync::atomic::AtomicBool,
+    connected: AtomicBool,
     analyzed: tokio::sync::OnceCell<()>,
+    random_punches: RandomPunches,
+    /// This puncher holds one of `random_punches`.
+    holds_random: AtomicBool,
 }
 
 impl std::fmt::Debug for Puncher {
@@ -108,13 +147,18 @@ impl Drop for Puncher {
             }
         }
         self.stop_probing();
+        self.release_random();
     }
 }
 
 impl Puncher {
     /// Binds a fresh socket on `host` for one connection attempt; `open`
     /// when this node is reachable unsolicited.
-    pub async fn bind(host: Ipv4Addr, open: bool) -> Result<Self, DhtError> {
+    pub async fn bind(
+        host: Ipv4Addr,
+        open: bool,
+        random_punches: RandomPunches,
+    ) -> Result<Self, DhtError> {
         let node = Arc::new(DhtNode::bind(SocketAddrV4::new(host, 0)).await?);
         let (arrival_sender, arrivals) = mpsc::channel(64);
         let mut probes = node.holepunch_probes();
@@ -137,8 +181,10 @@ impl Puncher {
             tasks: Mutex::new(vec![task]),
             punching: Mutex::new(None),
             probing: Mutex::new(None),
-            connected: std::sync::atomic::AtomicBool::new(false),
+            connected: AtomicBool::new(false),
             analyzed: tokio::sync::OnceCell::new(),
+            random_punches,
+            holds_random: AtomicBool::new(false),
         })
     }
 
@@ -224,13 +270,14 @@ impl Puncher {
     pub fn is_punching(&self) -> bool {
         self.punching
             .lock()
-            .map(|punching| *punching == Some(true))
+            .map(|punching| *punching == Some(PunchStart::Started))
             .unwrap_or(false)
     }
 
     /// Pings DHT nodes from this socket until its NAT is classified (or
     /// the candidates run out): what [`analyze`](Self::analyze) waits for.
     async fn sample(&self, candidates: &[SocketAddrV4]) {
+        use futures::stream::{FuturesUnordered, StreamExt as _};
         let mut next = 0;
         for _round in 0..2 {
             let wanted = super::holepunch::MIN_SAMPLES.saturating_sub(self.sampled());
@@ -247,15 +294,24 @@ impl Puncher {
                 return;
             }
             next += batch.len();
-            let pings = batch.iter().map(|&node| async move {
-                (
-                    node,
-                    self.node.request(node, true, PING, None, None, None).await,
-                )
-            });
-            for (node, reply) in futures::future::join_all(pings).await {
+            // One try each, as hyperdht samples, and done as soon as the
+            // NAT is classified: a slow node is not waited for.
+            let mut pings: FuturesUnordered<_> = batch
+                .iter()
+                .map(|&node| async move {
+                    let reply = self
+                        .node
+                        .request_with_attempts(node, true, PING, None, None, None, 1)
+                        .await;
+                    (node, reply)
+                })
+                .collect();
+            while let Some((node, reply)) = pings.next().await {
                 if let Ok(reply) = reply {
                     self.add_sample(reply.to, node);
+                }
+                if self.settled() {
+                    return;
                 }
             }
         }
@@ -279,9 +335,9 @@ impl Puncher {
     }
 
     /// Starts punching towards the remote in the background, by both
-    /// sides' NATs; `false` when their NATs cannot be punched (both
-    /// random, or the needed address is not verified). Starts once.
-    pub async fn punch(self: &Arc<Self>, initiator: bool) -> bool {
+    /// sides' NATs (see [`PunchStart`]). Starts once; later calls say how
+    /// the first went.
+    pub async fn punch(self: &Arc<Self>, initiator: bool) -> PunchStart {
         if let Ok(started) = self.punching.lock() {
             if let Some(started) = *started {
                 return started;
@@ -294,11 +350,35 @@ impl Puncher {
         started
     }
 
-    async fn start_punch(self: &Arc<Self>, initiator: bool) -> bool {
+    async fn start_punch(self: &Arc<Self>, initiator: bool) -> PunchStart {
         let remote = self.remote();
         if remote.addresses.is_empty() {
-            return false;
+            return PunchStart::NotPunchable;
         }
+        let local = self.firewall().coerced();
+        let random = (local >= Firewall::Random) != (remote.firewall.coerced() >= Firewall::Random);
+        if random {
+            if !self.random_punches.try_acquire() {
+                return PunchStart::Busy;
+            }
+            self.holds_random.store(true, Ordering::Release);
+        }
+        let started = self.start_probing(initiator, remote).await;
+        if !started {
+            self.release_random();
+            return PunchStart::NotPunchable;
+        }
+        PunchStart::Started
+    }
+
+    /// Gives back this puncher's random-punch slot, if it holds one.
+    fn release_random(&self) {
+        if self.holds_random.swap(false, Ordering::AcqRel) {
+            self.random_punches.release();
+        }
+    }
+
+    async fn start_probing(self: &Arc<Self>, initiator: bool, remote: RemoteState) -> bool {
         let local = self.firewall().coerced();
         let remote_firewall = remote.firewall.coerced();
         let verified = remote
@@ -389,7 +469,7 @@ impl Puncher {
 
     /// Whether a probe got through and the stream is open.
     pub fn is_connected(&self) -> bool {
-        self.connected.load(std::sync::atomic::Ordering::Relaxed)
+        self.connected.load(Ordering::Relaxed)
     }
 
     /// Opens the birthday sockets, each sending a low-TTL probe to
@@ -474,9 +554,59 @@ impl Puncher {
         if let Some(packet) = packet {
             socket.deliver(local_stream, packet, SocketAddr::V4(from));
         }
-        self.connected
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.connected.store(true, Ordering::Relaxed);
         self.stop_probing();
+        self.release_random();
         Ok(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_punches_are_capped_per_node_and_given_back() {
+        let gate = RandomPunches::default();
+        let other_node = RandomPunches::default();
+        for _ in 0..MAX_RANDOM_PUNCHES {
+            assert!(gate.try_acquire());
+        }
+        assert!(!gate.try_acquire(), "a third random punch must wait");
+        assert!(other_node.try_acquire(), "the cap is per node");
+        gate.release();
+        assert!(gate.try_acquire());
+    }
+
+    #[tokio::test]
+    async fn a_puncher_gives_its_random_slot_back_when_dropped() {
+        let gate = RandomPunches::default();
+        let puncher = Arc::new(
+            Puncher::bind(Ipv4Addr::LOCALHOST, false, gate.clone())
+                .await
+                .unwrap(),
+        );
+        // A consistent local NAT and a random remote with a verified host.
+        for port in 1..=3 {
+            puncher.add_sample(
+                SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9),
+                SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, port), 1),
+            );
+        }
+        let remote = [SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)];
+        puncher.update_remote(
+            Firewall::Random,
+            Some(&remote),
+            true,
+            Some(Ipv4Addr::LOCALHOST),
+        );
+        assert_eq!(puncher.punch(true).await, PunchStart::Started);
+        assert!(gate.try_acquire(), "one slot is left");
+        assert!(!gate.try_acquire(), "the puncher holds the other");
+        drop(puncher);
+        assert!(
+            gate.try_acquire(),
+            "dropping the puncher gave its slot back"
+        );
     }
 }
