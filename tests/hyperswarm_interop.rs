@@ -642,19 +642,19 @@ async fn announcements_are_renewed_until_their_guard_is_dropped() {
     testnet.quit().await;
 }
 
-#[tokio::test]
-async fn a_stock_hyperdht_client_connects_to_a_rust_server() {
-    let mut testnet = StockTestnet::start(6).await;
-    let dht = testnet.rust_dht().await;
-    let server_keys = KeyPair::from_seed([31; 32]);
-    let server_public = server_keys.public_key();
-    let mut connections = dht.listen(server_keys).await.unwrap();
-
-    // The Node client finds the server through the DHT, runs the IK
-    // handshake relayed by a DHT node, and opens a UDX stream to it.
+/// Has the testnet's Node client connect to the Rust server
+/// `server_public` (`firewalled`: it holepunches), checks both hellos
+/// cross, and returns the client's `data` event (with its punch stats).
+async fn stock_client_says_hello(
+    testnet: &mut StockTestnet,
+    connections: &mut tokio::sync::mpsc::Receiver<SecretStream<UdxStream>>,
+    server_public: [u8; 32],
+    firewalled: bool,
+) -> Value {
+    let mode = if firewalled { " firewalled" } else { "" };
     testnet
         .commands
-        .write_all(format!("connect {}\n", hex(&server_public)).as_bytes())
+        .write_all(format!("connect {}{mode}\n", hex(&server_public)).as_bytes())
         .await
         .unwrap();
     let mut connection = tokio::time::timeout(Duration::from_secs(30), connections.recv())
@@ -672,7 +672,20 @@ async fn a_stock_hyperdht_client_connects_to_a_rust_server() {
     assert_eq!(data["text"], "hello from rust");
     assert_eq!(data["remotePublicKey"], hex(&server_public));
     assert_ne!(connection.remote_public_key(), [0; 32]);
+    data
+}
 
+#[tokio::test]
+async fn a_stock_hyperdht_client_connects_to_a_rust_server() {
+    let mut testnet = StockTestnet::start(6).await;
+    let dht = testnet.rust_dht().await;
+    let server_keys = KeyPair::from_seed([31; 32]);
+    let server_public = server_keys.public_key();
+    let mut connections = dht.listen(server_keys).await.unwrap();
+
+    // The Node client finds the server through the DHT, runs the IK
+    // handshake relayed by a DHT node, and opens a UDX stream to it.
+    stock_client_says_hello(&mut testnet, &mut connections, server_public, false).await;
     testnet.quit().await;
 }
 
@@ -786,24 +799,7 @@ async fn a_stock_client_holepunches_to_a_rust_server_on_loopback() {
     let server_keys = KeyPair::from_seed([42; 32]);
     let server_public = server_keys.public_key();
     let mut connections = dht.listen(server_keys).await.unwrap();
-    testnet
-        .commands
-        .write_all(format!("connect {} firewalled\n", hex(&server_public)).as_bytes())
-        .await
-        .unwrap();
-    let mut connection = tokio::time::timeout(Duration::from_secs(30), connections.recv())
-        .await
-        .expect("the stock client punches through within 30 s")
-        .expect("a connection");
-    let hello = tokio::time::timeout(Duration::from_secs(30), connection.recv())
-        .await
-        .expect("the client's message arrives within 30 s")
-        .unwrap()
-        .expect("a message");
-    assert_eq!(hello, b"hello from node");
-    connection.send(b"hello from rust").await.unwrap();
-    let data = testnet.next("data").await;
-    assert_eq!(data["text"], "hello from rust");
+    let data = stock_client_says_hello(&mut testnet, &mut connections, server_public, true).await;
     // The stock client did not dial directly (on loopback its first
     // low-TTL probe already reaches the punch socket, which answers it, so
     // it connects before its punching loop counts), and we punched.

@@ -313,7 +313,10 @@ function natSection(s) {
     p.results.rust.ms.length && p.results.node.ms.length ? `${(median(p.results.rust.ms) / median(p.results.node.ms)).toFixed(2)}×` : '–',
   ])), '');
   if (s.idleServer) {
-    out.push(`An idle server behind a consistent NAT, over ${s.idleServer.seconds} s: native ${s.idleServer.rust.toFixed(3)} % of a core, stock Node ${s.idleServer.node.toFixed(3)} % (target under 2 %). The native server pings its relays every 10 s to keep its NAT mappings.`, '');
+    // /proc counts CPU time in 10 ms ticks: no tick over the window is
+    // "under one tick's share", not zero.
+    const idle = (percent) => (percent > 0 ? `${percent.toFixed(3)} %` : `under ${(1 / s.idleServer.seconds).toFixed(3)} % (not one 10 ms clock tick in ${s.idleServer.seconds} s)`);
+    out.push(`An idle server behind a consistent NAT, over ${s.idleServer.seconds} s: native ${idle(s.idleServer.rust)} of a core, stock Node ${idle(s.idleServer.node)} (target under 2 %). The native server pings its relays every 10 s to keep its NAT mappings.`, '');
   }
   out.push('A random pairing is a birthday search (256 sockets on the random side, a probe to a random port every 20 ms from the other), so its time varies widely between samples. A stock node on the open site calls itself firewalled for its first minutes (dht-rpc\'s adaptive mode), so the stock "open server" figure is a punch.', '');
   return out.join('\n');
