@@ -22,6 +22,10 @@
 //! `PLURESDB_REQUIRE_NETNS=1` (set by `scripts/test` when run as root),
 //! where they fail instead. The same code paths run on plain loopback in
 //! `tests/hyperswarm_interop.rs` (holepunching forced).
+//!
+//! Debugging: `PLURESDB_NAT_KEEP=1` keeps a test's namespaces (delete them
+//! with `ip netns del`), and `RUST_LOG=pluresdb::hyperswarm=debug` makes
+//! the Rust peers log each holepunch round.
 #![cfg(all(feature = "hyperswarm", target_os = "linux"))]
 
 use std::net::SocketAddrV4;
