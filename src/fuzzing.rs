@@ -81,7 +81,7 @@ pub fn check_decoders(data: &[u8]) -> usize {
 /// decoders accepted the input.
 #[cfg(all(feature = "hyperswarm", not(target_arch = "wasm32")))]
 pub fn check_network_decoders(data: &[u8]) -> usize {
-    use crate::hyperswarm::{dht_rpc, holepunch, hyperdht, noise, udx};
+    use crate::hyperswarm::{blind_relay, dht_rpc, holepunch, hyperdht, noise, udx};
     let mut accepted = 0;
     if let Ok(packet) = udx::decode(data) {
         assert!(
@@ -114,10 +114,18 @@ pub fn check_network_decoders(data: &[u8]) -> usize {
         if payload.version == 1 {
             let again = hyperdht::NoisePayload::decode(&payload.encode());
             assert_eq!(
-                again
-                    .as_ref()
-                    .map(|again| (&again.holepunch, &again.addresses4, again.udx_id)),
-                Ok((&payload.holepunch, &payload.addresses4, payload.udx_id)),
+                again.as_ref().map(|again| (
+                    &again.holepunch,
+                    &again.addresses4,
+                    again.udx_id,
+                    again.relay_through
+                )),
+                Ok((
+                    &payload.holepunch,
+                    &payload.addresses4,
+                    payload.udx_id,
+                    payload.relay_through
+                )),
                 "Noise payload does not round-trip"
             );
         }
@@ -132,6 +140,26 @@ pub fn check_network_decoders(data: &[u8]) -> usize {
             holepunch::HolepunchPayload::decode(&payload.encode()),
             Ok(payload)
         );
+        accepted += 1;
+    }
+    // Blind-relay traffic: protomux frames (single or batched) and the
+    // pair / unpair messages.
+    if let Ok(frames) = blind_relay::MuxFrame::decode_all(data) {
+        for frame in frames {
+            assert_eq!(
+                blind_relay::MuxFrame::decode_all(&frame.encode()),
+                Ok(vec![frame]),
+                "protomux frame does not round-trip"
+            );
+        }
+        accepted += 1;
+    }
+    if let Ok(pair) = blind_relay::Pair::decode(data) {
+        assert_eq!(blind_relay::Pair::decode(&pair.encode()), Ok(pair));
+        accepted += 1;
+    }
+    if let Ok(unpair) = blind_relay::Unpair::decode(data) {
+        assert_eq!(blind_relay::Unpair::decode(&unpair.encode()), Ok(unpair));
         accepted += 1;
     }
     // A sealed payload from a stranger opens to nothing (the key is the

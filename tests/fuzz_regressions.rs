@@ -55,10 +55,11 @@ fn saved_fuzz_inputs_never_panic_the_network_decoders() {
 #[cfg(feature = "hyperswarm")]
 #[test]
 fn mutated_holepunch_messages_never_panic_the_network_decoders() {
+    use pluresdb::hyperswarm::blind_relay::{MuxFrame, Pair, Unpair, PAIR, PROTOCOL};
     use pluresdb::hyperswarm::holepunch::{
         HolepunchHop, HolepunchInfo, HolepunchPayload, RelayInfo, SecurePayload,
     };
-    use pluresdb::hyperswarm::hyperdht::NoisePayload;
+    use pluresdb::hyperswarm::hyperdht::{NoisePayload, RelayThrough};
 
     let address = |text: &str| text.parse().unwrap();
     let payload = HolepunchPayload {
@@ -86,6 +87,16 @@ fn mutated_holepunch_messages_never_panic_the_network_decoders() {
         addresses4: vec![address("8.8.8.8:1000")],
         udx_id: Some(12),
         secret_stream: true,
+        relay_through: Some(RelayThrough {
+            public_key: [6; 32],
+            token: [7; 32],
+        }),
+    };
+    let pair = Pair {
+        is_initiator: true,
+        token: [8; 32],
+        stream_id: 70_000,
+        seq: 0,
     };
     let seeds = [
         payload.encode(),
@@ -97,6 +108,27 @@ fn mutated_holepunch_messages_never_panic_the_network_decoders() {
         }
         .encode(),
         noise.encode(),
+        MuxFrame::Open {
+            local_id: 1,
+            protocol: PROTOCOL.into(),
+            id: Some(vec![9; 32]),
+            handshake: Vec::new(),
+        }
+        .encode(),
+        MuxFrame::Message {
+            channel: 1,
+            kind: PAIR,
+            body: pair.encode(),
+        }
+        .encode(),
+        // A protomux batch of a pair and an unpair.
+        [
+            vec![0, 0, 1, 40, PAIR as u8],
+            pair.encode(),
+            vec![34, 1],
+            Unpair { token: [8; 32] }.encode(),
+        ]
+        .concat(),
     ];
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     let mut next = move || {

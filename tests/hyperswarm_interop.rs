@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pluresdb::hyperswarm::blind_relay::BlindRelay;
 use pluresdb::hyperswarm::dht_rpc::{node_id, DhtError, DhtNode};
 use pluresdb::hyperswarm::hyperdht::HyperDht;
 use pluresdb::hyperswarm::udx::{UdxSocket, UdxStream};
@@ -840,6 +841,151 @@ async fn a_rust_client_holepunches_to_a_stock_server_on_loopback() {
         .unwrap()
         .expect("an echo");
     assert_eq!(echo, b"echo:hello from rust");
+    testnet.quit().await;
+}
+
+// ---- blind relays, on loopback ----------------------------------------------
+//
+// Firewalled peers whose client refuses to holepunch (as if both NATs
+// randomized ports) fall back to the blind relay one of them names: both
+// connect to the relay, pair under the token from their handshake, and
+// their UDX stream runs through it. `tests/hyperswarm_nat.rs` runs the
+// same between two real randomizing NATs.
+
+fn relayed(dht: &HyperDht) -> u64 {
+    dht.stats().relayed.load(Ordering::Relaxed)
+}
+
+/// A Rust blind relay on the testnet (reachable: not firewalled).
+async fn rust_blind_relay(testnet: &StockTestnet, seed: u8) -> (HyperDht, BlindRelay) {
+    let dht = testnet.rust_dht().await;
+    let relay = BlindRelay::start(&dht, KeyPair::from_seed([seed; 32]))
+        .await
+        .unwrap();
+    (dht, relay)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rust_peers_connect_through_rust_and_stock_blind_relays() {
+    let mut testnet = StockTestnet::start(6).await;
+    let (_relay_node, rust_relay) = rust_blind_relay(&testnet, 51).await;
+    let stock_relay = testnet
+        .command(&format!("relay {}", hex(&[52; 32])), "relaying")
+        .await;
+    let stock_relay_key = KeyPair::from_seed([52; 32]).public_key();
+    assert_eq!(stock_relay["publicKey"], hex(&stock_relay_key));
+    for (round, relay_key) in [rust_relay.public_key(), stock_relay_key]
+        .into_iter()
+        .enumerate()
+    {
+        // The server names the relay; the client only follows.
+        let server = firewalled_rust_dht(&testnet)
+            .await
+            .with_relay_through(relay_key);
+        let client = firewalled_rust_dht(&testnet).await.without_holepunching();
+        let server_keys = KeyPair::from_seed([53 + round as u8; 32]);
+        let server_public = server_keys.public_key();
+        let mut connections = server.listen(server_keys).await.unwrap();
+        let client_keys = KeyPair::generate();
+        let (connected, accepted) = tokio::join!(
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                client.connect(&client_keys, server_public)
+            ),
+            tokio::time::timeout(Duration::from_secs(30), connections.recv()),
+        );
+        let mut ours = connected.expect("relayed within 30 s").unwrap();
+        let mut theirs = accepted
+            .expect("accepted within 30 s")
+            .expect("a connection");
+        assert_eq!(ours.remote_public_key(), server_public);
+        // Neither dialled nor punched: both went through the relay.
+        assert_eq!((punched(&client), relayed(&client)), ((0, 0, 0), 1));
+        assert_eq!((punched(&server), relayed(&server)), ((0, 0, 0), 1));
+        ours.send(b"through the relay").await.unwrap();
+        assert_eq!(theirs.recv().await.unwrap().unwrap(), b"through the relay");
+        // More than the relay's backlog and many UDX packets, both ways.
+        theirs.send(&[5u8; 300_000]).await.unwrap();
+        assert_eq!(ours.recv().await.unwrap().unwrap(), [5u8; 300_000]);
+        ours.send(&[6u8; 300_000]).await.unwrap();
+        assert_eq!(theirs.recv().await.unwrap().unwrap(), [6u8; 300_000]);
+    }
+    assert_eq!(rust_relay.stats().paired.load(Ordering::Relaxed), 1);
+    testnet.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stock_client_reaches_a_rust_server_through_a_rust_blind_relay() {
+    let mut testnet = StockTestnet::start(6).await;
+    let (_relay_node, relay) = rust_blind_relay(&testnet, 61).await;
+    // The server never punches, so the stock client's rounds go
+    // unanswered and the relay is the only way.
+    let dht = firewalled_rust_dht(&testnet)
+        .await
+        .with_relay_through(relay.public_key())
+        .without_holepunching();
+    let server_keys = KeyPair::from_seed([62; 32]);
+    let server_public = server_keys.public_key();
+    let mut connections = dht.listen(server_keys).await.unwrap();
+    testnet
+        .commands
+        .write_all(format!("connect {} firewalled\n", hex(&server_public)).as_bytes())
+        .await
+        .unwrap();
+    let mut connection = tokio::time::timeout(Duration::from_secs(30), connections.recv())
+        .await
+        .expect("the client connects within 30 s")
+        .expect("a connection");
+    let hello = tokio::time::timeout(Duration::from_secs(30), connection.recv())
+        .await
+        .expect("the client's message arrives within 30 s")
+        .unwrap()
+        .expect("a message");
+    assert_eq!(hello, b"hello from node");
+    connection.send(b"hello from rust").await.unwrap();
+    let data = testnet.next("data").await;
+    assert_eq!(data["text"], "hello from rust");
+    assert_eq!(data["punches"]["open"], 0, "{data}");
+    assert_eq!((punched(&dht), relayed(&dht)), ((0, 0, 0), 1));
+    assert_eq!(relay.stats().paired.load(Ordering::Relaxed), 1);
+    testnet.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_client_reaches_a_stock_server_through_a_rust_blind_relay() {
+    let mut testnet = StockTestnet::start(6).await;
+    let (_relay_node, relay) = rust_blind_relay(&testnet, 71).await;
+    let server_seed = [72u8; 32];
+    testnet
+        .command(
+            &format!(
+                "listen {} firewalled relay={}",
+                hex(&server_seed),
+                hex(&relay.public_key())
+            ),
+            "listening",
+        )
+        .await;
+    let server_public = KeyPair::from_seed(server_seed).public_key();
+    let dht = firewalled_rust_dht(&testnet).await.without_holepunching();
+    let mut connection = tokio::time::timeout(
+        Duration::from_secs(30),
+        dht.connect(&KeyPair::generate(), server_public),
+    )
+    .await
+    .expect("relayed within 30 s")
+    .unwrap();
+    connection.send(b"hello from rust").await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(30), connection.recv())
+        .await
+        .expect("the echo arrives within 30 s")
+        .unwrap()
+        .expect("an echo");
+    assert_eq!(echo, b"echo:hello from rust");
+    let accepted = testnet.next("connection").await;
+    assert_eq!(accepted["relaying"]["successes"], 1, "{accepted}");
+    assert_eq!((punched(&dht), relayed(&dht)), ((0, 0, 0), 1));
+    assert_eq!(relay.stats().paired.load(Ordering::Relaxed), 1);
     testnet.quit().await;
 }
 

@@ -16,6 +16,9 @@
 //! run again as the ignored `nat_peer` test, the stock peer is
 //! `tests/interop/hyperdht-peer.mjs` on npm `hyperdht`. Every pairing is
 //! run Rust↔Rust, Rust client → Node server and Node client → Rust server.
+//! Between two random NATs, where punching cannot work, the peers fall
+//! back to a blind relay on the public network: `pluresdb blind-relay`, or
+//! npm `blind-relay` on a stock node.
 //!
 //! Needs root (for `ip netns`) and `iptables` (`scripts/setup` installs
 //! it). Without them the tests say so and pass without running, unless
@@ -359,13 +362,25 @@ enum Stack {
     Node,
 }
 
-fn start_peer(namespace: &str, stack: Stack, bootstrap: &str, role: &[&str]) -> Peer {
+/// Starts a peer; `relay` is the blind relay (public key, hex) it names
+/// for its connections, if any.
+fn start_peer(
+    namespace: &str,
+    stack: Stack,
+    bootstrap: &str,
+    role: &[&str],
+    relay: Option<&str>,
+) -> Peer {
     let name = format!("{stack:?} {} in {namespace}", role[0]);
     match stack {
         Stack::Node => {
             let mut args = vec!["tests/interop/hyperdht-peer.mjs", bootstrap];
             args.extend_from_slice(role);
-            Peer::spawn(namespace, &name, "node", &args, &[])
+            let env: Vec<(&str, String)> = relay
+                .map(|key| ("RELAY_THROUGH", key.to_owned()))
+                .into_iter()
+                .collect();
+            Peer::spawn(namespace, &name, "node", &args, &env)
         }
         Stack::Rust => {
             let exe = std::env::current_exe().expect("the test binary's path");
@@ -384,6 +399,7 @@ fn start_peer(namespace: &str, stack: Stack, bootstrap: &str, role: &[&str]) -> 
                 &[
                     ("PLURESDB_NAT_PEER", role.join(" ")),
                     ("PLURESDB_NAT_BOOTSTRAP", bootstrap.to_owned()),
+                    ("PLURESDB_NAT_RELAY", relay.unwrap_or_default().to_owned()),
                 ],
             )
         }
@@ -430,9 +446,22 @@ struct Outcome {
 async fn connect_once(
     world: &World,
     bootstrap: &str,
+    server: (usize, Stack),
+    client: (usize, Stack),
+    seed: u8,
+) -> Outcome {
+    connect_once_via(world, bootstrap, server, client, seed, (None, None)).await
+}
+
+/// As [`connect_once`], the server and the client naming the blind relays
+/// in `relays` (public keys, hex), if any.
+async fn connect_once_via(
+    world: &World,
+    bootstrap: &str,
     (server_site, server_stack): (usize, Stack),
     (client_site, client_stack): (usize, Stack),
     seed: u8,
+    (server_relay, client_relay): (Option<&str>, Option<&str>),
 ) -> Outcome {
     let seed_hex = hex(&[seed; 32]);
     let public_key = hex(&KeyPair::from_seed([seed; 32]).public_key());
@@ -441,6 +470,7 @@ async fn connect_once(
         server_stack,
         bootstrap,
         &["listen", &seed_hex],
+        server_relay,
     );
     server.expect("listening", Duration::from_secs(60)).await;
     let mut client = start_peer(
@@ -448,6 +478,7 @@ async fn connect_once(
         client_stack,
         bootstrap,
         &["connect", &public_key],
+        client_relay,
     );
     let client_event = client.next(CONNECT_WAIT + Duration::from_secs(10)).await;
     let server_event = if client_event["event"] == "data" {
@@ -600,12 +631,123 @@ async fn two_random_nats_fail_with_a_clear_error() {
     }
 }
 
+/// `pluresdb blind-relay` in the public namespace: the process and its
+/// public key (hex).
+async fn start_pluresdb_relay(world: &World, bootstrap: &str) -> (Peer, String) {
+    let public = format!("{}-pub", world.prefix);
+    let mut args = vec!["blind-relay", "--bind", "0.0.0.0:0"];
+    for address in bootstrap.split(',') {
+        args.extend(["--bootstrap", address]);
+    }
+    let mut relay = Peer::spawn(
+        &public,
+        "pluresdb blind-relay",
+        env!("CARGO_BIN_EXE_pluresdb"),
+        &args,
+        &[],
+    );
+    let relaying = relay.expect("relaying", Duration::from_secs(60)).await;
+    let key = relaying["publicKey"]
+        .as_str()
+        .expect("the relay's public key")
+        .to_owned();
+    (relay, key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_databases_sync_across_consistent_nats() {
-    let Some(world) = World::build("db", &[Site::Consistent, Site::Consistent]) else {
+async fn two_random_nats_connect_through_a_blind_relay() {
+    let Some(world) = World::build("rl", &[Site::Random, Site::Random]) else {
         return;
     };
     let (_testnet, bootstrap) = start_testnet(&world).await;
+    // PluresDB's relay, and npm `blind-relay` on a stock node.
+    let (_ours, our_relay) = start_pluresdb_relay(&world, &bootstrap).await;
+    let public = format!("{}-pub", world.prefix);
+    let mut stock = start_peer(
+        &public,
+        Stack::Node,
+        &bootstrap,
+        &["relay", &hex(&[0x51; 32])],
+        None,
+    );
+    let stock_relay = stock.expect("relaying", Duration::from_secs(60)).await["publicKey"]
+        .as_str()
+        .expect("the stock relay's key")
+        .to_owned();
+    // Every pairing with the server naming our relay, then Rust↔Rust with
+    // the client naming the stock one.
+    let cases = PAIRINGS
+        .iter()
+        .map(|&stacks| (stacks, (Some(our_relay.as_str()), None)))
+        .chain([(
+            (Stack::Rust, Stack::Rust),
+            (None, Some(stock_relay.as_str())),
+        )]);
+    for (index, ((server_stack, client_stack), relays)) in cases.enumerate() {
+        let outcome = connect_once_via(
+            &world,
+            &bootstrap,
+            (1, server_stack),
+            (0, client_stack),
+            0x48 + index as u8,
+            relays,
+        )
+        .await;
+        let what = format!("{client_stack:?} client → {server_stack:?} server via {relays:?}");
+        let client = &outcome.client;
+        assert_eq!(client["event"], "data", "{what}: {client}");
+        assert_eq!(client["text"], "echo:hello", "{what}: {client}");
+        let server = outcome.server.expect("the server reported the connection");
+        for (side, event, stack) in [
+            ("server", &server, server_stack),
+            ("client", client, client_stack),
+        ] {
+            match stack {
+                Stack::Rust => {
+                    assert_eq!(event["punches"]["open"], 0, "{what}, {side}: {event}");
+                    assert_eq!(event["punches"]["relayed"], 1, "{what}, {side}: {event}");
+                    assert_eq!(event["punches"]["random"], 0, "{what}, {side}: {event}");
+                }
+                // A stock server counts its relayed connections (a stock
+                // client keeps no such count; a stock node counts its own
+                // connection to the relay as an open one).
+                Stack::Node if side == "server" => {
+                    assert_eq!(event["relaying"]["successes"], 1, "{what}, {side}: {event}");
+                }
+                Stack::Node => {}
+            }
+        }
+        eprintln!("{what}: connected in {} ms", client["ms"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_databases_sync_across_consistent_nats() {
+    databases_sync_across("db", Site::Consistent, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_databases_sync_across_random_nats_through_a_blind_relay() {
+    databases_sync_across("dr", Site::Random, true).await;
+}
+
+/// Two `pluresdb sync --hyperswarm` processes behind two NATs of kind
+/// `nat`, through `pluresdb blind-relay` if `relayed`: the second joins
+/// the first's database and gets its record.
+async fn databases_sync_across(tag: &str, nat: Site, relayed: bool) {
+    let Some(world) = World::build(tag, &[nat, nat]) else {
+        return;
+    };
+    let (_testnet, bootstrap) = start_testnet(&world).await;
+    let relay = if relayed {
+        Some(start_pluresdb_relay(&world, &bootstrap).await)
+    } else {
+        None
+    };
+    let relay_args: Vec<&str> = relay
+        .iter()
+        .flat_map(|(_, key)| ["--relay-through", key.as_str()])
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
     let cli = |db: &Path, args: &[&str]| {
@@ -636,6 +778,7 @@ async fn two_databases_sync_across_consistent_nats() {
                 "--bind",
                 "0.0.0.0:0",
             ])
+            .args(&relay_args)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -728,6 +871,7 @@ async fn bench_connect_times() {
                         stack,
                         &bootstrap,
                         &["listen", &seed_hex],
+                        None,
                     );
                     started.expect("listening", Duration::from_secs(60)).await;
                     server = Some(started);
@@ -738,6 +882,7 @@ async fn bench_connect_times() {
                     stack,
                     &bootstrap,
                     &["connect", &public_key, &count],
+                    None,
                 );
                 for _ in 0..per_round {
                     let event = client.next(CONNECT_WAIT + Duration::from_secs(30)).await;
@@ -785,7 +930,9 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// The Rust peer, run by the tests above inside a namespace (see
 /// `start_peer`): `PLURESDB_NAT_PEER` is `listen <seed>` or
-/// `connect <public key>`, `PLURESDB_NAT_BOOTSTRAP` the DHT's addresses.
+/// `connect <public key>`, `PLURESDB_NAT_BOOTSTRAP` the DHT's addresses,
+/// `PLURESDB_NAT_RELAY` the blind relay it names (public key, hex; empty
+/// for none).
 /// Prints `@peer `-prefixed JSON events like `hyperdht-peer.mjs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a helper process of the NAT tests, run by them inside a network namespace"]
@@ -801,18 +948,6 @@ async fn nat_peer() {
         .with_writer(std::io::stderr)
         .try_init();
     let emit = |value: Value| println!("@peer {value}");
-    let dht = HyperDht::bind("0.0.0.0:0".parse().unwrap(), bootstrap)
-        .await
-        .expect("binding the DHT node");
-    let punches = |dht: &HyperDht| {
-        let stats = dht.stats();
-        json!({
-            "open": stats.open.load(Ordering::Relaxed),
-            "consistent": stats.consistent.load(Ordering::Relaxed),
-            "random": stats.random.load(Ordering::Relaxed),
-        })
-    };
-    let parts: Vec<&str> = role.split_whitespace().collect();
     let key = |text: &str| -> [u8; 32] {
         let bytes: Vec<u8> = (0..text.len())
             .step_by(2)
@@ -820,6 +955,26 @@ async fn nat_peer() {
             .collect();
         bytes.try_into().expect("32 bytes")
     };
+    let mut dht = HyperDht::bind("0.0.0.0:0".parse().unwrap(), bootstrap)
+        .await
+        .expect("binding the DHT node");
+    // PLURESDB_NAT_RELAY: the blind relay this peer names, if any.
+    if let Some(relay) = std::env::var("PLURESDB_NAT_RELAY")
+        .ok()
+        .filter(|relay| !relay.is_empty())
+    {
+        dht = dht.with_relay_through(key(&relay));
+    }
+    let punches = |dht: &HyperDht| {
+        let stats = dht.stats();
+        json!({
+            "open": stats.open.load(Ordering::Relaxed),
+            "consistent": stats.consistent.load(Ordering::Relaxed),
+            "random": stats.random.load(Ordering::Relaxed),
+            "relayed": stats.relayed.load(Ordering::Relaxed),
+        })
+    };
+    let parts: Vec<&str> = role.split_whitespace().collect();
     match parts.as_slice() {
         ["listen", seed] => {
             // A testnet that just started may not answer with node ids

@@ -192,16 +192,23 @@ async fn execute(
             hyperswarm,
             bootstrap,
             bind,
+            relay_through,
             invite,
             once,
         } => {
             let via = match relay {
                 Some(relay) if !hyperswarm => SyncVia::Relay(relay),
-                _ => SyncVia::Hyperswarm { bootstrap, bind },
+                _ => SyncVia::Hyperswarm {
+                    bootstrap,
+                    bind,
+                    relay_through,
+                },
             };
             sync(db, via, invite, once).await?
         }
-        Command::Serve(_) | Command::Relay(_) => unreachable!("dispatched in cli::run"),
+        Command::Serve(_) | Command::Relay(_) | Command::BlindRelay(_) => {
+            unreachable!("dispatched in cli::run")
+        }
     }
     Ok(())
 }
@@ -254,6 +261,7 @@ enum SyncVia {
     Hyperswarm {
         bootstrap: Vec<std::net::SocketAddrV4>,
         bind: std::net::SocketAddrV4,
+        relay_through: Option<[u8; 32]>,
     },
 }
 
@@ -279,11 +287,15 @@ async fn sync(
         SyncVia::Hyperswarm {
             mut bootstrap,
             bind,
+            relay_through,
         } => {
             if bootstrap.is_empty() {
                 bootstrap = crate::transport::hyperswarm::PUBLIC_BOOTSTRAP.to_vec();
             }
-            let connector = crate::transport::HyperswarmConnector::new(bind, bootstrap);
+            let mut connector = crate::transport::HyperswarmConnector::new(bind, bootstrap);
+            if let Some(relay) = relay_through {
+                connector = connector.with_relay_through(relay);
+            }
             eprintln!(
                 "syncing over {} (Ctrl-C to stop)",
                 crate::transport::Connector::describe(&connector)
@@ -338,4 +350,89 @@ async fn sync(
     }
     handle.stop();
     Ok(())
+}
+
+/// `pluresdb blind-relay`: serves until interrupted.
+#[cfg(feature = "hyperswarm")]
+pub async fn run_blind_relay(args: super::BlindRelayArgs) -> Result<(), Failure> {
+    use crate::hyperswarm::blind_relay::BlindRelay;
+    use crate::hyperswarm::hyperdht::HyperDht;
+    let seed = match &args.key_file {
+        Some(path) => load_or_create_seed(path)?,
+        None => crate::hyperswarm::KeyPair::generate().seed(),
+    };
+    let bootstrap = if args.bootstrap.is_empty() {
+        crate::transport::hyperswarm::PUBLIC_BOOTSTRAP.to_vec()
+    } else {
+        args.bootstrap
+    };
+    let dht = HyperDht::bind(args.bind, bootstrap)
+        .await
+        .map_err(|error| Failure::new(format!("cannot start the DHT node: {error}")))?;
+    let reachability = dht.reachability().await;
+    if !reachability.open {
+        eprintln!(
+            "warning: this node does not look reachable from the internet (DHT nodes could not \
+             reach it unasked); peers behind NATs cannot use it as a relay"
+        );
+    }
+    let relay = BlindRelay::start(&dht, crate::hyperswarm::KeyPair::from_seed(seed))
+        .await
+        .map_err(|error| Failure::new(format!("cannot start the blind relay: {error}")))?;
+    let public_key: String = relay
+        .public_key()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "event": "relaying",
+            "publicKey": public_key,
+            "address": reachability.public.map(|address| address.to_string()),
+        })
+    );
+    eprintln!("blind relay {public_key} running (Ctrl-C to stop)");
+    let _ = tokio::signal::ctrl_c().await;
+    Ok(())
+}
+
+#[cfg(not(feature = "hyperswarm"))]
+pub async fn run_blind_relay(_args: super::BlindRelayArgs) -> Result<(), Failure> {
+    Err(Failure::new(
+        "this build has no Hyperswarm support (build with the `hyperswarm` feature)",
+    ))
+}
+
+/// The seed in `path` (64 hex digits), or a new one written there (only
+/// the owner may read it).
+#[cfg(feature = "hyperswarm")]
+fn load_or_create_seed(path: &std::path::Path) -> Result<[u8; 32], Failure> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => super::parse_public_key(&text).map_err(|why| {
+            Failure::new(format!("{}: not a relay key file ({why})", path.display()))
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let seed = crate::hyperswarm::KeyPair::generate().seed();
+            let text: String = seed.iter().map(|byte| format!("{byte:02x}")).collect();
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let written = options
+                .open(path)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()));
+            written.map_err(|error| {
+                Failure::new(format!(
+                    "cannot write the key file {}: {error}",
+                    path.display()
+                ))
+            })?;
+            Ok(seed)
+        }
+        Err(error) => Err(Failure::new(format!(
+            "cannot read the key file {}: {error}",
+            path.display()
+        ))),
+    }
 }

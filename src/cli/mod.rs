@@ -154,6 +154,12 @@ enum Command {
         /// any port).
         #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:0")]
         bind: std::net::SocketAddrV4,
+        /// Over Hyperswarm: the blind relay (its public key, 64 hex digits)
+        /// to connect through when holepunching fails, as between two
+        /// randomizing NATs (run one with `pluresdb blind-relay`).
+        #[arg(long = "relay-through", value_name = "PUBLIC_KEY", value_parser = parse_public_key,
+              requires = "hyperswarm")]
+        relay_through: Option<[u8; 32]>,
         /// Join the database this invite belongs to first.
         #[arg(long)]
         invite: Option<String>,
@@ -167,6 +173,42 @@ enum Command {
     Serve(ServeArgs),
     /// Run a sync relay on its own (WebSocket, at /relay).
     Relay(RelayArgs),
+    /// Run a Hyperswarm blind relay: peers that cannot holepunch each
+    /// other (`sync --hyperswarm --relay-through <key>`, or npm
+    /// `hyperdht`'s `relayThrough`) relay their encrypted streams through
+    /// it. It must be reachable on a public address. Prints its public key.
+    BlindRelay(BlindRelayArgs),
+}
+
+/// Arguments of `pluresdb blind-relay`.
+#[derive(Debug, clap::Args)]
+pub struct BlindRelayArgs {
+    /// A HyperDHT bootstrap node, IPv4 `host:port` (repeatable; default:
+    /// the public HyperDHT bootstrap nodes).
+    #[arg(long = "bootstrap", value_name = "HOST:PORT")]
+    pub bootstrap: Vec<std::net::SocketAddrV4>,
+    /// Where the UDP socket binds.
+    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:49737")]
+    pub bind: std::net::SocketAddrV4,
+    /// File holding the relay's secret seed (64 hex digits), created on
+    /// first run, so the public key stays the same across restarts
+    /// (default: a new key each run).
+    #[arg(long = "key-file", value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// A public key given as 64 hex digits.
+fn parse_public_key(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("expected a public key of 64 hex digits".into());
+    }
+    let mut key = [0u8; 32];
+    for (index, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[index * 2..index * 2 + 2], 16)
+            .map_err(|error| error.to_string())?;
+    }
+    Ok(key)
 }
 
 /// Output formats of `list` and `query`.
@@ -511,6 +553,7 @@ async fn run(command: Command, options: DatabaseOptions) -> Result<(), Failure> 
     match command {
         Command::Serve(args) => serve::run(args, options).await,
         Command::Relay(args) => Ok(serve::run_relay(args).await?),
+        Command::BlindRelay(args) => commands::run_blind_relay(args).await,
         command => commands::run(command, options).await,
     }
 }

@@ -85,6 +85,9 @@ pub enum DhtError {
     /// which holepunching cannot get through (a blind relay can).
     #[error("connecting to the peer failed: both peers are behind randomizing NATs, which cannot be holepunched")]
     DoubleRandomNat,
+    /// Connecting through a blind relay failed.
+    #[error("connecting through the blind relay failed: {0}")]
+    Relay(String),
 }
 
 /// `BLAKE2b-256` of the 6-byte compact address: a node's id.
@@ -152,6 +155,11 @@ pub(crate) struct Reader<'a> {
 impl<'a> Reader<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> Self {
         Self { bytes }
+    }
+
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len()
     }
 
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DhtError> {

@@ -28,6 +28,7 @@ use std::time::Duration;
 use blake2::{Blake2b256, Digest as _};
 use tokio::sync::mpsc;
 
+use super::blind_relay;
 use super::dht_rpc::{
     DhtError, DhtNode, Message, Reader, Request, Response, Writer, PING, PING_NAT,
 };
@@ -137,6 +138,18 @@ pub struct NoisePayload {
     pub udx_id: Option<u64>,
     /// Whether a secret-stream runs on the UDX stream.
     pub secret_stream: bool,
+    /// The blind relay the sender wants to use if holepunching fails, and
+    /// the pairing token.
+    pub relay_through: Option<RelayThrough>,
+}
+
+/// A blind relay both peers can pair through (`relayThrough`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayThrough {
+    /// The relay's public key.
+    pub public_key: [u8; 32],
+    /// The pairing token.
+    pub token: [u8; 32],
 }
 
 impl NoisePayload {
@@ -151,16 +164,18 @@ impl NoisePayload {
             addresses4: reachability.public.into_iter().collect(),
             udx_id: Some(u64::from(stream_id)),
             secret_stream: true,
+            relay_through: None,
         }
     }
 
-    /// Our encoding (no IPv6 or relay-through sections).
+    /// Our encoding (no IPv6 or relay-address sections).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         let flags = u64::from(self.holepunch.is_some())
             | u64::from(!self.addresses4.is_empty()) << 1
             | u64::from(self.udx_id.is_some()) << 3
-            | u64::from(self.secret_stream) << 4;
+            | u64::from(self.secret_stream) << 4
+            | u64::from(self.relay_through.is_some()) << 5;
         w.uint(1);
         w.uint(flags);
         w.uint(self.error);
@@ -180,11 +195,17 @@ impl NoisePayload {
         if self.secret_stream {
             w.uint(1);
         }
+        if let Some(relay) = &self.relay_through {
+            w.uint(1); // version
+            w.uint(0); // flags
+            w.bytes.extend_from_slice(&relay.public_key);
+            w.bytes.extend_from_slice(&relay.token);
+        }
         w.bytes
     }
 
     /// Decodes a peer's payload, skipping the sections this side does not
-    /// use (IPv6 addresses, relay-through, relays).
+    /// use (IPv6 addresses, relay addresses).
     pub fn decode(bytes: &[u8]) -> Result<Self, DhtError> {
         let mut r = Reader::new(bytes);
         let version = r.uint()?;
@@ -218,7 +239,18 @@ impl NoisePayload {
             payload.udx_id = Some(r.uint()?);
             r.uint()?; // seq
         }
-        payload.secret_stream = flags & 16 != 0;
+        if flags & 16 != 0 {
+            r.uint()?; // version
+            payload.secret_stream = true;
+        }
+        if flags & 32 != 0 {
+            r.uint()?; // version
+            r.uint()?; // flags
+            payload.relay_through = Some(RelayThrough {
+                public_key: r.fixed32()?,
+                token: r.fixed32()?,
+            });
+        }
         Ok(payload)
     }
 }
@@ -338,12 +370,19 @@ const RELAY_KEEPALIVE: Duration = Duration::from_secs(10);
 const SESSION_LINGER: Duration = Duration::from_secs(10);
 /// Tries of one second for a holepunch round through a relay.
 const HOLEPUNCH_ROUND_ATTEMPTS: u32 = 5;
+/// How long a client waits for its blind relay to pair it: the server
+/// pairs as soon as its side of the holepunch is over.
+const CLIENT_RELAY_WAIT: Duration = Duration::from_secs(20);
+/// How long a server waits for its blind relay to pair it with a client
+/// that may still be punching.
+const SERVER_RELAY_WAIT: Duration = Duration::from_secs(60);
 /// How long the reachability check waits for `PING_NAT` answers.
 const REACHABILITY_WAIT: Duration = Duration::from_millis(1500);
 /// Nodes the reachability check asks.
 const REACHABILITY_NODES: usize = 5;
 
-/// How this node's connections were made (hyperdht's `stats.punches`).
+/// How this node's connections were made (hyperdht's `stats.punches`;
+/// connections to a blind relay itself are not counted).
 #[derive(Debug, Default)]
 pub struct ConnectStats {
     /// Directly: one side was reachable.
@@ -352,6 +391,8 @@ pub struct ConnectStats {
     pub consistent: AtomicU64,
     /// Holepunched with a random NAT on one side.
     pub random: AtomicU64,
+    /// Through a blind relay.
+    pub relayed: AtomicU64,
 }
 
 impl ConnectStats {
@@ -376,6 +417,8 @@ pub struct HyperDht {
     reachability: Arc<tokio::sync::OnceCell<Reachability>>,
     stats: Arc<ConnectStats>,
     random_punches: RandomPunches,
+    relay_through: Option<[u8; 32]>,
+    holepunching: bool,
 }
 
 impl HyperDht {
@@ -395,6 +438,8 @@ impl HyperDht {
             reachability: Arc::default(),
             stats: Arc::default(),
             random_punches: RandomPunches::default(),
+            relay_through: None,
+            holepunching: true,
         };
         let background = dht.clone();
         tokio::spawn(async move {
@@ -421,6 +466,29 @@ impl HyperDht {
     /// hyperdht's own tests force it).
     pub fn with_holepunching_forced(mut self) -> Self {
         self.firewalled = true;
+        self
+    }
+
+    /// Names the blind relay (its public key, see
+    /// [`super::blind_relay::BlindRelay`]) this node's connections fall
+    /// back to when holepunching fails, as a client and as a server (stock
+    /// hyperdht's `relayThrough`). A peer that names one is used by both
+    /// sides whether or not the other names one too.
+    pub fn with_relay_through(mut self, relay: [u8; 32]) -> Self {
+        self.relay_through = Some(relay);
+        self
+    }
+
+    /// Never holepunches: connects directly when a side is reachable,
+    /// else through a blind relay if one is agreed. As a client it tells
+    /// the server at once that it will not punch (stock hyperdht's
+    /// `holepunch: () => false`); as a server it goes straight to the
+    /// relay, and still offers a holepunch in its handshake (without a
+    /// session behind it, so a client's rounds go unanswered) because a
+    /// stock client offered none would dial the server directly instead of
+    /// waiting for the relay.
+    pub fn without_holepunching(mut self) -> Self {
+        self.holepunching = false;
         self
     }
 
@@ -668,12 +736,25 @@ impl HyperDht {
     /// them, then opens the secret-stream over a UDX stream: directly when
     /// either side is reachable, else through a holepunch (both sides
     /// probe each other from fresh sockets until both NATs let the other's
-    /// packets in).
+    /// packets in), and if that fails, through the blind relay either side
+    /// named ([`with_relay_through`](Self::with_relay_through)).
     pub async fn connect(
         &self,
         key_pair: &KeyPair,
         server_public_key: [u8; 32],
     ) -> Result<SecretStream<UdxStream>, DhtError> {
+        Ok(self.open(key_pair, server_public_key, true).await?.0)
+    }
+
+    /// As [`connect`](Self::connect) (without a blind relay unless
+    /// `may_relay`); also where the stream went when it went directly from
+    /// this node's socket.
+    async fn open(
+        &self,
+        key_pair: &KeyPair,
+        server_public_key: [u8; 32],
+        may_relay: bool,
+    ) -> Result<(SecretStream<UdxStream>, Option<SocketAddr>), DhtError> {
         let target: [u8; 32] = Blake2b256::digest(server_public_key).into();
         let reachability = self.reachability().await;
         let (_, relays) = self
@@ -683,7 +764,14 @@ impl HyperDht {
         let mut noise = peer_handshake(key_pair.clone(), Some(server_public_key))
             .map_err(|error| fail(&error.to_string()))?;
         let local_stream = random_stream_id();
-        let ours = NoisePayload::offering_stream(local_stream, &reachability);
+        let mut ours = NoisePayload::offering_stream(local_stream, &reachability);
+        ours.relay_through =
+            self.relay_through
+                .filter(|_| may_relay)
+                .map(|public_key| RelayThrough {
+                    public_key,
+                    token: random_bytes(),
+                });
         let first = noise
             .send(&ours.encode())
             .map_err(|error| fail(&error.to_string()))?;
@@ -768,37 +856,116 @@ impl HyperDht {
                 None
             };
             if let Some(address) = direct {
-                self.stats.open.fetch_add(1, Ordering::Relaxed);
+                // (A connection to a blind relay is not one of ours to count.)
+                if may_relay {
+                    self.stats.open.fetch_add(1, Ordering::Relaxed);
+                }
+                let address = SocketAddr::V4(address);
                 let stream = self
                     .node
                     .udx()
-                    .connect(local_stream, server_stream, SocketAddr::V4(address))
+                    .connect(local_stream, server_stream, address)
                     .map_err(|error| DhtError::Io(error.to_string()))?;
-                return SecretStream::from_established(stream, true, established)
+                let secret = SecretStream::from_established(stream, true, established)
                     .await
-                    .map_err(|error| fail(&error.to_string()));
+                    .map_err(|error| fail(&error.to_string()))?;
+                return Ok((secret, Some(address)));
             }
-            let Some(holepunch) = holepunch else {
-                return Err(fail(
+            // The server's relay if it named one, else ours.
+            let relay_through = match (server.relay_through, ours.relay_through) {
+                _ if !may_relay => None,
+                (Some(theirs), _) => Some((theirs, false)),
+                (None, Some(own)) => Some((own, true)),
+                (None, None) => None,
+            };
+            let punched = match holepunch {
+                Some(holepunch) => {
+                    let punch = ClientPunch {
+                        target,
+                        relay: *relay,
+                        server_address,
+                        holepunch,
+                        secure: SecurePayload::new(&established.hash),
+                        local_stream,
+                        server_stream,
+                        open: reachability.open,
+                    };
+                    if self.holepunching {
+                        self.holepunch(punch).await
+                    } else {
+                        // Tell the server at once, so it turns to the relay.
+                        let server_relay = punch.holepunch.relays[0];
+                        abort_punch(self.node.clone(), &punch, server_relay, 0);
+                        Err(fail("holepunching is turned off on this node"))
+                    }
+                }
+                None => Err(fail(
                     "neither side is reachable and the server offered no holepunch",
-                ));
+                )),
             };
-            let punch = ClientPunch {
-                target,
-                relay: *relay,
-                server_address,
-                holepunch,
-                secure: SecurePayload::new(&established.hash),
-                local_stream,
-                server_stream,
-                open: reachability.open,
+            let stream = match (punched, relay_through) {
+                (Ok(stream), _) => stream,
+                (Err(punch_error), Some((through, is_initiator))) => {
+                    tracing::debug!(%punch_error, "hyperdht: holepunch failed, trying the blind relay");
+                    let relayed = self
+                        .relayed_stream(through, is_initiator, local_stream, CLIENT_RELAY_WAIT)
+                        .await
+                        .map_err(|relay_error| {
+                            let why = match relay_error {
+                                DhtError::Relay(why) => why,
+                                other => other.to_string(),
+                            };
+                            DhtError::Relay(format!(
+                                "{why} (holepunching failed first: {punch_error})"
+                            ))
+                        })?;
+                    self.stats.relayed.fetch_add(1, Ordering::Relaxed);
+                    relayed
+                }
+                (Err(punch_error), None) => return Err(punch_error),
             };
-            let stream = self.holepunch(punch).await?;
-            return SecretStream::from_established(stream, true, established)
+            let secret = SecretStream::from_established(stream, true, established)
                 .await
-                .map_err(|error| fail(&error.to_string()));
+                .map_err(|error| fail(&error.to_string()))?;
+            return Ok((secret, None));
         }
         Err(last_error)
+    }
+
+    /// Opens the UDX stream `local_stream` to a peer through the blind
+    /// relay `through`: connects to the relay (directly: a relay must be
+    /// reachable), pairs under the agreed token, and connects the stream
+    /// to the relay's stream for us. The connection to the relay stays
+    /// open for as long as the stream runs.
+    async fn relayed_stream(
+        &self,
+        through: RelayThrough,
+        is_initiator: bool,
+        local_stream: u32,
+        wait: Duration,
+    ) -> Result<UdxStream, DhtError> {
+        let key_pair = KeyPair::generate();
+        let (mut connection, address) =
+            Box::pin(self.open(&key_pair, through.public_key, false)).await?;
+        let address = address.ok_or_else(|| {
+            DhtError::Relay(
+                "the relay is not reachable directly (it must be on an open address)".into(),
+            )
+        })?;
+        let relay_stream = blind_relay::pair(
+            &mut connection,
+            key_pair.public_key(),
+            is_initiator,
+            through.token,
+            local_stream,
+            wait,
+        )
+        .await?;
+        let guard = blind_relay::keep_open(connection);
+        self.node
+            .udx()
+            .connect_guarded(local_stream, relay_stream, address, Some(Box::new(guard)))
+            .map_err(|error| DhtError::Io(error.to_string()))
     }
 
     /// The client's side of a holepunch (hyperdht's `probeRound` and
@@ -864,7 +1031,7 @@ impl HyperDht {
             };
             round += 1;
             let (reply, seen_at, peer_address) = client_round(
-                puncher,
+                puncher.node(),
                 punch,
                 server_relay.peer_address,
                 server_relay.relay_address,
@@ -909,17 +1076,17 @@ impl HyperDht {
             "holepunch: first round done"
         );
         if remote_firewall == Firewall::Unknown || local_firewall == Firewall::Unknown {
-            self.abort_punch(puncher, punch, server_relay, round).await;
+            abort_punch(puncher.node().clone(), punch, server_relay, round);
             return Err(fail(
                 "holepunch probe timed out: a NAT could not be classified",
             ));
         }
         if remote_firewall >= Firewall::Random && local_firewall >= Firewall::Random {
-            self.abort_punch(puncher, punch, server_relay, round).await;
+            abort_punch(puncher.node().clone(), punch, server_relay, round);
             return Err(DhtError::DoubleRandomNat);
         }
         let Some(server_token) = reply.token else {
-            self.abort_punch(puncher, punch, server_relay, round).await;
+            abort_punch(puncher.node().clone(), punch, server_relay, round);
             return Err(fail("the server sent no holepunch token"));
         };
         // The server may have answered from another socket than the one
@@ -941,9 +1108,10 @@ impl HyperDht {
             remote_token: Some(server_token),
             ..HolepunchPayload::default()
         };
-        let (reply, _, _) = client_round(puncher, punch, server_address, punch.relay, &payload)
-            .await
-            .map_err(|error| fail(&format!("the punching round: {error}")))?;
+        let (reply, _, _) =
+            client_round(puncher.node(), punch, server_address, punch.relay, &payload)
+                .await
+                .map_err(|error| fail(&format!("the punching round: {error}")))?;
         if reply.error == error::TRY_LATER {
             return Err(fail(
                 "the server is busy punching random NATs; try again later",
@@ -978,29 +1146,6 @@ impl HyperDht {
         }
         tracing::debug!(remote = ?puncher.remote(), "holepunch: client punching");
         Ok(())
-    }
-
-    /// Tells the server this client gives up (so it frees its session).
-    async fn abort_punch(
-        &self,
-        puncher: &Puncher,
-        punch: &ClientPunch,
-        server_relay: RelayInfo,
-        round: u64,
-    ) {
-        let payload = HolepunchPayload {
-            error: error::ABORTED,
-            round,
-            ..HolepunchPayload::default()
-        };
-        let _ = client_round(
-            puncher,
-            punch,
-            server_relay.peer_address,
-            server_relay.relay_address,
-            &payload,
-        )
-        .await;
     }
 
     /// The record a server announced for `public_key`, if a node has it.
@@ -1143,6 +1288,7 @@ async fn check_reachability(node: &DhtNode, bootstrap: &[SocketAddrV4]) -> Reach
 }
 
 /// What a client's holepunch knows from the handshake.
+#[derive(Clone)]
 struct ClientPunch {
     target: [u8; 32],
     /// The relay the handshake went through.
@@ -1160,7 +1306,7 @@ struct ClientPunch {
 /// server's payload, the address the relay saw us at, and the server's
 /// address as the relay saw it.
 async fn client_round(
-    puncher: &Puncher,
+    node: &DhtNode,
     punch: &ClientPunch,
     peer_address: SocketAddrV4,
     relay: SocketAddrV4,
@@ -1174,8 +1320,7 @@ async fn client_round(
     };
     // The server may classify its NAT before it answers (about two
     // seconds at most): more tries than a plain request.
-    let response = puncher
-        .node()
+    let response = node
         .request_with_attempts(
             relay,
             false,
@@ -1197,6 +1342,44 @@ async fn client_round(
         .open(&answer.payload)
         .ok_or_else(|| fail("the server's holepunch payload does not open"))?;
     Ok((reply, response.to, answer.peer_address.unwrap_or(relay)))
+}
+
+/// Starts the secret-stream on a server's stream to a client and hands it
+/// to the server's user.
+async fn hand_over_stream(
+    connections: mpsc::Sender<SecretStream<UdxStream>>,
+    stream: UdxStream,
+    established: super::noise::Established,
+) {
+    match SecretStream::from_established(stream, false, established).await {
+        Ok(secret) => {
+            let _ = connections.send(secret).await;
+        }
+        Err(error) => tracing::debug!(%error, "a HyperDHT client's stream failed to start"),
+    }
+}
+
+/// Tells the server this client gives up its holepunch (so it frees the
+/// session, and falls back to a blind relay if one was agreed), in the
+/// background: the server does not answer an abort, so its retries would
+/// only delay the relay.
+fn abort_punch(node: Arc<DhtNode>, punch: &ClientPunch, server_relay: RelayInfo, round: u64) {
+    let punch = punch.clone();
+    tokio::spawn(async move {
+        let payload = HolepunchPayload {
+            error: error::ABORTED,
+            round,
+            ..HolepunchPayload::default()
+        };
+        let _ = client_round(
+            &node,
+            &punch,
+            server_relay.peer_address,
+            server_relay.relay_address,
+            &payload,
+        )
+        .await;
+    });
 }
 
 /// Keeps an announcement renewed until dropped (see
@@ -1222,6 +1405,8 @@ struct PunchSession {
     round: Mutex<u64>,
     /// Replies already sent, by (relay, transaction).
     answered: Mutex<HashMap<(SocketAddrV4, u16), Message>>,
+    /// The client sent an aborting round.
+    client_gave_up: tokio::sync::Notify,
 }
 
 /// A request that reached a punch socket, with the session it belongs to.
@@ -1327,6 +1512,23 @@ impl Server {
         // Neither side reachable: offer a holepunch from a fresh socket,
         // if a session slot is free.
         let mut ours = NoisePayload::offering_stream(local_stream, &self.reachability);
+        // A blind relay for when the holepunch fails: ours if we named
+        // one (we pair as its initiator), else the client's.
+        let relay_through = match (self.dht.relay_through, client.relay_through) {
+            _ if direct => None,
+            (Some(public_key), _) => Some((
+                RelayThrough {
+                    public_key,
+                    token: random_bytes(),
+                },
+                true,
+            )),
+            (None, Some(theirs)) => Some((theirs, false)),
+            (None, None) => None,
+        };
+        if let Some((own, true)) = relay_through {
+            ours.relay_through = Some(own);
+        }
         let mut session = None;
         if !direct {
             let relays = self
@@ -1345,7 +1547,14 @@ impl Server {
                     session.client_host == *client_address.ip() && !session.puncher.is_connected()
                 })
                 .count();
-            if from_host >= MAX_PUNCH_SESSIONS_PER_HOST {
+            if !self.dht.holepunching {
+                if relay_through.is_some() && !relays.is_empty() {
+                    ours.holepunch = Some(HolepunchInfo {
+                        id: MAX_PUNCH_SESSIONS as u64,
+                        relays,
+                    });
+                }
+            } else if from_host >= MAX_PUNCH_SESSIONS_PER_HOST {
                 tracing::debug!(%client_address, "too many holepunch sessions for one host");
             } else if let (Some(id), false) = (free, relays.is_empty()) {
                 match Puncher::bind(self.dht.bind_host(), false, self.dht.random_punches.clone())
@@ -1380,6 +1589,17 @@ impl Server {
             .insert(key, (answer, session.as_ref().map(|(id, _)| *id)));
         let Some((id, puncher)) = session else {
             let _ = self.dht.node.send_message(&reply, from).await;
+            if let Some((through, is_initiator)) = relay_through {
+                // No holepunch to try: straight to the relay.
+                let relaying = self.relay_to_client(through, is_initiator, local_stream);
+                let connections = self.connections.clone();
+                tokio::spawn(async move {
+                    if let Some(stream) = relaying.await {
+                        hand_over_stream(connections, stream, established).await;
+                    }
+                });
+                return;
+            }
             let Ok(stream) = self.dht.node.udx().connect(
                 local_stream,
                 client_stream,
@@ -1400,6 +1620,7 @@ impl Server {
             puncher: puncher.clone(),
             round: Mutex::new(0),
             answered: Mutex::default(),
+            client_gave_up: tokio::sync::Notify::new(),
         });
         self.sessions[id] = Some(session.clone());
         // Holepunch rounds may also arrive at the punch socket.
@@ -1418,6 +1639,12 @@ impl Server {
         let connections = self.connections.clone();
         let over = self.sessions_over.clone();
         let stats = self.dht.stats.clone();
+        // If the punch fails, the relay (started only then: a client
+        // pairs once its own punch failed, and one path per connection
+        // keeps both sides on the same one).
+        let fallback = relay_through.map(|(through, is_initiator)| {
+            self.relay_to_client(through, is_initiator, local_stream)
+        });
         tokio::spawn(async move {
             // The session ends when the first probe connects, when the
             // client never starts punching, or when punching runs out.
@@ -1437,6 +1664,7 @@ impl Server {
             let connected = tokio::select! {
                 connected = connecting => connected,
                 () = not_started => Err(fail("the client never started punching")),
+                () = session.client_gave_up.notified() => Err(fail("the client gave up the holepunch")),
             };
             if connected.is_ok() {
                 stats.count_punch(puncher.firewall(), puncher.remote().firewall);
@@ -1453,20 +1681,42 @@ impl Server {
                 let _ = over.send((id, session)).await;
             }
             drop(puncher);
-            match connected {
-                Ok(stream) => {
-                    match SecretStream::from_established(stream, false, established).await {
-                        Ok(secret) => {
-                            let _ = connections.send(secret).await;
-                        }
-                        Err(error) => {
-                            tracing::debug!(%error, "a holepunched client's stream failed to start");
-                        }
+            match (connected, fallback) {
+                (Ok(stream), _) => hand_over_stream(connections, stream, established).await,
+                (Err(error), Some(relaying)) => {
+                    tracing::debug!(%error, "holepunch failed: pairing through the blind relay");
+                    if let Some(stream) = relaying.await {
+                        hand_over_stream(connections, stream, established).await;
                     }
                 }
-                Err(error) => tracing::debug!(%error, "holepunch failed"),
+                (Err(error), None) => tracing::debug!(%error, "holepunch failed"),
             }
         });
+    }
+
+    /// Pairs with the client through a blind relay (when awaited).
+    fn relay_to_client(
+        &self,
+        through: RelayThrough,
+        is_initiator: bool,
+        local_stream: u32,
+    ) -> impl std::future::Future<Output = Option<UdxStream>> + Send + 'static {
+        let dht = self.dht.clone();
+        async move {
+            match dht
+                .relayed_stream(through, is_initiator, local_stream, SERVER_RELAY_WAIT)
+                .await
+            {
+                Ok(stream) => {
+                    dht.stats.relayed.fetch_add(1, Ordering::Relaxed);
+                    Some(stream)
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "the blind relay did not pair us with the client");
+                    None
+                }
+            }
+        }
     }
 
     /// Frees session `id` if it still holds `session`.
@@ -1479,15 +1729,11 @@ impl Server {
     }
 
     fn hand_over(&self, stream: UdxStream, established: super::noise::Established) {
-        let connections = self.connections.clone();
-        tokio::spawn(async move {
-            match SecretStream::from_established(stream, false, established).await {
-                Ok(secret) => {
-                    let _ = connections.send(secret).await;
-                }
-                Err(error) => tracing::debug!(%error, "a HyperDHT client's stream failed to start"),
-            }
-        });
+        tokio::spawn(hand_over_stream(
+            self.connections.clone(),
+            stream,
+            established,
+        ));
     }
 
     /// A holepunch round relayed from the client.
@@ -1532,6 +1778,7 @@ impl Server {
         }
         if remote.error != error::NONE {
             // The client gave up.
+            session.client_gave_up.notify_one();
             self.end_session(id, &session);
             return;
         }
@@ -1766,8 +2013,27 @@ mod tests {
             addresses4: vec!["10.0.0.2:7000".parse().unwrap()],
             udx_id: Some(70_000),
             secret_stream: true,
+            relay_through: Some(RelayThrough {
+                public_key: [6; 32],
+                token: [7; 32],
+            }),
         };
         assert_eq!(NoisePayload::decode(&payload.encode()).unwrap(), payload);
+        // Stock hyperdht 6.34's encoding of a payload naming a blind relay
+        // (with the relay addresses that follow it, which we skip).
+        let stock = concat!(
+            "017800000100fe70110100000101000606060606060606060606060606060606060606",
+            "0606060606060606060606060707070707070707070707070707070707070707070707",
+            "070707070707070707010909090949c2",
+        );
+        let stock: Vec<u8> = (0..stock.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&stock[at..at + 2], 16).unwrap())
+            .collect();
+        let decoded = NoisePayload::decode(&stock).unwrap();
+        assert_eq!(decoded.udx_id, Some(70_000));
+        assert!(decoded.secret_stream);
+        assert_eq!(decoded.relay_through, payload.relay_through);
         // A future payload version is reported, not misread.
         assert_eq!(NoisePayload::decode(&[2, 0xff]).unwrap().version, 2);
         // A holepunch section claiming two billion relays is refused

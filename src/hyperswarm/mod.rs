@@ -15,10 +15,13 @@
 //!   neither side is reachable), yielding a secret-stream over UDX.
 //! - [`holepunch`]: the holepunch messages, their sealed payload and the
 //!   NAT classification; [`punch`]: the probing through both NATs.
+//! - [`blind_relay`]: `protomux` framing and the `blind-relay` protocol:
+//!   a peer's fallback when holepunching cannot work, and the relay.
 //!
-//! What exists and what does not yet (blind relays, IPv6) is listed in
+//! What exists and what does not yet (IPv6, among others) is listed in
 //! `docs/ARCHITECTURE.md`, "Hyperswarm transport".
 
+pub mod blind_relay;
 pub mod dht_rpc;
 pub mod holepunch;
 pub mod hyperdht;

@@ -316,23 +316,25 @@ impl UdxSocket {
         remote_id: u32,
         remote: SocketAddr,
     ) -> io::Result<UdxStream> {
+        self.connect_guarded(local_id, remote_id, remote, None)
+    }
+
+    /// As [`connect`](Self::connect), keeping `guard` alive for as long as
+    /// the stream's task runs (after the user dropped the stream, until
+    /// what was written is delivered): a stream through a blind relay
+    /// keeps its connection to the relay that way.
+    pub fn connect_guarded(
+        &self,
+        local_id: u32,
+        remote_id: u32,
+        remote: SocketAddr,
+        guard: Option<StreamGuard>,
+    ) -> io::Result<UdxStream> {
         let (sender, incoming) = mpsc::channel(1024);
-        {
-            let mut routes = self
-                .routes
-                .lock()
-                .map_err(|_| io::Error::other("UDX routing table poisoned"))?;
-            if routes.contains_key(&local_id) {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("UDX stream id {local_id} is in use on this socket"),
-                ));
-            }
-            routes.insert(local_id, sender);
-        }
+        self.add_route(local_id, sender)?;
         let (user, driver_side) = tokio::io::duplex(256 * 1024);
         let failure = Failure::default();
-        let driver = Driver::new(
+        let mut driver = Driver::new(
             self.clone(),
             local_id,
             remote_id,
@@ -341,8 +343,169 @@ impl UdxSocket {
             driver_side,
             failure.clone(),
         );
+        driver.guard = guard;
         tokio::spawn(driver.run());
         Ok(UdxStream { io: user, failure })
+    }
+
+    fn add_route(&self, local_id: u32, sender: mpsc::Sender<Datagram>) -> io::Result<()> {
+        let mut routes = self
+            .routes
+            .lock()
+            .map_err(|_| io::Error::other("UDX routing table poisoned"))?;
+        if routes.contains_key(&local_id) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("UDX stream id {local_id} is in use on this socket"),
+            ));
+        }
+        routes.insert(local_id, sender);
+        Ok(())
+    }
+
+    fn remove_route(&self, local_id: u32) {
+        if let Ok(mut routes) = self.routes.lock() {
+            routes.remove(&local_id);
+        }
+    }
+
+    /// Joins two UDX streams of two other hosts, as a blind relay does
+    /// (libudx's `udx_stream_relay_to`): a datagram for `ends[i].local_id`
+    /// is sent on to the host behind the other end, its stream id
+    /// rewritten to that host's stream id. Each end belongs to the first
+    /// address that sends to it; datagrams from elsewhere are dropped. The
+    /// relay reads nothing but the header: the hosts' UDX streams run end
+    /// to end (and their secret-stream inside is opaque to it). Until the
+    /// other end has been heard from, up to [`RELAY_BACKLOG`] datagrams
+    /// wait. The link closes when it is dropped, when either host sends a
+    /// DESTROY, or after `idle` without a datagram.
+    pub fn relay(&self, ends: [RelayEnd; 2], idle: Duration) -> io::Result<RelayLink> {
+        let (first, first_inbox) = mpsc::channel(RELAY_QUEUE);
+        let (second, second_inbox) = mpsc::channel(RELAY_QUEUE);
+        self.add_route(ends[0].local_id, first)?;
+        if let Err(error) = self.add_route(ends[1].local_id, second) {
+            self.remove_route(ends[0].local_id);
+            return Err(error);
+        }
+        let routes = RelayRoutes {
+            socket: self.clone(),
+            ids: [ends[0].local_id, ends[1].local_id],
+        };
+        let task = tokio::spawn(forward_between(
+            routes,
+            [ends[0].remote_id, ends[1].remote_id],
+            [first_inbox, second_inbox],
+            idle,
+        ));
+        Ok(RelayLink { task })
+    }
+}
+
+/// Anything a stream's task keeps alive while it runs (see
+/// [`UdxSocket::connect_guarded`]).
+pub type StreamGuard = Box<dyn std::any::Any + Send + Sync>;
+
+/// Datagrams one end of a [`RelayLink`] holds while the other end has not
+/// been heard from yet.
+pub const RELAY_BACKLOG: usize = 32;
+/// Datagrams queued between the socket and a relay link.
+const RELAY_QUEUE: usize = 1024;
+
+/// One side of a relay link: the id the relay allocated here, and the
+/// stream id of the host that uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayEnd {
+    /// The stream id on this socket the host sends to.
+    pub local_id: u32,
+    /// The host's own stream id, which forwarded datagrams are given.
+    pub remote_id: u32,
+}
+
+/// Two joined streams (see [`UdxSocket::relay`]); dropping it ends the
+/// relaying.
+#[derive(Debug)]
+pub struct RelayLink {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RelayLink {
+    /// Whether the link stopped (a DESTROY, or idle too long).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl Drop for RelayLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The routes of a relay link, removed when its task ends or is aborted.
+struct RelayRoutes {
+    socket: UdxSocket,
+    ids: [u32; 2],
+}
+
+impl Drop for RelayRoutes {
+    fn drop(&mut self) {
+        for id in self.ids {
+            self.socket.remove_route(id);
+        }
+    }
+}
+
+async fn forward_between(
+    routes: RelayRoutes,
+    remote_ids: [u32; 2],
+    mut inboxes: [mpsc::Receiver<Datagram>; 2],
+    idle: Duration,
+) {
+    let mut hosts: [Option<SocketAddr>; 2] = [None, None];
+    let mut waiting: [VecDeque<Vec<u8>>; 2] = [VecDeque::new(), VecDeque::new()];
+    loop {
+        let [first, second] = &mut inboxes;
+        let arrival = tokio::time::timeout(idle, async {
+            tokio::select! {
+                Some(datagram) = first.recv() => Some((0, datagram)),
+                Some(datagram) = second.recv() => Some((1, datagram)),
+                else => None,
+            }
+        })
+        .await;
+        let Ok(Some((side, (mut datagram, from)))) = arrival else {
+            return;
+        };
+        if datagram.len() < HEADER_LEN {
+            continue;
+        }
+        match hosts[side] {
+            Some(host) if host != from => continue,
+            Some(_) => {}
+            None => {
+                hosts[side] = Some(from);
+                // What the other end sent before this one was heard from
+                // can go now.
+                let other = 1 - side;
+                for mut held in std::mem::take(&mut waiting[other]) {
+                    held[4..8].copy_from_slice(&remote_ids[side].to_le_bytes());
+                    let _ = routes.socket.udp.send_to(&held, from).await;
+                }
+            }
+        }
+        let other = 1 - side;
+        let destroy = datagram[2] & DESTROY != 0;
+        match hosts[other] {
+            Some(to) => {
+                datagram[4..8].copy_from_slice(&remote_ids[other].to_le_bytes());
+                let _ = routes.socket.udp.send_to(&datagram, to).await;
+            }
+            None if waiting[side].len() < RELAY_BACKLOG => waiting[side].push_back(datagram),
+            None => {}
+        }
+        if destroy {
+            return;
+        }
     }
 }
 
@@ -492,6 +655,8 @@ struct Driver {
     end_signalled: bool,
     user_gone: bool,
     failure: Failure,
+    /// Kept alive while the task runs.
+    guard: Option<StreamGuard>,
 }
 
 impl Driver {
@@ -535,6 +700,7 @@ impl Driver {
             end_signalled: false,
             user_gone: false,
             failure,
+            guard: None,
         }
     }
 
@@ -1082,6 +1248,74 @@ mod tests {
         let mut buffer = [0u8; 16];
         let error = stream.read(&mut buffer).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_relay_link_joins_two_streams_and_ignores_strangers() {
+        let bind = || UdxSocket::bind("127.0.0.1:0".parse().unwrap());
+        let (relay, a, b) = (
+            bind().await.unwrap(),
+            bind().await.unwrap(),
+            bind().await.unwrap(),
+        );
+        let relay_at = relay.local_addr().unwrap();
+        let link = relay
+            .relay(
+                [
+                    RelayEnd {
+                        local_id: 100,
+                        remote_id: 1,
+                    },
+                    RelayEnd {
+                        local_id: 200,
+                        remote_id: 2,
+                    },
+                ],
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        // An id in use cannot be relayed twice.
+        assert!(relay
+            .relay(
+                [
+                    RelayEnd {
+                        local_id: 100,
+                        remote_id: 9,
+                    },
+                    RelayEnd {
+                        local_id: 300,
+                        remote_id: 9,
+                    },
+                ],
+                Duration::from_secs(60),
+            )
+            .is_err());
+        let mut first = a.connect(1, 100, relay_at).unwrap();
+        // A writes before B has been heard from: its packets wait at the
+        // relay instead of waiting for a retransmission.
+        first.write_all(&[1u8; 100_000]).await.unwrap();
+        let mut second = b.connect(2, 200, relay_at).unwrap();
+        second.write_all(&[2u8; 100_000]).await.unwrap();
+        let mut got = vec![0u8; 100_000];
+        second.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [1u8; 100_000]);
+        first.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [2u8; 100_000]);
+        // A stranger sending to A's end is not forwarded to B: B's stream
+        // id would otherwise receive this (a DESTROY, which would break it).
+        let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let forged = encode(DESTROY, 100, RECEIVE_WINDOW, 0, 0, &[], &[]);
+        stranger.send_to(&forged, relay_at).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!link.is_finished());
+        second.write_all(b"still here").await.unwrap();
+        let mut tail = [0u8; 10];
+        first.read_exact(&mut tail).await.unwrap();
+        assert_eq!(&tail, b"still here");
+        // Dropping the link frees both ids.
+        drop(link);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(relay.connect(100, 1, a.local_addr().unwrap()).is_ok());
     }
 
     #[tokio::test]

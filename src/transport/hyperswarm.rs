@@ -56,6 +56,7 @@ pub struct HyperswarmConnector {
     bind: SocketAddrV4,
     bootstrap: Vec<SocketAddrV4>,
     key_pair: KeyPair,
+    relay_through: Option<[u8; 32]>,
 }
 
 /// The public HyperDHT bootstrap nodes (as npm `hyperdht` lists them).
@@ -73,15 +74,25 @@ impl HyperswarmConnector {
             bind,
             bootstrap,
             key_pair: KeyPair::generate(),
+            relay_through: None,
         }
     }
 
+    /// Connections fall back to the blind relay `relay` (its public key)
+    /// when holepunching fails, as between two randomizing NATs.
+    pub fn with_relay_through(mut self, relay: [u8; 32]) -> Self {
+        self.relay_through = Some(relay);
+        self
+    }
+
     async fn open(&self, topic: Topic) -> Result<Link, String> {
-        let dht = Arc::new(
-            HyperDht::bind(self.bind, self.bootstrap.clone())
-                .await
-                .map_err(|error| format!("cannot start the DHT node: {error}"))?,
-        );
+        let mut dht = HyperDht::bind(self.bind, self.bootstrap.clone())
+            .await
+            .map_err(|error| format!("cannot start the DHT node: {error}"))?;
+        if let Some(relay) = self.relay_through {
+            dht = dht.with_relay_through(relay);
+        }
+        let dht = Arc::new(dht);
         let accepted = dht
             .listen(self.key_pair.clone())
             .await

@@ -14,13 +14,18 @@
 //                            prints the first message it gets back (and its punch
 //                            stats), and ends
 //   (`firewalled`: the client node skips dht-rpc's quick reachability test, so it
-//   stays firewalled and holepunches even on loopback, as hyperdht's own tests do)
+//   stays firewalled and holepunches even on loopback, as hyperdht's own tests do;
+//   `relay=<public-key>`: the server or client names that blind relay
+//   (`relayThrough`). Connection events carry the node's `relaying` stats too.)
+//   relay <seed>             a stock blind relay (npm `blind-relay` on a HyperDHT server)
+//                            for the seed's key pair; prints `relaying` with its key
 //   forget <topic> <key>     every testnet node drops the key's record under the topic
 //                            (as if it had expired)
 //   quit                     tears the testnet down
 import createTestnet from 'hyperdht/testnet.js';
 import DHT from 'hyperdht';
 import readline from 'node:readline';
+import BlindRelay from 'blind-relay';
 import { createRequire } from 'node:module';
 
 // dht-rpc's own id function (BLAKE2b-256 of the compact address).
@@ -41,8 +46,14 @@ print({
 });
 
 const keep = [];
-// `firewalled` as the last word of a command: see the header.
-const nodeOptions = (line) => (line.trim().split(/\s+/).at(-1) === 'firewalled' ? { quickFirewall: false } : {});
+// `firewalled` and `relay=<key>` after a command: see the header.
+const words = (line) => line.trim().split(/\s+/);
+const nodeOptions = (line) => (words(line).includes('firewalled') ? { quickFirewall: false } : {});
+const relayThrough = (line) => {
+  const named = words(line).find((word) => word.startsWith('relay='));
+  return named ? Buffer.from(named.slice('relay='.length), 'hex') : null;
+};
+
 for await (const line of readline.createInterface({ input: process.stdin })) {
   const [command, argument] = line.trim().split(/\s+/);
   if (command === 'ping') {
@@ -71,8 +82,8 @@ for await (const line of readline.createInterface({ input: process.stdin })) {
     const client = testnet.createNode(nodeOptions(line));
     keep.push(client);
     const keyPair = DHT.keyPair(Buffer.from(argument, 'hex'));
-    const server = client.createServer((socket) => {
-      print({ event: 'connection', punches: { ...client.stats.punches } });
+    const server = client.createServer({ relayThrough: relayThrough(line) }, (socket) => {
+      print({ event: 'connection', punches: { ...client.stats.punches }, relaying: { ...client.stats.relaying } });
       socket.on('data', (data) => socket.write(Buffer.concat([Buffer.from('echo:'), data])));
       socket.on('end', () => socket.end());
       socket.on('error', () => {});
@@ -82,7 +93,7 @@ for await (const line of readline.createInterface({ input: process.stdin })) {
   } else if (command === 'connect') {
     const client = testnet.createNode(nodeOptions(line));
     keep.push(client);
-    const socket = client.connect(Buffer.from(argument, 'hex'));
+    const socket = client.connect(Buffer.from(argument, 'hex'), { relayThrough: relayThrough(line) });
     socket.on('open', () => socket.write(Buffer.from('hello from node')));
     socket.once('data', (data) => {
       print({
@@ -90,10 +101,23 @@ for await (const line of readline.createInterface({ input: process.stdin })) {
         text: data.toString(),
         remotePublicKey: socket.remotePublicKey.toString('hex'),
         punches: { ...client.stats.punches },
+        relaying: { ...client.stats.relaying },
       });
       socket.end();
     });
     socket.on('error', (error) => print({ event: 'error', message: error.message }));
+  } else if (command === 'relay') {
+    // Reachable at once (a relay must be), without dht-rpc's adaptive wait.
+    const node = testnet.createNode({ firewalled: false });
+    keep.push(node);
+    const relay = new BlindRelay.Server({ createStream: (options) => node.createRawStream(options) });
+    const server = node.createServer((socket) => {
+      socket.on('error', () => {});
+      relay.accept(socket, { id: socket.remotePublicKey }).on('error', () => {});
+    });
+    const keyPair = DHT.keyPair(Buffer.from(argument, 'hex'));
+    await server.listen(keyPair);
+    print({ event: 'relaying', publicKey: keyPair.publicKey.toString('hex') });
   } else if (command === 'forget') {
     const publicKey = Buffer.from(line.trim().split(/\s+/)[2], 'hex');
     let dropped = 0;

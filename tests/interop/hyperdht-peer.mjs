@@ -8,8 +8,15 @@
 //     connects (count times, one after the other), sends "hello", prints
 //     the reply, the time from connect to it and the punch stats as `data`
 //     (or `error`) for each, and exits
+//   node hyperdht-peer.mjs <bootstrap host:port,...> relay <seed>
+//     runs a stock blind relay (npm `blind-relay`) for the seed's key pair;
+//     prints `relaying`
+// With RELAY_THROUGH=<public key hex> in the environment, the server or the
+// client names that blind relay (`relayThrough`). Events carry the node's
+// `relaying` stats.
 // Prints one JSON object per line.
 import DHT from 'hyperdht';
+import BlindRelay from 'blind-relay';
 
 const [bootstrapList, command, argument] = process.argv.slice(2);
 const print = (value) => process.stdout.write(JSON.stringify(value) + '\n');
@@ -17,13 +24,21 @@ const bootstrap = bootstrapList.split(',').map((address) => {
   const [host, port] = address.split(':');
   return { host, port: Number(port) };
 });
-const node = new DHT({ bootstrap });
+const relayThrough = process.env.RELAY_THROUGH ? Buffer.from(process.env.RELAY_THROUGH, 'hex') : null;
+// A relay must be reachable: it says so at once instead of waiting for
+// dht-rpc's adaptive check (it runs on the public network).
+const node = new DHT({ bootstrap, ...(command === 'relay' ? { firewalled: false } : {}) });
 await node.fullyBootstrapped();
 
 if (command === 'listen') {
   const keyPair = DHT.keyPair(Buffer.from(argument, 'hex'));
-  const server = node.createServer((socket) => {
-    print({ event: 'connection', punches: { ...node.stats.punches }, firewalled: node.firewalled });
+  const server = node.createServer({ relayThrough }, (socket) => {
+    print({
+      event: 'connection',
+      punches: { ...node.stats.punches },
+      relaying: { ...node.stats.relaying },
+      firewalled: node.firewalled,
+    });
     socket.on('data', (data) => socket.write(Buffer.concat([Buffer.from('echo:'), data])));
     socket.on('end', () => socket.end());
     socket.on('error', () => {});
@@ -36,6 +51,15 @@ if (command === 'listen') {
   for (let i = 0; i < count; i++) print(await connectOnce(Buffer.from(argument, 'hex')));
   await node.destroy();
   process.exit(0);
+} else if (command === 'relay') {
+  const relay = new BlindRelay.Server({ createStream: (options) => node.createRawStream(options) });
+  const server = node.createServer((socket) => {
+    socket.on('error', () => {});
+    relay.accept(socket, { id: socket.remotePublicKey }).on('error', () => {});
+  });
+  const keyPair = DHT.keyPair(Buffer.from(argument, 'hex'));
+  await server.listen(keyPair);
+  print({ event: 'relaying', publicKey: keyPair.publicKey.toString('hex'), firewalled: node.firewalled });
 } else {
   throw new Error(`unknown command ${command}`);
 }
@@ -44,7 +68,7 @@ if (command === 'listen') {
 function connectOnce(publicKey) {
   return new Promise((resolve) => {
     const started = Date.now();
-    const socket = node.connect(publicKey);
+    const socket = node.connect(publicKey, { relayThrough });
     socket.on('open', () => socket.write(Buffer.from('hello')));
     socket.once('data', (data) => {
       resolve({
@@ -52,6 +76,7 @@ function connectOnce(publicKey) {
         text: data.toString(),
         ms: Date.now() - started,
         punches: { ...node.stats.punches },
+        relaying: { ...node.stats.relaying },
         firewalled: node.firewalled,
       });
       socket.end();
