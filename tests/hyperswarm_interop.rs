@@ -865,6 +865,33 @@ async fn rust_blind_relay(testnet: &StockTestnet, seed: u8) -> (HyperDht, BlindR
     (dht, relay)
 }
 
+/// `pluresdb blind-relay` on the testnet, with its key in `key_file`:
+/// the process and the key it printed.
+async fn pluresdb_blind_relay(testnet: &StockTestnet, key_file: &Path) -> (Child, [u8; 32]) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pluresdb"));
+    command
+        .args(["blind-relay", "--bind", "127.0.0.1:0", "--key-file"])
+        .arg(key_file);
+    for address in testnet.bootstrap() {
+        command.args(["--bootstrap", &address.to_string()]);
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let relaying = next_event(&mut lines).await;
+    assert_eq!(relaying["event"], "relaying", "{relaying}");
+    let text = relaying["publicKey"].as_str().expect("a public key");
+    let key: Vec<u8> = (0..64)
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&text[at..at + 2], 16).unwrap())
+        .collect();
+    (child, key.try_into().unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_rust_peers_connect_through_rust_and_stock_blind_relays() {
     let mut testnet = StockTestnet::start(6).await;
@@ -874,7 +901,11 @@ async fn two_rust_peers_connect_through_rust_and_stock_blind_relays() {
         .await;
     let stock_relay_key = KeyPair::from_seed([52; 32]).public_key();
     assert_eq!(stock_relay["publicKey"], hex(&stock_relay_key));
-    for (round, relay_key) in [rust_relay.public_key(), stock_relay_key]
+    // `pluresdb blind-relay`, which creates its key file.
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("relay.key");
+    let (_cli_relay, cli_relay_key) = pluresdb_blind_relay(&testnet, &key_file).await;
+    for (round, relay_key) in [rust_relay.public_key(), stock_relay_key, cli_relay_key]
         .into_iter()
         .enumerate()
     {
@@ -911,6 +942,9 @@ async fn two_rust_peers_connect_through_rust_and_stock_blind_relays() {
         assert_eq!(theirs.recv().await.unwrap().unwrap(), [6u8; 300_000]);
     }
     assert_eq!(rust_relay.stats().paired.load(Ordering::Relaxed), 1);
+    // Run again with the same key file, the CLI's relay has the same key.
+    let (_again, same_key) = pluresdb_blind_relay(&testnet, &key_file).await;
+    assert_eq!(same_key, cli_relay_key);
     testnet.quit().await;
 }
 

@@ -818,40 +818,70 @@ async fn bench_connect_times() {
         .unwrap_or(60);
     let out =
         std::env::var("PLURESDB_NAT_BENCH_OUT").expect("PLURESDB_NAT_BENCH_OUT names the output");
-    // (name, sites, server site, client site, a fresh pair per sample)
-    let pairings: [(&str, [Site; 2], usize, usize, bool); 4] = [
-        (
+    let pairing = |name, sites, server_site, client_site, fresh, relayed| BenchPairing {
+        name,
+        sites,
+        server_site,
+        client_site,
+        fresh,
+        relayed,
+    };
+    let (consistent, random) = (Site::Consistent, Site::Random);
+    let pairings = [
+        pairing(
             "consistent ↔ consistent",
-            [Site::Consistent, Site::Consistent],
+            [consistent, consistent],
             1,
             0,
             false,
+            false,
         ),
-        (
+        pairing(
             "consistent client → random server",
-            [Site::Consistent, Site::Random],
+            [consistent, random],
             1,
             0,
             true,
+            false,
         ),
-        (
+        pairing(
             "random client → consistent server",
-            [Site::Consistent, Site::Random],
+            [consistent, random],
             0,
             1,
             true,
+            false,
         ),
-        (
+        pairing(
             "random client → open server",
-            [Site::Open, Site::Random],
+            [Site::Open, random],
             0,
             1,
             false,
+            false,
+        ),
+        pairing(
+            "random ↔ random, through a blind relay",
+            [random, random],
+            1,
+            0,
+            false,
+            true,
         ),
     ];
     let mut results = Vec::new();
     let mut idle = json!(null);
-    for (index, (name, sites, server_site, client_site, fresh)) in pairings.into_iter().enumerate()
+    for (
+        index,
+        BenchPairing {
+            name,
+            sites,
+            server_site,
+            client_site,
+            fresh,
+            relayed,
+        },
+    ) in pairings.into_iter().enumerate()
     {
         let world = World::build(&format!("b{index}"), &sites).expect("network namespaces");
         let (_testnet, bootstrap) = start_testnet(&world).await;
@@ -861,6 +891,21 @@ async fn bench_connect_times() {
             let seed_hex = hex(&[seed; 32]);
             let public_key = hex(&KeyPair::from_seed([seed; 32]).public_key());
             let (mut times, mut failures) = (Vec::new(), Vec::new());
+            let relay = match (relayed, stack) {
+                (false, _) => None,
+                (true, Stack::Rust) => Some(start_pluresdb_relay(&world, &bootstrap).await),
+                (true, Stack::Node) => {
+                    let public = format!("{}-pub", world.prefix);
+                    let seed = hex(&[0x52; 32]);
+                    let mut relay = start_peer(&public, stack, &bootstrap, &["relay", &seed], None);
+                    let key = relay.expect("relaying", Duration::from_secs(60)).await["publicKey"]
+                        .as_str()
+                        .expect("the relay's key")
+                        .to_owned();
+                    Some((relay, key))
+                }
+            };
+            let relay_key = relay.as_ref().map(|(_, key)| key.as_str());
             let rounds = if fresh { samples } else { 1 };
             let per_round = if fresh { 1 } else { samples };
             let mut server = None;
@@ -871,7 +916,7 @@ async fn bench_connect_times() {
                         stack,
                         &bootstrap,
                         &["listen", &seed_hex],
-                        None,
+                        relay_key,
                     );
                     started.expect("listening", Duration::from_secs(60)).await;
                     server = Some(started);
@@ -916,6 +961,21 @@ async fn bench_connect_times() {
     }
     let report = json!({ "pairings": results, "idleServer": idle });
     std::fs::write(&out, report.to_string()).expect("writing the results");
+}
+
+/// One row of `bench_connect_times`.
+struct BenchPairing {
+    name: &'static str,
+    /// The two sites of the world.
+    sites: [Site; 2],
+    server_site: usize,
+    client_site: usize,
+    /// A fresh server and client per sample (stock hyperdht allows one
+    /// random punch per node every 20 s).
+    fresh: bool,
+    /// The server names a blind relay: `pluresdb blind-relay` for Rust,
+    /// npm `blind-relay` on a stock node for Node.
+    relayed: bool,
 }
 
 /// utime + stime of `pid` in seconds (Linux `/proc`).

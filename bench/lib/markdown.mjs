@@ -319,6 +319,7 @@ function natSection(s) {
     out.push(`An idle server behind a consistent NAT, over ${s.idleServer.seconds} s: native ${idle(s.idleServer.rust)} of a core, stock Node ${idle(s.idleServer.node)} (target under 2 %). The native server pings its relays every 10 s to keep its NAT mappings.`, '');
   }
   out.push('A random pairing is a birthday search (256 sockets on the random side, a probe to a random port every 20 ms from the other), so its time varies widely between samples. A stock node on the open site calls itself firewalled for its first minutes (dht-rpc\'s adaptive mode), so the stock "open server" figure is a punch.', '');
+  out.push('Two random NATs cannot be punched: the server names a blind relay on the public bridge (`pluresdb blind-relay` for the native pair, npm `blind-relay` on a stock node for the Node pair), and each client connects the same server one connection after another. The native client first tries the punch (round one shows both NATs random, so it gives up at once and tells the server) and then pairs through the relay; the stock client pairs through the relay at once while it tries the punch.', '');
   return out.join('\n');
 }
 

@@ -354,8 +354,12 @@ const MAX_ANSWERED_HANDSHAKES: usize = 1024;
 /// Holepunch sessions a server runs at once; more handshakes that need one
 /// are answered without a holepunch offer (the client fails cleanly).
 pub const MAX_PUNCH_SESSIONS: usize = 64;
-/// Holepunch sessions not yet connected that one client host may hold.
+/// Holepunch sessions not yet connected that one client host may hold
+/// (and blind-relay pairings under way).
 pub const MAX_PUNCH_SESSIONS_PER_HOST: usize = 4;
+/// Blind-relay pairings a server runs for its clients at once; a client
+/// beyond it gets no relay (its holepunch, if any, still runs).
+pub const MAX_RELAY_ATTEMPTS: usize = 64;
 /// A holepunch session that has not started punching this long after its
 /// handshake is dropped (hyperdht's `HANDSHAKE_INITIAL_TIMEOUT`).
 const PUNCH_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -704,6 +708,7 @@ impl HyperDht {
                 sessions: (0..MAX_PUNCH_SESSIONS).map(|_| None).collect(),
                 punch_requests,
                 sessions_over,
+                relay_attempts: RelayAttempts::default(),
             };
             let mut keepalive = tokio::time::interval(RELAY_KEEPALIVE);
             keepalive.tick().await;
@@ -1428,6 +1433,52 @@ struct Server {
     punch_requests: mpsc::Sender<PunchRequest>,
     /// Sessions whose punch is over (connected, failed or expired).
     sessions_over: mpsc::Sender<(usize, Arc<PunchSession>)>,
+    /// Blind-relay pairings under way for clients.
+    relay_attempts: RelayAttempts,
+}
+
+/// Counts a server's blind-relay pairings under way, in all and per client
+/// host: each costs a DHT lookup, a connection and up to a minute's wait,
+/// and whoever knows the server's key can ask for one (naming any relay).
+#[derive(Clone, Default)]
+struct RelayAttempts(Arc<Mutex<(usize, HashMap<Ipv4Addr, usize>)>>);
+
+/// One pairing counted by [`RelayAttempts`], until dropped.
+struct RelayAttempt {
+    attempts: RelayAttempts,
+    host: Ipv4Addr,
+}
+
+impl RelayAttempts {
+    fn try_start(&self, host: Ipv4Addr) -> Option<RelayAttempt> {
+        let mut counts = self.0.lock().ok()?;
+        let (total, per_host) = &mut *counts;
+        let from_host = per_host.entry(host).or_default();
+        if *total >= MAX_RELAY_ATTEMPTS || *from_host >= MAX_PUNCH_SESSIONS_PER_HOST {
+            return None;
+        }
+        *total += 1;
+        *from_host += 1;
+        Some(RelayAttempt {
+            attempts: self.clone(),
+            host,
+        })
+    }
+}
+
+impl Drop for RelayAttempt {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.attempts.0.lock() {
+            let (total, per_host) = &mut *counts;
+            *total -= 1;
+            if let Some(from_host) = per_host.get_mut(&self.host) {
+                *from_host -= 1;
+                if *from_host == 0 {
+                    per_host.remove(&self.host);
+                }
+            }
+        }
+    }
 }
 
 impl Server {
@@ -1514,8 +1565,18 @@ impl Server {
         let mut ours = NoisePayload::offering_stream(local_stream, &self.reachability);
         // A blind relay for when the holepunch fails: ours if we named
         // one (we pair as its initiator), else the client's.
+        let relay_attempt =
+            if direct || (self.dht.relay_through.is_none() && client.relay_through.is_none()) {
+                None
+            } else {
+                let attempt = self.relay_attempts.try_start(*client_address.ip());
+                if attempt.is_none() {
+                    tracing::debug!(%client_address, "too many blind-relay pairings under way");
+                }
+                attempt
+            };
         let relay_through = match (self.dht.relay_through, client.relay_through) {
-            _ if direct => None,
+            _ if relay_attempt.is_none() => None,
             (Some(public_key), _) => Some((
                 RelayThrough {
                     public_key,
@@ -1591,7 +1652,8 @@ impl Server {
             let _ = self.dht.node.send_message(&reply, from).await;
             if let Some((through, is_initiator)) = relay_through {
                 // No holepunch to try: straight to the relay.
-                let relaying = self.relay_to_client(through, is_initiator, local_stream);
+                let relaying =
+                    self.relay_to_client(through, is_initiator, local_stream, relay_attempt);
                 let connections = self.connections.clone();
                 tokio::spawn(async move {
                     if let Some(stream) = relaying.await {
@@ -1643,7 +1705,7 @@ impl Server {
         // pairs once its own punch failed, and one path per connection
         // keeps both sides on the same one).
         let fallback = relay_through.map(|(through, is_initiator)| {
-            self.relay_to_client(through, is_initiator, local_stream)
+            self.relay_to_client(through, is_initiator, local_stream, relay_attempt)
         });
         tokio::spawn(async move {
             // The session ends when the first probe connects, when the
@@ -1694,15 +1756,18 @@ impl Server {
         });
     }
 
-    /// Pairs with the client through a blind relay (when awaited).
+    /// Pairs with the client through a blind relay (when awaited),
+    /// counted by `attempt` until it is over.
     fn relay_to_client(
         &self,
         through: RelayThrough,
         is_initiator: bool,
         local_stream: u32,
+        attempt: Option<RelayAttempt>,
     ) -> impl std::future::Future<Output = Option<UdxStream>> + Send + 'static {
         let dht = self.dht.clone();
         async move {
+            let _attempt = attempt;
             match dht
                 .relayed_stream(through, is_initiator, local_stream, SERVER_RELAY_WAIT)
                 .await
@@ -1957,6 +2022,35 @@ fn random_stream_id() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relay_pairings_are_capped_per_server_and_per_client_host() {
+        let attempts = RelayAttempts::default();
+        let host = |n: u8| Ipv4Addr::new(10, 0, 0, n);
+        let from_one: Vec<_> = (0..MAX_PUNCH_SESSIONS_PER_HOST)
+            .map(|_| attempts.try_start(host(1)).expect("under the per-host cap"))
+            .collect();
+        assert!(
+            attempts.try_start(host(1)).is_none(),
+            "a fifth from one host"
+        );
+        let mut others: Vec<_> = (0..MAX_RELAY_ATTEMPTS - MAX_PUNCH_SESSIONS_PER_HOST)
+            .map(|n| {
+                attempts
+                    .try_start(host(n as u8 + 2))
+                    .expect("under the total cap")
+            })
+            .collect();
+        assert!(
+            attempts.try_start(host(200)).is_none(),
+            "over the total cap"
+        );
+        // Finished pairings give their places back.
+        others.pop();
+        assert!(attempts.try_start(host(200)).is_some());
+        drop(from_one);
+        assert!(attempts.try_start(host(1)).is_some());
+    }
 
     #[test]
     fn records_round_trip_and_lies_are_refused() {
