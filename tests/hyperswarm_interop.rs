@@ -961,24 +961,7 @@ async fn a_stock_client_reaches_a_rust_server_through_a_rust_blind_relay() {
     let server_keys = KeyPair::from_seed([62; 32]);
     let server_public = server_keys.public_key();
     let mut connections = dht.listen(server_keys).await.unwrap();
-    testnet
-        .commands
-        .write_all(format!("connect {} firewalled\n", hex(&server_public)).as_bytes())
-        .await
-        .unwrap();
-    let mut connection = tokio::time::timeout(Duration::from_secs(30), connections.recv())
-        .await
-        .expect("the client connects within 30 s")
-        .expect("a connection");
-    let hello = tokio::time::timeout(Duration::from_secs(30), connection.recv())
-        .await
-        .expect("the client's message arrives within 30 s")
-        .unwrap()
-        .expect("a message");
-    assert_eq!(hello, b"hello from node");
-    connection.send(b"hello from rust").await.unwrap();
-    let data = testnet.next("data").await;
-    assert_eq!(data["text"], "hello from rust");
+    let data = stock_client_says_hello(&mut testnet, &mut connections, server_public, true).await;
     assert_eq!(data["punches"]["open"], 0, "{data}");
     assert_eq!((punched(&dht), relayed(&dht)), ((0, 0, 0), 1));
     assert_eq!(relay.stats().paired.load(Ordering::Relaxed), 1);

@@ -441,6 +441,18 @@ struct Outcome {
     server: Option<Value>,
 }
 
+impl Outcome {
+    /// The client's and the server's events, checking the client's hello
+    /// came back echoed.
+    fn echoed(self, what: &str) -> (Value, Value) {
+        let client = self.client;
+        assert_eq!(client["event"], "data", "{what}: {client}");
+        assert_eq!(client["text"], "echo:hello", "{what}: {client}");
+        let server = self.server.expect("the server reported the connection");
+        (client, server)
+    }
+}
+
 /// Runs a server at site `server_site` and a client at `client_site` and
 /// returns what each reported.
 async fn connect_once(
@@ -522,10 +534,8 @@ async fn every_pairing_connects(
         )
         .await;
         let what = format!("{client_stack:?} client → {server_stack:?} server");
-        let client = &outcome.client;
-        assert_eq!(client["event"], "data", "{what}: {client}");
-        assert_eq!(client["text"], "echo:hello", "{what}: {client}");
-        let server = outcome.server.expect("the server reported the connection");
+        let (client, server) = outcome.echoed(&what);
+        let client = &client;
         // Each side counted the path it took: no direct dial when a punch
         // was needed. A stock node decides it is reachable only after
         // minutes of stable uptime (dht-rpc's adaptive mode), so one that
@@ -694,10 +704,8 @@ async fn two_random_nats_connect_through_a_blind_relay() {
         )
         .await;
         let what = format!("{client_stack:?} client → {server_stack:?} server via {relays:?}");
-        let client = &outcome.client;
-        assert_eq!(client["event"], "data", "{what}: {client}");
-        assert_eq!(client["text"], "echo:hello", "{what}: {client}");
-        let server = outcome.server.expect("the server reported the connection");
+        let (client, server) = outcome.echoed(&what);
+        let client = &client;
         for (side, event, stack) in [
             ("server", &server, server_stack),
             ("client", client, client_stack),

@@ -25,7 +25,7 @@
 import createTestnet from 'hyperdht/testnet.js';
 import DHT from 'hyperdht';
 import readline from 'node:readline';
-import BlindRelay from 'blind-relay';
+import { startStockBlindRelay } from './stock-blind-relay.mjs';
 import { createRequire } from 'node:module';
 
 // dht-rpc's own id function (BLAKE2b-256 of the compact address).
@@ -110,14 +110,7 @@ for await (const line of readline.createInterface({ input: process.stdin })) {
     // Reachable at once (a relay must be), without dht-rpc's adaptive wait.
     const node = testnet.createNode({ firewalled: false });
     keep.push(node);
-    const relay = new BlindRelay.Server({ createStream: (options) => node.createRawStream(options) });
-    const server = node.createServer((socket) => {
-      socket.on('error', () => {});
-      relay.accept(socket, { id: socket.remotePublicKey }).on('error', () => {});
-    });
-    const keyPair = DHT.keyPair(Buffer.from(argument, 'hex'));
-    await server.listen(keyPair);
-    print({ event: 'relaying', publicKey: keyPair.publicKey.toString('hex') });
+    print({ event: 'relaying', publicKey: await startStockBlindRelay(node, argument) });
   } else if (command === 'forget') {
     const publicKey = Buffer.from(line.trim().split(/\s+/)[2], 'hex');
     let dropped = 0;

@@ -16,7 +16,7 @@
 // `relaying` stats.
 // Prints one JSON object per line.
 import DHT from 'hyperdht';
-import BlindRelay from 'blind-relay';
+import { startStockBlindRelay } from './stock-blind-relay.mjs';
 
 const [bootstrapList, command, argument] = process.argv.slice(2);
 const print = (value) => process.stdout.write(JSON.stringify(value) + '\n');
@@ -52,14 +52,8 @@ if (command === 'listen') {
   await node.destroy();
   process.exit(0);
 } else if (command === 'relay') {
-  const relay = new BlindRelay.Server({ createStream: (options) => node.createRawStream(options) });
-  const server = node.createServer((socket) => {
-    socket.on('error', () => {});
-    relay.accept(socket, { id: socket.remotePublicKey }).on('error', () => {});
-  });
-  const keyPair = DHT.keyPair(Buffer.from(argument, 'hex'));
-  await server.listen(keyPair);
-  print({ event: 'relaying', publicKey: keyPair.publicKey.toString('hex'), firewalled: node.firewalled });
+  const publicKey = await startStockBlindRelay(node, argument);
+  print({ event: 'relaying', publicKey, firewalled: node.firewalled });
 } else {
   throw new Error(`unknown command ${command}`);
 }
