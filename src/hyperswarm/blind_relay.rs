@@ -946,6 +946,92 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn random_traffic_from_three_connections_keeps_the_relay_in_bounds() {
+        let socket = UdxSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let state = Arc::new(Mutex::new(RelayState::default()));
+        let stats = Arc::new(RelayStats::default());
+        let sessions: Vec<Session> = (1..=3)
+            .map(|id| Session {
+                id,
+                state: state.clone(),
+                socket: socket.clone(),
+                stats: stats.clone(),
+            })
+            .collect();
+        let mut inboxes = Vec::new();
+        let mut replies = Vec::new();
+        for _ in &sessions {
+            let (sender, inbox) = mpsc::channel(SESSION_QUEUE);
+            replies.push(sender);
+            inboxes.push(inbox);
+        }
+        let mut channels = [None; 3];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let who = (next() % 3) as usize;
+            let token = [(next() % 40) as u8; 32];
+            // Mostly on the channel the connection opened, sometimes not.
+            let channel = match channels[who] {
+                Some(open) if next() % 8 != 0 => open,
+                _ => next() % 3,
+            };
+            let frame = match next() % 64 {
+                0 => MuxFrame::Close { local_id: channel },
+                1..=4 => MuxFrame::Open {
+                    local_id: channel,
+                    protocol: if next() % 4 == 0 { "other" } else { PROTOCOL }.into(),
+                    id: Some(vec![who as u8; 32]),
+                    handshake: Vec::new(),
+                },
+                5..=8 => MuxFrame::Message {
+                    channel,
+                    kind: UNPAIR,
+                    body: Unpair { token }.encode(),
+                },
+                9..=12 => MuxFrame::Message {
+                    channel,
+                    kind: next() % 5,
+                    body: (0..next() % 50).map(|_| next() as u8).collect(),
+                },
+                _ => MuxFrame::Message {
+                    channel,
+                    kind: PAIR,
+                    body: pair(next() % 2 == 0, token[0], next() % 100_000).encode(),
+                },
+            };
+            if !sessions[who].on_frame(frame, &mut channels[who], &replies[who], &mut Vec::new()) {
+                // The connection ends: what it held goes.
+                state.lock().unwrap().forget(sessions[who].id);
+                channels[who] = None;
+            }
+            for inbox in &mut inboxes {
+                while inbox.try_recv().is_ok() {}
+            }
+            let state = state.lock().unwrap();
+            for session in &sessions {
+                assert!(state.held_by(session.id) <= MAX_PAIRINGS_PER_CONNECTION);
+            }
+            assert!(state.waiting.len() <= MAX_WAITING_PAIRINGS);
+            assert!(state
+                .waiting
+                .values()
+                .all(|waiting| waiting.sides.iter().any(Option::is_some)));
+        }
+        assert!(
+            stats.paired.load(Ordering::Relaxed) > 0,
+            "some pairs joined"
+        );
+    }
+
     #[test]
     fn frames_round_trip() {
         let frames = [

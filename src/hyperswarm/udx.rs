@@ -34,7 +34,8 @@
 //! not starting with the magic byte go to it.
 //!
 //! Nothing runs while a stream is idle: no timers are armed when nothing is
-//! in flight. Malformed datagrams are dropped ([`decode`] never panics).
+//! in flight. Malformed datagrams, and UDX datagrams over
+//! [`MAX_DATAGRAM`] bytes, are dropped ([`decode`] never panics).
 //! Sequence numbers start at 0 and are compared with wrapping arithmetic;
 //! the reorder and in-flight maps assume a stream sends fewer than 2³¹
 //! packets (about 2 TiB).
@@ -78,6 +79,9 @@ pub const MESSAGE: u8 = 0b001000;
 pub const DESTROY: u8 = 0b010000;
 /// A keep-alive probe; answered with an ACK.
 pub const HEARTBEAT: u8 = 0b100000;
+/// The largest UDX datagram accepted (libudx's receive buffer): with at
+/// most 1,024 queued per stream, a stream's queue holds 2 MiB at most.
+pub const MAX_DATAGRAM: usize = 2048;
 /// Payload bytes per packet: fits libudx's base MTU of 1200 over IPv6.
 pub const MAX_PAYLOAD: usize = 1200 - 40 - 8 - HEADER_LEN;
 /// Timeouts in a row after which a stream is declared dead.
@@ -523,7 +527,9 @@ async fn receive_loop(udp: Arc<UdpSocket>, routes: Routes, others: Option<mpsc::
             }
             continue;
         }
-        if len < HEADER_LEN || datagram[1] != VERSION {
+        // libudx reads into 2 KiB buffers, so no UDX peer sends more; a
+        // larger one is dropped, which bounds every stream's queue in bytes.
+        if !(HEADER_LEN..=MAX_DATAGRAM).contains(&len) || datagram[1] != VERSION {
             continue;
         }
         let id = u32::from_le_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]);
@@ -1248,6 +1254,24 @@ mod tests {
         let mut buffer = [0u8; 16];
         let error = stream.read(&mut buffer).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_datagram_larger_than_libudx_sends_is_dropped() {
+        let socket = UdxSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut stream = socket.connect(1, 2, peer.local_addr().unwrap()).unwrap();
+        let at = socket.local_addr().unwrap();
+        let oversized = encode(DATA, 1, RECEIVE_WINDOW, 0, 0, &[], &[7; MAX_DATAGRAM]);
+        peer.send_to(&oversized, at).await.unwrap();
+        let fitting = encode(DATA, 1, RECEIVE_WINDOW, 0, 0, &[], b"fits");
+        peer.send_to(&fitting, at).await.unwrap();
+        // Sequence 0 is the small one: the large one never arrived.
+        let mut got = [0u8; 4];
+        stream.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"fits");
     }
 
     #[tokio::test]
