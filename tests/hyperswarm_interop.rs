@@ -949,6 +949,67 @@ async fn two_rust_peers_connect_through_rust_and_stock_blind_relays() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blind_relay_closes_connections_that_misbehave() {
+    use pluresdb::hyperswarm::blind_relay::{MuxFrame, MAX_OPENS_PER_CONNECTION, PAIR, PROTOCOL};
+    let testnet = StockTestnet::start(6).await;
+    let (_relay_node, relay) = rust_blind_relay(&testnet, 81).await;
+    let client = testnet.rust_dht().await;
+    let open = |local_id, protocol: &str| MuxFrame::Open {
+        local_id,
+        protocol: protocol.into(),
+        id: None,
+        handshake: Vec::new(),
+    };
+    let closed = |mut connection: SecretStream<UdxStream>| async move {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(_)) = connection.recv().await {}
+        })
+        .await
+        .is_ok()
+    };
+    // Opening channel after channel: each gets an answer (an open, then
+    // rejects) until the cap, then the connection closes.
+    let mut connection = client
+        .connect(&KeyPair::generate(), relay.public_key())
+        .await
+        .unwrap();
+    connection.send(&open(1, PROTOCOL).encode()).await.unwrap();
+    let answer = connection.recv().await.unwrap().expect("an answer");
+    assert!(matches!(
+        MuxFrame::decode_all(&answer).unwrap()[..],
+        [MuxFrame::Open { local_id: 1, .. }]
+    ));
+    for local_id in 2..=MAX_OPENS_PER_CONNECTION as u64 + 1 {
+        connection
+            .send(&open(local_id, "not-blind-relay").encode())
+            .await
+            .unwrap();
+    }
+    assert!(
+        closed(connection).await,
+        "a connection opening channels without end is closed"
+    );
+    // A malformed pair closes the connection too.
+    let mut connection = client
+        .connect(&KeyPair::generate(), relay.public_key())
+        .await
+        .unwrap();
+    connection.send(&open(1, PROTOCOL).encode()).await.unwrap();
+    let bad = MuxFrame::Message {
+        channel: 1,
+        kind: PAIR,
+        body: vec![0xff, 1, 2],
+    };
+    connection.send(&bad.encode()).await.unwrap();
+    assert!(
+        closed(connection).await,
+        "a malformed pair closes the connection"
+    );
+    assert_eq!(relay.stats().paired.load(Ordering::Relaxed), 0);
+    testnet.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stock_client_reaches_a_rust_server_through_a_rust_blind_relay() {
     let mut testnet = StockTestnet::start(6).await;
     let (_relay_node, relay) = rust_blind_relay(&testnet, 61).await;

@@ -54,6 +54,9 @@ pub const MAX_PAIRINGS_PER_CONNECTION: usize = 16;
 pub const MAX_WAITING_PAIRINGS: usize = 4096;
 /// Joined pairs a relay forwards for at once.
 pub const MAX_LINKS: usize = 4096;
+/// Channel opens a connection may make (a client needs one); past it the
+/// connection is closed rather than answered again.
+pub const MAX_OPENS_PER_CONNECTION: usize = 8;
 /// Connections a relay serves at once.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// How long a pairing waits for its other peer: a peer may first spend a
@@ -580,6 +583,8 @@ impl Session {
         let (replies, mut outbox) = mpsc::channel(SESSION_QUEUE);
         // The peer's channel id for blind-relay, once it opened one.
         let mut peer_channel = None;
+        // Channel opens answered (an open or a reject each).
+        let mut opens = 0;
         let mut idle_since = Instant::now();
         let mut check = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -591,6 +596,12 @@ impl Session {
                     let keep = frames
                         .into_iter()
                         .all(|frame| self.on_frame(frame, &mut peer_channel, &replies, &mut answers));
+                    // A client opens one channel: a connection that keeps
+                    // opening more would get an answer for each.
+                    opens += answers.len();
+                    if opens > MAX_OPENS_PER_CONNECTION {
+                        break;
+                    }
                     for answer in answers {
                         if connection.send(&answer).await.is_err() {
                             break;
