@@ -148,6 +148,45 @@ fn bad_input_is_a_clear_error() {
     }
     let usage = cli.run(&["frobnicate"]);
     assert_eq!(usage.status.code(), Some(2));
+    // A blind relay's key must be 64 hex digits, and is for Hyperswarm only.
+    let key = "ab".repeat(32);
+    let usages: [(&[&str], &str); 3] = [
+        (
+            &["sync", "--hyperswarm", "--relay-through", "abc"],
+            "64 hex digits",
+        ),
+        (
+            &[
+                "sync",
+                "--relay",
+                "ws://127.0.0.1:1/relay",
+                "--relay-through",
+                &key,
+            ],
+            "cannot be used with",
+        ),
+        (
+            &["blind-relay", "--key-file", "/no/such/dir/relay.key"],
+            "cannot write the key file",
+        ),
+    ];
+    let garbage = cli.dir.path().join("garbage.key");
+    std::fs::write(&garbage, "not a key").unwrap();
+    let garbage = cli.run(&["blind-relay", "--key-file", garbage.to_str().unwrap()]);
+    assert!(
+        stderr(&garbage).contains("not a relay key file"),
+        "{}",
+        stderr(&garbage)
+    );
+    for (args, expected) in usages {
+        let output = cli.run(args);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(
+            stderr(&output).contains(expected),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
 }
 
 #[test]

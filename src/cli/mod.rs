@@ -158,7 +158,7 @@ enum Command {
         /// to connect through when holepunching fails, as between two
         /// randomizing NATs (run one with `pluresdb blind-relay`).
         #[arg(long = "relay-through", value_name = "PUBLIC_KEY", value_parser = parse_public_key,
-              requires = "hyperswarm")]
+              conflicts_with = "relay")]
         relay_through: Option<[u8; 32]>,
         /// Join the database this invite belongs to first.
         #[arg(long)]
