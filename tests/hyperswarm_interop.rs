@@ -741,6 +741,33 @@ async fn a_rust_client_connects_to_a_stock_hyperdht_server() {
 // the punch sockets. `tests/hyperswarm_nat.rs` runs the same paths through
 // real NATs.
 
+/// `client` connects to a server `server` runs for the seed's key pair:
+/// both ends of the connection, each checked to see the other's key.
+async fn connect_rust_peers(
+    server: &HyperDht,
+    client: &HyperDht,
+    seed: [u8; 32],
+) -> (SecretStream<UdxStream>, SecretStream<UdxStream>) {
+    let server_keys = KeyPair::from_seed(seed);
+    let server_public = server_keys.public_key();
+    let mut connections = server.listen(server_keys).await.unwrap();
+    let client_keys = KeyPair::generate();
+    let (connected, accepted) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            client.connect(&client_keys, server_public)
+        ),
+        tokio::time::timeout(Duration::from_secs(30), connections.recv()),
+    );
+    let ours = connected.expect("connected within 30 s").unwrap();
+    let theirs = accepted
+        .expect("accepted within 30 s")
+        .expect("a connection");
+    assert_eq!(ours.remote_public_key(), server_public);
+    assert_eq!(theirs.remote_public_key(), client_keys.public_key());
+    (ours, theirs)
+}
+
 /// A Rust node that holepunches even on loopback.
 async fn firewalled_rust_dht(testnet: &StockTestnet) -> HyperDht {
     testnet.rust_dht().await.with_holepunching_forced()
@@ -764,23 +791,7 @@ async fn two_rust_peers_holepunch_on_loopback() {
     let testnet = StockTestnet::start(6).await;
     let server = firewalled_rust_dht(&testnet).await;
     let client = firewalled_rust_dht(&testnet).await;
-    let server_keys = KeyPair::from_seed([41; 32]);
-    let server_public = server_keys.public_key();
-    let mut connections = server.listen(server_keys).await.unwrap();
-    let client_keys = KeyPair::generate();
-    let (connected, accepted) = tokio::join!(
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            client.connect(&client_keys, server_public)
-        ),
-        tokio::time::timeout(Duration::from_secs(30), connections.recv()),
-    );
-    let mut ours = connected.expect("punched within 30 s").unwrap();
-    let mut theirs = accepted
-        .expect("accepted within 30 s")
-        .expect("a connection");
-    assert_eq!(ours.remote_public_key(), server_public);
-    assert_eq!(theirs.remote_public_key(), client_keys.public_key());
+    let (mut ours, mut theirs) = connect_rust_peers(&server, &client, [41; 32]).await;
     // Both ends went through the consistent holepunch, not a direct dial.
     assert_eq!(punched(&client), (0, 1, 0));
     assert_eq!(punched(&server), (0, 1, 0));
@@ -914,22 +925,8 @@ async fn two_rust_peers_connect_through_rust_and_stock_blind_relays() {
             .await
             .with_relay_through(relay_key);
         let client = firewalled_rust_dht(&testnet).await.without_holepunching();
-        let server_keys = KeyPair::from_seed([53 + round as u8; 32]);
-        let server_public = server_keys.public_key();
-        let mut connections = server.listen(server_keys).await.unwrap();
-        let client_keys = KeyPair::generate();
-        let (connected, accepted) = tokio::join!(
-            tokio::time::timeout(
-                Duration::from_secs(30),
-                client.connect(&client_keys, server_public)
-            ),
-            tokio::time::timeout(Duration::from_secs(30), connections.recv()),
-        );
-        let mut ours = connected.expect("relayed within 30 s").unwrap();
-        let mut theirs = accepted
-            .expect("accepted within 30 s")
-            .expect("a connection");
-        assert_eq!(ours.remote_public_key(), server_public);
+        let (mut ours, mut theirs) =
+            connect_rust_peers(&server, &client, [53 + round as u8; 32]).await;
         // Neither dialled nor punched: both went through the relay.
         assert_eq!((punched(&client), relayed(&client)), ((0, 0, 0), 1));
         assert_eq!((punched(&server), relayed(&server)), ((0, 0, 0), 1));
