@@ -64,6 +64,9 @@ pub const MAX_CONNECTIONS: usize = 4096;
 pub const PAIRING_WAIT: Duration = Duration::from_secs(75);
 /// A connection to the relay that holds no pairing this long is closed.
 pub const IDLE_CONNECTION: Duration = Duration::from_secs(90);
+/// How often the relay drops expired pairings and finished links (so a
+/// pairing may wait up to this much longer than [`PAIRING_WAIT`]).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// A joined pair that forwarded nothing this long is dropped.
 pub const IDLE_LINK: Duration = Duration::from_secs(5 * 60);
 /// How often a peer's connection to its relay sends a keep-alive (the
@@ -522,8 +525,16 @@ impl BlindRelay {
         let task = tokio::spawn(async move {
             let mut next_connection = 0u64;
             let mut sessions = tokio::task::JoinSet::new();
+            // Expired pairings and finished links go in one sweep for the
+            // whole relay, not in every connection's or request's work.
+            let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
             loop {
                 tokio::select! {
+                    _ = sweep.tick() => {
+                        if let Ok(mut state) = state.lock() {
+                            state.expire();
+                        }
+                    }
                     connection = accepted.recv() => {
                         let Some(connection) = connection else { break };
                         counters.connections.fetch_add(1, Ordering::Relaxed);
@@ -617,10 +628,7 @@ impl Session {
                     }
                 }
                 _ = check.tick() => {
-                    let held = self.state.lock().map(|mut state| {
-                        state.expire();
-                        state.held_by(self.id)
-                    }).unwrap_or(0);
+                    let held = self.state.lock().map(|state| state.held_by(self.id)).unwrap_or(0);
                     if held > 0 {
                         idle_since = Instant::now();
                     } else if idle_since.elapsed() >= IDLE_CONNECTION {
@@ -705,7 +713,6 @@ impl Session {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        state.expire();
         let side = usize::from(pair.is_initiator);
         let refuse = state.held_by(self.id) >= MAX_PAIRINGS_PER_CONNECTION
             || state.joined.contains_key(&pair.token)

@@ -18,13 +18,7 @@
 import DHT from 'hyperdht';
 import { startStockBlindRelay } from './stock-blind-relay.mjs';
 
-const [bootstrapList, command, argument] = process.argv.slice(2);
-const print = (value) => process.stdout.write(JSON.stringify(value) + '\n');
-const bootstrap = bootstrapList.split(',').map((address) => {
-  const [host, port] = address.split(':');
-  return { host, port: Number(port) };
-});
-const relayThrough = process.env.RELAY_THROUGH ? Buffer.from(process.env.RELAY_THROUGH, 'hex') : null;
+import { argument, bootstrap, command, print, relayThrough } from './peer-args.mjs';
 // A relay must be reachable: it says so at once instead of waiting for
 // dht-rpc's adaptive check (it runs on the public network).
 const node = new DHT({ bootstrap, ...(command === 'relay' ? { firewalled: false } : {}) });

@@ -14,13 +14,7 @@
 import Hyperswarm from 'hyperswarm';
 import DHT from 'hyperdht';
 
-const [bootstrapList, command, argument] = process.argv.slice(2);
-const print = (value) => process.stdout.write(JSON.stringify(value) + '\n');
-const bootstrap = bootstrapList.split(',').map((address) => {
-  const [host, port] = address.split(':');
-  return { host, port: Number(port) };
-});
-const relayThrough = process.env.RELAY_THROUGH ? Buffer.from(process.env.RELAY_THROUGH, 'hex') : null;
+import { argument, bootstrap, command, print, relayThrough } from './peer-args.mjs';
 const keyPair = command === 'listen' ? DHT.keyPair(Buffer.from(argument, 'hex')) : DHT.keyPair();
 const swarm = new Hyperswarm({ bootstrap, keyPair, relayThrough });
 const stats = () => ({
