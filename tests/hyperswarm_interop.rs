@@ -1020,7 +1020,15 @@ async fn a_stock_client_reaches_a_rust_server_through_a_rust_blind_relay() {
     let server_public = server_keys.public_key();
     let mut connections = dht.listen(server_keys).await.unwrap();
     let data = stock_client_says_hello(&mut testnet, &mut connections, server_public, true).await;
-    assert_eq!(data["punches"]["open"], 0, "{data}");
+    // The stock client punched nothing. Its `open` count is not checked:
+    // it counts its own connection to the (reachable) relay there when
+    // that handshake went through another DHT node, which is up to the
+    // routing. The server's counts show the path.
+    assert_eq!(
+        (&data["punches"]["consistent"], &data["punches"]["random"]),
+        (&Value::from(0), &Value::from(0)),
+        "{data}"
+    );
     assert_eq!((punched(&dht), relayed(&dht)), ((0, 0, 0), 1));
     assert_eq!(relay.stats().paired.load(Ordering::Relaxed), 1);
     testnet.quit().await;
