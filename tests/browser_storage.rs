@@ -108,27 +108,77 @@ mod indexeddb_specifics {
         db.close().await.unwrap();
     }
 
-    /// Rewrites a database's head row the way schema 2 kept it: the
-    /// generation alone (8 bytes), the version vector and HLC as rows of
-    /// their own.
-    async fn as_schema_2(database: &str) {
+    /// Rewrites a database as schema 3 or 2 laid it out: chunks without
+    /// metadata entries, and a head row (`meta/generation`) holding the
+    /// generation and the version vector and HLC (schema 3), or the
+    /// generation alone with the vector and HLC as rows of their own
+    /// (schema 2). One writer wrote the database, so its newest chunk's
+    /// metadata is all of it.
+    async fn as_older_schema(database: &str, schema: u32) {
         let script = format!(
             r#"(async () => {{
                 const request = (r) => new Promise((ok, fail) => {{ r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); }});
                 const db = await request(indexedDB.open({database:?}));
-                const tx = db.transaction('meta', 'readwrite');
+                const tx = db.transaction(['records', 'meta'], 'readwrite');
+                const records = tx.objectStore('records');
                 const meta = tx.objectStore('meta');
-                const head = new Uint8Array(await request(meta.get('generation')));
-                const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
-                let at = 8;
-                while (at < head.length) {{
-                    const keyLength = view.getUint16(at, true); at += 2;
-                    const key = new TextDecoder().decode(head.subarray(at, at + keyLength)); at += keyLength;
-                    const valueLength = view.getUint32(at, true); at += 4;
-                    meta.put(head.slice(at, at + valueLength), key); at += valueLength;
+                const keys = await request(records.getAllKeys());
+                const values = await request(records.getAll());
+                let generation = 0;
+                let newest = [];
+                keys.forEach((key, index) => {{
+                    if (!Array.isArray(key)) return;
+                    const chunk = new Uint8Array(values[index]);
+                    const view = new DataView(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+                    const kept = [];
+                    const found = [];
+                    let at = 5;
+                    const count = view.getUint32(1, true);
+                    for (let entry = 0; entry < count; entry++) {{
+                        const start = at;
+                        const kind = chunk[at]; at += 1;
+                        const idLength = view.getUint32(at, true); at += 4;
+                        const id = chunk.subarray(at, at + idLength); at += idLength;
+                        let value = null;
+                        if (kind !== 1) {{
+                            const length = view.getUint32(at, true); at += 4;
+                            value = chunk.slice(at, at + length); at += length;
+                        }}
+                        if (kind === 2) found.push([id, value]);
+                        else kept.push(chunk.subarray(start, at));
+                    }}
+                    if (at !== chunk.length) throw new Error('unexpected chunk layout');
+                    if (key[0] >= generation && found.length) newest = found;
+                    generation = Math.max(generation, key[0]);
+                    const size = 5 + kept.reduce((sum, part) => sum + part.length, 0);
+                    const out = new Uint8Array(size);
+                    out[0] = chunk[0];
+                    new DataView(out.buffer).setUint32(1, kept.length, true);
+                    let offset = 5;
+                    for (const part of kept) {{ out.set(part, offset); offset += part.length; }}
+                    records.put(out, key);
+                }});
+                if (!newest.length) throw new Error('no chunk carried metadata');
+                const parts = [];
+                const head = new Uint8Array(8);
+                new DataView(head.buffer).setBigUint64(0, BigInt(generation), true);
+                parts.push(head);
+                for (const [key, value] of newest) {{
+                    if ({schema} === 2) {{
+                        meta.put(value, new TextDecoder().decode(key));
+                        continue;
+                    }}
+                    const lengths = new Uint8Array(6);
+                    const view = new DataView(lengths.buffer);
+                    view.setUint16(0, key.length, true);
+                    parts.push(lengths.subarray(0, 2), key);
+                    view.setUint32(2, value.length, true);
+                    parts.push(lengths.subarray(2, 6), value);
                 }}
-                if (at !== head.length || head.length <= 8) throw new Error('unexpected head row');
-                meta.put(head.slice(0, 8), 'generation');
+                const row = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0));
+                let offset = 0;
+                for (const part of parts) {{ row.set(part, offset); offset += part.length; }}
+                meta.put(row, 'generation');
                 await new Promise((ok) => {{ tx.oncomplete = ok; }});
                 db.close();
             }})()"#
@@ -136,16 +186,43 @@ mod indexeddb_specifics {
         let promise: js_sys::Promise = js_sys::eval(&script).unwrap().into();
         wasm_bindgen_futures::JsFuture::from(promise)
             .await
-            .expect("the head row was rewritten");
+            .expect("the database was rewritten");
     }
 
-    /// Schema 3 keeps the version vector and HLC in the head row; a
-    /// database whose rows are laid out as schema 2 kept them opens with
-    /// its vector and clock, and new writes never reuse a dot.
+    /// Whether the meta store of IndexedDB database `database` has a row
+    /// `key`.
+    async fn meta_row_exists(database: &str, key: &str) -> bool {
+        let script = format!(
+            r#"(async () => {{
+                const request = (r) => new Promise((ok, fail) => {{ r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); }});
+                const db = await request(indexedDB.open({database:?}));
+                const value = await request(db.transaction('meta').objectStore('meta').get({key:?}));
+                db.close();
+                return value !== undefined;
+            }})()"#
+        );
+        let promise: js_sys::Promise = js_sys::eval(&script).unwrap().into();
+        wasm_bindgen_futures::JsFuture::from(promise)
+            .await
+            .expect("the meta store was read")
+            .is_truthy()
+    }
+
+    /// Schema 4 keeps the version vector and HLC in the chunks; a database
+    /// laid out as schema 3 (a head row carrying them) or schema 2 (rows of
+    /// their own) opens with its vector and clock, new writes never reuse a
+    /// dot, and a full compaction folds the old head in.
     #[wasm_bindgen_test]
-    async fn a_schema_2_head_keeps_its_version_vector_and_clock() {
+    async fn older_head_rows_keep_their_version_vector_and_clock() {
+        for schema in [2, 3] {
+            older_head_rows_for(schema).await;
+        }
+    }
+
+    async fn older_head_rows_for(schema: u32) {
+        let name = format!("legacy-head-{schema}");
         let factory = IndexedDbFactory::new();
-        let db = Database::open(factory.open("legacy-head").await, OpenOptions::default())
+        let db = Database::open(factory.open(&name).await, OpenOptions::default())
             .await
             .unwrap();
         for i in 0..5 {
@@ -159,35 +236,45 @@ mod indexeddb_specifics {
                 loaded.meta.contains_key(meta_keys::HLC),
             )
         };
-        let before = factory.open("legacy-head").await.load().await.unwrap();
+        let before = factory.open(&name).await.load().await.unwrap();
         assert_eq!(stored(&before), (Some(vector.to_bytes()), true));
-        as_schema_2(&format!("pluresdb/{}-legacy-head", factory.run)).await;
-        let legacy = factory.open("legacy-head").await.load().await.unwrap();
+        as_older_schema(&format!("pluresdb/{}-{name}", factory.run), schema).await;
+        let legacy = factory.open(&name).await.load().await.unwrap();
         assert_eq!(
             stored(&legacy),
             (Some(vector.to_bytes()), true),
-            "the rows schema 2 kept on their own are read"
+            "schema {schema}: the old head is read"
         );
         assert_eq!(legacy.generation, before.generation);
 
-        let db = Database::open(factory.open("legacy-head").await, OpenOptions::default())
+        let db = Database::open(factory.open(&name).await, OpenOptions::default())
             .await
             .unwrap();
         assert_eq!(
             db.version_vector(),
             vector,
-            "the vector came from the schema-2 rows"
+            "schema {schema}: the vector came from the old head"
         );
         db.put("k5", json!(5)).await.unwrap();
         let after = db.version_vector();
         assert_ne!(after, vector, "a new write advanced the vector");
         db.close().await.unwrap();
-        let db = Database::open(factory.open("legacy-head").await, OpenOptions::default())
+        // Closing ran the upkeep that waited: a full compaction folded the
+        // old head into its output and removed it.
+        let database = format!("pluresdb/{}-{name}", factory.run);
+        for key in ["generation", meta_keys::VERSION_VECTOR, meta_keys::HLC] {
+            assert!(
+                !meta_row_exists(&database, key).await,
+                "schema {schema}: the old row {key} was folded in and removed"
+            );
+        }
+        let reloaded = factory.open(&name).await.load().await.unwrap();
+        assert_eq!(stored(&reloaded), (Some(after.to_bytes()), true));
+        assert!(reloaded.generation > legacy.generation + 1);
+        let db = Database::open(factory.open(&name).await, OpenOptions::default())
             .await
             .unwrap();
         assert_eq!(db.version_vector(), after);
-        let reloaded = factory.open("legacy-head").await.load().await.unwrap();
-        assert_eq!(stored(&reloaded), (Some(after.to_bytes()), true));
         assert_eq!(db.len(), 6);
         for i in 0..6 {
             assert_eq!(db.get(&format!("k{i}")).unwrap(), Some(json!(i)));

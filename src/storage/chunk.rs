@@ -14,10 +14,14 @@
 //! u8   version = 1
 //! u32  entry count
 //! entries, each:
-//!   u8   kind: 0 = row, 1 = removed (drop every earlier row of this id)
-//!   u32  id length, id bytes (UTF-8)
-//!   if row: u32 length, record encoding
+//!   u8   kind: 0 = row, 1 = removed (drop every earlier row of this id),
+//!        2 = mergeable metadata (version vector, HLC) as of this commit
+//!   u32  id (or metadata key) length, bytes (UTF-8)
+//!   if row or metadata: u32 length, record encoding or metadata value
 //! ```
+//!
+//! Metadata entries let a commit be one value: what the database's
+//! metadata is follows from merging every chunk's (the merge is monotone).
 
 use crate::codec::{Reader, Writer};
 use crate::error::DecodeError;
@@ -27,6 +31,7 @@ pub const CHUNK_ENCODING_VERSION: u8 = 1;
 
 const KIND_ROW: u8 = 0;
 const KIND_REMOVED: u8 = 1;
+const KIND_META: u8 = 2;
 
 /// One entry of a chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,23 +40,36 @@ pub enum ChunkEntry {
     Row(String, Vec<u8>),
     /// Every earlier row of this id is gone (tombstone compaction).
     Removed(String),
+    /// A mergeable metadata row: `(key, value)`.
+    Meta(String, Vec<u8>),
 }
 
-/// Encodes rows and removals as one chunk.
-pub fn encode_chunk(rows: &[(String, Vec<u8>)], removed: &[String]) -> Vec<u8> {
-    let size: usize = rows
-        .iter()
-        .map(|(id, row)| 9 + id.len() + row.len())
-        .sum::<usize>()
-        + removed.iter().map(|id| 5 + id.len()).sum::<usize>();
+/// Encodes rows, removals and mergeable metadata as one chunk.
+pub fn encode_chunk(
+    rows: &[(String, Vec<u8>)],
+    removed: &[String],
+    meta: &[(String, Vec<u8>)],
+) -> Vec<u8> {
+    let blobs = |pairs: &[(String, Vec<u8>)]| {
+        pairs
+            .iter()
+            .map(|(key, value)| 9 + key.len() + value.len())
+            .sum::<usize>()
+    };
+    let size = blobs(rows) + blobs(meta) + removed.iter().map(|id| 5 + id.len()).sum::<usize>();
     let mut writer = Writer::with_capacity(5 + size);
     writer.u8(CHUNK_ENCODING_VERSION);
-    writer.u32(crate::codec::len_u32(rows.len() + removed.len()));
+    writer.u32(crate::codec::len_u32(
+        rows.len() + removed.len() + meta.len(),
+    ));
     for (id, row) in rows {
         writer.u8(KIND_ROW).str(id).blob(row);
     }
     for id in removed {
         writer.u8(KIND_REMOVED).str(id);
+    }
+    for (key, value) in meta {
+        writer.u8(KIND_META).str(key).blob(value);
     }
     writer.finish()
 }
@@ -65,6 +83,7 @@ pub fn encode_entries(entries: &[ChunkEntry]) -> Vec<u8> {
         match entry {
             ChunkEntry::Row(id, row) => writer.u8(KIND_ROW).str(id).blob(row),
             ChunkEntry::Removed(id) => writer.u8(KIND_REMOVED).str(id),
+            ChunkEntry::Meta(key, value) => writer.u8(KIND_META).str(key).blob(value),
         };
     }
     writer.finish()
@@ -89,6 +108,7 @@ pub fn decode_chunk(bytes: &[u8], out: &mut Vec<ChunkEntry>) -> Result<(), Decod
         match kind {
             KIND_ROW => out.push(ChunkEntry::Row(id, reader.blob()?.to_vec())),
             KIND_REMOVED => out.push(ChunkEntry::Removed(id)),
+            KIND_META => out.push(ChunkEntry::Meta(id, reader.blob()?.to_vec())),
             other => {
                 return Err(DecodeError::Invalid(format!(
                     "unknown chunk entry kind {other}"
@@ -101,8 +121,8 @@ pub fn decode_chunk(bytes: &[u8], out: &mut Vec<ChunkEntry>) -> Result<(), Decod
 
 /// Resolves entries in commit order into the rows that are still live:
 /// rows followed by a removal of their id are dropped, and so are the
-/// removals themselves. The result keeps commit order and may hold several
-/// rows for one id.
+/// removals themselves (and metadata entries). The result keeps commit
+/// order and may hold several rows for one id.
 pub fn live_rows(entries: Vec<ChunkEntry>) -> Vec<(String, Vec<u8>)> {
     let mut removed = std::collections::HashSet::new();
     let mut kept = Vec::with_capacity(entries.len());
@@ -116,6 +136,7 @@ pub fn live_rows(entries: Vec<ChunkEntry>) -> Vec<(String, Vec<u8>)> {
                     kept.push((id, row));
                 }
             }
+            ChunkEntry::Meta(..) => {}
         }
     }
     kept.reverse();
@@ -128,14 +149,17 @@ mod tests {
 
     #[test]
     fn chunks_round_trip_and_removals_drop_earlier_rows() {
-        let first = encode_chunk(&[("a".into(), vec![1]), ("b".into(), vec![2])], &[]);
-        let second = encode_chunk(&[("a".into(), vec![3])], &["b".into()]);
-        let third = encode_chunk(&[("b".into(), vec![4])], &[]);
+        let meta = [("vv".to_string(), vec![7, 7])];
+        let first = encode_chunk(&[("a".into(), vec![1]), ("b".into(), vec![2])], &[], &[]);
+        let second = encode_chunk(&[("a".into(), vec![3])], &["b".into()], &meta);
+        let third = encode_chunk(&[("b".into(), vec![4])], &[], &[]);
         let mut entries = Vec::new();
         for chunk in [&first, &second, &third] {
             decode_chunk(chunk, &mut entries).unwrap();
         }
-        assert_eq!(entries.len(), 5);
+        assert_eq!(entries.len(), 6);
+        assert!(entries.contains(&ChunkEntry::Meta("vv".into(), vec![7, 7])));
+        assert_eq!(encode_entries(&entries[2..5]), second);
         assert_eq!(
             live_rows(entries),
             vec![
@@ -148,7 +172,7 @@ mod tests {
 
     #[test]
     fn malformed_chunks_are_errors() {
-        let good = encode_chunk(&[("a".into(), vec![1, 2, 3])], &[]);
+        let good = encode_chunk(&[("a".into(), vec![1, 2, 3])], &[], &[]);
         for cut in 0..good.len() {
             assert!(decode_chunk(&good[..cut], &mut Vec::new()).is_err());
         }

@@ -64,13 +64,19 @@ extern "C" {
     fn acquire_slot_lock(prefix: &str) -> js_sys::Promise;
     #[wasm_bindgen(js_name = openChannel)]
     fn open_channel(name: &str, on_message: &Function) -> JsValue;
+    #[wasm_bindgen(js_name = greatestKey)]
+    fn greatest_key(store: &IdbObjectStore, range: &web_sys::IdbKeyRange) -> js_sys::Promise;
+    #[wasm_bindgen(js_name = announceSoon)]
+    fn announce_soon(channel: &web_sys::BroadcastChannel, message: &Uint8Array);
+    #[wasm_bindgen(js_name = closeChannel)]
+    fn close_channel(channel: &web_sys::BroadcastChannel);
 }
 
 /// The IndexedDB schema version this build creates (1: records and meta;
 /// 2: adds segments; 3: the generation row also carries the mergeable
 /// metadata, so older builds, which expect 8 bytes there, refuse to open
 /// it with `FormatTooNew` instead of reading it as corrupt).
-const SCHEMA_VERSION: u32 = 3;
+const SCHEMA_VERSION: u32 = 4;
 const RECORDS: &str = "records";
 const META: &str = "meta";
 const SEGMENTS: &str = "segments";
@@ -206,11 +212,13 @@ pub struct IndexedDbStorage {
     /// folded into one.
     appended: std::cell::Cell<u32>,
     first_appended: std::cell::Cell<Option<u64>>,
-    /// The mergeable metadata of the stored head as this instance last
-    /// loaded or committed it: while the stored generation is the one it
-    /// expects, that is what is stored, so a commit writes the head without
-    /// reading it first. Updated only once a transaction completed.
-    head: RefCell<Vec<(String, Vec<u8>)>>,
+    /// The generation this instance last loaded, committed or compacted to:
+    /// what its database expects the next commit to find.
+    last_generation: std::cell::Cell<u64>,
+    /// The generation of a head row written by schema 3 or older, as last
+    /// read (0 when there is none): the stored generation is the greater
+    /// of it and the newest chunk's.
+    legacy_generation: std::cell::Cell<u64>,
     connection: RefCell<Option<Connection>>,
     channel: RefCell<Option<Channel>>,
 }
@@ -244,7 +252,8 @@ impl IndexedDbStorage {
             chunks: std::cell::Cell::new(0),
             appended: std::cell::Cell::new(0),
             first_appended: std::cell::Cell::new(None),
-            head: RefCell::new(Vec::new()),
+            last_generation: std::cell::Cell::new(0),
+            legacy_generation: std::cell::Cell::new(0),
             connection: RefCell::new(None),
             channel: RefCell::new(None),
         };
@@ -278,7 +287,7 @@ impl IndexedDbStorage {
             connection.database.close();
         }
         if let Some(channel) = self.channel.borrow_mut().take() {
-            channel.channel.close();
+            close_channel(&channel.channel);
         }
     }
 
@@ -400,8 +409,7 @@ impl IndexedDbStorage {
         let transaction = self.begin_write(segments).await?;
         match self.write_optimistically(&transaction, batch).await {
             Ok(Some(written)) => {
-                let (receipt, head) = transaction.finish(Ok(written)).await?;
-                *self.head.borrow_mut() = head;
+                let receipt = transaction.finish(Ok(written)).await?;
                 self.note_chunk_written(batch, receipt.generation);
                 Ok(receipt)
             }
@@ -410,8 +418,7 @@ impl IndexedDbStorage {
                 let _ = transaction.done.await;
                 let transaction = self.begin_write(segments).await?;
                 let result = self.write(&transaction, batch).await;
-                let (receipt, head) = transaction.finish(result).await?;
-                *self.head.borrow_mut() = head;
+                let receipt = transaction.finish(result).await?;
                 self.note_chunk_written(batch, receipt.generation);
                 Ok(receipt)
             }
@@ -420,9 +427,6 @@ impl IndexedDbStorage {
     }
 
     fn note_chunk_written(&self, batch: &CommitBatch, generation: u64) {
-        if batch.records.is_empty() && batch.removed_records.is_empty() {
-            return;
-        }
         self.chunks.set(self.chunks.get() + 1);
         let bytes: usize = batch
             .records
@@ -444,40 +448,38 @@ impl IndexedDbStorage {
 
     /// Queues the commit as if the stored generation were
     /// `batch.expected_generation`, then checks it: the receipt, or `None`
-    /// when another tab committed in between (the caller aborts).
+    /// when another tab committed in between (the caller aborts). Two
+    /// requests: look for a chunk newer than the expected generation, write
+    /// this commit's chunk.
     async fn write_optimistically(
         &self,
         transaction: &WriteTransaction,
         batch: &CommitBatch,
-    ) -> Result<Option<(CommitReceipt, Head)>, StorageError> {
+    ) -> Result<Option<CommitReceipt>, StorageError> {
         let records = transaction.store(RECORDS)?;
         let meta = transaction.store(META)?;
         // Requests run in order: this read sees the store as it was before
         // the writes below.
-        let stored = meta
-            .get(&JsValue::from_str(GENERATION_KEY))
-            .map_err(|e| storage_error("reading the generation", e))?;
-        let stored = JsFuture::from(request_promise(&stored));
         let generation = batch.expected_generation + 1;
-        let head = with_ours(self.head.borrow().clone(), batch);
-        self.queue_writes(transaction, &records, &meta, batch, generation, &head)?;
-        let stored = stored
-            .await
-            .map_err(|e| storage_error("reading the generation", e))?;
-        if decode_generation(&stored)? != batch.expected_generation {
+        let newer = request(
+            "reading the generation",
+            records.get_key(&chunks_from(generation)?.into()),
+        );
+        self.queue_writes(transaction, &records, &meta, batch, generation)?;
+        let newer = newer.await?;
+        if !newer.is_undefined() || self.legacy_generation.get() > batch.expected_generation {
             return Ok(None);
         }
-        let receipt = CommitReceipt {
+        Ok(Some(CommitReceipt {
             generation,
             merged_records: Vec::new(),
             foreign_records: Vec::new(),
             foreign_meta: Vec::new(),
-        };
-        Ok(Some((receipt, head)))
+        }))
     }
 
-    /// Queues the chunk, the metadata that is not mergeable, segments and
-    /// the new head (generation and mergeable metadata).
+    /// Queues the chunk (rows, removals and mergeable metadata: a commit is
+    /// one value), the metadata that is not mergeable, and segments.
     fn queue_writes(
         &self,
         transaction: &WriteTransaction,
@@ -485,24 +487,24 @@ impl IndexedDbStorage {
         meta: &IdbObjectStore,
         batch: &CommitBatch,
         generation: u64,
-        head: &[(String, Vec<u8>)],
     ) -> Result<(), StorageError> {
         // Every commit is one appended chunk: one value however many rows,
-        // and nothing another tab wrote is ever overwritten.
-        if !batch.records.is_empty() || !batch.removed_records.is_empty() {
-            let chunk = encode_chunk(&batch.records, &batch.removed_records);
-            records
-                .put_with_key(
-                    &Uint8Array::from(chunk.as_slice()),
-                    &chunk_key(generation, 0),
-                )
-                .map_err(|e| storage_error("writing records", e))?;
-        }
-        // Mergeable rows ride in the head row; the rest are rows of their own.
-        for (key, value) in &batch.meta {
-            if MERGEABLE_META.contains(&key.as_str()) {
-                continue;
-            }
+        // and nothing another tab wrote is ever overwritten. Its key is the
+        // stored generation: the newest chunk's tells the next commit
+        // whether another tab committed in between.
+        let (mergeable, other): (Vec<_>, Vec<_>) = batch
+            .meta
+            .iter()
+            .partition(|(key, _)| MERGEABLE_META.contains(&key.as_str()));
+        let mergeable: Vec<(String, Vec<u8>)> = mergeable.into_iter().cloned().collect();
+        let chunk = encode_chunk(&batch.records, &batch.removed_records, &mergeable);
+        records
+            .put_with_key(
+                &Uint8Array::from(chunk.as_slice()),
+                &chunk_key(generation, 0),
+            )
+            .map_err(|e| storage_error("writing records", e))?;
+        for (key, value) in other {
             meta.put_with_key(&Uint8Array::from(value.as_slice()), &JsValue::from_str(key))
                 .map_err(|e| storage_error("writing metadata", e))?;
         }
@@ -519,36 +521,56 @@ impl IndexedDbStorage {
                     .map_err(|e| storage_error("removing an index segment", e))?;
             }
         }
-        write_head(meta, generation, head)
+        Ok(())
+    }
+
+    /// The stored generation, read: the newest chunk's, or a head row's
+    /// from schema 3 and older when that is greater; and that head's
+    /// mergeable metadata.
+    async fn stored_generation(
+        &self,
+        records: &IdbObjectStore,
+        meta: &IdbObjectStore,
+    ) -> Result<(u64, Head), StorageError> {
+        let newest = newest_chunk_key(records);
+        let (legacy_generation, legacy_head) = read_head(meta).await?;
+        let newest = newest
+            .await
+            .map_err(|e| storage_error("reading the generation", e))?;
+        self.legacy_generation.set(legacy_generation);
+        Ok((generation_of(&newest).max(legacy_generation), legacy_head))
     }
 
     async fn write(
         &self,
         transaction: &WriteTransaction,
         batch: &CommitBatch,
-    ) -> Result<(CommitReceipt, Head), StorageError> {
+    ) -> Result<CommitReceipt, StorageError> {
         let records = transaction.store(RECORDS)?;
         let meta = transaction.store(META)?;
-        let (stored_generation, stored_head) = read_head(&meta).await?;
+        let (stored_generation, legacy_head) = self.stored_generation(&records, &meta).await?;
         let stale = stored_generation != batch.expected_generation;
         let generation = stored_generation + 1;
         // Read before this commit's chunk exists, so it is not among them.
-        let foreign_records = if stale {
-            rows_written_after(&records, batch.expected_generation, stored_generation).await?
+        // Another tab may have committed since this one last did: its rows,
+        // version vector and HLC are merged, never overwritten.
+        let (foreign_records, foreign_meta) = if stale {
+            let (rows, mut meta) =
+                written_after(&records, batch.expected_generation, stored_generation).await?;
+            for (key, value) in &legacy_head {
+                merge_into(&mut meta, key, value);
+            }
+            (rows, meta)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
-        // Another tab may have committed since this one last did: the
-        // version vector and HLC it wrote are merged, never overwritten.
-        let head = with_ours(stored_head.clone(), batch);
-        self.queue_writes(transaction, &records, &meta, batch, generation, &head)?;
-        let receipt = CommitReceipt {
+        self.queue_writes(transaction, &records, &meta, batch, generation)?;
+        Ok(CommitReceipt {
             generation,
             merged_records: Vec::new(),
             foreign_records,
-            foreign_meta: if stale { stored_head } else { Vec::new() },
-        };
-        Ok((receipt, head))
+            foreign_meta,
+        })
     }
 
     /// Folds chunks together so loads stay fast and superseded rows are
@@ -563,9 +585,15 @@ impl IndexedDbStorage {
     /// no other tab committed in between, the generation the compaction
     /// wrote is returned, to be the one the next commit expects (else that
     /// commit would find a "foreign" generation and take the slow path).
-    async fn compact_if_needed(&self, committed: u64) -> Result<Option<u64>, StorageError> {
-        let full = self.chunks.get() as usize >= FULL_COMPACTION_CHUNKS;
-        if !full && self.appended.get() < COMPACT_AFTER_CHUNKS {
+    async fn compact_if_needed(
+        &self,
+        committed: u64,
+        after_chunks: u32,
+        fold_legacy_head: bool,
+    ) -> Result<Option<u64>, StorageError> {
+        let full = self.chunks.get() as usize >= FULL_COMPACTION_CHUNKS
+            || (fold_legacy_head && self.legacy_generation.get() > 0);
+        if !full && self.appended.get() < after_chunks {
             return Ok(None);
         }
         let since = self.first_appended.take();
@@ -605,14 +633,29 @@ impl IndexedDbStorage {
     ) -> Result<Option<(Option<u64>, u64, u64)>, StorageError> {
         let records = transaction.store(RECORDS)?;
         let meta = transaction.store(META)?;
-        let (stored, head) = read_head(&meta).await?;
+        let (stored, legacy_head) = self.stored_generation(&records, &meta).await?;
         let generation = stored + 1;
         let (keys, values) = read_chunks(&records, since).await?;
-        if keys.length() < 2 {
+        let full = since.is_none();
+        let legacy = full && self.legacy_generation.get() > 0;
+        if keys.length() < 2 && !legacy {
             return Ok(None);
         }
-        let full = since.is_none();
         let mut entries = Vec::new();
+        if full {
+            // A head row of schema 3 or older is folded in and removed
+            // (the output's generation is above its).
+            entries.extend(
+                legacy_head
+                    .into_iter()
+                    .map(|(key, value)| ChunkEntry::Meta(key, value)),
+            );
+            for key in [GENERATION_KEY].into_iter().chain(MERGEABLE_META) {
+                meta.delete(&JsValue::from_str(key))
+                    .map_err(|e| storage_error("removing the old head", e))?;
+            }
+            self.legacy_generation.set(0);
+        }
         for index in 0..keys.length() {
             decode_entry(&keys.get(index), &values.get(index), &mut entries)?;
         }
@@ -637,7 +680,6 @@ impl IndexedDbStorage {
                 )
                 .map_err(|e| storage_error("writing a compacted chunk", e))?;
         }
-        write_head(&meta, generation, &head)?;
         let folded = keys.iter().filter(|k| k.is_array()).count() as u32;
         self.chunks
             .set(self.chunks.get().saturating_sub(folded) + merged.len() as u32);
@@ -669,24 +711,65 @@ async fn read_chunks(
     ))
 }
 
-/// Every record row in chunks written after generation `since` (a chunk's
-/// key starts with the generation that wrote it; compaction writes its
-/// output under a newer generation, so this may return older rows too,
-/// never fewer). Every row, including rows stored one per record by older
-/// formats, when the stored generation is below `since` (an older copy of
-/// the database replaced the one this writer knew).
-async fn rows_written_after(
+/// Every record row in chunks written after generation `since`, and their
+/// mergeable metadata merged (a chunk's key starts with the generation
+/// that wrote it; compaction writes its output under a newer generation,
+/// so this may return older rows too, never fewer). Every row, including
+/// rows stored one per record by older formats, when the stored generation
+/// is below `since` (an older copy of the database replaced the one this
+/// writer knew).
+async fn written_after(
     records: &IdbObjectStore,
     since: u64,
     stored_generation: u64,
-) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+) -> Result<(Vec<(String, Vec<u8>)>, Head), StorageError> {
     let from = (stored_generation >= since).then_some(since + 1);
     let (keys, values) = read_chunks(records, from).await?;
     let mut entries = Vec::new();
     for (key, value) in keys.iter().zip(values.iter()) {
         decode_entry(&key, &value, &mut entries)?;
     }
-    Ok(live_rows(entries))
+    let meta = merged_meta(&entries);
+    Ok((live_rows(entries), meta))
+}
+
+/// The mergeable metadata of `entries`, merged.
+fn merged_meta(entries: &[ChunkEntry]) -> Head {
+    let mut meta = Vec::new();
+    for entry in entries {
+        if let ChunkEntry::Meta(key, value) = entry {
+            merge_into(&mut meta, key, value);
+        }
+    }
+    meta
+}
+
+/// Queues a read of the greatest chunk key (`null` without chunks): one
+/// request, issued now, so it sees the store as it is before requests
+/// queued after it. A cursor walking backwards skips what compactions
+/// deleted, so commits look forward from the generation they expect
+/// instead (`chunks_from`).
+fn newest_chunk_key(records: &IdbObjectStore) -> JsFuture {
+    // Chunk keys are arrays, which sort after every other key; the empty
+    // array is the least of them.
+    match web_sys::IdbKeyRange::lower_bound(&Array::new()) {
+        Ok(chunks) => JsFuture::from(greatest_key(records, &chunks)),
+        Err(error) => JsFuture::from(js_sys::Promise::reject(&error)),
+    }
+}
+
+/// Every chunk key of generation `generation` or later.
+fn chunks_from(generation: u64) -> Result<web_sys::IdbKeyRange, StorageError> {
+    web_sys::IdbKeyRange::lower_bound(&Array::of1(&(generation as f64).into()))
+        .map_err(|e| storage_error("selecting chunks", e))
+}
+
+/// The generation a chunk key starts with (0 for anything else).
+fn generation_of(key: &JsValue) -> u64 {
+    if !Array::is_array(key) {
+        return 0;
+    }
+    Array::from(key).get(0).as_f64().unwrap_or(0.0) as u64
 }
 
 /// Appends what one value of the records store holds: a row stored one per
@@ -710,6 +793,9 @@ fn decode_entry(
 
 /// Fold what this instance appended once it appended this many chunks.
 const COMPACT_AFTER_CHUNKS: u32 = 32;
+/// Chunks appended after which a commit compacts at once instead of
+/// waiting for writes to pause (a long run of awaited single writes).
+const COMPACT_AT_ONCE_AFTER_CHUNKS: u32 = 128;
 /// Chunks of at least this many bytes are never folded by a partial
 /// compaction.
 const SMALL_CHUNK_BYTES: usize = 1024 * 1024;
@@ -726,8 +812,10 @@ fn merge_entries(entries: Vec<ChunkEntry>, full: bool) -> Vec<Vec<u8>> {
     let mut order: Vec<String> = Vec::new();
     let mut rows: std::collections::HashMap<String, Vec<Vec<u8>>> = Default::default();
     let mut removed: Vec<String> = Vec::new();
+    let mut meta: Head = Vec::new();
     for entry in entries {
         match entry {
+            ChunkEntry::Meta(key, value) => merge_into(&mut meta, &key, &value),
             ChunkEntry::Removed(id) => {
                 rows.remove(&id);
                 if !full && !removed.contains(&id) {
@@ -751,7 +839,11 @@ fn merge_entries(entries: Vec<ChunkEntry>, full: bool) -> Vec<Vec<u8>> {
         }
     }
     let mut chunks = Vec::new();
-    let mut current: Vec<ChunkEntry> = removed.into_iter().map(ChunkEntry::Removed).collect();
+    let mut current: Vec<ChunkEntry> = meta
+        .into_iter()
+        .map(|(key, value)| ChunkEntry::Meta(key, value))
+        .chain(removed.into_iter().map(ChunkEntry::Removed))
+        .collect();
     let mut size = 0;
     for id in order {
         for bytes in rows.remove(&id).unwrap_or_default() {
@@ -854,19 +946,6 @@ fn merge_into(rows: &mut Vec<(String, Vec<u8>)>, key: &str, value: &[u8]) {
     }
 }
 
-fn write_head(
-    meta: &IdbObjectStore,
-    generation: u64,
-    mergeable: &[(String, Vec<u8>)],
-) -> Result<(), StorageError> {
-    meta.put_with_key(
-        &Uint8Array::from(encode_head(generation, mergeable).as_slice()),
-        &JsValue::from_str(GENERATION_KEY),
-    )
-    .map(|_| ())
-    .map_err(|e| storage_error("writing the generation", e))
-}
-
 fn upgrade_schema(database: &IdbDatabase, old_version: u32) {
     // Each version adds its stores, guarded by `old_version`; creating a
     // store that exists would throw.
@@ -878,40 +957,19 @@ fn upgrade_schema(database: &IdbDatabase, old_version: u32) {
     if old_version < 2 {
         let _ = database.create_object_store(SEGMENTS);
     }
-    // 3 changes the generation row's value only (see `encode_head`).
+    // 3 changed the generation row's value only (see `decode_head`); 4
+    // stopped writing it: chunks carry the metadata, and the newest
+    // chunk's key is the generation (a head row left by 3 is read until a
+    // full compaction folds it in).
 }
 
 /// The mergeable metadata a head row carries.
 type Head = Vec<(String, Vec<u8>)>;
 
-/// `head` with this commit's mergeable metadata merged in.
-fn with_ours(mut head: Head, batch: &CommitBatch) -> Head {
-    for (key, value) in &batch.meta {
-        if MERGEABLE_META.contains(&key.as_str()) {
-            merge_into(&mut head, key, value);
-        }
-    }
-    head
-}
-
-/// The generation row (the *head*): the generation (u64 LE), then the
-/// mergeable metadata of the last commit (version vector, HLC) as
-/// `u16 key length, key, u32 value length, value`. Keeping them in the one
-/// row every commit writes anyway saves two requests per commit, and in
-/// IndexedDB each request in a transaction costs about as much as the
-/// write itself (an awaited single `put` went from 5 requests to 3).
-/// Rows of 8 bytes (schema 2) carry the generation alone.
-fn encode_head(generation: u64, mergeable: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut bytes = generation.to_le_bytes().to_vec();
-    for (key, value) in mergeable {
-        bytes.extend_from_slice(&(key.len() as u16).to_le_bytes());
-        bytes.extend_from_slice(key.as_bytes());
-        bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(value);
-    }
-    bytes
-}
-
+/// The head row of schema 3 and older (`meta/generation`, no longer
+/// written): the generation (u64 LE), then the mergeable metadata of the
+/// last commit (version vector, HLC) as `u16 key length, key, u32 value
+/// length, value`. Rows of 8 bytes (schema 2) carry the generation alone.
 /// The generation and mergeable metadata of a head row (`undefined`: a new
 /// database, generation 0).
 fn decode_head(value: &JsValue) -> Result<(u64, Head), StorageError> {
@@ -948,10 +1006,6 @@ fn decode_head(value: &JsValue) -> Result<(u64, Head), StorageError> {
         rest = tail;
     }
     Ok((u64::from_le_bytes(*generation), mergeable))
-}
-
-fn decode_generation(value: &JsValue) -> Result<u64, StorageError> {
-    decode_head(value).map(|(generation, _)| generation)
 }
 
 struct LockRelease(Function);
@@ -995,20 +1049,27 @@ impl Storage for IndexedDbStorage {
         let (keys, values) = pairs(0);
         let mut entries = Vec::new();
         let mut chunks = 0u32;
+        let mut newest_chunk = 0;
         for (key, value) in keys.iter().zip(values.iter()) {
             chunks += u32::from(key.is_array());
+            newest_chunk = newest_chunk.max(generation_of(&key));
             decode_entry(&key, &value, &mut entries)?;
         }
         self.chunks.set(chunks);
+        // The database's mergeable metadata: every chunk's, merged (with a
+        // head row's of schema 3 and older, below).
+        let mut head = merged_meta(&entries);
         state.records = live_rows(entries);
+        let mut legacy_generation = 0;
         let (keys, values) = pairs(1);
-        let mut head = Vec::new();
         for (key, value) in keys.iter().zip(values.iter()) {
             let key = key.as_string().unwrap_or_default();
             if key == GENERATION_KEY {
                 let (generation, mergeable) = decode_head(&value)?;
-                state.generation = generation;
-                head.extend(mergeable);
+                legacy_generation = generation;
+                for (key, value) in &mergeable {
+                    merge_into(&mut head, key, value);
+                }
             } else {
                 state.meta.insert(key, bytes_of(&value).unwrap_or_default());
             }
@@ -1020,10 +1081,12 @@ impl Storage for IndexedDbStorage {
                 merge_into(&mut head, key, &legacy);
             }
         }
-        for (key, value) in &head {
-            state.meta.insert(key.clone(), value.clone());
+        for (key, value) in head {
+            state.meta.insert(key, value);
         }
-        *self.head.borrow_mut() = head;
+        self.legacy_generation.set(legacy_generation);
+        state.generation = newest_chunk.max(legacy_generation);
+        self.last_generation.set(state.generation);
         let (keys, values) = pairs(2);
         for (key, value) in keys.iter().zip(values.iter()) {
             let id = key.as_string().unwrap_or_default();
@@ -1067,10 +1130,18 @@ impl Storage for IndexedDbStorage {
             }
             Err((error, _)) => return Err(error),
         };
-        // Compaction is housekeeping: the commit is durable either way.
+        // Compaction is upkeep: the commit is durable either way. It waits
+        // for writes to pause (`housekeeping`) unless chunks pile up.
         let mut receipt = receipt;
-        match self.compact_if_needed(receipt.generation).await {
-            Ok(Some(generation)) => receipt.generation = generation,
+        self.last_generation.set(receipt.generation);
+        match self
+            .compact_if_needed(receipt.generation, COMPACT_AT_ONCE_AFTER_CHUNKS, false)
+            .await
+        {
+            Ok(Some(generation)) => {
+                receipt.generation = generation;
+                self.last_generation.set(generation);
+            }
             Ok(None) => {}
             Err(error) => {
                 tracing::warn!(%error, "IndexedDB compaction failed; it is retried after a later commit");
@@ -1079,9 +1150,38 @@ impl Storage for IndexedDbStorage {
         Ok(receipt)
     }
 
+    /// A closing database leaves its chunks folded: upkeep that waited for
+    /// a pause runs now.
+    async fn close(&self) -> Result<(), StorageError> {
+        if self.housekeeping_due() {
+            if let Err(error) = self.housekeeping().await {
+                tracing::warn!(%error, "IndexedDB compaction at close failed; it is retried later");
+            }
+        }
+        Ok(())
+    }
+
+    /// Due when enough chunks were appended, or when a head row of schema 3
+    /// or older is left to fold in (a full compaction, once).
+    fn housekeeping_due(&self) -> bool {
+        self.appended.get() >= COMPACT_AFTER_CHUNKS
+            || self.chunks.get() as usize >= FULL_COMPACTION_CHUNKS
+            || self.legacy_generation.get() > 0
+    }
+
+    async fn housekeeping(&self) -> Result<Option<u64>, StorageError> {
+        let compacted = self
+            .compact_if_needed(self.last_generation.get(), COMPACT_AFTER_CHUNKS, true)
+            .await?;
+        if let Some(generation) = compacted {
+            self.last_generation.set(generation);
+        }
+        Ok(compacted)
+    }
+
     fn announce(&self, message: &[u8]) {
         if let Some(channel) = self.channel.borrow().as_ref() {
-            let _ = channel.channel.post_message(&Uint8Array::from(message));
+            announce_soon(&channel.channel, &Uint8Array::from(message));
         }
     }
 

@@ -250,6 +250,20 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
         }
     }
 
+    /// Whether [`housekeeping`](Self::housekeeping) has work to do. The
+    /// database runs it once no write has come for a moment, so that it
+    /// costs no awaited write anything.
+    fn housekeeping_due(&self) -> bool {
+        false
+    }
+
+    /// Upkeep deferred from commits (IndexedDB folds chunks). Returns the
+    /// generation it wrote when the next commit should expect that one
+    /// instead of the last commit's.
+    fn housekeeping(&self) -> impl Future<Output = Result<Option<u64>, StorageError>> + MaybeSend {
+        async { Ok(None) }
+    }
+
     /// Called once when the database closes, after the last commit: a chance
     /// to leave files tidy (SQLite folds its write-ahead log back).
     fn close(&self) -> impl Future<Output = Result<(), StorageError>> + MaybeSend {

@@ -42,6 +42,20 @@ impl Storage for BrowserStorage {
         }
     }
 
+    fn housekeeping_due(&self) -> bool {
+        match self {
+            Self::Memory(s) => s.housekeeping_due(),
+            Self::IndexedDb(s) => s.housekeeping_due(),
+        }
+    }
+
+    async fn housekeeping(&self) -> Result<Option<u64>, StorageError> {
+        match self {
+            Self::Memory(s) => s.housekeeping().await,
+            Self::IndexedDb(s) => s.housekeeping().await,
+        }
+    }
+
     async fn close(&self) -> Result<(), StorageError> {
         match self {
             Self::Memory(s) => s.close().await,

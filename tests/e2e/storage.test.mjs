@@ -258,7 +258,7 @@ test('an older IndexedDB schema is upgraded; a blocked upgrade is a clear error'
   assert.match(result.blocked.message, /close other tabs/);
   assert.deepEqual(result.kept, { from: 'schema 1' });
   assert.deepEqual(result.stores, ['meta', 'records', 'segments']);
-  assert.equal(result.version, 3);
+  assert.equal(result.version, 4);
   assert.deepEqual(result.format, [2, 0, 0, 0]);
   await page.close();
 });
