@@ -1039,27 +1039,24 @@ async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::Unbou
             let _ = reply.send(());
             return;
         }
-        // Storage upkeep waits until writes pause, so no awaited write pays
-        // for it.
+        // Storage upkeep waits until writes pause: the callers whose
+        // promises just resolved have had their turn and queued nothing.
+        // So an awaited write does not wait for it, and a run of awaited
+        // writes puts it off (the backend then does it at once, rarely).
         if shared.storage.housekeeping_due() {
-            let idle = Box::pin(platform::sleep(HOUSEKEEPING_AFTER_IDLE));
-            match futures::future::select(jobs.next(), idle).await {
-                futures::future::Either::Left((Some(job), _)) => next_job = Some(job),
-                futures::future::Either::Left((None, _)) => return,
-                futures::future::Either::Right(_) => match shared.storage.housekeeping().await {
-                    Ok(Some(generation)) => shared.state().generation = generation,
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "storage upkeep failed; it is retried later")
-                    }
-                },
+            platform::yield_to_callers().await;
+            if let Ok(job) = jobs.try_recv() {
+                next_job = Some(job);
+                continue;
+            }
+            match shared.storage.housekeeping().await {
+                Ok(Some(generation)) => shared.state().generation = generation,
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "storage upkeep failed; it is retried later"),
             }
         }
     }
 }
-
-/// How long no write may come before storage upkeep runs.
-const HOUSEKEEPING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Records encoded per chunk of a streamed commit.
 #[cfg(not(target_arch = "wasm32"))]

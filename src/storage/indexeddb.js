@@ -88,17 +88,6 @@ export function beginWrite(db, names, relaxed) {
 }
 
 
-// The greatest key of `store` in `range`, or null: one request, issued
-// before this returns, so it sees the store as it is before requests queued
-// after it in the same transaction.
-export function greatestKey(store, range) {
-  return new Promise((resolve, reject) => {
-    const request = store.openKeyCursor(range, 'prev');
-    request.onsuccess = () => resolve(request.result ? request.result.key : null);
-    request.onerror = () => reject(request.error);
-  });
-}
-
 // Reads a whole store as [keys, values] in key order, in one transaction
 // together with the other stores read by the same call.
 export function readStores(db, names) {

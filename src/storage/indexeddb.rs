@@ -64,8 +64,6 @@ extern "C" {
     fn acquire_slot_lock(prefix: &str) -> js_sys::Promise;
     #[wasm_bindgen(js_name = openChannel)]
     fn open_channel(name: &str, on_message: &Function) -> JsValue;
-    #[wasm_bindgen(js_name = greatestKey)]
-    fn greatest_key(store: &IdbObjectStore, range: &web_sys::IdbKeyRange) -> js_sys::Promise;
     #[wasm_bindgen(js_name = announceSoon)]
     fn announce_soon(channel: &web_sys::BroadcastChannel, message: &Uint8Array);
     #[wasm_bindgen(js_name = closeChannel)]
@@ -219,6 +217,10 @@ pub struct IndexedDbStorage {
     /// read (0 when there is none): the stored generation is the greater
     /// of it and the newest chunk's.
     legacy_generation: std::cell::Cell<u64>,
+    /// That head's mergeable metadata (and schema 2's rows of their own),
+    /// as loaded: never written since, only folded in and removed by a
+    /// full compaction.
+    legacy_head: RefCell<Head>,
     connection: RefCell<Option<Connection>>,
     channel: RefCell<Option<Channel>>,
 }
@@ -254,6 +256,7 @@ impl IndexedDbStorage {
             first_appended: std::cell::Cell::new(None),
             last_generation: std::cell::Cell::new(0),
             legacy_generation: std::cell::Cell::new(0),
+            legacy_head: RefCell::new(Vec::new()),
             connection: RefCell::new(None),
             channel: RefCell::new(None),
         };
@@ -524,23 +527,6 @@ impl IndexedDbStorage {
         Ok(())
     }
 
-    /// The stored generation, read: the newest chunk's, or a head row's
-    /// from schema 3 and older when that is greater; and that head's
-    /// mergeable metadata.
-    async fn stored_generation(
-        &self,
-        records: &IdbObjectStore,
-        meta: &IdbObjectStore,
-    ) -> Result<(u64, Head), StorageError> {
-        let newest = newest_chunk_key(records);
-        let (legacy_generation, legacy_head) = read_head(meta).await?;
-        let newest = newest
-            .await
-            .map_err(|e| storage_error("reading the generation", e))?;
-        self.legacy_generation.set(legacy_generation);
-        Ok((generation_of(&newest).max(legacy_generation), legacy_head))
-    }
-
     async fn write(
         &self,
         transaction: &WriteTransaction,
@@ -548,22 +534,16 @@ impl IndexedDbStorage {
     ) -> Result<CommitReceipt, StorageError> {
         let records = transaction.store(RECORDS)?;
         let meta = transaction.store(META)?;
-        let (stored_generation, legacy_head) = self.stored_generation(&records, &meta).await?;
-        let stale = stored_generation != batch.expected_generation;
-        let generation = stored_generation + 1;
-        // Read before this commit's chunk exists, so it is not among them.
-        // Another tab may have committed since this one last did: its rows,
-        // version vector and HLC are merged, never overwritten.
-        let (foreign_records, foreign_meta) = if stale {
-            let (rows, mut meta) =
-                written_after(&records, batch.expected_generation, stored_generation).await?;
-            for (key, value) in &legacy_head {
-                merge_into(&mut meta, key, value);
-            }
-            (rows, meta)
-        } else {
-            (Vec::new(), Vec::new())
-        };
+        // Another tab committed since this one last did: its chunks (read
+        // before this commit's exists, so it is not among them) give the
+        // stored generation, and their rows, version vector and HLC are
+        // merged, never overwritten.
+        let (newest, foreign_records, foreign_meta) =
+            written_after(&records, batch.expected_generation).await?;
+        let generation = newest
+            .max(batch.expected_generation)
+            .max(self.legacy_generation.get())
+            + 1;
         self.queue_writes(transaction, &records, &meta, batch, generation)?;
         Ok(CommitReceipt {
             generation,
@@ -616,6 +596,11 @@ impl IndexedDbStorage {
         else {
             return Ok(None);
         };
+        if full {
+            // The old head row, if any, is folded in and gone.
+            self.legacy_generation.set(0);
+            self.legacy_head.borrow_mut().clear();
+        }
         if let Some(output) = small_output {
             self.first_appended.set(Some(output));
         }
@@ -633,9 +618,14 @@ impl IndexedDbStorage {
     ) -> Result<Option<(Option<u64>, u64, u64)>, StorageError> {
         let records = transaction.store(RECORDS)?;
         let meta = transaction.store(META)?;
-        let (stored, legacy_head) = self.stored_generation(&records, &meta).await?;
-        let generation = stored + 1;
         let (keys, values) = read_chunks(&records, since).await?;
+        // What was read reaches the newest chunk (a suffix, or everything),
+        // so the output goes above all of it (and above an old head row).
+        let stored = keys
+            .iter()
+            .map(|key| generation_of(&key))
+            .fold(self.legacy_generation.get(), u64::max);
+        let generation = stored + 1;
         let full = since.is_none();
         let legacy = full && self.legacy_generation.get() > 0;
         if keys.length() < 2 && !legacy {
@@ -646,7 +636,9 @@ impl IndexedDbStorage {
             // A head row of schema 3 or older is folded in and removed
             // (the output's generation is above its).
             entries.extend(
-                legacy_head
+                self.legacy_head
+                    .borrow()
+                    .clone()
                     .into_iter()
                     .map(|(key, value)| ChunkEntry::Meta(key, value)),
             );
@@ -654,7 +646,6 @@ impl IndexedDbStorage {
                 meta.delete(&JsValue::from_str(key))
                     .map_err(|e| storage_error("removing the old head", e))?;
             }
-            self.legacy_generation.set(0);
         }
         for index in 0..keys.length() {
             decode_entry(&keys.get(index), &values.get(index), &mut entries)?;
@@ -711,26 +702,24 @@ async fn read_chunks(
     ))
 }
 
-/// Every record row in chunks written after generation `since`, and their
-/// mergeable metadata merged (a chunk's key starts with the generation
-/// that wrote it; compaction writes its output under a newer generation,
-/// so this may return older rows too, never fewer). Every row, including
-/// rows stored one per record by older formats, when the stored generation
-/// is below `since` (an older copy of the database replaced the one this
-/// writer knew).
+/// The newest generation among chunks written after generation `since`
+/// (0 when there are none), their record rows, and their mergeable
+/// metadata merged (a chunk's key starts with the generation that wrote
+/// it; compaction writes its output under a newer generation, so this may
+/// return older rows too, never fewer).
 async fn written_after(
     records: &IdbObjectStore,
     since: u64,
-    stored_generation: u64,
-) -> Result<(Vec<(String, Vec<u8>)>, Head), StorageError> {
-    let from = (stored_generation >= since).then_some(since + 1);
-    let (keys, values) = read_chunks(records, from).await?;
+) -> Result<(u64, Vec<(String, Vec<u8>)>, Head), StorageError> {
+    let (keys, values) = read_chunks(records, Some(since + 1)).await?;
     let mut entries = Vec::new();
+    let mut newest = 0;
     for (key, value) in keys.iter().zip(values.iter()) {
+        newest = newest.max(generation_of(&key));
         decode_entry(&key, &value, &mut entries)?;
     }
     let meta = merged_meta(&entries);
-    Ok((live_rows(entries), meta))
+    Ok((newest, live_rows(entries), meta))
 }
 
 /// The mergeable metadata of `entries`, merged.
@@ -742,20 +731,6 @@ fn merged_meta(entries: &[ChunkEntry]) -> Head {
         }
     }
     meta
-}
-
-/// Queues a read of the greatest chunk key (`null` without chunks): one
-/// request, issued now, so it sees the store as it is before requests
-/// queued after it. A cursor walking backwards skips what compactions
-/// deleted, so commits look forward from the generation they expect
-/// instead (`chunks_from`).
-fn newest_chunk_key(records: &IdbObjectStore) -> JsFuture {
-    // Chunk keys are arrays, which sort after every other key; the empty
-    // array is the least of them.
-    match web_sys::IdbKeyRange::lower_bound(&Array::new()) {
-        Ok(chunks) => JsFuture::from(greatest_key(records, &chunks)),
-        Err(error) => JsFuture::from(js_sys::Promise::reject(&error)),
-    }
 }
 
 /// Every chunk key of generation `generation` or later.
@@ -920,24 +895,6 @@ fn chunk_key(generation: u64, part: u32) -> JsValue {
     Array::of2(&(generation as f64).into(), &f64::from(part).into()).into()
 }
 
-/// The stored head: generation and mergeable metadata (merged with rows
-/// of those keys that schema 2 stored on their own).
-async fn read_head(meta: &IdbObjectStore) -> Result<(u64, Head), StorageError> {
-    let value = request(
-        "reading the generation",
-        meta.get(&JsValue::from_str(GENERATION_KEY)),
-    )
-    .await?;
-    let (generation, mut mergeable) = decode_head(&value)?;
-    for key in MERGEABLE_META {
-        let stored = request("reading metadata", meta.get(&JsValue::from_str(key))).await?;
-        if let Some(legacy) = bytes_of(&stored) {
-            merge_into(&mut mergeable, key, &legacy);
-        }
-    }
-    Ok((generation, mergeable))
-}
-
 /// Merges `value` into the entry of `key` (or adds it).
 fn merge_into(rows: &mut Vec<(String, Vec<u8>)>, key: &str, value: &[u8]) {
     match rows.iter_mut().find(|(k, _)| k == key) {
@@ -1061,15 +1018,14 @@ impl Storage for IndexedDbStorage {
         let mut head = merged_meta(&entries);
         state.records = live_rows(entries);
         let mut legacy_generation = 0;
+        let mut legacy_head = Vec::new();
         let (keys, values) = pairs(1);
         for (key, value) in keys.iter().zip(values.iter()) {
             let key = key.as_string().unwrap_or_default();
             if key == GENERATION_KEY {
                 let (generation, mergeable) = decode_head(&value)?;
                 legacy_generation = generation;
-                for (key, value) in &mergeable {
-                    merge_into(&mut head, key, value);
-                }
+                legacy_head = mergeable;
             } else {
                 state.meta.insert(key, bytes_of(&value).unwrap_or_default());
             }
@@ -1078,9 +1034,13 @@ impl Storage for IndexedDbStorage {
         // with the head's (merging is monotone, so either may be newer).
         for key in MERGEABLE_META {
             if let Some(legacy) = state.meta.remove(key) {
-                merge_into(&mut head, key, &legacy);
+                merge_into(&mut legacy_head, key, &legacy);
             }
         }
+        for (key, value) in &legacy_head {
+            merge_into(&mut head, key, value);
+        }
+        *self.legacy_head.borrow_mut() = legacy_head;
         for (key, value) in head {
             state.meta.insert(key, value);
         }
