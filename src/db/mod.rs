@@ -1044,10 +1044,22 @@ async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::Unbou
         // So an awaited write does not wait for it, and a run of awaited
         // writes puts it off (the backend then does it at once, rarely).
         if shared.storage.housekeeping_due() {
-            platform::yield_to_callers().await;
-            if let Ok(job) = jobs.try_recv() {
-                next_job = Some(job);
-                continue;
+            // A write queued meanwhile is taken at once, not after the yield.
+            let mut paused = Box::pin(platform::yield_to_callers());
+            let next = futures::future::poll_fn(|cx| match jobs.poll_next_unpin(cx) {
+                std::task::Poll::Ready(job) => std::task::Poll::Ready(Some(job)),
+                std::task::Poll::Pending => {
+                    std::future::Future::poll(paused.as_mut(), cx).map(|()| None)
+                }
+            })
+            .await;
+            match next {
+                Some(Some(job)) => {
+                    next_job = Some(job);
+                    continue;
+                }
+                Some(None) => return,
+                None => {}
             }
             match shared.storage.housekeeping().await {
                 Ok(Some(generation)) => shared.state().generation = generation,

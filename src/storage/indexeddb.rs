@@ -495,19 +495,21 @@ impl IndexedDbStorage {
         // and nothing another tab wrote is ever overwritten. Its key is the
         // stored generation: the newest chunk's tells the next commit
         // whether another tab committed in between.
-        let (mergeable, other): (Vec<_>, Vec<_>) = batch
+        let mergeable = |key: &String| MERGEABLE_META.contains(&key.as_str());
+        let chunk_meta: Vec<_> = batch
             .meta
             .iter()
-            .partition(|(key, _)| MERGEABLE_META.contains(&key.as_str()));
-        let mergeable: Vec<(String, Vec<u8>)> = mergeable.into_iter().cloned().collect();
-        let chunk = encode_chunk(&batch.records, &batch.removed_records, &mergeable);
+            .filter(|(key, _)| mergeable(key))
+            .cloned()
+            .collect();
+        let chunk = encode_chunk(&batch.records, &batch.removed_records, &chunk_meta);
         records
             .put_with_key(
                 &Uint8Array::from(chunk.as_slice()),
                 &chunk_key(generation, 0),
             )
             .map_err(|e| storage_error("writing records", e))?;
-        for (key, value) in other {
+        for (key, value) in batch.meta.iter().filter(|(key, _)| !mergeable(key)) {
             meta.put_with_key(&Uint8Array::from(value.as_slice()), &JsValue::from_str(key))
                 .map_err(|e| storage_error("writing metadata", e))?;
         }
@@ -604,7 +606,11 @@ impl IndexedDbStorage {
         if let Some(output) = small_output {
             self.first_appended.set(Some(output));
         }
-        Ok((folded_after == committed).then_some(generation))
+        if folded_after != committed {
+            return Ok(None);
+        }
+        self.last_generation.set(generation);
+        Ok(Some(generation))
     }
 
     /// Folds the chunks from generation `since` on, or everything: `None`
@@ -642,9 +648,10 @@ impl IndexedDbStorage {
                     .into_iter()
                     .map(|(key, value)| ChunkEntry::Meta(key, value)),
             );
+            // (A delete throws only in an inactive transaction, where the
+            // writes below fail too.)
             for key in [GENERATION_KEY].into_iter().chain(MERGEABLE_META) {
-                meta.delete(&JsValue::from_str(key))
-                    .map_err(|e| storage_error("removing the old head", e))?;
+                let _ = meta.delete(&JsValue::from_str(key));
             }
         }
         for index in 0..keys.length() {
@@ -933,32 +940,24 @@ fn decode_head(value: &JsValue) -> Result<(u64, Head), StorageError> {
     if value.is_undefined() || value.is_null() {
         return Ok((0, Vec::new()));
     }
-    let corrupt = |reason: &str| StorageError::Corrupt {
+    let corrupt = || StorageError::Corrupt {
         store: META.into(),
         key: GENERATION_KEY.into(),
-        reason: reason.into(),
+        reason: "a truncated or malformed head row".into(),
     };
     let bytes = bytes_of(value).unwrap_or_default();
-    let (generation, mut rest) = bytes
-        .split_first_chunk::<8>()
-        .ok_or_else(|| corrupt("shorter than 8 bytes"))?;
+    let (generation, mut rest) = bytes.split_first_chunk::<8>().ok_or_else(corrupt)?;
     let mut mergeable = Vec::new();
     while !rest.is_empty() {
-        let (length, tail) = rest
-            .split_first_chunk::<2>()
-            .ok_or_else(|| corrupt("a truncated key length"))?;
-        let length = usize::from(u16::from_le_bytes(*length));
+        let (length, tail) = rest.split_first_chunk::<2>().ok_or_else(corrupt)?;
         let (key, tail) = tail
-            .split_at_checked(length)
-            .ok_or_else(|| corrupt("a truncated key"))?;
-        let key = std::str::from_utf8(key).map_err(|_| corrupt("a key that is not UTF-8"))?;
-        let (length, tail) = tail
-            .split_first_chunk::<4>()
-            .ok_or_else(|| corrupt("a truncated value length"))?;
-        let length = u32::from_le_bytes(*length) as usize;
+            .split_at_checked(usize::from(u16::from_le_bytes(*length)))
+            .ok_or_else(corrupt)?;
+        let key = std::str::from_utf8(key).map_err(|_| corrupt())?;
+        let (length, tail) = tail.split_first_chunk::<4>().ok_or_else(corrupt)?;
         let (value, tail) = tail
-            .split_at_checked(length)
-            .ok_or_else(|| corrupt("a truncated value"))?;
+            .split_at_checked(u32::from_le_bytes(*length) as usize)
+            .ok_or_else(corrupt)?;
         mergeable.push((key.to_owned(), value.to_vec()));
         rest = tail;
     }
@@ -1098,10 +1097,7 @@ impl Storage for IndexedDbStorage {
             .compact_if_needed(receipt.generation, COMPACT_AT_ONCE_AFTER_CHUNKS, false)
             .await
         {
-            Ok(Some(generation)) => {
-                receipt.generation = generation;
-                self.last_generation.set(generation);
-            }
+            Ok(Some(generation)) => receipt.generation = generation,
             Ok(None) => {}
             Err(error) => {
                 tracing::warn!(%error, "IndexedDB compaction failed; it is retried after a later commit");
@@ -1130,13 +1126,8 @@ impl Storage for IndexedDbStorage {
     }
 
     async fn housekeeping(&self) -> Result<Option<u64>, StorageError> {
-        let compacted = self
-            .compact_if_needed(self.last_generation.get(), COMPACT_AFTER_CHUNKS, true)
-            .await?;
-        if let Some(generation) = compacted {
-            self.last_generation.set(generation);
-        }
-        Ok(compacted)
+        self.compact_if_needed(self.last_generation.get(), COMPACT_AFTER_CHUNKS, true)
+            .await
     }
 
     fn announce(&self, message: &[u8]) {
