@@ -119,24 +119,38 @@ export async function acquireSlotLock(prefix) {
   }
 }
 
-// Announcements to other tabs are posted after the current task, so a
-// write's promise resolves (and the app issues its next write, starting the
-// next transaction) before the message is cloned and sent: posting cost an
-// awaited put about a fifth of its time. Messages still waiting when the
-// page is hidden or the channel closes are posted then; one lost to a
-// worker being killed only delays other tabs (they read storage anyway).
-const unposted = new Map();
+// Other instances of one database (tabs, workers, service workers) learn of
+// each other's commits on a BroadcastChannel. Posting costs an awaited put
+// noticeably even after it resolved (about a seventh of its time, 1 KB
+// documents), so an instance that knows of no other posts nothing:
+//
+// - Joining (when the storage opens, before it loads) posts 'hello'; an
+//   instance that hears 'hello' answers 'here'. Hearing either means others
+//   exist, and from then on every commit is posted.
+// - While alone, an instance keeps what it would have posted in the last
+//   REPLAY_MS (at most REPLAY_BYTES) and posts it on first hearing of
+//   another: a newcomer's load may have started before a commit whose
+//   message was skipped, and its 'hello' arrives within milliseconds, far
+//   inside that window. Merging a message twice changes nothing.
+// - Messages are posted after the current task, so a write's promise
+//   resolves (and the app's next write starts its transaction) first.
+//   Messages still waiting are posted when the page is hidden or the
+//   channel closes; one lost to a worker being killed only delays other
+//   instances (they read storage anyway).
+const REPLAY_MS = 5000;
+const REPLAY_BYTES = 8 * 1024 * 1024;
+const unposted = new Set();
 let flushScheduled = false;
 
 function postAll(only) {
-  for (const [channel, messages] of unposted) {
-    if (only && channel !== only) continue;
-    unposted.delete(channel);
-    for (const message of messages) {
+  for (const peer of unposted) {
+    if (only && peer !== only) continue;
+    unposted.delete(peer);
+    for (const message of peer.outbox.splice(0)) {
       try {
-        channel.postMessage(message);
+        peer.channel.postMessage(message);
       } catch {
-        // A closed channel: other tabs read storage anyway.
+        // A closed channel: other instances read storage anyway.
       }
     }
   }
@@ -147,32 +161,87 @@ function flushAnnouncements() {
   postAll(null);
 }
 
-export function announceSoon(channel, message) {
-  let messages = unposted.get(channel);
-  if (!messages) unposted.set(channel, (messages = []));
-  messages.push(message);
+function post(peer, message) {
+  peer.outbox.push(message);
+  unposted.add(peer);
   if (!flushScheduled) {
     flushScheduled = true;
     setTimeout(flushAnnouncements, 0);
   }
 }
 
-export function closeChannel(channel) {
-  postAll(channel);
-  channel.close();
+function heardOfOthers(peer) {
+  if (peer.others) return;
+  peer.others = true;
+  const since = performance.now() - REPLAY_MS;
+  peer.recentBytes = 0;
+  for (const [at, message] of peer.recent.splice(0)) {
+    if (at >= since) post(peer, message);
+  }
+}
+
+// Joins the channel `name`: null where there is no BroadcastChannel.
+export function joinChannel(name) {
+  if (typeof globalThis.BroadcastChannel === 'undefined') return null;
+  const peer = {
+    channel: new BroadcastChannel(name),
+    others: false,
+    recent: [],
+    recentBytes: 0,
+    outbox: [],
+    received: [],
+    receivedBytes: 0,
+    onMessage: null,
+  };
+  peer.channel.onmessage = (event) => {
+    const data = event.data;
+    if (data instanceof Uint8Array) {
+      if (peer.onMessage) {
+        peer.onMessage(data);
+        return;
+      }
+      // Kept until the database listens (bounded: the oldest go first).
+      peer.received.push(data);
+      peer.receivedBytes += data.length;
+      while (peer.receivedBytes > REPLAY_BYTES) peer.receivedBytes -= peer.received.shift().length;
+    } else if (data === 'hello') {
+      peer.channel.postMessage('here');
+      heardOfOthers(peer);
+    } else if (data === 'here') {
+      heardOfOthers(peer);
+    }
+  };
+  peer.channel.postMessage('hello');
+  return peer;
+}
+
+// Hands received messages to `onMessage`, those that came before first.
+export function listenChannel(peer, onMessage) {
+  peer.onMessage = onMessage;
+  peer.receivedBytes = 0;
+  for (const message of peer.received.splice(0)) onMessage(message);
+}
+
+export function announceSoon(peer, message) {
+  if (peer.others) {
+    post(peer, message);
+    return;
+  }
+  const now = performance.now();
+  peer.recent.push([now, message]);
+  peer.recentBytes += message.length;
+  while (peer.recent.length && (peer.recent[0][0] < now - REPLAY_MS || peer.recentBytes > REPLAY_BYTES)) {
+    peer.recentBytes -= peer.recent.shift()[1].length;
+  }
+}
+
+export function closeChannel(peer) {
+  postAll(peer);
+  peer.channel.close();
 }
 
 if (typeof globalThis.addEventListener === 'function') {
   globalThis.addEventListener('pagehide', flushAnnouncements);
-}
-
-export function openChannel(name, onMessage) {
-  if (typeof globalThis.BroadcastChannel === 'undefined') return null;
-  const channel = new BroadcastChannel(name);
-  channel.onmessage = (event) => {
-    if (event.data instanceof Uint8Array) onMessage(event.data);
-  };
-  return channel;
 }
 
 // The global scope's StorageManager, where it has one: whether the origin's

@@ -62,12 +62,14 @@ extern "C" {
     fn read_stores(database: &IdbDatabase, names: &Array) -> js_sys::Promise;
     #[wasm_bindgen(js_name = acquireSlotLock)]
     fn acquire_slot_lock(prefix: &str) -> js_sys::Promise;
-    #[wasm_bindgen(js_name = openChannel)]
-    fn open_channel(name: &str, on_message: &Function) -> JsValue;
+    #[wasm_bindgen(js_name = joinChannel)]
+    fn join_channel(name: &str) -> JsValue;
+    #[wasm_bindgen(js_name = listenChannel)]
+    fn listen_channel(peer: &JsValue, on_message: &Function);
     #[wasm_bindgen(js_name = announceSoon)]
-    fn announce_soon(channel: &web_sys::BroadcastChannel, message: &Uint8Array);
+    fn announce_soon(peer: &JsValue, message: &Uint8Array);
     #[wasm_bindgen(js_name = closeChannel)]
-    fn close_channel(channel: &web_sys::BroadcastChannel);
+    fn close_channel(peer: &JsValue);
 }
 
 /// The IndexedDB schema version this build creates (1: records and meta;
@@ -128,10 +130,12 @@ struct Connection {
     _on_close: Closure<dyn FnMut()>,
 }
 
-/// The other-tab channel and its message handler (kept alive with it).
+/// The channel shared with other instances of the database (see
+/// `joinChannel` in `indexeddb.js`), joined when the storage opens, and
+/// the message handler once the database listens (kept alive with it).
 struct Channel {
-    channel: web_sys::BroadcastChannel,
-    _on_message: Closure<dyn FnMut(Uint8Array)>,
+    peer: JsValue,
+    on_message: Option<Closure<dyn FnMut(Uint8Array)>>,
 }
 
 /// What the browser says of the origin's storage
@@ -261,6 +265,15 @@ impl IndexedDbStorage {
             channel: RefCell::new(None),
         };
         storage.reconnect().await?;
+        // Joined before anything is loaded: what other instances post from
+        // now on is heard (see `announcements`).
+        let peer = join_channel(&Self::database_name(name));
+        if !peer.is_null() {
+            *storage.channel.borrow_mut() = Some(Channel {
+                peer,
+                on_message: None,
+            });
+        }
         Ok(storage)
     }
 
@@ -290,7 +303,7 @@ impl IndexedDbStorage {
             connection.database.close();
         }
         if let Some(channel) = self.channel.borrow_mut().take() {
-            close_channel(&channel.channel);
+            close_channel(&channel.peer);
         }
     }
 
@@ -662,11 +675,7 @@ impl IndexedDbStorage {
         // (nothing can have been added since, within this transaction), or
         // everything. A request per chunk cost about as much as a commit.
         match since {
-            Some(since) => {
-                let range = web_sys::IdbKeyRange::lower_bound(&chunk_key(since, 0))
-                    .map_err(|e| storage_error("selecting chunks", e))?;
-                records.delete(&range)
-            }
+            Some(since) => records.delete(&chunks_from(since)?.into()),
             None => records.clear(),
         }
         .map_err(|e| storage_error("removing compacted chunks", e))?;
@@ -695,8 +704,7 @@ async fn read_chunks(
     let (keys, values) = match from {
         None => (records.get_all_keys(), records.get_all()),
         Some(from) => {
-            let range = web_sys::IdbKeyRange::lower_bound(&chunk_key(from, 0))
-                .map_err(|e| storage_error("selecting chunks", e))?;
+            let range = chunks_from(from)?;
             (
                 records.get_all_keys_with_key(&range),
                 records.get_all_with_key(&range),
@@ -742,7 +750,7 @@ fn merged_meta(entries: &[ChunkEntry]) -> Head {
 
 /// Every chunk key of generation `generation` or later.
 fn chunks_from(generation: u64) -> Result<web_sys::IdbKeyRange, StorageError> {
-    web_sys::IdbKeyRange::lower_bound(&Array::of1(&(generation as f64).into()))
+    web_sys::IdbKeyRange::lower_bound(&chunk_key(generation, 0))
         .map_err(|e| storage_error("selecting chunks", e))
 }
 
@@ -1132,26 +1140,19 @@ impl Storage for IndexedDbStorage {
 
     fn announce(&self, message: &[u8]) {
         if let Some(channel) = self.channel.borrow().as_ref() {
-            announce_soon(&channel.channel, &Uint8Array::from(message));
+            announce_soon(&channel.peer, &Uint8Array::from(message));
         }
     }
 
     fn announcements(&self) -> Option<mpsc::UnboundedReceiver<Vec<u8>>> {
+        let mut channel = self.channel.borrow_mut();
+        let channel = channel.as_mut()?;
         let (sender, receiver) = mpsc::unbounded();
         let on_message = Closure::<dyn FnMut(Uint8Array)>::new(move |bytes: Uint8Array| {
             let _ = sender.unbounded_send(bytes.to_vec());
         });
-        let channel = open_channel(
-            &format!("pluresdb/{}", self.name),
-            on_message.as_ref().unchecked_ref(),
-        );
-        if channel.is_null() {
-            return None;
-        }
-        *self.channel.borrow_mut() = Some(Channel {
-            channel: channel.unchecked_into(),
-            _on_message: on_message,
-        });
+        listen_channel(&channel.peer, on_message.as_ref().unchecked_ref());
+        channel.on_message = Some(on_message);
         Some(receiver)
     }
 }
