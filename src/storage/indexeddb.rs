@@ -75,7 +75,9 @@ extern "C" {
 /// The IndexedDB schema version this build creates (1: records and meta;
 /// 2: adds segments; 3: the generation row also carries the mergeable
 /// metadata, so older builds, which expect 8 bytes there, refuse to open
-/// it with `FormatTooNew` instead of reading it as corrupt).
+/// it with `FormatTooNew` instead of reading it as corrupt; 4: chunks carry
+/// the mergeable metadata and the newest chunk's key is the generation, no
+/// generation row is written, and builds that would read one refuse).
 const SCHEMA_VERSION: u32 = 4;
 const RECORDS: &str = "records";
 const META: &str = "meta";
