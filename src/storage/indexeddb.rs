@@ -595,14 +595,13 @@ impl IndexedDbStorage {
         }
         let since = self.first_appended.take();
         self.appended.set(0);
-        // Relaxed: a compaction changes how rows are stored, not what is
-        // stored, so losing it to a power cut loses nothing (the chunks it
-        // folded are then still there, whole: a transaction is atomic). And
-        // it cannot be lost while a later strict commit survives: the
-        // browser writes transactions to disk in commit order. Waiting for
-        // its flush cost an awaited `put` about as much as the put itself,
-        // once every 32 commits.
-        let transaction = self.begin_write_with(false, IdbDurability::Relaxed).await?;
+        // Strict, like commits: a compaction deletes the chunks it folds,
+        // so its output must be on disk before the deletion counts. With
+        // relaxed durability the crash test once found every record gone
+        // after a browser was closed and then killed (see ARCHITECTURE.md,
+        // "IndexedDB: one chunk per commit"). Compaction mostly waits for
+        // a pause in writes now, so the flush costs no awaited write.
+        let transaction = self.begin_write_with(false, IdbDurability::Strict).await?;
         let result = self
             .compact(&transaction, if full { None } else { since })
             .await;
