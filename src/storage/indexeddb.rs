@@ -485,7 +485,7 @@ impl IndexedDbStorage {
         );
         self.queue_writes(transaction, &records, &meta, batch, generation)?;
         let newer = newer.await?;
-        if !newer.is_undefined() || self.legacy_generation.get() > batch.expected_generation {
+        if !newer.is_undefined() {
             return Ok(None);
         }
         Ok(Some(CommitReceipt {
@@ -557,10 +557,9 @@ impl IndexedDbStorage {
         // merged, never overwritten.
         let (newest, foreign_records, foreign_meta) =
             written_after(&records, batch.expected_generation).await?;
-        let generation = newest
-            .max(batch.expected_generation)
-            .max(self.legacy_generation.get())
-            + 1;
+        // (The expected generation is at least an old head row's: it was
+        // loaded as the greater of that and the newest chunk's.)
+        let generation = newest.max(batch.expected_generation) + 1;
         self.queue_writes(transaction, &records, &meta, batch, generation)?;
         Ok(CommitReceipt {
             generation,
@@ -641,10 +640,7 @@ impl IndexedDbStorage {
         let (keys, values) = read_chunks(&records, since).await?;
         // What was read reaches the newest chunk (a suffix, or everything),
         // so the output goes above all of it (and above an old head row).
-        let stored = keys
-            .iter()
-            .map(|key| generation_of(&key))
-            .fold(self.legacy_generation.get(), u64::max);
+        let stored = newest_generation(&keys).max(self.legacy_generation.get());
         let generation = stored + 1;
         let full = since.is_none();
         let legacy = full && self.legacy_generation.get() > 0;
@@ -729,13 +725,11 @@ async fn written_after(
 ) -> Result<(u64, Vec<(String, Vec<u8>)>, Head), StorageError> {
     let (keys, values) = read_chunks(records, Some(since + 1)).await?;
     let mut entries = Vec::new();
-    let mut newest = 0;
     for (key, value) in keys.iter().zip(values.iter()) {
-        newest = newest.max(generation_of(&key));
         decode_entry(&key, &value, &mut entries)?;
     }
     let meta = merged_meta(&entries);
-    Ok((newest, live_rows(entries), meta))
+    Ok((newest_generation(&keys), live_rows(entries), meta))
 }
 
 /// The mergeable metadata of `entries`, merged.
@@ -755,12 +749,14 @@ fn chunks_from(generation: u64) -> Result<web_sys::IdbKeyRange, StorageError> {
         .map_err(|e| storage_error("selecting chunks", e))
 }
 
-/// The generation a chunk key starts with (0 for anything else).
-fn generation_of(key: &JsValue) -> u64 {
-    if !Array::is_array(key) {
+/// The generation of the newest chunk among `keys` (as IndexedDB lists
+/// them, in key order: chunk keys, arrays, sort last), 0 without chunks.
+fn newest_generation(keys: &Array) -> u64 {
+    let last = keys.get(keys.length().saturating_sub(1));
+    if !Array::is_array(&last) {
         return 0;
     }
-    Array::from(key).get(0).as_f64().unwrap_or(0.0) as u64
+    Array::from(&last).get(0).as_f64().unwrap_or(0.0) as u64
 }
 
 /// Appends what one value of the records store holds: a row stored one per
@@ -1014,12 +1010,11 @@ impl Storage for IndexedDbStorage {
         let (keys, values) = pairs(0);
         let mut entries = Vec::new();
         let mut chunks = 0u32;
-        let mut newest_chunk = 0;
         for (key, value) in keys.iter().zip(values.iter()) {
             chunks += u32::from(key.is_array());
-            newest_chunk = newest_chunk.max(generation_of(&key));
             decode_entry(&key, &value, &mut entries)?;
         }
+        let newest_chunk = newest_generation(&keys);
         self.chunks.set(chunks);
         // The database's mergeable metadata: every chunk's, merged (with a
         // head row's of schema 3 and older, below).
