@@ -23,6 +23,9 @@ mod imp {
     /// A boxed future that is `Send` natively.
     pub type BoxFuture<'a, T> = futures::future::BoxFuture<'a, T>;
 
+    /// A boxed iterator that is `Send` natively.
+    pub type BoxIterator<T> = Box<dyn Iterator<Item = T> + Send>;
+
     /// Milliseconds since the Unix epoch.
     pub fn now_ms() -> u64 {
         SystemTime::now()
@@ -57,6 +60,9 @@ mod imp {
     /// A boxed future that is `Send` natively.
     pub type BoxFuture<'a, T> = futures::future::LocalBoxFuture<'a, T>;
 
+    /// A boxed iterator that is `Send` natively.
+    pub type BoxIterator<T> = Box<dyn Iterator<Item = T>>;
+
     /// Milliseconds since the Unix epoch.
     pub fn now_ms() -> u64 {
         js_sys::Date::now() as u64
@@ -84,7 +90,7 @@ mod imp {
     }
 }
 
-pub use imp::{now_ms, sleep, BoxFuture, MaybeSend, MaybeSync};
+pub use imp::{now_ms, sleep, BoxFuture, BoxIterator, MaybeSend, MaybeSync};
 
 /// Runs `future` in the background on the current executor (tokio natively,
 /// the browser's microtask queue on wasm32).

@@ -230,18 +230,19 @@ mod indexeddb_specifics {
         }
         let vector = db.version_vector();
         db.close().await.unwrap();
-        let stored = |loaded: &pluresdb::storage::LoadedState| {
+        let stored = |loaded: &mut pluresdb::storage::LoadedState| {
+            loaded.read_all_rows().unwrap();
             (
                 loaded.meta.get(meta_keys::VERSION_VECTOR).cloned(),
                 loaded.meta.contains_key(meta_keys::HLC),
             )
         };
-        let before = factory.open(&name).await.load().await.unwrap();
-        assert_eq!(stored(&before), (Some(vector.to_bytes()), true));
+        let mut before = factory.open(&name).await.load().await.unwrap();
+        assert_eq!(stored(&mut before), (Some(vector.to_bytes()), true));
         as_older_schema(&format!("pluresdb/{}-{name}", factory.run), schema).await;
-        let legacy = factory.open(&name).await.load().await.unwrap();
+        let mut legacy = factory.open(&name).await.load().await.unwrap();
         assert_eq!(
-            stored(&legacy),
+            stored(&mut legacy),
             (Some(vector.to_bytes()), true),
             "schema {schema}: the old head is read"
         );
@@ -268,8 +269,8 @@ mod indexeddb_specifics {
                 "schema {schema}: the old row {key} was folded in and removed"
             );
         }
-        let reloaded = factory.open(&name).await.load().await.unwrap();
-        assert_eq!(stored(&reloaded), (Some(after.to_bytes()), true));
+        let mut reloaded = factory.open(&name).await.load().await.unwrap();
+        assert_eq!(stored(&mut reloaded), (Some(after.to_bytes()), true));
         assert!(reloaded.generation > legacy.generation + 1);
         let db = Database::open(factory.open(&name).await, OpenOptions::default())
             .await
@@ -354,11 +355,11 @@ mod indexeddb_specifics {
         db.close().await.unwrap();
 
         let storage = factory.open("compact").await;
-        let loaded = pluresdb::storage::Storage::load(&storage).await.unwrap();
+        let mut loaded = pluresdb::storage::Storage::load(&storage).await.unwrap();
+        let rows = loaded.read_all_rows().unwrap().len();
         assert!(
-            loaded.records.len() < 121,
-            "compaction folded rows: {} rows for 121 writes",
-            loaded.records.len()
+            rows < 121,
+            "compaction folded rows: {rows} rows for 121 writes"
         );
         let db = Database::open(storage, OpenOptions::default())
             .await

@@ -1143,13 +1143,14 @@ impl World {
     /// Every stored row and version vector decodes.
     async fn check_stored_rows(&self) -> Result<(), String> {
         for device in &self.devices {
-            let loaded = device
+            let mut loaded = device
                 .storage
                 .data
                 .load()
                 .await
                 .map_err(|e| e.to_string())?;
-            for (id, row) in &loaded.records {
+            let rows = loaded.read_all_rows().map_err(|e| e.to_string())?;
+            for (id, row) in &rows {
                 let record = Record::from_bytes(row).map_err(|e| {
                     format!(
                         "device {}: stored row {id:?} does not decode: {e}",

@@ -106,8 +106,11 @@ async fn a_schema_2_file_is_upgraded_in_place() {
     drop(connection);
     let first = SqliteStorage::open(&path).unwrap();
     let second = SqliteStorage::open(&path).unwrap();
-    let loaded = first.load().await.unwrap();
-    assert_eq!(loaded.records, vec![("old".to_string(), vec![1, 2])]);
+    let mut loaded = first.load().await.unwrap();
+    assert_eq!(
+        loaded.read_all_rows().unwrap(),
+        vec![("old".to_string(), vec![1, 2])]
+    );
     let receipt = first
         .commit(CommitBatch {
             expected_generation: loaded.generation,

@@ -34,8 +34,8 @@ pub use field_index::QueryPlan;
 pub use sync::{SyncHandle, SyncState, SyncStatus};
 
 use crate::storage::{
-    decode_format, decode_hlc, encode_format, encode_hlc, meta_keys, CommitBatch, SlotLease,
-    Storage, FORMAT_VERSION,
+    decode_format, decode_hlc, encode_format, encode_hlc, merge_meta_into, meta_keys, CommitBatch,
+    SlotLease, Storage, StoredEntry, FORMAT_VERSION,
 };
 pub use vector::{text_of, EmbedText, SearchHit, SearchQuery, SearchRequest};
 
@@ -306,7 +306,7 @@ impl<S: Storage> Database<S> {
     pub async fn open(storage: S, options: OpenOptions) -> Result<Self> {
         FieldIndexes::validate(&options.indexes)?;
         let lease = storage.acquire_slot().await?;
-        let loaded = storage.load().await?;
+        let mut loaded = storage.load().await?;
 
         let format = loaded
             .meta
@@ -340,6 +340,35 @@ impl<S: Storage> Database<S> {
             None => None,
         };
         let actor = stored_actor.unwrap_or_else(ActorId::random);
+
+        // Records are decoded as the backend hands its rows over (each row's
+        // bytes are freed at once): a database is never in memory twice, as
+        // stored rows and as records, while it opens.
+        let mut records = Vec::new();
+        let mut corrupt = HashMap::new();
+        for entry in std::mem::take(&mut loaded.records) {
+            match entry? {
+                StoredEntry::Row(id, bytes) => match Record::from_stored_bytes(&bytes) {
+                    Ok(record) if record.id() == id => records.push(record),
+                    Ok(record) => {
+                        corrupt.insert(
+                            id,
+                            format!("row holds record `{}` under another key", record.id()),
+                        );
+                    }
+                    Err(e) => {
+                        corrupt.insert(id, e.to_string());
+                    }
+                },
+                StoredEntry::Meta(key, value) => merge_meta_into(&mut loaded.meta, key, &value),
+            }
+        }
+        if !corrupt.is_empty() {
+            tracing::warn!(
+                rows = corrupt.len(),
+                "database has corrupt rows; they are reported on access and kept untouched"
+            );
+        }
         let version_vector = match loaded.meta.get(meta_keys::VERSION_VECTOR) {
             Some(bytes) => VersionVector::from_bytes(bytes)
                 .map_err(|e| corrupt_meta(meta_keys::VERSION_VECTOR, e.to_string()))?,
@@ -351,29 +380,6 @@ impl<S: Storage> Database<S> {
             }
             None => Default::default(),
         };
-
-        let mut records = Vec::with_capacity(loaded.records.len());
-        let mut corrupt = HashMap::new();
-        for (id, bytes) in loaded.records {
-            match Record::from_stored_bytes(&bytes) {
-                Ok(record) if record.id() == id => records.push(record),
-                Ok(record) => {
-                    corrupt.insert(
-                        id,
-                        format!("row holds record `{}` under another key", record.id()),
-                    );
-                }
-                Err(e) => {
-                    corrupt.insert(id, e.to_string());
-                }
-            }
-        }
-        if !corrupt.is_empty() {
-            tracing::warn!(
-                rows = corrupt.len(),
-                "database has corrupt rows; they are reported on access and kept untouched"
-            );
-        }
         let store = CrdtStore::restore(
             actor,
             records,

@@ -25,6 +25,7 @@
 
 use crate::codec::{Reader, Writer};
 use crate::error::DecodeError;
+use crate::storage::StoredEntry;
 
 /// Version byte of the chunk encoding.
 pub const CHUNK_ENCODING_VERSION: u8 = 1;
@@ -119,28 +120,56 @@ pub fn decode_chunk(bytes: &[u8], out: &mut Vec<ChunkEntry>) -> Result<(), Decod
     reader.finish()
 }
 
-/// Resolves entries in commit order into the rows that are still live:
-/// rows followed by a removal of their id are dropped, and so are the
-/// removals themselves (and metadata entries). The result keeps commit
-/// order and may hold several rows for one id.
-pub fn live_rows(entries: Vec<ChunkEntry>) -> Vec<(String, Vec<u8>)> {
-    let mut removed = std::collections::HashSet::new();
-    let mut kept = Vec::with_capacity(entries.len());
-    for entry in entries.into_iter().rev() {
-        match entry {
-            ChunkEntry::Removed(id) => {
-                removed.insert(id);
-            }
-            ChunkEntry::Row(id, row) => {
-                if !removed.contains(&id) {
-                    kept.push((id, row));
-                }
-            }
-            ChunkEntry::Meta(..) => {}
+/// What is live in a store of chunks, walked newest first: rows that no
+/// newer removal of their id dropped, and every metadata entry (a
+/// removal drops the rows before it, in its own chunk and older ones, and
+/// none after it). Each chunk's entries are given in commit order; chunks
+/// newest first, so that a removal is met before the rows it drops and
+/// nothing needs to be held but the ids removed.
+pub struct LiveEntries<I> {
+    chunks: I,
+    /// The entries of the chunk being walked, last first.
+    current: std::iter::Rev<std::vec::IntoIter<ChunkEntry>>,
+    removed: std::collections::HashSet<String>,
+}
+
+impl<I> LiveEntries<I> {
+    /// Walks `chunks` (newest first, each in commit order).
+    pub fn new(chunks: I) -> Self {
+        Self {
+            chunks,
+            current: Vec::new().into_iter().rev(),
+            removed: Default::default(),
         }
     }
-    kept.reverse();
-    kept
+}
+
+impl<I, E> Iterator for LiveEntries<I>
+where
+    I: Iterator<Item = Result<Vec<ChunkEntry>, E>>,
+{
+    type Item = Result<StoredEntry, E>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.current.next() {
+                Some(ChunkEntry::Row(id, row)) if !self.removed.contains(&id) => {
+                    return Some(Ok(StoredEntry::Row(id, row)))
+                }
+                Some(ChunkEntry::Row(..)) => {}
+                Some(ChunkEntry::Removed(id)) => {
+                    self.removed.insert(id);
+                }
+                Some(ChunkEntry::Meta(key, value)) => {
+                    return Some(Ok(StoredEntry::Meta(key, value)))
+                }
+                None => match self.chunks.next()? {
+                    Ok(entries) => self.current = entries.into_iter().rev(),
+                    Err(error) => return Some(Err(error)),
+                },
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -153,20 +182,54 @@ mod tests {
         let first = encode_chunk(&[("a".into(), vec![1]), ("b".into(), vec![2])], &[], &[]);
         let second = encode_chunk(&[("a".into(), vec![3])], &["b".into()], &meta);
         let third = encode_chunk(&[("b".into(), vec![4])], &[], &[]);
-        let mut entries = Vec::new();
-        for chunk in [&first, &second, &third] {
+        // As compaction writes a partial output: its removals (which apply
+        // to older chunks) first, then rows written after them.
+        let folded = encode_entries(&[
+            ChunkEntry::Removed("a".into()),
+            ChunkEntry::Removed("c".into()),
+            ChunkEntry::Row("c".into(), vec![5]),
+        ]);
+        let mut chunks = Vec::new();
+        for chunk in [&first, &second, &third, &folded] {
+            let mut entries = Vec::new();
             decode_chunk(chunk, &mut entries).unwrap();
+            chunks.push(entries);
         }
-        assert_eq!(entries.len(), 6);
-        assert!(entries.contains(&ChunkEntry::Meta("vv".into(), vec![7, 7])));
-        assert_eq!(encode_entries(&entries[2..5]), second);
+        assert_eq!(chunks[1].len(), 3);
+        assert!(chunks[1].contains(&ChunkEntry::Meta("vv".into(), vec![7, 7])));
+        assert_eq!(encode_entries(&chunks[1]), second);
+        let live: Vec<StoredEntry> = LiveEntries::new(chunks.into_iter().rev().map(Ok::<_, ()>))
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(
-            live_rows(entries),
+            live,
             vec![
-                ("a".to_string(), vec![1]),
-                ("a".to_string(), vec![3]),
-                ("b".to_string(), vec![4]),
+                StoredEntry::Row("c".into(), vec![5]),
+                StoredEntry::Row("b".into(), vec![4]),
+                StoredEntry::Meta("vv".into(), vec![7, 7]),
             ]
+        );
+        // A removal in the same commit as a row of its id drops that row.
+        let same = encode_chunk(&[("d".into(), vec![6])], &["d".into()], &[]);
+        let mut entries = Vec::new();
+        decode_chunk(&same, &mut entries).unwrap();
+        assert_eq!(
+            LiveEntries::new(std::iter::once(Ok::<_, ()>(entries))).count(),
+            0
+        );
+    }
+
+    #[test]
+    fn an_unreadable_chunk_passes_its_error_on() {
+        let chunks = vec![
+            Ok(vec![ChunkEntry::Row("a".into(), vec![1])]),
+            Err("bad"),
+            Ok(vec![]),
+        ];
+        let walked: Vec<_> = LiveEntries::new(chunks.into_iter()).collect();
+        assert_eq!(
+            walked,
+            vec![Ok(StoredEntry::Row("a".into(), vec![1])), Err("bad")]
         );
     }
 

@@ -41,8 +41,11 @@ fn doc(value: serde_json::Value) -> Document {
 /// A new storage loads as empty, generation 0.
 pub async fn fresh_storage_is_empty<F: StorageFactory>(factory: &F) {
     let storage = factory.open("fresh").await;
-    let state = storage.load().await.expect("load");
-    assert!(state.records.is_empty(), "a fresh storage has no records");
+    let mut state = storage.load().await.expect("load");
+    assert!(
+        state.read_all_rows().expect("rows").is_empty(),
+        "a fresh storage has no records"
+    );
     assert!(state.meta.is_empty(), "a fresh storage has no metadata");
     assert_eq!(state.generation, 0);
 }
@@ -79,19 +82,69 @@ pub async fn commits_round_trip<F: StorageFactory>(factory: &F) {
 
     drop(storage);
     let reopened = factory.open("round-trip").await;
-    let state = reopened.load().await.expect("load");
-    // Rows come in commit order and may repeat an id: the last one counts.
-    let mut latest = std::collections::BTreeMap::new();
-    for (id, row) in state.records.clone() {
-        latest.insert(id, row);
-    }
-    let records: Vec<(String, Vec<u8>)> = latest.into_iter().collect();
-    assert_eq!(
-        records,
-        vec![("a".into(), vec![1, 2, 3]), ("b".into(), vec![5, 6])]
-    );
+    let mut state = reopened.load().await.expect("load");
+    let rows = state.read_all_rows().expect("rows");
+    // Rows come in no particular order and may repeat an id (backends
+    // that append): every row of `b` is one of its two writes, the second
+    // among them; `c` is gone.
+    let rows_of = |wanted: &str| -> Vec<Vec<u8>> {
+        rows.iter()
+            .filter(|(id, _)| id == wanted)
+            .map(|(_, row)| row.clone())
+            .collect()
+    };
+    assert_eq!(rows_of("a"), vec![vec![1, 2, 3]]);
+    let b = rows_of("b");
+    assert!(b.contains(&vec![5, 6]), "the second write of b: {b:?}");
+    assert!(b.iter().all(|row| row == &vec![4] || row == &vec![5, 6]));
+    assert!(rows_of("c").is_empty(), "c was removed");
+    assert_eq!(rows.len(), 1 + b.len());
     assert_eq!(state.meta.get("k"), Some(&vec![9, 9]));
     assert_eq!(state.generation, 2);
+}
+
+/// A removal (tombstone compaction) drops every row of its id written
+/// before it, and no row written after it: a record created again after
+/// its tombstone was compacted away is kept, and only its new version is.
+pub async fn removals_drop_only_earlier_rows<F: StorageFactory>(factory: &F) {
+    let storage = factory.open("removals").await;
+    let mut generation = 0;
+    for batch in [
+        CommitBatch {
+            records: vec![("x".into(), vec![1]), ("y".into(), vec![2])],
+            ..Default::default()
+        },
+        CommitBatch {
+            removed_records: vec!["x".into(), "z".into()],
+            ..Default::default()
+        },
+        CommitBatch {
+            records: vec![("x".into(), vec![3]), ("z".into(), vec![4])],
+            ..Default::default()
+        },
+        CommitBatch {
+            removed_records: vec!["z".into()],
+            ..Default::default()
+        },
+    ] {
+        generation = storage
+            .commit(CommitBatch {
+                expected_generation: generation,
+                ..batch
+            })
+            .await
+            .expect("commit")
+            .generation;
+    }
+    drop(storage);
+    let mut state = factory.open("removals").await.load().await.expect("load");
+    let mut rows = state.read_all_rows().expect("rows");
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![("x".into(), vec![3]), ("y".into(), vec![2])],
+        "x's first row and both of z's are gone; x's second row stays"
+    );
 }
 
 /// A streamed commit writes its first rows and every streamed chunk in one
@@ -131,9 +184,9 @@ pub async fn streamed_commits_are_atomic<F: StorageFactory>(factory: &F) {
     let (result, ()) = futures::join!(storage.commit_streamed(batch, receiver), abandon);
     assert_eq!(result.unwrap_err(), StorageError::IncompleteBatch);
 
-    let state = factory.open("streamed").await.load().await.expect("load");
-    let ids: std::collections::BTreeSet<&str> =
-        state.records.iter().map(|(id, _)| id.as_str()).collect();
+    let mut state = factory.open("streamed").await.load().await.expect("load");
+    let rows = state.read_all_rows().expect("rows");
+    let ids: std::collections::BTreeSet<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, ["a", "b", "c", "d"].into_iter().collect());
     assert_eq!(state.generation, 1, "the abandoned batch did not commit");
     drop(storage);
@@ -188,10 +241,11 @@ pub async fn stale_writers_merge_instead_of_overwriting<F: StorageFactory>(facto
         .expect("second writer commits");
     assert_eq!(receipt.generation, 2);
 
-    let state = factory.open("stale").await.load().await.expect("load");
+    let mut state = factory.open("stale").await.load().await.expect("load");
+    let rows = state.read_all_rows().expect("rows");
     // Backends either merged the rows or kept both (append-only): merging
     // what load returns must give both versions either way.
-    let mut rows = state.records.iter().filter(|(id, _)| id == "x");
+    let mut rows = rows.iter().filter(|(id, _)| id == "x");
     let (_, first) = rows.next().expect("row x");
     let mut record = crate::crdt::Record::from_bytes(first).expect("row decodes");
     for (_, row) in rows {
@@ -663,6 +717,7 @@ macro_rules! storage_conformance_tests {
         $crate::storage_conformance_tests!(@each $attribute, $factory,
             fresh_storage_is_empty,
             commits_round_trip,
+            removals_drop_only_earlier_rows,
             streamed_commits_are_atomic,
             stale_writers_merge_instead_of_overwriting,
             slots_are_exclusive_and_reused,

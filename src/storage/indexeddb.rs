@@ -26,10 +26,10 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{DomException, IdbDatabase, IdbObjectStore};
 
-use super::chunk::{decode_chunk, encode_chunk, encode_entries, live_rows, ChunkEntry};
+use super::chunk::{decode_chunk, encode_chunk, encode_entries, ChunkEntry, LiveEntries};
 use super::{
-    merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedState, SlotLease,
-    Storage, MERGEABLE_META,
+    merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedRecords, LoadedState,
+    SlotLease, Storage, StoredEntry, MERGEABLE_META,
 };
 use crate::error::StorageError;
 
@@ -326,7 +326,8 @@ impl IndexedDbStorage {
         )
         .await
         .map_err(|error| match error {
-            StorageError::Backend(message) if message.contains("VersionError") => {
+            // (`storage_error` ends the message with the exception's name.)
+            StorageError::Backend(message) if message.ends_with("(VersionError)") => {
                 StorageError::FormatTooNew {
                     found: SCHEMA_VERSION + 1,
                     supported: SCHEMA_VERSION,
@@ -724,23 +725,21 @@ async fn written_after(
     since: u64,
 ) -> Result<(u64, Vec<(String, Vec<u8>)>, Head), StorageError> {
     let (keys, values) = read_chunks(records, Some(since + 1)).await?;
-    let mut entries = Vec::new();
-    for (key, value) in keys.iter().zip(values.iter()) {
-        decode_entry(&key, &value, &mut entries)?;
-    }
-    let meta = merged_meta(&entries);
-    Ok((newest_generation(&keys), live_rows(entries), meta))
-}
-
-/// The mergeable metadata of `entries`, merged.
-fn merged_meta(entries: &[ChunkEntry]) -> Head {
+    let newest = newest_generation(&keys);
+    let mut rows = Vec::new();
     let mut meta = Vec::new();
-    for entry in entries {
-        if let ChunkEntry::Meta(key, value) = entry {
-            merge_into(&mut meta, key, value);
+    let chunks = StoredValues {
+        unread: keys.length(),
+        keys,
+        values,
+    };
+    for entry in LiveEntries::new(chunks) {
+        match entry? {
+            StoredEntry::Row(id, row) => rows.push((id, row)),
+            StoredEntry::Meta(key, value) => merge_into(&mut meta, &key, &value),
         }
     }
-    meta
+    Ok((newest, rows, meta))
 }
 
 /// Every chunk key of generation `generation` or later.
@@ -757,6 +756,38 @@ fn newest_generation(keys: &Array) -> u64 {
         return 0;
     }
     Array::from(&last).get(0).as_f64().unwrap_or(0.0) as u64
+}
+
+/// The records store's values decoded one at a time, newest first (for
+/// [`LiveEntries`]): each is copied into WebAssembly memory and decoded
+/// only when the one before has been consumed, so opening a database never
+/// holds its stored bytes and its decoded records at once.
+struct StoredValues {
+    keys: Array,
+    values: Array,
+    /// Values not read yet: those below this index.
+    unread: u32,
+}
+
+impl Iterator for StoredValues {
+    type Item = Result<Vec<ChunkEntry>, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.unread == 0 {
+            return None;
+        }
+        self.unread -= 1;
+        let index = self.unread;
+        let mut entries = Vec::new();
+        let read = decode_entry(&self.keys.get(index), &self.values.get(index), &mut entries);
+        // Release the JavaScript copy too.
+        self.values.set(index, JsValue::UNDEFINED);
+        if read.is_err() {
+            // Nothing after an unreadable value is read.
+            self.unread = 0;
+        }
+        Some(read.map(|()| entries))
+    }
 }
 
 /// Appends what one value of the records store holds: a row stored one per
@@ -945,28 +976,25 @@ fn decode_head(value: &JsValue) -> Result<(u64, Head), StorageError> {
     if value.is_undefined() || value.is_null() {
         return Ok((0, Vec::new()));
     }
-    let corrupt = || StorageError::Corrupt {
+    let bytes = bytes_of(value).unwrap_or_default();
+    let read = || -> Result<(u64, Head), crate::error::DecodeError> {
+        let mut reader = crate::codec::Reader::new(&bytes);
+        let generation = reader.u64()?;
+        let mut mergeable = Vec::new();
+        while reader.remaining() > 0 {
+            let key_length = usize::from(reader.u16()?);
+            let key = std::str::from_utf8(reader.take(key_length)?)
+                .map_err(|e| crate::error::DecodeError::Invalid(e.to_string()))?;
+            let value = reader.blob()?;
+            mergeable.push((key.to_owned(), value.to_vec()));
+        }
+        Ok((generation, mergeable))
+    };
+    read().map_err(|e| StorageError::Corrupt {
         store: META.into(),
         key: GENERATION_KEY.into(),
-        reason: "a truncated or malformed head row".into(),
-    };
-    let bytes = bytes_of(value).unwrap_or_default();
-    let (generation, mut rest) = bytes.split_first_chunk::<8>().ok_or_else(corrupt)?;
-    let mut mergeable = Vec::new();
-    while !rest.is_empty() {
-        let (length, tail) = rest.split_first_chunk::<2>().ok_or_else(corrupt)?;
-        let (key, tail) = tail
-            .split_at_checked(usize::from(u16::from_le_bytes(*length)))
-            .ok_or_else(corrupt)?;
-        let key = std::str::from_utf8(key).map_err(|_| corrupt())?;
-        let (length, tail) = tail.split_first_chunk::<4>().ok_or_else(corrupt)?;
-        let (value, tail) = tail
-            .split_at_checked(u32::from_le_bytes(*length) as usize)
-            .ok_or_else(corrupt)?;
-        mergeable.push((key.to_owned(), value.to_vec()));
-        rest = tail;
-    }
-    Ok((u64::from_le_bytes(*generation), mergeable))
+        reason: format!("a truncated or malformed head row: {e}"),
+    })
 }
 
 struct LockRelease(Function);
@@ -1008,18 +1036,17 @@ impl Storage for IndexedDbStorage {
             (pair.get(0).unchecked_into(), pair.get(1).unchecked_into())
         };
         let (keys, values) = pairs(0);
-        let mut entries = Vec::new();
-        let mut chunks = 0u32;
-        for (key, value) in keys.iter().zip(values.iter()) {
-            chunks += u32::from(key.is_array());
-            decode_entry(&key, &value, &mut entries)?;
-        }
         let newest_chunk = newest_generation(&keys);
-        self.chunks.set(chunks);
-        // The database's mergeable metadata: every chunk's, merged (with a
-        // head row's of schema 3 and older, below).
-        let mut head = merged_meta(&entries);
-        state.records = live_rows(entries);
+        self.chunks
+            .set(keys.iter().filter(|key| key.is_array()).count() as u32);
+        // The database's mergeable metadata is every chunk's merged (with a
+        // head row's of schema 3 and older, below): the chunks' entries
+        // complete it as the database reads them.
+        state.records = LoadedRecords::streamed(LiveEntries::new(StoredValues {
+            unread: keys.length(),
+            keys,
+            values,
+        }));
         let mut legacy_generation = 0;
         let mut legacy_head = Vec::new();
         let (keys, values) = pairs(1);
@@ -1041,12 +1068,9 @@ impl Storage for IndexedDbStorage {
             }
         }
         for (key, value) in &legacy_head {
-            merge_into(&mut head, key, value);
+            state.meta.insert(key.clone(), value.clone());
         }
         *self.legacy_head.borrow_mut() = legacy_head;
-        for (key, value) in head {
-            state.meta.insert(key, value);
-        }
         self.legacy_generation.set(legacy_generation);
         state.generation = newest_chunk.max(legacy_generation);
         self.last_generation.set(state.generation);

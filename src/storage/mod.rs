@@ -71,18 +71,100 @@ pub mod meta_keys {
 }
 
 /// Everything a backend holds, as read on open.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct LoadedState {
     /// Commit counter; pass it back as [`CommitBatch::expected_generation`].
     pub generation: u64,
-    /// Record rows `(id, encoded record)` in commit order. An id may appear
-    /// more than once (backends that append, like IndexedDB's chunks): the
-    /// reader merges every row of an id.
-    pub records: Vec<(String, Vec<u8>)>,
-    /// Metadata rows.
+    /// The stored record rows, read as they are consumed (a backend may
+    /// hand them over a stored value at a time, so that a large database is
+    /// never in memory twice while it opens). See [`LoadedRecords`].
+    pub records: LoadedRecords,
+    /// Metadata rows. Mergeable rows ([`MERGEABLE_META`]) may be completed
+    /// by [`StoredEntry::Meta`] entries among `records`.
     pub meta: BTreeMap<String, Vec<u8>>,
     /// Vector-index segment rows `(segment id, bytes)`.
     pub segments: Vec<(String, Vec<u8>)>,
+}
+
+impl LoadedState {
+    /// Reads every entry of `records`: the record rows `(id, encoded
+    /// record)`, with the entries' mergeable metadata merged into `meta`.
+    /// [`Database::open`](crate::Database::open) instead consumes the
+    /// entries one by one; this is for tools and tests.
+    pub fn read_all_rows(&mut self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let mut rows = Vec::new();
+        for entry in std::mem::take(&mut self.records) {
+            match entry? {
+                StoredEntry::Row(id, row) => rows.push((id, row)),
+                StoredEntry::Meta(key, value) => merge_meta_into(&mut self.meta, key, &value),
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// One entry of a [`LoadedState`]'s records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredEntry {
+    /// A live record row `(id, record encoding)`.
+    Row(String, Vec<u8>),
+    /// A mergeable metadata row ([`MERGEABLE_META`]) to merge into
+    /// [`LoadedState::meta`].
+    Meta(String, Vec<u8>),
+}
+
+/// The entries of a [`LoadedState`]: the live record rows and mergeable
+/// metadata rows, in no particular order. An id may appear in more than one
+/// row (backends that append, like IndexedDB's chunks): its record is the
+/// CRDT merge of every row, which no order changes. An `Err` ends the load:
+/// a stored value could not be read.
+pub struct LoadedRecords(crate::platform::BoxIterator<Result<StoredEntry, StorageError>>);
+
+impl LoadedRecords {
+    /// Entries produced as they are read.
+    pub fn streamed(
+        entries: impl Iterator<Item = Result<StoredEntry, StorageError>> + MaybeSend + 'static,
+    ) -> Self {
+        Self(Box::new(entries))
+    }
+
+    /// Record rows already in memory.
+    pub fn from_rows(rows: Vec<(String, Vec<u8>)>) -> Self {
+        Self::streamed(
+            rows.into_iter()
+                .map(|(id, row)| Ok(StoredEntry::Row(id, row))),
+        )
+    }
+}
+
+impl Default for LoadedRecords {
+    fn default() -> Self {
+        Self::from_rows(Vec::new())
+    }
+}
+
+impl Iterator for LoadedRecords {
+    type Item = Result<StoredEntry, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next()
+    }
+}
+
+impl std::fmt::Debug for LoadedRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoadedRecords(..)")
+    }
+}
+
+/// Merges a mergeable metadata row into `meta` (or adds it).
+pub fn merge_meta_into(meta: &mut BTreeMap<String, Vec<u8>>, key: String, value: &[u8]) {
+    match meta.get_mut(&key) {
+        Some(existing) => *existing = merge_meta_rows(&key, existing, value),
+        None => {
+            meta.insert(key, value.to_vec());
+        }
+    }
 }
 
 /// One atomic write.

@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
-    merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedState, RowStream,
-    SlotLease, Storage, StreamedRows, MERGEABLE_META,
+    merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedRecords, LoadedState,
+    RowStream, SlotLease, Storage, StreamedRows, MERGEABLE_META,
 };
 use crate::error::StorageError;
 
@@ -556,11 +556,10 @@ impl Storage for SqliteStorage {
                         Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
                     })
                     .map_err(|e| sqlite_error("reading records", e))?;
-                for row in rows {
-                    state
-                        .records
-                        .push(row.map_err(|e| sqlite_error("reading a record", e))?);
-                }
+                let rows = rows
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| sqlite_error("reading a record", e))?;
+                state.records = LoadedRecords::from_rows(rows);
                 let mut meta = transaction
                     .prepare("SELECT key, value FROM meta")
                     .map_err(|e| sqlite_error("reading metadata", e))?;
