@@ -132,6 +132,15 @@ impl Query {
         })
     }
 
+    /// True when `document` matches every filter (parsing only the fields
+    /// the filters read).
+    pub fn matches_document(&self, document: &Document) -> bool {
+        self.filters.is_empty()
+            || self.matches(&top_level_fields(document.as_str(), &|field| {
+                self.filters.iter().any(|filter| filter.field == field)
+            }))
+    }
+
     /// Runs the query over `(id, document)` pairs in id order.
     pub fn run<'a>(
         &self,
@@ -150,7 +159,11 @@ impl Query {
         records: &mut dyn Iterator<Item = (&'a str, &'a Document)>,
         in_id_order: bool,
     ) -> Vec<(String, Document)> {
-        let mut hits: Vec<(&'a str, &'a Document, Option<std::sync::Arc<Value>>)> = Vec::new();
+        let mut hits: Vec<(&'a str, &'a Document, Option<Value>)> = Vec::new();
+        let read = |field: &str| {
+            self.filters.iter().any(|filter| filter.field == field)
+                || self.sort.iter().any(|key| key.field == field)
+        };
         for (id, document) in records {
             if !id.starts_with(self.prefix.as_str()) {
                 continue;
@@ -162,7 +175,7 @@ impl Query {
                 }
                 continue;
             }
-            let value = document.value();
+            let value = top_level_fields(document.as_str(), &read);
             if self.matches(&value) {
                 hits.push((id, document, Some(value)));
             }
@@ -195,6 +208,41 @@ impl Query {
             .map(|(id, document, _)| (id.to_owned(), document.clone()))
             .collect()
     }
+}
+
+/// The top-level fields of a document's JSON text that `wanted` picks, as
+/// an object holding only them (`null` for a document that is not an object): what
+/// filters and sort keys read, parsed without the rest, so a long body is
+/// skipped over rather than copied.
+pub(crate) fn top_level_fields(text: &str, wanted: &dyn Fn(&str) -> bool) -> Value {
+    struct Fields<'f>(&'f dyn Fn(&str) -> bool);
+
+    impl<'de> serde::de::Visitor<'de> for Fields<'_> {
+        type Value = Value;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a JSON object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut kept = Map::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if (self.0)(&key) {
+                    kept.insert(key.into_owned(), map.next_value()?);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(Value::Object(kept))
+        }
+    }
+
+    if !text.starts_with('{') {
+        return Value::Null;
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    // The text was produced by serde_json or checked when it was stored.
+    serde::Deserializer::deserialize_map(&mut deserializer, Fields(wanted)).unwrap_or(Value::Null)
 }
 
 fn parse_where(value: &Value) -> Result<Vec<Filter>, InputError> {
@@ -484,5 +532,33 @@ mod tests {
         ] {
             assert!(Query::from_json(&bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn only_the_fields_read_are_parsed_and_the_rest_is_skipped() {
+        let text = r#"{"a\"b":1,"body":"long \"text\" {not a field}","n":[1,{"x":2}],"o":{"n":3},"s":"x"}"#;
+        assert_eq!(
+            top_level_fields(text, &|key| ["a\"b", "n", "s", "missing"].contains(&key)),
+            json!({"a\"b": 1, "n": [1, {"x": 2}], "s": "x"})
+        );
+        // Fields of nested objects are not top-level fields.
+        assert_eq!(top_level_fields(text, &|key| key == "x"), json!({}));
+        for not_an_object in ["[1,2]", "3", "\"s\"", "null"] {
+            assert_eq!(top_level_fields(not_an_object, &|_| true), Value::Null);
+        }
+        // Queries read the same through it: a filter on an escaped key, a
+        // sort on a field after a long one.
+        let data = docs(&[
+            (
+                "k:1",
+                json!({"a\"b": 2, "body": "x".repeat(10_000), "z": 1}),
+            ),
+            ("k:2", json!({"a\"b": 1, "body": "y", "z": 2})),
+            ("k:3", json!({"a\"b": 1, "body": "z", "z": 0})),
+        ]);
+        assert_eq!(
+            run(json!({"where": {"a\"b": 1}, "sort": "-z"}), &data),
+            ["k:2", "k:3"]
+        );
     }
 }

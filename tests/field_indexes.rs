@@ -126,7 +126,7 @@ fn scanned<S: pluresdb::storage::Storage>(db: &Database<S>, query: &Query) -> Ve
     query
         .run(all.iter().map(|(id, document)| (id.as_str(), document)))
         .into_iter()
-        .map(|(id, document)| (id, document.value().as_ref().clone()))
+        .map(|(id, document)| (id, document.to_value()))
         .collect()
 }
 
@@ -137,7 +137,7 @@ fn queried<S: pluresdb::storage::Storage>(
     let (hits, plan) = db.query_with_plan(query).unwrap();
     let hits = hits
         .into_iter()
-        .map(|(id, document)| (id, document.value().as_ref().clone()))
+        .map(|(id, document)| (id, document.to_value()))
         .collect();
     (hits, plan)
 }

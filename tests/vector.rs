@@ -310,7 +310,7 @@ async fn an_embedder_embeds_text_fields_on_put_and_search_accepts_text() {
     let mut request = SearchRequest::text("tax report accountant");
     request.filter = Some(Query::from_json(&json!({ "where": { "tag": "home" } })).unwrap());
     let hits = db.search(&request).await.unwrap();
-    assert!(hits.iter().all(|h| h.data.value()["tag"] == "home"));
+    assert!(hits.iter().all(|h| h.data.to_value()["tag"] == "home"));
     let mut request = SearchRequest::text("tax report accountant");
     request.min_score = Some(0.5);
     let hits = db.search(&request).await.unwrap();
@@ -591,4 +591,14 @@ async fn a_database_keeps_the_model_that_filled_it_and_refuses_another() {
         .unwrap();
     assert_eq!(hits[0].id, "n1");
     db.close().await.unwrap();
+}
+
+#[test]
+fn the_text_embedded_is_the_chosen_string_fields_one_per_line() {
+    let document = json!({ "a": "", "b": "second", "n": 3, "c": "third" });
+    assert_eq!(pluresdb::text_of(&document, &[]), "\nsecond\nthird");
+    let fields = ["c".to_string(), "n".to_string(), "b".to_string()];
+    assert_eq!(pluresdb::text_of(&document, &fields), "third\nsecond");
+    assert_eq!(pluresdb::text_of(&json!("plain"), &fields), "plain");
+    assert_eq!(pluresdb::text_of(&json!(7), &[]), "");
 }

@@ -12,7 +12,7 @@
 
 use std::cmp::Ordering;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use super::clock::{ActorId, Dot, Hlc, VectorClock};
 use crate::codec::{Reader, Writer};
@@ -49,22 +49,17 @@ pub fn validate_id(id: &str) -> Result<(), InputError> {
 
 /// A JSON document in canonical text form (object keys sorted, no
 /// insignificant white space), so equal documents are equal bytes on every
-/// replica. Cheap to clone. The parsed value is built on first use (queries)
-/// and kept.
+/// replica. Cheap to clone. Only the text is kept: a parsed value is built
+/// when asked for and not cached, because a cache would keep a parse of
+/// every document a scan touched for as long as the database is open
+/// (about 500 bytes a small document: a full scan of a million records
+/// would keep half a gigabyte).
 #[derive(Clone)]
-pub struct Document(Arc<DocumentInner>);
-
-struct DocumentInner {
-    text: Box<str>,
-    parsed: OnceLock<Arc<serde_json::Value>>,
-}
+pub struct Document(Arc<str>);
 
 impl Document {
-    fn from_text(text: impl Into<Box<str>>) -> Self {
-        Self(Arc::new(DocumentInner {
-            text: text.into(),
-            parsed: OnceLock::new(),
-        }))
+    fn from_text(text: &str) -> Self {
+        Self(Arc::from(text))
     }
 
     /// Canonicalises a JSON value.
@@ -74,7 +69,7 @@ impl Document {
         let text =
             serde_json::to_string(value).map_err(|e| InputError::InvalidDocument(e.to_string()))?;
         Self::check_size(text.len())?;
-        Ok(Self::from_text(text))
+        Ok(Self::from_text(&text))
     }
 
     /// Parses and canonicalises JSON text.
@@ -101,7 +96,7 @@ impl Document {
     #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
     pub(crate) fn from_stringified(text: String) -> Result<Self, InputError> {
         Self::check_size(text.len())?;
-        Ok(Self::from_text(text))
+        Ok(Self::from_text(&text))
     }
 
     /// Wraps JSON text as it is (not canonicalised, like
@@ -112,14 +107,14 @@ impl Document {
         Self::check_size(text.len())?;
         serde_json::from_str::<serde::de::IgnoredAny>(&text)
             .map_err(|e| InputError::InvalidDocument(format!("not valid JSON: {e}")))?;
-        Ok(Self::from_text(text))
+        Ok(Self::from_text(&text))
     }
 
     /// Wraps a JSON value serde_json already parsed as raw text (so it is
     /// valid JSON), as it is: how the Node addon takes `putMany`'s entries.
-    pub fn from_raw_json(raw: Box<serde_json::value::RawValue>) -> Result<Self, InputError> {
+    pub fn from_raw_json(raw: &serde_json::value::RawValue) -> Result<Self, InputError> {
         Self::check_size(raw.get().len())?;
-        Ok(Self::from_text(Box::<str>::from(raw)))
+        Ok(Self::from_text(raw.get()))
     }
 
     fn check_size(len: usize) -> Result<(), InputError> {
@@ -135,23 +130,14 @@ impl Document {
 
     /// The canonical JSON text.
     pub fn as_str(&self) -> &str {
-        &self.0.text
+        &self.0
     }
 
-    /// The parsed value (parsed once, then shared).
-    pub fn value(&self) -> Arc<serde_json::Value> {
-        self.0
-            .parsed
-            .get_or_init(|| {
-                // The text was produced by serde_json or checked on decode.
-                Arc::new(serde_json::from_str(&self.0.text).unwrap_or(serde_json::Value::Null))
-            })
-            .clone()
-    }
-
-    /// The document as an owned JSON value.
+    /// The document as an owned JSON value (parsed on each call: see the
+    /// type's docs).
     pub fn to_value(&self) -> serde_json::Value {
-        (*self.value()).clone()
+        // The text was produced by serde_json or checked on decode.
+        serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
     }
 }
 

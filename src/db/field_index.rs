@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::crdt::{Change, CrdtStore};
 use crate::error::InputError;
-use crate::query::{Condition, Query};
+use crate::query::{top_level_fields, Condition, Query};
 
 /// The most fields a database may index.
 pub(crate) const MAX_INDEXED_FIELDS: usize = 32;
@@ -244,7 +244,11 @@ impl FieldIndexes {
         let value = store
             .record(id)
             .and_then(|record| record.data())
-            .map(|document| document.value());
+            .map(|document| {
+                top_level_fields(document.as_str(), &|key| {
+                    self.fields.iter().any(|(field, _)| field == key)
+                })
+            });
         for (field, index) in &mut self.fields {
             let encoded = value
                 .as_ref()

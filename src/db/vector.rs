@@ -95,17 +95,24 @@ pub fn text_of(document: &Value, fields: &[String]) -> String {
     match document {
         Value::String(text) => text.clone(),
         Value::Object(object) => {
-            let mut parts: Vec<&str> = Vec::new();
+            // The parts joined with newlines.
+            let mut text = String::new();
+            let mut first = true;
+            let mut add = |part: &str| {
+                if !std::mem::take(&mut first) {
+                    text.push('\n');
+                }
+                text.push_str(part);
+            };
             if fields.is_empty() {
-                parts.extend(object.values().filter_map(Value::as_str));
+                object.values().filter_map(Value::as_str).for_each(&mut add);
             } else {
-                parts.extend(
-                    fields
-                        .iter()
-                        .filter_map(|f| object.get(f).and_then(Value::as_str)),
-                );
+                fields
+                    .iter()
+                    .filter_map(|f| object.get(f).and_then(Value::as_str))
+                    .for_each(&mut add);
             }
-            parts.join("\n")
+            text
         }
         _ => String::new(),
     }
@@ -148,7 +155,7 @@ impl<S: Storage> Database<S> {
         if self.shared.embedder.is_none() {
             return Ok(None);
         }
-        let text = text_of(&document.value(), &self.shared.embed_fields);
+        let text = text_of(&document.to_value(), &self.shared.embed_fields);
         if text.trim().is_empty() {
             return Ok(None);
         }
@@ -166,7 +173,7 @@ impl<S: Storage> Database<S> {
         };
         let texts: Vec<String> = entries
             .iter()
-            .map(|(_, document)| text_of(&document.value(), &self.shared.embed_fields))
+            .map(|(_, document)| text_of(&document.to_value(), &self.shared.embed_fields))
             .collect();
         let wanted: Vec<String> = texts
             .iter()
@@ -244,7 +251,7 @@ impl<S: Storage> Database<S> {
                 };
                 if let Some(filter) = &request.filter {
                     if !neighbour.id.starts_with(filter.prefix.as_str())
-                        || !filter.matches(&data.value())
+                        || !filter.matches_document(data)
                     {
                         continue;
                     }

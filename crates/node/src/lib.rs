@@ -817,7 +817,7 @@ fn copy_vectors(vectors: Option<Vec<Option<Float32Array>>>) -> Vec<Option<Vec<f3
 
 /// `[[id, data], ...]` with the vectors beside it, as database entries.
 fn parse_entries(entries_json: &str, vectors: Vec<Option<Vec<f32>>>) -> Result<Vec<EmbeddedEntry>> {
-    let pairs: Vec<(String, Box<serde_json::value::RawValue>)> =
+    let pairs: Vec<(String, &serde_json::value::RawValue)> =
         serde_json::from_str(entries_json).map_err(|e| invalid(format!("putMany entries: {e}")))?;
     let mut vectors = vectors.into_iter();
     pairs
