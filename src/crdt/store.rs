@@ -170,27 +170,23 @@ impl CrdtStore {
         last_hlc: Hlc,
         now_ms: u64,
     ) -> Self {
-        // Rows may repeat an id (append-only backends): merge them. Sorting
-        // first (stable, so commit order is kept per id) lets the map be
-        // built in one bulk pass.
-        let mut records: Vec<Record> = records.into_iter().collect();
-        records.sort_by(|a, b| a.id().cmp(b.id()));
-        let mut merged: Vec<Record> = Vec::with_capacity(records.len());
-        for record in records {
-            match merged.last_mut() {
+        // Rows may repeat an id (append-only backends): merge them (the
+        // merge does not depend on their order). Sorting first lets the map
+        // be built in one bulk pass.
+        let mut sorted: Vec<Record> = records.into_iter().collect();
+        sorted.sort_by(|a, b| a.id().cmp(b.id()));
+        let mut records: Vec<Record> = Vec::with_capacity(sorted.len());
+        for record in sorted {
+            match records.last_mut() {
                 Some(last) if last.id() == record.id() => {
                     last.merge(&record);
                 }
-                _ => merged.push(record),
+                _ => records.push(record),
             }
         }
-        let records: BTreeMap<Arc<str>, Record> = merged
-            .into_iter()
-            .map(|record| (record.shared_id().clone(), record))
-            .collect();
         let mut last_seq = version_vector.get(&actor);
         let mut hlc = HlcClock::new(last_hlc.bounded(now_ms));
-        for record in records.values() {
+        for record in &records {
             for version in record.versions() {
                 if version.writer == actor {
                     last_seq = last_seq.max(version.dot().seq);
@@ -198,6 +194,10 @@ impl CrdtStore {
                 hlc.observe(version.hlc, now_ms);
             }
         }
+        let records: BTreeMap<Arc<str>, Record> = records
+            .into_iter()
+            .map(|record| (record.shared_id().clone(), record))
+            .collect();
         let mut version_vector = version_vector;
         version_vector.raise(actor, last_seq);
         Self {
