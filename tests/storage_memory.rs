@@ -113,6 +113,9 @@ async fn opening_merges_streamed_rows_and_metadata_and_reports_corrupt_rows() {
             meta_keys::VERSION_VECTOR.into(),
             peer.version_vector().to_bytes(),
         )),
+        // Only mergeable metadata may come as an entry: a claimed sync
+        // identity is ignored (this one would not even decode).
+        Ok(StoredEntry::Meta(meta_keys::SYNC_IDENTITY.into(), vec![0xff; 3])),
     ]);
     let db = Database::open(storage, OpenOptions::default())
         .await

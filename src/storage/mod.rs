@@ -157,8 +157,14 @@ impl std::fmt::Debug for LoadedRecords {
     }
 }
 
-/// Merges a mergeable metadata row into `meta` (or adds it).
+/// Merges a mergeable metadata row into `meta` (or adds it). Rows of other
+/// keys are ignored: only [`MERGEABLE_META`] may be merged, and a stored
+/// entry claiming another key (a slot's actor, the sync identity) must not
+/// replace it.
 pub fn merge_meta_into(meta: &mut BTreeMap<String, Vec<u8>>, key: String, value: &[u8]) {
+    if !MERGEABLE_META.contains(&key.as_str()) {
+        return;
+    }
     match meta.get_mut(&key) {
         Some(existing) => *existing = merge_meta_rows(&key, existing, value),
         None => {
