@@ -5,7 +5,7 @@ import Dexie from '/node_modules/dexie/dist/dexie.mjs';
 import PouchDB from '/bench/tmp/pouchdb.mjs';
 import { measure, documents, deleteIdb, idbRequest, idbDone, rng } from './common.js';
 
-await init();
+const wasm = await init();
 
 let counter = 0;
 const fresh = (prefix) => `${prefix}-${Date.now()}-${counter++}`;
@@ -193,5 +193,35 @@ async function destroy(name, dbName) {
   await contender.destroy(await contender.open(dbName));
 }
 
-globalThis.bench = { bulkInsert, singleInserts, singleInsertsInto, reads, populate, coldOpen, destroy, contenders: Object.keys(contenders) };
+/** `count` small notes (`{ title, category, n }`, about 45 bytes of JSON), in batches of 10,000. */
+async function populateNotes(name, dbName, count) {
+  const contender = contenders[name];
+  const db = await contender.open(dbName);
+  for (let start = 0; start < count; start += 10_000) {
+    const batch = [];
+    for (let i = start; i < Math.min(count, start + 10_000); i++) {
+      batch.push({ id: `note:${String(i).padStart(7, '0')}`, title: `Note ${i}`, category: `c${i % 10}`, n: i });
+    }
+    await contender.bulk(db, batch);
+  }
+  await contender.close(db);
+}
+
+/**
+ * Opens a database of notes in a fresh page and reads one: the time, and
+ * the WebAssembly memory the page's PluresDB module holds afterwards.
+ */
+async function coldOpenNotes(name, dbName) {
+  const contender = contenders[name];
+  const start = performance.now();
+  const db = await contender.open(dbName);
+  const note = await contender.get(db, 'note:0000042');
+  const elapsed = performance.now() - start;
+  if (!note) throw new Error(`${name}: cold open found no note`);
+  const wasmBytes = wasm.memory.buffer.byteLength;
+  await contender.close(db);
+  return { elapsed, wasmBytes };
+}
+
+globalThis.bench = { bulkInsert, singleInserts, singleInsertsInto, reads, populate, coldOpen, populateNotes, coldOpenNotes, destroy, contenders: Object.keys(contenders) };
 document.body.dataset.ready = 'true';
