@@ -115,7 +115,10 @@ async fn opening_merges_streamed_rows_and_metadata_and_reports_corrupt_rows() {
         )),
         // Only mergeable metadata may come as an entry: a claimed sync
         // identity is ignored (this one would not even decode).
-        Ok(StoredEntry::Meta(meta_keys::SYNC_IDENTITY.into(), vec![0xff; 3])),
+        Ok(StoredEntry::Meta(
+            meta_keys::SYNC_IDENTITY.into(),
+            vec![0xff; 3],
+        )),
     ]);
     let db = Database::open(storage, OpenOptions::default())
         .await
