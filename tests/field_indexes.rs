@@ -146,9 +146,8 @@ fn queried<S: pluresdb::storage::Storage>(
 async fn indexed_queries_return_what_a_scan_returns() {
     let values = values();
     let mut random = Random::new();
-    let db = Database::open(MemoryStorage::new(), indexed())
-        .await
-        .unwrap();
+    let storage = MemoryStorage::new();
+    let db = Database::open(storage.clone(), indexed()).await.unwrap();
     let peer = Database::open(MemoryStorage::new(), OpenOptions::default())
         .await
         .unwrap();
@@ -191,6 +190,22 @@ async fn indexed_queries_return_what_a_scan_returns() {
     assert!(
         used_index > 1000,
         "the index was used by {used_index} queries of 2,400"
+    );
+    // Built in one pass when the database opens again, the indexes answer
+    // the same.
+    db.close().await.unwrap();
+    drop(db);
+    let db = Database::open(storage, indexed()).await.unwrap();
+    let mut used_index = 0;
+    for _ in 0..400 {
+        let query = random_query(&mut random, &values);
+        let (hits, plan) = queried(&db, &query);
+        assert_eq!(hits, scanned(&db, &query), "reopened: {query:?} ({plan:?})");
+        used_index += usize::from(plan.index.is_some());
+    }
+    assert!(
+        used_index > 150,
+        "the rebuilt index was used by {used_index} queries of 400"
     );
 }
 

@@ -212,20 +212,44 @@ impl FieldIndexes {
         Ok(())
     }
 
-    /// Indexes `fields` over every live record of `store`.
+    /// Indexes `fields` over every live record of `store`. The entries
+    /// are gathered first and each map built in one bulk pass: inserting
+    /// them one by one took about three seconds at a million records.
     pub fn build(fields: &[String], store: &CrdtStore) -> Self {
-        let mut indexes = Self {
-            fields: fields
-                .iter()
-                .map(|field| (field.clone(), FieldIndex::default()))
-                .collect(),
-        };
-        if !indexes.fields.is_empty() {
+        // Per field: its entries, and the value each record is under.
+        type Rows = Vec<(String, Vec<u8>)>;
+        let mut gathered: Vec<(Rows, Rows)> = fields.iter().map(|_| Default::default()).collect();
+        if !fields.is_empty() {
             for record in store.records() {
-                indexes.index_record(record.shared_id(), store);
+                let Some(document) = record.data() else {
+                    continue;
+                };
+                let value = top_level_fields(document.as_str(), &|key| {
+                    fields.iter().any(|field| field == key)
+                });
+                for (field, (entries, value_of)) in fields.iter().zip(&mut gathered) {
+                    let Some((encoded, _)) = value.get(field.as_str()).and_then(encode) else {
+                        continue;
+                    };
+                    entries.push((encoded.clone() + record.id(), Vec::new()));
+                    value_of.push((record.id().to_owned(), encoded.into_bytes()));
+                }
             }
         }
-        indexes
+        Self {
+            fields: fields
+                .iter()
+                .cloned()
+                .zip(gathered)
+                .map(|(field, (entries, value_of))| {
+                    let index = FieldIndex {
+                        entries: entries.into_iter().collect(),
+                        value_of: value_of.into_iter().collect(),
+                    };
+                    (field, index)
+                })
+                .collect(),
+        }
     }
 
     /// Brings the indexes up to date with changed records.
