@@ -372,6 +372,61 @@ test('storageStatus reports persistence, usage, quota and eviction risk', async 
   await page.close();
 });
 
+// Issue #26: a million records in the browser. Every record is resident
+// (about 270 bytes a note), so the bound is on what is kept beside them:
+// no second copy while the database opens, no parse of every document
+// after a scan (that kept about 480 MiB more at this size).
+test('a database of 1,000,000 notes opens in a fresh page and reads, lists and queries within a memory bound', async () => {
+  const count = 1_000_000;
+  const writer = await openFixture();
+  await writer.evaluate(async (count) => {
+    const db = await globalThis.api.PluresDB.open('million', { indexes: ['category'] });
+    for (let start = 0; start < count; start += 10_000) {
+      const batch = [];
+      for (let i = start; i < start + 10_000; i++) {
+        batch.push([`note:${String(i).padStart(7, '0')}`, { title: `Note ${i}`, category: `c${i % 10}`, n: i }]);
+      }
+      await db.putMany(batch);
+    }
+    await db.close();
+  }, count);
+  await writer.close();
+
+  const reader = await openFixture();
+  const result = await reader.evaluate(async () => {
+    const started = performance.now();
+    const db = await globalThis.api.PluresDB.open('million', { indexes: ['category'] });
+    const note = await db.get('note:0000042');
+    const openMs = performance.now() - started;
+    const length = db.explain({ prefix: 'note:' }).reads;
+    const listed = await db.list({ prefix: 'note:01234', limit: 50 });
+    const indexed = await db.query({ where: { category: 'c3', n: { $lt: 100 } }, sort: '-n' });
+    const plan = db.explain({ where: { category: 'c3', n: { $lt: 100 } } });
+    // A condition on a field without an index reads every record.
+    const scanned = await db.query({ where: { n: { $gte: 999_990 } } });
+    await db.put('note:1000000', { title: 'one more', category: 'c3', n: -1 });
+    const added = await db.query({ where: { category: 'c3', n: { $lt: 0 } } });
+    const memoryMiB = globalThis.wasmMemoryBytes() / 1048576;
+    await db.destroy();
+    return {
+      openMs, note, length, listed: listed.items.map((item) => item.id),
+      indexed: indexed.map((hit) => hit.id), plan, scanned: scanned.length, added: added.map((hit) => hit.id), memoryMiB,
+    };
+  });
+  console.log(`1,000,000 notes: cold open ${result.openMs.toFixed(0)} ms, wasm memory ${result.memoryMiB.toFixed(0)} MiB`);
+  assert.deepEqual(result.note, { title: 'Note 42', category: 'c2', n: 42 });
+  assert.equal(result.length, count);
+  assert.equal(result.listed.length, 50);
+  assert.equal(result.listed[0], 'note:0123400');
+  assert.equal(result.indexed.length, 10);
+  assert.equal(result.indexed[0], 'note:0000093');
+  assert.equal(result.plan.index, 'category', JSON.stringify(result.plan));
+  assert.equal(result.scanned, 10);
+  assert.deepEqual(result.added, ['note:1000000']);
+  assert.ok(result.memoryMiB < 450, `wasm memory ${result.memoryMiB.toFixed(0)} MiB`);
+  await reader.close();
+});
+
 test('quota exceeded is a QuotaExceededError and loses nothing committed', async () => {
   const context = await browser.context.browser()?.newContext() ?? browser.context;
   const page = await openFixture(context);
