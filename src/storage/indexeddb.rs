@@ -728,12 +728,7 @@ async fn written_after(
     let newest = newest_generation(&keys);
     let mut rows = Vec::new();
     let mut meta = Vec::new();
-    let chunks = StoredValues {
-        unread: keys.length(),
-        keys,
-        values,
-    };
-    for entry in LiveEntries::new(chunks) {
+    for entry in LiveEntries::new(StoredValues::new(keys, values)) {
         match entry? {
             StoredEntry::Row(id, row) => rows.push((id, row)),
             StoredEntry::Meta(key, value) => merge_into(&mut meta, &key, &value),
@@ -767,6 +762,17 @@ struct StoredValues {
     values: Array,
     /// Values not read yet: those below this index.
     unread: u32,
+}
+
+impl StoredValues {
+    /// Every value of `keys`/`values` (as `getAllKeys`/`getAll` list them).
+    fn new(keys: Array, values: Array) -> Self {
+        Self {
+            unread: keys.length(),
+            keys,
+            values,
+        }
+    }
 }
 
 impl Iterator for StoredValues {
@@ -1042,11 +1048,7 @@ impl Storage for IndexedDbStorage {
         // The database's mergeable metadata is every chunk's merged (with a
         // head row's of schema 3 and older, below): the chunks' entries
         // complete it as the database reads them.
-        state.records = LoadedRecords::streamed(LiveEntries::new(StoredValues {
-            unread: keys.length(),
-            keys,
-            values,
-        }));
+        state.records = LoadedRecords::streamed(LiveEntries::new(StoredValues::new(keys, values)));
         let mut legacy_generation = 0;
         let mut legacy_head = Vec::new();
         let (keys, values) = pairs(1);
