@@ -12,9 +12,13 @@
 //! reopens them, makes commits fail (quota), makes clocks jump, lag, race
 //! years ahead or read `u64::MAX`, cuts relay connections, restarts syncs,
 //! and has the relay drop, duplicate, reorder, replay, trim and truncate what it
-//! holds and answer STORED for envelopes it never stored. Then the faults
-//! stop, every device reopens, every instance syncs afresh, and the world
-//! must converge.
+//! holds and answer STORED for envelopes it never stored. Envelopes take a
+//! random time to reach the relay, so what a closed connection sent still
+//! arrives after its instance connected again, and some values are large
+//! enough for deltas of several chunks. Then the faults stop, every device
+//! reopens, every instance syncs afresh (twice, the second time while the
+//! first round's deltas may still be on their way), and the world must
+//! converge.
 //!
 //! Invariants (`docs/ARCHITECTURE.md`, "Guarantees"), checked after every
 //! step and at the end:
@@ -315,6 +319,11 @@ struct RelayState {
     /// Envelopes kept: (backlog sequence, envelope).
     backlog: Vec<(u64, Vec<u8>)>,
     backlog_limit: usize,
+    /// The most time an envelope takes to reach the relay (ms), drawn
+    /// per envelope: what a connection sent before it closed can still
+    /// be fanned out after its instance connected again. Not a fault; it
+    /// stays on while the world heals.
+    latency_ms: u64,
     next_sequence: u64,
     members: BTreeMap<u64, Member>,
     next_member: u64,
@@ -420,6 +429,13 @@ impl SimRelay {
         tokio::spawn(async move {
             let mut published = 0u32;
             while let Some(Outgoing { envelope, keep }) = to_publish.next().await {
+                let latency = {
+                    let most = relay.state.lock().unwrap().latency_ms;
+                    relay.rng.with(|rng| rng.below(most + 1))
+                };
+                if latency > 0 {
+                    tokio::time::sleep(Duration::from_millis(latency)).await;
+                }
                 let sequence = published;
                 published = published.wrapping_add(1);
                 let mut state = relay.state.lock().unwrap();
@@ -616,6 +632,7 @@ impl World {
             replay: rng.intensity(0.05, 0.3),
         };
         let backlog_limit = [8usize, 64, 10_000][rng.below(3) as usize];
+        let latency_ms = [0u64, 20, 500][rng.below(3) as usize];
         let device_count = 2 + rng.below(2) as usize;
         let shared = SharedRng(Arc::new(Mutex::new(Rng(rng.next()))));
         let relay = SimRelay {
@@ -623,6 +640,7 @@ impl World {
                 faults: relay_faults,
                 backlog: Vec::new(),
                 backlog_limit,
+                latency_ms,
                 next_sequence: 0,
                 members: BTreeMap::new(),
                 next_member: 0,
@@ -678,7 +696,7 @@ impl World {
             rogues: 0,
         };
         world.note(format!(
-            "world: {device_count} devices, relay {relay_faults:?}, backlog limit {backlog_limit}"
+            "world: {device_count} devices, relay {relay_faults:?}, backlog limit {backlog_limit}, latency up to {latency_ms} ms"
         ));
         // Device 0 creates the sync identity; the others join it.
         for index in 0..device_count {
@@ -886,15 +904,24 @@ impl World {
                 let db = self.devices[device].instances[index].db.clone();
                 let name = self.devices[device].instances[index].name.clone();
                 self.writes += 1;
-                let value = json!({ "w": self.writes, "by": name });
+                // Some values are large, so deltas span several chunks
+                // (256 KiB each) and can be cut off, resumed and overtaken.
+                let pad = self
+                    .rng
+                    .with(|rng| rng.chance(0.05).then(|| rng.below(300_000) as usize))
+                    .unwrap_or(0);
+                let mut value = json!({ "w": self.writes, "by": name });
                 self.note(format!(
                     "{name}: {} {key}",
                     if delete {
                         "delete".to_owned()
                     } else {
-                        format!("put {value}")
+                        format!("put {value} with {pad} bytes of padding")
                     }
                 ));
+                if pad > 0 {
+                    value["pad"] = json!("p".repeat(pad));
+                }
                 tokio::spawn(async move {
                     let _ = if delete {
                         db.delete(&key).await.map(|_| ())
@@ -1057,14 +1084,21 @@ impl World {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         // One after another, as real devices come online: an instance that
-        // connects first never hears the later ones' hellos.
-        for device in 0..self.devices.len() {
-            for index in 0..self.devices[device].instances.len() {
-                let pause = self.rng.with(|rng| rng.below(3_000));
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-                let relay = SimConnector(self.relay.clone());
-                let instance = &mut self.devices[device].instances[index];
-                instance.sync = instance.db.sync(relay).ok();
+        // connects first never hears the later ones' hellos. Twice: the
+        // second round starts while the first one's deltas may still be on
+        // their way (see `latency_ms`), so new sessions receive chunks of
+        // deltas their peers' earlier sessions sent.
+        for round in 0..2 {
+            for device in 0..self.devices.len() {
+                for index in 0..self.devices[device].instances.len() {
+                    let most = if round == 0 { 3_000 } else { 300 };
+                    let pause = self.rng.with(|rng| rng.below(most));
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    let relay = SimConnector(self.relay.clone());
+                    let instance = &mut self.devices[device].instances[index];
+                    drop(instance.sync.take());
+                    instance.sync = instance.db.sync(relay).ok();
+                }
             }
         }
         tokio::time::sleep(Duration::from_secs(120)).await;

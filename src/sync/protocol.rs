@@ -410,6 +410,10 @@ struct DeltaProgress {
 pub struct SyncProtocol {
     me: PeerId,
     cipher: SyncCipher,
+    /// The id of the next delta sent. Starts at a random value, so the
+    /// deltas of one replica's successive sessions (each a new protocol
+    /// instance) do not share ids: a late chunk of an earlier session's
+    /// delta must not be taken for a chunk of the current one.
     next_delta: u32,
     /// Deltas being received, per (peer, delta id).
     partial: HashMap<(PeerId, u32), DeltaProgress>,
@@ -427,10 +431,12 @@ pub struct SyncProtocol {
 impl SyncProtocol {
     /// The protocol for instance `me`, sealing with `cipher`.
     pub fn new(me: PeerId, cipher: SyncCipher) -> Self {
+        let mut first_delta = [0u8; 4];
+        crate::platform::fill_random(&mut first_delta);
         Self {
             me,
             cipher,
-            next_delta: 0,
+            next_delta: u32::from_le_bytes(first_delta),
             partial: HashMap::new(),
             started: 0,
             rejected: 0,
@@ -985,6 +991,95 @@ mod tests {
         };
         assert_eq!(ops.len(), 2);
         b.apply_delta(ops, &complete.expect("the resumed delta completes"), 3);
+        assert_eq!(a.state_bytes(), b.state_bytes());
+    }
+
+    #[test]
+    fn a_late_chunk_of_an_earlier_session_does_not_block_the_resumed_delta() {
+        // Found by CI (sync_relay, a_delta_cut_off_halfway_resumes_where_it_stopped):
+        // both syncs restart while the relay still forwards chunks of the
+        // first delta. Each new session's protocol numbered its deltas from
+        // 0 again, so a late chunk of the old delta claimed the id, and the
+        // resumed delta (another chunk count) was dropped as "another delta
+        // under this id": B stayed behind until its next reconnect.
+        let identity = SyncIdentity::generate();
+        let mut a = CrdtStore::new(ActorId::from_bytes([1; 16]));
+        let mut b = CrdtStore::new(ActorId::from_bytes([2; 16]));
+        for round in 0..2 {
+            for i in 0..6 {
+                a.put(
+                    &format!("k{i}"),
+                    Document::from_value(&json!(format!("{round}{}", "y".repeat(100_000))))
+                        .unwrap(),
+                    1,
+                );
+            }
+        }
+        let vector = a.version_vector().clone();
+        let mut first_a = SyncProtocol::new(a.actor(), identity.cipher());
+        let mut first_b = SyncProtocol::new(b.actor(), identity.cipher());
+        let old = first_a.delta(
+            b.actor(),
+            &a.changes_since(b.version_vector()),
+            &vector,
+            None,
+        );
+        assert_eq!(old.len(), 3);
+        let Incoming::Apply {
+            from, ops, chunk, ..
+        } = first_b.receive(&old[0]).unwrap()
+        else {
+            panic!("expected operations");
+        };
+        for op in ops {
+            b.apply(op, 2);
+        }
+        first_b.chunk_applied(from, chunk.unwrap(), true);
+        // Both syncs restart: new protocol instances, B's hints inherited.
+        let mut second_a = SyncProtocol::new(a.actor(), identity.cipher());
+        let mut second_b = SyncProtocol::new(b.actor(), identity.cipher());
+        second_b.inherit_hints(first_b.resume_hints());
+        let Incoming::Hello { resume, .. } = second_a
+            .receive(&second_b.hello(b.version_vector()))
+            .unwrap()
+        else {
+            panic!("expected a hello");
+        };
+        let (_, after) = resume.expect("a resume hint for A");
+        let rest = second_a.delta(
+            b.actor(),
+            &a.changes_since(b.version_vector()),
+            &vector,
+            Some(after),
+        );
+        assert_eq!(rest.len(), 2, "the last two thirds");
+        // The relay still forwards the old delta's last chunk: it arrives
+        // first, then the resumed delta.
+        let mut completed = None;
+        for envelope in std::iter::once(&old[2]).chain(&rest) {
+            let Incoming::Apply {
+                from,
+                ops,
+                complete,
+                chunk,
+            } = second_b.receive(envelope).unwrap()
+            else {
+                panic!("every chunk is for B and carries operations");
+            };
+            match complete {
+                Some(vector) => {
+                    b.apply_delta(ops, &vector, 3);
+                    completed = Some(vector);
+                }
+                None => {
+                    for op in ops {
+                        b.apply(op, 3);
+                    }
+                }
+            }
+            second_b.chunk_applied(from, chunk.unwrap(), true);
+        }
+        assert_eq!(completed, Some(vector), "the resumed delta completes");
         assert_eq!(a.state_bytes(), b.state_bytes());
     }
 
