@@ -447,3 +447,119 @@ async fn a_delta_cut_off_halfway_resumes_where_it_stopped() {
     drop((sync_a, sync_b));
     relay.stop();
 }
+
+/// A connector that loses the first delta chunk (a large envelope the relay
+/// forwarded without keeping it) on its way in, and counts connections.
+struct LosesOneDeltaChunk {
+    inner: RelayConnector,
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl pluresdb::transport::Connector for LosesOneDeltaChunk {
+    fn connect(
+        &self,
+        rendezvous: pluresdb::transport::Rendezvous,
+        cursor: u64,
+    ) -> pluresdb::platform::BoxFuture<'_, Result<pluresdb::transport::Link, String>> {
+        use futures::StreamExt;
+        use pluresdb::transport::TransportEvent;
+        use std::sync::atomic::Ordering;
+        Box::pin(async move {
+            let mut link = self.inner.connect(rendezvous, cursor).await?;
+            self.connections.fetch_add(1, Ordering::SeqCst);
+            let (events, inbound) = futures::channel::mpsc::unbounded();
+            let lost = self.lost.clone();
+            tokio::spawn(async move {
+                while let Some(event) = link.inbound.next().await {
+                    if let TransportEvent::Envelope {
+                        envelope,
+                        cursor: None,
+                        ..
+                    } = &event
+                    {
+                        if envelope.len() > 100_000 && !lost.swap(true, Ordering::SeqCst) {
+                            continue;
+                        }
+                    }
+                    if events.unbounded_send(event).is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(pluresdb::transport::Link {
+                outbound: link.outbound,
+                inbound,
+            })
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// A delta chunk lost on the way (the relay forwards deltas without
+/// keeping them) used to leave the receiver behind for as long as its
+/// connection lasted: nothing asked again before the next reconnect. The
+/// sync engine's watchdog now sends a new hello once a delta has been
+/// silent for a while, and the sender answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_delta_chunk_is_asked_for_again_without_reconnecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        RelayConfig {
+            backlog_path: Some(dir.path().join("relay.db")),
+            backlog_frames: 1,
+            ..RelayConfig::default()
+        },
+    )
+    .await;
+    let (a, b) = pair(dir.path()).await;
+    let text = "d".repeat(100_000);
+    a.put_many((0..12).map(|i| {
+        (
+            format!("big{i:02}"),
+            pluresdb::crdt::Document::from_value(&json!({ "i": i, "text": text })).unwrap(),
+        )
+    }))
+    .await
+    .unwrap();
+    publish_everything(&a, relay.url()).await;
+    let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
+    eventually("a is online", || sync_a.status().state == SyncState::Synced).await;
+    let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sync_b = b
+        .sync(LosesOneDeltaChunk {
+            inner: RelayConnector::new(relay.url()),
+            lost: lost.clone(),
+            connections: connections.clone(),
+        })
+        .unwrap();
+    eventually("a delta chunk was lost", || {
+        lost.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    // The watchdog notices after three silent periods of 10 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while b.version_vector() != a.version_vector() || b.len() != 12 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b never got the lost chunk again: {} of 12 records, vector {:?} against {:?}",
+            b.len(),
+            b.version_vector(),
+            a.version_vector()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state_of(&a), state_of(&b));
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "b caught up on its first connection"
+    );
+    drop((sync_a, sync_b));
+    relay.stop();
+}

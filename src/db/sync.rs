@@ -24,7 +24,7 @@ use super::{Database, Origin, SyncEvent};
 use crate::crdt::{CrdtOperation, VersionVector};
 use crate::error::{Error, InputError, Result};
 use crate::storage::{meta_keys, Storage};
-use crate::sync::protocol::{vector_digest, ResumeHint};
+use crate::sync::protocol::{vector_digest, ResumeHint, STALL_TICKS};
 use crate::sync::{Incoming, PeerId, SyncIdentity, SyncProtocol};
 use crate::transport::{Connector, Link, Outgoing, Rendezvous, TransportEvent};
 
@@ -253,6 +253,7 @@ impl<S: Storage> Database<S> {
             published_key: format!("{PUBLISHED_PREFIX}{}", connector.describe()),
             asked: Vec::new(),
             answered: VecDeque::new(),
+            ticks: 0,
             status: status.clone(),
             rendezvous: Rendezvous::of(&identity),
         };
@@ -279,9 +280,16 @@ struct Engine<S: Storage> {
     /// hello with a hello of its own (this session).
     asked: Vec<(PeerId, VersionVector)>,
     /// Hellos answered this session: (peer, its connection, a hash of its
-    /// vector), newest last. A hello seen again is not answered again.
-    answered: VecDeque<(PeerId, u64, u64)>,
+    /// vector, the watchdog tick of the answer), newest last. A hello seen
+    /// again is not answered again for [`STALL_TICKS`]` - 1` ticks: by
+    /// then it is a peer whose delta stalled, asking again.
+    answered: VecDeque<(PeerId, u64, u64, u64)>,
+    /// Watchdog ticks this session.
+    ticks: u64,
 }
+
+/// How often the sync engine's watchdog runs (see [`SyncProtocol::tick`]).
+const WATCHDOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// Hellos remembered per session (see `Engine::answered`).
 const REMEMBERED_HELLOS: usize = 1024;
@@ -384,6 +392,9 @@ impl<S: Storage> Engine<S> {
         let mut commits = self.db.subscribe_commits();
         self.asked.clear();
         self.answered.clear();
+        self.ticks = 0;
+        let watchdog = crate::platform::sleep(WATCHDOG_PERIOD).fuse();
+        futures::pin_mut!(watchdog);
         let mut sent: u32 = 0;
         let mut unstored: InFlight = VecDeque::new();
         let mut queued: VecDeque<Publication> = VecDeque::new();
@@ -489,6 +500,21 @@ impl<S: Storage> Engine<S> {
                                 Err(HandleError::Transport) => break SessionEnd::Disconnected,
                                 Err(HandleError::NotCommitted) => break SessionEnd::Disconnected,
                             }
+                        }
+                    }
+                }
+                () = watchdog => {
+                    watchdog.set(crate::platform::sleep(WATCHDOG_PERIOD).fuse());
+                    self.ticks += 1;
+                    if self.protocol.tick() {
+                        // A delta being received stalled (a chunk was lost
+                        // on the way): a new hello, with resume hints,
+                        // brings the rest.
+                        let Ok(vector) = self.db.version_vector_checked() else {
+                            break SessionEnd::Stopped;
+                        };
+                        if !send(self.protocol.hello(&vector), false, &mut sent) {
+                            break SessionEnd::Disconnected;
                         }
                     }
                 }
@@ -611,16 +637,28 @@ impl<S: Storage> Engine<S> {
                 resume,
             } => {
                 note(peer, &self.db);
-                // At most one delta per peer connection and vector: a hello
-                // seen again (replayed by a relay, or repeated) costs nothing.
+                // At most one delta per peer connection and vector per
+                // stall period: a hello seen again soon (replayed by a
+                // relay, or repeated) costs nothing.
                 let key = (peer, from, vector_digest(&vector));
-                if self.answered.contains(&key) {
-                    return Ok(());
+                let ticks = self.ticks;
+                if let Some(at) = self
+                    .answered
+                    .iter()
+                    .position(|(p, f, d, _)| (*p, *f, *d) == key)
+                {
+                    // One tick less than the receiver waits: a receiver's
+                    // stall (at least two whole periods without a chunk)
+                    // spans at least two ticks here.
+                    if ticks < self.answered[at].3 + u64::from(STALL_TICKS - 1) {
+                        return Ok(());
+                    }
+                    self.answered.remove(at);
                 }
                 if self.answered.len() >= REMEMBERED_HELLOS {
                     self.answered.pop_front();
                 }
-                self.answered.push_back(key);
+                self.answered.push_back((key.0, key.1, key.2, ticks));
                 // Read together: a vector read after a later commit would
                 // make the peer adopt a write the delta does not carry.
                 let (ops, mine) = self

@@ -72,6 +72,11 @@ pub const MAX_DELTA_CHUNKS: u32 = 1 << 16;
 const MAX_PARTIAL_DELTAS: usize = 64;
 /// Resume hints a HELLO carries at most.
 pub const MAX_RESUME_HINTS: usize = 8;
+/// Watchdog periods without a chunk after which a delta being received
+/// counts as stalled (see [`SyncProtocol::tick`]).
+pub const STALL_TICKS: u32 = 3;
+/// Hellos sent again for one stalled delta before it is forgotten.
+const MAX_REHELLOS: u32 = 3;
 
 /// A stable 64-bit digest of a version vector (BLAKE2b), the same on every
 /// platform and build: what resume hints name a delta's vector by.
@@ -401,6 +406,10 @@ struct DeltaProgress {
     last_dots: Vec<(u32, Dot)>,
     /// A chunk arrived whose commit failed: this delta never completes.
     failed: bool,
+    /// [`tick`](SyncProtocol::tick)s since a chunk of it last arrived.
+    idle_ticks: u32,
+    /// Hellos sent again for it without a chunk arriving since.
+    rehellos: u32,
     /// Order of arrival among partial deltas, for eviction.
     started: u64,
 }
@@ -704,6 +713,8 @@ impl SyncProtocol {
                     applied: Default::default(),
                     last_dots: Vec::new(),
                     failed: false,
+                    idle_ticks: 0,
+                    rehellos: 0,
                     started,
                 });
                 if progress.chunks != chunks
@@ -713,6 +724,8 @@ impl SyncProtocol {
                     // A repeat, or a chunk of another delta under this id.
                     return Ok(Incoming::Ignore);
                 }
+                progress.idle_ticks = 0;
+                progress.rehellos = 0;
                 if let Some(last) = ops.iter().map(|op| op.version.dot()).max() {
                     match progress.last_dots.binary_search_by_key(&chunk, |(c, _)| *c) {
                         Ok(at) => progress.last_dots[at].1 = last,
@@ -734,6 +747,34 @@ impl SyncProtocol {
 }
 
 impl SyncProtocol {
+    /// Marks the passing of one watchdog period (the sync engine calls it
+    /// every few seconds). Returns true when a delta being received has had
+    /// no chunk for [`STALL_TICKS`] periods: a chunk was lost on the way
+    /// (the relay only forwards deltas, it does not keep them), and only a
+    /// new HELLO (with its resume hints) brings the rest. A delta that
+    /// stays silent through [`MAX_REHELLOS`] such hellos (its sender left)
+    /// is forgotten at its next stall.
+    pub fn tick(&mut self) -> bool {
+        let mut stalled = false;
+        self.partial.retain(|_, progress| {
+            if progress.failed {
+                return true;
+            }
+            progress.idle_ticks += 1;
+            if progress.idle_ticks < STALL_TICKS {
+                return true;
+            }
+            progress.idle_ticks = 0;
+            if progress.rehellos >= MAX_REHELLOS {
+                return false;
+            }
+            progress.rehellos += 1;
+            stalled = true;
+            true
+        });
+        stalled
+    }
+
     /// Reports whether the delta chunk `chunk` from `from` (returned by
     /// [`receive`](Self::receive)) was committed. Only committed chunks count
     /// towards completing their delta; a failed one keeps it incomplete.
@@ -1081,6 +1122,45 @@ mod tests {
         }
         assert_eq!(completed, Some(vector), "the resumed delta completes");
         assert_eq!(a.state_bytes(), b.state_bytes());
+    }
+
+    #[test]
+    fn a_silent_delta_stalls_after_three_ticks_and_is_forgotten_after_three_hellos() {
+        let (_, mut pb, chunks) = three_chunk_delta();
+        assert!(!pb.tick(), "nothing being received");
+        // Chunk 0 arrives, chunk 1 is lost.
+        assert!(feed(&mut pb, &chunks, &[0], &[]).is_empty());
+        assert!(!pb.tick());
+        assert!(!pb.tick());
+        assert!(pb.tick(), "three silent periods: stalled");
+        assert!(!pb.tick(), "once per three periods");
+        assert!(!pb.tick());
+        // A new chunk restarts the count.
+        assert!(feed(&mut pb, &chunks, &[2], &[]).is_empty());
+        assert!(!pb.tick());
+        assert!(!pb.tick());
+        assert!(pb.tick());
+        assert_eq!(pb.resume_hints().len(), 1, "still resumable");
+        // Two more hellos go unanswered; the next stall forgets the delta.
+        let hellos = (0..6).filter(|_| pb.tick()).count();
+        assert_eq!(hellos, 2);
+        assert_eq!(pb.resume_hints().len(), 1);
+        assert!(!pb.tick() && !pb.tick() && !pb.tick());
+        assert!(pb.resume_hints().is_empty(), "forgotten");
+        for _ in 0..6 {
+            assert!(!pb.tick(), "a forgotten delta asks no more");
+        }
+        // A repeated chunk is no progress; a completed delta asks nothing.
+        let (_, mut pb, chunks) = three_chunk_delta();
+        feed(&mut pb, &chunks, &[0], &[]);
+        pb.tick();
+        pb.tick();
+        feed(&mut pb, &chunks, &[0], &[]);
+        assert!(pb.tick(), "a repeat does not reset the count");
+        assert_eq!(feed(&mut pb, &chunks, &[1, 2], &[]), vec![1]);
+        for _ in 0..6 {
+            assert!(!pb.tick());
+        }
     }
 
     #[test]
