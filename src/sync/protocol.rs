@@ -969,15 +969,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_delta_cut_off_resumes_after_the_prefix_the_receiver_holds() {
-        // Issue #21: a first sync cut off halfway started over.
-        let identity = SyncIdentity::generate();
+    /// A (six keys of 100 KB, each written twice) and an empty B. The
+    /// versions A sends have dots 7..=12, so B's vector cannot advance on
+    /// its own (1..=6 never arrive) and only a resume hint can tell A what
+    /// B holds.
+    fn six_keys_written_twice() -> (SyncIdentity, CrdtStore, CrdtStore) {
         let mut a = CrdtStore::new(ActorId::from_bytes([1; 16]));
-        let mut b = CrdtStore::new(ActorId::from_bytes([2; 16]));
-        // Every key written twice: the versions sent have dots 7..=12, so
-        // B's vector cannot advance on its own (1..=6 never arrive) and
-        // only the hint can tell A what B holds.
         for round in 0..2 {
             for i in 0..6 {
                 a.put(
@@ -988,6 +985,14 @@ mod tests {
                 );
             }
         }
+        let b = CrdtStore::new(ActorId::from_bytes([2; 16]));
+        (SyncIdentity::generate(), a, b)
+    }
+
+    #[test]
+    fn a_delta_cut_off_resumes_after_the_prefix_the_receiver_holds() {
+        // Issue #21: a first sync cut off halfway started over.
+        let (identity, a, mut b) = six_keys_written_twice();
         let mut pa = SyncProtocol::new(a.actor(), identity.cipher());
         let mut pb = SyncProtocol::new(b.actor(), identity.cipher());
         let vector = a.version_vector().clone();
@@ -1043,19 +1048,7 @@ mod tests {
         // 0 again, so a late chunk of the old delta claimed the id, and the
         // resumed delta (another chunk count) was dropped as "another delta
         // under this id": B stayed behind until its next reconnect.
-        let identity = SyncIdentity::generate();
-        let mut a = CrdtStore::new(ActorId::from_bytes([1; 16]));
-        let mut b = CrdtStore::new(ActorId::from_bytes([2; 16]));
-        for round in 0..2 {
-            for i in 0..6 {
-                a.put(
-                    &format!("k{i}"),
-                    Document::from_value(&json!(format!("{round}{}", "y".repeat(100_000))))
-                        .unwrap(),
-                    1,
-                );
-            }
-        }
+        let (identity, a, mut b) = six_keys_written_twice();
         let vector = a.version_vector().clone();
         let mut first_a = SyncProtocol::new(a.actor(), identity.cipher());
         let mut first_b = SyncProtocol::new(b.actor(), identity.cipher());
