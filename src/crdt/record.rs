@@ -39,12 +39,25 @@ pub fn validate_id(id: &str) -> Result<(), InputError> {
             id.len()
         )));
     }
-    if id.chars().any(char::is_control) {
+    if has_control_character(id) {
         return Err(InputError::InvalidId(
             "ids must not contain control characters".into(),
         ));
     }
     Ok(())
+}
+
+/// Whether `text` holds a control character (`char::is_control`: Unicode
+/// category Cc, U+0000–U+001F and U+007F–U+009F). Checked on bytes, without
+/// decoding characters (every stored id is checked again when a database
+/// opens): in UTF-8 these are the bytes below 0x20, 0x7F, and the two-byte
+/// sequences 0xC2 0x80–0x9F (0xC2 is never a continuation byte).
+fn has_control_character(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().any(|byte| *byte < 0x20 || *byte == 0x7f)
+        || bytes
+            .windows(2)
+            .any(|pair| pair[0] == 0xc2 && pair[1] <= 0x9f)
 }
 
 /// A JSON document in canonical text form (object keys sorted, no
@@ -666,4 +679,28 @@ pub fn decode_operations(bytes: &[u8]) -> Result<Vec<CrdtOperation>, DecodeError
     }
     reader.finish()?;
     Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_found_on_bytes_exactly_as_char_is_control_finds_them() {
+        for code in 0..=0x10_ffffu32 {
+            let Some(c) = char::from_u32(code) else {
+                continue;
+            };
+            for text in [format!("{c}"), format!("a{c}b"), format!("Â{c}é")] {
+                assert_eq!(
+                    has_control_character(&text),
+                    text.chars().any(char::is_control),
+                    "U+{code:04X} in {text:?}"
+                );
+            }
+        }
+        assert!(validate_id("ok/id é").is_ok());
+        assert!(validate_id("tab\there").is_err());
+        assert!(validate_id("next\u{85}line").is_err());
+    }
 }
