@@ -319,11 +319,6 @@ struct RelayState {
     /// Envelopes kept: (backlog sequence, envelope).
     backlog: Vec<(u64, Vec<u8>)>,
     backlog_limit: usize,
-    /// The most time an envelope takes to reach the relay (ms), drawn
-    /// per envelope: what a connection sent before it closed can still
-    /// be fanned out after its instance connected again. Not a fault; it
-    /// stays on while the world heals.
-    latency_ms: u64,
     next_sequence: u64,
     members: BTreeMap<u64, Member>,
     next_member: u64,
@@ -335,6 +330,11 @@ struct RelayState {
 struct SimRelay {
     state: Arc<Mutex<RelayState>>,
     rng: SharedRng,
+    /// The most time an envelope takes to reach the relay (ms), drawn
+    /// per envelope: what a connection sent before it closed can still
+    /// be fanned out after its instance connected again. Not a fault; it
+    /// stays on while the world heals.
+    latency_ms: u64,
 }
 
 impl SimRelay {
@@ -429,10 +429,7 @@ impl SimRelay {
         tokio::spawn(async move {
             let mut published = 0u32;
             while let Some(Outgoing { envelope, keep }) = to_publish.next().await {
-                let latency = {
-                    let most = relay.state.lock().unwrap().latency_ms;
-                    relay.rng.with(|rng| rng.below(most + 1))
-                };
+                let latency = relay.rng.with(|rng| rng.below(relay.latency_ms + 1));
                 if latency > 0 {
                     tokio::time::sleep(Duration::from_millis(latency)).await;
                 }
@@ -640,13 +637,13 @@ impl World {
                 faults: relay_faults,
                 backlog: Vec::new(),
                 backlog_limit,
-                latency_ms,
                 next_sequence: 0,
                 members: BTreeMap::new(),
                 next_member: 0,
                 recorded: VecDeque::new(),
             })),
             rng: shared.clone(),
+            latency_ms,
         };
         let start = tokio::time::Instant::now();
         let mut devices = Vec::new();

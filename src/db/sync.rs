@@ -279,11 +279,11 @@ struct Engine<S: Storage> {
     /// Per peer, this instance's vector when it last answered the peer's
     /// hello with a hello of its own (this session).
     asked: Vec<(PeerId, VersionVector)>,
-    /// Hellos answered this session: (peer, its connection, a hash of its
-    /// vector, the watchdog tick of the answer), newest last. A hello seen
+    /// Hellos answered this session: ((peer, its connection, a hash of its
+    /// vector), the watchdog tick of the answer), newest last. A hello seen
     /// again is not answered again for [`STALL_TICKS`]` - 1` ticks: by
     /// then it is a peer whose delta stalled, asking again.
-    answered: VecDeque<(PeerId, u64, u64, u64)>,
+    answered: VecDeque<((PeerId, u64, u64), u64)>,
     /// Watchdog ticks this session.
     ticks: u64,
 }
@@ -642,15 +642,11 @@ impl<S: Storage> Engine<S> {
                 // relay, or repeated) costs nothing.
                 let key = (peer, from, vector_digest(&vector));
                 let ticks = self.ticks;
-                if let Some(at) = self
-                    .answered
-                    .iter()
-                    .position(|(p, f, d, _)| (*p, *f, *d) == key)
-                {
+                if let Some(at) = self.answered.iter().position(|(seen, _)| *seen == key) {
                     // One tick less than the receiver waits: a receiver's
                     // stall (at least two whole periods without a chunk)
                     // spans at least two ticks here.
-                    if ticks < self.answered[at].3 + u64::from(STALL_TICKS - 1) {
+                    if ticks < self.answered[at].1 + u64::from(STALL_TICKS - 1) {
                         return Ok(());
                     }
                     self.answered.remove(at);
@@ -658,7 +654,7 @@ impl<S: Storage> Engine<S> {
                 if self.answered.len() >= REMEMBERED_HELLOS {
                     self.answered.pop_front();
                 }
-                self.answered.push_back((key.0, key.1, key.2, ticks));
+                self.answered.push_back((key, ticks));
                 // Read together: a vector read after a later commit would
                 // make the peer adopt a write the delta does not carry.
                 let (ops, mine) = self
