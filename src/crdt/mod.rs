@@ -21,4 +21,4 @@ pub use record::{
     decode_operations, encode_operations, validate_id, CrdtOperation, Document, Record, Version,
     MAX_DOCUMENT_BYTES, MAX_EMBEDDING_DIM, MAX_ID_BYTES, RECORD_ENCODING_VERSION,
 };
-pub use store::{Change, ChangeKind, CrdtStore, Preview};
+pub use store::{Change, ChangeKind, CrdtStore, Preview, RestoredRecords};

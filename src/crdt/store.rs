@@ -38,6 +38,31 @@ pub enum ChangeKind {
     Delete,
 }
 
+/// Records read back from storage for [`CrdtStore::restore`]: in any order,
+/// an id possibly repeated (its rows are merged). Each is kept with its id
+/// so the store's map can be built in this buffer.
+#[derive(Debug, Default)]
+pub struct RestoredRecords(Vec<(Arc<str>, Record)>);
+
+impl RestoredRecords {
+    /// Adds a record read from storage.
+    pub fn push(&mut self, record: Record) {
+        self.0.push((record.shared_id().clone(), record));
+    }
+}
+
+impl FromIterator<Record> for RestoredRecords {
+    fn from_iter<I: IntoIterator<Item = Record>>(records: I) -> Self {
+        let mut restored = Self::default();
+        restored.0.extend(
+            records
+                .into_iter()
+                .map(|record| (record.shared_id().clone(), record)),
+        );
+        restored
+    }
+}
+
 /// The in-memory CRDT state of one replica.
 #[derive(Debug, Clone)]
 pub struct CrdtStore {
@@ -165,28 +190,31 @@ impl CrdtStore {
     /// clock after a restart any more than it did before.
     pub fn restore(
         actor: ActorId,
-        records: impl IntoIterator<Item = Record>,
+        records: RestoredRecords,
         version_vector: VersionVector,
         last_hlc: Hlc,
         now_ms: u64,
     ) -> Self {
         // Rows may repeat an id (append-only backends): merge them (the
-        // merge does not depend on their order). Sorting first lets the map
-        // be built in one bulk pass.
-        let mut sorted: Vec<Record> = records.into_iter().collect();
-        sorted.sort_by(|a, b| a.id().cmp(b.id()));
-        let mut records: Vec<Record> = Vec::with_capacity(sorted.len());
-        for record in sorted {
-            match records.last_mut() {
-                Some(last) if last.id() == record.id() => {
-                    last.merge(&record);
-                }
-                _ => records.push(record),
+        // merge does not depend on their order). Everything happens in the
+        // rows' own buffer: sorted in place (no scratch buffer), repeats
+        // merged in place, and the map built from that buffer, which
+        // `BTreeMap::from_iter` takes over as it is. Memory that WebAssembly
+        // grows never shrinks, so a second copy of a million rows while
+        // opening would stay in the page's footprint for good.
+        let mut rows = records.0;
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        rows.dedup_by(|next, kept| {
+            if next.0 == kept.0 {
+                kept.1.merge(&next.1);
+                true
+            } else {
+                false
             }
-        }
+        });
         let mut last_seq = version_vector.get(&actor);
         let mut hlc = HlcClock::new(last_hlc.bounded(now_ms));
-        for record in &records {
+        for (_, record) in &rows {
             for version in record.versions() {
                 if version.writer == actor {
                     last_seq = last_seq.max(version.dot().seq);
@@ -194,10 +222,7 @@ impl CrdtStore {
                 hlc.observe(version.hlc, now_ms);
             }
         }
-        let records: BTreeMap<Arc<str>, Record> = records
-            .into_iter()
-            .map(|record| (record.shared_id().clone(), record))
-            .collect();
+        let records: BTreeMap<Arc<str>, Record> = rows.into_iter().collect();
         let mut version_vector = version_vector;
         version_vector.raise(actor, last_seq);
         Self {
@@ -881,6 +906,44 @@ mod tests {
     }
 
     #[test]
+    fn restoring_rows_that_repeat_ids_merges_them_in_any_order() {
+        // Append-only storage hands an id over once per row that holds it,
+        // in no particular order: a superseded version, two concurrent
+        // ones, and an id written once, interleaved.
+        let now = 1_700_000_000_000u64;
+        let mut first = CrdtStore::new(actor(1));
+        let old = first.put("shared", doc(json!("old")), now);
+        let lone = first.put("lone", doc(json!(1)), now + 1);
+        let mut second = CrdtStore::new(actor(2));
+        second.apply(old.clone(), now);
+        let newer = second.put("shared", doc(json!("newer")), now + 2);
+        let concurrent = first.put("shared", doc(json!("concurrent")), now + 3);
+        let row = |op: &CrdtOperation| Record::new(op.id.clone(), op.version.clone());
+        let mut expected = CrdtStore::new(actor(3));
+        for op in [&old, &lone, &newer, &concurrent] {
+            expected.apply(op.clone(), now);
+        }
+        let orders = [
+            [&old, &lone, &newer, &concurrent],
+            [&concurrent, &lone, &old, &newer],
+            [&newer, &concurrent, &lone, &old],
+        ];
+        for order in orders {
+            let rows: RestoredRecords = order.into_iter().map(row).collect();
+            let restored = CrdtStore::restore(
+                actor(3),
+                rows,
+                expected.version_vector().clone(),
+                expected.last_hlc(),
+                now,
+            );
+            let records: Vec<&Record> = restored.records().collect();
+            assert_eq!(records, expected.records().collect::<Vec<_>>());
+            assert_eq!(restored.record("shared").unwrap().versions().len(), 2);
+        }
+    }
+
+    #[test]
     fn a_far_future_version_does_not_drag_the_clock_after_restart() {
         // Issue #20, bug 2: a remote write stamped ten years ahead.
         let now = 1_700_000_000_000u64;
@@ -889,7 +952,7 @@ mod tests {
         let future = peer.put("far", doc(json!("future")), now + ten_years);
         let mut store = CrdtStore::new(actor(1));
         store.apply(future, now);
-        let records: Vec<Record> = store.records().cloned().collect();
+        let records: RestoredRecords = store.records().cloned().collect();
         let restored = CrdtStore::restore(
             actor(1),
             records,

@@ -18,7 +18,7 @@ use futures::StreamExt;
 
 use crate::crdt::{
     decode_operations, validate_id, ActorId, Change, ChangeKind, CrdtOperation, CrdtStore,
-    Document, Record, Version, VersionVector,
+    Document, Record, RestoredRecords, Version, VersionVector,
 };
 use crate::error::{Error, InputError, Result, StorageError};
 use crate::index::{IndexConfig, VectorIndex};
@@ -344,7 +344,7 @@ impl<S: Storage> Database<S> {
         // Records are decoded as the backend hands its rows over (each row's
         // bytes are freed at once): a database is never in memory twice, as
         // stored rows and as records, while it opens.
-        let mut records = Vec::new();
+        let mut records = RestoredRecords::default();
         let mut corrupt = HashMap::new();
         for entry in std::mem::take(&mut loaded.records) {
             match entry? {
