@@ -12,6 +12,7 @@
 //!   (bounded by [`MAX_FUTURE_DRIFT_MS`] so one peer with a broken clock cannot
 //!   drag every replica into the far future).
 
+use smallvec::SmallVec;
 use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
@@ -115,9 +116,12 @@ pub const MAX_COUNTER: u64 = 1 << 53;
 
 /// `actor -> counter` as a vector sorted by actor: clocks usually hold one
 /// to a few actors, where a sorted vector beats a tree map in both time and
-/// allocations. Counters are never zero (absent means zero).
+/// allocations. One entry is kept inline: most versions' clocks name only
+/// their writer, and every resident record holds one (a heap allocation of
+/// its own cost about 32 bytes a record, and time at open). Counters are
+/// never zero (absent means zero).
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-struct ActorCounters(Vec<(ActorId, u64)>);
+struct ActorCounters(SmallVec<[(ActorId, u64); 1]>);
 
 impl ActorCounters {
     fn get(&self, actor: &ActorId) -> u64 {
@@ -169,7 +173,7 @@ impl ActorCounters {
 
     fn decode(reader: &mut Reader<'_>, what: &str) -> Result<Self, DecodeError> {
         let count = reader.count(ENTRY_LEN)?;
-        let mut entries: Vec<(ActorId, u64)> = Vec::with_capacity(count);
+        let mut entries: SmallVec<[(ActorId, u64); 1]> = SmallVec::with_capacity(count);
         for _ in 0..count {
             let actor = ActorId::decode(reader)?;
             let counter = reader.u64()?;
