@@ -9,7 +9,7 @@ use pluresdb::error::StorageError;
 use pluresdb::storage::conformance::{FailSwitch, StorageFactory};
 use pluresdb::storage::{
     meta_keys, CommitBatch, CommitReceipt, LoadedRecords, LoadedState, MemoryStorage, SlotLease,
-    Storage, StoredEntry,
+    Storage, StoredEntry, StoredRow,
 };
 use pluresdb::{Database, OpenOptions};
 use serde_json::json;
@@ -97,7 +97,8 @@ async fn opening_merges_streamed_rows_and_metadata_and_reports_corrupt_rows() {
     let mut peer = CrdtStore::new(ActorId::from_bytes([4; 16]));
     peer.put("a", Document::from_value(&json!("old a")).unwrap(), now);
     let old_a = peer.record("a").unwrap().to_bytes();
-    let wrapped = |id: &str, bytes: &[u8]| Ok(StoredEntry::Row(id.into(), bytes.to_vec()));
+    let wrapped =
+        |id: &str, bytes: &[u8]| Ok(StoredEntry::Row(StoredRow::new(id.into(), bytes.to_vec())));
     let storage = scripted(vec![
         wrapped("a", &new_a),
         wrapped("b", &b),

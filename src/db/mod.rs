@@ -348,16 +348,16 @@ impl<S: Storage> Database<S> {
         let mut corrupt = HashMap::new();
         for entry in std::mem::take(&mut loaded.records) {
             match entry? {
-                StoredEntry::Row(id, bytes) => match Record::from_stored_bytes(&bytes) {
-                    Ok(record) if record.id() == id => records.push(record),
+                StoredEntry::Row(row) => match Record::from_stored_bytes(row.bytes()) {
+                    Ok(record) if record.id().as_bytes() == row.id_bytes() => records.push(record),
                     Ok(record) => {
                         corrupt.insert(
-                            id,
+                            row.id().to_owned(),
                             format!("row holds record `{}` under another key", record.id()),
                         );
                     }
                     Err(e) => {
-                        corrupt.insert(id, e.to_string());
+                        corrupt.insert(row.id().to_owned(), e.to_string());
                     }
                 },
                 StoredEntry::Meta(key, value) => merge_meta_into(&mut loaded.meta, key, &value),

@@ -25,7 +25,10 @@
 
 use crate::codec::{Reader, Writer};
 use crate::error::DecodeError;
-use crate::storage::StoredEntry;
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::storage::{StoredEntry, StoredRow};
 
 /// Version byte of the chunk encoding.
 pub const CHUNK_ENCODING_VERSION: u8 = 1;
@@ -120,25 +123,112 @@ pub fn decode_chunk(bytes: &[u8], out: &mut Vec<ChunkEntry>) -> Result<(), Decod
     reader.finish()
 }
 
-/// What is live in a store of chunks, walked newest first: rows that no
-/// newer removal of their id dropped, and every metadata entry (a
-/// removal drops the rows before it, in its own chunk and older ones, and
-/// none after it). Each chunk's entries are given in commit order; chunks
-/// newest first, so that a removal is met before the rows it drops and
-/// nothing needs to be held but the ids removed.
+/// A stored value read for loading: its bytes, shared by the rows handed
+/// over from it (so no row is copied out of it), and where each of its
+/// entries lies.
+pub struct LoadedChunk {
+    bytes: Arc<Vec<u8>>,
+    entries: Vec<EntrySpan>,
+}
+
+/// One entry of a [`LoadedChunk`]: its kind and the byte ranges of its id
+/// (checked to be UTF-8) and of its value (empty for a removal).
+struct EntrySpan {
+    kind: u8,
+    id: Range<usize>,
+    value: Range<usize>,
+}
+
+impl LoadedChunk {
+    /// Finds the entries of an encoded chunk, checking it as
+    /// [`decode_chunk`] does.
+    pub fn index(bytes: Vec<u8>) -> Result<Self, DecodeError> {
+        let mut reader = Reader::new(&bytes);
+        let version = reader.u8()?;
+        if version != CHUNK_ENCODING_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                what: "chunk",
+                found: version,
+                supported: CHUNK_ENCODING_VERSION,
+            });
+        }
+        let count = reader.count(5)?;
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let kind = reader.u8()?;
+            let id = span_of(&mut reader)?;
+            std::str::from_utf8(&bytes[id.clone()])
+                .map_err(|_| DecodeError::Invalid("a chunk entry's key is not UTF-8".into()))?;
+            let value = match kind {
+                KIND_ROW | KIND_META => span_of(&mut reader)?,
+                KIND_REMOVED => 0..0,
+                other => {
+                    return Err(DecodeError::Invalid(format!(
+                        "unknown chunk entry kind {other}"
+                    )))
+                }
+            };
+            entries.push(EntrySpan { kind, id, value });
+        }
+        reader.finish()?;
+        Ok(Self {
+            bytes: Arc::new(bytes),
+            entries,
+        })
+    }
+
+    /// A value holding one record row (older formats stored a row per
+    /// record, under its id).
+    pub fn single_row(id: String, row: Vec<u8>) -> Self {
+        let mut bytes = id.into_bytes();
+        let id = 0..bytes.len();
+        bytes.extend_from_slice(&row);
+        let value = id.end..bytes.len();
+        Self {
+            bytes: Arc::new(bytes),
+            entries: vec![EntrySpan {
+                kind: KIND_ROW,
+                id,
+                value,
+            }],
+        }
+    }
+
+    fn text(&self, range: &Range<usize>) -> &str {
+        // Checked to be UTF-8 when indexed (or a String's bytes).
+        std::str::from_utf8(&self.bytes[range.clone()]).unwrap_or_default()
+    }
+}
+
+/// Reads a blob's length and returns its byte range, leaving the reader
+/// after it.
+fn span_of(reader: &mut Reader<'_>) -> Result<Range<usize>, DecodeError> {
+    let start = reader.position() + 4;
+    let len = reader.blob()?.len();
+    Ok(start..start + len)
+}
+
+/// The live entries of a sequence of loaded values given **newest first**:
+/// every record row not dropped by a removal in a newer value (or later in
+/// the same one), and every metadata entry. Walking backwards, a removal is
+/// met before the rows it drops, so only the removed ids are held; each
+/// value is released once its last row is consumed, and rows are handed
+/// over as ranges of it, not copies.
 pub struct LiveEntries<I> {
     chunks: I,
-    /// The entries of the chunk being walked, last first.
-    current: std::iter::Rev<std::vec::IntoIter<ChunkEntry>>,
+    current: Option<LoadedChunk>,
+    /// How many entries of `current` are still to be walked (backwards).
+    left: usize,
     removed: std::collections::HashSet<String>,
 }
 
 impl<I> LiveEntries<I> {
-    /// Walks `chunks` (newest first, each in commit order).
+    /// Walks `chunks`, given newest first.
     pub fn new(chunks: I) -> Self {
         Self {
             chunks,
-            current: Vec::new().into_iter().rev(),
+            current: None,
+            left: 0,
             removed: Default::default(),
         }
     }
@@ -146,27 +236,43 @@ impl<I> LiveEntries<I> {
 
 impl<I, E> Iterator for LiveEntries<I>
 where
-    I: Iterator<Item = Result<Vec<ChunkEntry>, E>>,
+    I: Iterator<Item = Result<LoadedChunk, E>>,
 {
     type Item = Result<StoredEntry, E>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            match self.current.next() {
-                Some(ChunkEntry::Row(id, row)) if !self.removed.contains(&id) => {
-                    return Some(Ok(StoredEntry::Row(id, row)))
-                }
-                Some(ChunkEntry::Row(..)) => {}
-                Some(ChunkEntry::Removed(id)) => {
-                    self.removed.insert(id);
-                }
-                Some(ChunkEntry::Meta(key, value)) => {
-                    return Some(Ok(StoredEntry::Meta(key, value)))
-                }
-                None => match self.chunks.next()? {
-                    Ok(entries) => self.current = entries.into_iter().rev(),
+            let Some(chunk) = self.current.as_ref().filter(|_| self.left > 0) else {
+                match self.chunks.next()? {
+                    Ok(chunk) => {
+                        self.left = chunk.entries.len();
+                        self.current = Some(chunk);
+                    }
                     Err(error) => return Some(Err(error)),
-                },
+                }
+                continue;
+            };
+            self.left -= 1;
+            let entry = &chunk.entries[self.left];
+            let id = || chunk.text(&entry.id);
+            match entry.kind {
+                KIND_ROW if self.removed.is_empty() || !self.removed.contains(id()) => {
+                    return Some(Ok(StoredEntry::Row(StoredRow::in_chunk(
+                        chunk.bytes.clone(),
+                        entry.id.clone(),
+                        entry.value.clone(),
+                    ))))
+                }
+                KIND_ROW => {}
+                KIND_REMOVED => {
+                    self.removed.insert(id().to_owned());
+                }
+                _ => {
+                    return Some(Ok(StoredEntry::Meta(
+                        id().to_owned(),
+                        chunk.bytes[entry.value.clone()].to_vec(),
+                    )))
+                }
             }
         }
     }
@@ -198,52 +304,82 @@ mod tests {
         assert_eq!(chunks[1].len(), 3);
         assert!(chunks[1].contains(&ChunkEntry::Meta("vv".into(), vec![7, 7])));
         assert_eq!(encode_entries(&chunks[1]), second);
-        let live: Vec<StoredEntry> = LiveEntries::new(chunks.into_iter().rev().map(Ok::<_, ()>))
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let loaded = [&first, &second, &third, &folded]
+            .into_iter()
+            .rev()
+            .map(|chunk| LoadedChunk::index(chunk.clone()).map_err(|_| ()));
+        let live: Vec<StoredEntry> = LiveEntries::new(loaded).collect::<Result<_, _>>().unwrap();
         assert_eq!(
             live,
             vec![
-                StoredEntry::Row("c".into(), vec![5]),
-                StoredEntry::Row("b".into(), vec![4]),
+                row("c", &[5]),
+                row("b", &[4]),
                 StoredEntry::Meta("vv".into(), vec![7, 7]),
             ]
         );
         // A removal in the same commit as a row of its id drops that row.
         let same = encode_chunk(&[("d".into(), vec![6])], &["d".into()], &[]);
-        let mut entries = Vec::new();
-        decode_chunk(&same, &mut entries).unwrap();
+        let loaded = LoadedChunk::index(same).unwrap();
         assert_eq!(
-            LiveEntries::new(std::iter::once(Ok::<_, ()>(entries))).count(),
+            LiveEntries::new(std::iter::once(Ok::<_, ()>(loaded))).count(),
             0
         );
+    }
+
+    fn row(id: &str, bytes: &[u8]) -> StoredEntry {
+        StoredEntry::Row(StoredRow::new(id.into(), bytes.to_vec()))
+    }
+
+    #[test]
+    fn rows_are_handed_over_as_they_lie_in_their_chunk() {
+        let chunk = encode_chunk(&[("é".into(), vec![1, 2]), ("b".into(), vec![])], &[], &[]);
+        let loaded = [
+            Ok::<_, ()>(LoadedChunk::index(chunk).unwrap()),
+            Ok(LoadedChunk::single_row("old".into(), vec![9])),
+        ];
+        let live: Vec<StoredEntry> = LiveEntries::new(loaded.into_iter())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            live,
+            vec![row("b", &[]), row("é", &[1, 2]), row("old", &[9])]
+        );
+        let StoredEntry::Row(first) = &live[1] else {
+            panic!("a row")
+        };
+        assert_eq!((first.id(), first.bytes()), ("é", &[1u8, 2][..]));
+        assert_eq!(first.clone().into_parts(), ("é".to_string(), vec![1, 2]));
     }
 
     #[test]
     fn an_unreadable_chunk_passes_its_error_on() {
         let chunks = vec![
-            Ok(vec![ChunkEntry::Row("a".into(), vec![1])]),
+            Ok(LoadedChunk::single_row("a".into(), vec![1])),
             Err("bad"),
-            Ok(vec![]),
+            Ok(LoadedChunk::index(encode_chunk(&[], &[], &[])).unwrap()),
         ];
         let walked: Vec<_> = LiveEntries::new(chunks.into_iter()).collect();
-        assert_eq!(
-            walked,
-            vec![Ok(StoredEntry::Row("a".into(), vec![1])), Err("bad")]
-        );
+        assert_eq!(walked, vec![Ok(row("a", &[1])), Err("bad")]);
     }
 
     #[test]
     fn malformed_chunks_are_errors() {
         let good = encode_chunk(&[("a".into(), vec![1, 2, 3])], &[], &[]);
+        let both_refuse = |bytes: &[u8]| {
+            decode_chunk(bytes, &mut Vec::new()).is_err()
+                && LoadedChunk::index(bytes.to_vec()).is_err()
+        };
         for cut in 0..good.len() {
-            assert!(decode_chunk(&good[..cut], &mut Vec::new()).is_err());
+            assert!(both_refuse(&good[..cut]));
         }
         let mut bad_kind = good.clone();
         bad_kind[5] = 9;
-        assert!(decode_chunk(&bad_kind, &mut Vec::new()).is_err());
-        let mut trailing = good;
+        assert!(both_refuse(&bad_kind));
+        let mut trailing = good.clone();
         trailing.push(0);
-        assert!(decode_chunk(&trailing, &mut Vec::new()).is_err());
+        assert!(both_refuse(&trailing));
+        let mut not_utf8 = good;
+        not_utf8[10] = 0xff;
+        assert!(both_refuse(&not_utf8));
     }
 }

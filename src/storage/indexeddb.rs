@@ -26,7 +26,9 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{DomException, IdbDatabase, IdbObjectStore};
 
-use super::chunk::{decode_chunk, encode_chunk, encode_entries, ChunkEntry, LiveEntries};
+use super::chunk::{
+    decode_chunk, encode_chunk, encode_entries, ChunkEntry, LiveEntries, LoadedChunk,
+};
 use super::{
     merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedRecords, LoadedState,
     SlotLease, Storage, StoredEntry, MERGEABLE_META,
@@ -730,7 +732,7 @@ async fn written_after(
     let mut meta = Vec::new();
     for entry in LiveEntries::new(StoredValues::new(keys, values)) {
         match entry? {
-            StoredEntry::Row(id, row) => rows.push((id, row)),
+            StoredEntry::Row(row) => rows.push(row.into_parts()),
             StoredEntry::Meta(key, value) => merge_into(&mut meta, &key, &value),
         }
     }
@@ -776,7 +778,7 @@ impl StoredValues {
 }
 
 impl Iterator for StoredValues {
-    type Item = Result<Vec<ChunkEntry>, StorageError>;
+    type Item = Result<LoadedChunk, StorageError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.unread == 0 {
@@ -784,15 +786,19 @@ impl Iterator for StoredValues {
         }
         self.unread -= 1;
         let index = self.unread;
-        let mut entries = Vec::new();
-        let read = decode_entry(&self.keys.get(index), &self.values.get(index), &mut entries);
+        let key = self.keys.get(index);
+        let bytes = bytes_of(&self.values.get(index)).unwrap_or_default();
         // Release the JavaScript copy too.
         self.values.set(index, JsValue::UNDEFINED);
+        let read = match key.as_string() {
+            Some(id) => Ok(LoadedChunk::single_row(id, bytes)),
+            None => LoadedChunk::index(bytes).map_err(|e| corrupt_chunk(&key, e)),
+        };
         if read.is_err() {
             // Nothing after an unreadable value is read.
             self.unread = 0;
         }
-        Some(read.map(|()| entries))
+        Some(read)
     }
 }
 
@@ -806,13 +812,18 @@ fn decode_entry(
     let bytes = bytes_of(value).unwrap_or_default();
     match key.as_string() {
         Some(id) => entries.push(ChunkEntry::Row(id, bytes)),
-        None => decode_chunk(&bytes, entries).map_err(|e| StorageError::Corrupt {
-            store: RECORDS.into(),
-            key: format!("chunk {key:?}"),
-            reason: e.to_string(),
-        })?,
+        None => decode_chunk(&bytes, entries).map_err(|e| corrupt_chunk(key, e))?,
     }
     Ok(())
+}
+
+/// The error for a chunk under `key` that does not decode.
+fn corrupt_chunk(key: &JsValue, error: crate::error::DecodeError) -> StorageError {
+    StorageError::Corrupt {
+        store: RECORDS.into(),
+        key: format!("chunk {key:?}"),
+        reason: error.to_string(),
+    }
 }
 
 /// Fold what this instance appended once it appended this many chunks.

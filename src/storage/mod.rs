@@ -95,7 +95,7 @@ impl LoadedState {
         let mut rows = Vec::new();
         for entry in std::mem::take(&mut self.records) {
             match entry? {
-                StoredEntry::Row(id, row) => rows.push((id, row)),
+                StoredEntry::Row(row) => rows.push(row.into_parts()),
                 StoredEntry::Meta(key, value) => merge_meta_into(&mut self.meta, key, &value),
             }
         }
@@ -106,11 +106,95 @@ impl LoadedState {
 /// One entry of a [`LoadedState`]'s records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoredEntry {
-    /// A live record row `(id, record encoding)`.
-    Row(String, Vec<u8>),
+    /// A live record row.
+    Row(StoredRow),
     /// A mergeable metadata row ([`MERGEABLE_META`]) to merge into
     /// [`LoadedState::meta`].
     Meta(String, Vec<u8>),
+}
+
+/// A stored record row: its id and its record encoding, either owned or a
+/// range of a stored value that holds many rows (a chunk: rows are then
+/// read where they lie, without a copy each).
+#[derive(Clone)]
+pub struct StoredRow(RowBytes);
+
+#[derive(Clone)]
+enum RowBytes {
+    Owned(String, Vec<u8>),
+    InChunk {
+        chunk: std::sync::Arc<Vec<u8>>,
+        id: std::ops::Range<usize>,
+        row: std::ops::Range<usize>,
+    },
+}
+
+impl StoredRow {
+    /// A row of its own.
+    pub fn new(id: String, row: Vec<u8>) -> Self {
+        Self(RowBytes::Owned(id, row))
+    }
+
+    /// The row whose id and encoding lie at `id` and `row` in `chunk`; `id`
+    /// must be UTF-8 (its text is empty otherwise).
+    pub(crate) fn in_chunk(
+        chunk: std::sync::Arc<Vec<u8>>,
+        id: std::ops::Range<usize>,
+        row: std::ops::Range<usize>,
+    ) -> Self {
+        Self(RowBytes::InChunk { chunk, id, row })
+    }
+
+    /// The record id the row is stored under.
+    pub fn id(&self) -> &str {
+        match &self.0 {
+            RowBytes::Owned(id, _) => id,
+            RowBytes::InChunk { chunk, id, .. } => {
+                std::str::from_utf8(&chunk[id.clone()]).unwrap_or_default()
+            }
+        }
+    }
+
+    /// The record id's UTF-8 bytes (compared without decoding them again).
+    pub fn id_bytes(&self) -> &[u8] {
+        match &self.0 {
+            RowBytes::Owned(id, _) => id.as_bytes(),
+            RowBytes::InChunk { chunk, id, .. } => &chunk[id.clone()],
+        }
+    }
+
+    /// The record encoding.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.0 {
+            RowBytes::Owned(_, row) => row,
+            RowBytes::InChunk { chunk, row, .. } => &chunk[row.clone()],
+        }
+    }
+
+    /// `(id, record encoding)`, owned.
+    pub fn into_parts(self) -> (String, Vec<u8>) {
+        match self.0 {
+            RowBytes::Owned(id, row) => (id, row),
+            RowBytes::InChunk { .. } => (self.id().to_owned(), self.bytes().to_vec()),
+        }
+    }
+}
+
+impl PartialEq for StoredRow {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id() && self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for StoredRow {}
+
+impl std::fmt::Debug for StoredRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("StoredRow")
+            .field(&self.id())
+            .field(&self.bytes().len())
+            .finish()
+    }
 }
 
 /// The entries of a [`LoadedState`]: the live record rows and mergeable
@@ -132,7 +216,7 @@ impl LoadedRecords {
     pub fn from_rows(rows: Vec<(String, Vec<u8>)>) -> Self {
         Self::streamed(
             rows.into_iter()
-                .map(|(id, row)| Ok(StoredEntry::Row(id, row))),
+                .map(|(id, row)| Ok(StoredEntry::Row(StoredRow::new(id, row)))),
         )
     }
 }
