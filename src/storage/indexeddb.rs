@@ -812,7 +812,7 @@ fn decode_entry(
     let bytes = bytes_of(value).unwrap_or_default();
     match key.as_string() {
         Some(id) => entries.push(ChunkEntry::Row(id, bytes)),
-        None => decode_chunk(&bytes, entries).map_err(|e| corrupt_chunk(key, e))?,
+        None => decode_chunk(bytes, entries).map_err(|e| corrupt_chunk(key, e))?,
     }
     Ok(())
 }
