@@ -88,6 +88,46 @@ export function beginWrite(db, names, relaxed) {
 }
 
 
+// The optimistic commit (ARCHITECTURE.md, "IndexedDB: one chunk per commit")
+// in one call: a write transaction over `names` (the records store first)
+// asks for the first key at or above `key` and, in the same transaction
+// before the answer comes, puts `chunk` under `key`. Requests run in order,
+// so the read sees the store as it was before the write: a key found means
+// another instance committed since, and the read's success handler aborts
+// the transaction before anything of it lands. Deciding here saves the
+// WebAssembly side a promise and a wake-up per commit. Returns
+// [transaction, outcome]: more writes may be queued on the transaction
+// right away; `outcome` resolves to true once the transaction committed, to
+// false when it was aborted for a newer chunk, and rejects with the error
+// of any other failure.
+export function beginOptimisticCommit(db, names, relaxed, key, chunk) {
+  const transaction = beginWrite(db, names, relaxed);
+  let newer = false;
+  const outcome = new Promise((resolve, reject) => {
+    transaction.oncomplete = () => resolve(true);
+    transaction.onabort = () => {
+      if (newer) resolve(false);
+      else reject(transaction.error ?? new DOMException('the transaction was aborted', 'AbortError'));
+    };
+  });
+  try {
+    const records = transaction.objectStore(names[0]);
+    const probe = records.getKey(IDBKeyRange.lowerBound(key));
+    probe.onsuccess = () => {
+      if (probe.result !== undefined) {
+        newer = true;
+        transaction.abort();
+      }
+    };
+    records.put(chunk, key);
+  } catch (error) {
+    outcome.catch(() => {});
+    try { transaction.abort(); } catch { /* already finished */ }
+    throw error;
+  }
+  return [transaction, outcome];
+}
+
 // Reads a whole store as [keys, values] in key order, in one transaction
 // together with the other stores read by the same call.
 export function readStores(db, names) {

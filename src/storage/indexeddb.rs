@@ -52,6 +52,14 @@ extern "C" {
     fn request_promise(request: &web_sys::IdbRequest) -> js_sys::Promise;
     #[wasm_bindgen(js_name = transactionPromise)]
     fn transaction_promise(transaction: &web_sys::IdbTransaction) -> js_sys::Promise;
+    #[wasm_bindgen(js_name = beginOptimisticCommit, catch)]
+    fn begin_optimistic_commit(
+        database: &IdbDatabase,
+        names: &Array,
+        relaxed: bool,
+        key: &JsValue,
+        chunk: &Uint8Array,
+    ) -> Result<Array, JsValue>;
     #[wasm_bindgen(js_name = beginWrite, catch)]
     fn begin_write(
         database: &IdbDatabase,
@@ -408,13 +416,12 @@ impl IndexedDbStorage {
         durability: IdbDurability,
     ) -> Result<WriteTransaction, StorageError> {
         let database = self.database().await?;
-        let names = if segments {
-            Array::of3(&RECORDS.into(), &META.into(), &SEGMENTS.into())
-        } else {
-            Array::of2(&RECORDS.into(), &META.into())
-        };
-        let transaction = begin_write(&database, &names, durability == IdbDurability::Relaxed)
-            .map_err(|e| storage_error("starting a transaction", e))?;
+        let transaction = begin_write(
+            &database,
+            &write_scope(segments),
+            durability == IdbDurability::Relaxed,
+        )
+        .map_err(|e| storage_error("starting a transaction", e))?;
         let done = JsFuture::from(transaction_promise(&transaction));
         Ok(WriteTransaction { transaction, done })
     }
@@ -426,25 +433,59 @@ impl IndexedDbStorage {
     /// commit is made again the careful way, merging what the other tab
     /// wrote.
     async fn commit_once(&self, batch: &CommitBatch) -> Result<CommitReceipt, StorageError> {
+        if let Some(receipt) = self.commit_optimistically(batch).await? {
+            self.note_chunk_written(batch, receipt.generation);
+            return Ok(receipt);
+        }
         let segments = !batch.segments.is_empty() || !batch.removed_segments.is_empty();
         let transaction = self.begin_write(segments).await?;
-        match self.write_optimistically(&transaction, batch).await {
-            Ok(Some(written)) => {
-                let receipt = transaction.finish(Ok(written)).await?;
-                self.note_chunk_written(batch, receipt.generation);
-                Ok(receipt)
-            }
-            Ok(None) => {
-                let _ = transaction.transaction.abort();
-                let _ = transaction.done.await;
-                let transaction = self.begin_write(segments).await?;
-                let result = self.write(&transaction, batch).await;
-                let receipt = transaction.finish(result).await?;
-                self.note_chunk_written(batch, receipt.generation);
-                Ok(receipt)
-            }
-            Err(error) => transaction.finish(Err(error)).await,
+        let result = self.write(&transaction, batch).await;
+        let receipt = transaction.finish(result).await?;
+        self.note_chunk_written(batch, receipt.generation);
+        Ok(receipt)
+    }
+
+    /// Commits as if the stored generation were `batch.expected_generation`
+    /// and checks that in the same transaction (`beginOptimisticCommit`):
+    /// two requests, looking for a chunk newer than the expected generation
+    /// and writing this commit's chunk. `None` when another tab committed in
+    /// between: the transaction was aborted and nothing of it landed.
+    async fn commit_optimistically(
+        &self,
+        batch: &CommitBatch,
+    ) -> Result<Option<CommitReceipt>, StorageError> {
+        let segments = !batch.segments.is_empty() || !batch.removed_segments.is_empty();
+        let database = self.database().await?;
+        let generation = batch.expected_generation + 1;
+        let chunk = encode_commit_chunk(batch);
+        let started = begin_optimistic_commit(
+            &database,
+            &write_scope(segments),
+            self.durability == IdbDurability::Relaxed,
+            &chunk_key(generation, 0),
+            &Uint8Array::from(chunk.as_slice()),
+        )
+        .map_err(|e| storage_error("writing records", e))?;
+        drop(chunk);
+        let transaction: web_sys::IdbTransaction = started.get(0).unchecked_into();
+        let outcome = JsFuture::from(js_sys::Promise::from(started.get(1)));
+        if let Err(error) = queue_side_writes(&transaction, batch) {
+            let _ = transaction.abort();
+            let _ = outcome.await;
+            return Err(error);
         }
+        let committed = outcome
+            .await
+            .map_err(|e| storage_error("committing the transaction", e))?;
+        if committed.as_bool() != Some(true) {
+            return Ok(None);
+        }
+        Ok(Some(CommitReceipt {
+            generation,
+            merged_records: Vec::new(),
+            foreign_records: Vec::new(),
+            foreign_meta: Vec::new(),
+        }))
     }
 
     fn note_chunk_written(&self, batch: &CommitBatch, generation: u64) {
@@ -467,45 +508,12 @@ impl IndexedDbStorage {
         }
     }
 
-    /// Queues the commit as if the stored generation were
-    /// `batch.expected_generation`, then checks it: the receipt, or `None`
-    /// when another tab committed in between (the caller aborts). Two
-    /// requests: look for a chunk newer than the expected generation, write
-    /// this commit's chunk.
-    async fn write_optimistically(
-        &self,
-        transaction: &WriteTransaction,
-        batch: &CommitBatch,
-    ) -> Result<Option<CommitReceipt>, StorageError> {
-        let records = transaction.store(RECORDS)?;
-        let meta = transaction.store(META)?;
-        // Requests run in order: this read sees the store as it was before
-        // the writes below.
-        let generation = batch.expected_generation + 1;
-        let newer = request(
-            "reading the generation",
-            records.get_key(&chunks_from(generation)?.into()),
-        );
-        self.queue_writes(transaction, &records, &meta, batch, generation)?;
-        let newer = newer.await?;
-        if !newer.is_undefined() {
-            return Ok(None);
-        }
-        Ok(Some(CommitReceipt {
-            generation,
-            merged_records: Vec::new(),
-            foreign_records: Vec::new(),
-            foreign_meta: Vec::new(),
-        }))
-    }
-
     /// Queues the chunk (rows, removals and mergeable metadata: a commit is
-    /// one value), the metadata that is not mergeable, and segments.
+    /// one value) and the other writes of the batch.
     fn queue_writes(
         &self,
         transaction: &WriteTransaction,
         records: &IdbObjectStore,
-        meta: &IdbObjectStore,
         batch: &CommitBatch,
         generation: u64,
     ) -> Result<(), StorageError> {
@@ -513,38 +521,14 @@ impl IndexedDbStorage {
         // and nothing another tab wrote is ever overwritten. Its key is the
         // stored generation: the newest chunk's tells the next commit
         // whether another tab committed in between.
-        let mergeable = |key: &String| MERGEABLE_META.contains(&key.as_str());
-        let chunk_meta: Vec<_> = batch
-            .meta
-            .iter()
-            .filter(|(key, _)| mergeable(key))
-            .cloned()
-            .collect();
-        let chunk = encode_chunk(&batch.records, &batch.removed_records, &chunk_meta);
+        let chunk = encode_commit_chunk(batch);
         records
             .put_with_key(
                 &Uint8Array::from(chunk.as_slice()),
                 &chunk_key(generation, 0),
             )
             .map_err(|e| storage_error("writing records", e))?;
-        for (key, value) in batch.meta.iter().filter(|(key, _)| !mergeable(key)) {
-            meta.put_with_key(&Uint8Array::from(value.as_slice()), &JsValue::from_str(key))
-                .map_err(|e| storage_error("writing metadata", e))?;
-        }
-        if !batch.segments.is_empty() || !batch.removed_segments.is_empty() {
-            let segments = transaction.store(SEGMENTS)?;
-            for (id, bytes) in &batch.segments {
-                segments
-                    .put_with_key(&Uint8Array::from(bytes.as_slice()), &JsValue::from_str(id))
-                    .map_err(|e| storage_error("writing an index segment", e))?;
-            }
-            for id in &batch.removed_segments {
-                segments
-                    .delete(&JsValue::from_str(id))
-                    .map_err(|e| storage_error("removing an index segment", e))?;
-            }
-        }
-        Ok(())
+        queue_side_writes(&transaction.transaction, batch)
     }
 
     async fn write(
@@ -553,7 +537,6 @@ impl IndexedDbStorage {
         batch: &CommitBatch,
     ) -> Result<CommitReceipt, StorageError> {
         let records = transaction.store(RECORDS)?;
-        let meta = transaction.store(META)?;
         // Another tab committed since this one last did: its chunks (read
         // before this commit's exists, so it is not among them) give the
         // stored generation, and their rows, version vector and HLC are
@@ -563,7 +546,7 @@ impl IndexedDbStorage {
         // (The expected generation is at least an old head row's: it was
         // loaded as the greater of that and the newest chunk's.)
         let generation = newest.max(batch.expected_generation) + 1;
-        self.queue_writes(transaction, &records, &meta, batch, generation)?;
+        self.queue_writes(transaction, &records, batch, generation)?;
         Ok(CommitReceipt {
             generation,
             merged_records: Vec::new(),
@@ -946,6 +929,67 @@ fn batch_bytes(batch: &CommitBatch) -> usize {
         .map(|(id, bytes)| id.len() + bytes.len())
         .sum();
     rows + meta + segments
+}
+
+/// The stores a commit writes: records and meta, and segments when
+/// `segments` (a narrower scope is a cheaper transaction). Records first
+/// (`beginOptimisticCommit` relies on it).
+fn write_scope(segments: bool) -> Array {
+    if segments {
+        Array::of3(&RECORDS.into(), &META.into(), &SEGMENTS.into())
+    } else {
+        Array::of2(&RECORDS.into(), &META.into())
+    }
+}
+
+/// The chunk a commit appends: its rows, removals and mergeable metadata.
+fn encode_commit_chunk(batch: &CommitBatch) -> Vec<u8> {
+    let chunk_meta: Vec<_> = batch
+        .meta
+        .iter()
+        .filter(|(key, _)| MERGEABLE_META.contains(&key.as_str()))
+        .cloned()
+        .collect();
+    encode_chunk(&batch.records, &batch.removed_records, &chunk_meta)
+}
+
+/// Queues a commit's writes besides its chunk: metadata that is not
+/// mergeable, and index segments.
+fn queue_side_writes(
+    transaction: &web_sys::IdbTransaction,
+    batch: &CommitBatch,
+) -> Result<(), StorageError> {
+    let store = |name: &str| {
+        transaction
+            .object_store(name)
+            .map_err(|e| storage_error("opening an object store", e))
+    };
+    let mut side_meta = batch
+        .meta
+        .iter()
+        .filter(|(key, _)| !MERGEABLE_META.contains(&key.as_str()))
+        .peekable();
+    if side_meta.peek().is_some() {
+        let meta = store(META)?;
+        for (key, value) in side_meta {
+            meta.put_with_key(&Uint8Array::from(value.as_slice()), &JsValue::from_str(key))
+                .map_err(|e| storage_error("writing metadata", e))?;
+        }
+    }
+    if !batch.segments.is_empty() || !batch.removed_segments.is_empty() {
+        let segments = store(SEGMENTS)?;
+        for (id, bytes) in &batch.segments {
+            segments
+                .put_with_key(&Uint8Array::from(bytes.as_slice()), &JsValue::from_str(id))
+                .map_err(|e| storage_error("writing an index segment", e))?;
+        }
+        for id in &batch.removed_segments {
+            segments
+                .delete(&JsValue::from_str(id))
+                .map_err(|e| storage_error("removing an index segment", e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Chunk keys are `[generation, part]`: arrays sort after the string keys of
