@@ -426,12 +426,27 @@ impl SimRelay {
             id
         };
         let relay = self.clone();
+        let instance_side = events.clone();
         tokio::spawn(async move {
             let mut published = 0u32;
+            // Once the instance closed its connection, only what was already
+            // on its way still reaches the relay (a socket's buffers: 0 to 3
+            // envelopes); the rest of what it had queued is lost. So a
+            // delta cut off by a restart reaches the peer's next session as
+            // a partial suffix of late chunks.
+            let mut in_flight_after_close: Option<u64> = None;
             while let Some(Outgoing { envelope, keep }) = to_publish.next().await {
                 let latency = relay.rng.with(|rng| rng.below(relay.latency_ms + 1));
                 if latency > 0 {
                     tokio::time::sleep(Duration::from_millis(latency)).await;
+                }
+                if instance_side.is_closed() {
+                    let left = in_flight_after_close
+                        .get_or_insert_with(|| relay.rng.with(|rng| rng.below(4)));
+                    if *left == 0 {
+                        continue;
+                    }
+                    *left -= 1;
                 }
                 let sequence = published;
                 published = published.wrapping_add(1);
@@ -578,7 +593,20 @@ struct World {
     verbose: bool,
     writes: u64,
     rogues: u64,
+    /// How long after the last sync restart of healing every instance
+    /// first held the same state with every acknowledged write; `None`
+    /// while it has not.
+    settled_after: Option<Duration>,
 }
+
+/// How soon after the last sync restart of healing, with every fault off,
+/// the world must have settled: well under the sync watchdog's first
+/// re-hello (three 10 s periods), so a replica left behind until the
+/// watchdog or a reconnect rescues it fails the seed.
+const SETTLE_LIMIT: Duration = Duration::from_secs(20);
+
+/// The slowest settling seen in this process, in milliseconds, and its seed.
+static SLOWEST_SETTLE: Mutex<(u128, u64)> = Mutex::new((0, 0));
 
 thread_local! {
     static PANICKED: Cell<bool> = const { Cell::new(false) };
@@ -691,6 +719,7 @@ impl World {
             verbose,
             writes: 0,
             rogues: 0,
+            settled_after: None,
         };
         world.note(format!(
             "world: {device_count} devices, relay {relay_faults:?}, backlog limit {backlog_limit}, latency up to {latency_ms} ms"
@@ -1098,13 +1127,35 @@ impl World {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_secs(120)).await;
+        // Settling is checked every second, not only at the end: a bug that
+        // leaves a replica behind until something else happens (the
+        // watchdog's re-hello, a reconnect) is a liveness bug even if the
+        // world converges in the end.
+        self.settled_after = None;
+        let restarted = tokio::time::Instant::now();
+        while restarted.elapsed() < Duration::from_secs(120) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if self.settled_after.is_none() && self.check_settled().is_ok() {
+                self.settled_after = Some(restarted.elapsed());
+            }
+        }
     }
 
     /// The invariants that hold once the world settled.
     async fn check_end(&self) -> Result<(), String> {
         self.check_step()?;
         self.check_settled()?;
+        match self.settled_after {
+            Some(after) if after <= SETTLE_LIMIT => {}
+            Some(after) => {
+                return Err(format!(
+                    "the world settled only {:.0} s after healing (limit {} s): a replica stayed behind until something else made it catch up",
+                    after.as_secs_f64(),
+                    SETTLE_LIMIT.as_secs()
+                ))
+            }
+            None => return Err("the world settled only at the very end of healing".into()),
+        }
         self.check_stored_rows().await
     }
 
@@ -1246,6 +1297,12 @@ fn run_seed(seed: u64, verbose: bool) -> Result<(), String> {
             }
         }
         world.heal().await;
+        if let Some(after) = world.settled_after {
+            let mut slowest = SLOWEST_SETTLE.lock().unwrap();
+            if after.as_millis() > slowest.0 {
+                *slowest = (after.as_millis(), seed);
+            }
+        }
         let result = world
             .check_end()
             .await
@@ -1319,10 +1376,12 @@ fn simulated_worlds_keep_every_guarantee() {
                 }
                 let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if finished % 10_000 == 0 || finished == seeds {
+                    let (slowest_ms, slowest_seed) = *SLOWEST_SETTLE.lock().unwrap();
                     eprintln!(
-                        "simulation: {finished}/{seeds} seeds in {:.0} s, {} failed",
+                        "simulation: {finished}/{seeds} seeds in {:.0} s, {} failed; slowest settling {:.0} s after healing (seed {slowest_seed})",
                         begun.elapsed().as_secs_f64(),
-                        failures.lock().unwrap().len()
+                        failures.lock().unwrap().len(),
+                        slowest_ms as f64 / 1000.0
                     );
                 }
             });
