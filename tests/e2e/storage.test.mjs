@@ -373,9 +373,11 @@ test('storageStatus reports persistence, usage, quota and eviction risk', async 
 });
 
 // Issue #26: a million records in the browser. Every record is resident
-// (about 270 bytes a note), so the bound is on what is kept beside them:
+// (about 250 bytes a note), so the bound is on what is kept beside them:
 // no second copy while the database opens, no parse of every document
-// after a scan (that kept about 480 MiB more at this size).
+// after a scan (that kept about 480 MiB more at this size). Measured
+// 324 MiB with this workload (339 before the open stopped copying its
+// rows and record map, 2026-12-06); the bound leaves about 14 % of room.
 test('a database of 1,000,000 notes opens in a fresh page and reads, lists and queries within a memory bound', async () => {
   const count = 1_000_000;
   const writer = await openFixture();
@@ -423,7 +425,7 @@ test('a database of 1,000,000 notes opens in a fresh page and reads, lists and q
   assert.equal(result.plan.index, 'category', JSON.stringify(result.plan));
   assert.equal(result.scanned, 10);
   assert.deepEqual(result.added, ['note:1000000']);
-  assert.ok(result.memoryMiB < 450, `wasm memory ${result.memoryMiB.toFixed(0)} MiB`);
+  assert.ok(result.memoryMiB < 370, `wasm memory ${result.memoryMiB.toFixed(0)} MiB`);
   await reader.close();
 });
 
