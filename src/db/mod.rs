@@ -341,9 +341,10 @@ impl<S: Storage> Database<S> {
         };
         let actor = stored_actor.unwrap_or_else(ActorId::random);
 
-        // Records are decoded as the backend hands its rows over (each row's
-        // bytes are freed at once): a database is never in memory twice, as
-        // stored rows and as records, while it opens.
+        // Records are decoded as the backend hands its rows over (a row's
+        // bytes are freed once it and the rest of its stored value are
+        // decoded): a database is never in memory twice, as stored rows and
+        // as records, while it opens.
         let mut records = RestoredRecords::default();
         let mut corrupt = HashMap::new();
         for entry in std::mem::take(&mut loaded.records) {
