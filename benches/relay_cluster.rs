@@ -209,9 +209,9 @@ mod native {
         .unwrap()
     }
 
-    async fn until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    async fn until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
         let deadline = Instant::now() + limit;
-        while !check() {
+        while !check().await {
             assert!(Instant::now() < deadline, "timed out waiting until {what}");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -229,7 +229,7 @@ mod native {
                 .unwrap();
             let invite = a.create_invite().await.unwrap();
             let sync_a = a.sync(RelayConnector::new(urls[0].clone())).unwrap();
-            until("A published", Duration::from_secs(300), || {
+            until("A published", Duration::from_secs(300), async || {
                 sync_a.status().state == SyncState::Synced
             })
             .await;
@@ -240,7 +240,10 @@ mod native {
             let sync_b = b
                 .sync(RelayConnector::new(urls[urls.len() - 1].clone()))
                 .unwrap();
-            until("B caught up", Duration::from_secs(300), || b.len() >= count).await;
+            until("B caught up", Duration::from_secs(300), async || {
+                b.len() >= count
+            })
+            .await;
             times.push(start.elapsed().as_secs_f64() * 1000.0);
             drop(sync_b);
             a.close().await.unwrap();
@@ -276,9 +279,14 @@ mod native {
                 .unwrap();
             let warm = format!("warm{run}");
             a.put(&warm, json!(run)).await.unwrap();
-            until("B has the warm-up write", Duration::from_secs(30), || {
-                b.get(&warm).unwrap().is_some() && sync_a.status().state == SyncState::Synced
-            })
+            until(
+                "B has the warm-up write",
+                Duration::from_secs(30),
+                async || {
+                    b.get(&warm).await.unwrap().is_some()
+                        && sync_a.status().state == SyncState::Synced
+                },
+            )
             .await;
             let id = format!("after-failover{run}");
             let start = Instant::now();
@@ -287,7 +295,7 @@ mod native {
             until(
                 "B has the write made after the failover",
                 Duration::from_secs(60),
-                || b.get(&id).unwrap().is_some(),
+                async || b.get(&id).await.unwrap().is_some(),
             )
             .await;
             times.push(start.elapsed().as_secs_f64() * 1000.0);

@@ -147,7 +147,9 @@ mod native {
         group.bench_function("pluresdb", |b| {
             b.iter(|| {
                 i = (i + 7919) % RECORDS;
-                db.get(&format!("doc:{i:06}")).unwrap().unwrap()
+                futures::executor::block_on(db.get(&format!("doc:{i:06}")))
+                    .unwrap()
+                    .unwrap()
             })
         });
         group.finish();

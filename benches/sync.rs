@@ -182,7 +182,7 @@ mod native {
         let _sb = b.sync(RelayConnector::new(url)).unwrap();
         let mut events = b.subscribe();
         a.put("warm-up", json!(0)).await.unwrap();
-        while b.get("warm-up").unwrap().is_none() {
+        while b.get("warm-up").await.unwrap().is_none() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut times = Vec::new();

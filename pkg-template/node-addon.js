@@ -173,9 +173,16 @@ function createClass(addon, triple) {
     }
 
     get(id) {
-      // A lookup in memory: synchronous in the addon, a promise here.
+      // A lookup in memory: synchronous in the addon, a promise here
+      // (`false`: the answer needs storage).
       try {
         const text = this.#native.get(id);
+        if (text === false) {
+          return call((async () => {
+            const stored = await this.#native.getStored(id);
+            return stored === null ? undefined : JSON.parse(stored);
+          })());
+        }
         return Promise.resolve(text === null ? undefined : JSON.parse(text));
       } catch (error) {
         return Promise.reject(translate(error));

@@ -18,7 +18,7 @@
 //! # async fn main() -> pluresdb::Result<()> {
 //! let db = Database::open(MemoryStorage::new(), OpenOptions::default()).await?;
 //! db.put("user:1", json!({ "name": "Alice" })).await?;
-//! assert_eq!(db.get("user:1")?, Some(json!({ "name": "Alice" })));
+//! assert_eq!(db.get("user:1").await?, Some(json!({ "name": "Alice" })));
 //! # Ok(())
 //! # }
 //! ```

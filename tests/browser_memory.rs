@@ -42,12 +42,12 @@ async fn scans_and_reads_keep_no_parsed_documents() {
     let query =
         Query::from_json(&json!({ "where": { "f1": { "$lt": 10 } }, "sort": "-f2" })).unwrap();
     for _ in 0..3 {
-        let hits = db.query(&query).unwrap();
+        let hits = db.query(&query).await.unwrap();
         assert_eq!(hits.len(), 10);
         assert_eq!(hits[0].0, "d00009");
     }
     for i in (0..count).step_by(7) {
-        let value = db.get(&format!("d{i:05}")).unwrap().unwrap();
+        let value = db.get(&format!("d{i:05}")).await.unwrap().unwrap();
         assert_eq!(value["f3"], json!(i * 3));
     }
     let grown = memory_bytes() - before;

@@ -103,8 +103,8 @@ mod indexeddb_specifics {
         let db = Database::open(factory.open("lost").await, OpenOptions::default())
             .await
             .unwrap();
-        assert_eq!(db.get("before").unwrap(), Some(json!(1)));
-        assert_eq!(db.get("after").unwrap(), Some(json!(2)));
+        assert_eq!(db.get("before").await.unwrap(), Some(json!(1)));
+        assert_eq!(db.get("after").await.unwrap(), Some(json!(2)));
         db.close().await.unwrap();
     }
 
@@ -278,7 +278,7 @@ mod indexeddb_specifics {
         assert_eq!(db.version_vector(), after);
         assert_eq!(db.len(), 6);
         for i in 0..6 {
-            assert_eq!(db.get(&format!("k{i}")).unwrap(), Some(json!(i)));
+            assert_eq!(db.get(&format!("k{i}")).await.unwrap(), Some(json!(i)));
         }
         db.close().await.unwrap();
     }
@@ -330,8 +330,8 @@ mod indexeddb_specifics {
             first.actor(),
             "a stored actor is never reused"
         );
-        assert_eq!(third.get("first").unwrap(), Some(json!(1)));
-        assert_eq!(third.get("second").unwrap(), Some(json!(2)));
+        assert_eq!(third.get("first").await.unwrap(), Some(json!(1)));
+        assert_eq!(third.get("second").await.unwrap(), Some(json!(2)));
         third.close().await.unwrap();
         drop(hidden);
     }
@@ -366,7 +366,11 @@ mod indexeddb_specifics {
             .unwrap();
         for i in 0..40 {
             let expected = (i != 7).then(|| json!({ "round": 2, "i": i }));
-            assert_eq!(db.get(&format!("k{i:02}")).unwrap(), expected, "k{i:02}");
+            assert_eq!(
+                db.get(&format!("k{i:02}")).await.unwrap(),
+                expected,
+                "k{i:02}"
+            );
         }
         db.close().await.unwrap();
     }

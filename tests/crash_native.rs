@@ -151,7 +151,7 @@ fn acknowledged_writes_survive_kill_9() {
                 .unwrap_or_else(|e| panic!("round {round}: database does not open: {e}"));
             for id in acknowledged.keys() {
                 assert_eq!(
-                    db.get(id).unwrap(),
+                    db.get(id).await.unwrap(),
                     Some(value_for(id)),
                     "round {round}: acknowledged write {id} is missing"
                 );

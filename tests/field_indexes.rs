@@ -120,8 +120,11 @@ fn random_query(random: &mut Random, values: &[Value]) -> Query {
 }
 
 /// What a scan of every live record returns for `query`.
-fn scanned<S: pluresdb::storage::Storage>(db: &Database<S>, query: &Query) -> Vec<(String, Value)> {
-    let page = db.list(&Default::default()).unwrap();
+async fn scanned<S: pluresdb::storage::Storage>(
+    db: &Database<S>,
+    query: &Query,
+) -> Vec<(String, Value)> {
+    let page = db.list(&Default::default()).await.unwrap();
     let all: Vec<(String, Document)> = page.items;
     query
         .run(all.iter().map(|(id, document)| (id.as_str(), document)))
@@ -130,11 +133,11 @@ fn scanned<S: pluresdb::storage::Storage>(db: &Database<S>, query: &Query) -> Ve
         .collect()
 }
 
-fn queried<S: pluresdb::storage::Storage>(
+async fn queried<S: pluresdb::storage::Storage>(
     db: &Database<S>,
     query: &Query,
 ) -> (Vec<(String, Value)>, pluresdb::QueryPlan) {
-    let (hits, plan) = db.query_with_plan(query).unwrap();
+    let (hits, plan) = db.query_with_plan(query).await.unwrap();
     let hits = hits
         .into_iter()
         .map(|(id, document)| (id, document.to_value()))
@@ -171,17 +174,17 @@ async fn indexed_queries_return_what_a_scan_returns() {
                 .unwrap(),
         }
         if step % 25 == 0 {
-            let ops = peer.changes_since(&db.version_vector()).unwrap();
+            let ops = peer.changes_since(&db.version_vector()).await.unwrap();
             db.apply_remote(ops, Origin::Peer("peer".into()), None)
                 .await
                 .unwrap();
         }
         for _ in 0..4 {
             let query = random_query(&mut random, &values);
-            let (hits, plan) = queried(&db, &query);
+            let (hits, plan) = queried(&db, &query).await;
             assert_eq!(
                 hits,
-                scanned(&db, &query),
+                scanned(&db, &query).await,
                 "step {step}: {query:?} ({plan:?})"
             );
             used_index += usize::from(plan.index.is_some());
@@ -199,8 +202,12 @@ async fn indexed_queries_return_what_a_scan_returns() {
     let mut used_index = 0;
     for _ in 0..400 {
         let query = random_query(&mut random, &values);
-        let (hits, plan) = queried(&db, &query);
-        assert_eq!(hits, scanned(&db, &query), "reopened: {query:?} ({plan:?})");
+        let (hits, plan) = queried(&db, &query).await;
+        assert_eq!(
+            hits,
+            scanned(&db, &query).await,
+            "reopened: {query:?} ({plan:?})"
+        );
         used_index += usize::from(plan.index.is_some());
     }
     assert!(
@@ -224,7 +231,7 @@ async fn an_index_reads_only_the_records_that_can_match() {
     let query = |q: Value| Query::from_json(&q).unwrap();
 
     let equal = query(json!({ "where": { "category": "c3" } }));
-    let (hits, plan) = db.query_with_plan(&equal).unwrap();
+    let (hits, plan) = db.query_with_plan(&equal).await.unwrap();
     assert_eq!(hits.len(), 100);
     assert_eq!(plan.index.as_deref(), Some("category"));
     assert_eq!(plan.reads, 100);
@@ -233,13 +240,13 @@ async fn an_index_reads_only_the_records_that_can_match() {
     // The narrower of two conditions decides.
     let both =
         query(json!({ "where": { "category": "c3", "score": { "$gte": 900, "$lt": 950 } } }));
-    let (hits, plan) = db.query_with_plan(&both).unwrap();
+    let (hits, plan) = db.query_with_plan(&both).await.unwrap();
     assert_eq!(hits.len(), 5);
     assert_eq!((plan.index.as_deref(), plan.reads), (Some("score"), 50));
 
     // `$in`, and a prefix narrows the candidates further.
     let any = query(json!({ "prefix": "n00", "where": { "category": { "$in": ["c1", "c2"] } } }));
-    let (hits, plan) = db.query_with_plan(&any).unwrap();
+    let (hits, plan) = db.query_with_plan(&any).await.unwrap();
     assert_eq!(hits.len(), 20);
     assert_eq!((plan.index.as_deref(), plan.reads), (Some("category"), 20));
 
@@ -253,6 +260,7 @@ async fn an_index_reads_only_the_records_that_can_match() {
         .query_with_plan(&query(
             json!({ "where": { "category": { "$in": repeated } } }),
         ))
+        .await
         .unwrap();
     assert_eq!((hits.len(), plan.reads), (200, 200));
     let too_many: Vec<Value> = (0..=pluresdb::query::MAX_IN_OPERANDS)
@@ -263,7 +271,7 @@ async fn an_index_reads_only_the_records_that_can_match() {
 
     // A range only matches its operand's type: no string is `> 5`.
     let typed = query(json!({ "where": { "category": { "$gt": 5 } } }));
-    assert_eq!(db.query_with_plan(&typed).unwrap().1.reads, 0);
+    assert_eq!(db.query_with_plan(&typed).await.unwrap().1.reads, 0);
 
     // Fields without an index, and conditions an index cannot answer,
     // scan.
@@ -279,10 +287,11 @@ async fn an_index_reads_only_the_records_that_can_match() {
     // Updates and deletes move records between keys.
     db.put("n0003", json!({ "category": "c4" })).await.unwrap();
     db.delete("n0013").await.unwrap();
-    let (hits, plan) = db.query_with_plan(&equal).unwrap();
+    let (hits, plan) = db.query_with_plan(&equal).await.unwrap();
     assert_eq!((hits.len(), plan.reads), (98, 98));
     assert!(db
         .query(&query(json!({ "where": { "category": "c4" } })))
+        .await
         .unwrap()
         .iter()
         .any(|(id, _)| id == "n0003"));
@@ -309,7 +318,7 @@ async fn indexes_are_rebuilt_when_a_database_reopens() {
         .await
         .unwrap();
     let query = Query::from_json(&json!({ "where": { "category": "five" } })).unwrap();
-    let (hits, plan) = db.query_with_plan(&query).unwrap();
+    let (hits, plan) = db.query_with_plan(&query).await.unwrap();
     assert_eq!(
         (hits.len(), plan.index.as_deref(), plan.reads),
         (10, Some("category"), 10)

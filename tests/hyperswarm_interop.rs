@@ -1074,9 +1074,9 @@ async fn a_rust_client_reaches_a_stock_server_through_a_rust_blind_relay() {
 
 // ---- PluresDB sync over Hyperswarm ----------------------------------------
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !check() {
+    while !check().await {
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out waiting until {what}"
@@ -1112,18 +1112,18 @@ async fn two_databases_sync_over_hyperswarm() {
         .sync(HyperswarmConnector::new(loopback, bootstrap))
         .unwrap();
 
-    eventually("b has a's earlier write", || {
-        b.get("before").unwrap() == Some(json!("written before sync"))
+    eventually("b has a's earlier write", async || {
+        b.get("before").await.unwrap() == Some(json!("written before sync"))
     })
     .await;
     a.put("live", json!({ "n": 1 })).await.unwrap();
-    eventually("b sees a's live write", || {
-        b.get("live").unwrap() == Some(json!({ "n": 1 }))
+    eventually("b sees a's live write", async || {
+        b.get("live").await.unwrap() == Some(json!({ "n": 1 }))
     })
     .await;
     b.put("reply", json!("from b")).await.unwrap();
-    eventually("a sees b's write", || {
-        a.get("reply").unwrap() == Some(json!("from b"))
+    eventually("a sees b's write", async || {
+        a.get("reply").await.unwrap() == Some(json!("from b"))
     })
     .await;
     assert_eq!(a.version_vector(), b.version_vector());

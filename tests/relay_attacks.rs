@@ -220,7 +220,7 @@ async fn joiners_that_never_read(mut relay: RelayProcess) {
         baseline / MIB
     );
     let (received, reader) = count_deliveries(RawClient::join(&relay.url, key, 0).await);
-    eventually("an honest joiner replayed the whole backlog", || {
+    eventually("an honest joiner replayed the whole backlog", async || {
         received.load(std::sync::atomic::Ordering::Relaxed) == frames
     })
     .await;
@@ -469,12 +469,12 @@ async fn a_burst_of_writes_past_the_relay_rate_all_arrive() {
     let (a, b) = pair(dir.path()).await;
     let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
     let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("both connected", || sync_a.status().peers == 1).await;
+    eventually("both connected", async || sync_a.status().peers == 1).await;
     let writes = 1_500;
     for i in 0..writes {
         a.put(&format!("k{i:05}"), json!({ "i": i })).await.unwrap();
     }
-    eventually("every write arrived", || b.len() == writes).await;
+    eventually("every write arrived", async || b.len() == writes).await;
     assert_eq!(relay.server.stats().refused, 0);
     assert_eq!(sync_a.status().last_error, None);
     drop((sync_a, sync_b));
@@ -524,8 +524,8 @@ async fn knowing_the_database_id_or_topic_gains_nothing() {
         }
     }
     let sync_b = b.sync(RelayConnector::new(url.clone())).unwrap();
-    eventually("b got the real write from the backlog", || {
-        b.get("real").unwrap().is_some()
+    eventually("b got the real write from the backlog", async || {
+        b.get("real").await.unwrap().is_some()
     })
     .await;
     assert_eq!(sync_b.status().rejected, 0, "no junk reached b");
@@ -557,7 +557,10 @@ async fn a_replayed_hello_costs_nothing() {
     }
     let identity = a.sync_identity().unwrap();
     let sync_a = a.sync(RelayConnector::new(url.clone())).unwrap();
-    eventually("a published", || sync_a.status().state == SyncState::Synced).await;
+    eventually("a published", async || {
+        sync_a.status().state == SyncState::Synced
+    })
+    .await;
     let mut recorder = RawClient::join(&url, identity.join_key(), u64::MAX).await;
     assert!(recorder.next_frame(Duration::from_secs(5)).await.is_some());
     let sync_b = b.sync(RelayConnector::new(url.clone())).unwrap();
@@ -580,7 +583,7 @@ async fn a_replayed_hello_costs_nothing() {
             None => panic!("no hello from b"),
         }
     }
-    eventually("b synced", || b.len() == 100).await;
+    eventually("b synced", async || b.len() == 100).await;
     // Let the real answer pass, then count what the replays cause.
     recorder.drain(Duration::from_millis(500)).await;
     for _ in 0..60 {

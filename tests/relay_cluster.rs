@@ -46,19 +46,19 @@ async fn replicas_on_two_relays_converge_live_and_through_the_backlog() {
     a.put("before", json!("written before sync")).await.unwrap();
     let sync_a = a.sync(RelayConnector::new(one.url())).unwrap();
     let sync_b = b.sync(RelayConnector::new(two.url())).unwrap();
-    eventually("b has a's earlier write", || {
-        b.get("before").unwrap() == Some(json!("written before sync"))
+    eventually("b has a's earlier write", async || {
+        b.get("before").await.unwrap() == Some(json!("written before sync"))
     })
     .await;
     for i in 0..50 {
         a.put(&format!("a{i}"), json!({ "i": i })).await.unwrap();
         b.put(&format!("b{i}"), json!({ "i": i })).await.unwrap();
     }
-    eventually("both have all 101 records", || {
+    eventually("both have all 101 records", async || {
         a.len() == 101 && b.len() == 101
     })
     .await;
-    eventually("both synced, each seeing the other", || {
+    eventually("both synced, each seeing the other", async || {
         sync_a.status().state == SyncState::Synced
             && sync_b.status().state == SyncState::Synced
             && sync_a.status().peers == 1
@@ -75,7 +75,7 @@ async fn replicas_on_two_relays_converge_live_and_through_the_backlog() {
         .await
         .unwrap();
     let sync_c = c.sync(RelayConnector::new(two.url())).unwrap();
-    eventually("c got everything from the backlog", || c.len() == 101).await;
+    eventually("c got everything from the backlog", async || c.len() == 101).await;
     drop(sync_c);
 
     // Redis holds ciphertext only.
@@ -332,7 +332,7 @@ async fn nothing_stored_is_lost_when_redis_is_killed_and_restarted() {
         a.put(&format!("k{i:03}"), json!({ "i": i })).await.unwrap();
     }
     let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("a's writes are STORED", || {
+    eventually("a's writes are STORED", async || {
         sync_a.status().state == SyncState::Synced
     })
     .await;
@@ -355,7 +355,7 @@ async fn nothing_stored_is_lost_when_redis_is_killed_and_restarted() {
     for i in 200..220 {
         a.put(&format!("k{i:03}"), json!({ "i": i })).await.unwrap();
     }
-    eventually("the relay says why it cannot store", || {
+    eventually("the relay says why it cannot store", async || {
         sync_a
             .status()
             .last_error
@@ -375,13 +375,13 @@ async fn nothing_stored_is_lost_when_redis_is_killed_and_restarted() {
     // Redis comes back from its append-only file; the client's backoff
     // finds it, and everything arrives, the first 200 from the backlog.
     redis.restart();
-    eventually("a published the rest once Redis was back", || {
+    eventually("a published the rest once Redis was back", async || {
         sync_a.status().state == SyncState::Synced
     })
     .await;
     drop(sync_a);
     let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("b got all 220 from the backlog", || b.len() == 220).await;
+    eventually("b got all 220 from the backlog", async || b.len() == 220).await;
     drop(sync_b);
     relay.stop();
 }
@@ -408,9 +408,10 @@ async fn clients_of_a_killed_relay_resume_on_another_and_lose_nothing() {
         .await
         .unwrap();
         if i == 150 {
-            eventually("b got a's first writes through the first relay", || {
-                !b.is_empty()
-            })
+            eventually(
+                "b got a's first writes through the first relay",
+                async || !b.is_empty(),
+            )
             .await;
             first.kill();
         }
@@ -420,10 +421,13 @@ async fn clients_of_a_killed_relay_resume_on_another_and_lose_nothing() {
     }
     eventually(
         "a's writes are all STORED, through the second relay",
-        || sync_a.status().state == SyncState::Synced && sync_a.status().pending == 0,
+        async || sync_a.status().state == SyncState::Synced && sync_a.status().pending == 0,
     )
     .await;
-    eventually("b, on the second relay, has all 300", || b.len() == 300).await;
+    eventually("b, on the second relay, has all 300", async || {
+        b.len() == 300
+    })
+    .await;
     drop((sync_a, sync_b));
 
     // Everything STORED is in the shared backlog: a replica that was
@@ -433,7 +437,7 @@ async fn clients_of_a_killed_relay_resume_on_another_and_lose_nothing() {
         .await
         .unwrap();
     let sync_c = c.sync(RelayConnector::new(url)).unwrap();
-    eventually("c got all 300 from the backlog", || c.len() == 300).await;
+    eventually("c got all 300 from the backlog", async || c.len() == 300).await;
     drop(sync_c);
     drop(second);
 }

@@ -1037,11 +1037,15 @@ impl World {
     }
 
     /// The invariants that hold at every step.
-    fn check_step(&self) -> Result<(), String> {
+    async fn check_step(&self) -> Result<(), String> {
         if PANICKED.with(Cell::get) {
             return Err("a task panicked".into());
         }
-        let log = self.log.lock().unwrap();
+        // A snapshot: no lock is held across the reads below.
+        let log = Log {
+            acked: self.log.lock().unwrap().acked.clone(),
+            ..Log::default()
+        };
         let mut dots: HashMap<Dot, &CrdtOperation> = HashMap::new();
         for acked in &log.acked {
             if let Some(other) = dots.insert(acked.op.version.dot(), &acked.op) {
@@ -1066,7 +1070,7 @@ impl World {
                     if !must_hold {
                         continue;
                     }
-                    let record = instance.db.record(&acked.op.id).ok().flatten();
+                    let record = instance.db.record(&acked.op.id).await.ok().flatten();
                     if !holds(record.as_ref(), &dot) {
                         let why = if vector.covers(&dot) {
                             "its version vector covers it"
@@ -1135,7 +1139,7 @@ impl World {
         let restarted = tokio::time::Instant::now();
         while restarted.elapsed() < Duration::from_secs(120) {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            if self.settled_after.is_none() && self.check_settled().is_ok() {
+            if self.settled_after.is_none() && self.check_settled().await.is_ok() {
                 self.settled_after = Some(restarted.elapsed());
             }
         }
@@ -1143,8 +1147,8 @@ impl World {
 
     /// The invariants that hold once the world settled.
     async fn check_end(&self) -> Result<(), String> {
-        self.check_step()?;
-        self.check_settled()?;
+        self.check_step().await?;
+        self.check_settled().await?;
         match self.settled_after {
             Some(after) if after <= SETTLE_LIMIT => {}
             Some(after) => {
@@ -1161,8 +1165,11 @@ impl World {
 
     /// Every acknowledged write held everywhere, deletes kept, and every
     /// instance in the same state.
-    fn check_settled(&self) -> Result<(), String> {
-        let log = self.log.lock().unwrap();
+    async fn check_settled(&self) -> Result<(), String> {
+        let log = Log {
+            acked: self.log.lock().unwrap().acked.clone(),
+            ..Log::default()
+        };
         let mut states: Vec<(String, Vec<u8>)> = Vec::new();
         let mut all_ops: Vec<Vec<CrdtOperation>> = Vec::new();
         for device in &self.devices {
@@ -1170,10 +1177,11 @@ impl World {
                 let ops = instance
                     .db
                     .changes_since(&VersionVector::new())
+                    .await
                     .map_err(|e| format!("{}: {e}", instance.name))?;
                 for acked in &log.acked {
                     let dot = acked.op.version.dot();
-                    let record = instance.db.record(&acked.op.id).ok().flatten();
+                    let record = instance.db.record(&acked.op.id).await.ok().flatten();
                     let cleared =
                         acked.incarnation != self.devices[acked.device].storage.incarnation;
                     if !cleared && !holds(record.as_ref(), &dot) {
@@ -1292,7 +1300,7 @@ fn run_seed(seed: u64, verbose: bool) -> Result<(), String> {
         let steps = 60 + Rng(seed ^ 0x5eed).below(100);
         for _ in 0..steps {
             world.step().await;
-            if let Err(what) = world.check_step() {
+            if let Err(what) = world.check_step().await {
                 return Err(failure(&world, what));
             }
         }

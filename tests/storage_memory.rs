@@ -125,19 +125,19 @@ async fn opening_merges_streamed_rows_and_metadata_and_reports_corrupt_rows() {
         .await
         .unwrap();
     // The rows of `a` merge: two concurrent versions, the later one wins.
-    let a = db.record("a").unwrap().unwrap();
+    let a = db.record("a").await.unwrap().unwrap();
     assert_eq!(a.versions().len(), 2);
-    assert_eq!(db.get("a").unwrap(), Some(json!("new a")));
-    assert_eq!(db.get("b").unwrap(), Some(json!("b")));
-    assert_eq!(db.get("c").unwrap(), Some(json!("c")));
+    assert_eq!(db.get("a").await.unwrap(), Some(json!("new a")));
+    assert_eq!(db.get("b").await.unwrap(), Some(json!("b")));
+    assert_eq!(db.get("c").await.unwrap(), Some(json!("c")));
     // Corrupt rows that stay are reported on access, not dropped silently:
     // an undecodable one, and one whose row holds another id's record.
     assert!(matches!(
-        db.get("d"),
+        db.get("d").await,
         Err(pluresdb::Error::Storage(StorageError::Corrupt { .. }))
     ));
     assert!(matches!(
-        db.get("e"),
+        db.get("e").await,
         Err(pluresdb::Error::Storage(StorageError::Corrupt { .. }))
     ));
     // Metadata entries merge: the peer's counter is known too.

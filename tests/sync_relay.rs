@@ -13,16 +13,14 @@ use pluresdb::transport::RelayConnector;
 use pluresdb::SyncState;
 use serde_json::json;
 
-fn state_of(db: &Db) -> Vec<(String, Option<serde_json::Value>, usize)> {
-    db.list(&Default::default())
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|(id, _)| {
-            let conflicts = db.conflicts(&id).unwrap().len();
-            (id.clone(), db.get(&id).unwrap(), conflicts)
-        })
-        .collect()
+async fn state_of(db: &Db) -> Vec<(String, Option<serde_json::Value>, usize)> {
+    let mut state = Vec::new();
+    for (id, _) in db.list(&Default::default()).await.unwrap().items {
+        let conflicts = db.conflicts(&id).await.unwrap().len();
+        let value = db.get(&id).await.unwrap();
+        state.push((id, value, conflicts));
+    }
+    state
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,29 +35,32 @@ async fn two_databases_sync_live_through_a_relay() {
     let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
     let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
 
-    eventually("b has a's earlier write", || {
-        b.get("before").unwrap() == Some(json!("written before sync"))
+    eventually("b has a's earlier write", async || {
+        b.get("before").await.unwrap() == Some(json!("written before sync"))
     })
     .await;
     a.put("live", json!({ "n": 1 })).await.unwrap();
-    eventually("b sees a's live write", || {
-        b.get("live").unwrap() == Some(json!({ "n": 1 }))
+    eventually("b sees a's live write", async || {
+        b.get("live").await.unwrap() == Some(json!({ "n": 1 }))
     })
     .await;
     b.put("reply", json!("from b")).await.unwrap();
-    eventually("a sees b's write", || {
-        a.get("reply").unwrap() == Some(json!("from b"))
+    eventually("a sees b's write", async || {
+        a.get("reply").await.unwrap() == Some(json!("from b"))
     })
     .await;
     assert!(b.delete("live").await.unwrap());
-    eventually("a sees b's delete", || a.get("live").unwrap().is_none()).await;
-    eventually("both synced", || {
+    eventually("a sees b's delete", async || {
+        a.get("live").await.unwrap().is_none()
+    })
+    .await;
+    eventually("both synced", async || {
         sync_a.status().state == SyncState::Synced && sync_b.status().state == SyncState::Synced
     })
     .await;
     assert_eq!(sync_a.status().peers, 1);
     assert_eq!(a.version_vector(), b.version_vector());
-    assert_eq!(state_of(&a), state_of(&b));
+    assert_eq!(state_of(&a).await, state_of(&b).await);
 
     // The relay's backlog holds ciphertext only.
     drop((sync_a, sync_b));
@@ -95,8 +96,8 @@ async fn offline_edits_converge_with_the_same_conflicts_and_survive_a_relay_rest
     a.put("shared", json!("original")).await.unwrap();
     let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
     let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("b has the original", || {
-        b.get("shared").unwrap() == Some(json!("original"))
+    eventually("b has the original", async || {
+        b.get("shared").await.unwrap() == Some(json!("original"))
     })
     .await;
 
@@ -121,24 +122,24 @@ async fn offline_edits_converge_with_the_same_conflicts_and_survive_a_relay_rest
     assert_ne!(sync_a.status().state, SyncState::Synced, "no relay yet");
     let relay = Relay::start(address, &backlog).await;
 
-    eventually("both converge", || {
-        state_of(&a) == state_of(&b)
-            && a.get("only-a").unwrap().is_some()
-            && b.get("only-a").unwrap().is_some()
-            && a.get("only-b").unwrap() == Some(json!(3))
+    eventually("both converge", async || {
+        state_of(&a).await == state_of(&b).await
+            && a.get("only-a").await.unwrap().is_some()
+            && b.get("only-a").await.unwrap().is_some()
+            && a.get("only-b").await.unwrap() == Some(json!(3))
     })
     .await;
-    let conflicts_a = a.conflicts("shared").unwrap();
-    let conflicts_b = b.conflicts("shared").unwrap();
+    let conflicts_a = a.conflicts("shared").await.unwrap();
+    let conflicts_b = b.conflicts("shared").await.unwrap();
     assert_eq!(
         conflicts_a.len(),
         1,
         "the losing edit is kept as a conflict"
     );
     assert_eq!(conflicts_a, conflicts_b, "the same conflict on both");
-    let winner = a.get("shared").unwrap().unwrap();
+    let winner = a.get("shared").await.unwrap().unwrap();
     assert!(winner == json!("edited on a") || winner == json!("edited on b"));
-    assert_eq!(b.get("shared").unwrap().unwrap(), winner);
+    assert_eq!(b.get("shared").await.unwrap().unwrap(), winner);
     drop((sync_a, sync_b));
     relay.stop();
 }
@@ -154,7 +155,7 @@ async fn peers_never_online_together_sync_through_the_backlog() {
     publish_everything(&a, relay.url()).await;
 
     let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("b got a's writes from the backlog", || b.len() == 50).await;
+    eventually("b got a's writes from the backlog", async || b.len() == 50).await;
     assert_eq!(sync_b.status().peers, 0, "a was never there");
     drop(sync_b);
     relay.stop();
@@ -178,7 +179,7 @@ async fn a_peer_with_the_wrong_key_can_neither_read_nor_inject() {
     intruder.put("injected", json!("evil")).await.unwrap();
     let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
     let sync_i = intruder.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("both published", || {
+    eventually("both published", async || {
         sync_a.status().state == SyncState::Synced && sync_i.status().state == SyncState::Synced
     })
     .await;
@@ -188,13 +189,13 @@ async fn a_peer_with_the_wrong_key_can_neither_read_nor_inject() {
     let sealed_elsewhere = forged.cipher().seal(b"not a real message");
     assert!(insider.publish(sealed_elsewhere, true).await);
     assert!(insider.publish(common::junk_envelope(300), true).await);
-    eventually("a rejected the insider's envelopes", || {
+    eventually("a rejected the insider's envelopes", async || {
         sync_a.status().rejected >= 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(a.get("injected").unwrap(), None);
-    assert_eq!(intruder.get("secret").unwrap(), None);
+    assert_eq!(a.get("injected").await.unwrap(), None);
+    assert_eq!(intruder.get("secret").await.unwrap(), None);
     assert_eq!(sync_i.status().peers, 0, "the intruder never met a");
     drop((sync_a, sync_i));
     relay.stop();
@@ -224,7 +225,7 @@ async fn writes_a_relay_could_not_store_stay_queued() {
             .unwrap();
     }
     let sync_a = a.sync(RelayConnector::new(full.url())).unwrap();
-    eventually("the full relay refuses to store", || {
+    eventually("the full relay refuses to store", async || {
         sync_a
             .status()
             .last_error
@@ -240,7 +241,10 @@ async fn writes_a_relay_could_not_store_stay_queued() {
     let roomy = Relay::start(address, &dir.path().join("roomy.db")).await;
     publish_everything(&a, roomy.url()).await;
     let sync_b = b.sync(RelayConnector::new(roomy.url())).unwrap();
-    eventually("b got every write from the backlog alone", || b.len() == 60).await;
+    eventually("b got every write from the backlog alone", async || {
+        b.len() == 60
+    })
+    .await;
     drop(sync_b);
     roomy.stop();
 }
@@ -265,9 +269,10 @@ async fn each_transport_gets_the_writes_it_never_stored() {
         publish_everything(&a, relay.url()).await;
     }
     let sync_b = b.sync(RelayConnector::new(second.url())).unwrap();
-    eventually("b got every write from the second relay's backlog", || {
-        b.len() == 10
-    })
+    eventually(
+        "b got every write from the second relay's backlog",
+        async || b.len() == 10,
+    )
     .await;
     drop(sync_b);
     first.stop();
@@ -292,13 +297,13 @@ async fn envelopes_that_could_not_be_committed_are_received_again() {
     // B's disk is full: every commit of what arrives fails.
     b.storage().set_max_size(Some(4096)).unwrap();
     let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("b failed to commit", || {
+    eventually("b failed to commit", async || {
         sync_b.status().state == SyncState::Offline
     })
     .await;
     assert_eq!(b.len(), 0);
     b.storage().set_max_size(None).unwrap();
-    eventually("b received everything again from the backlog", || {
+    eventually("b received everything again from the backlog", async || {
         b.len() == 40
     })
     .await;
@@ -342,7 +347,7 @@ async fn an_offline_queue_cut_off_halfway_resumes_where_it_stopped() {
     // 16 MB: 62 LIVE envelopes of up to 256 KiB, at 4 MiB/s.
     let chunks = 62;
     let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("half of the queue is stored", || {
+    eventually("half of the queue is stored", async || {
         relay.server.stats().published >= 30
     })
     .await;
@@ -360,7 +365,10 @@ async fn an_offline_queue_cut_off_halfway_resumes_where_it_stopped() {
         "{first} envelopes, then {second} more: the queue started over"
     );
     let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("b got every write from the backlog", || b.len() == 800).await;
+    eventually("b got every write from the backlog", async || {
+        b.len() == 800
+    })
+    .await;
     drop(sync_b);
     relay.stop();
 }
@@ -391,11 +399,14 @@ async fn a_delta_cut_off_halfway_resumes_where_it_stopped() {
     }
     publish_everything(&a, relay.url()).await;
     let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("a is online", || sync_a.status().state == SyncState::Synced).await;
+    eventually("a is online", async || {
+        sync_a.status().state == SyncState::Synced
+    })
+    .await;
     // 16 MB in 62 chunks of 256 KiB; b holds 400 records after about half.
     let chunks = 62;
     let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("b holds half", || b.len() >= 400).await;
+    eventually("b holds half", async || b.len() >= 400).await;
     // Both go, and come back with new sync sessions. The relay may still
     // be reading the rest of the first delta from a's old connection (at
     // 4 MB/s) and fan it out to b's new one: those late chunks must not
@@ -431,10 +442,16 @@ async fn a_delta_cut_off_halfway_resumes_where_it_stopped() {
         }
     });
     let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("a is back", || sync_a.status().state == SyncState::Synced).await;
+    eventually("a is back", async || {
+        sync_a.status().state == SyncState::Synced
+    })
+    .await;
     let sync_b = b.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("b holds everything", || b.len() == 800).await;
-    eventually("b is synced", || sync_b.status().state == SyncState::Synced).await;
+    eventually("b holds everything", async || b.len() == 800).await;
+    eventually("b is synced", async || {
+        sync_b.status().state == SyncState::Synced
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second = from_a.load(std::sync::atomic::Ordering::Relaxed);
     watcher.abort();
@@ -528,7 +545,10 @@ async fn a_lost_delta_chunk_is_asked_for_again_without_reconnecting() {
     .unwrap();
     publish_everything(&a, relay.url()).await;
     let sync_a = a.sync(RelayConnector::new(relay.url())).unwrap();
-    eventually("a is online", || sync_a.status().state == SyncState::Synced).await;
+    eventually("a is online", async || {
+        sync_a.status().state == SyncState::Synced
+    })
+    .await;
     let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let sync_b = b
@@ -538,7 +558,7 @@ async fn a_lost_delta_chunk_is_asked_for_again_without_reconnecting() {
             connections: connections.clone(),
         })
         .unwrap();
-    eventually("a delta chunk was lost", || {
+    eventually("a delta chunk was lost", async || {
         lost.load(std::sync::atomic::Ordering::SeqCst)
     })
     .await;
@@ -554,7 +574,7 @@ async fn a_lost_delta_chunk_is_asked_for_again_without_reconnecting() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(state_of(&a), state_of(&b));
+    assert_eq!(state_of(&a).await, state_of(&b).await);
     assert_eq!(
         connections.load(std::sync::atomic::Ordering::SeqCst),
         1,

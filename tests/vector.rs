@@ -241,7 +241,7 @@ async fn bad_vectors_are_typed_errors_and_store_nothing() {
             .unwrap_err();
         assert_eq!(error.name(), name, "{vector:?}: {error}");
     }
-    assert_eq!(db.get("b").unwrap(), None, "nothing was stored");
+    assert_eq!(db.get("b").await.unwrap(), None, "nothing was stored");
     let error = db
         .search(&SearchRequest::vector(vec![1.0]))
         .await

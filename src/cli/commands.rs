@@ -121,7 +121,7 @@ async fn execute(
             db.put_document(&id, document, vector.map(Into::into))
                 .await?;
         }
-        Command::Get { id } => match db.get_document(&id)? {
+        Command::Get { id } => match db.get_document(&id).await? {
             Some(document) => println!("{document}"),
             None => return Err(Failure::not_found(format!("no record `{id}`"))),
         },
@@ -136,11 +136,13 @@ async fn execute(
             cursor,
             format,
         } => {
-            let page = db.list(&ListOptions {
-                prefix,
-                limit,
-                cursor,
-            })?;
+            let page = db
+                .list(&ListOptions {
+                    prefix,
+                    limit,
+                    cursor,
+                })
+                .await?;
             print_records(&page.items, format)?;
             if let Some(cursor) = page.next_cursor {
                 eprintln!("more: --cursor {cursor}");
@@ -149,7 +151,7 @@ async fn execute(
         Command::Query { query, format } => {
             let query = Query::from_json(&parse_json(&query, "the query")?)
                 .map_err(|e| Failure::new(e.to_string()))?;
-            print_records(&db.query(&query)?, format)?;
+            print_records(&db.query(&query).await?, format)?;
         }
         Command::Search {
             query,
@@ -185,7 +187,7 @@ async fn execute(
         }
         Command::Status => status(db, options).await?,
         Command::Import { file, batch } => io::import(db, &file, batch).await?,
-        Command::Export { file } => io::export(db, file.as_deref())?,
+        Command::Export { file } => io::export(db, file.as_deref()).await?,
         Command::Invite => println!("{}", db.create_invite().await?),
         Command::Sync {
             relay,

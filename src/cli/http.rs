@@ -306,11 +306,14 @@ async fn list(
         1,
         MAX_PAGE,
     )?;
-    let page = state.db.list(&ListOptions {
-        prefix: params.prefix,
-        limit: Some(limit),
-        cursor: params.cursor,
-    })?;
+    let page = state
+        .db
+        .list(&ListOptions {
+            prefix: params.prefix,
+            limit: Some(limit),
+            cursor: params.cursor,
+        })
+        .await?;
     let items: Vec<Value> = page
         .items
         .iter()
@@ -325,7 +328,7 @@ async fn get_record(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    match state.db.get_document(&id)? {
+    match state.db.get_document(&id).await? {
         Some(data) => Ok(Json(record_json(&id, &data))),
         None => Err(ApiError::not_found(&id)),
     }
@@ -383,7 +386,7 @@ async fn query(
         .and_then(|n| n.checked_add(1))
         .ok_or_else(|| ApiError::bad_request("`offset` + `limit` is too large"))?;
     query.limit = Some(wanted);
-    let hits = state.db.query(&query)?;
+    let hits = state.db.query(&query).await?;
     let more = hits.len() == wanted;
     let items: Vec<Value> = hits
         .iter()

@@ -92,7 +92,7 @@ pub(super) async fn import(
         counts.read += 1;
         // Idempotent: a record already holding this data is not written
         // again, so a re-run after an interruption only adds what is missing.
-        if db.get_document(id)?.as_ref() == Some(&document) {
+        if db.get_document(id).await?.as_ref() == Some(&document) {
             counts.unchanged += 1;
         } else {
             pending.push((id.to_owned(), document));
@@ -119,7 +119,10 @@ pub(super) async fn import(
     Ok(())
 }
 
-pub(super) fn export(db: &Database<SqliteStorage>, file: Option<&Path>) -> Result<(), Failure> {
+pub(super) async fn export(
+    db: &Database<SqliteStorage>,
+    file: Option<&Path>,
+) -> Result<(), Failure> {
     let mut out: Box<dyn Write> = match file {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
@@ -130,11 +133,13 @@ pub(super) fn export(db: &Database<SqliteStorage>, file: Option<&Path>) -> Resul
     let mut cursor = None;
     let mut count = 0u64;
     loop {
-        let page = db.list(&ListOptions {
-            prefix: String::new(),
-            limit: Some(1000),
-            cursor,
-        })?;
+        let page = db
+            .list(&ListOptions {
+                prefix: String::new(),
+                limit: Some(1000),
+                cursor,
+            })
+            .await?;
         for (id, data) in &page.items {
             writeln!(out, "{}", json!({ "id": id, "data": data.to_value() }))?;
             count += 1;

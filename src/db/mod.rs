@@ -694,19 +694,19 @@ impl<S: Storage> Database<S> {
     }
 
     /// The live document under `id` (`None` when absent or deleted).
-    pub fn get_document(&self, id: &str) -> Result<Option<Document>> {
+    pub async fn get_document(&self, id: &str) -> Result<Option<Document>> {
         let state = self.readable()?;
         Self::check_corrupt(&state, id)?;
         Ok(state.store.get(id).cloned())
     }
 
     /// The live value under `id` as JSON.
-    pub fn get(&self, id: &str) -> Result<Option<serde_json::Value>> {
-        Ok(self.get_document(id)?.map(|d| d.to_value()))
+    pub async fn get(&self, id: &str) -> Result<Option<serde_json::Value>> {
+        Ok(self.get_document(id).await?.map(|d| d.to_value()))
     }
 
     /// The full record under `id`, tombstones and conflicts included.
-    pub fn record(&self, id: &str) -> Result<Option<Record>> {
+    pub async fn record(&self, id: &str) -> Result<Option<Record>> {
         let state = self.readable()?;
         Self::check_corrupt(&state, id)?;
         Ok(state.store.record(id).cloned())
@@ -714,14 +714,14 @@ impl<S: Storage> Database<S> {
 
     /// The concurrent versions that lost to the current value of `id`, by
     /// descending precedence. Empty when there is no conflict.
-    pub fn conflicts(&self, id: &str) -> Result<Vec<Version>> {
+    pub async fn conflicts(&self, id: &str) -> Result<Vec<Version>> {
         let state = self.readable()?;
         Self::check_corrupt(&state, id)?;
         Ok(state.store.conflicts(id).to_vec())
     }
 
     /// Live records in id order, filtered by prefix, paged by cursor.
-    pub fn list(&self, options: &ListOptions) -> Result<Page> {
+    pub async fn list(&self, options: &ListOptions) -> Result<Page> {
         let state = self.readable()?;
         let start = match &options.cursor {
             Some(cursor) if cursor.as_str() >= options.prefix.as_str() => {
@@ -751,8 +751,8 @@ impl<S: Storage> Database<S> {
     /// ([`OpenOptions::indexes`]) narrows the records read; without one, a
     /// query with conditions scans every record under its prefix (and logs
     /// a warning once per set of fields, natively).
-    pub fn query(&self, query: &Query) -> Result<Vec<(String, Document)>> {
-        let (results, plan) = self.query_with_plan(query)?;
+    pub async fn query(&self, query: &Query) -> Result<Vec<(String, Document)>> {
+        let (results, plan) = self.query_with_plan(query).await?;
         #[cfg(not(target_arch = "wasm32"))]
         warn_scan_once(query, &plan);
         #[cfg(target_arch = "wasm32")]
@@ -761,7 +761,10 @@ impl<S: Storage> Database<S> {
     }
 
     /// [`Database::query`], and which records it read.
-    pub fn query_with_plan(&self, query: &Query) -> Result<(Vec<(String, Document)>, QueryPlan)> {
+    pub async fn query_with_plan(
+        &self,
+        query: &Query,
+    ) -> Result<(Vec<(String, Document)>, QueryPlan)> {
         let state = self.readable()?;
         if let Some((field, ids)) = state.fields.plan(query) {
             let plan = QueryPlan {
@@ -829,14 +832,14 @@ impl<S: Storage> Database<S> {
     }
 
     /// Exactly the operations a replica with version vector `seen` lacks.
-    pub fn changes_since(&self, seen: &VersionVector) -> Result<Vec<CrdtOperation>> {
+    pub async fn changes_since(&self, seen: &VersionVector) -> Result<Vec<CrdtOperation>> {
         Ok(self.readable()?.store.changes_since(seen))
     }
 
     /// [`changes_since`](Self::changes_since) and the version vector, read
     /// together: the vector covers exactly what the changes bring on top of
     /// `seen`, with no commit in between.
-    pub fn changes_and_vector(
+    pub async fn changes_and_vector(
         &self,
         seen: &VersionVector,
     ) -> Result<(Vec<CrdtOperation>, VersionVector)> {

@@ -410,7 +410,7 @@ impl<S: Storage> Engine<S> {
         // The offline queue: everything peers may lack since the last
         // publication that the transport stored, and the vector it brings
         // the publication to, read together.
-        let Ok((ops, vector)) = self.db.changes_and_vector(&published) else {
+        let Ok((ops, vector)) = self.db.changes_and_vector(&published).await else {
             return SessionEnd::Stopped;
         };
         let mut alive = send(self.protocol.hello(&vector), false, &mut sent);
@@ -660,6 +660,7 @@ impl<S: Storage> Engine<S> {
                 let (ops, mine) = self
                     .db
                     .changes_and_vector(&vector)
+                    .await
                     .map_err(|_| HandleError::Closed)?;
                 // The peer holds a prefix of a delta this instance sent at
                 // this same vector: send the rest only.

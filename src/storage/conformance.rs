@@ -201,7 +201,10 @@ pub async fn streamed_commits_are_atomic<F: StorageFactory>(factory: &F) {
         .await
         .unwrap();
     assert_eq!(db.len(), 5_000);
-    assert_eq!(db.get("doc:04999").unwrap(), Some(json!({ "n": 4_999 })));
+    assert_eq!(
+        db.get("doc:04999").await.unwrap(),
+        Some(json!({ "n": 4_999 }))
+    );
     db.close().await.unwrap();
 }
 
@@ -300,7 +303,7 @@ pub async fn database_persists_across_reopen<F: StorageFactory>(factory: &F) {
     let vector = db.version_vector();
     db.close().await.unwrap();
     assert!(matches!(
-        db.get("user:1"),
+        db.get("user:1").await,
         Err(Error::Storage(StorageError::Closed))
     ));
 
@@ -310,16 +313,17 @@ pub async fn database_persists_across_reopen<F: StorageFactory>(factory: &F) {
     assert_eq!(db.actor(), actor, "slot 0 keeps its actor id");
     assert_eq!(db.version_vector(), vector);
     assert_eq!(
-        db.get("user:1").unwrap(),
+        db.get("user:1").await.unwrap(),
         Some(json!({"name": "Alice", "age": 30}))
     );
-    assert_eq!(db.get("user:2").unwrap(), None);
+    assert_eq!(db.get("user:2").await.unwrap(), None);
     let page = db
         .list(&ListOptions {
             prefix: "bulk:".into(),
             limit: Some(20),
             cursor: None,
         })
+        .await
         .unwrap();
     assert_eq!(page.items.len(), 20);
     assert_eq!(page.next_cursor.as_deref(), Some("bulk:019"));
@@ -329,6 +333,7 @@ pub async fn database_persists_across_reopen<F: StorageFactory>(factory: &F) {
             limit: None,
             cursor: page.next_cursor,
         })
+        .await
         .unwrap();
     assert_eq!(rest.items.len(), 30);
     assert_eq!(rest.next_cursor, None);
@@ -358,9 +363,9 @@ pub async fn two_instances_never_lose_writes<F: StorageFactory>(factory: &F) {
     let db = Database::open(factory.open("two").await, OpenOptions::default())
         .await
         .unwrap();
-    assert_eq!(db.get("only-first").unwrap(), Some(json!(1)));
-    assert_eq!(db.get("only-second").unwrap(), Some(json!(2)));
-    let record = db.record("shared").unwrap().expect("shared record");
+    assert_eq!(db.get("only-first").await.unwrap(), Some(json!(1)));
+    assert_eq!(db.get("only-second").await.unwrap(), Some(json!(2)));
+    let record = db.record("shared").await.unwrap().expect("shared record");
     let mut values: Vec<String> = record
         .versions()
         .iter()
@@ -421,17 +426,21 @@ pub async fn interleaved_writers_survive_compaction<F: StorageFactory>(factory: 
         .unwrap();
     for id in 0..90 {
         let expected = (id != 3).then(|| json!({ "round": id }));
-        assert_eq!(db.get(&format!("a{id}")).unwrap(), expected, "a{id}");
+        assert_eq!(db.get(&format!("a{id}")).await.unwrap(), expected, "a{id}");
     }
     for id in 0..45 {
         assert_eq!(
-            db.get(&format!("b{id}")).unwrap(),
+            db.get(&format!("b{id}")).await.unwrap(),
             Some(json!({ "round": 45 + id })),
             "b{id}"
         );
     }
     for id in 0..10 {
-        assert_eq!(db.get(&format!("z{id}")).unwrap(), Some(json!(id)), "z{id}");
+        assert_eq!(
+            db.get(&format!("z{id}")).await.unwrap(),
+            Some(json!(id)),
+            "z{id}"
+        );
     }
     assert_eq!(db.len(), 89 + 45 + 10);
     db.close().await.unwrap();
@@ -456,10 +465,10 @@ pub async fn a_stale_writer_never_overwrites_what_it_did_not_see<F: StorageFacto
     a.put("k", json!("from a")).await.unwrap();
     a.put("t", json!("seen by a")).await.unwrap();
     assert!(a.delete("t").await.unwrap());
-    let a_writes: Vec<crate::crdt::Dot> = ["k", "t"]
-        .iter()
-        .map(|id| a.record(id).unwrap().unwrap().winner().dot())
-        .collect();
+    let mut a_writes: Vec<crate::crdt::Dot> = Vec::new();
+    for id in ["k", "t"] {
+        a_writes.push(a.record(id).await.unwrap().unwrap().winner().dot());
+    }
     let a_actor = a.actor();
     b.put("x", json!("stale commit")).await.unwrap();
     b.put("k", json!("from b")).await.unwrap();
@@ -474,9 +483,9 @@ pub async fn a_stale_writer_never_overwrites_what_it_did_not_see<F: StorageFacto
     a.close().await.unwrap();
     b.close().await.unwrap();
 
-    let check = |db: &Database<F::Storage>| {
-        for (id, dot) in ["k", "t"].iter().zip(&a_writes) {
-            let record = db.record(id).unwrap().expect("record kept");
+    async fn check<S: Storage>(db: &Database<S>, a_writes: &[crate::crdt::Dot]) {
+        for (id, dot) in ["k", "t"].iter().zip(a_writes) {
+            let record = db.record(id).await.unwrap().expect("record kept");
             assert!(
                 record
                     .versions()
@@ -486,17 +495,23 @@ pub async fn a_stale_writer_never_overwrites_what_it_did_not_see<F: StorageFacto
                  that saw it: {record:?}"
             );
         }
-    };
+    }
     let reopened = Database::open(factory.open("unseen").await, OpenOptions::default())
         .await
         .unwrap();
     assert_eq!(reopened.actor(), a_actor, "A's slot is reused");
-    check(&reopened);
+    check(&reopened, &a_writes).await;
     for dot in &a_writes {
         assert!(reopened.version_vector().covers(dot));
     }
     reopened.put("after", json!(1)).await.unwrap();
-    let next = reopened.record("after").unwrap().unwrap().winner().dot();
+    let next = reopened
+        .record("after")
+        .await
+        .unwrap()
+        .unwrap()
+        .winner()
+        .dot();
     assert!(
         a_writes.iter().all(|dot| next.seq > dot.seq),
         "the reused actor never issues a dot twice"
@@ -550,7 +565,10 @@ pub async fn older_format_is_migrated<F: StorageFactory>(factory: &F) {
     let db = Database::open(storage, OpenOptions::default())
         .await
         .expect("an older format opens");
-    assert_eq!(db.get("kept").unwrap(), Some(json!({"from": "format 1"})));
+    assert_eq!(
+        db.get("kept").await.unwrap(),
+        Some(json!({"from": "format 1"}))
+    );
     db.close().await.unwrap();
     let state = factory.open("older").await.load().await.unwrap();
     assert_eq!(
@@ -615,14 +633,14 @@ pub async fn corrupt_rows_are_reported_not_fatal<F: StorageFactory>(factory: &F)
     let db = Database::open(storage, OpenOptions::default())
         .await
         .expect("opens despite a corrupt row");
-    assert_eq!(db.get("good").unwrap(), Some(json!({"ok": true})));
-    let error = db.get("bad").expect_err("corrupt row is an error");
+    assert_eq!(db.get("good").await.unwrap(), Some(json!({"ok": true})));
+    let error = db.get("bad").await.expect_err("corrupt row is an error");
     assert!(
         matches!(error, Error::Storage(StorageError::Corrupt { ref key, .. }) if key == "bad"),
         "got {error:?}"
     );
     db.put("bad", json!("repaired")).await.unwrap();
-    assert_eq!(db.get("bad").unwrap(), Some(json!("repaired")));
+    assert_eq!(db.get("bad").await.unwrap(), Some(json!("repaired")));
     db.close().await.unwrap();
 }
 
@@ -647,7 +665,7 @@ pub async fn queries_and_conflicts_survive_reopen<F: StorageFactory>(factory: &F
     db.apply_remote(vec![op], Origin::Peer("peer".into()), None)
         .await
         .unwrap();
-    assert_eq!(db.conflicts("user:1").unwrap().len(), 1);
+    assert_eq!(db.conflicts("user:1").await.unwrap().len(), 1);
     db.close().await.unwrap();
 
     let db = Database::open(factory.open("query").await, OpenOptions::default())
@@ -659,19 +677,20 @@ pub async fn queries_and_conflicts_survive_reopen<F: StorageFactory>(factory: &F
     .unwrap();
     let ids: Vec<String> = db
         .query(&query)
+        .await
         .unwrap()
         .into_iter()
         .map(|(id, _)| id)
         .collect();
     assert_eq!(ids, ["user:3", "user:1"]);
-    let conflicts = db.conflicts("user:1").unwrap();
+    let conflicts = db.conflicts("user:1").await.unwrap();
     assert_eq!(conflicts.len(), 1);
     assert_eq!(
         conflicts[0].data.as_ref().unwrap().as_str(),
         r#"{"name":"Ann (phone)"}"#
     );
     assert_eq!(
-        db.get("user:1").unwrap(),
+        db.get("user:1").await.unwrap(),
         Some(json!({"name": "Ann", "age": 31}))
     );
     db.close().await.unwrap();
@@ -698,14 +717,14 @@ pub async fn failed_commits_change_nothing<F: StorageFactory>(factory: &F) {
         "{error}"
     );
     assert_eq!(
-        db.get("lost").unwrap(),
+        db.get("lost").await.unwrap(),
         None,
         "a failed write is not visible"
     );
     fail(false);
     db.put("after", json!(3)).await.unwrap();
-    assert_eq!(db.get("kept").unwrap(), Some(json!(1)));
-    assert_eq!(db.get("after").unwrap(), Some(json!(3)));
+    assert_eq!(db.get("kept").await.unwrap(), Some(json!(1)));
+    assert_eq!(db.get("after").await.unwrap(), Some(json!(3)));
     db.close().await.unwrap();
 }
 

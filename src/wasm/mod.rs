@@ -398,7 +398,7 @@ impl PluresDB {
     pub fn get(&self, id: String) -> Promise {
         let db = self.db.clone();
         spawn_promise(async move {
-            match db.get_document(&id).map_err(|e| to_js_error(&e))? {
+            match db.get_document(&id).await.map_err(|e| to_js_error(&e))? {
                 Some(document) => document_to_js(&document),
                 None => Ok(JsValue::UNDEFINED),
             }
@@ -429,7 +429,7 @@ impl PluresDB {
                 limit: number_option(&options, "limit")?.map(|n| n as usize),
                 cursor: string_option(&options, "cursor")?,
             };
-            let page = db.list(&list_options).map_err(|e| to_js_error(&e))?;
+            let page = db.list(&list_options).await.map_err(|e| to_js_error(&e))?;
             let items = Array::new();
             for (id, document) in &page.items {
                 items.push(&record_object(id, document)?);
@@ -549,7 +549,10 @@ impl PluresDB {
         let parsed = query_from_js(&query);
         spawn_promise(async move {
             let query = parsed?;
-            let (hits, plan) = db.query_with_plan(&query).map_err(|e| to_js_error(&e))?;
+            let (hits, plan) = db
+                .query_with_plan(&query)
+                .await
+                .map_err(|e| to_js_error(&e))?;
             warn_scan_once(&query, &plan);
             let items = Array::new();
             for (id, document) in &hits {
@@ -587,7 +590,7 @@ impl PluresDB {
     pub fn conflicts(&self, id: String) -> Promise {
         let db = self.db.clone();
         spawn_promise(async move {
-            let versions = db.conflicts(&id).map_err(|e| to_js_error(&e))?;
+            let versions = db.conflicts(&id).await.map_err(|e| to_js_error(&e))?;
             let out = Array::new();
             for version in &versions {
                 let item = Object::new();
@@ -635,7 +638,9 @@ impl PluresDB {
                 if !still_active.get() {
                     break;
                 }
-                let Ok(result) = db.query(&query) else { break };
+                let Ok(result) = db.query(&query).await else {
+                    break;
+                };
                 if last.as_ref() != Some(&result) {
                     let items = Array::new();
                     for (id, document) in &result {

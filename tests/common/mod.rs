@@ -80,7 +80,7 @@ pub async fn pair(dir: &Path) -> (Db, Db) {
 /// Syncs `db` through `url` until the relay stored everything, then stops.
 pub async fn publish_everything(db: &Db, url: String) {
     let sync = db.sync(RelayConnector::new(url)).unwrap();
-    eventually("everything is published", || {
+    eventually("everything is published", async || {
         sync.status().state == SyncState::Synced
     })
     .await;
@@ -88,9 +88,9 @@ pub async fn publish_everything(db: &Db, url: String) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
+    while !check().await {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -437,14 +437,28 @@ impl NativeDatabase {
         }
     }
 
-    /// The JSON text under `id`, or `null`. Synchronous: a lookup in
-    /// memory costs less than a round trip through the runtime (the
-    /// wrapper still returns a promise).
+    /// The JSON text under `id`, `null` when there is none, or `false`
+    /// when the answer needs storage (then call `getStored`). Synchronous:
+    /// a lookup in memory costs less than a round trip through the runtime
+    /// (the wrapper still returns a promise).
     #[napi(catch_unwind)]
-    pub fn get(&self, id: String) -> Result<Option<String>> {
+    pub fn get(&self, id: String) -> Result<Option<Either<String, bool>>> {
+        use futures::FutureExt;
+        match self.db.get_document(&id).now_or_never() {
+            Some(result) => Ok(result
+                .map_err(|e| js_error(&e))?
+                .map(|document| Either::A(document.as_str().to_owned()))),
+            None => Ok(Some(Either::B(false))),
+        }
+    }
+
+    /// The JSON text under `id`, or `null`, read from storage when needed.
+    #[napi(catch_unwind)]
+    pub async fn get_stored(&self, id: String) -> Result<Option<String>> {
         Ok(self
             .db
             .get_document(&id)
+            .await
             .map_err(|e| js_error(&e))?
             .map(|document| document.as_str().to_owned()))
     }
@@ -466,7 +480,11 @@ impl NativeDatabase {
             limit,
             cursor: string_option(&options, "cursor")?,
         };
-        let page = self.db.list(&list_options).map_err(|e| js_error(&e))?;
+        let page = self
+            .db
+            .list(&list_options)
+            .await
+            .map_err(|e| js_error(&e))?;
         let items = records_json(page.items.iter().map(|(id, d)| (id.as_str(), d)));
         Ok(format!(
             "{{\"items\":{items},\"nextCursor\":{}}}",
@@ -478,7 +496,7 @@ impl NativeDatabase {
     #[napi(catch_unwind)]
     pub async fn query(&self, query_json: String) -> Result<String> {
         let query = parse_query(&query_json)?;
-        let hits = self.db.query(&query).map_err(|e| js_error(&e))?;
+        let hits = self.db.query(&query).await.map_err(|e| js_error(&e))?;
         Ok(records_json(hits.iter().map(|(id, d)| (id.as_str(), d))))
     }
 
@@ -565,7 +583,7 @@ impl NativeDatabase {
     /// The losing concurrent versions of `id` as JSON.
     #[napi(catch_unwind)]
     pub async fn conflicts(&self, id: String) -> Result<String> {
-        let versions = self.db.conflicts(&id).map_err(|e| js_error(&e))?;
+        let versions = self.db.conflicts(&id).await.map_err(|e| js_error(&e))?;
         let out: Vec<Value> = versions
             .iter()
             .map(|version| {
@@ -603,7 +621,9 @@ impl NativeDatabase {
                 if !still_active.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
-                let Ok(result) = db.query(&query) else { return };
+                let Ok(result) = db.query(&query).await else {
+                    return;
+                };
                 if last.as_ref() != Some(&result) {
                     callback.call(
                         records_json(result.iter().map(|(id, d)| (id.as_str(), d))),
