@@ -446,6 +446,75 @@ pub async fn interleaved_writers_survive_compaction<F: StorageFactory>(factory: 
     db.close().await.unwrap();
 }
 
+/// Hundreds of single-row commits from one handle (past the point where
+/// IndexedDB folds what a handle appended within the commit that reaches
+/// it) with another handle committing in between: every row is kept, each
+/// commit's receipt hands back the other handle's rows stored since the
+/// generation it expected, and generations only grow.
+pub async fn long_runs_of_single_commits_keep_every_row<F: StorageFactory>(factory: &F) {
+    let first = factory.open("single-commits").await;
+    let second = factory.open("single-commits").await;
+    let (mut first_generation, mut second_generation) = (0, 0);
+    let mut unseen: Vec<String> = Vec::new();
+    let mut newest = 0;
+    for i in 0..300u32 {
+        let id = format!("a{i:03}");
+        let receipt = first
+            .commit(CommitBatch {
+                expected_generation: first_generation,
+                records: vec![(id, i.to_le_bytes().to_vec())],
+                ..Default::default()
+            })
+            .await
+            .expect("first's commit");
+        for other in unseen.drain(..) {
+            assert!(
+                receipt.foreign_records.iter().any(|(id, _)| *id == other),
+                "commit {i} of the first handed back the second's row {other}"
+            );
+        }
+        assert!(receipt.generation > newest, "generations grow");
+        newest = receipt.generation;
+        first_generation = receipt.generation;
+        // Every third: the first's folding commits (every 128th) meet a
+        // chunk of the second's.
+        if i % 3 == 0 {
+            let id = format!("b{i:03}");
+            let receipt = second
+                .commit(CommitBatch {
+                    expected_generation: second_generation,
+                    records: vec![(id.clone(), vec![0xb])],
+                    ..Default::default()
+                })
+                .await
+                .expect("second's commit");
+            assert!(receipt.generation > newest, "generations grow");
+            newest = receipt.generation;
+            second_generation = receipt.generation;
+            unseen.push(id);
+        }
+    }
+    drop((first, second));
+    let mut state = factory
+        .open("single-commits")
+        .await
+        .load()
+        .await
+        .expect("load");
+    let mut rows = state.read_all_rows().expect("rows");
+    rows.sort();
+    let mut expected: Vec<(String, Vec<u8>)> = (0..300u32)
+        .map(|i| (format!("a{i:03}"), i.to_le_bytes().to_vec()))
+        .chain(
+            (0..300u32)
+                .filter(|i| i % 3 == 0)
+                .map(|i| (format!("b{i:03}"), vec![0xb])),
+        )
+        .collect();
+    expected.sort();
+    assert_eq!(rows, expected, "every row, once");
+}
+
 /// Issue #20, bug 1: two instances on one storage; B's first commit after
 /// A's is stale and read-merges, B's next one is not. B must have learnt
 /// every row A stored (not only the rows of its own batch), so its second
@@ -743,6 +812,7 @@ macro_rules! storage_conformance_tests {
             database_persists_across_reopen,
             two_instances_never_lose_writes,
             interleaved_writers_survive_compaction,
+            long_runs_of_single_commits_keep_every_row,
             a_stale_writer_never_overwrites_what_it_did_not_see,
             newer_format_is_refused,
             older_format_is_migrated,
