@@ -189,6 +189,63 @@ mod indexeddb_specifics {
             .expect("the database was rewritten");
     }
 
+    /// How many values the records store of IndexedDB database `database`
+    /// holds (chunks, and rows of older formats).
+    async fn stored_values(database: &str) -> u32 {
+        let script = format!(
+            r#"(async () => {{
+                const request = (r) => new Promise((ok, fail) => {{ r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); }});
+                const db = await request(indexedDB.open({database:?}));
+                const count = await request(db.transaction('records').objectStore('records').count());
+                db.close();
+                return count;
+            }})()"#
+        );
+        let promise: js_sys::Promise = js_sys::eval(&script).unwrap().into();
+        wasm_bindgen_futures::JsFuture::from(promise)
+            .await
+            .expect("the records store was counted")
+            .as_f64()
+            .expect("a count") as u32
+    }
+
+    /// A run of commits is folded at once when what it appended reaches
+    /// 8 MiB, however few chunks that is (a compaction reads them all into
+    /// memory): twelve commits of 900 KB leave far fewer than twelve
+    /// chunks, and every row.
+    #[wasm_bindgen_test]
+    async fn runs_of_large_commits_are_folded_by_size() {
+        let name = format!("{}-by-size", IndexedDbFactory::new().run);
+        let storage = IndexedDbStorage::open(&name).await.unwrap();
+        let mut generation = 0;
+        for i in 0..12u8 {
+            let receipt = storage
+                .commit(pluresdb::storage::CommitBatch {
+                    expected_generation: generation,
+                    records: vec![(format!("r{i:02}"), vec![i; 900_000])],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            generation = receipt.generation;
+        }
+        let values = stored_values(&format!("pluresdb/{name}")).await;
+        assert!(values < 8, "twelve commits folded: {values} values stored");
+        drop(storage);
+        let mut loaded = IndexedDbStorage::open(&name)
+            .await
+            .unwrap()
+            .load()
+            .await
+            .unwrap();
+        let mut rows = loaded.read_all_rows().unwrap();
+        rows.sort();
+        let expected: Vec<(String, Vec<u8>)> = (0..12u8)
+            .map(|i| (format!("r{i:02}"), vec![i; 900_000]))
+            .collect();
+        assert!(rows == expected, "every row once, as written");
+    }
+
     /// Whether the meta store of IndexedDB database `database` has a row
     /// `key`.
     async fn meta_row_exists(database: &str, key: &str) -> bool {
