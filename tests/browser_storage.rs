@@ -246,6 +246,43 @@ mod indexeddb_specifics {
         assert!(rows == expected, "every row once, as written");
     }
 
+    /// The same through a database: twelve awaited puts of 900 KB
+    /// documents leave far fewer than twelve chunks (without the bound on
+    /// bytes, a run of them waited for 128).
+    #[wasm_bindgen_test]
+    async fn a_pause_after_large_writes_folds_them_by_size() {
+        let name = format!("{}-pause-by-size", IndexedDbFactory::new().run);
+        let db = Database::open(
+            IndexedDbStorage::open(&name).await.unwrap(),
+            OpenOptions::default(),
+        )
+        .await
+        .unwrap();
+        let text = |i: usize| format!("{i}").repeat(900_000);
+        for i in 0..12 {
+            db.put(&format!("r{i:02}"), json!(text(i % 10)))
+                .await
+                .unwrap();
+        }
+        db.close().await.unwrap();
+        let values = stored_values(&format!("pluresdb/{name}")).await;
+        assert!(values < 8, "twelve commits folded: {values} values stored");
+        let db = Database::open(
+            IndexedDbStorage::open(&name).await.unwrap(),
+            OpenOptions::default(),
+        )
+        .await
+        .unwrap();
+        for i in 0..12 {
+            assert_eq!(
+                db.get(&format!("r{i:02}")).await.unwrap(),
+                Some(json!(text(i % 10))),
+                "r{i:02}"
+            );
+        }
+        db.close().await.unwrap();
+    }
+
     /// Whether the meta store of IndexedDB database `database` has a row
     /// `key`.
     async fn meta_row_exists(database: &str, key: &str) -> bool {

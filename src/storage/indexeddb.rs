@@ -824,8 +824,9 @@ const COMPACT_AFTER_CHUNKS: u32 = 32;
 /// 26 ms against 15 ms for 128) measured no faster over runs of 800
 /// awaited puts, within the noise of the machine.
 const COMPACT_AT_ONCE_AFTER_CHUNKS: u32 = 128;
-/// Or once they hold this many bytes of records: what a compaction reads
-/// into memory at once stays bounded whatever the size of the writes.
+/// Or once they hold this many bytes of records, so what a compaction
+/// reads into memory at once stays bounded whatever the size of the
+/// writes (upkeep after a pause folds at most 32 chunks of under 1 MiB).
 const COMPACT_AT_ONCE_AFTER_BYTES: usize = 8 * 1024 * 1024;
 /// Chunks of at least this many bytes are never folded by a partial
 /// compaction.
