@@ -189,22 +189,31 @@ mod indexeddb_specifics {
             .expect("the database was rewritten");
     }
 
-    /// How many values the records store of IndexedDB database `database`
-    /// holds (chunks, and rows of older formats).
-    async fn stored_values(database: &str) -> u32 {
+    /// Runs `request` (a JavaScript expression over `store`, an object
+    /// store of IndexedDB database `database` opened read-only) and resolves
+    /// to its result.
+    async fn read_store(database: &str, store: &str, request: &str) -> wasm_bindgen::JsValue {
         let script = format!(
             r#"(async () => {{
                 const request = (r) => new Promise((ok, fail) => {{ r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); }});
                 const db = await request(indexedDB.open({database:?}));
-                const count = await request(db.transaction('records').objectStore('records').count());
+                const store = db.transaction({store:?}).objectStore({store:?});
+                const result = await request({request});
                 db.close();
-                return count;
+                return result;
             }})()"#
         );
         let promise: js_sys::Promise = js_sys::eval(&script).unwrap().into();
         wasm_bindgen_futures::JsFuture::from(promise)
             .await
-            .expect("the records store was counted")
+            .expect("the store was read")
+    }
+
+    /// How many values the records store of IndexedDB database `database`
+    /// holds (chunks, and rows of older formats).
+    async fn stored_values(database: &str) -> u32 {
+        read_store(database, "records", "store.count()")
+            .await
             .as_f64()
             .expect("a count") as u32
     }
@@ -286,20 +295,9 @@ mod indexeddb_specifics {
     /// Whether the meta store of IndexedDB database `database` has a row
     /// `key`.
     async fn meta_row_exists(database: &str, key: &str) -> bool {
-        let script = format!(
-            r#"(async () => {{
-                const request = (r) => new Promise((ok, fail) => {{ r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); }});
-                const db = await request(indexedDB.open({database:?}));
-                const value = await request(db.transaction('meta').objectStore('meta').get({key:?}));
-                db.close();
-                return value !== undefined;
-            }})()"#
-        );
-        let promise: js_sys::Promise = js_sys::eval(&script).unwrap().into();
-        wasm_bindgen_futures::JsFuture::from(promise)
+        !read_store(database, "meta", &format!("store.get({key:?})"))
             .await
-            .expect("the meta store was read")
-            .is_truthy()
+            .is_undefined()
     }
 
     /// Schema 4 keeps the version vector and HLC in the chunks; a database
