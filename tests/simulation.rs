@@ -1036,18 +1036,20 @@ impl World {
         }
     }
 
+    /// The writes acknowledged so far, copied: the checks read databases
+    /// (which may wait) without holding the log's lock.
+    fn acked_writes(&self) -> Vec<Acked> {
+        self.log.lock().unwrap().acked.clone()
+    }
+
     /// The invariants that hold at every step.
     async fn check_step(&self) -> Result<(), String> {
         if PANICKED.with(Cell::get) {
             return Err("a task panicked".into());
         }
-        // A snapshot: no lock is held across the reads below.
-        let log = Log {
-            acked: self.log.lock().unwrap().acked.clone(),
-            ..Log::default()
-        };
+        let acked_writes = self.acked_writes();
         let mut dots: HashMap<Dot, &CrdtOperation> = HashMap::new();
-        for acked in &log.acked {
+        for acked in &acked_writes {
             if let Some(other) = dots.insert(acked.op.version.dot(), &acked.op) {
                 if other.version != acked.op.version || other.id != acked.op.id {
                     return Err(format!(
@@ -1061,7 +1063,7 @@ impl World {
         for (device, state) in self.devices.iter().enumerate() {
             for instance in &state.instances {
                 let vector = instance.db.version_vector();
-                for acked in &log.acked {
+                for acked in &acked_writes {
                     let dot = acked.op.version.dot();
                     let must_hold = (acked.device == device
                         && acked.incarnation == state.storage.incarnation
@@ -1166,10 +1168,7 @@ impl World {
     /// Every acknowledged write held everywhere, deletes kept, and every
     /// instance in the same state.
     async fn check_settled(&self) -> Result<(), String> {
-        let log = Log {
-            acked: self.log.lock().unwrap().acked.clone(),
-            ..Log::default()
-        };
+        let acked_writes = self.acked_writes();
         let mut states: Vec<(String, Vec<u8>)> = Vec::new();
         let mut all_ops: Vec<Vec<CrdtOperation>> = Vec::new();
         for device in &self.devices {
@@ -1179,7 +1178,7 @@ impl World {
                     .changes_since(&VersionVector::new())
                     .await
                     .map_err(|e| format!("{}: {e}", instance.name))?;
-                for acked in &log.acked {
+                for acked in &acked_writes {
                     let dot = acked.op.version.dot();
                     let record = instance.db.record(&acked.op.id).await.ok().flatten();
                     let cleared =

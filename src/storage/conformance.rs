@@ -446,11 +446,11 @@ pub async fn interleaved_writers_survive_compaction<F: StorageFactory>(factory: 
     db.close().await.unwrap();
 }
 
-/// Hundreds of single-row commits from one handle (past the point where
-/// IndexedDB folds what a handle appended within the commit that reaches
-/// it) with another handle committing in between: every row is kept, each
-/// commit's receipt hands back the other handle's rows stored since the
-/// generation it expected, and generations only grow.
+/// Hundreds of single-row commits from one handle (past the 128 after
+/// which IndexedDB compacts what a handle appended at once, without
+/// waiting for a pause) with another handle committing in between: every
+/// row is kept, each commit's receipt hands back the other handle's rows
+/// stored since the generation it expected, and generations only grow.
 pub async fn long_runs_of_single_commits_keep_every_row<F: StorageFactory>(factory: &F) {
     let first = factory.open("single-commits").await;
     let second = factory.open("single-commits").await;
@@ -476,8 +476,8 @@ pub async fn long_runs_of_single_commits_keep_every_row<F: StorageFactory>(facto
         assert!(receipt.generation > newest, "generations grow");
         newest = receipt.generation;
         first_generation = receipt.generation;
-        // Every third: the first's folding commits (every 128th) meet a
-        // chunk of the second's.
+        // Every third: the first's compactions (after every 128th commit)
+        // fold chunks of the second's.
         if i % 3 == 0 {
             let id = format!("b{i:03}");
             let receipt = second
