@@ -52,7 +52,7 @@ pub mod relay;
 pub use db::{
     next_change_under, text_of, CommittedBatch, Database, DatabaseStats, EmbedText, EmbeddedEntry,
     ListOptions, OpenOptions, Origin, Page, QueryPlan, SearchHit, SearchQuery, SearchRequest,
-    SyncEvent, SyncHandle, SyncState, SyncStatus, SCAN_WARNING_READS,
+    SyncEvent, SyncHandle, SyncState, SyncStatus, DEFAULT_CACHE_BYTES, SCAN_WARNING_READS,
 };
 pub use error::{Error, Result};
 pub use query::Query;

@@ -252,6 +252,17 @@ impl Storage for FaultyStorage {
         self.device.data.load().await
     }
 
+    fn reads_records(&self) -> bool {
+        true
+    }
+
+    async fn read_records(&self, ids: Vec<String>) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        if !self.alive() {
+            return Err(dead());
+        }
+        self.device.data.read_records(ids).await
+    }
+
     async fn commit(&self, batch: CommitBatch) -> Result<CommitReceipt, StorageError> {
         let faults = {
             let state = self.device.state.lock().unwrap();
@@ -260,17 +271,31 @@ impl Storage for FaultyStorage {
             }
             state.faults
         };
-        let (quota, crash, lands) = self.device.rng.with(|rng| {
+        let (quota, crash, lands, latency_ms) = self.device.rng.with(|rng| {
             (
                 rng.chance(faults.quota),
                 rng.chance(faults.crash),
                 rng.chance(0.5),
+                if rng.chance(0.3) {
+                    1 + rng.below(20)
+                } else {
+                    0
+                },
             )
         });
         if quota {
             return Err(StorageError::QuotaExceeded(
                 "injected by the simulator".into(),
             ));
+        }
+        // Real storage commits on another thread or in the browser's own
+        // time: writes queue up while a commit is in flight.
+        if latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+            // A process that crashed meanwhile writes nothing more.
+            if !self.alive() {
+                return Err(dead());
+            }
         }
         if crash {
             if lands {
@@ -581,6 +606,9 @@ struct Log {
     acked: Vec<Acked>,
     events: u64,
     lines: Vec<String>,
+    /// Writes refused for a reason no fault explains (the simulator
+    /// injects quota errors and crashes; a closed instance refuses too).
+    refused: Vec<String>,
 }
 
 struct World {
@@ -593,6 +621,10 @@ struct World {
     verbose: bool,
     writes: u64,
     rogues: u64,
+    /// Every instance's `cache_bytes`: in some worlds every document stays
+    /// in memory, in others none or a few do, so reads, merges and sync
+    /// read documents back from storage all the time.
+    cache_bytes: usize,
     /// How long after the last sync restart of healing every instance
     /// first held the same state with every acknowledged write; `None`
     /// while it has not.
@@ -657,6 +689,9 @@ impl World {
             replay: rng.intensity(0.05, 0.3),
         };
         let backlog_limit = [8usize, 64, 10_000][rng.below(3) as usize];
+        // Drawn apart, so a seed's world is otherwise what it was before
+        // caches were simulated.
+        let cache_bytes = [usize::MAX, 0, 64][Rng(seed ^ 0xCAC4E).below(3) as usize];
         let latency_ms = [0u64, 20, 500][rng.below(3) as usize];
         let device_count = 2 + rng.below(2) as usize;
         let shared = SharedRng(Arc::new(Mutex::new(Rng(rng.next()))));
@@ -719,10 +754,11 @@ impl World {
             verbose,
             writes: 0,
             rogues: 0,
+            cache_bytes,
             settled_after: None,
         };
         world.note(format!(
-            "world: {device_count} devices, relay {relay_faults:?}, backlog limit {backlog_limit}, latency up to {latency_ms} ms"
+            "world: {device_count} devices, relay {relay_faults:?}, backlog limit {backlog_limit}, latency up to {latency_ms} ms, cache {cache_bytes} bytes"
         ));
         // Device 0 creates the sync identity; the others join it.
         for index in 0..device_count {
@@ -749,6 +785,7 @@ impl World {
         let faults = std::mem::take(&mut self.devices[device].storage.state.lock().unwrap().faults);
         let options = OpenOptions {
             clock: Arc::new(self.devices[device].clock.clone()),
+            cache_bytes: self.cache_bytes,
             ..OpenOptions::default()
         };
         let opened = Database::open(storage, options).await;
@@ -948,12 +985,26 @@ impl World {
                 if pad > 0 {
                     value["pad"] = json!("p".repeat(pad));
                 }
+                let log = self.log.clone();
                 tokio::spawn(async move {
-                    let _ = if delete {
+                    let written = if delete {
                         db.delete(&key).await.map(|_| ())
                     } else {
                         db.put(&key, value).await
                     };
+                    match written {
+                        Ok(())
+                        | Err(pluresdb::Error::Storage(
+                            StorageError::QuotaExceeded(_)
+                            | StorageError::Closed
+                            | StorageError::Backend(_),
+                        )) => {}
+                        Err(error) => log
+                            .lock()
+                            .unwrap()
+                            .refused
+                            .push(format!("{name}: a write of {key:?} was refused: {error}")),
+                    }
                 });
             }
             50..=69 => {
@@ -1047,6 +1098,9 @@ impl World {
         if PANICKED.with(Cell::get) {
             return Err("a task panicked".into());
         }
+        if let Some(refused) = self.log.lock().unwrap().refused.first() {
+            return Err(refused.clone());
+        }
         let acked_writes = self.acked_writes();
         let mut dots: HashMap<Dot, &CrdtOperation> = HashMap::new();
         for acked in &acked_writes {
@@ -1062,6 +1116,11 @@ impl World {
         }
         for (device, state) in self.devices.iter().enumerate() {
             for instance in &state.instances {
+                if !instance.db.storage().alive() {
+                    // Its process crashed a moment ago (it is buried at the
+                    // next step): it reads nothing any more.
+                    continue;
+                }
                 let vector = instance.db.version_vector();
                 for acked in &acked_writes {
                     let dot = acked.op.version.dot();
@@ -1072,7 +1131,9 @@ impl World {
                     if !must_hold {
                         continue;
                     }
-                    let record = instance.db.record(&acked.op.id).await.ok().flatten();
+                    let record = instance.db.record(&acked.op.id).await.map_err(|e| {
+                        format!("{}: reading {:?} failed: {e}", instance.name, acked.op.id)
+                    })?;
                     if !holds(record.as_ref(), &dot) {
                         let why = if vector.covers(&dot) {
                             "its version vector covers it"
@@ -1180,7 +1241,9 @@ impl World {
                     .map_err(|e| format!("{}: {e}", instance.name))?;
                 for acked in &acked_writes {
                     let dot = acked.op.version.dot();
-                    let record = instance.db.record(&acked.op.id).await.ok().flatten();
+                    let record = instance.db.record(&acked.op.id).await.map_err(|e| {
+                        format!("{}: reading {:?} failed: {e}", instance.name, acked.op.id)
+                    })?;
                     let cleared =
                         acked.incarnation != self.devices[acked.device].storage.incarnation;
                     if !cleared && !holds(record.as_ref(), &dot) {
@@ -1205,6 +1268,15 @@ impl World {
                             }
                         }
                     }
+                }
+                // After the reads above, what stays in memory is within the
+                // cache (reads make room once done with a batch).
+                let stats = instance.db.stats().map_err(|e| e.to_string())?;
+                if stats.cached_bytes > self.cache_bytes {
+                    return Err(format!(
+                        "{}: {} bytes of documents in memory, over the cache of {}",
+                        instance.name, stats.cached_bytes, self.cache_bytes
+                    ));
                 }
                 states.push((instance.name.clone(), encode_operations(&ops)));
                 all_ops.push(ops);

@@ -49,6 +49,17 @@ struct Cli {
     #[arg(long = "index", global = true, value_name = "FIELD")]
     indexes: Vec<String>,
 
+    /// About how many bytes of document text to keep in memory (default
+    /// 256 MiB); past that, the documents that came into memory first are
+    /// left in the file and read back when needed.
+    #[arg(
+        long,
+        global = true,
+        value_name = "BYTES",
+        env = "PLURESDB_CACHE_BYTES"
+    )]
+    cache_bytes: Option<usize>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -460,6 +471,7 @@ pub struct DatabaseOptions {
     path: Option<PathBuf>,
     embedder: Option<String>,
     indexes: Vec<String>,
+    cache_bytes: Option<usize>,
 }
 
 impl DatabaseOptions {
@@ -473,6 +485,7 @@ impl DatabaseOptions {
     fn open_options(&self) -> Result<OpenOptions, Failure> {
         let mut options = OpenOptions {
             indexes: self.indexes.clone(),
+            cache_bytes: self.cache_bytes.unwrap_or(crate::DEFAULT_CACHE_BYTES),
             ..OpenOptions::default()
         };
         if let Some(spec) = &self.embedder {
@@ -538,6 +551,7 @@ pub fn main() -> ExitCode {
         path: cli.db,
         embedder: cli.embedder,
         indexes: cli.indexes,
+        cache_bytes: cli.cache_bytes,
     };
     let result = runtime.block_on(run(cli.command, options));
     match result {

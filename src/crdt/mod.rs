@@ -18,7 +18,7 @@ pub use clock::{
     ActorId, Dot, Hlc, HlcClock, VectorClock, VersionVector, MAX_COUNTER, MAX_FUTURE_DRIFT_MS,
 };
 pub use record::{
-    decode_operations, encode_operations, validate_id, CrdtOperation, Document, Record, Version,
-    MAX_DOCUMENT_BYTES, MAX_EMBEDDING_DIM, MAX_ID_BYTES, RECORD_ENCODING_VERSION,
+    decode_operations, encode_operations, validate_id, Body, CrdtOperation, Document, Record,
+    Version, MAX_DOCUMENT_BYTES, MAX_EMBEDDING_DIM, MAX_ID_BYTES, RECORD_ENCODING_VERSION,
 };
 pub use store::{Change, ChangeKind, CrdtStore, Preview, RestoredRecords};

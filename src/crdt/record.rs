@@ -180,6 +180,74 @@ impl fmt::Display for Document {
     }
 }
 
+/// A version's document: in memory, or left in storage by a database whose
+/// bodies outgrew its cache (`OpenOptions::cache_bytes`), with its length.
+#[derive(Clone)]
+pub enum Body {
+    /// The document, in memory.
+    Resident(Document),
+    /// Left in storage (the database's row for the record holds it); the
+    /// document's length in bytes.
+    Stored(u32),
+}
+
+impl Body {
+    /// The document, when it is in memory.
+    pub fn document(&self) -> Option<&Document> {
+        match self {
+            Body::Resident(document) => Some(document),
+            Body::Stored(_) => None,
+        }
+    }
+
+    /// The document's length in bytes, wherever it is.
+    pub fn len(&self) -> usize {
+        match self {
+            Body::Resident(document) => document.as_str().len(),
+            Body::Stored(len) => *len as usize,
+        }
+    }
+
+    /// True for an empty document (never a valid JSON text).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The same body, left in storage.
+    fn stored(&self) -> Body {
+        Body::Stored(u32::try_from(self.len()).unwrap_or(u32::MAX))
+    }
+}
+
+impl From<Document> for Body {
+    fn from(document: Document) -> Self {
+        Body::Resident(document)
+    }
+}
+
+/// Two bodies are equal when their documents are; a body left in storage is
+/// taken for any document of its length. Only versions with one dot are ever
+/// compared, and a database fills a stored body from storage before it
+/// merges a version from elsewhere into it, so this meets only the copies a
+/// database makes of its own versions.
+impl PartialEq for Body {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Body::Resident(a), Body::Resident(b)) => a == b,
+            _ => self.len() == other.len(),
+        }
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Resident(document) => document.fmt(f),
+            Body::Stored(len) => write!(f, "<{len} bytes in storage>"),
+        }
+    }
+}
+
 /// One write of a record: its data (or a tombstone), causal clock, HLC
 /// timestamp, writer and optional embedding.
 #[derive(Clone, PartialEq)]
@@ -191,7 +259,7 @@ pub struct Version {
     /// When it was written (hybrid logical time).
     pub hlc: Hlc,
     /// The document, or `None` for a delete (tombstone).
-    pub data: Option<Document>,
+    pub data: Option<Body>,
     /// The vector indexed for semantic search, if any.
     pub embedding: Option<Arc<[f32]>>,
 }
@@ -203,6 +271,11 @@ impl Version {
             actor: self.writer,
             seq: self.clock.get(&self.writer),
         }
+    }
+
+    /// The document, when this is not a delete and its body is in memory.
+    pub fn document(&self) -> Option<&Document> {
+        self.data.as_ref()?.document()
     }
 
     /// True for a delete.
@@ -234,8 +307,19 @@ impl Version {
             flags |= FLAG_HAS_EMBEDDING;
         }
         writer.u8(flags);
-        if let Some(data) = &self.data {
-            writer.str(data.as_str());
+        match &self.data {
+            Some(Body::Resident(document)) => {
+                writer.str(document.as_str());
+            }
+            // Never reached: a database fills every body of a record before
+            // encoding it (and refuses to commit a record it could not
+            // fill). An empty text is not JSON, so such an encoding could
+            // never decode as a document by mistake.
+            Some(Body::Stored(_)) => {
+                debug_assert!(false, "encoding a body left in storage");
+                writer.str("");
+            }
+            None => {}
         }
         if let Some(embedding) = &self.embedding {
             writer.u32(crate::codec::len_u32(embedding.len()));
@@ -274,7 +358,7 @@ impl Version {
                     max: MAX_DOCUMENT_BYTES as u64,
                 });
             }
-            Some(Document::from_encoded(text, check)?)
+            Some(Body::Resident(Document::from_encoded(text, check)?))
         } else {
             None
         };
@@ -362,9 +446,63 @@ impl Record {
         &self.versions[0]
     }
 
-    /// The winning document, or `None` when the record is deleted.
+    /// The winning document, or `None` when the record is deleted or its
+    /// winning body was left in storage (see [`is_resident`](Self::is_resident);
+    /// a `Database` fills bodies before it reads them).
     pub fn data(&self) -> Option<&Document> {
-        self.winner().data.as_ref()
+        self.winner().document()
+    }
+
+    /// True when every version's body is in memory.
+    pub fn is_resident(&self) -> bool {
+        self.versions
+            .iter()
+            .all(|version| !matches!(version.data, Some(Body::Stored(_))))
+    }
+
+    /// Bytes of document text held in memory.
+    pub fn resident_bytes(&self) -> usize {
+        self.versions
+            .iter()
+            .filter_map(|version| version.data.as_ref()?.document())
+            .map(|document| document.as_str().len())
+            .sum()
+    }
+
+    /// Leaves every body in storage, keeping its length; returns the bytes
+    /// it gave back.
+    pub fn leave_bodies_in_storage(&mut self) -> usize {
+        let freed = self.resident_bytes();
+        for version in &mut self.versions {
+            if let Some(body) = &mut version.data {
+                *body = body.stored();
+            }
+        }
+        freed
+    }
+
+    /// Takes the bodies this record left in storage from `stored`, the
+    /// record's row as storage holds it, version by version (by dot).
+    /// Returns false when a body is still missing: storage no longer holds
+    /// that version (another writer superseded it).
+    pub fn fill_bodies(&mut self, stored: &Record) -> bool {
+        let mut complete = true;
+        for version in &mut self.versions {
+            if !matches!(version.data, Some(Body::Stored(_))) {
+                continue;
+            }
+            let dot = version.dot();
+            match stored
+                .versions
+                .iter()
+                .find(|candidate| candidate.dot() == dot)
+                .and_then(|candidate| candidate.data.as_ref()?.document())
+            {
+                Some(document) => version.data = Some(Body::Resident(document.clone())),
+                None => complete = false,
+            }
+        }
+        complete
     }
 
     /// True when the winning version is a tombstone.
@@ -459,7 +597,7 @@ impl Record {
             .iter()
             .map(|v| {
                 64 + v.clock.len() * 24
-                    + v.data.as_ref().map_or(0, |d| d.as_str().len())
+                    + v.data.as_ref().map_or(0, Body::len)
                     + v.embedding.as_ref().map_or(0, |e| 4 + e.len() * 4)
             })
             .sum();

@@ -11,13 +11,13 @@
 //! [`CrdtStore::apply`], which do all three at once.
 
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use super::clock::{ActorId, Dot, Hlc, HlcClock, VectorClock, VersionVector};
-use super::record::{CrdtOperation, Document, Record, Version};
+use super::record::{Body, CrdtOperation, Document, Record, Version};
 use crate::codec::Writer;
 
 /// What a committed batch changed for one record, for subscribers.
@@ -82,6 +82,76 @@ pub struct CrdtStore {
     /// Bumped by every install: a preview taken at the current epoch can
     /// replace records instead of merging into them.
     epoch: u64,
+    /// Which documents stay in memory.
+    bodies: BodyCache,
+}
+
+/// The bookkeeping of a store whose documents may be left in storage (see
+/// [`CrdtStore::keep_bodies_within`]): bytes in memory against a budget,
+/// and the order in which bodies came in, oldest first, which is the order
+/// they leave in.
+#[derive(Debug, Clone)]
+struct BodyCache {
+    /// Bytes of document text to keep in memory; `usize::MAX` keeps every
+    /// body and skips the bookkeeping.
+    budget: usize,
+    /// Bytes of document text in memory.
+    resident: usize,
+    /// Records with at least one body left in storage.
+    stored: usize,
+    /// Ids whose bodies came into memory, oldest first. An id may repeat,
+    /// or name a record whose bodies left since: those entries are skipped.
+    arrivals: VecDeque<Arc<str>>,
+}
+
+impl Default for BodyCache {
+    fn default() -> Self {
+        Self {
+            budget: usize::MAX,
+            resident: 0,
+            stored: 0,
+            arrivals: VecDeque::new(),
+        }
+    }
+}
+
+impl BodyCache {
+    fn enabled(&self) -> bool {
+        self.budget != usize::MAX
+    }
+
+    /// What the bookkeeping needs of a record before it changes.
+    fn before(&self, record: &Record) -> (usize, bool) {
+        if self.enabled() {
+            (record.resident_bytes(), record.is_resident())
+        } else {
+            (0, true)
+        }
+    }
+
+    /// Accounts for a record that held `before` and now is `after` (`None`:
+    /// removed).
+    fn changed(&mut self, before: (usize, bool), after: Option<&Record>) {
+        if !self.enabled() {
+            return;
+        }
+        let (bytes, resident) = before;
+        self.resident = self.resident.saturating_sub(bytes);
+        self.stored = self.stored.saturating_sub(usize::from(!resident));
+        if let Some(record) = after {
+            let bytes = record.resident_bytes();
+            self.resident += bytes;
+            self.stored += usize::from(!record.is_resident());
+            if bytes > 0 {
+                self.arrivals.push_back(record.shared_id().clone());
+            }
+        }
+    }
+
+    /// Accounts for a record that was not in the store.
+    fn added(&mut self, record: &Record) {
+        self.changed((0, true), Some(record));
+    }
 }
 
 /// The records as a batch of operations would leave them, computed by
@@ -178,6 +248,7 @@ impl CrdtStore {
             last_seq: 0,
             pending: FxHashMap::default(),
             epoch: 0,
+            bodies: BodyCache::default(),
         }
     }
 
@@ -233,7 +304,119 @@ impl CrdtStore {
             last_seq,
             pending: FxHashMap::default(),
             epoch: 0,
+            bodies: BodyCache::default(),
         }
+    }
+
+    /// Keeps at most about `budget` bytes of document text in memory from
+    /// now on: past that, the bodies that came in first are left in storage
+    /// (their records keep everything else). Only for a store whose every
+    /// record is durable in storage that can read rows back by id; bodies
+    /// come back through [`fill_bodies`](Self::fill_bodies).
+    pub fn keep_bodies_within(&mut self, budget: usize) {
+        let budget = budget.min(usize::MAX - 1);
+        if !self.bodies.enabled() {
+            self.bodies.resident = self.records.values().map(Record::resident_bytes).sum();
+            self.bodies.stored = self.records.values().filter(|r| !r.is_resident()).count();
+            self.bodies.arrivals = self
+                .records
+                .iter()
+                .filter(|(_, record)| record.resident_bytes() > 0)
+                .map(|(id, _)| id.clone())
+                .collect();
+        }
+        self.bodies.budget = budget;
+        self.make_room(0);
+    }
+
+    /// Leaves the oldest bodies in storage until `incoming` more bytes fit
+    /// the budget (or no body is left in memory).
+    pub fn make_room(&mut self, incoming: usize) {
+        let bodies = &mut self.bodies;
+        if !bodies.enabled() {
+            return;
+        }
+        while bodies.resident.saturating_add(incoming) > bodies.budget {
+            let Some(id) = bodies.arrivals.pop_front() else {
+                break;
+            };
+            let Some(record) = self.records.get_mut(&id) else {
+                continue;
+            };
+            let was_resident = record.is_resident();
+            let freed = record.leave_bodies_in_storage();
+            bodies.resident = bodies.resident.saturating_sub(freed);
+            bodies.stored += usize::from(was_resident && freed > 0);
+        }
+        // Ids rewritten over and over repeat in the queue: keep it within
+        // about twice the records by dropping all but the newest entry of
+        // each (the order of the rest is kept).
+        if bodies.arrivals.len() > 2 * self.records.len() + 1024 {
+            let mut seen: rustc_hash::FxHashSet<Arc<str>> = Default::default();
+            let mut kept: Vec<Arc<str>> = Vec::with_capacity(self.records.len());
+            for id in bodies.arrivals.drain(..).rev() {
+                if seen.insert(id.clone()) {
+                    kept.push(id);
+                }
+            }
+            kept.reverse();
+            bodies.arrivals = kept.into();
+        }
+    }
+
+    /// Bytes of document text in memory, and how many records have a body
+    /// left in storage (both zero until
+    /// [`keep_bodies_within`](Self::keep_bodies_within)).
+    pub fn body_usage(&self) -> (usize, usize) {
+        (self.bodies.resident, self.bodies.stored)
+    }
+
+    /// True when some record has a body left in storage.
+    pub fn has_stored_bodies(&self) -> bool {
+        self.bodies.stored > 0
+    }
+
+    /// Fills the bodies a record left in storage from `stored`, its row as
+    /// storage holds it. Returns false when a body is still missing:
+    /// storage no longer holds that version (another writer superseded it;
+    /// merge the row with [`merge_stored`](Self::merge_stored)).
+    pub fn fill_bodies(&mut self, stored: &Record) -> bool {
+        let Some(record) = self.records.get_mut(stored.id()) else {
+            return true;
+        };
+        if record.is_resident() {
+            return true;
+        }
+        let before = self.bodies.before(record);
+        let complete = record.fill_bodies(stored);
+        self.bodies.changed(before, Some(record));
+        complete
+    }
+
+    /// The ids among `ops` whose records must have their bodies in memory
+    /// before the operations are previewed: those holding a version whose
+    /// body is in storage and that an operation does not supersede, which
+    /// the previewed record therefore keeps (a concurrent version) or
+    /// compares (the same dot). A local write usually supersedes everything
+    /// it merges into, but not a version committed after it was prepared.
+    pub fn bodies_needed_by(&self, ops: &[CrdtOperation]) -> Vec<Arc<str>> {
+        if !self.has_stored_bodies() {
+            return Vec::new();
+        }
+        let mut ids: Vec<Arc<str>> = ops
+            .iter()
+            .filter_map(|op| {
+                let (id, record) = self.records.get_key_value(&*op.id)?;
+                let kept = record.versions().iter().any(|version| {
+                    matches!(version.data, Some(Body::Stored(_)))
+                        && !version.is_superseded_by(&op.version)
+                });
+                kept.then(|| id.clone())
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// The actor this replica writes as.
@@ -313,7 +496,7 @@ impl CrdtStore {
                 writer: self.actor,
                 clock,
                 hlc: self.hlc.tick(now_ms),
-                data,
+                data: data.map(Body::Resident),
                 embedding,
             },
         }
@@ -479,6 +662,9 @@ impl CrdtStore {
             changes.extend(self.merge_in(record, fresh));
         }
         if !added.is_empty() {
+            for (_, record) in &added {
+                self.bodies.added(record);
+            }
             added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             // From sorted pairs the map is built bottom-up, and `append`
             // merges the two sorted maps in linear time.
@@ -488,6 +674,9 @@ impl CrdtStore {
         #[cfg(not(target_arch = "wasm32"))]
         if fresh {
             let mut staged = staged;
+            for record in staged.values() {
+                self.bodies.added(record);
+            }
             self.records.append(&mut staged);
             changes.extend(staged_changes);
         } else {
@@ -503,10 +692,12 @@ impl CrdtStore {
     /// when the preview is `fresh`); the change, if anything changed.
     fn merge_in(&mut self, record: Record, fresh: bool) -> Option<Change> {
         let id = record.shared_id().clone();
+        let bodies = &mut self.bodies;
         let (was_deleted, deleted) = match self.records.entry(id.clone()) {
             Entry::Occupied(mut entry) => {
                 let existing = entry.get_mut();
                 let was_deleted = existing.is_deleted();
+                let before = bodies.before(existing);
                 if fresh {
                     if *existing == record {
                         return None;
@@ -515,11 +706,12 @@ impl CrdtStore {
                 } else if !existing.merge(&record) {
                     return None;
                 }
+                bodies.changed(before, Some(existing));
                 (Some(was_deleted), existing.is_deleted())
             }
             Entry::Vacant(entry) => {
                 let deleted = record.is_deleted();
-                entry.insert(record);
+                bodies.added(entry.insert(record));
                 (None, deleted)
             }
         };
@@ -639,18 +831,21 @@ impl CrdtStore {
         self.settle(&op);
         self.epoch += 1;
         let CrdtOperation { id, version } = op;
+        let bodies = &mut self.bodies;
         let (was_deleted, deleted) = match self.records.entry(id.clone()) {
             Entry::Occupied(mut entry) => {
                 let existing = entry.get_mut();
                 let was_deleted = existing.is_deleted();
+                let before = bodies.before(existing);
                 if !existing.merge_version(version) {
                     return None;
                 }
+                bodies.changed(before, Some(existing));
                 (Some(was_deleted), existing.is_deleted())
             }
             Entry::Vacant(entry) => {
                 let deleted = version.is_tombstone();
-                entry.insert(Record::new(id.clone(), version));
+                bodies.added(entry.insert(Record::new(id.clone(), version)));
                 (None, deleted)
             }
         };
@@ -704,7 +899,10 @@ impl CrdtStore {
             .map(|r| r.id().to_owned())
             .collect();
         for id in &removable {
-            self.records.remove(id.as_str());
+            if let Some(record) = self.records.remove(id.as_str()) {
+                let before = self.bodies.before(&record);
+                self.bodies.changed(before, None);
+            }
         }
         removable
     }

@@ -263,16 +263,19 @@ impl FieldIndexes {
     }
 
     /// Indexes the record's current winning document (or removes it, when
-    /// it is deleted or gone).
+    /// it is deleted or gone). A winner whose document was left in storage
+    /// is the one indexed before (a new winner is in memory when indexed):
+    /// its entries stay.
     fn index_record(&mut self, id: &Arc<str>, store: &CrdtStore) {
-        let value = store
-            .record(id)
-            .and_then(|record| record.data())
-            .map(|document| {
-                top_level_fields(document.as_str(), &|key| {
-                    self.fields.iter().any(|(field, _)| field == key)
-                })
-            });
+        let record = store.record(id);
+        if record.is_some_and(|record| !record.is_deleted() && record.data().is_none()) {
+            return;
+        }
+        let value = record.and_then(|record| record.data()).map(|document| {
+            top_level_fields(document.as_str(), &|key| {
+                self.fields.iter().any(|(field, _)| field == key)
+            })
+        });
         for (field, index) in &mut self.fields {
             let encoded = value
                 .as_ref()

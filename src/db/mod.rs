@@ -147,7 +147,22 @@ pub struct OpenOptions {
     /// conditions on them (`=`, `$in`, ranges) read only the records that
     /// can match instead of scanning (see [`Database::explain`]).
     pub indexes: Vec<String>,
+    /// About how many bytes of document text stay in memory
+    /// ([`DEFAULT_CACHE_BYTES`] by default). Past that, the documents that
+    /// came in first are left in storage and read back (a batch per
+    /// transaction) when a read needs them; everything else about a record
+    /// stays in memory. Only storage that reads rows back by id
+    /// ([`Storage::reads_records`]: SQLite and durable memory storage)
+    /// leaves documents there; elsewhere every document stays in memory.
+    /// `usize::MAX` keeps every document in memory.
+    pub cache_bytes: usize,
 }
+
+/// The default of [`OpenOptions::cache_bytes`]: 256 MiB of document text.
+pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Records whose documents are read back from storage in one transaction.
+const BODY_READ_BATCH: usize = 512;
 
 impl Default for OpenOptions {
     fn default() -> Self {
@@ -157,6 +172,7 @@ impl Default for OpenOptions {
             embedder: None,
             embed_fields: Vec::new(),
             indexes: Vec::new(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -176,6 +192,11 @@ pub struct DatabaseStats {
     pub tombstones: usize,
     /// Records holding concurrent versions.
     pub conflicted: usize,
+    /// Bytes of document text held in memory (counted only when documents
+    /// may be left in storage: see [`OpenOptions::cache_bytes`]).
+    pub cached_bytes: usize,
+    /// Records with a document left in storage.
+    pub records_in_storage_only: usize,
 }
 
 /// A record to write with an optional embedding: `(id, document, vector)`.
@@ -381,7 +402,7 @@ impl<S: Storage> Database<S> {
             }
             None => Default::default(),
         };
-        let store = CrdtStore::restore(
+        let mut store = CrdtStore::restore(
             actor,
             records,
             version_vector,
@@ -404,6 +425,11 @@ impl<S: Storage> Database<S> {
         let (index, dropped_segments) =
             vector::build_index(options.index.clone(), loaded.segments, &store);
         let fields = FieldIndexes::build(&options.indexes, &store);
+        // Indexes are built from every document: only now may documents
+        // leave memory.
+        if storage.reads_records() && options.cache_bytes != usize::MAX {
+            store.keep_bodies_within(options.cache_bytes);
+        }
 
         // A new database records its format; a new slot records its actor id
         // before the actor writes anything.
@@ -695,9 +721,22 @@ impl<S: Storage> Database<S> {
 
     /// The live document under `id` (`None` when absent or deleted).
     pub async fn get_document(&self, id: &str) -> Result<Option<Document>> {
-        let state = self.readable()?;
-        Self::check_corrupt(&state, id)?;
-        Ok(state.store.get(id).cloned())
+        {
+            let state = self.readable()?;
+            Self::check_corrupt(&state, id)?;
+            match state.store.record(id) {
+                None => return Ok(None),
+                Some(record) if record.is_deleted() => return Ok(None),
+                Some(record) => {
+                    if let Some(document) = record.data() {
+                        return Ok(Some(document.clone()));
+                    }
+                }
+            }
+        }
+        self.with_record(id, |record| record.data().cloned())
+            .await
+            .map(Option::flatten)
     }
 
     /// The live value under `id` as JSON.
@@ -707,22 +746,93 @@ impl<S: Storage> Database<S> {
 
     /// The full record under `id`, tombstones and conflicts included.
     pub async fn record(&self, id: &str) -> Result<Option<Record>> {
-        let state = self.readable()?;
-        Self::check_corrupt(&state, id)?;
-        Ok(state.store.record(id).cloned())
+        self.with_record(id, Record::clone).await
     }
 
     /// The concurrent versions that lost to the current value of `id`, by
     /// descending precedence. Empty when there is no conflict.
     pub async fn conflicts(&self, id: &str) -> Result<Vec<Version>> {
-        let state = self.readable()?;
-        Self::check_corrupt(&state, id)?;
-        Ok(state.store.conflicts(id).to_vec())
+        Ok(self
+            .with_record(id, |record| record.conflicts().to_vec())
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// `read` of the record under `id` with every document in memory (read
+    /// back from storage when it was left there).
+    async fn with_record<T>(&self, id: &str, read: impl Fn(&Record) -> T) -> Result<Option<T>> {
+        let shared_id = {
+            let state = self.readable()?;
+            Self::check_corrupt(&state, id)?;
+            match state.store.record(id) {
+                None => return Ok(None),
+                Some(record) if record.is_resident() => return Ok(Some(read(record))),
+                Some(record) => record.shared_id().clone(),
+            }
+        };
+        let mut result = None;
+        self.visit_with_bodies(&[shared_id], |record| {
+            result = Some(read(record));
+            true
+        })
+        .await?;
+        Ok(result)
+    }
+
+    /// Calls `visit` with the record of each of `ids` that still exists, in
+    /// order, every document in memory: documents left in storage are read
+    /// back, a transaction for each batch of records. Stops when `visit`
+    /// returns false. Records may change between batches (a batch is read
+    /// under one lock, not the whole list).
+    async fn visit_with_bodies(
+        &self,
+        ids: &[Arc<str>],
+        mut visit: impl FnMut(&Record) -> bool,
+    ) -> Result<()> {
+        for batch in ids.chunks(BODY_READ_BATCH) {
+            let mut attempts = 0;
+            let mut state = loop {
+                let needed: Vec<Arc<str>> = {
+                    let state = self.readable()?;
+                    let needed: Vec<Arc<str>> = batch
+                        .iter()
+                        .filter(|id| state.store.record(id).is_some_and(|r| !r.is_resident()))
+                        .cloned()
+                        .collect();
+                    if needed.is_empty() {
+                        break state;
+                    }
+                    needed
+                };
+                // Another reader may leave a document of this batch in storage
+                // again before the lock is taken back (natively, on another
+                // thread): read it again, a few times at most.
+                attempts += 1;
+                if attempts > 3 {
+                    return Err(body_missing(&needed[0]).into());
+                }
+                fill_bodies(&self.shared, &needed).await?;
+            };
+            let mut done = false;
+            for id in batch {
+                if let Some(record) = state.store.record(id) {
+                    if !visit(record) {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            // What this batch brought in may push older documents out.
+            state.store.make_room(0);
+            if done {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Live records in id order, filtered by prefix, paged by cursor.
     pub async fn list(&self, options: &ListOptions) -> Result<Page> {
-        let state = self.readable()?;
         let start = match &options.cursor {
             Some(cursor) if cursor.as_str() >= options.prefix.as_str() => {
                 Bound::Excluded(cursor.as_str())
@@ -732,16 +842,38 @@ impl<S: Storage> Database<S> {
         let limit = options.limit.unwrap_or(usize::MAX);
         let mut items = Vec::new();
         let mut next_cursor = None;
-        for record in state.store.records_in((start, Bound::Unbounded)) {
-            if !record.id().starts_with(options.prefix.as_str()) {
-                break;
+        let ids: Vec<Arc<str>> = {
+            let state = self.readable()?;
+            let live = state
+                .store
+                .records_in((start, Bound::Unbounded))
+                .take_while(|record| record.id().starts_with(options.prefix.as_str()))
+                .filter(|record| !record.is_deleted());
+            if !state.store.has_stored_bodies() {
+                for record in live {
+                    if items.len() == limit {
+                        next_cursor = items.last().map(|(id, _): &(String, Document)| id.clone());
+                        break;
+                    }
+                    let Some(data) = record.data() else { continue };
+                    items.push((record.id().to_owned(), data.clone()));
+                }
+                return Ok(Page { items, next_cursor });
             }
-            let Some(data) = record.data() else { continue };
-            if items.len() == limit {
-                next_cursor = items.last().map(|(id, _): &(String, Document)| id.clone());
-                break;
+            live.take(limit.saturating_add(1))
+                .map(|record| record.shared_id().clone())
+                .collect()
+        };
+        let page = &ids[..ids.len().min(limit)];
+        self.visit_with_bodies(page, |record| {
+            if let Some(data) = record.data() {
+                items.push((record.id().to_owned(), data.clone()));
             }
-            items.push((record.id().to_owned(), data.clone()));
+            true
+        })
+        .await?;
+        if ids.len() > limit {
+            next_cursor = page.last().map(|id| id.to_string());
         }
         Ok(Page { items, next_cursor })
     }
@@ -765,24 +897,70 @@ impl<S: Storage> Database<S> {
         &self,
         query: &Query,
     ) -> Result<(Vec<(String, Document)>, QueryPlan)> {
-        let state = self.readable()?;
-        if let Some((field, ids)) = state.fields.plan(query) {
-            let plan = QueryPlan {
-                index: Some(field),
-                reads: ids.len(),
-            };
-            let mut live = ids.iter().filter_map(|id| {
-                let record = state.store.record(id)?;
-                record.data().map(|data| (record.id(), data))
-            });
-            return Ok((query.run_records(&mut live, false), plan));
-        }
-        let mut reads = 0;
-        let mut live = under_prefix(&state.store, &query.prefix)
-            .inspect(|_| reads += 1)
-            .filter_map(|record| record.data().map(|data| (record.id(), data)));
-        let results = query.run_records(&mut live, true);
-        Ok((results, QueryPlan { index: None, reads }))
+        let (ids, plan) = {
+            let state = self.readable()?;
+            let planned = state.fields.plan(query);
+            if !state.store.has_stored_bodies() {
+                if let Some((field, ids)) = planned {
+                    let plan = QueryPlan {
+                        index: Some(field),
+                        reads: ids.len(),
+                    };
+                    let mut live = ids.iter().filter_map(|id| {
+                        let record = state.store.record(id)?;
+                        record.data().map(|data| (record.id(), data))
+                    });
+                    return Ok((query.run_records(&mut live, false), plan));
+                }
+                let mut reads = 0;
+                let mut live = under_prefix(&state.store, &query.prefix)
+                    .inspect(|_| reads += 1)
+                    .filter_map(|record| record.data().map(|data| (record.id(), data)));
+                let results = query.run_records(&mut live, true);
+                return Ok((results, QueryPlan { index: None, reads }));
+            }
+            match planned {
+                Some((field, ids)) => {
+                    let plan = QueryPlan {
+                        index: Some(field),
+                        reads: ids.len(),
+                    };
+                    let ids: Vec<Arc<str>> = ids
+                        .iter()
+                        .filter_map(|id| state.store.record(id))
+                        .map(|record| record.shared_id().clone())
+                        .collect();
+                    (ids, plan)
+                }
+                None => {
+                    let mut reads = 0;
+                    let ids: Vec<Arc<str>> = under_prefix(&state.store, &query.prefix)
+                        .inspect(|_| reads += 1)
+                        .filter(|record| !record.is_deleted())
+                        .map(|record| record.shared_id().clone())
+                        .collect();
+                    (ids, QueryPlan { index: None, reads })
+                }
+            }
+        };
+        // Documents read back from storage are checked batch by batch: only
+        // the matches are kept until the query sorts and limits them.
+        let in_id_order = plan.index.is_none();
+        let stop_at = (in_id_order && query.sort.is_empty())
+            .then_some(query.limit)
+            .flatten();
+        let mut matches: Vec<(String, Document)> = Vec::new();
+        self.visit_with_bodies(&ids, |record| {
+            if let Some(data) = record.data() {
+                if query.matches_document(data) {
+                    matches.push((record.id().to_owned(), data.clone()));
+                }
+            }
+            stop_at.is_none_or(|limit| matches.len() < limit)
+        })
+        .await?;
+        let mut live = matches.iter().map(|(id, data)| (id.as_str(), data));
+        Ok((query.run_records(&mut live, in_id_order), plan))
     }
 
     /// Which records `query` would read: through which index, and how many
@@ -813,6 +991,7 @@ impl<S: Storage> Database<S> {
                 stats.conflicted += 1;
             }
         }
+        (stats.cached_bytes, stats.records_in_storage_only) = state.store.body_usage();
         Ok(stats)
     }
 
@@ -833,21 +1012,87 @@ impl<S: Storage> Database<S> {
 
     /// Exactly the operations a replica with version vector `seen` lacks.
     pub async fn changes_since(&self, seen: &VersionVector) -> Result<Vec<CrdtOperation>> {
-        Ok(self.readable()?.store.changes_since(seen))
+        Ok(self.changes_and_vector(seen).await?.0)
     }
 
     /// [`changes_since`](Self::changes_since) and the version vector, read
     /// together: the vector covers exactly what the changes bring on top of
-    /// `seen`, with no commit in between.
+    /// `seen`, with no commit in between. Documents left in storage are read
+    /// back for the changes without entering the cache (a peer catching up
+    /// does not push out what this replica reads). A version another writer
+    /// of the same storage superseded meanwhile is sent as the versions that
+    /// superseded it, which cover it.
     pub async fn changes_and_vector(
         &self,
         seen: &VersionVector,
     ) -> Result<(Vec<CrdtOperation>, VersionVector)> {
-        let state = self.readable()?;
-        Ok((
-            state.store.changes_since(seen),
-            state.store.version_vector().clone(),
-        ))
+        let (mut ops, vector, has_stored_bodies) = {
+            let state = self.readable()?;
+            (
+                state.store.changes_since(seen),
+                state.store.version_vector().clone(),
+                state.store.has_stored_bodies(),
+            )
+        };
+        let stored_at: Vec<usize> = (0..ops.len())
+            .filter(|_| has_stored_bodies)
+            .filter(|&at| {
+                ops[at]
+                    .version
+                    .data
+                    .as_ref()
+                    .is_some_and(|b| b.document().is_none())
+            })
+            .collect();
+        if stored_at.is_empty() {
+            return Ok((ops, vector));
+        }
+        let mut superseded = Vec::new();
+        let mut replacements = Vec::new();
+        for batch in stored_at.chunks(BODY_READ_BATCH) {
+            let mut ids: Vec<String> = batch.iter().map(|&at| ops[at].id.to_string()).collect();
+            ids.dedup();
+            let stored = read_stored_records(&self.shared, ids).await?;
+            for &at in batch {
+                let op = &mut ops[at];
+                let Some(record) = stored.get(&*op.id) else {
+                    return Err(body_missing(&op.id).into());
+                };
+                let dot = op.version.dot();
+                match record.versions().iter().find(|v| v.dot() == dot) {
+                    Some(version) if version.document().is_some() => {
+                        op.version.data = version.data.clone();
+                    }
+                    _ => {
+                        let covering = record
+                            .versions()
+                            .iter()
+                            .filter(|v| v.document().is_some() || v.is_tombstone())
+                            .filter(|v| v.clock.covers(&dot));
+                        let before = replacements.len();
+                        replacements.extend(covering.map(|version| CrdtOperation {
+                            id: record.shared_id().clone(),
+                            version: version.clone(),
+                        }));
+                        if replacements.len() == before {
+                            return Err(body_missing(&op.id).into());
+                        }
+                        superseded.push(at);
+                    }
+                }
+            }
+        }
+        if !superseded.is_empty() {
+            let mut at = 0;
+            ops.retain(|_| {
+                at += 1;
+                superseded.binary_search(&(at - 1)).is_err()
+            });
+            ops.extend(replacements);
+            ops.sort_by(|a, b| a.id.cmp(&b.id));
+            ops.dedup_by(|a, b| a.id == b.id && a.version.dot() == b.version.dot());
+        }
+        Ok((ops, vector))
     }
 
     /// A stream of events (upserts, deletes, peer changes). Dropping the
@@ -986,9 +1231,12 @@ async fn run_announcement_listener<S: Storage>(
         if state.closed {
             return;
         }
+        // Merging in memory needs no document left in storage: nothing is
+        // written, and the other instance stored the merged row.
         let preview = state.store.preview(&ops);
         let changes = state.store.install(preview, &ops, None, now);
         index_changes(&mut state, &changes, vector::carries_vectors(&ops));
+        state.store.make_room(0);
         let job = CommittedBatch {
             origin,
             ops,
@@ -1145,9 +1393,37 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
         replies.push(job.reply);
     }
 
+    // Records whose documents were left in storage are filled before a
+    // peer's versions are merged into them: the merged record is written
+    // whole. (This replica's own writes supersede what they merge into.)
     let (records, batch) = {
-        let state = shared.state();
+        let mut attempts = 0;
+        let mut state = loop {
+            let needed = {
+                let state = shared.state();
+                let needed = state.store.bodies_needed_by(&ops);
+                if needed.is_empty() {
+                    break state;
+                }
+                needed
+            };
+            attempts += 1;
+            let filled = if attempts > 3 {
+                Err(body_missing(&needed[0]).into())
+            } else {
+                fill_bodies(shared, &needed).await
+            };
+            if let Err(error) = filled {
+                tracing::warn!(%error, "a document left in storage could not be read back; the batch was not written");
+                shared.state().store.abandon(&ops);
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                return;
+            }
+        };
         let records = state.store.preview(&ops);
+        state.store.make_room(0);
         let mut vector_after = state.store.version_vector().clone();
         for op in &ops {
             let dot = op.version.dot();
@@ -1179,6 +1455,21 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
         };
         (records, batch)
     };
+    if let Some(record) = records
+        .records()
+        .iter()
+        .find(|record| !record.is_resident())
+    {
+        // Never expected (the documents were filled above): refuse to write
+        // a record without its documents rather than lose them.
+        let error = Error::Storage(body_missing(record.id()));
+        tracing::error!(%error, "a record to commit lacks a document; the batch was not written");
+        shared.state().store.abandon(&ops);
+        for reply in replies {
+            let _ = reply.send(Err(error.clone()));
+        }
+        return;
+    }
     // Encode outside the lock: readers are not held up by a large batch.
     let encode = |chunk: &[Record]| -> Vec<(String, Vec<u8>)> {
         chunk
@@ -1241,6 +1532,8 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
                 &changes,
                 merged_from_storage || !foreign_ops.is_empty() || vector::carries_vectors(&ops),
             );
+            // Only once the indexes read the new documents.
+            state.store.make_room(0);
             if !state.corrupt.is_empty() {
                 for change in &changes {
                     state.corrupt.remove(&*change.id);
@@ -1299,6 +1592,85 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
             }
         }
     }
+}
+
+/// The error of a read that needs a document storage no longer holds.
+fn body_missing(id: &str) -> StorageError {
+    StorageError::Corrupt {
+        store: "records".into(),
+        key: id.to_owned(),
+        reason: "the stored row no longer holds a document this replica left in storage".into(),
+    }
+}
+
+/// The stored records of `ids` (those that exist), decoded.
+async fn read_stored_records<S: Storage>(
+    shared: &Shared<S>,
+    ids: Vec<String>,
+) -> Result<HashMap<String, Record>> {
+    let rows = shared.storage.read_records(ids).await?;
+    let mut records = HashMap::with_capacity(rows.len());
+    for (id, bytes) in rows {
+        match Record::from_stored_bytes(&bytes) {
+            Ok(record) if record.id() == id => {
+                records.insert(id, record);
+            }
+            Ok(record) => {
+                let reason = format!("row holds record `{}` under another key", record.id());
+                return Err(StorageError::Corrupt {
+                    store: "records".into(),
+                    key: id,
+                    reason,
+                }
+                .into());
+            }
+            Err(error) => {
+                return Err(StorageError::Corrupt {
+                    store: "records".into(),
+                    key: id,
+                    reason: error.to_string(),
+                }
+                .into())
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Reads the rows of `ids` back from storage and fills the documents their
+/// records left there (they stay until a later `make_room`). A row showing
+/// that another writer of the same storage superseded a version this
+/// replica holds is merged as a stale commit merges what other writers
+/// stored.
+async fn fill_bodies<S: Storage>(shared: &Shared<S>, ids: &[Arc<str>]) -> Result<()> {
+    let stored = read_stored_records(shared, ids.iter().map(|id| id.to_string()).collect()).await?;
+    let now = shared.clock.now_ms();
+    let mut state = shared.state();
+    if state.closed {
+        return Err(StorageError::Closed.into());
+    }
+    let mut behind = Vec::new();
+    for record in stored.into_values() {
+        if !state.store.fill_bodies(&record) {
+            behind.push(record);
+        }
+    }
+    if !behind.is_empty() {
+        let mut changes = Vec::new();
+        let foreign = Foreign {
+            records: behind,
+            ..Foreign::default()
+        };
+        let ops = foreign.merge_into(&mut state.store, &mut changes, now);
+        index_changes(&mut state, &changes, true);
+        let batch = CommittedBatch {
+            origin: Origin::OtherInstance,
+            ops,
+            vector: Arc::new(state.store.version_vector().clone()),
+        };
+        notify(&mut state, &changes, std::slice::from_ref(&batch));
+    }
+    Ok(())
 }
 
 /// What a stale commit read back from other writers of the same storage

@@ -229,8 +229,6 @@ impl<S: Storage> Database<S> {
             SearchQuery::Vector(vector) => vector.clone(),
             SearchQuery::Text(text) => self.embed_one(text.clone()).await?,
         };
-        let mut state = self.readable()?;
-        let State { index, store, .. } = &mut *state;
         // With a filter, fetch more candidates until enough pass it (or
         // everything was considered).
         let mut fetch = if request.filter.is_some() {
@@ -239,20 +237,43 @@ impl<S: Storage> Database<S> {
             request.k
         };
         loop {
-            let neighbours = index.search(&vector, fetch, request.ef)?;
+            let (neighbours, indexed) = {
+                let mut state = self.readable()?;
+                (
+                    state.index.search(&vector, fetch, request.ef)?,
+                    state.index.len(),
+                )
+            };
             let exhausted = neighbours.len() < fetch;
-            let mut hits = Vec::with_capacity(request.k);
-            for neighbour in neighbours {
-                if request.min_score.is_some_and(|min| neighbour.score < min) {
-                    break;
+            let candidates: Vec<_> = neighbours
+                .into_iter()
+                .take_while(|n| request.min_score.is_none_or(|min| n.score >= min))
+                .filter(|n| {
+                    request
+                        .filter
+                        .as_ref()
+                        .is_none_or(|filter| n.id.starts_with(filter.prefix.as_str()))
+                })
+                .collect();
+            // The candidates' documents, read back from storage where they
+            // were left there.
+            let ids: Vec<Arc<str>> = candidates.iter().map(|n| n.id.clone()).collect();
+            let mut documents: std::collections::HashMap<Arc<str>, Document> =
+                std::collections::HashMap::with_capacity(ids.len());
+            self.visit_with_bodies(&ids, |record| {
+                if let Some(data) = record.data() {
+                    documents.insert(record.shared_id().clone(), data.clone());
                 }
-                let Some(data) = store.get(&neighbour.id) else {
+                true
+            })
+            .await?;
+            let mut hits = Vec::with_capacity(request.k);
+            for neighbour in candidates {
+                let Some(data) = documents.get(&neighbour.id) else {
                     continue;
                 };
                 if let Some(filter) = &request.filter {
-                    if !neighbour.id.starts_with(filter.prefix.as_str())
-                        || !filter.matches_document(data)
-                    {
+                    if !filter.matches_document(data) {
                         continue;
                     }
                 }
@@ -265,10 +286,10 @@ impl<S: Storage> Database<S> {
                     break;
                 }
             }
-            if hits.len() == request.k || exhausted || fetch >= index.len() {
+            if hits.len() == request.k || exhausted || fetch >= indexed {
                 return Ok(hits);
             }
-            let wider = fetch.saturating_mul(4).min(index.len().max(1)).min(max);
+            let wider = fetch.saturating_mul(4).min(indexed.max(1)).min(max);
             if wider == fetch {
                 // As wide as a search may go: these are the hits.
                 return Ok(hits);

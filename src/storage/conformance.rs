@@ -369,7 +369,7 @@ pub async fn two_instances_never_lose_writes<F: StorageFactory>(factory: &F) {
     let mut values: Vec<String> = record
         .versions()
         .iter()
-        .map(|v| v.data.as_ref().unwrap().as_str().to_owned())
+        .map(|v| v.document().unwrap().as_str().to_owned())
         .collect();
     values.sort();
     if values.len() == 1 {
@@ -755,7 +755,7 @@ pub async fn queries_and_conflicts_survive_reopen<F: StorageFactory>(factory: &F
     let conflicts = db.conflicts("user:1").await.unwrap();
     assert_eq!(conflicts.len(), 1);
     assert_eq!(
-        conflicts[0].data.as_ref().unwrap().as_str(),
+        conflicts[0].document().unwrap().as_str(),
         r#"{"name":"Ann (phone)"}"#
     );
     assert_eq!(

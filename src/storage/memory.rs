@@ -135,6 +135,21 @@ impl Storage for MemoryStorage {
         })
     }
 
+    fn reads_records(&self) -> bool {
+        !self.data().volatile
+    }
+
+    async fn read_records(&self, ids: Vec<String>) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let data = self.data();
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| {
+                let row = data.records.get(&id)?.1.clone();
+                Some((id, row))
+            })
+            .collect())
+    }
+
     async fn commit(&self, batch: CommitBatch) -> Result<CommitReceipt, StorageError> {
         let mut data = self.data();
         if let Some(error) = &data.fail_commits_with {

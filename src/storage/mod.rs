@@ -422,6 +422,29 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
         }
     }
 
+    /// True when [`read_records`](Self::read_records) reads rows back by id,
+    /// so a database may leave document bodies in storage and read them
+    /// when asked for (`OpenOptions::cache_bytes`). False by default: the
+    /// database then keeps every body in memory.
+    fn reads_records(&self) -> bool {
+        false
+    }
+
+    /// The stored rows `(id, record encoding)` of those of `ids` that exist,
+    /// read together (one transaction where the backend has them). Called
+    /// only when [`reads_records`](Self::reads_records) is true.
+    fn read_records(
+        &self,
+        ids: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StorageError>> + MaybeSend {
+        let _ = ids;
+        async {
+            Err(StorageError::Backend(
+                "this storage does not read records by id".into(),
+            ))
+        }
+    }
+
     /// Whether [`housekeeping`](Self::housekeeping) has work to do. The
     /// database runs it once no write has come for a moment, so that it
     /// costs no awaited write anything.

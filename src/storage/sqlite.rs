@@ -594,6 +594,35 @@ impl Storage for SqliteStorage {
         .await
     }
 
+    fn reads_records(&self) -> bool {
+        true
+    }
+
+    async fn read_records(&self, ids: Vec<String>) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        self.with_connection(move |connection| {
+            let transaction = connection
+                .transaction()
+                .map_err(|e| sqlite_error("starting a read", e))?;
+            let mut rows = Vec::with_capacity(ids.len());
+            {
+                let mut select = transaction
+                    .prepare_cached("SELECT value FROM records WHERE id = ?1")
+                    .map_err(|e| sqlite_error("preparing a read", e))?;
+                for id in ids {
+                    let row = select
+                        .query_row([&id], |row| row.get::<_, Vec<u8>>(0))
+                        .optional()
+                        .map_err(|e| sqlite_error("reading a record", e))?;
+                    if let Some(row) = row {
+                        rows.push((id, row));
+                    }
+                }
+            }
+            Ok(rows)
+        })
+        .await
+    }
+
     async fn commit(&self, batch: CommitBatch) -> Result<CommitReceipt, StorageError> {
         let (receipt, bytes) = self
             .with_connection(move |connection| commit_blocking(connection, batch, None))

@@ -594,7 +594,7 @@ impl PluresDB {
             let out = Array::new();
             for version in &versions {
                 let item = Object::new();
-                let data = match &version.data {
+                let data = match version.document() {
                     Some(document) => document_to_js(document)?,
                     None => JsValue::UNDEFINED,
                 };

@@ -74,6 +74,13 @@ export interface OpenOptions {
    * 32 fields.
    */
   indexes?: string[];
+  /**
+   * About how many bytes of document text stay in memory (Node addon only,
+   * default 256 MiB): past that, the documents that came in first are left
+   * in the SQLite file and read back when a read needs them. In the browser
+   * every document stays in memory for now.
+   */
+  cacheBytes?: number;
   /** Vector index settings (the defaults suit sentence embeddings). */
   index?: {
     /** The vectors' dimension (set by the first vector when omitted). */

@@ -179,6 +179,14 @@ fn open_options(options: &Value, embedder: Option<Arc<dyn EmbedText>>) -> Result
     }
     out.embed_fields = field_names(options, "embedFields")?;
     out.indexes = field_names(options, "indexes")?;
+    if let Some(value) = option(options, "cacheBytes") {
+        out.cache_bytes = value
+            .as_u64()
+            .and_then(|bytes| usize::try_from(bytes).ok())
+            .ok_or_else(|| {
+                invalid("option `cacheBytes` must be a whole number of bytes, 0 or more")
+            })?;
+    }
     if let Some(index) = option(options, "index") {
         if !index.is_object() {
             return Err(invalid("option `index` must be an object"));
@@ -587,7 +595,7 @@ impl NativeDatabase {
         let out: Vec<Value> = versions
             .iter()
             .map(|version| {
-                let data = version.data.as_ref().and_then(|d| {
+                let data = version.document().and_then(|d| {
                     serde_json::from_str::<Box<serde_json::value::RawValue>>(d.as_str()).ok()
                 });
                 json!({

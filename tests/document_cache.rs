@@ -1,0 +1,384 @@
+//! Databases whose documents outgrow `OpenOptions::cache_bytes`, on SQLite:
+//! most documents are left in the file, and every read, merge and sync still
+//! sees them, while what stays in memory keeps within the cache.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use pluresdb::crdt::{Document, VersionVector};
+use pluresdb::error::StorageError;
+use pluresdb::storage::SqliteStorage;
+use pluresdb::{Database, ListOptions, OpenOptions, Origin, Query, SearchRequest};
+use serde_json::{json, Value};
+
+/// Bytes of document text the databases below keep in memory: a few dozen
+/// of their documents.
+const CACHE: usize = 8 * 1024;
+const RECORDS: usize = 2_000;
+
+fn document(n: usize) -> Value {
+    json!({
+        "n": n,
+        "category": format!("c{}", n % 7),
+        "text": "x".repeat(100 + n % 50),
+    })
+}
+
+fn id(n: usize) -> String {
+    format!("note:{n:05}")
+}
+
+async fn open(path: &Path, cache_bytes: usize) -> Database<SqliteStorage> {
+    let options = OpenOptions {
+        cache_bytes,
+        indexes: vec!["category".into()],
+        ..OpenOptions::default()
+    };
+    Database::open(SqliteStorage::open(path).unwrap(), options)
+        .await
+        .unwrap()
+}
+
+async fn filled(path: &Path, cache_bytes: usize) -> Database<SqliteStorage> {
+    let db = open(path, cache_bytes).await;
+    db.put_many((0..RECORDS).map(|n| (id(n), Document::from_value(&document(n)).unwrap())))
+        .await
+        .unwrap();
+    db
+}
+
+/// The cache holds at most `CACHE` bytes, and most documents are in the
+/// file only.
+fn assert_within_cache(db: &Database<SqliteStorage>, when: &str) {
+    let stats = db.stats().unwrap();
+    assert!(
+        stats.cached_bytes <= CACHE,
+        "{when}: {} bytes of documents in memory, over the cache of {CACHE}",
+        stats.cached_bytes
+    );
+    assert!(
+        stats.records_in_storage_only > RECORDS / 2,
+        "{when}: only {} records have their document in storage only",
+        stats.records_in_storage_only
+    );
+}
+
+/// The ids a query through the `category` index finds, sorted.
+async fn indexed_ids(db: &Database<SqliteStorage>, category: &str) -> Vec<String> {
+    let indexed = Query::from_json(&json!({ "where": { "category": category } })).unwrap();
+    let (found, plan) = db.query_with_plan(&indexed).await.unwrap();
+    assert_eq!(plan.index.as_deref(), Some("category"));
+    let mut found: Vec<String> = found.into_iter().map(|(id, _)| id).collect();
+    found.sort();
+    found
+}
+
+fn expected_in(category: &str) -> Vec<String> {
+    (0..RECORDS)
+        .filter(|n| format!("c{}", n % 7) == category)
+        .map(id)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_read_sees_documents_left_in_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.db");
+    let db = filled(&path, CACHE).await;
+    assert_within_cache(&db, "after writing");
+    // The index learned every record written, whatever the cache kept.
+    assert_eq!(indexed_ids(&db, "c3").await, expected_in("c3"));
+    db.close().await.unwrap();
+
+    let db = open(&path, CACHE).await;
+    assert_within_cache(&db, "after opening");
+    for n in 0..RECORDS {
+        assert_eq!(db.get(&id(n)).await.unwrap(), Some(document(n)), "get {n}");
+    }
+    assert_within_cache(&db, "after every get");
+
+    // A prefix listed page by page.
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = db
+            .list(&ListOptions {
+                prefix: "note:01".into(),
+                limit: Some(64),
+                cursor: cursor.take(),
+            })
+            .await
+            .unwrap();
+        listed.extend(page.items);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<(String, Value)> = (1000..RECORDS).map(|n| (id(n), document(n))).collect();
+    let listed: Vec<(String, Value)> = listed
+        .into_iter()
+        .map(|(id, document)| (id, document.to_value()))
+        .collect();
+    assert_eq!(listed, expected);
+
+    // A query through the index, and one that scans, sorts and limits.
+    assert_eq!(indexed_ids(&db, "c3").await, expected_in("c3"));
+    let scan = Query::from_json(&json!({
+        "where": { "n": { "$gte": 1500 } },
+        "sort": "-n",
+        "limit": 5,
+    }))
+    .unwrap();
+    let found: Vec<Value> = db
+        .query(&scan)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, document)| document.to_value())
+        .collect();
+    let expected: Vec<Value> = (RECORDS - 5..RECORDS).rev().map(document).collect();
+    assert_eq!(found, expected);
+
+    // The full record, and a peer catching up, get every document.
+    let record = db.record(&id(7)).await.unwrap().unwrap();
+    assert_eq!(record.data().unwrap().to_value(), document(7));
+    let ops = db.changes_since(&VersionVector::new()).await.unwrap();
+    assert_eq!(ops.len(), RECORDS);
+    for op in &ops {
+        let n: usize = op.id[5..].parse().unwrap();
+        assert_eq!(op.version.document().unwrap().to_value(), document(n));
+    }
+    assert_within_cache(&db, "after reading everything");
+}
+
+#[tokio::test]
+async fn a_peers_concurrent_write_keeps_the_document_left_in_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    let a = filled(&path, CACHE).await;
+    let stats = a.stats().unwrap();
+    assert!(stats.records_in_storage_only > 0);
+    // note:00000 came in first: its document is in the file only.
+    let peer = Database::open(
+        pluresdb::storage::MemoryStorage::new(),
+        OpenOptions::default(),
+    )
+    .await
+    .unwrap();
+    peer.put(&id(0), json!({ "from": "peer" })).await.unwrap();
+    let ops = peer.changes_since(&VersionVector::new()).await.unwrap();
+    a.apply_remote(ops, Origin::Peer("peer".into()), None)
+        .await
+        .unwrap();
+
+    let mut versions: Vec<Value> = a
+        .record(&id(0))
+        .await
+        .unwrap()
+        .unwrap()
+        .versions()
+        .iter()
+        .map(|version| version.document().unwrap().to_value())
+        .collect();
+    versions.sort_by_key(|value| value.to_string());
+    let mut expected = vec![document(0), json!({ "from": "peer" })];
+    expected.sort_by_key(|value| value.to_string());
+    assert_eq!(versions, expected, "both concurrent versions, in memory");
+    assert_eq!(a.conflicts(&id(0)).await.unwrap().len(), 1);
+    a.close().await.unwrap();
+
+    // The merged row was written whole: both documents are in the file.
+    let reopened = open(&path, usize::MAX).await;
+    let record = reopened.record(&id(0)).await.unwrap().unwrap();
+    let mut stored: Vec<Value> = record
+        .versions()
+        .iter()
+        .map(|version| version.document().unwrap().to_value())
+        .collect();
+    stored.sort_by_key(|value| value.to_string());
+    assert_eq!(stored, expected, "both concurrent versions, in the file");
+}
+
+#[tokio::test]
+async fn a_document_another_writer_superseded_is_read_as_the_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let a = filled(&path, CACHE).await;
+    let b = open(&path, usize::MAX).await;
+    // `b` supersedes a document `a` holds only in the file; `a` has not
+    // heard of it (nothing announces SQLite commits across handles).
+    b.put(&id(1), json!({ "rewritten": true })).await.unwrap();
+    let mut events = a.subscribe();
+    assert_eq!(
+        a.get(&id(1)).await.unwrap(),
+        Some(json!({ "rewritten": true }))
+    );
+    // `a` learned the newer version as it learns other writers' commits.
+    match events.try_recv() {
+        Ok(pluresdb::SyncEvent::Upsert { id: changed }) => assert_eq!(changed, id(1)),
+        other => panic!("expected an upsert of {}, got {other:?}", id(1)),
+    }
+    assert_eq!(a.conflicts(&id(1)).await.unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn search_reads_the_documents_of_its_hits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vectors.db");
+    let db = open(&path, 0).await;
+    for n in 0..200usize {
+        let angle = n as f32 / 200.0;
+        let vector: Arc<[f32]> = Arc::from(vec![angle.cos(), angle.sin(), 0.5]);
+        db.put_document(
+            &id(n),
+            Document::from_value(&document(n)).unwrap(),
+            Some(vector),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        db.stats().unwrap().cached_bytes,
+        0,
+        "a cache of 0 keeps nothing"
+    );
+    let angle = 42.0f32 / 200.0;
+    let hits = db
+        .search(&SearchRequest {
+            k: 3,
+            ..SearchRequest::vector(vec![angle.cos(), angle.sin(), 0.5])
+        })
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 3);
+    assert_eq!(hits[0].id, id(42));
+    for hit in &hits {
+        let n: usize = hit.id[5..].parse().unwrap();
+        assert_eq!(hit.data.to_value(), document(n));
+    }
+    assert_eq!(db.stats().unwrap().cached_bytes, 0);
+}
+
+#[tokio::test]
+async fn a_document_missing_from_the_file_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged.db");
+    let db = filled(&path, 0).await;
+    // Someone deletes the row behind the database's back.
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute("DELETE FROM records WHERE id = ?1", [id(3)])
+        .unwrap();
+    match db.get(&id(3)).await {
+        Err(pluresdb::Error::Storage(StorageError::Corrupt { key, .. })) => assert_eq!(key, id(3)),
+        other => panic!("expected a corrupt-row error, got {other:?}"),
+    }
+    // Everything else still reads.
+    assert_eq!(db.get(&id(4)).await.unwrap(), Some(document(4)));
+}
+
+/// Memory storage whose commits wait while the gate is shut, so a test can
+/// queue writes while a commit is in flight.
+#[derive(Clone)]
+struct Gated {
+    inner: pluresdb::storage::MemoryStorage,
+    gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl pluresdb::storage::Storage for Gated {
+    fn describe(&self) -> String {
+        "gated".into()
+    }
+
+    async fn acquire_slot(&self) -> Result<pluresdb::storage::SlotLease, StorageError> {
+        self.inner.acquire_slot().await
+    }
+
+    async fn load(&self) -> Result<pluresdb::storage::LoadedState, StorageError> {
+        self.inner.load().await
+    }
+
+    async fn commit(
+        &self,
+        batch: pluresdb::storage::CommitBatch,
+    ) -> Result<pluresdb::storage::CommitReceipt, StorageError> {
+        let _open = self.gate.read().await;
+        self.inner.commit(batch).await
+    }
+
+    fn reads_records(&self) -> bool {
+        true
+    }
+
+    async fn read_records(&self, ids: Vec<String>) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        self.inner.read_records(ids).await
+    }
+}
+
+/// A local write prepared while a peer's concurrent version of the same
+/// record was being committed does not supersede that version: the record
+/// it commits keeps the peer's version, whose document the cache left in
+/// storage meanwhile. The write must succeed, and the row keep both.
+#[tokio::test]
+async fn a_local_write_prepared_during_a_peers_commit_keeps_its_document() {
+    let storage = Gated {
+        inner: pluresdb::storage::MemoryStorage::new(),
+        gate: Arc::new(tokio::sync::RwLock::new(())),
+    };
+    let options = OpenOptions {
+        cache_bytes: 0,
+        ..OpenOptions::default()
+    };
+    let db = Database::open(storage.clone(), options).await.unwrap();
+    db.put("k", json!("first")).await.unwrap();
+
+    let peer = Database::open(
+        pluresdb::storage::MemoryStorage::new(),
+        OpenOptions::default(),
+    )
+    .await
+    .unwrap();
+    peer.put("k", json!("from the peer")).await.unwrap();
+    let ops = peer.changes_since(&VersionVector::new()).await.unwrap();
+
+    let shut = storage.gate.write().await;
+    let remote = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.apply_remote(ops, Origin::Peer("peer".into()), None)
+                .await
+        })
+    };
+    // Let the committer take the peer's batch and wait in its commit.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    let local = {
+        let db = db.clone();
+        tokio::spawn(async move { db.put("k", json!("second")).await })
+    };
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    drop(shut);
+    remote.await.unwrap().unwrap();
+    local.await.unwrap().unwrap();
+
+    let mut versions: Vec<Value> = db
+        .record("k")
+        .await
+        .unwrap()
+        .unwrap()
+        .versions()
+        .iter()
+        .map(|version| version.document().unwrap().to_value())
+        .collect();
+    versions.sort_by_key(|value| value.to_string());
+    assert_eq!(versions, vec![json!("from the peer"), json!("second")]);
+    db.close().await.unwrap();
+    let reopened = Database::open(storage, OpenOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(reopened.conflicts("k").await.unwrap().len(), 1);
+}
