@@ -180,6 +180,11 @@ impl fmt::Display for Document {
     }
 }
 
+/// Whether this build may leave documents in storage: natively only, since
+/// the browser's storage cannot read one record back by id yet. The
+/// browser build then carries none of the code that reads them back.
+pub const DOCUMENTS_MAY_LEAVE_MEMORY: bool = cfg!(not(target_arch = "wasm32"));
+
 /// A version's document: in memory, or left in storage by a database whose
 /// bodies outgrew its cache (`OpenOptions::cache_bytes`), with its length.
 #[derive(Clone)]
@@ -455,9 +460,11 @@ impl Record {
 
     /// True when every version's body is in memory.
     pub fn is_resident(&self) -> bool {
-        self.versions
-            .iter()
-            .all(|version| !matches!(version.data, Some(Body::Stored(_))))
+        !DOCUMENTS_MAY_LEAVE_MEMORY
+            || self
+                .versions
+                .iter()
+                .all(|version| !matches!(version.data, Some(Body::Stored(_))))
     }
 
     /// Bytes of document text held in memory.

@@ -17,7 +17,7 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use super::clock::{ActorId, Dot, Hlc, HlcClock, VectorClock, VersionVector};
-use super::record::{Body, CrdtOperation, Document, Record, Version};
+use super::record::{Body, CrdtOperation, Document, Record, Version, DOCUMENTS_MAY_LEAVE_MEMORY};
 use crate::codec::Writer;
 
 /// What a committed batch changed for one record, for subscribers.
@@ -117,7 +117,7 @@ impl Default for BodyCache {
 
 impl BodyCache {
     fn enabled(&self) -> bool {
-        self.budget != usize::MAX
+        DOCUMENTS_MAY_LEAVE_MEMORY && self.budget != usize::MAX
     }
 
     /// What the bookkeeping needs of a record before it changes.
@@ -314,6 +314,9 @@ impl CrdtStore {
     /// record is durable in storage that can read rows back by id; bodies
     /// come back through [`fill_bodies`](Self::fill_bodies).
     pub fn keep_bodies_within(&mut self, budget: usize) {
+        if !DOCUMENTS_MAY_LEAVE_MEMORY {
+            return;
+        }
         let budget = budget.min(usize::MAX - 1);
         if !self.bodies.enabled() {
             self.bodies.resident = self.records.values().map(Record::resident_bytes).sum();
@@ -373,7 +376,7 @@ impl CrdtStore {
 
     /// True when some record has a body left in storage.
     pub fn has_stored_bodies(&self) -> bool {
-        self.bodies.stored > 0
+        DOCUMENTS_MAY_LEAVE_MEMORY && self.bodies.stored > 0
     }
 
     /// Fills the bodies a record left in storage from `stored`, its row as

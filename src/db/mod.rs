@@ -162,6 +162,7 @@ pub struct OpenOptions {
 pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Records whose documents are read back from storage in one transaction.
+#[cfg(not(target_arch = "wasm32"))]
 const BODY_READ_BATCH: usize = 512;
 
 impl Default for OpenOptions {
@@ -734,9 +735,10 @@ impl<S: Storage> Database<S> {
                 }
             }
         }
-        self.with_record(id, |record| record.data().cloned())
-            .await
-            .map(Option::flatten)
+        Ok(self
+            .record(id)
+            .await?
+            .and_then(|record| record.data().cloned()))
     }
 
     /// The live value under `id` as JSON.
@@ -744,39 +746,35 @@ impl<S: Storage> Database<S> {
         Ok(self.get_document(id).await?.map(|d| d.to_value()))
     }
 
-    /// The full record under `id`, tombstones and conflicts included.
+    /// The full record under `id`, tombstones and conflicts included, every
+    /// document in memory (read back from storage when it was left there).
     pub async fn record(&self, id: &str) -> Result<Option<Record>> {
-        self.with_record(id, Record::clone).await
+        let shared_id = {
+            let state = self.readable()?;
+            Self::check_corrupt(&state, id)?;
+            match state.store.record(id) {
+                None => return Ok(None),
+                Some(record) if record.is_resident() => return Ok(Some(record.clone())),
+                Some(record) => record.shared_id().clone(),
+            }
+        };
+        let mut result = None;
+        self.visit_with_bodies(&[shared_id], |record| {
+            result = Some(record.clone());
+            true
+        })
+        .await?;
+        Ok(result)
     }
 
     /// The concurrent versions that lost to the current value of `id`, by
     /// descending precedence. Empty when there is no conflict.
     pub async fn conflicts(&self, id: &str) -> Result<Vec<Version>> {
         Ok(self
-            .with_record(id, |record| record.conflicts().to_vec())
+            .record(id)
             .await?
+            .map(|record| record.conflicts().to_vec())
             .unwrap_or_default())
-    }
-
-    /// `read` of the record under `id` with every document in memory (read
-    /// back from storage when it was left there).
-    async fn with_record<T>(&self, id: &str, read: impl Fn(&Record) -> T) -> Result<Option<T>> {
-        let shared_id = {
-            let state = self.readable()?;
-            Self::check_corrupt(&state, id)?;
-            match state.store.record(id) {
-                None => return Ok(None),
-                Some(record) if record.is_resident() => return Ok(Some(read(record))),
-                Some(record) => record.shared_id().clone(),
-            }
-        };
-        let mut result = None;
-        self.visit_with_bodies(&[shared_id], |record| {
-            result = Some(read(record));
-            true
-        })
-        .await?;
-        Ok(result)
     }
 
     /// Calls `visit` with the record of each of `ids` that still exists, in
@@ -784,6 +782,7 @@ impl<S: Storage> Database<S> {
     /// back, a transaction for each batch of records. Stops when `visit`
     /// returns false. Records may change between batches (a batch is read
     /// under one lock, not the whole list).
+    #[cfg(not(target_arch = "wasm32"))]
     async fn visit_with_bodies(
         &self,
         ids: &[Arc<str>],
@@ -831,6 +830,25 @@ impl<S: Storage> Database<S> {
         Ok(())
     }
 
+    /// The browser build's `visit_with_bodies`: every document is in
+    /// memory (see `DOCUMENTS_MAY_LEAVE_MEMORY`), so one lock serves all.
+    #[cfg(target_arch = "wasm32")]
+    async fn visit_with_bodies(
+        &self,
+        ids: &[Arc<str>],
+        mut visit: impl FnMut(&Record) -> bool,
+    ) -> Result<()> {
+        let state = self.readable()?;
+        for id in ids {
+            if let Some(record) = state.store.record(id) {
+                if !visit(record) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Live records in id order, filtered by prefix, paged by cursor.
     pub async fn list(&self, options: &ListOptions) -> Result<Page> {
         let start = match &options.cursor {
@@ -842,28 +860,40 @@ impl<S: Storage> Database<S> {
         let limit = options.limit.unwrap_or(usize::MAX);
         let mut items = Vec::new();
         let mut next_cursor = None;
-        let ids: Vec<Arc<str>> = {
-            let state = self.readable()?;
-            let live = state
-                .store
-                .records_in((start, Bound::Unbounded))
-                .take_while(|record| record.id().starts_with(options.prefix.as_str()))
-                .filter(|record| !record.is_deleted());
-            if !state.store.has_stored_bodies() {
-                for record in live {
-                    if items.len() == limit {
-                        next_cursor = items.last().map(|(id, _): &(String, Document)| id.clone());
-                        break;
-                    }
-                    let Some(data) = record.data() else { continue };
-                    items.push((record.id().to_owned(), data.clone()));
-                }
-                return Ok(Page { items, next_cursor });
+        let prefix = options.prefix.as_str();
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let ids: Option<Vec<Arc<str>>> = {
+                let state = self.readable()?;
+                state.store.has_stored_bodies().then(|| {
+                    live_from(&state.store, start, prefix)
+                        .take(limit.saturating_add(1))
+                        .map(|record| record.shared_id().clone())
+                        .collect()
+                })
+            };
+            if let Some(ids) = ids {
+                return self.list_read_back(ids, limit).await;
             }
-            live.take(limit.saturating_add(1))
-                .map(|record| record.shared_id().clone())
-                .collect()
-        };
+        }
+        let state = self.readable()?;
+        for record in live_from(&state.store, start, prefix) {
+            if items.len() == limit {
+                next_cursor = items.last().map(|(id, _): &(String, Document)| id.clone());
+                break;
+            }
+            let Some(data) = record.data() else { continue };
+            items.push((record.id().to_owned(), data.clone()));
+        }
+        Ok(Page { items, next_cursor })
+    }
+
+    /// [`list`](Self::list) of these ids (one more than `limit` when there
+    /// is a next page), reading documents back from storage.
+    #[cfg(not(target_arch = "wasm32"))]
+    async fn list_read_back(&self, ids: Vec<Arc<str>>, limit: usize) -> Result<Page> {
+        let mut items = Vec::new();
+        let mut next_cursor = None;
         let page = &ids[..ids.len().min(limit)];
         self.visit_with_bodies(page, |record| {
             if let Some(data) = record.data() {
@@ -897,54 +927,71 @@ impl<S: Storage> Database<S> {
         &self,
         query: &Query,
     ) -> Result<(Vec<(String, Document)>, QueryPlan)> {
-        let (ids, plan) = {
-            let state = self.readable()?;
-            let planned = state.fields.plan(query);
-            if !state.store.has_stored_bodies() {
-                if let Some((field, ids)) = planned {
-                    let plan = QueryPlan {
-                        index: Some(field),
-                        reads: ids.len(),
-                    };
-                    let mut live = ids.iter().filter_map(|id| {
-                        let record = state.store.record(id)?;
-                        record.data().map(|data| (record.id(), data))
-                    });
-                    return Ok((query.run_records(&mut live, false), plan));
-                }
-                let mut reads = 0;
-                let mut live = under_prefix(&state.store, &query.prefix)
-                    .inspect(|_| reads += 1)
-                    .filter_map(|record| record.data().map(|data| (record.id(), data)));
-                let results = query.run_records(&mut live, true);
-                return Ok((results, QueryPlan { index: None, reads }));
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let stored = {
+                let state = self.readable()?;
+                state
+                    .store
+                    .has_stored_bodies()
+                    .then(|| match state.fields.plan(query) {
+                        Some((field, ids)) => {
+                            let plan = QueryPlan {
+                                index: Some(field),
+                                reads: ids.len(),
+                            };
+                            let ids: Vec<Arc<str>> = ids
+                                .iter()
+                                .filter_map(|id| state.store.record(id))
+                                .map(|record| record.shared_id().clone())
+                                .collect();
+                            (ids, plan)
+                        }
+                        None => {
+                            let mut reads = 0;
+                            let ids: Vec<Arc<str>> = under_prefix(&state.store, &query.prefix)
+                                .inspect(|_| reads += 1)
+                                .filter(|record| !record.is_deleted())
+                                .map(|record| record.shared_id().clone())
+                                .collect();
+                            (ids, QueryPlan { index: None, reads })
+                        }
+                    })
+            };
+            if let Some((ids, plan)) = stored {
+                return self.query_read_back(query, ids, plan).await;
             }
-            match planned {
-                Some((field, ids)) => {
-                    let plan = QueryPlan {
-                        index: Some(field),
-                        reads: ids.len(),
-                    };
-                    let ids: Vec<Arc<str>> = ids
-                        .iter()
-                        .filter_map(|id| state.store.record(id))
-                        .map(|record| record.shared_id().clone())
-                        .collect();
-                    (ids, plan)
-                }
-                None => {
-                    let mut reads = 0;
-                    let ids: Vec<Arc<str>> = under_prefix(&state.store, &query.prefix)
-                        .inspect(|_| reads += 1)
-                        .filter(|record| !record.is_deleted())
-                        .map(|record| record.shared_id().clone())
-                        .collect();
-                    (ids, QueryPlan { index: None, reads })
-                }
-            }
-        };
-        // Documents read back from storage are checked batch by batch: only
-        // the matches are kept until the query sorts and limits them.
+        }
+        let state = self.readable()?;
+        if let Some((field, ids)) = state.fields.plan(query) {
+            let plan = QueryPlan {
+                index: Some(field),
+                reads: ids.len(),
+            };
+            let mut live = ids.iter().filter_map(|id| {
+                let record = state.store.record(id)?;
+                record.data().map(|data| (record.id(), data))
+            });
+            return Ok((query.run_records(&mut live, false), plan));
+        }
+        let mut reads = 0;
+        let mut live = under_prefix(&state.store, &query.prefix)
+            .inspect(|_| reads += 1)
+            .filter_map(|record| record.data().map(|data| (record.id(), data)));
+        let results = query.run_records(&mut live, true);
+        Ok((results, QueryPlan { index: None, reads }))
+    }
+
+    /// [`query_with_plan`](Self::query_with_plan) over the records `plan`
+    /// picked, reading documents back from storage batch by batch: only the
+    /// matches are kept until the query sorts and limits them.
+    #[cfg(not(target_arch = "wasm32"))]
+    async fn query_read_back(
+        &self,
+        query: &Query,
+        ids: Vec<Arc<str>>,
+        plan: QueryPlan,
+    ) -> Result<(Vec<(String, Document)>, QueryPlan)> {
         let in_id_order = plan.index.is_none();
         let stop_at = (in_id_order && query.sort.is_empty())
             .then_some(query.limit)
@@ -1026,6 +1073,7 @@ impl<S: Storage> Database<S> {
         &self,
         seen: &VersionVector,
     ) -> Result<(Vec<CrdtOperation>, VersionVector)> {
+        #[cfg_attr(target_arch = "wasm32", allow(unused_mut))]
         let (mut ops, vector, has_stored_bodies) = {
             let state = self.readable()?;
             (
@@ -1034,8 +1082,26 @@ impl<S: Storage> Database<S> {
                 state.store.has_stored_bodies(),
             )
         };
+        #[cfg(not(target_arch = "wasm32"))]
+        if has_stored_bodies {
+            self.read_back_delta_documents(&mut ops, seen).await?;
+        }
+        #[cfg(target_arch = "wasm32")]
+        let _ = has_stored_bodies;
+        Ok((ops, vector))
+    }
+
+    /// Fills the documents of `ops` (a delta for a replica whose vector is
+    /// `seen`) that were left in storage, reading them in batches without
+    /// putting them in the cache. A version another writer superseded
+    /// meanwhile is replaced by the versions that superseded it.
+    #[cfg(not(target_arch = "wasm32"))]
+    async fn read_back_delta_documents(
+        &self,
+        ops: &mut Vec<CrdtOperation>,
+        seen: &VersionVector,
+    ) -> Result<()> {
         let stored_at: Vec<usize> = (0..ops.len())
-            .filter(|_| has_stored_bodies)
             .filter(|&at| {
                 ops[at]
                     .version
@@ -1044,9 +1110,6 @@ impl<S: Storage> Database<S> {
                     .is_some_and(|b| b.document().is_none())
             })
             .collect();
-        if stored_at.is_empty() {
-            return Ok((ops, vector));
-        }
         let mut superseded = Vec::new();
         let mut replacements = Vec::new();
         for batch in stored_at.chunks(BODY_READ_BATCH) {
@@ -1064,19 +1127,20 @@ impl<S: Storage> Database<S> {
                         op.version.data = version.data.clone();
                     }
                     _ => {
-                        let covering = record
+                        let mut covering = record
                             .versions()
                             .iter()
-                            .filter(|v| v.document().is_some() || v.is_tombstone())
-                            .filter(|v| v.clock.covers(&dot));
-                        let before = replacements.len();
-                        replacements.extend(covering.map(|version| CrdtOperation {
-                            id: record.shared_id().clone(),
-                            version: version.clone(),
-                        }));
-                        if replacements.len() == before {
+                            .filter(|v| v.clock.covers(&dot))
+                            .peekable();
+                        if covering.peek().is_none() {
                             return Err(body_missing(&op.id).into());
                         }
+                        replacements.extend(covering.filter(|v| !seen.covers(&v.dot())).map(
+                            |version| CrdtOperation {
+                                id: record.shared_id().clone(),
+                                version: version.clone(),
+                            },
+                        ));
                         superseded.push(at);
                     }
                 }
@@ -1089,10 +1153,11 @@ impl<S: Storage> Database<S> {
                 superseded.binary_search(&(at - 1)).is_err()
             });
             ops.extend(replacements);
-            ops.sort_by(|a, b| a.id.cmp(&b.id));
+            // In id order as `changes_since` gives them, each version once.
+            ops.sort_unstable_by(|a, b| (&a.id, a.version.dot()).cmp(&(&b.id, b.version.dot())));
             ops.dedup_by(|a, b| a.id == b.id && a.version.dot() == b.version.dot());
         }
-        Ok((ops, vector))
+        Ok(())
     }
 
     /// A stream of events (upserts, deletes, peer changes). Dropping the
@@ -1397,31 +1462,38 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
     // peer's versions are merged into them: the merged record is written
     // whole. (This replica's own writes supersede what they merge into.)
     let (records, batch) = {
-        let mut attempts = 0;
-        let mut state = loop {
-            let needed = {
-                let state = shared.state();
-                let needed = state.store.bodies_needed_by(&ops);
-                if needed.is_empty() {
-                    break state;
+        #[cfg(not(target_arch = "wasm32"))]
+        let mut state = {
+            let mut attempts = 0;
+            loop {
+                let needed = {
+                    let state = shared.state();
+                    let needed = state.store.bodies_needed_by(&ops);
+                    if needed.is_empty() {
+                        break state;
+                    }
+                    needed
+                };
+                // Another reader may push a document out again before the
+                // lock is taken back: read it again, a few times at most.
+                attempts += 1;
+                let filled = if attempts > 3 {
+                    Err(body_missing(&needed[0]).into())
+                } else {
+                    fill_bodies(shared, &needed).await
+                };
+                if let Err(error) = filled {
+                    tracing::warn!(%error, "a document left in storage could not be read back; the batch was not written");
+                    shared.state().store.abandon(&ops);
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                    return;
                 }
-                needed
-            };
-            attempts += 1;
-            let filled = if attempts > 3 {
-                Err(body_missing(&needed[0]).into())
-            } else {
-                fill_bodies(shared, &needed).await
-            };
-            if let Err(error) = filled {
-                tracing::warn!(%error, "a document left in storage could not be read back; the batch was not written");
-                shared.state().store.abandon(&ops);
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-                return;
             }
         };
+        #[cfg(target_arch = "wasm32")]
+        let mut state = shared.state();
         let records = state.store.preview(&ops);
         state.store.make_room(0);
         let mut vector_after = state.store.version_vector().clone();
@@ -1455,6 +1527,7 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
         };
         (records, batch)
     };
+    #[cfg(not(target_arch = "wasm32"))]
     if let Some(record) = records
         .records()
         .iter()
@@ -1595,6 +1668,7 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
 }
 
 /// The error of a read that needs a document storage no longer holds.
+#[cfg(not(target_arch = "wasm32"))]
 fn body_missing(id: &str) -> StorageError {
     StorageError::Corrupt {
         store: "records".into(),
@@ -1604,6 +1678,7 @@ fn body_missing(id: &str) -> StorageError {
 }
 
 /// The stored records of `ids` (those that exist), decoded.
+#[cfg(not(target_arch = "wasm32"))]
 async fn read_stored_records<S: Storage>(
     shared: &Shared<S>,
     ids: Vec<String>,
@@ -1642,6 +1717,7 @@ async fn read_stored_records<S: Storage>(
 /// that another writer of the same storage superseded a version this
 /// replica holds is merged as a stale commit merges what other writers
 /// stored.
+#[cfg(not(target_arch = "wasm32"))]
 async fn fill_bodies<S: Storage>(shared: &Shared<S>, ids: &[Arc<str>]) -> Result<()> {
     let stored = read_stored_records(shared, ids.iter().map(|id| id.to_string()).collect()).await?;
     let now = shared.clock.now_ms();
@@ -1744,6 +1820,18 @@ impl Foreign {
         }
         ops
     }
+}
+
+/// The live records from `start` on whose ids start with `prefix`.
+fn live_from<'a>(
+    store: &'a CrdtStore,
+    start: Bound<&'a str>,
+    prefix: &'a str,
+) -> impl Iterator<Item = &'a Record> {
+    store
+        .records_in((start, Bound::Unbounded))
+        .take_while(move |record| record.id().starts_with(prefix))
+        .filter(|record| !record.is_deleted())
 }
 
 /// Every record (tombstones included) whose id starts with `prefix`.

@@ -258,18 +258,10 @@ impl<S: Storage> Database<S> {
             // The candidates' documents, read back from storage where they
             // were left there.
             let ids: Vec<Arc<str>> = candidates.iter().map(|n| n.id.clone()).collect();
-            let mut documents: std::collections::HashMap<Arc<str>, Document> =
-                std::collections::HashMap::with_capacity(ids.len());
-            self.visit_with_bodies(&ids, |record| {
-                if let Some(data) = record.data() {
-                    documents.insert(record.shared_id().clone(), data.clone());
-                }
-                true
-            })
-            .await?;
+            let documents = self.live_documents(&ids).await?;
             let mut hits = Vec::with_capacity(request.k);
-            for neighbour in candidates {
-                let Some(data) = documents.get(&neighbour.id) else {
+            for (neighbour, data) in candidates.into_iter().zip(documents) {
+                let Some(data) = &data else {
                     continue;
                 };
                 if let Some(filter) = &request.filter {
@@ -296,6 +288,26 @@ impl<S: Storage> Database<S> {
             }
             fetch = wider;
         }
+    }
+
+    /// The live document of each of `ids`, in order (`None`: deleted or
+    /// gone), read back from storage where it was left there.
+    #[cfg(not(target_arch = "wasm32"))]
+    async fn live_documents(&self, ids: &[Arc<str>]) -> Result<Vec<Option<Document>>> {
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        self.visit_with_bodies(ids, |record| {
+            found.insert(record.shared_id().clone(), record.data().cloned());
+            true
+        })
+        .await?;
+        Ok(ids.iter().map(|id| found.remove(id).flatten()).collect())
+    }
+
+    /// The browser build's `live_documents`: every document is in memory.
+    #[cfg(target_arch = "wasm32")]
+    async fn live_documents(&self, ids: &[Arc<str>]) -> Result<Vec<Option<Document>>> {
+        let state = self.readable()?;
+        Ok(ids.iter().map(|id| state.store.get(id).cloned()).collect())
     }
 
     /// Index sizes, for status output.
