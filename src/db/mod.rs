@@ -722,23 +722,26 @@ impl<S: Storage> Database<S> {
 
     /// The live document under `id` (`None` when absent or deleted).
     pub async fn get_document(&self, id: &str) -> Result<Option<Document>> {
-        {
-            let state = self.readable()?;
-            Self::check_corrupt(&state, id)?;
-            match state.store.record(id) {
-                None => return Ok(None),
-                Some(record) if record.is_deleted() => return Ok(None),
-                Some(record) => {
-                    if let Some(document) = record.data() {
-                        return Ok(Some(document.clone()));
-                    }
-                }
-            }
+        if let Some(found) = self.get_in_memory(id)? {
+            return Ok(found);
         }
         Ok(self
             .record(id)
             .await?
             .and_then(|record| record.data().cloned()))
+    }
+
+    /// [`get_document`](Self::get_document) when memory alone answers it,
+    /// without waiting: `None` when the document was left in storage (see
+    /// [`OpenOptions::cache_bytes`]).
+    pub fn get_in_memory(&self, id: &str) -> Result<Option<Option<Document>>> {
+        let state = self.readable()?;
+        Self::check_corrupt(&state, id)?;
+        Ok(match state.store.record(id) {
+            None => Some(None),
+            Some(record) if record.is_deleted() => Some(None),
+            Some(record) => record.data().map(|document| Some(document.clone())),
+        })
     }
 
     /// The live value under `id` as JSON.

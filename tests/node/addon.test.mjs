@@ -171,6 +171,29 @@ test('without the addon, Node falls back to WebAssembly in memory with a one-lin
   assert.equal(withPackage.stderr, '');
 });
 
+test('with a small cacheBytes, documents left in the SQLite file are read back by get, list and query', { skip }, async () => {
+  const path = join(scratch, 'cache.db');
+  const doc = (i) => ({ i, kind: i % 3 === 0 ? 'fizz' : 'plain', text: 'y'.repeat(200) });
+  const writer = await PluresDB.open('cache', { path, cacheBytes: 4096 });
+  await writer.putMany(Array.from({ length: 500 }, (_, i) => [`n${String(i).padStart(3, '0')}`, doc(i)]));
+  await writer.close();
+
+  const db = await PluresDB.open('cache', { path, cacheBytes: 4096, indexes: ['kind'] });
+  // Most documents are in the file only: `get` takes the addon's
+  // asynchronous path for them.
+  for (let i = 0; i < 500; i += 1) {
+    assert.deepEqual(await db.get(`n${String(i).padStart(3, '0')}`), doc(i));
+  }
+  const page = await db.list({ prefix: 'n1', limit: 1000 });
+  assert.deepEqual(page.items.map((item) => item.data), Array.from({ length: 100 }, (_, i) => doc(100 + i)));
+  const fizz = await db.query({ where: { kind: 'fizz' } });
+  assert.equal(fizz.length, 167);
+  assert.ok(fizz.every((item) => item.data.i % 3 === 0 && item.data.text.length === 200));
+  await db.close();
+  await assert.rejects(PluresDB.open('cache', { path, cacheBytes: -1 }), { name: 'InvalidInputError' });
+  await assert.rejects(PluresDB.open('cache', { path, cacheBytes: 'lots' }), { name: 'InvalidInputError' });
+});
+
 test('bad input to the addon is a typed error and loses nothing', { skip }, async () => {
   const db = await PluresDB.open('addon-bad-input', { storage: 'memory' });
   await db.put('keep', { ok: true });

@@ -451,11 +451,8 @@ impl NativeDatabase {
     /// (the wrapper still returns a promise).
     #[napi(catch_unwind)]
     pub fn get(&self, id: String) -> Result<Option<Either<String, bool>>> {
-        use futures::FutureExt;
-        match self.db.get_document(&id).now_or_never() {
-            Some(result) => Ok(result
-                .map_err(|e| js_error(&e))?
-                .map(|document| Either::A(document.as_str().to_owned()))),
+        match self.db.get_in_memory(&id).map_err(|e| js_error(&e))? {
+            Some(found) => Ok(found.map(|document| Either::A(document.as_str().to_owned()))),
             None => Ok(Some(Either::B(false))),
         }
     }
