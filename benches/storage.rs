@@ -1,6 +1,7 @@
 //! Native storage, side by side in one run: PluresDB on SQLite against raw
 //! rusqlite doing the same work (`putMany` of 100,000 JSON records in one
-//! transaction; reading one record by id). Figures in docs/BENCHMARKS.md.
+//! transaction; reading one record by id, from memory and from the file).
+//! Figures in docs/BENCHMARKS.md.
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
@@ -148,6 +149,24 @@ mod native {
             b.iter(|| {
                 i = (i + 7919) % RECORDS;
                 futures::executor::block_on(db.get(&format!("doc:{i:06}")))
+                    .unwrap()
+                    .unwrap()
+            })
+        });
+        // The same file opened with no document cache: every get reads its
+        // row back from SQLite, as for a database far larger than memory.
+        runtime.block_on(db.close()).unwrap();
+        let storage = SqliteStorage::open(dir.path().join("p.db")).unwrap();
+        let uncached = OpenOptions {
+            cache_bytes: 0,
+            ..OpenOptions::default()
+        };
+        let db = runtime.block_on(Database::open(storage, uncached)).unwrap();
+        group.bench_function("pluresdb, document not in memory", |b| {
+            b.iter(|| {
+                i = (i + 7919) % RECORDS;
+                runtime
+                    .block_on(db.get(&format!("doc:{i:06}")))
                     .unwrap()
                     .unwrap()
             })
