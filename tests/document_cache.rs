@@ -64,6 +64,22 @@ fn assert_within_cache(db: &Database<SqliteStorage>, when: &str) {
     );
 }
 
+/// The documents of every version of `id` (all must be there), sorted by
+/// their text.
+async fn version_documents<S: pluresdb::storage::Storage>(
+    db: &Database<S>,
+    id: &str,
+) -> Vec<Value> {
+    let record = db.record(id).await.unwrap().unwrap();
+    let mut documents: Vec<Value> = record
+        .versions()
+        .iter()
+        .map(|version| version.document().unwrap().to_value())
+        .collect();
+    documents.sort_by_key(|value| value.to_string());
+    documents
+}
+
 /// The ids a query through the `category` index finds, sorted.
 async fn indexed_ids(db: &Database<SqliteStorage>, category: &str) -> Vec<String> {
     let indexed = Query::from_json(&json!({ "where": { "category": category } })).unwrap();
@@ -173,32 +189,23 @@ async fn a_peers_concurrent_write_keeps_the_document_left_in_storage() {
         .await
         .unwrap();
 
-    let mut versions: Vec<Value> = a
-        .record(&id(0))
-        .await
-        .unwrap()
-        .unwrap()
-        .versions()
-        .iter()
-        .map(|version| version.document().unwrap().to_value())
-        .collect();
-    versions.sort_by_key(|value| value.to_string());
     let mut expected = vec![document(0), json!({ "from": "peer" })];
     expected.sort_by_key(|value| value.to_string());
-    assert_eq!(versions, expected, "both concurrent versions, in memory");
+    assert_eq!(
+        version_documents(&a, &id(0)).await,
+        expected,
+        "both concurrent versions, in memory"
+    );
     assert_eq!(a.conflicts(&id(0)).await.unwrap().len(), 1);
     a.close().await.unwrap();
 
     // The merged row was written whole: both documents are in the file.
     let reopened = open(&path, usize::MAX).await;
-    let record = reopened.record(&id(0)).await.unwrap().unwrap();
-    let mut stored: Vec<Value> = record
-        .versions()
-        .iter()
-        .map(|version| version.document().unwrap().to_value())
-        .collect();
-    stored.sort_by_key(|value| value.to_string());
-    assert_eq!(stored, expected, "both concurrent versions, in the file");
+    assert_eq!(
+        version_documents(&reopened, &id(0)).await,
+        expected,
+        "both concurrent versions, in the file"
+    );
 }
 
 #[tokio::test]
@@ -365,17 +372,10 @@ async fn a_local_write_prepared_during_a_peers_commit_keeps_its_document() {
     remote.await.unwrap().unwrap();
     local.await.unwrap().unwrap();
 
-    let mut versions: Vec<Value> = db
-        .record("k")
-        .await
-        .unwrap()
-        .unwrap()
-        .versions()
-        .iter()
-        .map(|version| version.document().unwrap().to_value())
-        .collect();
-    versions.sort_by_key(|value| value.to_string());
-    assert_eq!(versions, vec![json!("from the peer"), json!("second")]);
+    assert_eq!(
+        version_documents(&db, "k").await,
+        vec![json!("from the peer"), json!("second")]
+    );
     db.close().await.unwrap();
     let reopened = Database::open(storage, OpenOptions::default())
         .await
