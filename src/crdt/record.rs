@@ -317,9 +317,9 @@ impl Version {
                 writer.str(document.as_str());
             }
             // Never reached: a database fills every body of a record before
-            // encoding it (and refuses to commit a record it could not
-            // fill). An empty text is not JSON, so such an encoding could
-            // never decode as a document by mistake.
+            // encoding it, refuses to commit a record it could not fill, and
+            // fills the documents of a delta. An empty text is not JSON, so
+            // a peer would refuse such an encoding rather than store it.
             Some(Body::Stored(_)) => {
                 debug_assert!(false, "encoding a body left in storage");
                 writer.str("");
