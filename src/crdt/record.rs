@@ -192,23 +192,39 @@ pub enum Body {
     /// The document, in memory.
     Resident(Document),
     /// Left in storage (the database's row for the record holds it); the
-    /// document's length in bytes.
+    /// document's length in bytes. Not in the browser build, where no
+    /// document leaves memory: with one variant, `Option<Body>` takes a
+    /// pointer's room there (the null niche), 4 bytes a version less.
+    #[cfg(not(target_arch = "wasm32"))]
     Stored(u32),
 }
+
+// The browser build keeps every version's body in a pointer's room, as a
+// bare `Option<Document>` would (a million notes hold a version each).
+#[cfg(target_arch = "wasm32")]
+const _: () =
+    assert!(std::mem::size_of::<Option<Body>>() == std::mem::size_of::<Option<Document>>());
 
 impl Body {
     /// The document, when it is in memory.
     pub fn document(&self) -> Option<&Document> {
         match self {
             Body::Resident(document) => Some(document),
+            #[cfg(not(target_arch = "wasm32"))]
             Body::Stored(_) => None,
         }
+    }
+
+    /// True when the document was left in storage.
+    pub fn is_stored(&self) -> bool {
+        self.document().is_none()
     }
 
     /// The document's length in bytes, wherever it is.
     pub fn len(&self) -> usize {
         match self {
             Body::Resident(document) => document.as_str().len(),
+            #[cfg(not(target_arch = "wasm32"))]
             Body::Stored(len) => *len as usize,
         }
     }
@@ -219,6 +235,7 @@ impl Body {
     }
 
     /// The same body, left in storage.
+    #[cfg(not(target_arch = "wasm32"))]
     fn stored(&self) -> Body {
         Body::Stored(u32::try_from(self.len()).unwrap_or(u32::MAX))
     }
@@ -239,6 +256,7 @@ impl PartialEq for Body {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Body::Resident(a), Body::Resident(b)) => a == b,
+            #[cfg(not(target_arch = "wasm32"))]
             _ => self.len() == other.len(),
         }
     }
@@ -248,6 +266,7 @@ impl fmt::Debug for Body {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Body::Resident(document) => document.fmt(f),
+            #[cfg(not(target_arch = "wasm32"))]
             Body::Stored(len) => write!(f, "<{len} bytes in storage>"),
         }
     }
@@ -320,6 +339,7 @@ impl Version {
             // encoding it, refuses to commit a record it could not fill, and
             // fills the documents of a delta. An empty text is not JSON, so
             // a peer would refuse such an encoding rather than store it.
+            #[cfg(not(target_arch = "wasm32"))]
             Some(Body::Stored(_)) => {
                 debug_assert!(false, "encoding a body left in storage");
                 writer.str("");
@@ -464,7 +484,7 @@ impl Record {
             || self
                 .versions
                 .iter()
-                .all(|version| !matches!(version.data, Some(Body::Stored(_))))
+                .all(|version| !version.data.as_ref().is_some_and(Body::is_stored))
     }
 
     /// Bytes of document text held in memory.
@@ -477,15 +497,21 @@ impl Record {
     }
 
     /// Leaves every body in storage, keeping its length; returns the bytes
-    /// it gave back.
+    /// it gave back. In the browser build, where no document leaves memory,
+    /// it keeps them and returns 0.
     pub fn leave_bodies_in_storage(&mut self) -> usize {
-        let freed = self.resident_bytes();
-        for version in &mut self.versions {
-            if let Some(body) = &mut version.data {
-                *body = body.stored();
+        #[cfg(target_arch = "wasm32")]
+        return 0;
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let freed = self.resident_bytes();
+            for version in &mut self.versions {
+                if let Some(body) = &mut version.data {
+                    *body = body.stored();
+                }
             }
+            freed
         }
-        freed
     }
 
     /// Takes the bodies this record left in storage from `stored`, the
@@ -495,7 +521,7 @@ impl Record {
     pub fn fill_bodies(&mut self, stored: &Record) -> bool {
         let mut complete = true;
         for version in &mut self.versions {
-            if !matches!(version.data, Some(Body::Stored(_))) {
+            if !version.data.as_ref().is_some_and(Body::is_stored) {
                 continue;
             }
             let dot = version.dot();

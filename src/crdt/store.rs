@@ -411,7 +411,7 @@ impl CrdtStore {
             .filter_map(|op| {
                 let (id, record) = self.records.get_key_value(&*op.id)?;
                 let kept = record.versions().iter().any(|version| {
-                    matches!(version.data, Some(Body::Stored(_)))
+                    version.data.as_ref().is_some_and(Body::is_stored)
                         && !version.is_superseded_by(&op.version)
                 });
                 kept.then(|| id.clone())
