@@ -18,7 +18,7 @@ use futures::StreamExt;
 
 use crate::crdt::{
     decode_operations, validate_id, ActorId, Change, ChangeKind, CrdtOperation, CrdtStore,
-    Document, Record, RestoredRecords, Version, VersionVector,
+    Document, Record, RestoredRecords, Version, VersionVector, DOCUMENTS_MAY_LEAVE_MEMORY,
 };
 use crate::error::{Error, InputError, Result, StorageError};
 use crate::index::{IndexConfig, VectorIndex};
@@ -29,8 +29,8 @@ mod field_index;
 mod sync;
 mod vector;
 
-use field_index::FieldIndexes;
 pub use field_index::QueryPlan;
+use field_index::{FieldIndexBuilder, FieldIndexes};
 pub use sync::{SyncHandle, SyncState, SyncStatus};
 
 use crate::storage::{
@@ -367,12 +367,34 @@ impl<S: Storage> Database<S> {
         // bytes are freed once it and the rest of its stored value are
         // decoded): a database is never in memory twice, as stored rows and
         // as records, while it opens.
+        //
+        // With a cache on storage that reads rows back (one row per id),
+        // each record's fields are indexed as it arrives, and once the
+        // documents kept reach the cache the rest are left in storage right
+        // away: the peak while opening is what stays resident per record
+        // plus the cache, not the whole database.
+        let bounded_open = DOCUMENTS_MAY_LEAVE_MEMORY
+            && storage.reads_records()
+            && options.cache_bytes != usize::MAX;
+        let mut opening_fields = bounded_open.then(|| FieldIndexBuilder::new(&options.indexes));
+        let mut documents_kept = 0usize;
         let mut records = RestoredRecords::default();
         let mut corrupt = HashMap::new();
         for entry in std::mem::take(&mut loaded.records) {
             match entry? {
                 StoredEntry::Row(row) => match Record::from_stored_bytes(row.bytes()) {
-                    Ok(record) if record.id().as_bytes() == row.id_bytes() => records.push(record),
+                    Ok(mut record) if record.id().as_bytes() == row.id_bytes() => {
+                        if let Some(fields) = &mut opening_fields {
+                            fields.add(&record);
+                            let bytes = record.resident_bytes();
+                            if documents_kept.saturating_add(bytes) > options.cache_bytes {
+                                record.leave_bodies_in_storage();
+                            } else {
+                                documents_kept += bytes;
+                            }
+                        }
+                        records.push(record)
+                    }
                     Ok(record) => {
                         corrupt.insert(
                             row.id().to_owned(),
@@ -425,10 +447,11 @@ impl<S: Storage> Database<S> {
             .collect();
         let (index, dropped_segments) =
             vector::build_index(options.index.clone(), loaded.segments, &store);
-        let fields = FieldIndexes::build(&options.indexes, &store);
-        // Indexes are built from every document: only now may documents
-        // leave memory.
-        if storage.reads_records() && options.cache_bytes != usize::MAX {
+        let fields = match opening_fields {
+            Some(fields) => fields.finish(),
+            None => FieldIndexes::build(&options.indexes, &store),
+        };
+        if bounded_open {
             store.keep_bodies_within(options.cache_bytes);
         }
 

@@ -425,7 +425,9 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
     /// True when [`read_records`](Self::read_records) reads rows back by id,
     /// so a database may leave document bodies in storage and read them
     /// when asked for (`OpenOptions::cache_bytes`). False by default: the
-    /// database then keeps every body in memory.
+    /// database then keeps every body in memory. A backend that reads rows
+    /// back also loads one row per id (the database indexes each record
+    /// and may leave its body in storage as it arrives).
     fn reads_records(&self) -> bool {
         false
     }

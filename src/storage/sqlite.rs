@@ -18,7 +18,9 @@
 //! consistent). [`Durability::Full`] (`synchronous=FULL`) syncs every commit.
 //!
 //! Each transaction runs on tokio's blocking pool, so async callers never
-//! block the runtime. Actor slots are advisory file locks on
+//! block the runtime; only a file's load hands its rows over in pages read
+//! on the opening thread, so a database larger than memory can open within
+//! its cache. Actor slots are advisory file locks on
 //! `<file>.slot-<n>.lock`, released by the OS if the process dies.
 
 use std::fs::{File, OpenOptions};
@@ -29,7 +31,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
     merge_meta_rows, merge_record_rows, CommitBatch, CommitReceipt, LoadedRecords, LoadedState,
-    RowStream, SlotLease, Storage, StreamedRows, MERGEABLE_META,
+    RowStream, SlotLease, Storage, StoredEntry, StoredRow, StreamedRows, MERGEABLE_META,
 };
 use crate::error::StorageError;
 
@@ -309,6 +311,132 @@ fn rows_written_after(
         .map_err(|e| sqlite_error("reading rows of other writers", e))
 }
 
+/// Reads the generation (first, so that a read transaction's snapshot
+/// starts with it), the metadata and the index segments.
+fn load_all_but_records(connection: &Connection) -> Result<LoadedState, StorageError> {
+    let mut state = LoadedState {
+        generation: read_generation(connection)?,
+        ..LoadedState::default()
+    };
+    let mut meta = connection
+        .prepare("SELECT key, value FROM meta")
+        .map_err(|e| sqlite_error("reading metadata", e))?;
+    let rows = meta
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })
+        .map_err(|e| sqlite_error("reading metadata", e))?;
+    for row in rows {
+        let (key, value) = row.map_err(|e| sqlite_error("reading metadata", e))?;
+        if key != GENERATION_KEY {
+            state.meta.insert(key, value);
+        }
+    }
+    let mut segments = connection
+        .prepare("SELECT id, value FROM segments")
+        .map_err(|e| sqlite_error("reading index segments", e))?;
+    let rows = segments
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })
+        .map_err(|e| sqlite_error("reading index segments", e))?;
+    for row in rows {
+        state
+            .segments
+            .push(row.map_err(|e| sqlite_error("reading an index segment", e))?);
+    }
+    Ok(state)
+}
+
+/// Rows read in one step of a load: at most this many...
+const LOAD_PAGE_ROWS: usize = 512;
+/// ...and not many more bytes than this.
+const LOAD_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The record rows of a file being loaded, read in pages in id order from
+/// a read transaction held open on `reader` until the last page (so every
+/// page comes from the snapshot the generation was read in). Reads run on
+/// the thread that takes the rows: the database's open, which decodes them.
+struct PagedRecords {
+    reader: Connection,
+    /// The last id handed over.
+    after: Option<String>,
+    page: std::vec::IntoIter<(String, Vec<u8>)>,
+    finished: bool,
+}
+
+impl PagedRecords {
+    fn read_page(&mut self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        // Two statements, so that every page is a seek in the primary key
+        // (an `OR` in one condition would make each page a scan).
+        let limit = LOAD_PAGE_ROWS as i64;
+        let mut select = match &self.after {
+            None => self
+                .reader
+                .prepare_cached("SELECT id, value FROM records ORDER BY id LIMIT ?1"),
+            Some(_) => self
+                .reader
+                .prepare_cached("SELECT id, value FROM records WHERE id > ?1 ORDER BY id LIMIT ?2"),
+        }
+        .map_err(|e| sqlite_error("preparing a read", e))?;
+        let mut rows = match &self.after {
+            None => select.query(params![limit]),
+            Some(after) => select.query(params![after, limit]),
+        }
+        .map_err(|e| sqlite_error("reading records", e))?;
+        let mut page = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| sqlite_error("reading a record", e))?
+        {
+            let id: String = row
+                .get(0)
+                .map_err(|e| sqlite_error("reading a record", e))?;
+            let value: Vec<u8> = row
+                .get(1)
+                .map_err(|e| sqlite_error("reading a record", e))?;
+            bytes += id.len() + value.len();
+            page.push((id, value));
+            if bytes >= LOAD_PAGE_BYTES {
+                break;
+            }
+        }
+        Ok(page)
+    }
+}
+
+impl Iterator for PagedRecords {
+    type Item = Result<StoredEntry, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((id, row)) = self.page.next() {
+                return Some(Ok(StoredEntry::Row(StoredRow::new(id, row))));
+            }
+            if self.finished {
+                return None;
+            }
+            match self.read_page() {
+                Ok(page) if page.is_empty() => {
+                    self.finished = true;
+                    // Ends the read transaction (the connection closes when
+                    // the load is dropped).
+                    let _ = self.reader.execute_batch("COMMIT");
+                }
+                Ok(page) => {
+                    self.after = page.last().map(|(id, _)| id.clone());
+                    self.page = page.into_iter();
+                }
+                Err(error) => {
+                    self.finished = true;
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+}
+
 fn read_generation(connection: &Connection) -> Result<u64, StorageError> {
     let value: Option<Vec<u8>> = connection
         .query_row(
@@ -542,56 +670,54 @@ impl Storage for SqliteStorage {
     }
 
     async fn load(&self) -> Result<LoadedState, StorageError> {
-        self.with_connection(|connection| {
-            let transaction = connection
-                .transaction()
+        let Some(path) = self.path.clone() else {
+            // In memory: nothing to bound; read everything on the one
+            // connection there is.
+            return self
+                .with_connection(|connection| {
+                    let transaction = connection
+                        .transaction()
+                        .map_err(|e| sqlite_error("starting a read", e))?;
+                    let mut state = load_all_but_records(&transaction)?;
+                    let rows = {
+                        let mut records = transaction
+                            .prepare("SELECT id, value FROM records")
+                            .map_err(|e| sqlite_error("reading records", e))?;
+                        let rows = records
+                            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                            .map_err(|e| sqlite_error("reading records", e))?;
+                        rows.collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| sqlite_error("reading a record", e))?
+                    };
+                    state.records = LoadedRecords::from_rows(rows);
+                    Ok(state)
+                })
+                .await;
+        };
+        // A file: its rows are handed over a page at a time from a read
+        // transaction on a connection of their own (one snapshot with the
+        // generation and metadata), so the database decodes each page, and
+        // may leave documents in storage, before the next is read.
+        tokio::task::spawn_blocking(move || {
+            let reader = Connection::open(&path)
+                .map_err(|e| sqlite_error(&format!("opening {} to load it", path.display()), e))?;
+            reader
+                .busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(|e| sqlite_error("setting the busy timeout", e))?;
+            reader
+                .execute_batch("BEGIN")
                 .map_err(|e| sqlite_error("starting a read", e))?;
-            let mut state = LoadedState::default();
-            {
-                let mut records = transaction
-                    .prepare("SELECT id, value FROM records")
-                    .map_err(|e| sqlite_error("reading records", e))?;
-                let rows = records
-                    .query_map([], |row| {
-                        Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
-                    })
-                    .map_err(|e| sqlite_error("reading records", e))?;
-                let rows = rows
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| sqlite_error("reading a record", e))?;
-                state.records = LoadedRecords::from_rows(rows);
-                let mut meta = transaction
-                    .prepare("SELECT key, value FROM meta")
-                    .map_err(|e| sqlite_error("reading metadata", e))?;
-                let rows = meta
-                    .query_map([], |row| {
-                        Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
-                    })
-                    .map_err(|e| sqlite_error("reading metadata", e))?;
-                for row in rows {
-                    let (key, value) = row.map_err(|e| sqlite_error("reading metadata", e))?;
-                    if key != GENERATION_KEY {
-                        state.meta.insert(key, value);
-                    }
-                }
-                let mut segments = transaction
-                    .prepare("SELECT id, value FROM segments")
-                    .map_err(|e| sqlite_error("reading index segments", e))?;
-                let rows = segments
-                    .query_map([], |row| {
-                        Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
-                    })
-                    .map_err(|e| sqlite_error("reading index segments", e))?;
-                for row in rows {
-                    state
-                        .segments
-                        .push(row.map_err(|e| sqlite_error("reading an index segment", e))?);
-                }
-            }
-            state.generation = read_generation(&transaction)?;
+            let mut state = load_all_but_records(&reader)?;
+            state.records = LoadedRecords::streamed(PagedRecords {
+                reader,
+                after: None,
+                page: Vec::new().into_iter(),
+                finished: false,
+            });
             Ok(state)
         })
         .await
+        .map_err(|e| StorageError::Backend(format!("the storage task failed: {e}")))?
     }
 
     fn reads_records(&self) -> bool {
