@@ -18,9 +18,10 @@
 //! consistent). [`Durability::Full`] (`synchronous=FULL`) syncs every commit.
 //!
 //! Each transaction runs on tokio's blocking pool, so async callers never
-//! block the runtime; only a file's load hands its rows over in pages read
-//! on the opening thread, so a database larger than memory can open within
-//! its cache. Actor slots are advisory file locks on
+//! block the runtime for long. Two exceptions: a file's load hands its rows
+//! over in pages read on the opening thread, so a database larger than
+//! memory can open within its cache; and a read of a few rows by id runs
+//! on the caller's thread when no commit holds the connection. Actor slots are advisory file locks on
 //! `<file>.slot-<n>.lock`, released by the OS if the process dies.
 
 use std::fs::{File, OpenOptions};
@@ -309,6 +310,37 @@ fn rows_written_after(
         .map_err(|e| sqlite_error("reading rows of other writers", e))?;
     rows.collect::<rusqlite::Result<Vec<_>>>()
         .map_err(|e| sqlite_error("reading rows of other writers", e))
+}
+
+/// Reads of at most this many rows may run on the caller's thread
+/// (`Storage::read_records`): a `get` or `record` of a document left in
+/// the file.
+const INLINE_READ_ROWS: usize = 4;
+
+/// The rows of those of `ids` that exist, in one read transaction.
+fn read_rows(
+    connection: &mut Connection,
+    ids: Vec<String>,
+) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+    let transaction = connection
+        .transaction()
+        .map_err(|e| sqlite_error("starting a read", e))?;
+    let mut rows = Vec::with_capacity(ids.len());
+    {
+        let mut select = transaction
+            .prepare_cached("SELECT value FROM records WHERE id = ?1")
+            .map_err(|e| sqlite_error("preparing a read", e))?;
+        for id in ids {
+            let row = select
+                .query_row([&id], |row| row.get::<_, Vec<u8>>(0))
+                .optional()
+                .map_err(|e| sqlite_error("reading a record", e))?;
+            if let Some(row) = row {
+                rows.push((id, row));
+            }
+        }
+    }
+    Ok(rows)
 }
 
 /// Reads the generation (first, so that a read transaction's snapshot
@@ -725,28 +757,16 @@ impl Storage for SqliteStorage {
     }
 
     async fn read_records(&self, ids: Vec<String>) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
-        self.with_connection(move |connection| {
-            let transaction = connection
-                .transaction()
-                .map_err(|e| sqlite_error("starting a read", e))?;
-            let mut rows = Vec::with_capacity(ids.len());
-            {
-                let mut select = transaction
-                    .prepare_cached("SELECT value FROM records WHERE id = ?1")
-                    .map_err(|e| sqlite_error("preparing a read", e))?;
-                for id in ids {
-                    let row = select
-                        .query_row([&id], |row| row.get::<_, Vec<u8>>(0))
-                        .optional()
-                        .map_err(|e| sqlite_error("reading a record", e))?;
-                    if let Some(row) = row {
-                        rows.push((id, row));
-                    }
-                }
+        // A few rows are read on the caller's thread when no commit holds
+        // the connection: a lookup by primary key takes microseconds, about
+        // what the hop to the blocking pool and back costs by itself.
+        if ids.len() <= INLINE_READ_ROWS {
+            if let Ok(mut connection) = self.connection.try_lock() {
+                return read_rows(&mut connection, ids);
             }
-            Ok(rows)
-        })
-        .await
+        }
+        self.with_connection(move |connection| read_rows(connection, ids))
+            .await
     }
 
     async fn commit(&self, batch: CommitBatch) -> Result<CommitReceipt, StorageError> {
