@@ -380,7 +380,7 @@ function nativeSection(docsDir, n) {
   const reads = ['sqlite get by id/pluresdb', 'sqlite get by id/pluresdb, document not in memory', 'sqlite get by id/raw rusqlite'].filter(get);
   if (reads.length) {
     out.push('### Get one record by id (and parse it)', '');
-    out.push('"Document not in memory" opens the same file with `cache_bytes: 0`, so every get reads its row back from SQLite (one `SELECT` on the storage thread), as for a database far larger than its cache.', '');
+    out.push('"Document not in memory" opens the same file with `cache_bytes: 0`, so every get reads its row back from SQLite (one `SELECT`, on the caller\'s thread when no commit holds the connection), as for a database far larger than its cache.', '');
     const micro = (stat) => ({ median: stat.median * 1000, min: stat.min * 1000, max: stat.max * 1000 });
     const readBase = get('sqlite get by id/pluresdb');
     out.push(table(['implementation', 'time', 'this ÷ PluresDB'], reads.map((id) => [
