@@ -382,3 +382,88 @@ async fn a_local_write_prepared_during_a_peers_commit_keeps_its_document() {
         .unwrap();
     assert_eq!(reopened.conflicts("k").await.unwrap().len(), 1);
 }
+
+/// A handle that opens while another writes the same file reads one
+/// snapshot: the file's rows reach it a page at a time (`SqliteStorage`'s
+/// load), and every page must come from the state the first one did, so
+/// each committed batch is there whole or not at all. The batches' ids are
+/// spread over the whole key range, so a page read after a commit that an
+/// earlier page missed would split that batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_opened_during_another_writers_commits_sees_whole_batches() {
+    const BATCHES: usize = 60;
+    const PER_BATCH: usize = 40;
+    let batch_id = |i: usize, batch: usize| format!("w{i:02}-{batch:03}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.db");
+    let writer = open(&path, usize::MAX).await;
+    // Enough rows before the first open that its load takes several pages.
+    writer
+        .put_many((0..2_000).map(|n| (id(n), Document::from_value(&document(n)).unwrap())))
+        .await
+        .unwrap();
+    let writing = tokio::spawn(async move {
+        for batch in 0..BATCHES {
+            writer
+                .put_many((0..PER_BATCH).map(|i| {
+                    let value = json!({ "batch": batch, "i": i, "text": "y".repeat(200) });
+                    (batch_id(i, batch), Document::from_value(&value).unwrap())
+                }))
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+        }
+        writer.close().await.unwrap();
+    });
+    let mut opens = 0;
+    let mut seen_partway = 0;
+    loop {
+        let finished = writing.is_finished();
+        let reader = open(&path, CACHE).await;
+        let mut per_batch = vec![0usize; BATCHES];
+        let mut cursor = None;
+        loop {
+            let page = reader
+                .list(&ListOptions {
+                    prefix: "w".into(),
+                    limit: Some(500),
+                    cursor: cursor.take(),
+                })
+                .await
+                .unwrap();
+            for (id, document) in &page.items {
+                let value = document.to_value();
+                let batch = value["batch"].as_u64().unwrap() as usize;
+                assert_eq!(*id, batch_id(value["i"].as_u64().unwrap() as usize, batch));
+                per_batch[batch] += 1;
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let whole = per_batch
+            .iter()
+            .take_while(|count| **count == PER_BATCH)
+            .count();
+        assert!(
+            per_batch[whole..].iter().all(|count| *count == 0),
+            "open {opens}: batches committed while it loaded are split: {per_batch:?}"
+        );
+        assert_eq!(reader.get(&id(1_999)).await.unwrap(), Some(document(1_999)));
+        if whole > 0 && whole < BATCHES {
+            seen_partway += 1;
+        }
+        reader.close().await.unwrap();
+        opens += 1;
+        if finished {
+            assert_eq!(whole, BATCHES, "the last open sees every batch");
+            break;
+        }
+    }
+    writing.await.unwrap();
+    assert!(
+        seen_partway > 0,
+        "no open ran while the writer was part way ({opens} opens)"
+    );
+}
