@@ -228,6 +228,25 @@ async fn a_document_another_writer_superseded_is_read_as_the_newer_one() {
         other => panic!("expected an upsert of {}, got {other:?}", id(1)),
     }
     assert_eq!(a.conflicts(&id(1)).await.unwrap().len(), 0);
+
+    // A list, which reads documents back without caching them, meets a
+    // row `b` superseded in the same way.
+    b.put(&id(2), json!({ "rewritten": 2 })).await.unwrap();
+    let listed = a
+        .list(&ListOptions {
+            prefix: "note:0000".into(),
+            ..ListOptions::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 10);
+    assert_eq!(listed.items[2].0, id(2));
+    assert_eq!(listed.items[2].1.to_value(), json!({ "rewritten": 2 }));
+    assert_eq!(listed.items[3].1.to_value(), document(3));
+    match events.try_recv() {
+        Ok(pluresdb::SyncEvent::Upsert { id: changed }) => assert_eq!(changed, id(2)),
+        other => panic!("expected an upsert of {}, got {other:?}", id(2)),
+    }
 }
 
 #[tokio::test]
@@ -466,4 +485,55 @@ async fn a_database_opened_during_another_writers_commits_sees_whole_batches() {
         seen_partway > 0,
         "no open ran while the writer was part way ({opens} opens)"
     );
+}
+
+/// Reads of one record keep what they read back in the cache; lists,
+/// queries and searches pass their documents through, so a scan of the
+/// whole database leaves the documents in use where they were.
+#[tokio::test]
+async fn a_scan_does_not_push_out_the_documents_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scan.db");
+    filled(&path, CACHE).await.close().await.unwrap();
+    let db = open(&path, CACHE).await;
+    // Opening keeps documents in id order until the cache is full: the
+    // last ones are in the file only.
+    let in_use: Vec<String> = (RECORDS - 10..RECORDS).map(id).collect();
+    for id in &in_use {
+        assert!(
+            db.get_in_memory(id).unwrap().is_none(),
+            "{id} starts in the file"
+        );
+        db.get(id).await.unwrap().unwrap();
+        assert!(
+            db.get_in_memory(id).unwrap().is_some(),
+            "{id} is cached once read"
+        );
+    }
+    let cached = db.stats().unwrap().cached_bytes;
+
+    let listed = db
+        .list(&ListOptions {
+            prefix: "note:".into(),
+            ..ListOptions::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), RECORDS);
+    assert_eq!(indexed_ids(&db, "c3").await, expected_in("c3"));
+    let scan = Query::from_json(&json!({ "where": { "n": { "$gte": 0 } } })).unwrap();
+    assert_eq!(db.query(&scan).await.unwrap().len(), RECORDS);
+
+    for id in &in_use {
+        assert!(
+            db.get_in_memory(id).unwrap().is_some(),
+            "{id} was pushed out by a scan"
+        );
+    }
+    assert_eq!(
+        db.stats().unwrap().cached_bytes,
+        cached,
+        "the scans cached nothing"
+    );
+    assert_within_cache(&db, "after the scans");
 }

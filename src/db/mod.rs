@@ -161,6 +161,15 @@ pub struct OpenOptions {
 /// The default of [`OpenOptions::cache_bytes`]: 256 MiB of document text.
 pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
+/// How [`Database::visit_passing_through`] ended.
+#[cfg(not(target_arch = "wasm32"))]
+enum Passed {
+    /// Every record was visited, or `visit` stopped it (`done`).
+    Visited { done: bool },
+    /// A row read back no longer holds a version its record left there.
+    Superseded,
+}
+
 /// Records whose documents are read back from storage in one transaction.
 #[cfg(not(target_arch = "wasm32"))]
 const BODY_READ_BATCH: usize = 512;
@@ -808,6 +817,11 @@ impl<S: Storage> Database<S> {
     /// back, a transaction for each batch of records. Stops when `visit`
     /// returns false. Records may change between batches (a batch is read
     /// under one lock, not the whole list).
+    ///
+    /// What one record's read brings back stays in the cache (a `get` of a
+    /// document read again soon). What a read of several brings back (a
+    /// list, a query, a search) is visited from copies and not cached, so a
+    /// scan does not push out the documents in use.
     #[cfg(not(target_arch = "wasm32"))]
     async fn visit_with_bodies(
         &self,
@@ -815,6 +829,16 @@ impl<S: Storage> Database<S> {
         mut visit: impl FnMut(&Record) -> bool,
     ) -> Result<()> {
         for batch in ids.chunks(BODY_READ_BATCH) {
+            if batch.len() > 1 {
+                match self.visit_passing_through(batch, &mut visit).await? {
+                    Passed::Visited { done: true } => break,
+                    Passed::Visited { done: false } => continue,
+                    // Another writer superseded a record of the batch, or a
+                    // commit changed one meanwhile: read it the caching way,
+                    // which merges the newer row.
+                    Passed::Superseded => {}
+                }
+            }
             let mut attempts = 0;
             let mut state = loop {
                 let needed: Vec<Arc<str>> = {
@@ -854,6 +878,60 @@ impl<S: Storage> Database<S> {
             }
         }
         Ok(())
+    }
+
+    /// [`visit_with_bodies`](Self::visit_with_bodies) of one batch without
+    /// caching: the rows of the records whose documents are in storage are
+    /// read, and each such record is visited as a copy filled from its row.
+    /// Visits nothing and answers `Superseded` when a row no longer holds a
+    /// version the record left there.
+    #[cfg(not(target_arch = "wasm32"))]
+    async fn visit_passing_through(
+        &self,
+        batch: &[Arc<str>],
+        visit: &mut impl FnMut(&Record) -> bool,
+    ) -> Result<Passed> {
+        let needed: Vec<String> = {
+            let state = self.readable()?;
+            batch
+                .iter()
+                .filter(|id| state.store.record(id).is_some_and(|r| !r.is_resident()))
+                .map(|id| id.to_string())
+                .collect()
+        };
+        let stored = if needed.is_empty() {
+            HashMap::new()
+        } else {
+            read_stored_records(&self.shared, needed).await?
+        };
+        let state = self.readable()?;
+        let mut copies = Vec::new();
+        for id in batch {
+            let Some(record) = state.store.record(id) else {
+                continue;
+            };
+            if record.is_resident() {
+                continue;
+            }
+            let mut copy = record.clone();
+            match stored.get(&**id) {
+                Some(row) if copy.fill_bodies(row) => copies.push(copy),
+                _ => return Ok(Passed::Superseded),
+            }
+        }
+        let mut copies = copies.iter().peekable();
+        for id in batch {
+            let record = match copies.peek() {
+                Some(copy) if copy.shared_id() == id => copies.next(),
+                _ => state.store.record(id),
+            };
+            if let Some(record) = record {
+                if !visit(record) {
+                    return Ok(Passed::Visited { done: true });
+                }
+            }
+        }
+        Ok(Passed::Visited { done: false })
     }
 
     /// The browser build's `visit_with_bodies`: every document is in
