@@ -537,3 +537,27 @@ async fn a_scan_does_not_push_out_the_documents_in_use() {
     );
     assert_within_cache(&db, "after the scans");
 }
+
+/// A document read again and again stays in memory while far more new
+/// documents than the cache holds pass through it: each read gives it a
+/// second chance when it reaches the front of the queue, instead of
+/// leaving with the documents that came in around it.
+#[tokio::test]
+async fn a_document_read_often_stays_while_new_ones_pass_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hot.db");
+    let db = open(&path, CACHE).await;
+    db.put("hot", json!({ "hot": true })).await.unwrap();
+    for n in 0..RECORDS {
+        db.put(&id(n), document(n)).await.unwrap();
+        if n % 8 == 0 {
+            assert!(
+                db.get_in_memory("hot").unwrap().is_some(),
+                "after {n} writes the document read all along was left in the file"
+            );
+        }
+    }
+    assert_within_cache(&db, "after the writes");
+    // A document nobody read again left long ago.
+    assert!(db.get_in_memory(&id(0)).unwrap().is_none());
+}

@@ -102,6 +102,11 @@ struct BodyCache {
     /// Ids whose bodies came into memory, oldest first. An id may repeat,
     /// or name a record whose bodies left since: those entries are skipped.
     arrivals: VecDeque<Arc<str>>,
+    /// Ids read by themselves while their bodies were in memory, since they
+    /// last reached the front of `arrivals`: such a record goes to the back
+    /// once instead of leaving (a second chance, as in the CLOCK algorithm),
+    /// so documents in use stay while others pass through.
+    read_again: rustc_hash::FxHashSet<Arc<str>>,
 }
 
 impl Default for BodyCache {
@@ -111,6 +116,7 @@ impl Default for BodyCache {
             resident: 0,
             stored: 0,
             arrivals: VecDeque::new(),
+            read_again: Default::default(),
         }
     }
 }
@@ -332,6 +338,23 @@ impl CrdtStore {
         self.make_room(0);
     }
 
+    /// Notes that the record `id` was read by itself while its bodies were
+    /// in memory: [`make_room`](Self::make_room) gives it a second chance.
+    /// Reads are noted only once the cache is half full: before that
+    /// nothing is near leaving, and a get pays no more than a comparison.
+    pub fn note_read(&mut self, id: &str) {
+        let bodies = &self.bodies;
+        if !bodies.enabled()
+            || bodies.resident < bodies.budget / 2
+            || bodies.read_again.contains(id)
+        {
+            return;
+        }
+        if let Some((shared, _)) = self.records.get_key_value(id) {
+            self.bodies.read_again.insert(shared.clone());
+        }
+    }
+
     /// Leaves the oldest bodies in storage until `incoming` more bytes fit
     /// the budget (or no body is left in memory).
     pub fn make_room(&mut self, incoming: usize) {
@@ -344,8 +367,13 @@ impl CrdtStore {
                 break;
             };
             let Some(record) = self.records.get_mut(&id) else {
+                bodies.read_again.remove(&id);
                 continue;
             };
+            if bodies.read_again.remove(&id) {
+                bodies.arrivals.push_back(id);
+                continue;
+            }
             let was_resident = record.is_resident();
             let freed = record.leave_bodies_in_storage();
             bodies.resident = bodies.resident.saturating_sub(freed);

@@ -767,13 +767,17 @@ impl<S: Storage> Database<S> {
     /// without waiting: `None` when the document was left in storage (see
     /// [`OpenOptions::cache_bytes`]).
     pub fn get_in_memory(&self, id: &str) -> Result<Option<Option<Document>>> {
-        let state = self.readable()?;
+        let mut state = self.readable()?;
         Self::check_corrupt(&state, id)?;
-        Ok(match state.store.record(id) {
+        let found = match state.store.record(id) {
             None => Some(None),
             Some(record) if record.is_deleted() => Some(None),
             Some(record) => record.data().map(|document| Some(document.clone())),
-        })
+        };
+        if matches!(found, Some(Some(_))) {
+            state.store.note_read(id);
+        }
+        Ok(found)
     }
 
     /// The live value under `id` as JSON.
@@ -785,11 +789,15 @@ impl<S: Storage> Database<S> {
     /// document in memory (read back from storage when it was left there).
     pub async fn record(&self, id: &str) -> Result<Option<Record>> {
         let shared_id = {
-            let state = self.readable()?;
+            let mut state = self.readable()?;
             Self::check_corrupt(&state, id)?;
             match state.store.record(id) {
                 None => return Ok(None),
-                Some(record) if record.is_resident() => return Ok(Some(record.clone())),
+                Some(record) if record.is_resident() => {
+                    let record = record.clone();
+                    state.store.note_read(id);
+                    return Ok(Some(record));
+                }
                 Some(record) => record.shared_id().clone(),
             }
         };
