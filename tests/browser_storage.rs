@@ -209,13 +209,18 @@ mod indexeddb_specifics {
             .expect("the store was read")
     }
 
-    /// How many values the records store of IndexedDB database `database`
-    /// holds (chunks, and rows of older formats).
-    async fn stored_values(database: &str) -> u32 {
-        read_store(database, "records", "store.count()")
-            .await
-            .as_f64()
-            .expect("a count") as u32
+    /// How many chunks (commits or compaction outputs, however many parts
+    /// each is stored in: keys `[generation, part]`) the records store of
+    /// IndexedDB database `database` holds.
+    async fn stored_chunks(database: &str) -> u32 {
+        read_store(
+            database,
+            "records",
+            "store.getAllKeys()).then((keys) => new Set(keys.map((key) => key[0])).size",
+        )
+        .await
+        .as_f64()
+        .expect("a count") as u32
     }
 
     /// A run of commits is folded at once when what it appended reaches
@@ -238,8 +243,8 @@ mod indexeddb_specifics {
                 .unwrap();
             generation = receipt.generation;
         }
-        let values = stored_values(&format!("pluresdb/{name}")).await;
-        assert!(values < 8, "twelve commits folded: {values} values stored");
+        let chunks = stored_chunks(&format!("pluresdb/{name}")).await;
+        assert!(chunks < 8, "twelve commits folded: {chunks} chunks stored");
         drop(storage);
         let mut loaded = IndexedDbStorage::open(&name)
             .await
@@ -274,8 +279,8 @@ mod indexeddb_specifics {
                 .unwrap();
         }
         db.close().await.unwrap();
-        let values = stored_values(&format!("pluresdb/{name}")).await;
-        assert!(values < 8, "twelve commits folded: {values} values stored");
+        let chunks = stored_chunks(&format!("pluresdb/{name}")).await;
+        assert!(chunks < 8, "twelve commits folded: {chunks} chunks stored");
         let db = Database::open(
             IndexedDbStorage::open(&name).await.unwrap(),
             OpenOptions::default(),
@@ -298,6 +303,76 @@ mod indexeddb_specifics {
         !read_store(database, "meta", &format!("store.get({key:?})"))
             .await
             .is_undefined()
+    }
+
+    /// A database written before the id lists (schema 4) cannot read a
+    /// record back by id: it opens with every document in memory whatever
+    /// its cache, its first upkeep (at the latest when it closes) rewrites
+    /// it with id lists, and opened again it leaves documents in storage.
+    #[wasm_bindgen_test]
+    async fn a_database_without_id_lists_is_rewritten_with_them() {
+        let factory = IndexedDbFactory::new();
+        let name = "no-id-lists";
+        let database = format!("pluresdb/{}-{name}", factory.run);
+        let options = || OpenOptions {
+            cache_bytes: 2_000,
+            ..Default::default()
+        };
+        let text = |i: usize| format!("{i:04}").repeat(100);
+        let db = Database::open(factory.open(name).await, options())
+            .await
+            .unwrap();
+        db.put_many((0..50).map(|i| {
+            let document = pluresdb::crdt::Document::from_value(&json!(text(i))).unwrap();
+            (format!("k{i:02}"), document)
+        }))
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+        // What schema 4 left: chunks, no id lists.
+        let cleared = format!(
+            r#"(async () => {{
+                const request = (r) => new Promise((ok, fail) => {{ r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); }});
+                const db = await request(indexedDB.open({database:?}));
+                const tx = db.transaction('ids', 'readwrite');
+                tx.objectStore('ids').clear();
+                await new Promise((ok) => {{ tx.oncomplete = ok; }});
+                db.close();
+            }})()"#
+        );
+        let promise: js_sys::Promise = js_sys::eval(&cleared).unwrap().into();
+        wasm_bindgen_futures::JsFuture::from(promise).await.unwrap();
+
+        let storage = factory.open(name).await;
+        storage.load().await.unwrap();
+        assert!(
+            !storage.reads_records(),
+            "no id lists: nothing is read back by id"
+        );
+        drop(storage);
+        let db = Database::open(factory.open(name).await, options())
+            .await
+            .unwrap();
+        assert_eq!(db.stats().unwrap().records_in_storage_only, 0);
+        assert_eq!(db.get("k07").await.unwrap(), Some(json!(text(7))));
+        db.close().await.unwrap();
+
+        let storage = factory.open(name).await;
+        storage.load().await.unwrap();
+        assert!(
+            storage.reads_records(),
+            "upkeep at close wrote the id lists"
+        );
+        let db = Database::open(storage, options()).await.unwrap();
+        assert!(db.stats().unwrap().records_in_storage_only > 40);
+        for i in 0..50 {
+            assert_eq!(
+                db.get(&format!("k{i:02}")).await.unwrap(),
+                Some(json!(text(i))),
+                "k{i:02}"
+            );
+        }
+        db.close().await.unwrap();
     }
 
     /// Schema 4 keeps the version vector and HLC in the chunks; a database

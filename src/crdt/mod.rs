@@ -19,7 +19,6 @@ pub use clock::{
 };
 pub use record::{
     decode_operations, encode_operations, validate_id, Body, CrdtOperation, Document, Record,
-    Version, DOCUMENTS_MAY_LEAVE_MEMORY, MAX_DOCUMENT_BYTES, MAX_EMBEDDING_DIM, MAX_ID_BYTES,
-    RECORD_ENCODING_VERSION,
+    Version, MAX_DOCUMENT_BYTES, MAX_EMBEDDING_DIM, MAX_ID_BYTES, RECORD_ENCODING_VERSION,
 };
 pub use store::{Change, ChangeKind, CrdtStore, Preview, RestoredRecords};

@@ -180,11 +180,6 @@ impl fmt::Display for Document {
     }
 }
 
-/// Whether this build may leave documents in storage: natively only, since
-/// the browser's storage cannot read one record back by id yet. The
-/// browser build then carries none of the code that reads them back.
-pub const DOCUMENTS_MAY_LEAVE_MEMORY: bool = cfg!(not(target_arch = "wasm32"));
-
 /// A version's document: in memory, or left in storage by a database whose
 /// bodies outgrew its cache (`OpenOptions::cache_bytes`), with its length.
 #[derive(Clone)]
@@ -192,25 +187,15 @@ pub enum Body {
     /// The document, in memory.
     Resident(Document),
     /// Left in storage (the database's row for the record holds it); the
-    /// document's length in bytes. Not in the browser build, where no
-    /// document leaves memory: with one variant, `Option<Body>` takes a
-    /// pointer's room there (the null niche), 4 bytes a version less.
-    #[cfg(not(target_arch = "wasm32"))]
+    /// document's length in bytes.
     Stored(u32),
 }
-
-// The browser build keeps every version's body in a pointer's room, as a
-// bare `Option<Document>` would (a million notes hold a version each).
-#[cfg(target_arch = "wasm32")]
-const _: () =
-    assert!(std::mem::size_of::<Option<Body>>() == std::mem::size_of::<Option<Document>>());
 
 impl Body {
     /// The document, when it is in memory.
     pub fn document(&self) -> Option<&Document> {
         match self {
             Body::Resident(document) => Some(document),
-            #[cfg(not(target_arch = "wasm32"))]
             Body::Stored(_) => None,
         }
     }
@@ -224,7 +209,6 @@ impl Body {
     pub fn len(&self) -> usize {
         match self {
             Body::Resident(document) => document.as_str().len(),
-            #[cfg(not(target_arch = "wasm32"))]
             Body::Stored(len) => *len as usize,
         }
     }
@@ -235,7 +219,6 @@ impl Body {
     }
 
     /// The same body, left in storage.
-    #[cfg(not(target_arch = "wasm32"))]
     fn stored(&self) -> Body {
         Body::Stored(u32::try_from(self.len()).unwrap_or(u32::MAX))
     }
@@ -256,7 +239,6 @@ impl PartialEq for Body {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Body::Resident(a), Body::Resident(b)) => a == b,
-            #[cfg(not(target_arch = "wasm32"))]
             _ => self.len() == other.len(),
         }
     }
@@ -266,7 +248,6 @@ impl fmt::Debug for Body {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Body::Resident(document) => document.fmt(f),
-            #[cfg(not(target_arch = "wasm32"))]
             Body::Stored(len) => write!(f, "<{len} bytes in storage>"),
         }
     }
@@ -339,7 +320,6 @@ impl Version {
             // encoding it, refuses to commit a record it could not fill, and
             // fills the documents of a delta. An empty text is not JSON, so
             // a peer would refuse such an encoding rather than store it.
-            #[cfg(not(target_arch = "wasm32"))]
             Some(Body::Stored(_)) => {
                 debug_assert!(false, "encoding a body left in storage");
                 writer.str("");
@@ -480,11 +460,9 @@ impl Record {
 
     /// True when every version's body is in memory.
     pub fn is_resident(&self) -> bool {
-        !DOCUMENTS_MAY_LEAVE_MEMORY
-            || self
-                .versions
-                .iter()
-                .all(|version| !version.data.as_ref().is_some_and(Body::is_stored))
+        self.versions
+            .iter()
+            .all(|version| !version.data.as_ref().is_some_and(Body::is_stored))
     }
 
     /// Bytes of document text held in memory.
@@ -497,21 +475,15 @@ impl Record {
     }
 
     /// Leaves every body in storage, keeping its length; returns the bytes
-    /// it gave back. In the browser build, where no document leaves memory,
-    /// it keeps them and returns 0.
+    /// it gave back.
     pub fn leave_bodies_in_storage(&mut self) -> usize {
-        #[cfg(target_arch = "wasm32")]
-        return 0;
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            let freed = self.resident_bytes();
-            for version in &mut self.versions {
-                if let Some(body) = &mut version.data {
-                    *body = body.stored();
-                }
+        let freed = self.resident_bytes();
+        for version in &mut self.versions {
+            if let Some(body) = &mut version.data {
+                *body = body.stored();
             }
-            freed
         }
+        freed
     }
 
     /// Takes the bodies this record left in storage from `stored`, the

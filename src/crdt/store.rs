@@ -17,7 +17,7 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use super::clock::{ActorId, Dot, Hlc, HlcClock, VectorClock, VersionVector};
-use super::record::{Body, CrdtOperation, Document, Record, Version, DOCUMENTS_MAY_LEAVE_MEMORY};
+use super::record::{Body, CrdtOperation, Document, Record, Version};
 use crate::codec::Writer;
 
 /// What a committed batch changed for one record, for subscribers.
@@ -123,7 +123,7 @@ impl Default for BodyCache {
 
 impl BodyCache {
     fn enabled(&self) -> bool {
-        DOCUMENTS_MAY_LEAVE_MEMORY && self.budget != usize::MAX
+        self.budget != usize::MAX
     }
 
     /// What the bookkeeping needs of a record before it changes.
@@ -272,6 +272,26 @@ impl CrdtStore {
         last_hlc: Hlc,
         now_ms: u64,
     ) -> Self {
+        Self::restore_noting_repeats(
+            actor,
+            records,
+            version_vector,
+            last_hlc,
+            now_ms,
+            &mut Vec::new(),
+        )
+    }
+
+    /// [`restore`](Self::restore), adding to `repeated` each id that had
+    /// several rows (once).
+    pub fn restore_noting_repeats(
+        actor: ActorId,
+        records: RestoredRecords,
+        version_vector: VersionVector,
+        last_hlc: Hlc,
+        now_ms: u64,
+        repeated: &mut Vec<Arc<str>>,
+    ) -> Self {
         // Rows may repeat an id (append-only backends): merge them (the
         // merge does not depend on their order). Everything happens in the
         // rows' own buffer: sorted in place (no scratch buffer), repeats
@@ -284,6 +304,9 @@ impl CrdtStore {
         rows.dedup_by(|next, kept| {
             if next.0 == kept.0 {
                 kept.1.merge(&next.1);
+                if repeated.last() != Some(&kept.0) {
+                    repeated.push(kept.0.clone());
+                }
                 true
             } else {
                 false
@@ -320,9 +343,6 @@ impl CrdtStore {
     /// record is durable in storage that can read rows back by id; bodies
     /// come back through [`fill_bodies`](Self::fill_bodies).
     pub fn keep_bodies_within(&mut self, budget: usize) {
-        if !DOCUMENTS_MAY_LEAVE_MEMORY {
-            return;
-        }
         let budget = budget.min(usize::MAX - 1);
         if !self.bodies.enabled() {
             self.bodies.resident = self.records.values().map(Record::resident_bytes).sum();
@@ -404,7 +424,7 @@ impl CrdtStore {
 
     /// True when some record has a body left in storage.
     pub fn has_stored_bodies(&self) -> bool {
-        DOCUMENTS_MAY_LEAVE_MEMORY && self.bodies.stored > 0
+        self.bodies.stored > 0
     }
 
     /// Fills the bodies a record left in storage from `stored`, its row as

@@ -18,7 +18,7 @@ use futures::StreamExt;
 
 use crate::crdt::{
     decode_operations, validate_id, ActorId, Change, ChangeKind, CrdtOperation, CrdtStore,
-    Document, Record, RestoredRecords, Version, VersionVector, DOCUMENTS_MAY_LEAVE_MEMORY,
+    Document, Record, RestoredRecords, Version, VersionVector,
 };
 use crate::error::{Error, InputError, Result, StorageError};
 use crate::index::{IndexConfig, VectorIndex};
@@ -162,7 +162,6 @@ pub struct OpenOptions {
 pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// How [`Database::visit_passing_through`] ended.
-#[cfg(not(target_arch = "wasm32"))]
 enum Passed {
     /// Every record was visited, or `visit` stopped it (`done`).
     Visited { done: bool },
@@ -171,7 +170,6 @@ enum Passed {
 }
 
 /// Records whose documents are read back from storage in one transaction.
-#[cfg(not(target_arch = "wasm32"))]
 const BODY_READ_BATCH: usize = 512;
 
 impl Default for OpenOptions {
@@ -382,9 +380,7 @@ impl<S: Storage> Database<S> {
         // documents kept reach the cache the rest are left in storage right
         // away: the peak while opening is what stays resident per record
         // plus the cache, not the whole database.
-        let bounded_open = DOCUMENTS_MAY_LEAVE_MEMORY
-            && storage.reads_records()
-            && options.cache_bytes != usize::MAX;
+        let bounded_open = storage.reads_records() && options.cache_bytes != usize::MAX;
         let mut opening_fields = bounded_open.then(|| FieldIndexBuilder::new(&options.indexes));
         let mut documents_kept = 0usize;
         let mut records = RestoredRecords::default();
@@ -434,12 +430,14 @@ impl<S: Storage> Database<S> {
             }
             None => Default::default(),
         };
-        let mut store = CrdtStore::restore(
+        let mut repeated = Vec::new();
+        let mut store = CrdtStore::restore_noting_repeats(
             actor,
             records,
             version_vector,
             last_hlc,
             options.clock.now_ms(),
+            &mut repeated,
         );
         let identity = match loaded.meta.get(meta_keys::SYNC_IDENTITY) {
             Some(bytes) => Some(
@@ -457,7 +455,11 @@ impl<S: Storage> Database<S> {
         let (index, dropped_segments) =
             vector::build_index(options.index.clone(), loaded.segments, &store);
         let fields = match opening_fields {
-            Some(fields) => fields.finish(),
+            Some(fields) => {
+                let mut fields = fields.finish();
+                reindex_repeated_rows(&storage, &store, &mut fields, repeated).await?;
+                fields
+            }
             None => FieldIndexes::build(&options.indexes, &store),
         };
         if bounded_open {
@@ -830,7 +832,6 @@ impl<S: Storage> Database<S> {
     /// document read again soon). What a read of several brings back (a
     /// list, a query, a search) is visited from copies and not cached, so a
     /// scan does not push out the documents in use.
-    #[cfg(not(target_arch = "wasm32"))]
     async fn visit_with_bodies(
         &self,
         ids: &[Arc<str>],
@@ -893,7 +894,6 @@ impl<S: Storage> Database<S> {
     /// read, and each such record is visited as a copy filled from its row.
     /// Visits nothing and answers `Superseded` when a row no longer holds a
     /// version the record left there.
-    #[cfg(not(target_arch = "wasm32"))]
     async fn visit_passing_through(
         &self,
         batch: &[Arc<str>],
@@ -942,25 +942,6 @@ impl<S: Storage> Database<S> {
         Ok(Passed::Visited { done: false })
     }
 
-    /// The browser build's `visit_with_bodies`: every document is in
-    /// memory (see `DOCUMENTS_MAY_LEAVE_MEMORY`), so one lock serves all.
-    #[cfg(target_arch = "wasm32")]
-    async fn visit_with_bodies(
-        &self,
-        ids: &[Arc<str>],
-        mut visit: impl FnMut(&Record) -> bool,
-    ) -> Result<()> {
-        let state = self.readable()?;
-        for id in ids {
-            if let Some(record) = state.store.record(id) {
-                if !visit(record) {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Live records in id order, filtered by prefix, paged by cursor.
     pub async fn list(&self, options: &ListOptions) -> Result<Page> {
         let start = match &options.cursor {
@@ -973,7 +954,6 @@ impl<S: Storage> Database<S> {
         let mut items = Vec::new();
         let mut next_cursor = None;
         let prefix = options.prefix.as_str();
-        #[cfg(not(target_arch = "wasm32"))]
         {
             let ids: Option<Vec<Arc<str>>> = {
                 let state = self.readable()?;
@@ -1002,7 +982,6 @@ impl<S: Storage> Database<S> {
 
     /// [`list`](Self::list) of these ids (one more than `limit` when there
     /// is a next page), reading documents back from storage.
-    #[cfg(not(target_arch = "wasm32"))]
     async fn list_read_back(&self, ids: Vec<Arc<str>>, limit: usize) -> Result<Page> {
         let mut items = Vec::new();
         let mut next_cursor = None;
@@ -1039,7 +1018,6 @@ impl<S: Storage> Database<S> {
         &self,
         query: &Query,
     ) -> Result<(Vec<(String, Document)>, QueryPlan)> {
-        #[cfg(not(target_arch = "wasm32"))]
         {
             let stored = {
                 let state = self.readable()?;
@@ -1097,7 +1075,6 @@ impl<S: Storage> Database<S> {
     /// [`query_with_plan`](Self::query_with_plan) over the records `plan`
     /// picked, reading documents back from storage batch by batch: only the
     /// matches are kept until the query sorts and limits them.
-    #[cfg(not(target_arch = "wasm32"))]
     async fn query_read_back(
         &self,
         query: &Query,
@@ -1185,7 +1162,6 @@ impl<S: Storage> Database<S> {
         &self,
         seen: &VersionVector,
     ) -> Result<(Vec<CrdtOperation>, VersionVector)> {
-        #[cfg_attr(target_arch = "wasm32", allow(unused_mut))]
         let (mut ops, vector, has_stored_bodies) = {
             let state = self.readable()?;
             (
@@ -1194,12 +1170,9 @@ impl<S: Storage> Database<S> {
                 state.store.has_stored_bodies(),
             )
         };
-        #[cfg(not(target_arch = "wasm32"))]
         if has_stored_bodies {
             self.read_back_delta_documents(&mut ops, seen).await?;
         }
-        #[cfg(target_arch = "wasm32")]
-        let _ = has_stored_bodies;
         Ok((ops, vector))
     }
 
@@ -1207,7 +1180,6 @@ impl<S: Storage> Database<S> {
     /// `seen`) that were left in storage, reading them in batches without
     /// putting them in the cache. A version another writer superseded
     /// meanwhile is replaced by the versions that superseded it.
-    #[cfg(not(target_arch = "wasm32"))]
     async fn read_back_delta_documents(
         &self,
         ops: &mut Vec<CrdtOperation>,
@@ -1574,7 +1546,6 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
     // peer's versions are merged into them: the merged record is written
     // whole. (This replica's own writes supersede what they merge into.)
     let (records, batch) = {
-        #[cfg(not(target_arch = "wasm32"))]
         let mut state = {
             let mut attempts = 0;
             loop {
@@ -1604,8 +1575,6 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
                 }
             }
         };
-        #[cfg(target_arch = "wasm32")]
-        let mut state = shared.state();
         let records = state.store.preview(&ops);
         state.store.make_room(0);
         let mut vector_after = state.store.version_vector().clone();
@@ -1639,7 +1608,6 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
         };
         (records, batch)
     };
-    #[cfg(not(target_arch = "wasm32"))]
     if let Some(record) = records
         .records()
         .iter()
@@ -1779,8 +1747,49 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
     }
 }
 
+/// Indexes again the records that an append-only backend (IndexedDB) handed
+/// over in several rows while opening: each row was indexed as it came, so
+/// the index holds whichever came last, not the merged record's winner.
+/// A winner whose document was left in storage meanwhile is read back (a
+/// batch per transaction); such ids are the records written again since
+/// storage last folded its rows, usually few.
+async fn reindex_repeated_rows<S: Storage>(
+    storage: &S,
+    store: &CrdtStore,
+    fields: &mut FieldIndexes,
+    repeated: Vec<Arc<str>>,
+) -> Result<()> {
+    let mut unread = Vec::new();
+    for id in repeated {
+        match store.record(&id) {
+            Some(record) if !record.is_deleted() && record.data().is_none() => unread.push(id),
+            record => fields.index_as(&id, record),
+        }
+    }
+    for batch in unread.chunks(BODY_READ_BATCH) {
+        let rows = storage
+            .read_records(batch.iter().map(|id| id.to_string()).collect())
+            .await?;
+        for (id, row) in rows {
+            let Some((id, record)) = store.record(&id).map(|r| (r.shared_id(), r)) else {
+                continue;
+            };
+            let Ok(stored) = Record::from_bytes(&row) else {
+                continue;
+            };
+            let mut copy = record.clone();
+            // A row another writer superseded since the load leaves the
+            // entry as it is; reading the record merges the newer row and
+            // indexes it then.
+            if copy.fill_bodies(&stored) {
+                fields.index_as(id, Some(&copy));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The error of a read that needs a document storage no longer holds.
-#[cfg(not(target_arch = "wasm32"))]
 fn body_missing(id: &str) -> StorageError {
     StorageError::Corrupt {
         store: "records".into(),
@@ -1790,7 +1799,6 @@ fn body_missing(id: &str) -> StorageError {
 }
 
 /// The stored records of `ids` (those that exist), decoded.
-#[cfg(not(target_arch = "wasm32"))]
 async fn read_stored_records<S: Storage>(
     shared: &Shared<S>,
     ids: Vec<String>,
@@ -1829,7 +1837,6 @@ async fn read_stored_records<S: Storage>(
 /// that another writer of the same storage superseded a version this
 /// replica holds is merged as a stale commit merges what other writers
 /// stored.
-#[cfg(not(target_arch = "wasm32"))]
 async fn fill_bodies<S: Storage>(shared: &Shared<S>, ids: &[Arc<str>]) -> Result<()> {
     let stored = read_stored_records(shared, ids.iter().map(|id| id.to_string()).collect()).await?;
     let now = shared.clock.now_ms();

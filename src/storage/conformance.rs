@@ -797,6 +797,327 @@ pub async fn failed_commits_change_nothing<F: StorageFactory>(factory: &F) {
     db.close().await.unwrap();
 }
 
+/// A backend that reads records back by id ([`Storage::reads_records`])
+/// returns, for each id asked for, every live row of it merged (rows of
+/// two writers, one of them stale, spread over commits large enough to be
+/// stored in several parts), nothing for an id removed or never written,
+/// and the same after the rows were folded by upkeep.
+pub async fn records_read_back_are_every_live_row_merged<F: StorageFactory>(factory: &F) {
+    let first = factory.open("read-back").await;
+    let loaded = first.load().await.expect("load");
+    if !first.reads_records() {
+        return;
+    }
+    let second = factory.open("read-back").await;
+    let mut tab_a = CrdtStore::new(ActorId::from_bytes([1; 16]));
+    let mut tab_b = CrdtStore::new(ActorId::from_bytes([2; 16]));
+    let padding = "p".repeat(700);
+    let mut rows_a = Vec::new();
+    for i in 0..400 {
+        let id = format!("r{i:03}");
+        tab_a.put(&id, doc(json!({ "i": i, "pad": padding })), 100 + i);
+        rows_a.push((id.clone(), tab_a.record(&id).unwrap().to_bytes()));
+    }
+    // 400 rows of about 800 bytes: several parts in a backend that splits.
+    first
+        .commit(CommitBatch {
+            expected_generation: loaded.generation,
+            records: rows_a,
+            ..Default::default()
+        })
+        .await
+        .expect("first writer commits");
+    // The second writer, which saw nothing, writes two of them concurrently.
+    for id in ["r007", "r350"] {
+        tab_b.put(id, doc(json!({ "from": "b", "id": id })), 5_000);
+    }
+    let rows_b = ["r007", "r350"]
+        .map(|id| (id.to_owned(), tab_b.record(id).unwrap().to_bytes()))
+        .to_vec();
+    let mut generation = second
+        .commit(CommitBatch {
+            expected_generation: 0,
+            records: rows_b,
+            ..Default::default()
+        })
+        .await
+        .expect("the stale writer commits")
+        .generation;
+    // The first writer updates one, then removes another (tombstone
+    // compaction), in commits of their own; and many small commits follow
+    // so that upkeep has chunks to fold.
+    tab_a.put("r100", doc(json!({ "updated": true })), 9_000);
+    let mut batches = vec![CommitBatch {
+        records: vec![("r100".into(), tab_a.record("r100").unwrap().to_bytes())],
+        ..Default::default()
+    }];
+    batches.push(CommitBatch {
+        removed_records: vec!["r200".into()],
+        ..Default::default()
+    });
+    for i in 0..40 {
+        let id = format!("s{i:02}");
+        tab_a.put(&id, doc(json!(i)), 10_000 + i);
+        batches.push(CommitBatch {
+            records: vec![(id.clone(), tab_a.record(&id).unwrap().to_bytes())],
+            ..Default::default()
+        });
+    }
+    for mut batch in batches {
+        batch.expected_generation = generation;
+        generation = first.commit(batch).await.expect("commit").generation;
+    }
+
+    let check = |rows: Vec<(String, Vec<u8>)>, when: &str| {
+        let by_id: std::collections::HashMap<String, crate::crdt::Record> = rows
+            .into_iter()
+            .map(|(id, row)| {
+                let record = crate::crdt::Record::from_bytes(&row).expect("row decodes");
+                assert_eq!(record.id(), id, "{when}: the row of {id} holds its record");
+                (id, record)
+            })
+            .collect();
+        assert!(
+            !by_id.contains_key("r200"),
+            "{when}: a removed id has no row"
+        );
+        assert!(
+            !by_id.contains_key("none"),
+            "{when}: an unknown id has no row"
+        );
+        for id in ["r007", "r350"] {
+            let record = &by_id[id];
+            assert_eq!(
+                record.versions().len(),
+                2,
+                "{when}: both writers' versions of {id}"
+            );
+            assert_eq!(
+                record.data().unwrap().as_str(),
+                format!(r#"{{"from":"b","id":"{id}"}}"#),
+                "{when}"
+            );
+        }
+        assert_eq!(
+            by_id["r100"].data().unwrap().as_str(),
+            r#"{"updated":true}"#,
+            "{when}"
+        );
+        assert_eq!(by_id["r399"], *tab_a.record("r399").unwrap(), "{when}");
+        assert_eq!(by_id["s39"], *tab_a.record("s39").unwrap(), "{when}");
+        assert_eq!(by_id.len(), 5, "{when}");
+    };
+    let wanted = || {
+        ["r007", "r350", "r100", "r200", "r399", "s39", "none"]
+            .map(String::from)
+            .to_vec()
+    };
+    check(
+        first.read_records(wanted()).await.expect("read back"),
+        "appended",
+    );
+    check(
+        second.read_records(wanted()).await.expect("read back"),
+        "from the other handle",
+    );
+    while first.housekeeping_due() {
+        first.housekeeping().await.expect("upkeep");
+    }
+    check(
+        first.read_records(wanted()).await.expect("read back"),
+        "after upkeep",
+    );
+    check(
+        second.read_records(wanted()).await.expect("read back"),
+        "after the other's upkeep",
+    );
+    let reopened = factory.open("read-back").await;
+    reopened.load().await.expect("load");
+    check(
+        reopened.read_records(wanted()).await.expect("read back"),
+        "after reopening",
+    );
+}
+
+/// A database whose documents outgrow its cache (`cache_bytes`) reads
+/// every record back as written: gets, lists, indexed queries and
+/// conflicts, before and after reopening. Backends that cannot read
+/// records back keep every document in memory and pass the same checks.
+pub async fn documents_beyond_the_cache_read_back_as_written<F: StorageFactory>(factory: &F) {
+    use std::collections::BTreeMap;
+    let options = || OpenOptions {
+        cache_bytes: 8 * 1024,
+        indexes: vec!["group".into()],
+        ..Default::default()
+    };
+    let document = |i: usize, round: usize| json!({ "i": i, "round": round, "group": format!("g{}", i % 7), "pad": "q".repeat(300 + i % 500) });
+    let db = Database::open(factory.open("beyond-cache").await, options())
+        .await
+        .unwrap();
+    let mut expected: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for start in (0..400).step_by(100) {
+        let batch: Vec<(String, Document)> = (start..start + 100)
+            .map(|i| (format!("doc:{i:04}"), doc(document(i, 0))))
+            .collect();
+        for (id, document) in &batch {
+            expected.insert(id.clone(), serde_json::from_str(document.as_str()).unwrap());
+        }
+        db.put_many(batch).await.unwrap();
+    }
+    for i in (0..400).step_by(9) {
+        let id = format!("doc:{i:04}");
+        db.put(&id, document(i, 1)).await.unwrap();
+        expected.insert(id, document(i, 1));
+    }
+    for i in (5..400).step_by(31) {
+        let id = format!("doc:{i:04}");
+        db.delete(&id).await.unwrap();
+        expected.remove(&id);
+    }
+    // A peer's concurrent, older write of one record: kept as a conflict.
+    let mut peer = CrdtStore::new(ActorId::from_bytes([9; 16]));
+    let op = peer.put("doc:0003", doc(json!({ "from": "peer" })), 1);
+    db.apply_remote(vec![op], Origin::Peer("peer".into()), None)
+        .await
+        .unwrap();
+
+    async fn check<S: Storage>(
+        db: &Database<S>,
+        expected: &BTreeMap<String, serde_json::Value>,
+        when: &str,
+    ) {
+        if db.storage().reads_records() {
+            let stats = db.stats().unwrap();
+            assert!(
+                stats.records_in_storage_only > 300,
+                "{when}: documents were left in storage ({stats:?})"
+            );
+        }
+        for i in 0..400 {
+            let id = format!("doc:{i:04}");
+            assert_eq!(
+                db.get(&id).await.unwrap().as_ref(),
+                expected.get(&id),
+                "{when}: {id}"
+            );
+        }
+        let listed: Vec<(String, serde_json::Value)> = db
+            .list(&ListOptions {
+                prefix: "doc:".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|(id, document)| (id, serde_json::from_str(document.as_str()).unwrap()))
+            .collect();
+        let wanted: Vec<(String, serde_json::Value)> = expected
+            .iter()
+            .map(|(id, value)| (id.clone(), value.clone()))
+            .collect();
+        assert_eq!(listed, wanted, "{when}: the list");
+        let query = Query::from_json(&json!({ "where": { "group": "g3" }, "sort": "i" })).unwrap();
+        let (hits, plan) = db.query_with_plan(&query).await.unwrap();
+        assert_eq!(plan.index.as_deref(), Some("group"), "{when}");
+        let hits: Vec<String> = hits.into_iter().map(|(id, _)| id).collect();
+        let wanted: Vec<String> = expected
+            .iter()
+            .filter(|(_, value)| value["group"] == "g3")
+            .map(|(id, _)| id.clone())
+            .collect();
+        assert_eq!(hits, wanted, "{when}: the indexed query");
+        let conflicts = db.conflicts("doc:0003").await.unwrap();
+        assert_eq!(conflicts.len(), 1, "{when}");
+        assert_eq!(
+            conflicts[0].document().unwrap().as_str(),
+            r#"{"from":"peer"}"#,
+            "{when}"
+        );
+    }
+    check(&db, &expected, "written").await;
+    db.close().await.unwrap();
+    let db = Database::open(factory.open("beyond-cache").await, options())
+        .await
+        .unwrap();
+    check(&db, &expected, "reopened").await;
+    // Writes over documents left in storage keep the others' versions.
+    db.put("doc:0003", json!({ "round": 2 })).await.unwrap();
+    expected.insert("doc:0003".into(), json!({ "round": 2 }));
+    assert_eq!(
+        db.get("doc:0003").await.unwrap(),
+        Some(json!({ "round": 2 }))
+    );
+    db.close().await.unwrap();
+}
+
+/// Records written again in later commits (which an append-only backend
+/// keeps as several rows until it folds them) are indexed by their newest
+/// values when a database opens with a cache too small for their
+/// documents, and deleted ones are in no index.
+pub async fn an_index_opened_over_rewritten_records_holds_their_newest_values<F: StorageFactory>(
+    factory: &F,
+) {
+    let options = |cache_bytes| OpenOptions {
+        cache_bytes,
+        indexes: vec!["group".into()],
+        ..Default::default()
+    };
+    let db = Database::open(factory.open("rewritten").await, options(usize::MAX))
+        .await
+        .unwrap();
+    let pad = "z".repeat(200);
+    db.put_many((0..200).map(|i| {
+        let value = json!({ "group": "old", "i": i, "pad": pad });
+        (format!("n{i:03}"), doc(value))
+    }))
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    // Reopened, a few records move to another group, one commit each (too
+    // few to be folded), and some are deleted.
+    let db = Database::open(factory.open("rewritten").await, options(usize::MAX))
+        .await
+        .unwrap();
+    for i in (0..200).step_by(10) {
+        db.put(
+            &format!("n{i:03}"),
+            json!({ "group": "new", "i": i, "pad": pad }),
+        )
+        .await
+        .unwrap();
+    }
+    for i in (5..200).step_by(50) {
+        db.delete(&format!("n{i:03}")).await.unwrap();
+    }
+    db.close().await.unwrap();
+    let ids = |hits: Vec<(String, Document)>| -> Vec<String> {
+        hits.into_iter().map(|(id, _)| id).collect()
+    };
+    for cache_bytes in [0, 1_000, usize::MAX] {
+        let db = Database::open(factory.open("rewritten").await, options(cache_bytes))
+            .await
+            .unwrap();
+        let query = |group: &str| {
+            Query::from_json(&json!({ "where": { "group": group }, "sort": "i" })).unwrap()
+        };
+        let (new, plan) = db.query_with_plan(&query("new")).await.unwrap();
+        assert_eq!(plan.index.as_deref(), Some("group"));
+        let wanted: Vec<String> = (0..200).step_by(10).map(|i| format!("n{i:03}")).collect();
+        assert_eq!(ids(new), wanted, "cache {cache_bytes}: the moved records");
+        let old = ids(db.query(&query("old")).await.unwrap());
+        let wanted: Vec<String> = (0..200)
+            .filter(|i| i % 10 != 0 && i % 50 != 5)
+            .map(|i| format!("n{i:03}"))
+            .collect();
+        assert_eq!(
+            old, wanted,
+            "cache {cache_bytes}: the others, without the deleted"
+        );
+        db.close().await.unwrap();
+    }
+}
+
 /// Generates one test function per conformance check for a backend:
 /// `storage_conformance_tests!(tokio::test, MyFactory::new())`.
 #[macro_export]
@@ -820,6 +1141,9 @@ macro_rules! storage_conformance_tests {
             corrupt_rows_are_reported_not_fatal,
             queries_and_conflicts_survive_reopen,
             failed_commits_change_nothing,
+            records_read_back_are_every_live_row_merged,
+            documents_beyond_the_cache_read_back_as_written,
+            an_index_opened_over_rewritten_records_holds_their_newest_values,
         );
     };
     (@each $attribute:meta, $factory:expr, $($check:ident,)*) => {

@@ -128,14 +128,81 @@ export function beginOptimisticCommit(db, names, relaxed, key, chunk) {
   return [transaction, outcome];
 }
 
-// Reads a whole store as [keys, values] in key order, in one transaction
-// together with the other stores read by the same call.
-export function readStores(db, names) {
-  const transaction = db.transaction(names, 'readonly');
-  return Promise.all(names.map((name) => {
-    const store = transaction.objectStore(name);
-    return Promise.all([requestPromise(store.getAllKeys()), requestPromise(store.getAll())]);
-  }));
+// Reads whole stores as [keys, values] in key order, in one transaction
+// together with the number of values in each store of `counted` (appended
+// to the result after the pairs).
+export function readStores(db, names, counted) {
+  const transaction = db.transaction([...names, ...counted], 'readonly');
+  return Promise.all([
+    ...names.map((name) => {
+      const store = transaction.objectStore(name);
+      return Promise.all([requestPromise(store.getAllKeys()), requestPromise(store.getAll())]);
+    }),
+    ...counted.map((name) => requestPromise(transaction.objectStore(name).count())),
+  ]);
+}
+
+// Creates the id lists (schema 5): a store whose value under a chunk's key
+// is { ids: [...] }, the ids that chunk's entries name, and a multiEntry
+// index over them, so the chunks holding an id are found by the index.
+export function createIdLists(db, name) {
+  db.createObjectStore(name).createIndex('id', 'ids', { multiEntry: true });
+}
+
+// Queues the id list of the chunk under `key`: `joined` is the ids, each
+// followed by a newline (ids hold no control characters).
+export function putIdList(store, key, joined) {
+  const ids = joined.split('\n');
+  ids.pop();
+  store.put({ ids }, key);
+}
+
+// Reads every chunk that holds an entry of one of the ids in `joined` (each
+// followed by a newline), in one read-only transaction: the id lists' index
+// gives the chunks' keys, then the chunks are read. Resolves to [keys,
+// values] in key order, as `getAll` would list them.
+export function readChunksHolding(db, recordsName, idsName, joined) {
+  return new Promise((resolve, reject) => {
+    let transaction;
+    try {
+      transaction = db.transaction([recordsName, idsName], 'readonly');
+    } catch (error) {
+      reject(error);
+      return;
+    }
+    transaction.onabort = () => reject(
+      transaction.error ?? new DOMException('the transaction was aborted', 'AbortError'));
+    const ids = joined.split('\n');
+    ids.pop();
+    const records = transaction.objectStore(recordsName);
+    const index = transaction.objectStore(idsName).index('id');
+    const found = new Map();
+    const readChunks = () => {
+      const keys = [...found.values()].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+      const values = new Array(keys.length);
+      let left = keys.length;
+      if (left === 0) resolve([keys, values]);
+      keys.forEach((key, at) => {
+        const read = records.get(key);
+        read.onsuccess = () => {
+          values[at] = read.result;
+          if (--left === 0) resolve([keys, values]);
+        };
+      });
+    };
+    let pending = ids.length;
+    if (pending === 0) {
+      resolve([[], []]);
+      return;
+    }
+    for (const id of ids) {
+      const lookup = index.getAllKeys(id);
+      lookup.onsuccess = () => {
+        for (const key of lookup.result) found.set(`${key[0]}/${key[1]}`, key);
+        if (--pending === 0) readChunks();
+      };
+    }
+  });
 }
 
 // Takes the first free lock named `${prefix}${n}`, n = 0, 1, 2, ...; resolves

@@ -69,7 +69,18 @@ extern "C" {
     #[wasm_bindgen(js_name = storageHealth)]
     fn storage_health(request_persist: bool) -> js_sys::Promise;
     #[wasm_bindgen(js_name = readStores)]
-    fn read_stores(database: &IdbDatabase, names: &Array) -> js_sys::Promise;
+    fn read_stores(database: &IdbDatabase, names: &Array, counted: &Array) -> js_sys::Promise;
+    #[wasm_bindgen(js_name = createIdLists)]
+    fn create_id_lists(database: &IdbDatabase, name: &str);
+    #[wasm_bindgen(js_name = putIdList)]
+    fn put_id_list(store: &IdbObjectStore, key: &JsValue, joined: &str);
+    #[wasm_bindgen(js_name = readChunksHolding)]
+    fn read_chunks_holding(
+        database: &IdbDatabase,
+        records: &str,
+        id_lists: &str,
+        joined: &str,
+    ) -> js_sys::Promise;
     #[wasm_bindgen(js_name = acquireSlotLock)]
     fn acquire_slot_lock(prefix: &str) -> js_sys::Promise;
     #[wasm_bindgen(js_name = joinChannel)]
@@ -87,11 +98,18 @@ extern "C" {
 /// metadata, so older builds, which expect 8 bytes there, refuse to open
 /// it with `FormatTooNew` instead of reading it as corrupt; 4: chunks carry
 /// the mergeable metadata and the newest chunk's key is the generation, no
-/// generation row is written, and builds that would read one refuse).
-const SCHEMA_VERSION: u32 = 4;
+/// generation row is written, and builds that would read one refuse; 5:
+/// adds the id lists, which older builds would not keep up to date).
+const SCHEMA_VERSION: u32 = 5;
 const RECORDS: &str = "records";
 const META: &str = "meta";
 const SEGMENTS: &str = "segments";
+/// The id lists: under each chunk's key, the ids its entries name, with a
+/// multiEntry index `id` over them (see `readChunksHolding`).
+const ID_LISTS: &str = "ids";
+/// Chunks are split into parts of about this many bytes, so that reading
+/// one record back reads one small value.
+const PART_BYTES: usize = 64 * 1024;
 const GENERATION_KEY: &str = "generation";
 /// How long an upgrade waits for other connections to close.
 const BLOCKED_TIMEOUT_MS: u32 = 3_000;
@@ -218,8 +236,14 @@ pub enum IdbDurability {
 pub struct IndexedDbStorage {
     name: String,
     durability: IdbDurability,
-    /// Chunks in the records store, as far as this instance knows.
+    /// Chunks (commits and compaction outputs: generations, whatever their
+    /// parts) in the records store, as far as this instance knows.
     chunks: std::cell::Cell<u32>,
+    /// True when every value of the records store has its id list, as
+    /// found at load: records can then be read back by id. A database
+    /// written by an older schema has none until a full compaction
+    /// rewrites it (its first upkeep).
+    indexed: std::cell::Cell<bool>,
     /// Chunks this instance appended since it last compacted, and the
     /// generation of the first: once there are enough, every chunk from
     /// that one on (a suffix: other tabs' chunks in between included) is
@@ -270,6 +294,7 @@ impl IndexedDbStorage {
             name: name.to_owned(),
             durability,
             chunks: std::cell::Cell::new(0),
+            indexed: std::cell::Cell::new(false),
             appended: std::cell::Cell::new(0),
             appended_bytes: std::cell::Cell::new(0),
             first_appended: std::cell::Cell::new(None),
@@ -350,7 +375,7 @@ impl IndexedDbStorage {
         })?;
         let database: IdbDatabase = value.unchecked_into();
         let names = database.object_store_names();
-        if let Some(missing) = [RECORDS, META, SEGMENTS]
+        if let Some(missing) = [RECORDS, META, SEGMENTS, ID_LISTS]
             .into_iter()
             .find(|name| !names.contains(name))
         {
@@ -460,19 +485,21 @@ impl IndexedDbStorage {
         let segments = !batch.segments.is_empty() || !batch.removed_segments.is_empty();
         let database = self.database().await?;
         let generation = batch.expected_generation + 1;
-        let chunk = encode_commit_chunk(batch);
+        let parts = encode_commit_parts(batch);
         let started = begin_optimistic_commit(
             &database,
             &write_scope(segments),
             self.durability == IdbDurability::Relaxed,
             &chunk_key(generation, 0),
-            &Uint8Array::from(chunk.as_slice()),
+            &Uint8Array::from(parts[0].0.as_slice()),
         )
         .map_err(|e| storage_error("writing records", e))?;
-        drop(chunk);
         let transaction: web_sys::IdbTransaction = started.get(0).unchecked_into();
         let outcome = JsFuture::from(js_sys::Promise::from(started.get(1)));
-        if let Err(error) = queue_side_writes(&transaction, batch) {
+        let queued = queue_parts(&transaction, &parts, generation, 1)
+            .and_then(|()| queue_side_writes(&transaction, batch));
+        drop(parts);
+        if let Err(error) = queued {
             let _ = transaction.abort();
             let _ = outcome.await;
             return Err(error);
@@ -514,11 +541,11 @@ impl IndexedDbStorage {
     }
 
     /// Queues the chunk (rows, removals and mergeable metadata: a commit is
-    /// one value) and the other writes of the batch.
+    /// one chunk, in parts of about [`PART_BYTES`]), its id lists and the
+    /// other writes of the batch.
     fn queue_writes(
         &self,
         transaction: &WriteTransaction,
-        records: &IdbObjectStore,
         batch: &CommitBatch,
         generation: u64,
     ) -> Result<(), StorageError> {
@@ -526,13 +553,12 @@ impl IndexedDbStorage {
         // and nothing another tab wrote is ever overwritten. Its key is the
         // stored generation: the newest chunk's tells the next commit
         // whether another tab committed in between.
-        let chunk = encode_commit_chunk(batch);
-        records
-            .put_with_key(
-                &Uint8Array::from(chunk.as_slice()),
-                &chunk_key(generation, 0),
-            )
-            .map_err(|e| storage_error("writing records", e))?;
+        queue_parts(
+            &transaction.transaction,
+            &encode_commit_parts(batch),
+            generation,
+            0,
+        )?;
         queue_side_writes(&transaction.transaction, batch)
     }
 
@@ -551,7 +577,7 @@ impl IndexedDbStorage {
         // (The expected generation is at least an old head row's: it was
         // loaded as the greater of that and the newest chunk's.)
         let generation = newest.max(batch.expected_generation) + 1;
-        self.queue_writes(transaction, &records, batch, generation)?;
+        self.queue_writes(transaction, batch, generation)?;
         Ok(CommitReceipt {
             generation,
             merged_records: Vec::new(),
@@ -580,7 +606,7 @@ impl IndexedDbStorage {
         fold_legacy_head: bool,
     ) -> Result<Option<u64>, StorageError> {
         let full = self.chunks.get() as usize >= FULL_COMPACTION_CHUNKS
-            || (fold_legacy_head && self.legacy_generation.get() > 0);
+            || (fold_legacy_head && (self.legacy_generation.get() > 0 || !self.indexed.get()));
         if !full && self.appended.get() < after_chunks && self.appended_bytes.get() < after_bytes {
             return Ok(None);
         }
@@ -661,26 +687,29 @@ impl IndexedDbStorage {
             decode_entry(&keys.get(index), &values.get(index), &mut entries)?;
         }
         let merged = merge_entries(entries, full);
-        // One request removes what was read: everything from `since` on
-        // (nothing can have been added since, within this transaction), or
-        // everything. A request per chunk cost about as much as a commit.
+        let id_lists = transaction.store(ID_LISTS)?;
+        // One request per store removes what was read: everything from
+        // `since` on (nothing can have been added since, within this
+        // transaction), or everything. A request per chunk cost about as
+        // much as a commit.
         match since {
-            Some(since) => records.delete(&chunks_from(since)?.into()),
-            None => records.clear(),
+            Some(since) => {
+                let range: JsValue = chunks_from(since)?.into();
+                records.delete(&range).and_then(|_| id_lists.delete(&range))
+            }
+            None => records.clear().and_then(|_| id_lists.clear()),
         }
         .map_err(|e| storage_error("removing compacted chunks", e))?;
-        for (part, chunk) in merged.iter().enumerate() {
-            records
-                .put_with_key(
-                    &Uint8Array::from(chunk.as_slice()),
-                    &chunk_key(generation, part as u32),
-                )
-                .map_err(|e| storage_error("writing a compacted chunk", e))?;
-        }
-        let folded = keys.iter().filter(|k| k.is_array()).count() as u32;
+        queue_parts(&transaction.transaction, &merged, generation, 0)?;
+        let folded = generations_among(&keys);
         self.chunks
-            .set(self.chunks.get().saturating_sub(folded) + merged.len() as u32);
-        let small = merged.len() == 1 && merged[0].len() < SMALL_CHUNK_BYTES;
+            .set(self.chunks.get().saturating_sub(folded) + 1);
+        let bytes: usize = merged.iter().map(|(chunk, _)| chunk.len()).sum();
+        let small = bytes < SMALL_CHUNK_BYTES;
+        if full {
+            // Every value now has its id list.
+            self.indexed.set(true);
+        }
         Ok(Some((small.then_some(generation), stored, generation)))
     }
 }
@@ -833,14 +862,12 @@ const COMPACT_AT_ONCE_AFTER_BYTES: usize = 8 * 1024 * 1024;
 const SMALL_CHUNK_BYTES: usize = 1024 * 1024;
 /// Fold everything once this many chunks exist.
 const FULL_COMPACTION_CHUNKS: usize = 256;
-/// Compaction output is split into chunks of about this size.
-const OUTPUT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
-
-/// Merges entries (in commit order) into compacted chunks: one row per id
-/// (rows of one id merged as CRDT records), removals applied. A partial
-/// compaction keeps its removals (they still apply to older chunks); a full
-/// one needs none.
-fn merge_entries(entries: Vec<ChunkEntry>, full: bool) -> Vec<Vec<u8>> {
+/// Merges entries (in commit order) into the parts of one compacted chunk,
+/// each with its id list (see [`queue_parts`]): one row per id (rows of
+/// one id merged as CRDT records), removals applied. A partial compaction
+/// keeps its removals (they still apply to older chunks); a full one needs
+/// none.
+fn merge_entries(entries: Vec<ChunkEntry>, full: bool) -> Vec<(Vec<u8>, String)> {
     let mut order: Vec<String> = Vec::new();
     let mut rows: std::collections::HashMap<String, Vec<Vec<u8>>> = Default::default();
     let mut removed: Vec<String> = Vec::new();
@@ -870,7 +897,17 @@ fn merge_entries(entries: Vec<ChunkEntry>, full: bool) -> Vec<Vec<u8>> {
             }
         }
     }
-    let mut chunks = Vec::new();
+    let mut parts = Vec::new();
+    let part = |entries: &[ChunkEntry]| {
+        let mut ids = String::new();
+        for entry in entries {
+            if let ChunkEntry::Row(id, _) | ChunkEntry::Removed(id) = entry {
+                ids.push_str(id);
+                ids.push('\n');
+            }
+        }
+        (encode_entries(entries), ids)
+    };
     let mut current: Vec<ChunkEntry> = meta
         .into_iter()
         .map(|(key, value)| ChunkEntry::Meta(key, value))
@@ -881,17 +918,17 @@ fn merge_entries(entries: Vec<ChunkEntry>, full: bool) -> Vec<Vec<u8>> {
         for bytes in rows.remove(&id).unwrap_or_default() {
             size += id.len() + bytes.len() + 9;
             current.push(ChunkEntry::Row(id.clone(), bytes));
-            if size >= OUTPUT_CHUNK_BYTES {
-                chunks.push(encode_entries(&current));
+            if size >= PART_BYTES {
+                parts.push(part(&current));
                 current.clear();
                 size = 0;
             }
         }
     }
-    if !current.is_empty() || chunks.is_empty() {
-        chunks.push(encode_entries(&current));
+    if !current.is_empty() || parts.is_empty() {
+        parts.push(part(&current));
     }
-    chunks
+    parts
 }
 
 /// A read-write transaction and the promise of its completion.
@@ -950,21 +987,99 @@ fn batch_bytes(batch: &CommitBatch) -> usize {
 /// (`beginOptimisticCommit` relies on it).
 fn write_scope(segments: bool) -> Array {
     if segments {
-        Array::of3(&RECORDS.into(), &META.into(), &SEGMENTS.into())
+        Array::of4(
+            &RECORDS.into(),
+            &META.into(),
+            &ID_LISTS.into(),
+            &SEGMENTS.into(),
+        )
     } else {
-        Array::of2(&RECORDS.into(), &META.into())
+        Array::of3(&RECORDS.into(), &META.into(), &ID_LISTS.into())
     }
 }
 
-/// The chunk a commit appends: its rows, removals and mergeable metadata.
-fn encode_commit_chunk(batch: &CommitBatch) -> Vec<u8> {
+/// The chunk a commit appends, in parts of about [`PART_BYTES`] (at least
+/// one), each with its id list (see [`queue_parts`]): its rows, then its
+/// removals and mergeable metadata in the last part (as one chunk would
+/// hold them).
+fn encode_commit_parts(batch: &CommitBatch) -> Vec<(Vec<u8>, String)> {
     let chunk_meta: Vec<_> = batch
         .meta
         .iter()
         .filter(|(key, _)| MERGEABLE_META.contains(&key.as_str()))
         .cloned()
         .collect();
-    encode_chunk(&batch.records, &batch.removed_records, &chunk_meta)
+    let ids = |rows: &[(String, Vec<u8>)], removed: &[String]| {
+        let mut ids = String::new();
+        for id in rows.iter().map(|(id, _)| id).chain(removed) {
+            ids.push_str(id);
+            ids.push('\n');
+        }
+        ids
+    };
+    let mut parts = Vec::new();
+    let mut rows = batch.records.as_slice();
+    loop {
+        let mut size = 0;
+        let mut end = 0;
+        while end < rows.len() && size < PART_BYTES {
+            size += rows[end].0.len() + rows[end].1.len() + 9;
+            end += 1;
+        }
+        if end == rows.len() {
+            parts.push((
+                encode_chunk(rows, &batch.removed_records, &chunk_meta),
+                ids(rows, &batch.removed_records),
+            ));
+            return parts;
+        }
+        parts.push((encode_chunk(&rows[..end], &[], &[]), ids(&rows[..end], &[])));
+        rows = &rows[end..];
+    }
+}
+
+/// Queues the parts of the chunk of `generation` from part `first` on,
+/// each under `[generation, part]` in the records store and with its id
+/// list (the ids its entries name, each followed by a newline) under the
+/// same key in the id lists.
+fn queue_parts(
+    transaction: &web_sys::IdbTransaction,
+    parts: &[(Vec<u8>, String)],
+    generation: u64,
+    first: usize,
+) -> Result<(), StorageError> {
+    let store = |name: &str| {
+        transaction
+            .object_store(name)
+            .map_err(|e| storage_error("opening an object store", e))
+    };
+    let records = store(RECORDS)?;
+    let id_lists = store(ID_LISTS)?;
+    for (part, (chunk, ids)) in parts.iter().enumerate() {
+        let key = chunk_key(generation, part as u32);
+        if part >= first {
+            records
+                .put_with_key(&Uint8Array::from(chunk.as_slice()), &key)
+                .map_err(|e| storage_error("writing records", e))?;
+        }
+        put_id_list(&id_lists, &key, ids);
+    }
+    Ok(())
+}
+
+/// How many generations the chunk keys among `keys` name (a chunk may be
+/// stored in several parts).
+fn generations_among(keys: &Array) -> u32 {
+    let mut count = 0;
+    let mut last = None;
+    for key in keys.iter().filter(|key| key.is_array()) {
+        let generation = Array::from(&key).get(0).as_f64();
+        if generation != last {
+            count += 1;
+            last = generation;
+        }
+    }
+    count
 }
 
 /// Queues a commit's writes besides its chunk: metadata that is not
@@ -1031,6 +1146,9 @@ fn upgrade_schema(database: &IdbDatabase, old_version: u32) {
     }
     if old_version < 2 {
         let _ = database.create_object_store(SEGMENTS);
+    }
+    if old_version < 5 {
+        create_id_lists(database, ID_LISTS);
     }
     // 3 changed the generation row's value only (see `decode_head`); 4
     // stopped writing it: chunks carry the metadata, and the newest
@@ -1102,9 +1220,13 @@ impl Storage for IndexedDbStorage {
     async fn load(&self) -> Result<LoadedState, StorageError> {
         let database = self.database().await?;
         let names = Array::of3(&RECORDS.into(), &META.into(), &SEGMENTS.into());
-        let stores: Array = await_promise("loading the database", read_stores(&database, &names))
-            .await?
-            .unchecked_into();
+        let counted = Array::of1(&ID_LISTS.into());
+        let stores: Array = await_promise(
+            "loading the database",
+            read_stores(&database, &names, &counted),
+        )
+        .await?
+        .unchecked_into();
         let mut state = LoadedState::default();
         let pairs = |index: u32| -> (Array, Array) {
             let pair: Array = stores.get(index).unchecked_into();
@@ -1112,8 +1234,14 @@ impl Storage for IndexedDbStorage {
         };
         let (keys, values) = pairs(0);
         let newest_chunk = newest_generation(&keys);
-        self.chunks
-            .set(keys.iter().filter(|key| key.is_array()).count() as u32);
+        self.chunks.set(generations_among(&keys));
+        // Records can be read back by id when every value has its id list:
+        // none is a row of a format before chunks, and there are as many
+        // id lists as chunk parts (read in the same transaction).
+        let parts = keys.iter().filter(|key| key.is_array()).count();
+        let id_lists = stores.get(3).as_f64().unwrap_or(-1.0);
+        self.indexed
+            .set(parts as u32 == keys.length() && id_lists == parts as f64);
         // The database's mergeable metadata is every chunk's merged (with a
         // head row's of schema 3 and older, below): the chunks' entries
         // complete it as the database reads them.
@@ -1222,11 +1350,64 @@ impl Storage for IndexedDbStorage {
     }
 
     /// Due when enough chunks were appended, or when a head row of schema 3
-    /// or older is left to fold in (a full compaction, once).
+    /// or older is left to fold in, or values without id lists (a full
+    /// compaction, once).
     fn housekeeping_due(&self) -> bool {
         self.appended.get() >= COMPACT_AFTER_CHUNKS
             || self.chunks.get() as usize >= FULL_COMPACTION_CHUNKS
             || self.legacy_generation.get() > 0
+            || !self.indexed.get()
+    }
+
+    /// True when every value of the records store has its id list (as
+    /// loaded): a database written by an older schema keeps every document
+    /// in memory until its first upkeep rewrote it and it is opened again.
+    fn reads_records(&self) -> bool {
+        self.indexed.get()
+    }
+
+    /// Reads every chunk holding a row or removal of one of `ids` (the id
+    /// lists' index finds them) in one read-only transaction, and merges
+    /// each id's live rows as loading does.
+    async fn read_records(&self, ids: Vec<String>) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut joined = String::new();
+        for id in &ids {
+            joined.push_str(id);
+            joined.push('\n');
+        }
+        let database = self.database().await?;
+        let pair: Array = await_promise(
+            "reading records back",
+            read_chunks_holding(&database, RECORDS, ID_LISTS, &joined),
+        )
+        .await?
+        .unchecked_into();
+        drop(joined);
+        let mut rows: std::collections::HashMap<&str, Option<Vec<u8>>> =
+            ids.iter().map(|id| (id.as_str(), None)).collect();
+        let values = StoredValues::new(pair.get(0).unchecked_into(), pair.get(1).unchecked_into());
+        // Newest first, as loading walks them.
+        for entry in LiveEntries::new(values) {
+            let StoredEntry::Row(row) = entry? else {
+                continue;
+            };
+            let Some(slot) = rows.get_mut(row.id()) else {
+                continue;
+            };
+            *slot = Some(match slot.take() {
+                None => row.bytes().to_vec(),
+                // A row that does not decode leaves the newer one as it
+                // is: reading it then reports the corruption.
+                Some(newer) => merge_record_rows(row.id(), row.bytes(), &newer).unwrap_or(newer),
+            });
+        }
+        Ok(ids
+            .iter()
+            .filter_map(|id| Some((id.clone(), rows.get_mut(id.as_str())?.take()?)))
+            .collect())
     }
 
     async fn housekeeping(&self) -> Result<Option<u64>, StorageError> {

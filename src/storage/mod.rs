@@ -425,16 +425,17 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
     /// True when [`read_records`](Self::read_records) reads rows back by id,
     /// so a database may leave document bodies in storage and read them
     /// when asked for (`OpenOptions::cache_bytes`). False by default: the
-    /// database then keeps every body in memory. A backend that reads rows
-    /// back also loads one row per id (the database indexes each record
-    /// and may leave its body in storage as it arrives).
+    /// database then keeps every body in memory. Answered after
+    /// [`load`](Self::load), and the same until the storage is dropped.
     fn reads_records(&self) -> bool {
         false
     }
 
     /// The stored rows `(id, record encoding)` of those of `ids` that exist,
-    /// read together (one transaction where the backend has them). Called
-    /// only when [`reads_records`](Self::reads_records) is true.
+    /// read together (one transaction where the backend has them): one row
+    /// per id, every row of it that [`load`](Self::load) would hand over
+    /// merged. Called only when [`reads_records`](Self::reads_records) is
+    /// true.
     fn read_records(
         &self,
         ids: Vec<String>,

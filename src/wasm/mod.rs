@@ -166,12 +166,28 @@ fn field_names(options: &JsValue, key: &str) -> Result<Vec<String>, JsValue> {
         .collect()
 }
 
+/// The browser's default `cacheBytes`: a tab's share of memory is smaller
+/// than a process's (natively 256 MiB).
+const BROWSER_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// `OpenOptions` from JS: `{ embedder?, embedFields?, indexes?, index?: { dimension?,
 /// m?, efConstruction?, efSearch?, sealThreshold?, maxSegment? } }`.
 fn open_options(options: &JsValue) -> Result<OpenOptions, JsValue> {
-    let mut out = OpenOptions::default();
+    let mut out = OpenOptions {
+        cache_bytes: BROWSER_CACHE_BYTES,
+        ..OpenOptions::default()
+    };
     if options.is_undefined() || options.is_null() {
         return Ok(out);
+    }
+    match number_option(options, "cacheBytes")? {
+        Some(bytes) if bytes.fract() == 0.0 => out.cache_bytes = bytes as usize,
+        Some(_) => {
+            return Err(invalid_input(
+                "option `cacheBytes` must be a whole number of bytes, 0 or more",
+            ))
+        }
+        None => {}
     }
     let embedder = Reflect::get(options, &"embedder".into())?;
     if !embedder.is_undefined() && !embedder.is_null() && !embedder.is_string() {

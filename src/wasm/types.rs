@@ -75,10 +75,11 @@ export interface OpenOptions {
    */
   indexes?: string[];
   /**
-   * About how many bytes of document text stay in memory (Node addon only,
-   * default 256 MiB): past that, the documents that came in first are left
-   * in the SQLite file and read back when a read needs them. In the browser
-   * every document stays in memory for now.
+   * About how many bytes of document text stay in memory (default 64 MiB
+   * in the browser, 256 MiB in Node): past that, the documents that came in
+   * first are left in IndexedDB (or the SQLite file) and read back when a
+   * read needs them; a document read often stays. Ids, clocks, embeddings
+   * and field indexes stay in memory whatever this is.
    */
   cacheBytes?: number;
   /** Vector index settings (the defaults suit sentence embeddings). */

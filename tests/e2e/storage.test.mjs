@@ -322,18 +322,24 @@ test('an older IndexedDB schema is upgraded; a blocked upgrade is a clear error'
     const kept = await db.get('kept');
     await db.put('new', 1);
     await db.close();
+    // Closing rewrote the old rows into chunks with id lists: with no
+    // cache, every document is read back from IndexedDB by id.
+    const uncached = await PluresDB.open('legacy', { cacheBytes: 0 });
+    const readBack = [await uncached.get('kept'), await uncached.get('new')];
+    await uncached.close();
     const upgraded = await request(indexedDB.open('pluresdb/legacy'));
     const stores = [...upgraded.objectStoreNames];
     const version = upgraded.version;
     const format = await request(upgraded.transaction('meta').objectStore('meta').get('format'));
     upgraded.close();
-    return { blocked, kept, stores, version, format: [...format] };
+    return { blocked, kept, readBack, stores, version, format: [...format] };
   });
   assert.equal(result.blocked?.name, 'UpgradeBlockedError');
   assert.match(result.blocked.message, /close other tabs/);
   assert.deepEqual(result.kept, { from: 'schema 1' });
-  assert.deepEqual(result.stores, ['meta', 'records', 'segments']);
-  assert.equal(result.version, 4);
+  assert.deepEqual(result.readBack, [{ from: 'schema 1' }, 1]);
+  assert.deepEqual(result.stores, ['ids', 'meta', 'records', 'segments']);
+  assert.equal(result.version, 5);
   assert.deepEqual(result.format, [2, 0, 0, 0]);
   await page.close();
 });
@@ -398,7 +404,7 @@ test('a database of 1,000,000 notes opens in a fresh page and reads, lists and q
   const reader = await openFixture();
   const result = await reader.evaluate(async () => {
     const started = performance.now();
-    const db = await globalThis.api.PluresDB.open('million', { indexes: ['category'] });
+    const db = await globalThis.api.PluresDB.open('million', { indexes: ['category'], cacheBytes: 32 * 1024 * 1024 });
     const note = await db.get('note:0000042');
     const openMs = performance.now() - started;
     const length = db.explain({ prefix: 'note:' }).reads;
