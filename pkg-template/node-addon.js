@@ -12,6 +12,12 @@ import { platformTriple } from './platform.js';
 
 const require = createRequire(import.meta.url);
 
+/** `{ cachedBytes, documentsInStorage }` of an open addon database. */
+function cacheStatus(native) {
+  const [cachedBytes, documentsInStorage] = native.cacheStatus();
+  return { cachedBytes, documentsInStorage };
+}
+
 /**
  * Loads the addon: the per-platform package `pluresdb-<triple>` (installed
  * through optionalDependencies), else `pluresdb.<triple>.node` beside this
@@ -293,6 +299,7 @@ function createClass(addon, triple) {
         usage,
         quota: null,
         evictionRisk: path === null ? 'high' : 'low',
+        ...cacheStatus(this.#native),
       };
     }
 

@@ -30,10 +30,14 @@ impl IndexedDbFactory {
 impl StorageFactory for IndexedDbFactory {
     type Storage = IndexedDbStorage;
 
+    /// Every database keeps id lists from its first commit, so that the
+    /// checks of reading records back run on small databases.
     async fn open(&self, name: &str) -> IndexedDbStorage {
-        IndexedDbStorage::open(&format!("{}-{name}", self.run))
+        let storage = IndexedDbStorage::open(&format!("{}-{name}", self.run))
             .await
-            .expect("IndexedDB opens")
+            .expect("IndexedDB opens");
+        storage.list_ids_from_bytes(0);
+        storage
     }
 }
 
@@ -303,6 +307,127 @@ mod indexeddb_specifics {
         !read_store(database, "meta", &format!("store.get({key:?})"))
             .await
             .is_undefined()
+    }
+
+    /// A database keeps no id lists while small; once it holds enough, its
+    /// commits write them, its next upkeep lists what came before, and from
+    /// its next open it reads records back. Another instance that had not
+    /// seen it grow learns it from the first commit it finds.
+    #[wasm_bindgen_test]
+    async fn id_lists_start_once_the_database_is_large() {
+        let factory = IndexedDbFactory::new();
+        let database = format!("pluresdb/{}-growing", factory.run);
+        let open = |bytes: usize| {
+            let name = format!("{}-growing", factory.run);
+            async move {
+                let storage = IndexedDbStorage::open(&name).await.unwrap();
+                storage.list_ids_from_bytes(bytes);
+                storage
+            }
+        };
+        let count = |store: &'static str| {
+            let database = database.clone();
+            async move {
+                read_store(&database, store, "store.count()")
+                    .await
+                    .as_f64()
+                    .unwrap() as u32
+            }
+        };
+        let options = || OpenOptions {
+            cache_bytes: 1_000,
+            ..Default::default()
+        };
+        fn text(i: usize) -> String {
+            format!("{i:05}").repeat(200)
+        }
+        async fn put(db: &Database<IndexedDbStorage>, from: usize) -> pluresdb::Result<()> {
+            let batch: Vec<_> = (from..from + 20)
+                .map(|i| {
+                    let document = pluresdb::crdt::Document::from_value(&json!(text(i))).unwrap();
+                    (format!("k{i:03}"), document)
+                })
+                .collect();
+            db.put_many(batch).await
+        }
+        // Below 50 KB: no lists, and nothing is left in storage.
+        let db = Database::open(open(50_000).await, options()).await.unwrap();
+        put(&db, 0).await.unwrap();
+        assert_eq!(count("ids").await, 0, "a small database keeps no id lists");
+        // Another instance, which would never list by itself, holds on.
+        let other = open(usize::MAX).await;
+        let other_generation = other.load().await.unwrap().generation;
+        put(&db, 20).await.unwrap();
+        let keys = || {
+            let database = database.clone();
+            async move {
+                let keys = read_store(
+                    &database,
+                    "records",
+                    "store.getAllKeys()).then((keys) => keys.map((key) => key.join('/')).join(' ')",
+                )
+                .await
+                .as_string()
+                .unwrap();
+                keys.split(' ').map(String::from).collect::<Vec<_>>()
+            }
+        };
+        // Written without lists; nothing is due to fold them yet.
+        let unlisted = keys().await;
+        put(&db, 40).await.unwrap();
+        assert!(count("ids").await > 0, "past 50 KB, commits write id lists");
+        // The other instance's next commit finds them, and lists its own.
+        let mut tab = pluresdb::crdt::CrdtStore::new(pluresdb::crdt::ActorId::from_bytes([7; 16]));
+        tab.put(
+            "other",
+            pluresdb::crdt::Document::from_value(&json!(1)).unwrap(),
+            1,
+        );
+        other
+            .commit(pluresdb::storage::CommitBatch {
+                expected_generation: other_generation,
+                records: vec![("other".into(), tab.record("other").unwrap().to_bytes())],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let listed = read_store(
+            &database,
+            "ids",
+            "store.getAll()).then((lists) => lists.some((list) => list.ids.includes('other'))",
+        )
+        .await;
+        assert_eq!(
+            listed.as_bool(),
+            Some(true),
+            "the other instance listed its commit"
+        );
+        drop(other);
+        assert!(
+            !db.storage().reads_records(),
+            "as loaded, small: nothing read back"
+        );
+        db.close().await.unwrap();
+        // Upkeep (at the latest when closing) listed the rest in place:
+        // every part has its list, and the parts written before the lists
+        // are where they were.
+        assert_eq!(count("ids").await, count("records").await);
+        let after = keys().await;
+        assert!(
+            unlisted.iter().all(|key| after.contains(key)),
+            "the parts were listed where they lie: {unlisted:?} in {after:?}"
+        );
+        let db = Database::open(open(50_000).await, options()).await.unwrap();
+        assert!(db.storage().reads_records());
+        assert!(db.stats().unwrap().records_in_storage_only > 50);
+        for i in 0..60 {
+            assert_eq!(
+                db.get(&format!("k{i:03}")).await.unwrap(),
+                Some(json!(text(i)))
+            );
+        }
+        assert_eq!(db.get("other").await.unwrap(), Some(json!(1)));
+        db.close().await.unwrap();
     }
 
     /// A database written before the id lists (schema 4) cannot read a

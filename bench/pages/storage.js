@@ -14,8 +14,10 @@ const fresh = (prefix) => `${prefix}-${Date.now()}-${counter++}`;
 
 const contenders = {
   pluresdb: {
+    // `variant`: 'relaxed' (durability), or { cacheBytes }.
     async open(name, variant) {
-      return PluresDB.open(name, variant === 'relaxed' ? { durability: 'relaxed' } : undefined);
+      if (variant === 'relaxed') return PluresDB.open(name, { durability: 'relaxed' });
+      return PluresDB.open(name, typeof variant === 'object' ? variant : undefined);
     },
     async bulk(db, docs) { await db.putMany(docs.map((d) => [d.id, d])); },
     async put(db, doc) { await db.put(doc.id, doc); },
@@ -176,14 +178,37 @@ async function singleInsertsInto(name, dbName, count, runs) {
   return { ...result, perSecond: (count / result.median) * 1000 };
 }
 
-/** Opens an existing database and reads one record: the cold-open time. */
-async function coldOpen(name, dbName) {
+/**
+ * Opens an existing database and reads one record: the cold-open time, and
+ * the WebAssembly memory the page's PluresDB module holds afterwards.
+ */
+async function coldOpen(name, dbName, variant) {
   const contender = contenders[name];
   const start = performance.now();
-  const db = await contender.open(dbName);
+  const db = await contender.open(dbName, variant);
   const doc = await contender.get(db, 'doc:000042');
   const elapsed = performance.now() - start;
   if (!doc) throw new Error(`${name}: cold open found no document`);
+  const wasmBytes = wasm.memory.buffer.byteLength;
+  await contender.close(db);
+  return { elapsed, wasmBytes };
+}
+
+/**
+ * Opens the existing database `dbName` of `count` documents (not timed),
+ * then `gets` awaited gets of random ids, each its own read: for PluresDB
+ * opened with `{ cacheBytes: 0 }` every one reads IndexedDB.
+ */
+async function gets(name, dbName, count, gets, variant) {
+  const contender = contenders[name];
+  const db = await contender.open(dbName, variant);
+  const random = rng(11);
+  const ids = Array.from({ length: gets }, () => `doc:${String(Math.floor(random() * count)).padStart(6, '0')}`);
+  const start = performance.now();
+  for (const id of ids) {
+    if (!(await contender.get(db, id))) throw new Error(`${name}: ${id} missing`);
+  }
+  const elapsed = performance.now() - start;
   await contender.close(db);
   return elapsed;
 }
@@ -223,5 +248,5 @@ async function coldOpenNotes(name, dbName) {
   return { elapsed, wasmBytes };
 }
 
-globalThis.bench = { bulkInsert, singleInserts, singleInsertsInto, reads, populate, coldOpen, populateNotes, coldOpenNotes, destroy, contenders: Object.keys(contenders) };
+globalThis.bench = { bulkInsert, singleInserts, singleInsertsInto, reads, populate, coldOpen, gets, populateNotes, coldOpenNotes, destroy, contenders: Object.keys(contenders) };
 document.body.dataset.ready = 'true';

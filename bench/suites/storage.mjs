@@ -1,4 +1,11 @@
 // Browser storage suite driver: bench/pages/storage.js in headless Chromium.
+
+/** Median, min and max of `times`. */
+function summary(times) {
+  const sorted = [...times].sort((a, b) => a - b);
+  return { median: sorted[Math.floor(sorted.length / 2)], min: sorted[0], max: sorted.at(-1), runs: times.length };
+}
+
 export async function runStorageSuite({ context, baseUrl, runs, quick }) {
   const page = await context.newPage();
   page.on('pageerror', (error) => console.error('bench page error:', error));
@@ -26,13 +33,39 @@ export async function runStorageSuite({ context, baseUrl, runs, quick }) {
       console.log(`bench: storage/${name}: cold open of ${size} records`);
       const dbName = `cold-${name}-${size}-${Date.now()}`;
       await page.evaluate(([n, db, s]) => globalThis.bench.populate(n, db, s), [name, dbName, size]);
-      const times = [];
-      for (let run = 0; run < runs; run++) {
+      const inFreshPage = async (work) => {
         const fresh = await context.newPage();
         await fresh.goto(`${baseUrl}/bench/pages/storage.html`);
         await fresh.waitForSelector('body[data-ready="true"]', { state: 'attached' });
-        times.push(await fresh.evaluate(([n, db]) => globalThis.bench.coldOpen(n, db), [name, dbName]));
+        const result = await work(fresh);
         await fresh.close();
+        return result;
+      };
+      const coldOpens = (variant) => inFreshPage((fresh) => fresh.evaluate(
+        ([n, db, v]) => globalThis.bench.coldOpen(n, db, v), [name, dbName, variant]));
+      const times = [];
+      for (let run = 0; run < runs; run++) times.push((await coldOpens(undefined)).elapsed);
+      if (size === sizes.at(-1) && name !== 'pouchdb') {
+        // Documents beyond the cache: PluresDB's memory and cold open at
+        // three cache sizes, and gets that each read IndexedDB.
+        const beyond = (results.beyondCache ??= { size, gets: 2_000, open: {}, reads: {} });
+        const variants = name === 'pluresdb'
+          ? { 'pluresdb-all': { cacheBytes: Number.MAX_SAFE_INTEGER }, pluresdb: undefined, 'pluresdb-16': { cacheBytes: 16 * 1024 * 1024 } }
+          : {};
+        for (const [label, variant] of Object.entries(variants)) {
+          console.log(`bench: storage/${label}: cold open of ${size} records, memory`);
+          const opened = [];
+          for (let run = 0; run < runs; run++) opened.push(await coldOpens(variant));
+          beyond.open[label] = { ...summary(opened.map((o) => o.elapsed)), wasmBytes: Math.max(...opened.map((o) => o.wasmBytes)) };
+        }
+        const readVariant = name === 'pluresdb' ? { cacheBytes: 0 } : undefined;
+        console.log(`bench: storage/${name}: ${beyond.gets} gets of records not in memory`);
+        const elapsed = [];
+        for (let run = 0; run < runs; run++) {
+          elapsed.push(await inFreshPage((fresh) => fresh.evaluate(
+            ([n, db, s, g, v]) => globalThis.bench.gets(n, db, s, g, v), [name, dbName, size, beyond.gets, readVariant])));
+        }
+        beyond.reads[name] = summary(elapsed);
       }
       if (size === sizes.at(-1)) {
         console.log(`bench: storage/${name}: single inserts into ${size} records`);
@@ -41,10 +74,7 @@ export async function runStorageSuite({ context, baseUrl, runs, quick }) {
           ([n, db, r]) => globalThis.bench.singleInsertsInto(n, db, 300, r), [name, dbName, runs]);
       }
       await page.evaluate(([n, db]) => globalThis.bench.destroy(n, db), [name, dbName]);
-      const sorted = [...times].sort((a, b) => a - b);
-      (results.coldOpen[size] ??= {})[name] = {
-        median: sorted[Math.floor(sorted.length / 2)], min: sorted[0], max: sorted.at(-1), runs: times.length,
-      };
+      (results.coldOpen[size] ??= {})[name] = summary(times);
     }
   }
   // A million small notes: PluresDB holds every record in memory, the

@@ -200,8 +200,8 @@ pub struct DatabaseStats {
     pub tombstones: usize,
     /// Records holding concurrent versions.
     pub conflicted: usize,
-    /// Bytes of document text held in memory (counted only when documents
-    /// may be left in storage: see [`OpenOptions::cache_bytes`]).
+    /// Bytes of document text held in memory (see
+    /// [`OpenOptions::cache_bytes`]).
     pub cached_bytes: usize,
     /// Records with a document left in storage.
     pub records_in_storage_only: usize,
@@ -1126,8 +1126,9 @@ impl<S: Storage> Database<S> {
             if !record.conflicts().is_empty() {
                 stats.conflicted += 1;
             }
+            stats.cached_bytes += record.resident_bytes();
         }
-        (stats.cached_bytes, stats.records_in_storage_only) = state.store.body_usage();
+        stats.records_in_storage_only = state.store.body_usage().1;
         Ok(stats)
     }
 

@@ -164,6 +164,19 @@ impl LoadedChunk {
         })
     }
 
+    /// The ids its rows and removals name, in order, each followed by a
+    /// newline (an id list: see the IndexedDB backend).
+    pub fn id_list(&self) -> String {
+        let mut ids = String::new();
+        for entry in &self.entries {
+            if entry.kind != KIND_META {
+                ids.push_str(self.text(&entry.id));
+                ids.push('\n');
+            }
+        }
+        ids
+    }
+
     /// A value holding one record row (older formats stored a row per
     /// record, under its id).
     pub fn single_row(id: String, row: Vec<u8>) -> Self {

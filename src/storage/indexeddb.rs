@@ -110,6 +110,12 @@ const ID_LISTS: &str = "ids";
 /// Chunks are split into parts of about this many bytes, so that reading
 /// one record back reads one small value.
 const PART_BYTES: usize = 64 * 1024;
+/// A database keeps id lists (so that its documents can be left in
+/// storage and read back by id) once its records store holds this many
+/// bytes. Below, every document stays in memory, and commits skip the
+/// lists: in an awaited put, the list's write and index entries cost about
+/// a fifth of the transaction.
+const LIST_IDS_FROM_BYTES: usize = 8 * 1024 * 1024;
 const GENERATION_KEY: &str = "generation";
 /// How long an upgrade waits for other connections to close.
 const BLOCKED_TIMEOUT_MS: u32 = 3_000;
@@ -239,11 +245,22 @@ pub struct IndexedDbStorage {
     /// Chunks (commits and compaction outputs: generations, whatever their
     /// parts) in the records store, as far as this instance knows.
     chunks: std::cell::Cell<u32>,
-    /// True when every value of the records store has its id list, as
-    /// found at load: records can then be read back by id. A database
-    /// written by an older schema has none until a full compaction
-    /// rewrites it (its first upkeep).
-    indexed: std::cell::Cell<bool>,
+    /// True when records can be read back by id: at load, the database
+    /// kept id lists and every value of the records store had its own.
+    reads_back: std::cell::Cell<bool>,
+    /// True while every value of the records store has its id list, as far
+    /// as this instance knows.
+    all_listed: std::cell::Cell<bool>,
+    /// Whether commits and compactions write id lists: once the database
+    /// holds [`LIST_IDS_FROM_BYTES`] (a smaller one keeps every document in
+    /// memory, and its writes skip the cost of the lists), or once any
+    /// instance wrote one. Never turned off.
+    listing: std::cell::Cell<bool>,
+    /// About how many bytes the records store holds (as loaded, plus what
+    /// this instance appended since).
+    stored_bytes: std::cell::Cell<usize>,
+    /// [`LIST_IDS_FROM_BYTES`], or what a test set.
+    list_from_bytes: std::cell::Cell<usize>,
     /// Chunks this instance appended since it last compacted, and the
     /// generation of the first: once there are enough, every chunk from
     /// that one on (a suffix: other tabs' chunks in between included) is
@@ -294,7 +311,11 @@ impl IndexedDbStorage {
             name: name.to_owned(),
             durability,
             chunks: std::cell::Cell::new(0),
-            indexed: std::cell::Cell::new(false),
+            reads_back: std::cell::Cell::new(false),
+            all_listed: std::cell::Cell::new(true),
+            listing: std::cell::Cell::new(false),
+            stored_bytes: std::cell::Cell::new(0),
+            list_from_bytes: std::cell::Cell::new(LIST_IDS_FROM_BYTES),
             appended: std::cell::Cell::new(0),
             appended_bytes: std::cell::Cell::new(0),
             first_appended: std::cell::Cell::new(None),
@@ -334,6 +355,23 @@ impl IndexedDbStorage {
     pub fn simulate_lost_connection(&self) {
         if let Some(connection) = self.connection.borrow().as_ref() {
             connection.database.close();
+        }
+    }
+
+    /// Makes this instance keep id lists from `bytes` of records on instead
+    /// of [`LIST_IDS_FROM_BYTES`] (0: always), before it loads. For tests.
+    #[doc(hidden)]
+    pub fn list_ids_from_bytes(&self, bytes: usize) {
+        self.list_from_bytes.set(bytes);
+    }
+
+    /// Starts keeping id lists when this instance learns that the database
+    /// reached the size for them, or that another instance keeps them.
+    fn start_listing_if(&self, other_instance_lists: bool) {
+        if !self.listing.get()
+            && (other_instance_lists || self.stored_bytes.get() >= self.list_from_bytes.get())
+        {
+            self.listing.set(true);
         }
     }
 
@@ -485,7 +523,7 @@ impl IndexedDbStorage {
         let segments = !batch.segments.is_empty() || !batch.removed_segments.is_empty();
         let database = self.database().await?;
         let generation = batch.expected_generation + 1;
-        let parts = encode_commit_parts(batch);
+        let parts = encode_commit_parts(batch, self.listing.get());
         let started = begin_optimistic_commit(
             &database,
             &write_scope(segments),
@@ -496,7 +534,7 @@ impl IndexedDbStorage {
         .map_err(|e| storage_error("writing records", e))?;
         let transaction: web_sys::IdbTransaction = started.get(0).unchecked_into();
         let outcome = JsFuture::from(js_sys::Promise::from(started.get(1)));
-        let queued = queue_parts(&transaction, &parts, generation, 1)
+        let queued = queue_parts(&transaction, &parts, generation, 1, self.listing.get())
             .and_then(|()| queue_side_writes(&transaction, batch));
         drop(parts);
         if let Err(error) = queued {
@@ -525,6 +563,12 @@ impl IndexedDbStorage {
             .iter()
             .map(|(id, row)| id.len() + row.len())
             .sum();
+        if !self.listing.get() {
+            self.all_listed.set(false);
+        }
+        self.stored_bytes
+            .set(self.stored_bytes.get().saturating_add(bytes));
+        self.start_listing_if(false);
         if bytes >= SMALL_CHUNK_BYTES {
             // A large chunk is not worth folding: the suffix to fold starts
             // after it.
@@ -553,11 +597,13 @@ impl IndexedDbStorage {
         // and nothing another tab wrote is ever overwritten. Its key is the
         // stored generation: the newest chunk's tells the next commit
         // whether another tab committed in between.
+        let listing = self.listing.get();
         queue_parts(
             &transaction.transaction,
-            &encode_commit_parts(batch),
+            &encode_commit_parts(batch, listing),
             generation,
             0,
+            listing,
         )?;
         queue_side_writes(&transaction.transaction, batch)
     }
@@ -574,6 +620,14 @@ impl IndexedDbStorage {
         // merged, never overwritten.
         let (newest, foreign_records, foreign_meta) =
             written_after(&records, batch.expected_generation).await?;
+        // Another instance may have started keeping id lists: then this
+        // commit keeps them too.
+        if !self.listing.get() {
+            let since: JsValue = chunks_from(batch.expected_generation + 1)?.into();
+            let lists = transaction.store(ID_LISTS)?.count_with_key(&since);
+            let lists = request("counting id lists", lists).await?;
+            self.start_listing_if(lists.as_f64().unwrap_or(0.0) > 0.0);
+        }
         // (The expected generation is at least an old head row's: it was
         // loaded as the greater of that and the newest chunk's.)
         let generation = newest.max(batch.expected_generation) + 1;
@@ -584,6 +638,54 @@ impl IndexedDbStorage {
             foreign_records,
             foreign_meta,
         })
+    }
+
+    /// Writes the id list of every part of a chunk that has none (written
+    /// before the database kept lists), without rewriting the parts: one
+    /// strict transaction. False when a value cannot be listed in place (a
+    /// row stored one per record by a format before chunks): a full
+    /// compaction then rewrites everything.
+    async fn list_unlisted_parts(&self) -> Result<bool, StorageError> {
+        let transaction = self.begin_write_with(false, IdbDurability::Strict).await?;
+        let result = async {
+            let records = transaction.store(RECORDS)?;
+            let id_lists = transaction.store(ID_LISTS)?;
+            let keys: Array = request("listing chunks", records.get_all_keys())
+                .await?
+                .unchecked_into();
+            let listed: Array = request("listing id lists", id_lists.get_all_keys())
+                .await?
+                .unchecked_into();
+            let key_of = |key: &JsValue| {
+                let key = Array::from(key);
+                let number = |at| key.get(at).as_f64().map(f64::to_bits);
+                (number(0), number(1))
+            };
+            let listed: std::collections::HashSet<_> =
+                listed.iter().map(|key| key_of(&key)).collect();
+            let mut unlisted = Vec::new();
+            for key in keys.iter() {
+                if !key.is_array() {
+                    return Ok(false);
+                }
+                if !listed.contains(&key_of(&key)) {
+                    unlisted.push(key);
+                }
+            }
+            for key in unlisted {
+                let value = request("reading a chunk", records.get(&key)).await?;
+                let chunk = LoadedChunk::index(bytes_of(&value).unwrap_or_default())
+                    .map_err(|e| corrupt_chunk(&key, e))?;
+                put_id_list(&id_lists, &key, &chunk.id_list());
+            }
+            Ok(true)
+        }
+        .await;
+        let listed = transaction.finish(result).await?;
+        if listed {
+            self.all_listed.set(true);
+        }
+        Ok(listed)
     }
 
     /// Folds chunks together so loads stay fast and superseded rows are
@@ -606,7 +708,9 @@ impl IndexedDbStorage {
         fold_legacy_head: bool,
     ) -> Result<Option<u64>, StorageError> {
         let full = self.chunks.get() as usize >= FULL_COMPACTION_CHUNKS
-            || (fold_legacy_head && (self.legacy_generation.get() > 0 || !self.indexed.get()));
+            || (fold_legacy_head
+                && (self.legacy_generation.get() > 0
+                    || (self.listing.get() && !self.all_listed.get())));
         if !full && self.appended.get() < after_chunks && self.appended_bytes.get() < after_bytes {
             return Ok(None);
         }
@@ -688,6 +792,16 @@ impl IndexedDbStorage {
         }
         let merged = merge_entries(entries, full);
         let id_lists = transaction.store(ID_LISTS)?;
+        if !self.listing.get() {
+            // What is folded may hold another instance's lists.
+            let lists = match since {
+                Some(since) => id_lists.count_with_key(&chunks_from(since)?.into()),
+                None => id_lists.count(),
+            };
+            let lists = request("counting id lists", lists).await?;
+            self.start_listing_if(lists.as_f64().unwrap_or(0.0) > 0.0);
+        }
+        let listing = self.listing.get();
         // One request per store removes what was read: everything from
         // `since` on (nothing can have been added since, within this
         // transaction), or everything. A request per chunk cost about as
@@ -700,15 +814,15 @@ impl IndexedDbStorage {
             None => records.clear().and_then(|_| id_lists.clear()),
         }
         .map_err(|e| storage_error("removing compacted chunks", e))?;
-        queue_parts(&transaction.transaction, &merged, generation, 0)?;
+        queue_parts(&transaction.transaction, &merged, generation, 0, listing)?;
         let folded = generations_among(&keys);
         self.chunks
             .set(self.chunks.get().saturating_sub(folded) + 1);
         let bytes: usize = merged.iter().map(|(chunk, _)| chunk.len()).sum();
         let small = bytes < SMALL_CHUNK_BYTES;
         if full {
-            // Every value now has its id list.
-            self.indexed.set(true);
+            // Every value now has its id list, or none has.
+            self.all_listed.set(listing);
         }
         Ok(Some((small.then_some(generation), stored, generation)))
     }
@@ -1002,7 +1116,7 @@ fn write_scope(segments: bool) -> Array {
 /// one), each with its id list (see [`queue_parts`]): its rows, then its
 /// removals and mergeable metadata in the last part (as one chunk would
 /// hold them).
-fn encode_commit_parts(batch: &CommitBatch) -> Vec<(Vec<u8>, String)> {
+fn encode_commit_parts(batch: &CommitBatch, listing: bool) -> Vec<(Vec<u8>, String)> {
     let chunk_meta: Vec<_> = batch
         .meta
         .iter()
@@ -1011,6 +1125,9 @@ fn encode_commit_parts(batch: &CommitBatch) -> Vec<(Vec<u8>, String)> {
         .collect();
     let ids = |rows: &[(String, Vec<u8>)], removed: &[String]| {
         let mut ids = String::new();
+        if !listing {
+            return ids;
+        }
         for id in rows.iter().map(|(id, _)| id).chain(removed) {
             ids.push_str(id);
             ids.push('\n');
@@ -1039,14 +1156,15 @@ fn encode_commit_parts(batch: &CommitBatch) -> Vec<(Vec<u8>, String)> {
 }
 
 /// Queues the parts of the chunk of `generation` from part `first` on,
-/// each under `[generation, part]` in the records store and with its id
-/// list (the ids its entries name, each followed by a newline) under the
-/// same key in the id lists.
+/// each under `[generation, part]` in the records store, and when
+/// `listing`, with its id list (the ids its entries name, each followed by
+/// a newline) under the same key in the id lists.
 fn queue_parts(
     transaction: &web_sys::IdbTransaction,
     parts: &[(Vec<u8>, String)],
     generation: u64,
     first: usize,
+    listing: bool,
 ) -> Result<(), StorageError> {
     let store = |name: &str| {
         transaction
@@ -1062,7 +1180,9 @@ fn queue_parts(
                 .put_with_key(&Uint8Array::from(chunk.as_slice()), &key)
                 .map_err(|e| storage_error("writing records", e))?;
         }
-        put_id_list(&id_lists, &key, ids);
+        if listing {
+            put_id_list(&id_lists, &key, ids);
+        }
     }
     Ok(())
 }
@@ -1235,13 +1355,26 @@ impl Storage for IndexedDbStorage {
         let (keys, values) = pairs(0);
         let newest_chunk = newest_generation(&keys);
         self.chunks.set(generations_among(&keys));
-        // Records can be read back by id when every value has its id list:
-        // none is a row of a format before chunks, and there are as many
-        // id lists as chunk parts (read in the same transaction).
+        // Records can be read back by id when the database keeps id lists
+        // and every value has its own: none is a row of a format before
+        // chunks, and there are as many id lists as chunk parts (read in
+        // the same transaction).
         let parts = keys.iter().filter(|key| key.is_array()).count();
         let id_lists = stores.get(3).as_f64().unwrap_or(-1.0);
-        self.indexed
+        let stored_bytes: usize = values
+            .iter()
+            .map(|value| {
+                value
+                    .dyn_ref::<Uint8Array>()
+                    .map_or(0, |bytes| bytes.length() as usize)
+            })
+            .sum();
+        self.stored_bytes.set(stored_bytes);
+        self.all_listed
             .set(parts as u32 == keys.length() && id_lists == parts as f64);
+        self.start_listing_if(id_lists > 0.0);
+        self.reads_back
+            .set(self.listing.get() && self.all_listed.get());
         // The database's mergeable metadata is every chunk's merged (with a
         // head row's of schema 3 and older, below): the chunks' entries
         // complete it as the database reads them.
@@ -1356,14 +1489,16 @@ impl Storage for IndexedDbStorage {
         self.appended.get() >= COMPACT_AFTER_CHUNKS
             || self.chunks.get() as usize >= FULL_COMPACTION_CHUNKS
             || self.legacy_generation.get() > 0
-            || !self.indexed.get()
+            || (self.listing.get() && !self.all_listed.get())
     }
 
-    /// True when every value of the records store has its id list (as
-    /// loaded): a database written by an older schema keeps every document
-    /// in memory until its first upkeep rewrote it and it is opened again.
+    /// True when, as loaded, the database kept id lists and every value of
+    /// the records store had its own. A database below
+    /// [`LIST_IDS_FROM_BYTES`] keeps none (every document stays in memory);
+    /// one that reached it, or was written by an older schema, is rewritten
+    /// with them by its next upkeep and reads back from its next open.
     fn reads_records(&self) -> bool {
-        self.indexed.get()
+        self.reads_back.get()
     }
 
     /// Reads every chunk holding a row or removal of one of `ids` (the id
@@ -1410,7 +1545,12 @@ impl Storage for IndexedDbStorage {
             .collect())
     }
 
+    /// Lists the parts written before the database kept id lists (a full
+    /// compaction when that cannot be done in place), then folds chunks.
     async fn housekeeping(&self) -> Result<Option<u64>, StorageError> {
+        if self.listing.get() && !self.all_listed.get() && self.legacy_generation.get() == 0 {
+            self.list_unlisted_parts().await?;
+        }
         self.compact_if_needed(
             self.last_generation.get(),
             COMPACT_AFTER_CHUNKS,

@@ -808,14 +808,16 @@ impl PluresDB {
         Ok(out.into())
     }
 
-    /// `{ storage, persisted, persistRequested, usage, quota, evictionRisk }`:
-    /// what the browser says of this origin's storage now (see
-    /// `StorageStatus`).
+    /// `{ storage, persisted, persistRequested, usage, quota, evictionRisk,
+    /// cachedBytes, documentsInStorage }`: what the browser says of this
+    /// origin's storage now, and what the cache holds (see `StorageStatus`).
     #[wasm_bindgen(js_name = storageStatus, unchecked_return_type = "Promise<StorageStatus>")]
     pub fn storage_status(&self) -> Promise {
         let indexed = matches!(self.db.storage(), BrowserStorage::IndexedDb(_));
         let cached = self.health.clone();
+        let stats = self.db.stats();
         spawn_promise(async move {
+            let stats = stats.map_err(|e| to_js_error(&e))?;
             let mut health = cached.get();
             if indexed {
                 let now = StorageHealth::query(false).await;
@@ -840,6 +842,11 @@ impl PluresDB {
             set("usage", number(health.usage))?;
             set("quota", number(health.quota))?;
             set("evictionRisk", health.eviction_risk().into())?;
+            set("cachedBytes", (stats.cached_bytes as f64).into())?;
+            set(
+                "documentsInStorage",
+                (stats.records_in_storage_only as f64).into(),
+            )?;
             Ok(out.into())
         })
     }

@@ -42,6 +42,20 @@ impl Storage for BrowserStorage {
         }
     }
 
+    fn reads_records(&self) -> bool {
+        match self {
+            Self::Memory(s) => s.reads_records(),
+            Self::IndexedDb(s) => s.reads_records(),
+        }
+    }
+
+    async fn read_records(&self, ids: Vec<String>) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        match self {
+            Self::Memory(s) => s.read_records(ids).await,
+            Self::IndexedDb(s) => s.read_records(ids).await,
+        }
+    }
+
     fn housekeeping_due(&self) -> bool {
         match self {
             Self::Memory(s) => s.housekeeping_due(),

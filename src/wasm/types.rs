@@ -239,6 +239,10 @@ export interface StorageStatus {
    * quota used; 'unknown': the scope cannot tell.
    */
   evictionRisk: 'low' | 'high' | 'unknown';
+  /** Bytes of document text held in memory (at most about `cacheBytes`). */
+  cachedBytes: number;
+  /** Records whose document is in storage only, read back when needed. */
+  documentsInStorage: number;
 }
 
 /**

@@ -371,8 +371,12 @@ test('storageStatus reports persistence, usage, quota and eviction risk', async 
   assert.ok(status.usage > 0 && status.quota > status.usage, JSON.stringify(status));
   assert.equal(status.evictionRisk, status.persisted ? 'low' : 'high');
   assert.equal(result.syncRisk, status.evictionRisk);
+  // The 10 KB document is in the cache (64 MiB by default).
+  assert.equal(status.cachedBytes, JSON.stringify({ text: 'x'.repeat(10_000) }).length);
+  assert.equal(status.documentsInStorage, 0);
   assert.deepEqual(result.memoryStatus, {
     storage: 'memory', persisted: false, persistRequested: false, usage: null, quota: null, evictionRisk: 'high',
+    cachedBytes: 0, documentsInStorage: 0,
   });
   assert.equal(result.badPersist, 'InvalidInputError');
   await page.close();
@@ -433,6 +437,88 @@ test('a database of 1,000,000 notes opens in a fresh page and reads, lists and q
   assert.equal(result.scanned, 10);
   assert.deepEqual(result.added, ['note:1000000']);
   assert.ok(result.memoryMiB < 300, `wasm memory ${result.memoryMiB.toFixed(0)} MiB`);
+  await reader.close();
+});
+
+test('a database larger than its cache reads everything back from IndexedDB, with two tabs writing', async () => {
+  const count = 20_000;
+  const options = { indexes: ['category'], cacheBytes: 1024 * 1024 };
+  const writer = await openFixture();
+  await writer.evaluate(async ({ count, options }) => {
+    const db = await globalThis.api.PluresDB.open('beyond', options);
+    const text = 'lorem ipsum dolor sit amet '.repeat(37);
+    for (let start = 0; start < count; start += 2_000) {
+      const batch = [];
+      for (let i = start; i < start + 2_000; i++) {
+        batch.push([`d:${String(i).padStart(5, '0')}`, { n: i, category: `c${i % 10}`, text }]);
+      }
+      await db.putMany(batch);
+    }
+    await db.close();
+  }, { count, options });
+  await writer.close();
+
+  // A fresh tab opens it with a cache of 1 MiB for 20 MB of documents.
+  const reader = await openFixture();
+  const other = await openFixture();
+  const first = await reader.evaluate(async (options) => {
+    const db = await globalThis.api.PluresDB.open('beyond', options);
+    globalThis.db = db;
+    const status = await db.storageStatus();
+    const note = await db.get('d:00042');
+    const listed = await db.list({ prefix: 'd:0123', limit: 5 });
+    const query = await db.query({ where: { category: 'c3', n: { $lt: 100 } }, sort: '-n' });
+    const openMiB = globalThis.wasmMemoryBytes() / 1048576;
+    // A list of everything returns 20 MB of documents at once: memory
+    // grows by that much while the result is handed over.
+    const all = await db.list({ limit: 100_000 });
+    return {
+      status,
+      note: { n: note.n, category: note.category, length: note.text.length },
+      listed: listed.items.map((item) => [item.id, item.data.n]),
+      query: query.map((hit) => hit.id),
+      total: all.items.length,
+      everyText: all.items.every((item) => item.data.text.length === 999),
+      after: await db.storageStatus(),
+      openMiB,
+      memoryMiB: globalThis.wasmMemoryBytes() / 1048576,
+    };
+  }, options);
+  console.log(`20,000 documents of 1 KB with a 1 MiB cache: ${first.status.documentsInStorage} in IndexedDB only; wasm memory ${first.openMiB.toFixed(1)} MiB open, ${first.memoryMiB.toFixed(1)} MiB after listing everything`);
+  assert.ok(first.status.documentsInStorage > 18_000, JSON.stringify(first.status));
+  assert.ok(first.status.cachedBytes <= 1024 * 1024, JSON.stringify(first.status));
+  assert.deepEqual(first.note, { n: 42, category: 'c2', length: 999 });
+  assert.deepEqual(first.listed, [['d:01230', 1230], ['d:01231', 1231], ['d:01232', 1232], ['d:01233', 1233], ['d:01234', 1234]]);
+  assert.deepEqual(first.query, ['d:00093', 'd:00083', 'd:00073', 'd:00063', 'd:00053', 'd:00043', 'd:00033', 'd:00023', 'd:00013', 'd:00003']);
+  assert.equal(first.total, count);
+  assert.ok(first.everyText, 'every document listed whole');
+  // A scan over everything did not fill memory: the cache holds its bound.
+  assert.ok(first.after.cachedBytes <= 1024 * 1024, JSON.stringify(first.after));
+  // 20 MB of documents resident would take more than this on their own.
+  assert.ok(first.openMiB < 16, `wasm memory ${first.openMiB.toFixed(1)} MiB`);
+
+  // Another tab, its cache as small, rewrites a document the first read
+  // and one it never read, and adds one; the first sees all three.
+  await other.evaluate(async (options) => {
+    const db = await globalThis.api.PluresDB.open('beyond', options);
+    await db.put('d:00042', { n: -42, category: 'c9', text: 'rewritten' });
+    await db.put('d:07777', { n: -7777, category: 'c9', text: 'rewritten' });
+    await db.put('d:99999', { n: 99999, category: 'c9', text: 'new' });
+    await db.close();
+  }, options);
+  await other.close();
+  const seen = await reader.evaluate(async () => {
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      const values = await Promise.all(['d:00042', 'd:07777', 'd:99999'].map((id) => globalThis.db.get(id)));
+      const hits = (await globalThis.db.query({ where: { category: 'c9', n: { $lt: 0 } } })).map((hit) => hit.id).sort();
+      if (values.every((value) => value?.category === 'c9') && hits.length === 2) return { values: values.map((v) => v.n), hits };
+      if (Date.now() > deadline) return { values, hits };
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  });
+  assert.deepEqual(seen, { values: [-42, -7777, 99999], hits: ['d:00042', 'd:07777'] });
+  await reader.evaluate(() => globalThis.db.destroy());
   await reader.close();
 });
 

@@ -709,6 +709,17 @@ impl NativeDatabase {
         self.sync.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
+    /// `[cached bytes, records whose document is in the file only]`:
+    /// how much document text the cache holds (`cacheBytes`).
+    #[napi(catch_unwind)]
+    pub fn cache_status(&self) -> napi::Result<Vec<f64>> {
+        let stats = self.db.stats().map_err(|e| js_error(&e))?;
+        Ok(vec![
+            stats.cached_bytes as f64,
+            stats.records_in_storage_only as f64,
+        ])
+    }
+
     /// The sync status as JSON (as the WebAssembly build reports it).
     #[napi(catch_unwind)]
     pub fn sync_status(&self) -> String {
