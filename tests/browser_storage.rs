@@ -341,23 +341,39 @@ mod indexeddb_specifics {
         fn text(i: usize) -> String {
             format!("{i:05}").repeat(200)
         }
-        async fn put(db: &Database<IndexedDbStorage>, from: usize) -> pluresdb::Result<()> {
-            let batch: Vec<_> = (from..from + 20)
-                .map(|i| {
-                    let document = pluresdb::crdt::Document::from_value(&json!(text(i))).unwrap();
-                    (format!("k{i:03}"), document)
-                })
-                .collect();
-            db.put_many(batch).await
+        // Twenty records of 1 KB written by `tab`, as one commit.
+        fn batch(
+            tab: &mut pluresdb::crdt::CrdtStore,
+            from: usize,
+            generation: u64,
+        ) -> pluresdb::storage::CommitBatch {
+            let mut records = Vec::new();
+            for i in from..from + 20 {
+                let id = format!("k{i:03}");
+                let document = pluresdb::crdt::Document::from_value(&json!(text(i))).unwrap();
+                tab.put(&id, document, 1_000 + i as u64);
+                records.push((id.clone(), tab.record(&id).unwrap().to_bytes()));
+            }
+            pluresdb::storage::CommitBatch {
+                expected_generation: generation,
+                records,
+                meta: vec![(
+                    meta_keys::VERSION_VECTOR.into(),
+                    tab.version_vector().to_bytes(),
+                )],
+                ..Default::default()
+            }
         }
-        // Below 50 KB: no lists, and nothing is left in storage.
-        let db = Database::open(open(50_000).await, options()).await.unwrap();
-        put(&db, 0).await.unwrap();
+        // A storage of its own (a database would run upkeep on its own
+        // schedule) keeps no lists below 50 KB.
+        let writer = open(50_000).await;
+        let mut tab = pluresdb::crdt::CrdtStore::new(pluresdb::crdt::ActorId::from_bytes([6; 16]));
+        let mut generation = writer.load().await.unwrap().generation;
+        for from in [0, 20] {
+            let written = writer.commit(batch(&mut tab, from, generation)).await;
+            generation = written.unwrap().generation;
+        }
         assert_eq!(count("ids").await, 0, "a small database keeps no id lists");
-        // Another instance, which would never list by itself, holds on.
-        let other = open(usize::MAX).await;
-        let other_generation = other.load().await.unwrap().generation;
-        put(&db, 20).await.unwrap();
         let keys = || {
             let database = database.clone();
             async move {
@@ -372,13 +388,37 @@ mod indexeddb_specifics {
                 keys.split(' ').map(String::from).collect::<Vec<_>>()
             }
         };
-        // Written without lists; nothing is due to fold them yet.
+        // This commit takes it past 50 KB: lists are kept from the next on.
+        generation = writer
+            .commit(batch(&mut tab, 40, generation))
+            .await
+            .unwrap()
+            .generation;
         let unlisted = keys().await;
-        put(&db, 40).await.unwrap();
-        assert!(count("ids").await > 0, "past 50 KB, commits write id lists");
-        // The other instance's next commit finds them, and lists its own.
-        let mut tab = pluresdb::crdt::CrdtStore::new(pluresdb::crdt::ActorId::from_bytes([7; 16]));
-        tab.put(
+        assert_eq!(count("ids").await, 0);
+        // Another instance, which would never list by itself, opens while
+        // no list exists.
+        let other = open(usize::MAX).await;
+        let other_generation = other.load().await.unwrap().generation;
+        assert_eq!(other_generation, generation);
+        // Upkeep lists the parts written before, in place.
+        assert!(writer.housekeeping_due());
+        writer.housekeeping().await.unwrap();
+        assert_eq!(
+            count("ids").await,
+            count("records").await,
+            "every part listed"
+        );
+        let after = keys().await;
+        assert!(
+            unlisted.iter().all(|key| after.contains(key)),
+            "the parts were listed where they lie: {unlisted:?} in {after:?}"
+        );
+        // The other instance's next commit (it saw no list, and nothing it
+        // wrote was superseded) finds them, and lists its own.
+        let mut other_tab =
+            pluresdb::crdt::CrdtStore::new(pluresdb::crdt::ActorId::from_bytes([7; 16]));
+        other_tab.put(
             "other",
             pluresdb::crdt::Document::from_value(&json!(1)).unwrap(),
             1,
@@ -386,7 +426,10 @@ mod indexeddb_specifics {
         other
             .commit(pluresdb::storage::CommitBatch {
                 expected_generation: other_generation,
-                records: vec![("other".into(), tab.record("other").unwrap().to_bytes())],
+                records: vec![(
+                    "other".into(),
+                    other_tab.record("other").unwrap().to_bytes(),
+                )],
                 ..Default::default()
             })
             .await
@@ -402,21 +445,9 @@ mod indexeddb_specifics {
             Some(true),
             "the other instance listed its commit"
         );
-        drop(other);
-        assert!(
-            !db.storage().reads_records(),
-            "as loaded, small: nothing read back"
-        );
-        db.close().await.unwrap();
-        // Upkeep (at the latest when closing) listed the rest in place:
-        // every part has its list, and the parts written before the lists
-        // are where they were.
         assert_eq!(count("ids").await, count("records").await);
-        let after = keys().await;
-        assert!(
-            unlisted.iter().all(|key| after.contains(key)),
-            "the parts were listed where they lie: {unlisted:?} in {after:?}"
-        );
+        drop(other);
+        drop(writer);
         let db = Database::open(open(50_000).await, options()).await.unwrap();
         assert!(db.storage().reads_records());
         assert!(db.stats().unwrap().records_in_storage_only > 50);

@@ -642,10 +642,15 @@ impl IndexedDbStorage {
 
     /// Writes the id list of every part of a chunk that has none (written
     /// before the database kept lists), without rewriting the parts: one
-    /// strict transaction. False when a value cannot be listed in place (a
-    /// row stored one per record by a format before chunks): a full
-    /// compaction then rewrites everything.
-    async fn list_unlisted_parts(&self) -> Result<bool, StorageError> {
+    /// strict transaction. It also appends an empty chunk, with its list:
+    /// an instance that never saw a list would otherwise go on committing
+    /// without them (its optimistic commits read nothing), while one that
+    /// opens now relies on them; a newer chunk sends its next commit the
+    /// careful way, which finds the lists. Returns the generation found
+    /// and the one written, or `None` when a value cannot be listed in
+    /// place (a row stored one per record by a format before chunks): a
+    /// full compaction then rewrites everything.
+    async fn list_unlisted_parts(&self) -> Result<Option<(u64, u64)>, StorageError> {
         let transaction = self.begin_write_with(false, IdbDurability::Strict).await?;
         let result = async {
             let records = transaction.store(RECORDS)?;
@@ -666,7 +671,7 @@ impl IndexedDbStorage {
             let mut unlisted = Vec::new();
             for key in keys.iter() {
                 if !key.is_array() {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 if !listed.contains(&key_of(&key)) {
                     unlisted.push(key);
@@ -678,12 +683,16 @@ impl IndexedDbStorage {
                     .map_err(|e| corrupt_chunk(&key, e))?;
                 put_id_list(&id_lists, &key, &chunk.id_list());
             }
-            Ok(true)
+            let found = newest_generation(&keys);
+            let empty = [(encode_chunk(&[], &[], &[]), String::new())];
+            queue_parts(&transaction.transaction, &empty, found + 1, 0, true)?;
+            Ok(Some((found, found + 1)))
         }
         .await;
         let listed = transaction.finish(result).await?;
-        if listed {
+        if listed.is_some() {
             self.all_listed.set(true);
+            self.chunks.set(self.chunks.get() + 1);
         }
         Ok(listed)
     }
@@ -1548,16 +1557,26 @@ impl Storage for IndexedDbStorage {
     /// Lists the parts written before the database kept id lists (a full
     /// compaction when that cannot be done in place), then folds chunks.
     async fn housekeeping(&self) -> Result<Option<u64>, StorageError> {
+        let mut expected = None;
         if self.listing.get() && !self.all_listed.get() && self.legacy_generation.get() == 0 {
-            self.list_unlisted_parts().await?;
+            if let Some((found, written)) = self.list_unlisted_parts().await? {
+                // No other instance committed in between: the next commit
+                // expects the generation written.
+                if found == self.last_generation.get() {
+                    self.last_generation.set(written);
+                    expected = Some(written);
+                }
+            }
         }
-        self.compact_if_needed(
-            self.last_generation.get(),
-            COMPACT_AFTER_CHUNKS,
-            usize::MAX,
-            true,
-        )
-        .await
+        let compacted = self
+            .compact_if_needed(
+                self.last_generation.get(),
+                COMPACT_AFTER_CHUNKS,
+                usize::MAX,
+                true,
+            )
+            .await?;
+        Ok(compacted.or(expected))
     }
 
     fn announce(&self, message: &[u8]) {
