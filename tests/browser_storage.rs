@@ -461,6 +461,93 @@ mod indexeddb_specifics {
         db.close().await.unwrap();
     }
 
+    /// A value of many rows far larger than a part (schema 4 stored each
+    /// commit as one value) is not listed in place, where every record
+    /// read back from it would read it whole: upkeep rewrites the database
+    /// in parts, listed, and it reads back from its next open.
+    #[wasm_bindgen_test]
+    async fn a_large_value_from_schema_4_is_split_by_upkeep() {
+        let factory = IndexedDbFactory::new();
+        let name = "large-value";
+        let database = format!("pluresdb/{}-{name}", factory.run);
+        let mut tab = pluresdb::crdt::CrdtStore::new(pluresdb::crdt::ActorId::from_bytes([5; 16]));
+        let text = |i: usize| format!("{i:04}").repeat(250);
+        let mut rows = Vec::new();
+        for i in 0..400 {
+            let id = format!("v{i:03}");
+            let document = pluresdb::crdt::Document::from_value(&json!(text(i))).unwrap();
+            tab.put(&id, document, 1_000 + i as u64);
+            rows.push((id.clone(), tab.record(&id).unwrap().to_bytes()));
+        }
+        let meta = [(
+            meta_keys::VERSION_VECTOR.to_owned(),
+            tab.version_vector().to_bytes(),
+        )];
+        let chunk = pluresdb::storage::chunk::encode_chunk(&rows, &[], &meta);
+        assert!(chunk.len() > 400_000);
+        // Created by this build, then the one value written as schema 4
+        // wrote a commit: whole, without an id list.
+        factory.open(name).await.load().await.unwrap();
+        let global = js_sys::global();
+        js_sys::Reflect::set(
+            &global,
+            &"largeChunk".into(),
+            &js_sys::Uint8Array::from(chunk.as_slice()),
+        )
+        .unwrap();
+        let script = format!(
+            r#"(async () => {{
+                const request = (r) => new Promise((ok, fail) => {{ r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); }});
+                const db = await request(indexedDB.open({database:?}));
+                const tx = db.transaction('records', 'readwrite');
+                tx.objectStore('records').put(globalThis.largeChunk, [1, 0]);
+                await new Promise((ok) => {{ tx.oncomplete = ok; }});
+                db.close();
+            }})()"#
+        );
+        let promise: js_sys::Promise = js_sys::eval(&script).unwrap().into();
+        wasm_bindgen_futures::JsFuture::from(promise).await.unwrap();
+
+        let storage = factory.open(name).await;
+        storage.load().await.unwrap();
+        assert!(!storage.reads_records(), "a value without its list");
+        assert!(storage.housekeeping_due());
+        storage.housekeeping().await.unwrap();
+        assert!(!storage.housekeeping_due(), "one upkeep rewrote it");
+        let largest = read_store(
+            &database,
+            "records",
+            "store.getAll()).then((values) => Math.max(...values.map((v) => v.byteLength))",
+        )
+        .await
+        .as_f64()
+        .unwrap();
+        assert!(
+            largest < 100_000.0,
+            "rewritten in parts: the largest is {largest} bytes"
+        );
+        drop(storage);
+        let db = Database::open(
+            factory.open(name).await,
+            OpenOptions {
+                cache_bytes: 10_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(db.storage().reads_records());
+        assert!(db.stats().unwrap().records_in_storage_only > 350);
+        for i in (0..400).step_by(7) {
+            assert_eq!(
+                db.get(&format!("v{i:03}")).await.unwrap(),
+                Some(json!(text(i))),
+                "v{i:03}"
+            );
+        }
+        db.close().await.unwrap();
+    }
+
     /// A database written before the id lists (schema 4) cannot read a
     /// record back by id: it opens with every document in memory whatever
     /// its cache, its first upkeep (at the latest when it closes) rewrites

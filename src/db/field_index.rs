@@ -293,6 +293,11 @@ impl FieldIndexBuilder {
 }
 
 impl FieldIndexes {
+    /// True when no field is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
     /// Checks the declared field names: at most [`MAX_INDEXED_FIELDS`],
     /// non-empty, at most [`MAX_FIELD_NAME`] bytes, no repeats.
     pub fn validate(fields: &[String]) -> Result<(), InputError> {

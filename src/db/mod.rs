@@ -1760,6 +1760,9 @@ async fn reindex_repeated_rows<S: Storage>(
     fields: &mut FieldIndexes,
     repeated: Vec<Arc<str>>,
 ) -> Result<()> {
+    if fields.is_empty() {
+        return Ok(());
+    }
     let mut unread = Vec::new();
     for id in repeated {
         match store.record(&id) {

@@ -72,8 +72,8 @@ extern "C" {
     fn read_stores(database: &IdbDatabase, names: &Array, counted: &Array) -> js_sys::Promise;
     #[wasm_bindgen(js_name = createIdLists)]
     fn create_id_lists(database: &IdbDatabase, name: &str);
-    #[wasm_bindgen(js_name = putIdList)]
-    fn put_id_list(store: &IdbObjectStore, key: &JsValue, joined: &str);
+    #[wasm_bindgen(js_name = putIdList, catch)]
+    fn put_id_list(store: &IdbObjectStore, key: &JsValue, joined: &str) -> Result<(), JsValue>;
     #[wasm_bindgen(js_name = readChunksHolding)]
     fn read_chunks_holding(
         database: &IdbDatabase,
@@ -679,9 +679,17 @@ impl IndexedDbStorage {
             }
             for key in unlisted {
                 let value = request("reading a chunk", records.get(&key)).await?;
-                let chunk = LoadedChunk::index(bytes_of(&value).unwrap_or_default())
-                    .map_err(|e| corrupt_chunk(&key, e))?;
-                put_id_list(&id_lists, &key, &chunk.id_list());
+                let bytes = bytes_of(&value).unwrap_or_default();
+                let size = bytes.len();
+                let chunk = LoadedChunk::index(bytes).map_err(|e| corrupt_chunk(&key, e))?;
+                // A value of many rows far beyond a part (schema 4 stored
+                // a commit as one) would be read whole for each record read
+                // back from it: a full compaction splits it instead.
+                if size > 4 * PART_BYTES && chunk.id_list().lines().nth(1).is_some() {
+                    return Ok(None);
+                }
+                put_id_list(&id_lists, &key, &chunk.id_list())
+                    .map_err(|e| storage_error("writing an id list", e))?;
             }
             let found = newest_generation(&keys);
             let empty = [(encode_chunk(&[], &[], &[]), String::new())];
@@ -776,7 +784,13 @@ impl IndexedDbStorage {
         let generation = stored + 1;
         let full = since.is_none();
         let legacy = full && self.legacy_generation.get() > 0;
-        if keys.length() < 2 && !legacy {
+        // A full compaction that is to list everything rewrites even a
+        // single value (it may be one large value without a list).
+        let relist = full && self.listing.get() && !self.all_listed.get();
+        if keys.length() == 0 || (keys.length() < 2 && !legacy && !relist) {
+            if full && keys.length() == 0 {
+                self.all_listed.set(true);
+            }
             return Ok(None);
         }
         let mut entries = Vec::new();
@@ -1190,7 +1204,8 @@ fn queue_parts(
                 .map_err(|e| storage_error("writing records", e))?;
         }
         if listing {
-            put_id_list(&id_lists, &key, ids);
+            put_id_list(&id_lists, &key, ids)
+                .map_err(|e| storage_error("writing an id list", e))?;
         }
     }
     Ok(())
@@ -1522,12 +1537,23 @@ impl Storage for IndexedDbStorage {
             joined.push_str(id);
             joined.push('\n');
         }
-        let database = self.database().await?;
-        let pair: Array = await_promise(
-            "reading records back",
-            read_chunks_holding(&database, RECORDS, ID_LISTS, &joined),
-        )
-        .await?
+        let read = || async {
+            let database = self.database().await?;
+            await_promise(
+                "reading records back",
+                read_chunks_holding(&database, RECORDS, ID_LISTS, &joined),
+            )
+            .await
+        };
+        let pair: Array = match read().await {
+            // The connection was closed under us (another tab upgrading,
+            // the browser reclaiming it): reopen and read once more.
+            Err(StorageError::ConnectionLost(_)) => {
+                self.reconnect().await?;
+                read().await?
+            }
+            other => other?,
+        }
         .unchecked_into();
         drop(joined);
         let mut rows: std::collections::HashMap<&str, Option<Vec<u8>>> =
@@ -1559,12 +1585,18 @@ impl Storage for IndexedDbStorage {
     async fn housekeeping(&self) -> Result<Option<u64>, StorageError> {
         let mut expected = None;
         if self.listing.get() && !self.all_listed.get() && self.legacy_generation.get() == 0 {
-            if let Some((found, written)) = self.list_unlisted_parts().await? {
+            match self.list_unlisted_parts().await {
                 // No other instance committed in between: the next commit
                 // expects the generation written.
-                if found == self.last_generation.get() {
+                Ok(Some((found, written))) if found == self.last_generation.get() => {
                     self.last_generation.set(written);
                     expected = Some(written);
+                }
+                Ok(_) => {}
+                // Folding still runs (a full compaction, when due, lists
+                // everything it rewrites).
+                Err(error) => {
+                    tracing::warn!(%error, "listing IndexedDB parts failed; it is retried later")
                 }
             }
         }
