@@ -164,17 +164,12 @@ impl LoadedChunk {
         })
     }
 
-    /// The ids its rows and removals name, in order, each followed by a
-    /// newline (an id list: see the IndexedDB backend).
-    pub fn id_list(&self) -> String {
-        let mut ids = String::new();
-        for entry in &self.entries {
-            if entry.kind != KIND_META {
-                ids.push_str(self.text(&entry.id));
-                ids.push('\n');
-            }
-        }
-        ids
+    /// The ids its rows and removals name, in order.
+    pub fn named_ids(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .filter(|entry| entry.kind != KIND_META)
+            .map(|entry| self.text(&entry.id))
     }
 
     /// A value holding one record row (older formats stored a row per

@@ -685,10 +685,10 @@ impl IndexedDbStorage {
                 // A value of many rows far beyond a part (schema 4 stored
                 // a commit as one) would be read whole for each record read
                 // back from it: a full compaction splits it instead.
-                if size > 4 * PART_BYTES && chunk.id_list().lines().nth(1).is_some() {
+                if size > 4 * PART_BYTES && chunk.named_ids().nth(1).is_some() {
                     return Ok(None);
                 }
-                put_id_list(&id_lists, &key, &chunk.id_list())
+                put_id_list(&id_lists, &key, &id_list(chunk.named_ids()))
                     .map_err(|e| storage_error("writing an id list", e))?;
             }
             let found = newest_generation(&keys);
@@ -1036,14 +1036,11 @@ fn merge_entries(entries: Vec<ChunkEntry>, full: bool) -> Vec<(Vec<u8>, String)>
     }
     let mut parts = Vec::new();
     let part = |entries: &[ChunkEntry]| {
-        let mut ids = String::new();
-        for entry in entries {
-            if let ChunkEntry::Row(id, _) | ChunkEntry::Removed(id) = entry {
-                ids.push_str(id);
-                ids.push('\n');
-            }
-        }
-        (encode_entries(entries), ids)
+        let ids = entries.iter().filter_map(|entry| match entry {
+            ChunkEntry::Row(id, _) | ChunkEntry::Removed(id) => Some(id.as_str()),
+            ChunkEntry::Meta(..) => None,
+        });
+        (encode_entries(entries), id_list(ids))
     };
     let mut current: Vec<ChunkEntry> = meta
         .into_iter()
@@ -1147,15 +1144,15 @@ fn encode_commit_parts(batch: &CommitBatch, listing: bool) -> Vec<(Vec<u8>, Stri
         .cloned()
         .collect();
     let ids = |rows: &[(String, Vec<u8>)], removed: &[String]| {
-        let mut ids = String::new();
         if !listing {
-            return ids;
+            return String::new();
         }
-        for id in rows.iter().map(|(id, _)| id).chain(removed) {
-            ids.push_str(id);
-            ids.push('\n');
-        }
-        ids
+        id_list(
+            rows.iter()
+                .map(|(id, _)| id)
+                .chain(removed)
+                .map(String::as_str),
+        )
     };
     let mut parts = Vec::new();
     let mut rows = batch.records.as_slice();
@@ -1176,6 +1173,17 @@ fn encode_commit_parts(batch: &CommitBatch, listing: bool) -> Vec<(Vec<u8>, Stri
         parts.push((encode_chunk(&rows[..end], &[], &[]), ids(&rows[..end], &[])));
         rows = &rows[end..];
     }
+}
+
+/// `ids` as the JavaScript side takes them: each followed by a newline
+/// (ids hold no control characters).
+fn id_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
+    let mut joined = String::new();
+    for id in ids {
+        joined.push_str(id);
+        joined.push('\n');
+    }
+    joined
 }
 
 /// Queues the parts of the chunk of `generation` from part `first` on,
@@ -1532,11 +1540,7 @@ impl Storage for IndexedDbStorage {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut joined = String::new();
-        for id in &ids {
-            joined.push_str(id);
-            joined.push('\n');
-        }
+        let joined = id_list(ids.iter().map(String::as_str));
         let read = || async {
             let database = self.database().await?;
             await_promise(
