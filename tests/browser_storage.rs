@@ -39,6 +39,10 @@ impl StorageFactory for IndexedDbFactory {
         storage.list_ids_from_bytes(0);
         storage
     }
+
+    fn hints_rows(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Default)]

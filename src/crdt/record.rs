@@ -186,17 +186,36 @@ impl fmt::Display for Document {
 pub enum Body {
     /// The document, in memory.
     Resident(Document),
-    /// Left in storage (the database's row for the record holds it); the
-    /// document's length in bytes.
-    Stored(u32),
+    /// Left in storage (the database's row for the record holds it).
+    Stored {
+        /// The document's length in bytes.
+        len: u32,
+        /// Where the storage said the row lay when the body left memory
+        /// ([`StoredRow::hint`](crate::storage::StoredRow::hint)), or
+        /// [`NO_HINT`]: a place to look first, never trusted (a body is
+        /// taken only from a version with its dot).
+        hint: u32,
+    },
 }
+
+/// A [`Body::Stored`] whose row's place is not known.
+pub const NO_HINT: u32 = u32::MAX;
 
 impl Body {
     /// The document, when it is in memory.
     pub fn document(&self) -> Option<&Document> {
         match self {
             Body::Resident(document) => Some(document),
-            Body::Stored(_) => None,
+            Body::Stored { .. } => None,
+        }
+    }
+
+    /// Where storage said this body's row lay, when it was left there with
+    /// a hint.
+    pub fn storage_hint(&self) -> Option<u32> {
+        match self {
+            Body::Stored { hint, .. } if *hint != NO_HINT => Some(*hint),
+            _ => None,
         }
     }
 
@@ -209,7 +228,7 @@ impl Body {
     pub fn len(&self) -> usize {
         match self {
             Body::Resident(document) => document.as_str().len(),
-            Body::Stored(len) => *len as usize,
+            Body::Stored { len, .. } => *len as usize,
         }
     }
 
@@ -218,9 +237,16 @@ impl Body {
         self.len() == 0
     }
 
-    /// The same body, left in storage.
-    fn stored(&self) -> Body {
-        Body::Stored(u32::try_from(self.len()).unwrap_or(u32::MAX))
+    /// The same body, left in storage whose row lies at `hint` (or
+    /// [`NO_HINT`]). A body already there keeps the place it had.
+    fn stored(&self, hint: u32) -> Body {
+        match self {
+            Body::Stored { .. } => self.clone(),
+            Body::Resident(_) => Body::Stored {
+                len: u32::try_from(self.len()).unwrap_or(u32::MAX),
+                hint,
+            },
+        }
     }
 }
 
@@ -248,7 +274,7 @@ impl fmt::Debug for Body {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Body::Resident(document) => document.fmt(f),
-            Body::Stored(len) => write!(f, "<{len} bytes in storage>"),
+            Body::Stored { len, .. } => write!(f, "<{len} bytes in storage>"),
         }
     }
 }
@@ -320,7 +346,7 @@ impl Version {
             // encoding it, refuses to commit a record it could not fill, and
             // fills the documents of a delta. An empty text is not JSON, so
             // a peer would refuse such an encoding rather than store it.
-            Some(Body::Stored(_)) => {
+            Some(Body::Stored { .. }) => {
                 debug_assert!(false, "encoding a body left in storage");
                 writer.str("");
             }
@@ -477,13 +503,52 @@ impl Record {
     /// Leaves every body in storage, keeping its length; returns the bytes
     /// it gave back.
     pub fn leave_bodies_in_storage(&mut self) -> usize {
+        self.leave_bodies_in_storage_at(NO_HINT)
+    }
+
+    /// [`leave_bodies_in_storage`](Self::leave_bodies_in_storage), noting
+    /// that the row holding them lies at `hint` (as the storage that handed
+    /// it over names places).
+    pub fn leave_bodies_in_storage_at(&mut self, hint: u32) -> usize {
         let freed = self.resident_bytes();
         for version in &mut self.versions {
             if let Some(body) = &mut version.data {
-                *body = body.stored();
+                *body = body.stored(hint);
             }
         }
         freed
+    }
+
+    /// The places storage gave for the rows holding the bodies this record
+    /// left there, each once (usually one: the row it was loaded from).
+    pub fn storage_hints(&self) -> Vec<u32> {
+        let mut hints: Vec<u32> = Vec::new();
+        for hint in self
+            .versions
+            .iter()
+            .filter_map(|version| version.data.as_ref()?.storage_hint())
+        {
+            if !hints.contains(&hint) {
+                hints.push(hint);
+            }
+        }
+        hints
+    }
+
+    /// True when `stored` holds the document of every version whose body
+    /// this record left in storage (matched by dot, as
+    /// [`fill_bodies`](Self::fill_bodies) takes them).
+    pub fn bodies_found_in(&self, stored: &Record) -> bool {
+        self.versions
+            .iter()
+            .filter(|version| version.data.as_ref().is_some_and(Body::is_stored))
+            .all(|version| {
+                let dot = version.dot();
+                stored
+                    .versions
+                    .iter()
+                    .any(|candidate| candidate.dot() == dot && candidate.document().is_some())
+            })
     }
 
     /// Takes the bodies this record left in storage from `stored`, the
@@ -845,5 +910,68 @@ mod tests {
         assert!(validate_id("ok/id é").is_ok());
         assert!(validate_id("tab\there").is_err());
         assert!(validate_id("next\u{85}line").is_err());
+    }
+
+    /// Two concurrent versions of `x`, one by each of two writers.
+    fn concurrent_versions() -> (Record, Record) {
+        use crate::crdt::{ActorId, CrdtStore};
+        let mut a = CrdtStore::new(ActorId::from_bytes([1; 16]));
+        let mut b = CrdtStore::new(ActorId::from_bytes([2; 16]));
+        a.put(
+            "x",
+            Document::from_value(&serde_json::json!("a")).unwrap(),
+            10,
+        );
+        b.put(
+            "x",
+            Document::from_value(&serde_json::json!("b")).unwrap(),
+            20,
+        );
+        (
+            a.record("x").unwrap().clone(),
+            b.record("x").unwrap().clone(),
+        )
+    }
+
+    #[test]
+    fn bodies_left_in_storage_keep_the_place_they_were_left_at() {
+        let (from_a, from_b) = concurrent_versions();
+        let mut both = from_a.clone();
+        both.merge(&from_b);
+        assert_eq!(both.versions().len(), 2);
+
+        let mut left = both.clone();
+        assert!(left.storage_hints().is_empty(), "in memory: no place");
+        left.leave_bodies_in_storage_at(7);
+        assert_eq!(left.storage_hints(), vec![7], "one place, named once");
+        // Leaving them again keeps the place they were left at.
+        left.leave_bodies_in_storage_at(9);
+        assert_eq!(left.storage_hints(), vec![7]);
+        assert!(left.bodies_found_in(&both));
+        assert!(
+            !left.bodies_found_in(&from_a),
+            "b's document is not in a's row"
+        );
+        assert!(
+            !left.bodies_found_in(&left.clone()),
+            "a row without documents"
+        );
+
+        // Versions loaded from two rows name two places.
+        let (mut a_stored, mut b_stored) = (from_a.clone(), from_b.clone());
+        a_stored.leave_bodies_in_storage_at(3);
+        b_stored.leave_bodies_in_storage_at(5);
+        a_stored.merge(&b_stored);
+        let mut hints = a_stored.storage_hints();
+        hints.sort_unstable();
+        assert_eq!(hints, vec![3, 5]);
+
+        // Without a hint, none is named; filled, none is left.
+        let mut unplaced = both.clone();
+        unplaced.leave_bodies_in_storage();
+        assert!(unplaced.storage_hints().is_empty());
+        assert!(left.fill_bodies(&both));
+        assert!(left.is_resident() && left.storage_hints().is_empty());
+        assert_eq!(left, both);
     }
 }

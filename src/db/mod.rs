@@ -393,7 +393,7 @@ impl<S: Storage> Database<S> {
                             fields.add(&record);
                             let bytes = record.resident_bytes();
                             if documents_kept.saturating_add(bytes) > options.cache_bytes {
-                                record.leave_bodies_in_storage();
+                                record.leave_bodies_in_storage_at(row.hint());
                             } else {
                                 documents_kept += bytes;
                             }
@@ -910,7 +910,7 @@ impl<S: Storage> Database<S> {
         let stored = if needed.is_empty() {
             HashMap::new()
         } else {
-            read_stored_records(&self.shared, needed).await?
+            read_stored_bodies(&self.shared, needed).await?
         };
         let state = self.readable()?;
         let mut copies = Vec::new();
@@ -1802,6 +1802,58 @@ fn body_missing(id: &str) -> StorageError {
     }
 }
 
+/// Stored rows of `ids` holding every document their records left in
+/// storage, decoded. Each is looked for first where its bodies' hints point
+/// (the row a record was loaded from, which then holds them: one read of a
+/// known place, in one transaction for all); the rest are read whole with
+/// [`read_stored_records`]. A row from a hint may be older than the id's
+/// merged row: a write another instance stored but never announced is then
+/// not seen, just as it is not for a record whose documents are in memory.
+async fn read_stored_bodies<S: Storage>(
+    shared: &Shared<S>,
+    ids: Vec<String>,
+) -> Result<HashMap<String, Record>> {
+    let wanted: Vec<(String, u32)> = {
+        let state = shared.state();
+        ids.iter()
+            .flat_map(|id| {
+                let hints = state.store.record(id).map(Record::storage_hints);
+                hints
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|hint| (id.clone(), hint))
+            })
+            .collect()
+    };
+    let mut found = HashMap::new();
+    if !wanted.is_empty() {
+        // A row that does not decode is read again whole, which reports it.
+        let rows = shared.storage.read_rows_at(wanted).await?;
+        let state = shared.state();
+        for (id, bytes) in rows {
+            let Ok(stored) = Record::from_stored_bytes(&bytes) else {
+                continue;
+            };
+            if stored.id() == id
+                && state
+                    .store
+                    .record(&id)
+                    .is_some_and(|current| current.bodies_found_in(&stored))
+            {
+                found.insert(id, stored);
+            }
+        }
+    }
+    let rest: Vec<String> = ids
+        .into_iter()
+        .filter(|id| !found.contains_key(id))
+        .collect();
+    if !rest.is_empty() {
+        found.extend(read_stored_records(shared, rest).await?);
+    }
+    Ok(found)
+}
+
 /// The stored records of `ids` (those that exist), decoded.
 async fn read_stored_records<S: Storage>(
     shared: &Shared<S>,
@@ -1842,7 +1894,7 @@ async fn read_stored_records<S: Storage>(
 /// replica holds is merged as a stale commit merges what other writers
 /// stored.
 async fn fill_bodies<S: Storage>(shared: &Shared<S>, ids: &[Arc<str>]) -> Result<()> {
-    let stored = read_stored_records(shared, ids.iter().map(|id| id.to_string()).collect()).await?;
+    let stored = read_stored_bodies(shared, ids.iter().map(|id| id.to_string()).collect()).await?;
     let now = shared.clock.now_ms();
     let mut state = shared.state();
     if state.closed {

@@ -116,6 +116,9 @@ pub fn decode_chunk(bytes: Vec<u8>, out: &mut Vec<ChunkEntry>) -> Result<(), Dec
 pub struct LoadedChunk {
     bytes: Arc<Vec<u8>>,
     entries: Vec<EntrySpan>,
+    /// Where the value lies, as the storage names places
+    /// ([`StoredRow::hint`]).
+    hint: u32,
 }
 
 /// One entry of a [`LoadedChunk`]: its kind and the byte ranges of its id
@@ -161,7 +164,13 @@ impl LoadedChunk {
         Ok(Self {
             bytes: Arc::new(bytes),
             entries,
+            hint: crate::crdt::NO_HINT,
         })
+    }
+
+    /// The same chunk, its rows handed over as lying at `hint`.
+    pub fn at(self, hint: u32) -> Self {
+        Self { hint, ..self }
     }
 
     /// The ids its rows and removals name, in order.
@@ -186,6 +195,7 @@ impl LoadedChunk {
                 id,
                 value,
             }],
+            hint: crate::crdt::NO_HINT,
         }
     }
 
@@ -256,6 +266,7 @@ where
                         chunk.bytes.clone(),
                         entry.id.clone(),
                         entry.value.clone(),
+                        chunk.hint,
                     ))))
                 }
                 KIND_ROW => {}

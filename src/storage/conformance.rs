@@ -32,6 +32,13 @@ pub trait StorageFactory {
     fn failing(&self, _name: &str) -> impl Future<Output = Option<(Self::Storage, FailSwitch)>> {
         async { None }
     }
+
+    /// Whether the backend hands rows over with hints of where they lie
+    /// ([`StoredRow::hint`](super::StoredRow::hint)), which the checks of
+    /// reading at hints then require.
+    fn hints_rows(&self) -> bool {
+        false
+    }
 }
 
 fn doc(value: serde_json::Value) -> Document {
@@ -939,6 +946,206 @@ pub async fn records_read_back_are_every_live_row_merged<F: StorageFactory>(fact
     );
 }
 
+/// Rows read where their hints point ([`Storage::read_rows_at`]) are the
+/// rows loaded from there: an id asked for at its row's place gets that
+/// row, an id asked for where it has no row, an unknown id or a place out
+/// of range gets nothing. Once the writer's upkeep folded those places
+/// away, nothing is found there, and reading the ids whole still works.
+/// Backends that give rows no hints pass trivially.
+pub async fn rows_read_at_their_hints_are_the_rows_loaded<F: StorageFactory>(factory: &F) {
+    use crate::crdt::NO_HINT;
+    use std::collections::{BTreeMap, BTreeSet};
+    let writer = factory.open("hints").await;
+    let mut generation = writer.load().await.expect("load").generation;
+    let mut tab = CrdtStore::new(ActorId::from_bytes([3; 16]));
+    let padding = "h".repeat(600);
+    let mut records = Vec::new();
+    for i in 0..300 {
+        let id = format!("h{i:03}");
+        tab.put(&id, doc(json!({ "i": i, "pad": padding })), 100 + i);
+        records.push((id.clone(), tab.record(&id).unwrap().to_bytes()));
+    }
+    // Several parts in a backend that splits.
+    generation = writer
+        .commit(CommitBatch {
+            expected_generation: generation,
+            records,
+            ..Default::default()
+        })
+        .await
+        .expect("commit")
+        .generation;
+    // Then rows in commits of their own: three written again (one id in
+    // two places), and small ones, enough for upkeep to fold what this
+    // writer appended (below).
+    let again = [4, 150, 299].map(|i| (format!("h{i:03}"), json!({ "i": i, "again": true })));
+    let small = (0..40).map(|i| (format!("t{i:03}"), json!(i)));
+    for (at, (id, value)) in again.into_iter().chain(small).enumerate() {
+        tab.put(&id, doc(value), 1_000 + at as u64);
+        generation = writer
+            .commit(CommitBatch {
+                expected_generation: generation,
+                records: vec![(id.clone(), tab.record(&id).unwrap().to_bytes())],
+                ..Default::default()
+            })
+            .await
+            .expect("commit")
+            .generation;
+    }
+    let reader = factory.open("hints").await;
+    let rows = reader
+        .load()
+        .await
+        .expect("load")
+        .read_all_rows()
+        .expect("rows");
+    let hinted: Vec<(String, u32, Vec<u8>)> = {
+        let reloaded = factory.open("hints").await;
+        let mut loaded = reloaded.load().await.expect("load");
+        let mut hinted = Vec::new();
+        for entry in std::mem::take(&mut loaded.records) {
+            if let super::StoredEntry::Row(row) = entry.expect("entry") {
+                if row.hint() != NO_HINT {
+                    hinted.push((row.id().to_owned(), row.hint(), row.bytes().to_vec()));
+                }
+            }
+        }
+        hinted
+    };
+    assert!(rows.len() >= 300);
+    assert_eq!(
+        !hinted.is_empty(),
+        factory.hints_rows(),
+        "rows are handed over with hints exactly when the backend says so"
+    );
+    if hinted.is_empty() {
+        return;
+    }
+    // Read through the handle that loaded with hints: `reader` loaded the
+    // same values in the same order, so its hints name the same places.
+    let places: BTreeMap<u32, BTreeSet<&str>> =
+        hinted
+            .iter()
+            .fold(BTreeMap::new(), |mut places, (id, hint, _)| {
+                places.entry(*hint).or_default().insert(id.as_str());
+                places
+            });
+    assert!(places.len() >= 2, "rows lie in several places: {places:?}");
+    let (first_place, first_ids) = places.iter().next().unwrap();
+    let elsewhere = hinted
+        .iter()
+        .find(|(id, _, _)| !first_ids.contains(id.as_str()))
+        .map(|(id, _, _)| id.clone())
+        .expect("an id that is not in the first place");
+    let misplaced = vec![
+        (elsewhere.clone(), *first_place),
+        ("unknown".to_owned(), *first_place),
+        ("h010".to_owned(), u32::MAX - 1),
+    ];
+    let found = reader
+        .read_rows_at(misplaced.clone())
+        .await
+        .expect("read at hints");
+    assert!(
+        found.is_empty(),
+        "nothing where an id does not lie: found {:?}",
+        found.iter().map(|(id, _)| id).collect::<Vec<_>>()
+    );
+    let mut wanted: Vec<(String, u32)> = hinted
+        .iter()
+        .map(|(id, hint, _)| (id.clone(), *hint))
+        .collect();
+    wanted.extend(misplaced);
+    let found: BTreeMap<String, Vec<u8>> = reader
+        .read_rows_at(wanted.clone())
+        .await
+        .expect("read at hints")
+        .into_iter()
+        .collect();
+    let mut expected: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (id, _, bytes) in &hinted {
+        let merged = match expected.remove(id) {
+            None => bytes.clone(),
+            Some(kept) => super::merge_record_rows(id, bytes, &kept).expect("rows merge"),
+        };
+        expected.insert(id.clone(), merged);
+    }
+    assert_eq!(
+        found.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "one row per id asked for where it lies, none for {elsewhere} where it does not"
+    );
+    for (id, bytes) in &found {
+        assert_eq!(
+            crate::crdt::Record::from_bytes(bytes).unwrap(),
+            crate::crdt::Record::from_bytes(&expected[id]).unwrap(),
+            "the row of {id}"
+        );
+    }
+    // A database opened now keeps no document in memory: each body's hint
+    // names a place loaded. Once those are gone, its gets go the long way.
+    let db = Database::open(
+        factory.open("hints").await,
+        OpenOptions {
+            cache_bytes: 0,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("open");
+    let check = |when: &'static str| {
+        let db = &db;
+        let padding = &padding;
+        async move {
+            for i in 0..300 {
+                let id = format!("h{i:03}");
+                let expected = if [4, 150, 299].contains(&i) {
+                    json!({ "i": i, "again": true })
+                } else {
+                    json!({ "i": i, "pad": padding })
+                };
+                assert_eq!(
+                    db.get(&id).await.expect("get"),
+                    Some(expected),
+                    "{when}: {id}"
+                );
+            }
+            for i in 0..40 {
+                let id = format!("t{i:03}");
+                assert_eq!(
+                    db.get(&id).await.expect("get"),
+                    Some(json!(i)),
+                    "{when}: {id}"
+                );
+            }
+        }
+    };
+    // The writer's upkeep folds everything it appended, every place the
+    // reader loaded from among them.
+    assert!(
+        writer.housekeeping_due(),
+        "a backend that hints rows folds what it appended"
+    );
+    while writer.housekeeping_due() {
+        writer.housekeeping().await.expect("upkeep");
+    }
+    let found = reader.read_rows_at(wanted).await.expect("read at hints");
+    assert!(
+        found.is_empty(),
+        "places folded away hold nothing: found {:?}",
+        found.iter().map(|(id, _)| id).collect::<Vec<_>>()
+    );
+    check("after the places were folded away").await;
+    db.close().await.expect("close");
+    if reader.reads_records() {
+        let whole = reader
+            .read_records(vec!["h004".into(), "h200".into()])
+            .await
+            .expect("read whole");
+        assert_eq!(whole.len(), 2, "read whole after folding");
+    }
+}
+
 /// A database whose documents outgrow its cache (`cache_bytes`) reads
 /// every record back as written: gets, lists, indexed queries and
 /// conflicts, before and after reopening. Backends that cannot read
@@ -1142,6 +1349,7 @@ macro_rules! storage_conformance_tests {
             queries_and_conflicts_survive_reopen,
             failed_commits_change_nothing,
             records_read_back_are_every_live_row_merged,
+            rows_read_at_their_hints_are_the_rows_loaded,
             documents_beyond_the_cache_read_back_as_written,
             an_index_opened_over_rewritten_records_holds_their_newest_values,
         );

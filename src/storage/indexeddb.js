@@ -179,16 +179,7 @@ export function readChunksHolding(db, recordsName, idsName, joined) {
     const found = new Map();
     const readChunks = () => {
       const keys = [...found.values()].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-      const values = new Array(keys.length);
-      let left = keys.length;
-      if (left === 0) resolve([keys, values]);
-      keys.forEach((key, at) => {
-        const read = records.get(key);
-        read.onsuccess = () => {
-          values[at] = read.result;
-          if (--left === 0) resolve([keys, values]);
-        };
-      });
+      getEach(records, keys, (values) => resolve([keys, values]));
     };
     let pending = ids.length;
     if (pending === 0) {
@@ -202,6 +193,41 @@ export function readChunksHolding(db, recordsName, idsName, joined) {
         if (--pending === 0) readChunks();
       };
     }
+  });
+}
+
+// Reads the values under `keys` (undefined where there is none) in one
+// read-only transaction of `storeName`; resolves to them in that order.
+export function readValues(db, storeName, keys) {
+  return new Promise((resolve, reject) => {
+    let transaction;
+    try {
+      transaction = db.transaction(storeName, 'readonly');
+    } catch (error) {
+      reject(error);
+      return;
+    }
+    transaction.onabort = () => reject(
+      transaction.error ?? new DOMException('the transaction was aborted', 'AbortError'));
+    getEach(transaction.objectStore(storeName), keys, resolve);
+  });
+}
+
+// Requests every key of `keys` from `store` at once and calls `done` with
+// the values, in order, once all are in.
+function getEach(store, keys, done) {
+  const values = new Array(keys.length);
+  let left = keys.length;
+  if (left === 0) {
+    done(values);
+    return;
+  }
+  keys.forEach((key, at) => {
+    const read = store.get(key);
+    read.onsuccess = () => {
+      values[at] = read.result;
+      if (--left === 0) done(values);
+    };
   });
 }
 

@@ -81,6 +81,8 @@ extern "C" {
         id_lists: &str,
         joined: &str,
     ) -> js_sys::Promise;
+    #[wasm_bindgen(js_name = readValues)]
+    fn read_values(database: &IdbDatabase, store: &str, keys: &Array) -> js_sys::Promise;
     #[wasm_bindgen(js_name = acquireSlotLock)]
     fn acquire_slot_lock(prefix: &str) -> js_sys::Promise;
     #[wasm_bindgen(js_name = joinChannel)]
@@ -280,6 +282,11 @@ pub struct IndexedDbStorage {
     /// as loaded: never written since, only folded in and removed by a
     /// full compaction.
     legacy_head: RefCell<Head>,
+    /// The keys of the records store's values as loaded: a row's hint
+    /// ([`StoredRow::hint`](crate::storage::StoredRow::hint)) is its value's
+    /// index here. Kept as read; a key compaction removed since reads as
+    /// nothing, which only sends that read the long way.
+    loaded_keys: RefCell<Option<Array>>,
     connection: RefCell<Option<Connection>>,
     channel: RefCell<Option<Channel>>,
 }
@@ -289,6 +296,26 @@ impl IndexedDbStorage {
     /// plain Node).
     pub fn is_available() -> bool {
         has_indexed_db()
+    }
+
+    /// Runs the read `start` begins on the connection, reading records
+    /// back; when the connection was closed under it (another tab
+    /// upgrading, the browser reclaiming it), reopens and reads once more.
+    async fn read_reconnecting(
+        &self,
+        start: impl Fn(&IdbDatabase) -> js_sys::Promise,
+    ) -> Result<JsValue, StorageError> {
+        let read = || async {
+            let database = self.database().await?;
+            await_promise("reading records back", start(&database)).await
+        };
+        match read().await {
+            Err(StorageError::ConnectionLost(_)) => {
+                self.reconnect().await?;
+                read().await
+            }
+            other => other,
+        }
     }
 
     fn database_name(name: &str) -> String {
@@ -322,6 +349,7 @@ impl IndexedDbStorage {
             last_generation: std::cell::Cell::new(0),
             legacy_generation: std::cell::Cell::new(0),
             legacy_head: RefCell::new(Vec::new()),
+            loaded_keys: RefCell::new(None),
             connection: RefCell::new(None),
             channel: RefCell::new(None),
         };
@@ -920,6 +948,8 @@ struct StoredValues {
     values: Array,
     /// Values not read yet: those below this index.
     unread: u32,
+    /// Whether chunks are handed over with their index as their hint.
+    hinted: bool,
 }
 
 impl StoredValues {
@@ -929,6 +959,16 @@ impl StoredValues {
             unread: keys.length(),
             keys,
             values,
+            hinted: false,
+        }
+    }
+
+    /// The same values, each chunk's rows hinted with its index (the
+    /// values a load hands over, whose keys the storage keeps).
+    fn hinted(self) -> Self {
+        Self {
+            hinted: true,
+            ..self
         }
     }
 }
@@ -948,7 +988,9 @@ impl Iterator for StoredValues {
         self.values.set(index, JsValue::UNDEFINED);
         let read = match key.as_string() {
             Some(id) => Ok(LoadedChunk::single_row(id, bytes)),
-            None => LoadedChunk::index(bytes).map_err(|e| corrupt_chunk(&key, e)),
+            None => LoadedChunk::index(bytes)
+                .map(|chunk| if self.hinted { chunk.at(index) } else { chunk })
+                .map_err(|e| corrupt_chunk(&key, e)),
         };
         if read.is_err() {
             // Nothing after an unreadable value is read.
@@ -1410,7 +1452,9 @@ impl Storage for IndexedDbStorage {
         // The database's mergeable metadata is every chunk's merged (with a
         // head row's of schema 3 and older, below): the chunks' entries
         // complete it as the database reads them.
-        state.records = LoadedRecords::streamed(LiveEntries::new(StoredValues::new(keys, values)));
+        *self.loaded_keys.borrow_mut() = Some(keys.clone());
+        state.records =
+            LoadedRecords::streamed(LiveEntries::new(StoredValues::new(keys, values).hinted()));
         let mut legacy_generation = 0;
         let mut legacy_head = Vec::new();
         let (keys, values) = pairs(1);
@@ -1541,24 +1585,10 @@ impl Storage for IndexedDbStorage {
             return Ok(Vec::new());
         }
         let joined = id_list(ids.iter().map(String::as_str));
-        let read = || async {
-            let database = self.database().await?;
-            await_promise(
-                "reading records back",
-                read_chunks_holding(&database, RECORDS, ID_LISTS, &joined),
-            )
-            .await
-        };
-        let pair: Array = match read().await {
-            // The connection was closed under us (another tab upgrading,
-            // the browser reclaiming it): reopen and read once more.
-            Err(StorageError::ConnectionLost(_)) => {
-                self.reconnect().await?;
-                read().await?
-            }
-            other => other?,
-        }
-        .unchecked_into();
+        let pair: Array = self
+            .read_reconnecting(|database| read_chunks_holding(database, RECORDS, ID_LISTS, &joined))
+            .await?
+            .unchecked_into();
         drop(joined);
         let mut rows: std::collections::HashMap<&str, Option<Vec<u8>>> =
             ids.iter().map(|id| (id.as_str(), None)).collect();
@@ -1582,6 +1612,66 @@ impl Storage for IndexedDbStorage {
             .iter()
             .filter_map(|id| Some((id.clone(), rows.get_mut(id.as_str())?.take()?)))
             .collect())
+    }
+
+    /// Reads the values the hints name (indexes into the keys loaded) in
+    /// one read-only transaction, and from each the rows of the ids wanted
+    /// there, merged when an id is wanted in several.
+    async fn read_rows_at(
+        &self,
+        wanted: Vec<(String, u32)>,
+    ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let Some(loaded) = self.loaded_keys.borrow().clone() else {
+            return Ok(Vec::new());
+        };
+        let mut places: Vec<u32> = wanted
+            .iter()
+            .map(|(_, hint)| *hint)
+            .filter(|hint| *hint < loaded.length())
+            .collect();
+        places.sort_unstable();
+        places.dedup();
+        if places.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Array = places.iter().map(|place| loaded.get(*place)).collect();
+        let values: Array = self
+            .read_reconnecting(|database| read_values(database, RECORDS, &keys))
+            .await?
+            .unchecked_into();
+        let wanted: std::collections::HashSet<(&str, u32)> = wanted
+            .iter()
+            .map(|(id, hint)| (id.as_str(), *hint))
+            .collect();
+        let mut rows: std::collections::HashMap<String, Vec<u8>> = Default::default();
+        for (place, value) in places.iter().zip(values.iter()) {
+            // A value gone (compacted since) or unreadable: its ids are
+            // read the long way.
+            let Some(chunk) = bytes_of(&value).and_then(|bytes| LoadedChunk::index(bytes).ok())
+            else {
+                continue;
+            };
+            let single = std::iter::once(Ok::<_, StorageError>(chunk));
+            for entry in LiveEntries::new(single) {
+                let Ok(StoredEntry::Row(row)) = entry else {
+                    continue;
+                };
+                if !wanted.contains(&(row.id(), *place)) {
+                    continue;
+                }
+                match rows.get_mut(row.id()) {
+                    None => {
+                        rows.insert(row.id().to_owned(), row.bytes().to_vec());
+                    }
+                    Some(kept) => {
+                        if let Ok(merged) = merge_record_rows(row.id(), row.bytes(), kept) {
+                            *kept = merged;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(rows.into_iter().collect())
     }
 
     /// Lists the parts written before the database kept id lists (a full

@@ -126,6 +126,7 @@ enum RowBytes {
         chunk: std::sync::Arc<Vec<u8>>,
         id: std::ops::Range<usize>,
         row: std::ops::Range<usize>,
+        hint: u32,
     },
 }
 
@@ -136,13 +137,31 @@ impl StoredRow {
     }
 
     /// The row whose id and encoding lie at `id` and `row` in `chunk`; `id`
-    /// must be UTF-8 (its text is empty otherwise).
+    /// must be UTF-8 (its text is empty otherwise). `hint` names where the
+    /// chunk lies, for [`Storage::read_rows_at`] (or is
+    /// [`NO_HINT`](crate::crdt::NO_HINT)).
     pub(crate) fn in_chunk(
         chunk: std::sync::Arc<Vec<u8>>,
         id: std::ops::Range<usize>,
         row: std::ops::Range<usize>,
+        hint: u32,
     ) -> Self {
-        Self(RowBytes::InChunk { chunk, id, row })
+        Self(RowBytes::InChunk {
+            chunk,
+            id,
+            row,
+            hint,
+        })
+    }
+
+    /// Where the backend that handed this row over found it, as
+    /// [`Storage::read_rows_at`] takes places back, or
+    /// [`NO_HINT`](crate::crdt::NO_HINT).
+    pub fn hint(&self) -> u32 {
+        match &self.0 {
+            RowBytes::InChunk { hint, .. } => *hint,
+            RowBytes::Owned(..) => crate::crdt::NO_HINT,
+        }
     }
 
     /// The record id the row is stored under.
@@ -446,6 +465,20 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
                 "this storage does not read records by id".into(),
             ))
         }
+    }
+
+    /// The rows of `wanted` ids, each read only from the place its hint
+    /// names ([`StoredRow::hint`] of a row this backend handed over): one
+    /// row per id found there, which may be older than the id's merged
+    /// row (a caller takes from it only documents by dot). Ids not found
+    /// where their hint points are left out, and the caller reads them
+    /// with [`read_records`](Self::read_records). The default finds none.
+    fn read_rows_at(
+        &self,
+        wanted: Vec<(String, u32)>,
+    ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, StorageError>> + MaybeSend {
+        let _ = wanted;
+        async { Ok(Vec::new()) }
     }
 
     /// Whether [`housekeeping`](Self::housekeeping) has work to do. The

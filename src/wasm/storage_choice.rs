@@ -56,6 +56,16 @@ impl Storage for BrowserStorage {
         }
     }
 
+    async fn read_rows_at(
+        &self,
+        wanted: Vec<(String, u32)>,
+    ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        match self {
+            Self::Memory(s) => s.read_rows_at(wanted).await,
+            Self::IndexedDb(s) => s.read_rows_at(wanted).await,
+        }
+    }
+
     fn housekeeping_due(&self) -> bool {
         match self {
             Self::Memory(s) => s.housekeeping_due(),
