@@ -313,6 +313,71 @@ mod indexeddb_specifics {
             .is_undefined()
     }
 
+    /// A database opened while small keeps every document in memory; once
+    /// it grows past the size at which id lists are kept and its upkeep has
+    /// listed every part, it leaves documents beyond its cache in storage
+    /// without being opened again, and reads them back as written.
+    #[wasm_bindgen_test]
+    async fn a_database_that_grows_large_bounds_its_documents_without_reopening() {
+        let factory = IndexedDbFactory::new();
+        let storage = IndexedDbStorage::open(&format!("{}-grows", factory.run))
+            .await
+            .unwrap();
+        storage.list_ids_from_bytes(50_000);
+        let cache_bytes = 4_000;
+        let db = Database::open(
+            storage,
+            OpenOptions {
+                cache_bytes,
+                indexes: vec!["group".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(!db.storage().reads_records(), "small when opened");
+        let document = |i: usize, round: usize| json!({ "i": i, "round": round, "group": format!("g{}", i % 3), "pad": format!("{i:04}").repeat(250) });
+        let mut expected = std::collections::BTreeMap::new();
+        for round in 0..2 {
+            for start in (0..120).step_by(20) {
+                let batch: Vec<(String, pluresdb::crdt::Document)> = (start..start + 20)
+                    .map(|i| {
+                        let id = format!("d{i:03}");
+                        expected.insert(id.clone(), document(i, round));
+                        let value = pluresdb::crdt::Document::from_value(&document(i, round));
+                        (id, value.unwrap())
+                    })
+                    .collect();
+                db.put_many(batch).await.unwrap();
+            }
+        }
+        // Upkeep runs once writes pause.
+        let mut stats = db.stats().unwrap();
+        for _ in 0..200 {
+            if stats.records_in_storage_only > 0 {
+                break;
+            }
+            pluresdb::platform::sleep(std::time::Duration::from_millis(25)).await;
+            stats = db.stats().unwrap();
+        }
+        assert!(db.storage().reads_records(), "reads back once listed");
+        assert!(
+            stats.records_in_storage_only >= 110 && stats.cached_bytes <= cache_bytes,
+            "documents beyond the cache left memory: {stats:?}"
+        );
+        for (id, value) in &expected {
+            assert_eq!(db.get(id).await.unwrap().as_ref(), Some(value), "{id}");
+        }
+        let query = pluresdb::Query::from_json(&json!({ "where": { "group": "g1" } })).unwrap();
+        assert_eq!(db.query(&query).await.unwrap().len(), 40);
+        // Writes over documents in storage, and the cache bound after them.
+        db.put("d007", json!({ "round": 2 })).await.unwrap();
+        assert_eq!(db.get("d007").await.unwrap(), Some(json!({ "round": 2 })));
+        let stats = db.stats().unwrap();
+        assert!(stats.cached_bytes <= cache_bytes + 1_100, "{stats:?}");
+        db.close().await.unwrap();
+    }
+
     /// A database keeps no id lists while small; once it holds enough, its
     /// commits write them, its next upkeep lists what came before, and from
     /// its next open it reads records back. Another instance that had not

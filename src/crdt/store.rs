@@ -422,6 +422,12 @@ impl CrdtStore {
         (self.bodies.resident, self.bodies.stored)
     }
 
+    /// True once [`keep_bodies_within`](Self::keep_bodies_within) set a
+    /// budget.
+    pub fn keeps_bodies_within_a_budget(&self) -> bool {
+        self.bodies.enabled()
+    }
+
     /// True when some record has a body left in storage.
     pub fn has_stored_bodies(&self) -> bool {
         self.bodies.stored > 0

@@ -294,6 +294,8 @@ struct Shared<S> {
     embedder: Option<Arc<dyn EmbedText>>,
     embed_fields: Vec<String>,
     slot: Mutex<Option<SlotLease>>,
+    /// [`OpenOptions::cache_bytes`].
+    cache_bytes: usize,
 }
 
 impl<S> Shared<S> {
@@ -528,6 +530,7 @@ impl<S: Storage> Database<S> {
             embedder: options.embedder,
             embed_fields: options.embed_fields,
             slot: Mutex::new(Some(lease)),
+            cache_bytes: options.cache_bytes,
         });
         if let Some(announcements) = announcements {
             platform::spawn(run_announcement_listener(
@@ -1474,7 +1477,22 @@ async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::Unbou
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "storage upkeep failed; it is retried later"),
             }
+            bound_documents_once_storage_reads_back(&shared);
         }
+    }
+}
+
+/// Keeps documents within the cache from now on when storage came to read
+/// records back after the database opened (IndexedDB, once a database that
+/// was small when opened grew large and its upkeep listed every part).
+/// Every record in memory is committed, so its row is in storage.
+fn bound_documents_once_storage_reads_back<S: Storage>(shared: &Shared<S>) {
+    if shared.cache_bytes == usize::MAX || !shared.storage.reads_records() {
+        return;
+    }
+    let mut state = shared.state();
+    if !state.store.keeps_bodies_within_a_budget() {
+        state.store.keep_bodies_within(shared.cache_bytes);
     }
 }
 

@@ -1568,11 +1568,14 @@ impl Storage for IndexedDbStorage {
             || (self.listing.get() && !self.all_listed.get())
     }
 
-    /// True when, as loaded, the database kept id lists and every value of
-    /// the records store had its own. A database below
-    /// [`LIST_IDS_FROM_BYTES`] keeps none (every document stays in memory);
-    /// one that reached it, or was written by an older schema, is rewritten
-    /// with them by its next upkeep and reads back from its next open.
+    /// True when the database keeps id lists and every value of the records
+    /// store has its own: as loaded, or once this instance's upkeep listed
+    /// every part. A database below [`LIST_IDS_FROM_BYTES`] keeps none
+    /// (every document stays in memory); one that reached it, or was
+    /// written by an older schema, is rewritten with them by its next
+    /// upkeep and reads back from then on. (No instance writes an unlisted
+    /// part after that upkeep: it wrote a new generation, so another's
+    /// next commit reads what came since, and meets a list, first.)
     fn reads_records(&self) -> bool {
         self.reads_back.get()
     }
@@ -1702,6 +1705,9 @@ impl Storage for IndexedDbStorage {
                 true,
             )
             .await?;
+        if self.listing.get() && self.all_listed.get() && self.legacy_generation.get() == 0 {
+            self.reads_back.set(true);
+        }
         Ok(compacted.or(expected))
     }
 

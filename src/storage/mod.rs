@@ -445,7 +445,9 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
     /// so a database may leave document bodies in storage and read them
     /// when asked for (`OpenOptions::cache_bytes`). False by default: the
     /// database then keeps every body in memory. Answered after
-    /// [`load`](Self::load), and the same until the storage is dropped.
+    /// [`load`](Self::load); it may turn true later (after
+    /// [`housekeeping`](Self::housekeeping): the database then bounds its
+    /// documents from there on), never back to false.
     fn reads_records(&self) -> bool {
         false
     }
