@@ -313,6 +313,104 @@ mod indexeddb_specifics {
             .is_undefined()
     }
 
+    /// Lists start once the database holds enough, counting what every
+    /// instance wrote: each instance counts the rows of others it reads
+    /// before committing, not only its own. And an instance that found
+    /// another's parts without lists reads records back only after its
+    /// list pass.
+    #[wasm_bindgen_test]
+    async fn lists_start_once_instances_together_wrote_enough() {
+        let factory = IndexedDbFactory::new();
+        let database = format!("pluresdb/{}-together", factory.run);
+        let open = || {
+            let name = format!("{}-together", factory.run);
+            async move {
+                let storage = IndexedDbStorage::open(&name).await.unwrap();
+                storage.list_ids_from_bytes(50_000);
+                storage
+            }
+        };
+        let lists = || {
+            let database = database.clone();
+            async move {
+                read_store(&database, "ids", "store.count()")
+                    .await
+                    .as_f64()
+                    .unwrap() as u32
+            }
+        };
+        // Twenty records of about 1.1 KB each, as one commit.
+        fn batch(
+            tab: &mut pluresdb::crdt::CrdtStore,
+            from: usize,
+            generation: u64,
+        ) -> pluresdb::storage::CommitBatch {
+            let records = (from..from + 20)
+                .map(|i| {
+                    let id = format!("k{i:03}");
+                    let text = format!("{i:05}").repeat(200);
+                    let document = pluresdb::crdt::Document::from_value(&json!(text)).unwrap();
+                    tab.put(&id, document, 1_000 + i as u64);
+                    (id.clone(), tab.record(&id).unwrap().to_bytes())
+                })
+                .collect();
+            pluresdb::storage::CommitBatch {
+                expected_generation: generation,
+                records,
+                ..Default::default()
+            }
+        }
+        let (first, second, third) = (open().await, open().await, open().await);
+        for storage in [&first, &second, &third] {
+            storage.load().await.unwrap();
+        }
+        let mut tab_a =
+            pluresdb::crdt::CrdtStore::new(pluresdb::crdt::ActorId::from_bytes([6; 16]));
+        let mut tab_b =
+            pluresdb::crdt::CrdtStore::new(pluresdb::crdt::ActorId::from_bytes([7; 16]));
+        let mut generation = first
+            .commit(batch(&mut tab_a, 0, 0))
+            .await
+            .unwrap()
+            .generation;
+        second.commit(batch(&mut tab_b, 20, 0)).await.unwrap();
+        // The first instance has now seen about 66 KB, though it wrote 44.
+        generation = first
+            .commit(batch(&mut tab_a, 40, generation))
+            .await
+            .unwrap()
+            .generation;
+        assert_eq!(lists().await, 0, "nothing listed yet");
+        first
+            .commit(batch(&mut tab_a, 60, generation))
+            .await
+            .unwrap();
+        assert_eq!(lists().await, 1, "lists start from what both wrote");
+        assert!(!first.reads_records(), "earlier parts are not listed yet");
+        // A third instance, which wrote nothing yet, finds the lists and
+        // the parts without them: its commit is listed, and its upkeep
+        // has parts to list.
+        let mut tab_c =
+            pluresdb::crdt::CrdtStore::new(pluresdb::crdt::ActorId::from_bytes([8; 16]));
+        third.commit(batch(&mut tab_c, 80, 0)).await.unwrap();
+        assert_eq!(lists().await, 2, "the third instance listed its commit");
+        assert!(
+            third.housekeeping_due(),
+            "the third instance knows not every part is listed"
+        );
+        assert!(first.housekeeping_due());
+        while first.housekeeping_due() {
+            first.housekeeping().await.unwrap();
+        }
+        assert!(first.reads_records(), "every part listed by its upkeep");
+        let ids: Vec<String> = ["k005", "k025", "k045", "k065", "k085"]
+            .map(String::from)
+            .to_vec();
+        let read = first.read_records(ids).await.unwrap();
+        assert_eq!(read.len(), 5, "every instance's records read back");
+        assert!(!second.reads_records(), "the other never listed");
+    }
+
     /// A database opened while small keeps every document in memory; once
     /// it grows past the size at which id lists are kept and its upkeep has
     /// listed every part, it leaves documents beyond its cache in storage

@@ -646,15 +646,30 @@ impl IndexedDbStorage {
         // before this commit's exists, so it is not among them) give the
         // stored generation, and their rows, version vector and HLC are
         // merged, never overwritten.
-        let (newest, foreign_records, foreign_meta) =
+        let (newest, parts, foreign_records, foreign_meta) =
             written_after(&records, batch.expected_generation).await?;
-        // Another instance may have started keeping id lists: then this
-        // commit keeps them too.
-        if !self.listing.get() {
+        if parts > 0 {
+            // What the others wrote counts towards the size at which lists
+            // start (each instance counts what it has seen; rows a
+            // compaction wrote again count twice, which only starts the
+            // lists sooner).
+            let bytes: usize = foreign_records
+                .iter()
+                .map(|(id, row)| id.len() + row.len())
+                .sum();
+            self.stored_bytes
+                .set(self.stored_bytes.get().saturating_add(bytes));
+            // Another instance may have started keeping id lists (then this
+            // commit keeps them too), or written parts without them (then
+            // not every part is listed).
             let since: JsValue = chunks_from(batch.expected_generation + 1)?.into();
             let lists = transaction.store(ID_LISTS)?.count_with_key(&since);
             let lists = request("counting id lists", lists).await?;
-            self.start_listing_if(lists.as_f64().unwrap_or(0.0) > 0.0);
+            let lists = lists.as_f64().unwrap_or(0.0);
+            self.start_listing_if(lists > 0.0);
+            if lists < f64::from(parts) {
+                self.all_listed.set(false);
+            }
         }
         // (The expected generation is at least an old head row's: it was
         // loaded as the greater of that and the newest chunk's.)
@@ -727,7 +742,10 @@ impl IndexedDbStorage {
         .await;
         let listed = transaction.finish(result).await?;
         if listed.is_some() {
+            // Every part is listed, as this transaction found them; and no
+            // instance writes an unlisted one from now on.
             self.all_listed.set(true);
+            self.reads_back.set(true);
             self.chunks.set(self.chunks.get() + 1);
         }
         Ok(listed)
@@ -783,6 +801,11 @@ impl IndexedDbStorage {
             // The old head row, if any, is folded in and gone.
             self.legacy_generation.set(0);
             self.legacy_head.borrow_mut().clear();
+            // Everything was rewritten, with lists when listing: as with a
+            // list pass, no instance writes an unlisted part from now on.
+            if self.listing.get() {
+                self.reads_back.set(true);
+            }
         }
         if let Some(output) = small_output {
             self.first_appended.set(Some(output));
@@ -902,16 +925,17 @@ async fn read_chunks(
 }
 
 /// The newest generation among chunks written after generation `since`
-/// (0 when there are none), their record rows, and their mergeable
+/// (0 when there are none), how many parts they have, their record rows, and their mergeable
 /// metadata merged (a chunk's key starts with the generation that wrote
 /// it; compaction writes its output under a newer generation, so this may
 /// return older rows too, never fewer).
 async fn written_after(
     records: &IdbObjectStore,
     since: u64,
-) -> Result<(u64, Vec<(String, Vec<u8>)>, Head), StorageError> {
+) -> Result<(u64, u32, Vec<(String, Vec<u8>)>, Head), StorageError> {
     let (keys, values) = read_chunks(records, Some(since + 1)).await?;
     let newest = newest_generation(&keys);
+    let parts = keys.length();
     let mut rows = Vec::new();
     let mut meta = Vec::new();
     for entry in LiveEntries::new(StoredValues::new(keys, values)) {
@@ -920,7 +944,7 @@ async fn written_after(
             StoredEntry::Meta(key, value) => merge_into(&mut meta, &key, &value),
         }
     }
-    Ok((newest, rows, meta))
+    Ok((newest, parts, rows, meta))
 }
 
 /// Every chunk key of generation `generation` or later.
@@ -1569,13 +1593,14 @@ impl Storage for IndexedDbStorage {
     }
 
     /// True when the database keeps id lists and every value of the records
-    /// store has its own: as loaded, or once this instance's upkeep listed
-    /// every part. A database below [`LIST_IDS_FROM_BYTES`] keeps none
-    /// (every document stays in memory); one that reached it, or was
-    /// written by an older schema, is rewritten with them by its next
-    /// upkeep and reads back from then on. (No instance writes an unlisted
-    /// part after that upkeep: it wrote a new generation, so another's
-    /// next commit reads what came since, and meets a list, first.)
+    /// store has its own: as loaded, or once this instance's list pass or
+    /// full compaction found (in its transaction) or made every part
+    /// listed. A database below [`LIST_IDS_FROM_BYTES`] keeps none (every
+    /// document stays in memory); one that reached it, or was written by
+    /// an older schema, is rewritten with them by its next upkeep and reads
+    /// back from then on. (No instance writes an unlisted part after that:
+    /// the pass wrote a new generation, so another's next commit reads what
+    /// came since, and meets a list, first.)
     fn reads_records(&self) -> bool {
         self.reads_back.get()
     }
@@ -1705,9 +1730,6 @@ impl Storage for IndexedDbStorage {
                 true,
             )
             .await?;
-        if self.listing.get() && self.all_listed.get() && self.legacy_generation.get() == 0 {
-            self.reads_back.set(true);
-        }
         Ok(compacted.or(expected))
     }
 
