@@ -1040,7 +1040,7 @@ pub async fn rows_read_at_their_hints_are_the_rows_loaded<F: StorageFactory>(fac
     let misplaced = vec![
         (elsewhere.clone(), *first_place),
         ("unknown".to_owned(), *first_place),
-        ("h010".to_owned(), u32::MAX - 1),
+        (elsewhere.clone(), u32::MAX - 1),
     ];
     let found = reader
         .read_rows_at(misplaced.clone())

@@ -997,6 +997,35 @@ impl StoredValues {
     }
 }
 
+/// The rows of `ids` among `values` (one per id found, in the order of
+/// `ids`, each once), each id's live rows merged newest first as loading
+/// merges them.
+fn live_rows_of(
+    ids: &[String],
+    values: StoredValues,
+) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+    let mut rows: std::collections::HashMap<&str, Option<Vec<u8>>> =
+        ids.iter().map(|id| (id.as_str(), None)).collect();
+    for entry in LiveEntries::new(values) {
+        let StoredEntry::Row(row) = entry? else {
+            continue;
+        };
+        let Some(slot) = rows.get_mut(row.id()) else {
+            continue;
+        };
+        *slot = Some(match slot.take() {
+            None => row.bytes().to_vec(),
+            // A row that does not decode leaves the newer one as it is:
+            // reading it then reports the corruption.
+            Some(newer) => merge_record_rows(row.id(), row.bytes(), &newer).unwrap_or(newer),
+        });
+    }
+    Ok(ids
+        .iter()
+        .filter_map(|id| Some((id.clone(), rows.get_mut(id.as_str())?.take()?)))
+        .collect())
+}
+
 impl Iterator for StoredValues {
     type Item = Result<LoadedChunk, StorageError>;
 
@@ -1618,33 +1647,16 @@ impl Storage for IndexedDbStorage {
             .await?
             .unchecked_into();
         drop(joined);
-        let mut rows: std::collections::HashMap<&str, Option<Vec<u8>>> =
-            ids.iter().map(|id| (id.as_str(), None)).collect();
-        let values = StoredValues::new(pair.get(0).unchecked_into(), pair.get(1).unchecked_into());
-        // Newest first, as loading walks them.
-        for entry in LiveEntries::new(values) {
-            let StoredEntry::Row(row) = entry? else {
-                continue;
-            };
-            let Some(slot) = rows.get_mut(row.id()) else {
-                continue;
-            };
-            *slot = Some(match slot.take() {
-                None => row.bytes().to_vec(),
-                // A row that does not decode leaves the newer one as it
-                // is: reading it then reports the corruption.
-                Some(newer) => merge_record_rows(row.id(), row.bytes(), &newer).unwrap_or(newer),
-            });
-        }
-        Ok(ids
-            .iter()
-            .filter_map(|id| Some((id.clone(), rows.get_mut(id.as_str())?.take()?)))
-            .collect())
+        live_rows_of(
+            &ids,
+            StoredValues::new(pair.get(0).unchecked_into(), pair.get(1).unchecked_into()),
+        )
     }
 
     /// Reads the values the hints name (indexes into the keys loaded) in
-    /// one read-only transaction, and from each the rows of the ids wanted
-    /// there, merged when an id is wanted in several.
+    /// one read-only transaction, and merges the rows of the wanted ids
+    /// found in them (an id's row in a value read for another id is a row
+    /// of it as well).
     async fn read_rows_at(
         &self,
         wanted: Vec<(String, u32)>,
@@ -1662,44 +1674,24 @@ impl Storage for IndexedDbStorage {
         if places.is_empty() {
             return Ok(Vec::new());
         }
+        // In key order, as loading lists them (walked newest first).
         let keys: Array = places.iter().map(|place| loaded.get(*place)).collect();
         let values: Array = self
             .read_reconnecting(|database| read_values(database, RECORDS, &keys))
             .await?
             .unchecked_into();
-        let wanted: std::collections::HashSet<(&str, u32)> = wanted
-            .iter()
-            .map(|(id, hint)| (id.as_str(), *hint))
-            .collect();
-        let mut rows: std::collections::HashMap<String, Vec<u8>> = Default::default();
-        for (place, value) in places.iter().zip(values.iter()) {
-            // A value gone (compacted since) or unreadable: its ids are
-            // read the long way.
-            let Some(chunk) = bytes_of(&value).and_then(|bytes| LoadedChunk::index(bytes).ok())
-            else {
-                continue;
-            };
-            let single = std::iter::once(Ok::<_, StorageError>(chunk));
-            for entry in LiveEntries::new(single) {
-                let Ok(StoredEntry::Row(row)) = entry else {
-                    continue;
-                };
-                if !wanted.contains(&(row.id(), *place)) {
-                    continue;
-                }
-                match rows.get_mut(row.id()) {
-                    None => {
-                        rows.insert(row.id().to_owned(), row.bytes().to_vec());
-                    }
-                    Some(kept) => {
-                        if let Ok(merged) = merge_record_rows(row.id(), row.bytes(), kept) {
-                            *kept = merged;
-                        }
-                    }
-                }
+        // A value compacted away since is not there: its ids are read the
+        // long way.
+        let (found_keys, found_values) = (Array::new(), Array::new());
+        for (key, value) in keys.iter().zip(values.iter()) {
+            if !value.is_undefined() {
+                found_keys.push(&key);
+                found_values.push(&value);
             }
         }
-        Ok(rows.into_iter().collect())
+        let mut ids: Vec<String> = wanted.into_iter().map(|(id, _)| id).collect();
+        ids.dedup();
+        live_rows_of(&ids, StoredValues::new(found_keys, found_values))
     }
 
     /// Lists the parts written before the database kept id lists (a full

@@ -469,12 +469,12 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
         }
     }
 
-    /// The rows of `wanted` ids, each read only from the place its hint
-    /// names ([`StoredRow::hint`] of a row this backend handed over): one
-    /// row per id found there, which may be older than the id's merged
-    /// row (a caller takes from it only documents by dot). Ids not found
-    /// where their hint points are left out, and the caller reads them
-    /// with [`read_records`](Self::read_records). The default finds none.
+    /// The rows of `wanted` ids found in the places their hints name
+    /// ([`StoredRow::hint`] of a row this backend handed over), and only
+    /// there: one row per id (its rows there merged), which may be older
+    /// than the id's merged row (a caller takes from it only documents by
+    /// dot). Ids not found are left out, and the caller reads them with
+    /// [`read_records`](Self::read_records). The default finds none.
     fn read_rows_at(
         &self,
         wanted: Vec<(String, u32)>,
