@@ -78,10 +78,10 @@ export interface OpenOptions {
    * About how many bytes of document text stay in memory (default 64 MiB
    * in the browser, 256 MiB in Node): past that, the documents that came in
    * first are left in the SQLite file or IndexedDB and read back when a
-   * read needs them; a document read often stays. In IndexedDB from the
-   * first open after the database holds 8 MiB (a smaller one keeps every
-   * document in memory). Ids, clocks, embeddings and field indexes stay in
-   * memory whatever this is.
+   * read needs them; a document read often stays. In IndexedDB once the
+   * database holds 8 MiB and a moment's pause in writes let it list every
+   * part (a smaller one keeps every document in memory). Ids, clocks,
+   * embeddings and field indexes stay in memory whatever this is.
    */
   cacheBytes?: number;
   /** Vector index settings (the defaults suit sentence embeddings). */
