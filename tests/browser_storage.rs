@@ -313,6 +313,67 @@ mod indexeddb_specifics {
             .is_undefined()
     }
 
+    /// One dot claimed with two documents, in two rows of one record (a
+    /// peer equivocated, and the settled row was appended while the first
+    /// was still there): a database that leaves the documents in storage
+    /// as it opens reads the record as one that keeps them in memory does,
+    /// whichever claim came first and whatever their lengths.
+    #[wasm_bindgen_test]
+    async fn a_dot_claimed_twice_reads_the_same_from_storage_as_from_memory() {
+        let factory = IndexedDbFactory::new();
+        for (case, (first, second)) in [("a", "b"), ("b", "a"), ("a", "bbbb"), ("bbbb", "a")]
+            .into_iter()
+            .enumerate()
+        {
+            let name = format!("{}-equivocation-{case}", factory.run);
+            let storage = IndexedDbStorage::open(&name).await.unwrap();
+            storage.list_ids_from_bytes(0);
+            let mut generation = storage.load().await.unwrap().generation;
+            for text in [first, second] {
+                // The same actor and time: the same dot, another document.
+                let mut claim =
+                    pluresdb::crdt::CrdtStore::new(pluresdb::crdt::ActorId::from_bytes([5; 16]));
+                let document = pluresdb::crdt::Document::from_value(&json!(text)).unwrap();
+                claim.put("x", document, 1_000);
+                let batch = pluresdb::storage::CommitBatch {
+                    expected_generation: generation,
+                    records: vec![("x".into(), claim.record("x").unwrap().to_bytes())],
+                    ..Default::default()
+                };
+                generation = storage.commit(batch).await.unwrap().generation;
+            }
+            drop(storage);
+            let open = |cache_bytes: usize| {
+                let name = name.clone();
+                async move {
+                    let storage = IndexedDbStorage::open(&name).await.unwrap();
+                    storage.list_ids_from_bytes(0);
+                    Database::open(
+                        storage,
+                        OpenOptions {
+                            cache_bytes,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap()
+                }
+            };
+            let in_memory = open(usize::MAX).await;
+            let expected = in_memory.get("x").await.unwrap();
+            in_memory.close().await.unwrap();
+            let bounded = open(0).await;
+            assert!(bounded.storage().reads_records(), "case {case}");
+            assert_eq!(
+                bounded.stats().unwrap().records_in_storage_only,
+                1,
+                "case {case}: the document was left in storage"
+            );
+            assert_eq!(bounded.get("x").await.unwrap(), expected, "case {case}");
+            bounded.close().await.unwrap();
+        }
+    }
+
     /// Lists start once the database holds enough, counting what every
     /// instance wrote: each instance counts the rows of others it reads
     /// before committing, not only its own. And an instance that found

@@ -519,6 +519,16 @@ impl Record {
         freed
     }
 
+    /// Forgets where the bodies it left in storage lie: they are then read
+    /// from every row of the record.
+    pub fn forget_storage_hints(&mut self) {
+        for version in &mut self.versions {
+            if let Some(Body::Stored { hint, .. }) = &mut version.data {
+                *hint = NO_HINT;
+            }
+        }
+    }
+
     /// The places storage gave for the rows holding the bodies this record
     /// left there, each once (usually one: the row it was loaded from).
     pub fn storage_hints(&self) -> Vec<u32> {
@@ -766,7 +776,21 @@ fn settle_equivocation(a: &Version, b: &Version) -> Version {
             clock: VectorClock::new(),
             ..version.clone()
         };
-        without_clock.to_bytes()
+        match &version.data {
+            // A document left in storage (claims merged while a database
+            // opened) is compared by its length: the database reads such a
+            // record back from all its rows, where the documents settle.
+            Some(Body::Stored { len, .. }) => {
+                let mut bytes = Version {
+                    data: None,
+                    ..without_clock
+                }
+                .to_bytes();
+                bytes.extend_from_slice(&len.to_le_bytes());
+                bytes
+            }
+            _ => without_clock.to_bytes(),
+        }
     }
     let mut settled = if payload(a) >= payload(b) {
         a.clone()

@@ -422,6 +422,14 @@ impl CrdtStore {
         (self.bodies.resident, self.bodies.stored)
     }
 
+    /// Forgets where the bodies `id` left in storage lie
+    /// ([`Record::forget_storage_hints`]).
+    pub fn forget_storage_hints(&mut self, id: &str) {
+        if let Some(record) = self.records.get_mut(id) {
+            record.forget_storage_hints();
+        }
+    }
+
     /// True once [`keep_bodies_within`](Self::keep_bodies_within) set a
     /// budget.
     pub fn keeps_bodies_within_a_budget(&self) -> bool {

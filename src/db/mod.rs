@@ -441,6 +441,13 @@ impl<S: Storage> Database<S> {
             options.clock.now_ms(),
             &mut repeated,
         );
+        // A record loaded from several rows is read back from all of them:
+        // its versions were merged (one dot claimed twice settled) while
+        // their documents were in storage, so no single row is known to
+        // hold what the merge kept.
+        for id in &repeated {
+            store.forget_storage_hints(id);
+        }
         let identity = match loaded.meta.get(meta_keys::SYNC_IDENTITY) {
             Some(bytes) => Some(
                 crate::sync::SyncIdentity::from_bytes(bytes)
@@ -1450,6 +1457,9 @@ async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::Unbou
             let _ = reply.send(());
             return;
         }
+        // (A full compaction within a commit may have let storage read
+        // records back.)
+        bound_documents_once_storage_reads_back(&shared);
         // Storage upkeep waits until writes pause: the callers whose
         // promises just resolved have had their turn and queued nothing.
         // So an awaited write does not wait for it, and a run of awaited

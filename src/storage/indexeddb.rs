@@ -806,6 +806,8 @@ impl IndexedDbStorage {
             if self.listing.get() {
                 self.reads_back.set(true);
             }
+            // And no place loaded is left.
+            *self.loaded_keys.borrow_mut() = None;
         }
         if let Some(output) = small_output {
             self.first_appended.set(Some(output));
@@ -1505,7 +1507,11 @@ impl Storage for IndexedDbStorage {
         // The database's mergeable metadata is every chunk's merged (with a
         // head row's of schema 3 and older, below): the chunks' entries
         // complete it as the database reads them.
-        *self.loaded_keys.borrow_mut() = Some(keys.clone());
+        // Hints name places among these keys; only a database that reads
+        // back at once can leave documents in storage as it opens.
+        if self.reads_back.get() {
+            *self.loaded_keys.borrow_mut() = Some(keys.clone());
+        }
         state.records =
             LoadedRecords::streamed(LiveEntries::new(StoredValues::new(keys, values).hinted()));
         let mut legacy_generation = 0;
@@ -1681,13 +1687,18 @@ impl Storage for IndexedDbStorage {
             .await?
             .unchecked_into();
         // A value compacted away since is not there: its ids are read the
-        // long way.
+        // long way. When none is left, the load's places are taken to be
+        // gone (a full compaction rewrote everything): hints are not
+        // tried again.
         let (found_keys, found_values) = (Array::new(), Array::new());
         for (key, value) in keys.iter().zip(values.iter()) {
             if !value.is_undefined() {
                 found_keys.push(&key);
                 found_values.push(&value);
             }
+        }
+        if found_keys.length() == 0 {
+            *self.loaded_keys.borrow_mut() = None;
         }
         let mut ids: Vec<String> = wanted.into_iter().map(|(id, _)| id).collect();
         ids.dedup();
