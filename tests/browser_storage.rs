@@ -217,6 +217,27 @@ mod indexeddb_specifics {
             .expect("the store was read")
     }
 
+    /// Runs `statement` (JavaScript, with `store` bound to the object store)
+    /// in a read-write transaction on store `store` of IndexedDB database
+    /// `database`, and waits until the transaction completes.
+    async fn write_store(database: &str, store: &str, statement: &str) {
+        let script = format!(
+            r#"(async () => {{
+                const request = (r) => new Promise((ok, fail) => {{ r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); }});
+                const db = await request(indexedDB.open({database:?}));
+                const tx = db.transaction({store:?}, 'readwrite');
+                const store = tx.objectStore({store:?});
+                {statement};
+                await new Promise((ok, fail) => {{ tx.oncomplete = ok; tx.onabort = () => fail(tx.error); }});
+                db.close();
+            }})()"#
+        );
+        let promise: js_sys::Promise = js_sys::eval(&script).unwrap().into();
+        wasm_bindgen_futures::JsFuture::from(promise)
+            .await
+            .expect("the store was written");
+    }
+
     /// How many chunks (commits or compaction outputs, however many parts
     /// each is stored in: keys `[generation, part]`) the records store of
     /// IndexedDB database `database` holds.
@@ -723,18 +744,12 @@ mod indexeddb_specifics {
             &js_sys::Uint8Array::from(chunk.as_slice()),
         )
         .unwrap();
-        let script = format!(
-            r#"(async () => {{
-                const request = (r) => new Promise((ok, fail) => {{ r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); }});
-                const db = await request(indexedDB.open({database:?}));
-                const tx = db.transaction('records', 'readwrite');
-                tx.objectStore('records').put(globalThis.largeChunk, [1, 0]);
-                await new Promise((ok) => {{ tx.oncomplete = ok; }});
-                db.close();
-            }})()"#
-        );
-        let promise: js_sys::Promise = js_sys::eval(&script).unwrap().into();
-        wasm_bindgen_futures::JsFuture::from(promise).await.unwrap();
+        write_store(
+            &database,
+            "records",
+            "store.put(globalThis.largeChunk, [1, 0])",
+        )
+        .await;
 
         let storage = factory.open(name).await;
         storage.load().await.unwrap();
@@ -801,18 +816,7 @@ mod indexeddb_specifics {
         .unwrap();
         db.close().await.unwrap();
         // What schema 4 left: chunks, no id lists.
-        let cleared = format!(
-            r#"(async () => {{
-                const request = (r) => new Promise((ok, fail) => {{ r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); }});
-                const db = await request(indexedDB.open({database:?}));
-                const tx = db.transaction('ids', 'readwrite');
-                tx.objectStore('ids').clear();
-                await new Promise((ok) => {{ tx.oncomplete = ok; }});
-                db.close();
-            }})()"#
-        );
-        let promise: js_sys::Promise = js_sys::eval(&cleared).unwrap().into();
-        wasm_bindgen_futures::JsFuture::from(promise).await.unwrap();
+        write_store(&database, "ids", "store.clear()").await;
 
         let storage = factory.open(name).await;
         storage.load().await.unwrap();
