@@ -12,6 +12,7 @@
 mod clock;
 mod record;
 pub(crate) use record::write_operations;
+mod record_map;
 mod store;
 
 pub use clock::{

@@ -10,14 +10,14 @@
 //! callers (tests, tools) use [`CrdtStore::put`], [`CrdtStore::delete`] and
 //! [`CrdtStore::apply`], which do all three at once.
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use super::clock::{ActorId, Dot, Hlc, HlcClock, VectorClock, VersionVector};
 use super::record::{Body, CrdtOperation, Document, Record, Version};
+use super::record_map::RecordMap;
 use crate::codec::Writer;
 
 /// What a committed batch changed for one record, for subscribers.
@@ -42,12 +42,12 @@ pub enum ChangeKind {
 /// an id possibly repeated (its rows are merged). Each is kept with its id
 /// so the store's map can be built in this buffer.
 #[derive(Debug, Default)]
-pub struct RestoredRecords(Vec<(Arc<str>, Record)>);
+pub struct RestoredRecords(Vec<(Arc<str>, Option<Record>)>);
 
 impl RestoredRecords {
     /// Adds a record read from storage.
     pub fn push(&mut self, record: Record) {
-        self.0.push((record.shared_id().clone(), record));
+        self.0.push((record.shared_id().clone(), Some(record)));
     }
 }
 
@@ -57,7 +57,7 @@ impl FromIterator<Record> for RestoredRecords {
         restored.0.extend(
             records
                 .into_iter()
-                .map(|record| (record.shared_id().clone(), record)),
+                .map(|record| (record.shared_id().clone(), Some(record))),
         );
         restored
     }
@@ -67,7 +67,7 @@ impl FromIterator<Record> for RestoredRecords {
 #[derive(Debug, Clone)]
 pub struct CrdtStore {
     actor: ActorId,
-    records: BTreeMap<Arc<str>, Record>,
+    records: RecordMap,
     version_vector: VersionVector,
     hlc: HlcClock,
     /// The last sequence number this replica's actor issued.
@@ -168,14 +168,13 @@ pub struct Preview {
     /// Per record: its id was absent from the store when previewed.
     absent: Vec<bool>,
     /// The batch is large against the store (a bulk load): its new records
-    /// join the store with one merge of sorted maps instead of one tree
-    /// descent each.
+    /// join the store in id order (appended, when beyond its last id).
     bulk: bool,
-    /// The new records of a bulk batch, moved out of `records` into a map
-    /// ready to join the store by [`stage`](Self::stage), with their changes
+    /// The new records of a bulk batch, moved out of `records` and sorted
+    /// by id, ready to join the store, by [`stage`](Self::stage), with their changes
     /// (natively, where staging overlaps with storage's thread).
     #[cfg(not(target_arch = "wasm32"))]
-    staged: BTreeMap<Arc<str>, Record>,
+    staged: Vec<(Arc<str>, Record)>,
     #[cfg(not(target_arch = "wasm32"))]
     staged_changes: Vec<Change>,
     epoch: u64,
@@ -189,7 +188,7 @@ impl Preview {
     }
 
     /// Does the work of installing a bulk batch's new records that needs no
-    /// access to the store (sorting them into a map), so it can run while
+    /// access to the store (sorting them), so it can run while
     /// storage commits. Call it after encoding: [`records`](Self::records)
     /// leaves the staged records out.
     #[cfg(not(target_arch = "wasm32"))]
@@ -216,7 +215,7 @@ impl Preview {
         self.absent = vec![false; self.records.len()];
         // Preview gives one record per id; bulk loads usually come sorted.
         added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        self.staged = added.into_iter().collect();
+        self.staged = added;
     }
 
     /// Replaces the previewed state of a record with a state that includes
@@ -224,8 +223,11 @@ impl Preview {
     /// merges happen only when several writers share one database.
     pub fn replace(&mut self, record: Record) {
         #[cfg(not(target_arch = "wasm32"))]
-        if let Some(slot) = self.staged.get_mut(record.id()) {
-            *slot = record;
+        if let Ok(at) = self
+            .staged
+            .binary_search_by(|(id, _)| (**id).cmp(record.id()))
+        {
+            self.staged[at].1 = record;
             return;
         }
         if let Some(slot) = self.records.iter_mut().find(|r| r.id() == record.id()) {
@@ -248,7 +250,7 @@ impl CrdtStore {
     pub fn new(actor: ActorId) -> Self {
         Self {
             actor,
-            records: BTreeMap::new(),
+            records: RecordMap::default(),
             version_vector: VersionVector::new(),
             hlc: HlcClock::default(),
             last_seq: 0,
@@ -295,15 +297,16 @@ impl CrdtStore {
         // Rows may repeat an id (append-only backends): merge them (the
         // merge does not depend on their order). Everything happens in the
         // rows' own buffer: sorted in place (no scratch buffer), repeats
-        // merged in place, and the map built from that buffer, which
-        // `BTreeMap::from_iter` takes over as it is. Memory that WebAssembly
-        // grows never shrinks, so a second copy of a million rows while
-        // opening would stay in the page's footprint for good.
+        // merged in place, and that buffer is the map (`RecordMap`). Memory
+        // that WebAssembly grows never shrinks, so a second copy of a million
+        // rows while opening would stay in the page's footprint for good.
         let mut rows = records.0;
         rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         rows.dedup_by(|next, kept| {
             if next.0 == kept.0 {
-                kept.1.merge(&next.1);
+                if let (Some(kept), Some(next)) = (&mut kept.1, &next.1) {
+                    kept.merge(next);
+                }
                 if repeated.last() != Some(&kept.0) {
                     repeated.push(kept.0.clone());
                 }
@@ -314,7 +317,7 @@ impl CrdtStore {
         });
         let mut last_seq = version_vector.get(&actor);
         let mut hlc = HlcClock::new(last_hlc.bounded(now_ms));
-        for (_, record) in &rows {
+        for record in rows.iter().filter_map(|(_, record)| record.as_ref()) {
             for version in record.versions() {
                 if version.writer == actor {
                     last_seq = last_seq.max(version.dot().seq);
@@ -322,7 +325,7 @@ impl CrdtStore {
                 hlc.observe(version.hlc, now_ms);
             }
         }
-        let records: BTreeMap<Arc<str>, Record> = rows.into_iter().collect();
+        let records = RecordMap::from_sorted(rows);
         let mut version_vector = version_vector;
         version_vector.raise(actor, last_seq);
         Self {
@@ -345,8 +348,8 @@ impl CrdtStore {
     pub fn keep_bodies_within(&mut self, budget: usize) {
         let budget = budget.min(usize::MAX - 1);
         if !self.bodies.enabled() {
-            self.bodies.resident = self.records.values().map(Record::resident_bytes).sum();
-            self.bodies.stored = self.records.values().filter(|r| !r.is_resident()).count();
+            self.bodies.resident = self.records().map(Record::resident_bytes).sum();
+            self.bodies.stored = self.records().filter(|r| !r.is_resident()).count();
             self.bodies.arrivals = self
                 .records
                 .iter()
@@ -471,7 +474,7 @@ impl CrdtStore {
         let mut ids: Vec<Arc<str>> = ops
             .iter()
             .filter_map(|op| {
-                let (id, record) = self.records.get_key_value(&*op.id)?;
+                let (id, record) = self.records.get_key_value(&op.id)?;
                 let kept = record.versions().iter().any(|version| {
                     version.data.as_ref().is_some_and(Body::is_stored)
                         && !version.is_superseded_by(&op.version)
@@ -516,7 +519,7 @@ impl CrdtStore {
 
     /// Every record (deleted ones included) in id order.
     pub fn records(&self) -> impl DoubleEndedIterator<Item = &Record> {
-        self.records.values()
+        self.records.iter().map(|(_, record)| record)
     }
 
     /// Records with ids in `range`, in id order.
@@ -524,7 +527,7 @@ impl CrdtStore {
         &'a self,
         range: (std::ops::Bound<&'a str>, std::ops::Bound<&'a str>),
     ) -> impl DoubleEndedIterator<Item = &'a Record> {
-        self.records.range::<str, _>(range).map(|(_, r)| r)
+        self.records.range(range).map(|(_, r)| r)
     }
 
     /// Number of records, tombstones included.
@@ -623,7 +626,7 @@ impl CrdtStore {
             let slot = match known {
                 Some(slot) => slot,
                 None => {
-                    match self.records.get(&*op.id) {
+                    match self.records.get(&op.id) {
                         Some(existing) => {
                             if !would_change(existing, &op.version) {
                                 continue;
@@ -664,7 +667,7 @@ impl CrdtStore {
             absent: absent_kept,
             bulk,
             #[cfg(not(target_arch = "wasm32"))]
-            staged: BTreeMap::new(),
+            staged: Vec::new(),
             #[cfg(not(target_arch = "wasm32"))]
             staged_changes: Vec::new(),
             epoch: self.epoch,
@@ -730,23 +733,23 @@ impl CrdtStore {
             for (_, record) in &added {
                 self.bodies.added(record);
             }
+            // In id order, new ids beyond the last are appended.
             added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            // From sorted pairs the map is built bottom-up, and `append`
-            // merges the two sorted maps in linear time.
-            let mut added: BTreeMap<Arc<str>, Record> = added.into_iter().collect();
-            self.records.append(&mut added);
+            for (id, record) in added {
+                self.records.insert(id, record);
+            }
         }
         #[cfg(not(target_arch = "wasm32"))]
         if fresh {
             let mut staged = staged;
-            for record in staged.values() {
-                self.bodies.added(record);
+            for (id, record) in std::mem::take(&mut staged) {
+                self.bodies.added(&record);
+                self.records.insert(id, record);
             }
-            self.records.append(&mut staged);
             changes.extend(staged_changes);
         } else {
             // Another batch was installed since: merge one by one.
-            for record in staged.into_values() {
+            for (_, record) in staged {
                 changes.extend(self.merge_in(record, false));
             }
         }
@@ -758,9 +761,8 @@ impl CrdtStore {
     fn merge_in(&mut self, record: Record, fresh: bool) -> Option<Change> {
         let id = record.shared_id().clone();
         let bodies = &mut self.bodies;
-        let (was_deleted, deleted) = match self.records.entry(id.clone()) {
-            Entry::Occupied(mut entry) => {
-                let existing = entry.get_mut();
+        let (was_deleted, deleted) = match self.records.get_mut(&id) {
+            Some(existing) => {
                 let was_deleted = existing.is_deleted();
                 let before = bodies.before(existing);
                 if fresh {
@@ -774,9 +776,10 @@ impl CrdtStore {
                 bodies.changed(before, Some(existing));
                 (Some(was_deleted), existing.is_deleted())
             }
-            Entry::Vacant(entry) => {
+            None => {
                 let deleted = record.is_deleted();
-                bodies.added(entry.insert(record));
+                bodies.added(&record);
+                self.records.insert(id.clone(), record);
                 (None, deleted)
             }
         };
@@ -897,9 +900,8 @@ impl CrdtStore {
         self.epoch += 1;
         let CrdtOperation { id, version } = op;
         let bodies = &mut self.bodies;
-        let (was_deleted, deleted) = match self.records.entry(id.clone()) {
-            Entry::Occupied(mut entry) => {
-                let existing = entry.get_mut();
+        let (was_deleted, deleted) = match self.records.get_mut(&id) {
+            Some(existing) => {
                 let was_deleted = existing.is_deleted();
                 let before = bodies.before(existing);
                 if !existing.merge_version(version) {
@@ -908,9 +910,11 @@ impl CrdtStore {
                 bodies.changed(before, Some(existing));
                 (Some(was_deleted), existing.is_deleted())
             }
-            Entry::Vacant(entry) => {
+            None => {
                 let deleted = version.is_tombstone();
-                bodies.added(entry.insert(Record::new(id.clone(), version)));
+                let record = Record::new(id.clone(), version);
+                bodies.added(&record);
+                self.records.insert(id.clone(), record);
                 (None, deleted)
             }
         };
@@ -933,7 +937,7 @@ impl CrdtStore {
     /// every maximal version whose dot `seen` does not cover, in id order.
     pub fn changes_since(&self, seen: &VersionVector) -> Vec<CrdtOperation> {
         let mut ops = Vec::new();
-        for record in self.records.values() {
+        for record in self.records() {
             for version in record.versions() {
                 if !seen.covers(&version.dot()) {
                     ops.push(CrdtOperation {
@@ -954,8 +958,7 @@ impl CrdtStore {
     /// record. See `docs/ARCHITECTURE.md`, "Tombstones".
     pub fn compact_tombstones(&mut self, horizon: &VersionVector) -> Vec<String> {
         let removable: Vec<String> = self
-            .records
-            .values()
+            .records()
             .filter(|r| {
                 r.versions()
                     .iter()
@@ -978,7 +981,7 @@ impl CrdtStore {
         let mut writer = Writer::new();
         self.version_vector.encode(&mut writer);
         writer.u32(crate::codec::len_u32(self.records.len()));
-        for record in self.records.values() {
+        for record in self.records() {
             record.encode(&mut writer);
         }
         writer.finish()

@@ -1,0 +1,394 @@
+//! The store's records by id ([`RecordMap`]): a sorted vector of the
+//! records a store was restored with, and of each new id beyond the last
+//! (as when an app appends), beside an ordered map of the others.
+//!
+//! A database opens by decoding every row into one buffer, sorting it and
+//! merging repeated ids in place. An ordered map built from that buffer
+//! needs a second copy of every entry while the buffer still exists, and
+//! memory that WebAssembly grows never shrinks: a million records kept
+//! 28 MiB more in the page for good. Kept as the vector, the buffer is the
+//! map.
+
+use std::collections::{btree_map, BTreeMap};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::Record;
+
+/// Records by id, in id order; see the module documentation.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RecordMap {
+    /// Sorted by id, each id once; `None` where a record was removed (no
+    /// entry moves on removal; they are dropped once they are half).
+    in_order: Vec<(Arc<str>, Option<Record>)>,
+    /// Entries of `in_order` that are `None`.
+    removed: usize,
+    /// Records whose ids are not in `in_order`.
+    others: BTreeMap<Arc<str>, Record>,
+}
+
+type Entry<'a> = (&'a Arc<str>, &'a Record);
+
+impl RecordMap {
+    /// The map of `rows`, sorted by id with no id twice.
+    pub(crate) fn from_sorted(rows: Vec<(Arc<str>, Option<Record>)>) -> Self {
+        debug_assert!(rows.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        let removed = rows.iter().filter(|(_, record)| record.is_none()).count();
+        Self {
+            in_order: rows,
+            removed,
+            others: BTreeMap::new(),
+        }
+    }
+
+    fn position(&self, id: &str) -> Result<usize, usize> {
+        self.in_order
+            .binary_search_by(|(probe, _)| (**probe).cmp(id))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.in_order.len() - self.removed + self.others.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<&Record> {
+        self.get_key_value(id).map(|(_, record)| record)
+    }
+
+    pub(crate) fn get_key_value(&self, id: &str) -> Option<Entry<'_>> {
+        match self.position(id) {
+            Ok(at) => {
+                let (key, record) = &self.in_order[at];
+                record.as_ref().map(|record| (key, record))
+            }
+            Err(_) => self.others.get_key_value(id),
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &str) -> Option<&mut Record> {
+        match self.position(id) {
+            Ok(at) => self.in_order[at].1.as_mut(),
+            Err(_) => self.others.get_mut(id),
+        }
+    }
+
+    /// Sets `id`'s record, returning the one it replaced.
+    pub(crate) fn insert(&mut self, id: Arc<str>, record: Record) -> Option<Record> {
+        match self.position(&id) {
+            Ok(at) => {
+                let previous = self.in_order[at].1.replace(record);
+                if previous.is_none() {
+                    self.removed -= 1;
+                }
+                previous
+            }
+            // Beyond every id held: appended, as when a database opened.
+            Err(at)
+                if at == self.in_order.len()
+                    && self
+                        .others
+                        .last_key_value()
+                        .is_none_or(|(last, _)| *last < id) =>
+            {
+                self.in_order.push((id, Some(record)));
+                None
+            }
+            Err(_) => self.others.insert(id, record),
+        }
+    }
+
+    pub(crate) fn remove(&mut self, id: &str) -> Option<Record> {
+        let Ok(at) = self.position(id) else {
+            return self.others.remove(id);
+        };
+        let previous = self.in_order[at].1.take();
+        if previous.is_some() {
+            self.removed += 1;
+            if self.removed * 2 > self.in_order.len() {
+                self.in_order.retain(|(_, record)| record.is_some());
+                self.removed = 0;
+            }
+        }
+        previous
+    }
+
+    /// Every entry, in id order.
+    pub(crate) fn iter(&self) -> Iter<'_> {
+        Iter::new(&self.in_order, self.others.range::<str, _>(..))
+    }
+
+    /// The entries with ids in `range`, in id order.
+    pub(crate) fn range<'a>(&'a self, (low, high): (Bound<&'a str>, Bound<&'a str>)) -> Iter<'a> {
+        let at_or_after = |bound: &str, inclusive: bool| {
+            self.in_order.partition_point(|(id, _)| {
+                if inclusive {
+                    **id < *bound
+                } else {
+                    **id <= *bound
+                }
+            })
+        };
+        let start = match low {
+            Bound::Included(id) => at_or_after(id, true),
+            Bound::Excluded(id) => at_or_after(id, false),
+            Bound::Unbounded => 0,
+        };
+        let end = match high {
+            Bound::Included(id) => at_or_after(id, false),
+            Bound::Excluded(id) => at_or_after(id, true),
+            Bound::Unbounded => self.in_order.len(),
+        };
+        Iter::new(
+            &self.in_order[start..end.max(start)],
+            self.others.range::<str, _>((low, high)),
+        )
+    }
+}
+
+/// Entries of a [`RecordMap`] in id order, from either end: the two sorted
+/// sources merged. Each entry is in exactly one place: still in its
+/// source, or taken out to be compared at the front or at the back.
+pub(crate) struct Iter<'a> {
+    in_order: std::slice::Iter<'a, (Arc<str>, Option<Record>)>,
+    others: btree_map::Range<'a, Arc<str>, Record>,
+    in_order_front: Option<Entry<'a>>,
+    in_order_back: Option<Entry<'a>>,
+    others_front: Option<Entry<'a>>,
+    others_back: Option<Entry<'a>>,
+}
+
+/// The entry, unless its record was removed.
+fn live((id, record): &(Arc<str>, Option<Record>)) -> Option<Entry<'_>> {
+    record.as_ref().map(|record| (id, record))
+}
+
+impl<'a> Iter<'a> {
+    fn new(
+        in_order: &'a [(Arc<str>, Option<Record>)],
+        others: btree_map::Range<'a, Arc<str>, Record>,
+    ) -> Self {
+        Self {
+            in_order: in_order.iter(),
+            others,
+            in_order_front: None,
+            in_order_back: None,
+            others_front: None,
+            others_back: None,
+        }
+    }
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = Entry<'a>;
+
+    fn next(&mut self) -> Option<Entry<'a>> {
+        if self.in_order_front.is_none() {
+            self.in_order_front = self
+                .in_order
+                .find_map(live)
+                .or_else(|| self.in_order_back.take());
+        }
+        if self.others_front.is_none() {
+            self.others_front = self.others.next().or_else(|| self.others_back.take());
+        }
+        match (self.in_order_front, self.others_front) {
+            (Some((a, _)), Some((b, _))) if b < a => self.others_front.take(),
+            (Some(_), _) => self.in_order_front.take(),
+            (None, _) => self.others_front.take(),
+        }
+    }
+}
+
+impl<'a> DoubleEndedIterator for Iter<'a> {
+    fn next_back(&mut self) -> Option<Entry<'a>> {
+        if self.in_order_back.is_none() {
+            self.in_order_back =
+                last_live(&mut self.in_order).or_else(|| self.in_order_front.take());
+        }
+        if self.others_back.is_none() {
+            self.others_back = self.others.next_back().or_else(|| self.others_front.take());
+        }
+        match (self.in_order_back, self.others_back) {
+            (Some((a, _)), Some((b, _))) if b > a => self.others_back.take(),
+            (Some(_), _) => self.in_order_back.take(),
+            (None, _) => self.others_back.take(),
+        }
+    }
+}
+
+/// The last entry of `entries` still holding a record, taken from its back.
+fn last_live<'a>(
+    entries: &mut std::slice::Iter<'a, (Arc<str>, Option<Record>)>,
+) -> Option<Entry<'a>> {
+    entries.by_ref().rev().find_map(live)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crdt::{ActorId, Hlc, VectorClock, Version};
+
+    /// A small deterministic generator (xorshift), so failures replay.
+    struct Random(u64);
+
+    impl Random {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn record(id: &str, wall_ms: u64) -> Record {
+        let writer = ActorId::from_bytes([1; 16]);
+        let mut clock = VectorClock::new();
+        clock.observe(writer, 1);
+        Record::new(
+            id,
+            Version {
+                writer,
+                clock,
+                hlc: Hlc {
+                    wall_ms,
+                    logical: 0,
+                },
+                data: None,
+                embedding: None,
+            },
+        )
+    }
+
+    fn tag(entry: Option<Entry<'_>>) -> Option<(String, u64)> {
+        entry.map(|(id, record)| (id.to_string(), record.versions()[0].hlc.wall_ms))
+    }
+
+    /// An id kept among the others stays there when the vector's last ids
+    /// go: writing it again replaces it, never adds it twice.
+    #[test]
+    fn an_id_beyond_the_vector_once_its_last_ids_went_is_found_where_it_is() {
+        let id = |name: &str| -> Arc<str> { Arc::from(name) };
+        let mut map = RecordMap::from_sorted(vec![
+            (id("a"), Some(record("a", 1))),
+            (id("c"), Some(record("c", 1))),
+        ]);
+        assert!(map.insert(id("b"), record("b", 1)).is_none());
+        assert!(map.remove("c").is_some());
+        assert!(map.remove("a").is_some());
+        assert!(map.insert(id("b"), record("b", 2)).is_some(), "b replaced");
+        assert_eq!(map.len(), 1);
+        assert_eq!(map.iter().count(), 1);
+        assert_eq!(tag(map.get_key_value("b")), Some(("b".to_owned(), 2)));
+    }
+
+    /// Inserts, replacements and removals at random, against an ordered map,
+    /// starting from a restored vector; after each step lookups, whole and
+    /// ranged iteration from both ends (and from both at once) agree.
+    #[test]
+    fn a_record_map_answers_as_an_ordered_map() {
+        let ids: Vec<Arc<str>> = (0..120).map(|n| Arc::from(format!("r{n:03}"))).collect();
+        let mut random = Random(0x853C_49E6_748F_EA9B);
+        let restored: Vec<(Arc<str>, Option<Record>)> = ids
+            .iter()
+            .step_by(3)
+            .take(25)
+            .map(|id| (id.clone(), Some(record(id, 0))))
+            .collect();
+        let mut model: BTreeMap<Arc<str>, u64> =
+            restored.iter().map(|(id, _)| (id.clone(), 0)).collect();
+        let mut map = RecordMap::from_sorted(restored);
+        for step in 1..4_000u64 {
+            let id = &ids[random.below(ids.len() as u64) as usize];
+            // Waves of removals, so the vector drops its removed entries
+            // (its last among them) and fills up again.
+            let removals = if step % 1_000 < 500 { 1 } else { 5 };
+            if random.below(8) < removals {
+                assert_eq!(
+                    map.remove(id).is_some(),
+                    model.remove(id).is_some(),
+                    "step {step}: remove {id}"
+                );
+            } else {
+                let replaced = map.insert(id.clone(), record(id, step)).is_some();
+                assert_eq!(
+                    replaced,
+                    model.insert(id.clone(), step).is_some(),
+                    "step {step}"
+                );
+            }
+            assert_eq!(map.len(), model.len(), "step {step}");
+            for id in &ids {
+                let found = map.get(id).map(|record| record.versions()[0].hlc.wall_ms);
+                assert_eq!(found, model.get(id).copied(), "step {step}: get {id}");
+            }
+            let wanted: Vec<(String, u64)> =
+                model.iter().map(|(id, at)| (id.to_string(), *at)).collect();
+            let forward: Vec<_> = map.iter().map(|entry| tag(Some(entry)).unwrap()).collect();
+            assert_eq!(forward, wanted, "step {step}: iteration");
+            let mut backward: Vec<_> = map.iter().rev().map(|e| tag(Some(e)).unwrap()).collect();
+            backward.reverse();
+            assert_eq!(backward, wanted, "step {step}: reverse iteration");
+            // Both ends at once, in a random pattern, meet without loss.
+            let mut both = map.iter();
+            let (mut front, mut back) = (Vec::new(), Vec::new());
+            loop {
+                let entry = if random.below(2) == 0 {
+                    both.next().map(|e| (true, e))
+                } else {
+                    both.next_back().map(|e| (false, e))
+                };
+                match entry {
+                    Some((true, e)) => front.push(tag(Some(e)).unwrap()),
+                    Some((false, e)) => back.push(tag(Some(e)).unwrap()),
+                    None => break,
+                }
+            }
+            back.reverse();
+            front.extend(back);
+            assert_eq!(front, wanted, "step {step}: from both ends");
+            let low = &ids[random.below(ids.len() as u64) as usize];
+            let high = &ids[random.below(ids.len() as u64) as usize];
+            if low <= high {
+                let bounds = [Bound::Included(&**low), Bound::Excluded(&**low)];
+                let highs = [
+                    Bound::Included(&**high),
+                    Bound::Excluded(&**high),
+                    Bound::Unbounded,
+                ];
+                for low_bound in bounds {
+                    for high_bound in highs {
+                        if low == high
+                            && matches!(low_bound, Bound::Excluded(_))
+                            && matches!(high_bound, Bound::Excluded(_))
+                        {
+                            continue;
+                        }
+                        let found: Vec<_> = map
+                            .range((low_bound, high_bound))
+                            .map(|e| tag(Some(e)).unwrap())
+                            .collect();
+                        let wanted: Vec<_> = model
+                            .range::<str, _>((low_bound, high_bound))
+                            .map(|(id, at)| (id.to_string(), *at))
+                            .collect();
+                        assert_eq!(found, wanted, "step {step}: {low_bound:?}..{high_bound:?}");
+                        let last = map.range((low_bound, high_bound)).next_back();
+                        assert_eq!(
+                            tag(last),
+                            wanted.last().cloned(),
+                            "step {step}: last in range"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(
+            map.removed > 0 || map.in_order.len() > 25,
+            "nothing reached the vector"
+        );
+        assert!(!map.others.is_empty(), "nothing reached the ordered map");
+    }
+}
