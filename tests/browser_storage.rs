@@ -558,6 +558,81 @@ mod indexeddb_specifics {
         db.close().await.unwrap();
     }
 
+    /// A tab that only merges what another tab writes runs no upkeep of its
+    /// own: it asks storage as announcements come in, and bounds its
+    /// documents once the other tab has listed every part.
+    #[wasm_bindgen_test]
+    async fn a_tab_that_only_reads_bounds_its_documents_once_another_listed_every_part() {
+        let factory = IndexedDbFactory::new();
+        let name = format!("{}-reader", factory.run);
+        let open = |cache_bytes: usize| {
+            let name = name.clone();
+            async move {
+                let storage = IndexedDbStorage::open(&name).await.unwrap();
+                storage.list_ids_from_bytes(50_000);
+                let options = OpenOptions {
+                    cache_bytes,
+                    indexes: vec!["group".into()],
+                    ..Default::default()
+                };
+                Database::open(storage, options).await.unwrap()
+            }
+        };
+        let cache_bytes = 4_000;
+        let reader = open(cache_bytes).await;
+        let writer = open(usize::MAX).await;
+        assert!(!reader.storage().reads_records(), "small when opened");
+        let document = |i: usize, round: usize| json!({ "i": i, "round": round, "group": format!("g{}", i % 3), "pad": format!("{i:04}").repeat(250) });
+        let mut expected = std::collections::BTreeMap::new();
+        for round in 0..2 {
+            for start in (0..120).step_by(20) {
+                let batch: Vec<(String, pluresdb::crdt::Document)> = (start..start + 20)
+                    .map(|i| {
+                        let id = format!("d{i:03}");
+                        expected.insert(id.clone(), document(i, round));
+                        let value = pluresdb::crdt::Document::from_value(&document(i, round));
+                        (id, value.unwrap())
+                    })
+                    .collect();
+                writer.put_many(batch).await.unwrap();
+            }
+            // The writer's upkeep lists every part once its writes pause.
+            for _ in 0..200 {
+                if writer.storage().reads_records() {
+                    break;
+                }
+                pluresdb::platform::sleep(std::time::Duration::from_millis(25)).await;
+            }
+            assert!(
+                writer.storage().reads_records(),
+                "round {round}: the writer listed its parts"
+            );
+        }
+        let mut stats = reader.stats().unwrap();
+        for _ in 0..200 {
+            if stats.records_in_storage_only > 0 {
+                break;
+            }
+            pluresdb::platform::sleep(std::time::Duration::from_millis(25)).await;
+            stats = reader.stats().unwrap();
+        }
+        assert!(
+            reader.storage().reads_records(),
+            "the reader learned that storage reads back"
+        );
+        assert!(
+            stats.records_in_storage_only >= 110 && stats.cached_bytes <= cache_bytes,
+            "the reader's documents beyond its cache left memory: {stats:?}"
+        );
+        for (id, value) in &expected {
+            assert_eq!(reader.get(id).await.unwrap().as_ref(), Some(value), "{id}");
+        }
+        let query = pluresdb::Query::from_json(&json!({ "where": { "group": "g1" } })).unwrap();
+        assert_eq!(reader.query(&query).await.unwrap().len(), 40);
+        writer.close().await.unwrap();
+        reader.close().await.unwrap();
+    }
+
     /// A database keeps no id lists while small; once it holds enough, its
     /// commits write them, its next upkeep lists what came before, and from
     /// its next open it reads records back. Another instance that had not

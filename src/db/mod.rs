@@ -1371,10 +1371,17 @@ fn decode_announcement(bytes: &[u8]) -> std::result::Result<(Origin, Vec<CrdtOpe
 
 /// Applies batches that other instances of the same storage committed (and
 /// announced) to this instance's memory. They are already durable.
+///
+/// An instance that only merges what others announce runs no storage
+/// upkeep, so it would never learn that storage came to read records back
+/// (another instance listed every part): every quarter of its cache (at
+/// most [`LOOK_AGAIN_AFTER_BYTES`]) merged, it asks storage, and bounds its
+/// documents once storage does.
 async fn run_announcement_listener<S: Storage>(
     shared: std::sync::Weak<Shared<S>>,
     mut announcements: mpsc::UnboundedReceiver<Vec<u8>>,
 ) {
+    let mut merged_since_look = 0usize;
     while let Some(bytes) = announcements.next().await {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -1387,24 +1394,44 @@ async fn run_announcement_listener<S: Storage>(
             }
         };
         let now = shared.clock.now_ms();
-        let mut state = shared.state();
-        if state.closed {
-            return;
+        {
+            let mut state = shared.state();
+            if state.closed {
+                return;
+            }
+            // Merging in memory needs no document left in storage: nothing
+            // is written, and the other instance stored the merged row.
+            let preview = state.store.preview(&ops);
+            let changes = state.store.install(preview, &ops, None, now);
+            index_changes(&mut state, &changes, vector::carries_vectors(&ops));
+            state.store.make_room(0);
+            let job = CommittedBatch {
+                origin,
+                ops,
+                vector: Arc::new(state.store.version_vector().clone()),
+            };
+            notify(&mut state, &changes, std::slice::from_ref(&job));
         }
-        // Merging in memory needs no document left in storage: nothing is
-        // written, and the other instance stored the merged row.
-        let preview = state.store.preview(&ops);
-        let changes = state.store.install(preview, &ops, None, now);
-        index_changes(&mut state, &changes, vector::carries_vectors(&ops));
-        state.store.make_room(0);
-        let job = CommittedBatch {
-            origin,
-            ops,
-            vector: Arc::new(state.store.version_vector().clone()),
-        };
-        notify(&mut state, &changes, std::slice::from_ref(&job));
+        if shared.cache_bytes == usize::MAX || shared.storage.reads_records() {
+            continue;
+        }
+        merged_since_look = merged_since_look.saturating_add(bytes.len());
+        if merged_since_look < (shared.cache_bytes / 4).min(LOOK_AGAIN_AFTER_BYTES) {
+            continue;
+        }
+        merged_since_look = 0;
+        match shared.storage.learn_whether_records_read_back().await {
+            Ok(true) => bound_documents_once_storage_reads_back(&shared),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "could not ask storage whether it reads back"),
+        }
     }
 }
+
+/// The most bytes of announcements an instance whose documents are not yet
+/// bounded merges before it asks storage again whether it reads records
+/// back.
+const LOOK_AGAIN_AFTER_BYTES: usize = 1024 * 1024;
 
 async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut next_job = None;

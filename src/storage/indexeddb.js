@@ -142,6 +142,12 @@ export function readStores(db, names, counted) {
   ]);
 }
 
+// The keys of each store of `names`, read in one transaction.
+export function readKeys(db, names) {
+  const transaction = db.transaction(names, 'readonly');
+  return Promise.all(names.map((name) => requestPromise(transaction.objectStore(name).getAllKeys())));
+}
+
 // Creates the id lists (schema 5): a store whose value under a chunk's key
 // is { ids: [...] }, the ids that chunk's entries name, and a multiEntry
 // index over them, so the chunks holding an id are found by the index.

@@ -70,6 +70,8 @@ extern "C" {
     fn storage_health(request_persist: bool) -> js_sys::Promise;
     #[wasm_bindgen(js_name = readStores)]
     fn read_stores(database: &IdbDatabase, names: &Array, counted: &Array) -> js_sys::Promise;
+    #[wasm_bindgen(js_name = readKeys)]
+    fn read_keys(database: &IdbDatabase, names: &Array) -> js_sys::Promise;
     #[wasm_bindgen(js_name = createIdLists)]
     fn create_id_lists(database: &IdbDatabase, name: &str);
     #[wasm_bindgen(js_name = putIdList, catch)]
@@ -704,19 +706,14 @@ impl IndexedDbStorage {
             let listed: Array = request("listing id lists", id_lists.get_all_keys())
                 .await?
                 .unchecked_into();
-            let key_of = |key: &JsValue| {
-                let key = Array::from(key);
-                let number = |at| key.get(at).as_f64().map(f64::to_bits);
-                (number(0), number(1))
-            };
             let listed: std::collections::HashSet<_> =
-                listed.iter().map(|key| key_of(&key)).collect();
+                listed.iter().map(|key| part_of(&key)).collect();
             let mut unlisted = Vec::new();
             for key in keys.iter() {
                 if !key.is_array() {
                     return Ok(None);
                 }
-                if !listed.contains(&key_of(&key)) {
+                if !listed.contains(&part_of(&key)) {
                     unlisted.push(key);
                 }
             }
@@ -749,6 +746,50 @@ impl IndexedDbStorage {
             self.chunks.set(self.chunks.get() + 1);
         }
         Ok(listed)
+    }
+
+    /// Reads back from now on when another instance listed every part
+    /// since this one loaded (or last looked), as a load would find them:
+    /// each value with its own id list. Looked at twice: once this instance
+    /// found every part listed, it keeps lists on its own parts, and looks
+    /// again in a transaction that IndexedDB starts only after every commit
+    /// of its own begun before (their parts may lack lists). No instance
+    /// writes an unlisted part after that (see
+    /// [`reads_records`](Storage::reads_records)).
+    async fn learn_whether_every_part_is_listed(&self) -> Result<bool, StorageError> {
+        if self.reads_back.get() {
+            return Ok(true);
+        }
+        if !self.every_part_listed().await? {
+            return Ok(false);
+        }
+        self.listing.set(true);
+        if !self.every_part_listed().await? {
+            // A commit of this instance without lists landed meanwhile: its
+            // upkeep lists it.
+            self.all_listed.set(false);
+            return Ok(false);
+        }
+        self.all_listed.set(true);
+        self.reads_back.set(true);
+        Ok(true)
+    }
+
+    /// True when every value of the records store is a part with its own
+    /// id list (read in one read-only transaction).
+    async fn every_part_listed(&self) -> Result<bool, StorageError> {
+        let names = Array::of2(&RECORDS.into(), &ID_LISTS.into());
+        let pair: Array = self
+            .read_reconnecting(|database| read_keys(database, &names))
+            .await?
+            .unchecked_into();
+        let keys: Array = pair.get(0).unchecked_into();
+        let listed: Array = pair.get(1).unchecked_into();
+        let listed: std::collections::HashSet<_> = listed.iter().map(|key| part_of(&key)).collect();
+        Ok(keys.length() > 0
+            && keys
+                .iter()
+                .all(|key| key.is_array() && listed.contains(&part_of(&key))))
     }
 
     /// Folds chunks together so loads stay fast and superseded rows are
@@ -953,6 +994,14 @@ async fn written_after(
 fn chunks_from(generation: u64) -> Result<web_sys::IdbKeyRange, StorageError> {
     web_sys::IdbKeyRange::lower_bound(&chunk_key(generation, 0))
         .map_err(|e| storage_error("selecting chunks", e))
+}
+
+/// A part's key `[generation, part]` as numbers to compare (by bits), to
+/// match parts with their id lists.
+fn part_of(key: &JsValue) -> (Option<u64>, Option<u64>) {
+    let key = Array::from(key);
+    let number = |at| key.get(at).as_f64().map(f64::to_bits);
+    (number(0), number(1))
 }
 
 /// The generation of the newest chunk among `keys` (as IndexedDB lists
@@ -1638,6 +1687,10 @@ impl Storage for IndexedDbStorage {
     /// came since, and meets a list, first.)
     fn reads_records(&self) -> bool {
         self.reads_back.get()
+    }
+
+    async fn learn_whether_records_read_back(&self) -> Result<bool, StorageError> {
+        self.learn_whether_every_part_is_listed().await
     }
 
     /// Reads every chunk holding a row or removal of one of `ids` (the id

@@ -452,6 +452,19 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
         false
     }
 
+    /// Finds out whether [`reads_records`](Self::reads_records) can turn
+    /// true now, because of what other instances of the same storage did
+    /// (IndexedDB: another tab listed every part), and makes it so; the
+    /// answer is then `reads_records()`. For an instance that only merges
+    /// what others announce, and so runs no upkeep of its own. By default
+    /// nothing changes.
+    fn learn_whether_records_read_back(
+        &self,
+    ) -> impl Future<Output = Result<bool, StorageError>> + MaybeSend {
+        let reads = self.reads_records();
+        async move { Ok(reads) }
+    }
+
     /// The stored rows `(id, record encoding)` of those of `ids` that exist,
     /// read together (one transaction where the backend has them): one row
     /// per id, every row of it that [`load`](Self::load) would hand over

@@ -49,6 +49,13 @@ impl Storage for BrowserStorage {
         }
     }
 
+    async fn learn_whether_records_read_back(&self) -> Result<bool, StorageError> {
+        match self {
+            Self::Memory(s) => s.learn_whether_records_read_back().await,
+            Self::IndexedDb(s) => s.learn_whether_records_read_back().await,
+        }
+    }
+
     async fn read_records(&self, ids: Vec<String>) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
         match self {
             Self::Memory(s) => s.read_records(ids).await,
