@@ -1265,7 +1265,7 @@ mod tests {
             wall_ms: u64::MAX,
             logical: u32::MAX,
         });
-        assert_eq!(clock.tick(5).wall_ms, u64::MAX, "saturates, no panic");
+        assert_eq!({ clock.tick(5).wall_ms }, u64::MAX, "saturates, no panic");
     }
 
     #[test]

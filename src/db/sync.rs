@@ -587,7 +587,7 @@ impl<S: Storage> Engine<S> {
                 // Writers before the one in progress are done.
                 for (actor, seq) in vector.iter() {
                     if *actor < last.actor {
-                        reached.raise(*actor, *seq);
+                        reached.raise(*actor, seq);
                     }
                 }
                 reached.raise(last.actor, last.seq);

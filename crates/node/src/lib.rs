@@ -595,11 +595,12 @@ impl NativeDatabase {
                 let data = version.document().and_then(|d| {
                     serde_json::from_str::<Box<serde_json::value::RawValue>>(d.as_str()).ok()
                 });
+                let timestamp = version.hlc.wall_ms;
                 json!({
                     "data": data,
                     "deleted": version.is_tombstone(),
                     "writer": version.writer.to_string(),
-                    "timestamp": version.hlc.wall_ms,
+                    "timestamp": timestamp,
                 })
             })
             .collect();
