@@ -271,49 +271,57 @@ impl FieldIndex {
             .insert(id.clone());
     }
 
-    /// Files `id` under `value` as indexes are built, where ids may come
-    /// in any order and more than once: each in the order they came, put
-    /// in order once by [`settle`](Self::settle).
+    /// Notes `id`'s `value` as indexes are built, where ids may come in
+    /// any order and more than once: filed by [`settle`](Self::settle).
     fn add(&mut self, id: &Arc<str>, value: String) {
         let value = match self.by_value.get_key_value(value.as_str()) {
             Some((shared, _)) => shared.clone(),
-            None => Arc::from(value),
+            None => {
+                let value: Arc<str> = Arc::from(value);
+                self.by_value.insert(value.clone(), IdSet::Few(Vec::new()));
+                value
+            }
         };
-        self.value_of
-            .in_order
-            .push((id.clone(), Some(value.clone())));
-        self.by_value
-            .entry(value)
-            .or_insert_with(|| IdSet::Few(Vec::new()))
-            .insert(id.clone());
+        self.value_of.in_order.push((id.clone(), Some(value)));
     }
 
-    /// Puts the ids [`add`](Self::add)ed in order, keeping one value for an
-    /// id added more than once (a record in several rows, indexed again
-    /// from all of them once the database has merged them).
+    /// Files the ids [`add`](Self::add)ed, keeping one value for an id
+    /// added more than once (a record in several rows, indexed again from
+    /// all of them once the database has merged them). Sorted by id first,
+    /// each value's ids come in order, so each set is built in one pass (an
+    /// ordered set's nodes full, where insertions one at a time in order
+    /// leave them about half full).
     fn settle(&mut self) {
         let in_order = &mut self.value_of.in_order;
         if !in_order.windows(2).all(|pair| pair[0].0 < pair[1].0) {
             in_order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            in_order.dedup_by(|again, kept| again.0 == kept.0);
         }
-        let by_value = &mut self.by_value;
-        in_order.dedup_by(|again, kept| {
-            if again.0 != kept.0 {
-                return false;
-            }
-            if let Some(value) = again
-                .1
+        in_order.shrink_to_fit();
+        for (id, value) in in_order.iter() {
+            let filed = value
                 .as_ref()
-                .filter(|value| Some(*value) != kept.1.as_ref())
-            {
-                if by_value
-                    .get_mut(value)
-                    .is_some_and(|ids| ids.remove(&again.0))
-                {
-                    by_value.remove(value);
+                .and_then(|value| self.by_value.get_mut(value));
+            match filed {
+                Some(IdSet::Few(ids)) => ids.push(id.clone()),
+                Some(IdSet::Many(ids)) => {
+                    ids.insert(id.clone());
+                }
+                None => {}
+            }
+        }
+        for ids in self.by_value.values_mut() {
+            if let IdSet::Few(few) = ids {
+                if few.len() > FEW_IDS {
+                    *ids = IdSet::Many(std::mem::take(few).into_iter().collect());
+                } else {
+                    few.shrink_to_fit();
                 }
             }
-            true
+        }
+        self.by_value.retain(|_, ids| match ids {
+            IdSet::Few(ids) => !ids.is_empty(),
+            IdSet::Many(ids) => !ids.is_empty(),
         });
     }
 
