@@ -98,6 +98,9 @@ fn encode(value: &Value) -> Option<(String, bool)> {
 enum IdSet {
     Few(Vec<Arc<str>>),
     Many(BTreeSet<Arc<str>>),
+    /// While an index is built (see [`FieldIndex::add`]): how many ids
+    /// came under the value, for a vector of the right size.
+    Counting(usize),
 }
 
 /// Ids under one value beyond which an [`IdSet`] is an ordered set.
@@ -111,18 +114,13 @@ impl IdSet {
                     ids.insert(at, id);
                 }
                 if ids.len() > FEW_IDS {
-                    // One by one: `collect` would sort, and a sort of
-                    // `Arc<str>` costs kilobytes of `.wasm`.
-                    let mut set = BTreeSet::new();
-                    for id in ids.drain(..) {
-                        set.insert(id);
-                    }
-                    *self = IdSet::Many(set);
+                    *self = IdSet::Many(std::mem::take(ids).into_iter().collect());
                 }
             }
             IdSet::Many(ids) => {
                 ids.insert(id);
             }
+            IdSet::Counting(_) => {}
         }
     }
 
@@ -139,6 +137,7 @@ impl IdSet {
                 ids.remove(id);
                 ids.is_empty()
             }
+            IdSet::Counting(_) => true,
         }
     }
 
@@ -146,6 +145,7 @@ impl IdSet {
         match self {
             IdSet::Few(ids) => out.extend(ids.iter().cloned()),
             IdSet::Many(ids) => out.extend(ids.iter().cloned()),
+            IdSet::Counting(_) => {}
         }
     }
 }
@@ -274,11 +274,20 @@ impl FieldIndex {
     /// Notes `id`'s `value` as indexes are built, where ids may come in
     /// any order and more than once: filed by [`settle`](Self::settle).
     fn add(&mut self, id: &Arc<str>, value: String) {
-        let value = match self.by_value.get_key_value(value.as_str()) {
-            Some((shared, _)) => shared.clone(),
+        let this_value = (
+            Bound::Included(value.as_str()),
+            Bound::Included(value.as_str()),
+        );
+        let value = match self.by_value.range_mut::<str, _>(this_value).next() {
+            Some((shared, ids)) => {
+                if let IdSet::Counting(count) = ids {
+                    *count += 1;
+                }
+                shared.clone()
+            }
             None => {
                 let value: Arc<str> = Arc::from(value);
-                self.by_value.insert(value.clone(), IdSet::Few(Vec::new()));
+                self.by_value.insert(value.clone(), IdSet::Counting(1));
                 value
             }
         };
@@ -297,16 +306,19 @@ impl FieldIndex {
             in_order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             in_order.dedup_by(|again, kept| again.0 == kept.0);
         }
-        in_order.shrink_to_fit();
+        for ids in self.by_value.values_mut() {
+            if let IdSet::Counting(count) = *ids {
+                *ids = IdSet::Few(Vec::with_capacity(count));
+            }
+        }
         for (id, value) in in_order.iter() {
             let filed = value
                 .as_ref()
                 .and_then(|value| self.by_value.get_mut(value));
             match filed {
+                // In id order: each value's ids stay sorted.
                 Some(IdSet::Few(ids)) => ids.push(id.clone()),
-                Some(IdSet::Many(ids)) => {
-                    ids.insert(id.clone());
-                }
+                Some(ids) => ids.insert(id.clone()),
                 None => {}
             }
         }
@@ -322,6 +334,7 @@ impl FieldIndex {
         self.by_value.retain(|_, ids| match ids {
             IdSet::Few(ids) => !ids.is_empty(),
             IdSet::Many(ids) => !ids.is_empty(),
+            IdSet::Counting(_) => false,
         });
     }
 
@@ -767,6 +780,7 @@ mod tests {
             let empty = index.by_value.values().any(|ids| match ids {
                 IdSet::Few(ids) => ids.is_empty(),
                 IdSet::Many(ids) => ids.is_empty(),
+                IdSet::Counting(_) => true,
             });
             assert!(!empty, "step {step}: a value with no ids is kept");
         }
