@@ -20,6 +20,7 @@ pub use clock::{
 };
 pub use record::{
     decode_operations, encode_operations, validate_id, Body, CrdtOperation, Document, Record,
-    Version, MAX_DOCUMENT_BYTES, MAX_EMBEDDING_DIM, MAX_ID_BYTES, NO_HINT, RECORD_ENCODING_VERSION,
+    Version, DOCUMENT_OVERHEAD_BYTES, MAX_DOCUMENT_BYTES, MAX_EMBEDDING_DIM, MAX_ID_BYTES, NO_HINT,
+    RECORD_ENCODING_VERSION,
 };
 pub use store::{Change, ChangeKind, CrdtStore, Preview, RestoredRecords};

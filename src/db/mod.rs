@@ -147,8 +147,9 @@ pub struct OpenOptions {
     /// conditions on them (`=`, `$in`, ranges) read only the records that
     /// can match instead of scanning (see [`Database::explain`]).
     pub indexes: Vec<String>,
-    /// About how many bytes of document text stay in memory
-    /// ([`DEFAULT_CACHE_BYTES`] by default). Past that, the documents that
+    /// About how many bytes the documents in memory may take: their text
+    /// and [`DOCUMENT_OVERHEAD_BYTES`](crate::crdt::DOCUMENT_OVERHEAD_BYTES)
+    /// each ([`DEFAULT_CACHE_BYTES`] by default). Past that, the documents that
     /// came in first are left in storage and read back (a batch per
     /// transaction) when a read needs them; everything else about a record
     /// stays in memory. Only storage that reads rows back by id
@@ -200,8 +201,8 @@ pub struct DatabaseStats {
     pub tombstones: usize,
     /// Records holding concurrent versions.
     pub conflicted: usize,
-    /// Bytes of document text held in memory (see
-    /// [`OpenOptions::cache_bytes`]).
+    /// Bytes the documents held in memory take, as the cache counts them
+    /// (see [`OpenOptions::cache_bytes`]).
     pub cached_bytes: usize,
     /// Records with a document left in storage.
     pub records_in_storage_only: usize,

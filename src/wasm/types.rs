@@ -75,8 +75,9 @@ export interface OpenOptions {
    */
   indexes?: string[];
   /**
-   * About how many bytes of document text stay in memory (default 64 MiB
-   * in the browser, 256 MiB in Node): past that, the documents that came in
+   * About how many bytes the documents in memory may take, their text and
+   * 16 bytes each (default 64 MiB in the browser, 256 MiB in Node): past
+   * that, the documents that came in
    * first are left in the SQLite file or IndexedDB and read back when a
    * read needs them; a document read often stays. In IndexedDB once the
    * database holds 8 MiB and a moment's pause in writes let it list every
@@ -241,7 +242,7 @@ export interface StorageStatus {
    * quota used; 'unknown': the scope cannot tell.
    */
   evictionRisk: 'low' | 'high' | 'unknown';
-  /** Bytes of document text held in memory (at most about `cacheBytes`). */
+  /** Bytes the documents held in memory take, their text and 16 bytes each (at most about `cacheBytes`). */
   cachedBytes: number;
   /** Records whose document is in storage only, read back when needed. */
   documentsInStorage: number;
