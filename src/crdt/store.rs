@@ -43,23 +43,19 @@ pub enum ChangeKind {
 /// an id possibly repeated (its rows are merged). Each is kept with its id
 /// so the store's map can be built in this buffer.
 #[derive(Debug, Default)]
-pub struct RestoredRecords(Vec<(Arc<str>, Option<Record>)>);
+pub struct RestoredRecords(Vec<Record>);
 
 impl RestoredRecords {
     /// Adds a record read from storage.
     pub fn push(&mut self, record: Record) {
-        self.0.push((record.shared_id().clone(), Some(record)));
+        self.0.push(record);
     }
 }
 
 impl FromIterator<Record> for RestoredRecords {
     fn from_iter<I: IntoIterator<Item = Record>>(records: I) -> Self {
         let mut restored = Self::default();
-        restored.0.extend(
-            records
-                .into_iter()
-                .map(|record| (record.shared_id().clone(), Some(record))),
-        );
+        restored.0.extend(records);
         restored
     }
 }
@@ -321,14 +317,12 @@ impl CrdtStore {
         // that WebAssembly grows never shrinks, so a second copy of a million
         // rows while opening would stay in the page's footprint for good.
         let mut rows = records.0;
-        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        rows.sort_unstable_by(|a, b| a.id().cmp(b.id()));
         rows.dedup_by(|next, kept| {
-            if next.0 == kept.0 {
-                if let (Some(kept), Some(next)) = (&mut kept.1, &next.1) {
-                    kept.merge(next);
-                }
-                if repeated.last() != Some(&kept.0) {
-                    repeated.push(kept.0.clone());
+            if next.id() == kept.id() {
+                kept.merge(next);
+                if repeated.last() != Some(kept.shared_id()) {
+                    repeated.push(kept.shared_id().clone());
                 }
                 true
             } else {
@@ -337,7 +331,7 @@ impl CrdtStore {
         });
         let mut last_seq = version_vector.get(&actor);
         let mut hlc = HlcClock::new(last_hlc.bounded(now_ms));
-        for record in rows.iter().filter_map(|(_, record)| record.as_ref()) {
+        for record in &rows {
             for version in record.versions() {
                 if version.writer == actor {
                     last_seq = last_seq.max(version.dot().seq);
@@ -752,16 +746,16 @@ impl CrdtStore {
             }
             // In id order, new ids beyond the last are appended.
             added.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (id, record) in added {
-                self.records.insert(id, record);
+            for (_, record) in added {
+                self.records.insert(record);
             }
         }
         #[cfg(not(target_arch = "wasm32"))]
         if fresh {
             let mut staged = staged;
-            for (id, record) in std::mem::take(&mut staged) {
+            for (_, record) in std::mem::take(&mut staged) {
                 self.bodies.added(&record);
-                self.records.insert(id, record);
+                self.records.insert(record);
             }
             changes.extend(staged_changes);
         } else {
@@ -796,7 +790,7 @@ impl CrdtStore {
             None => {
                 let deleted = record.is_deleted();
                 bodies.added(&record);
-                self.records.insert(id.clone(), record);
+                self.records.insert(record);
                 (None, deleted)
             }
         };
@@ -931,7 +925,7 @@ impl CrdtStore {
                 let deleted = version.is_tombstone();
                 let record = Record::new(id.clone(), version);
                 bodies.added(&record);
-                self.records.insert(id.clone(), record);
+                self.records.insert(record);
                 (None, deleted)
             }
         };
@@ -974,21 +968,19 @@ impl CrdtStore {
     /// tombstone earlier could let a concurrent old write resurrect the
     /// record. See `docs/ARCHITECTURE.md`, "Tombstones".
     pub fn compact_tombstones(&mut self, horizon: &VersionVector) -> Vec<String> {
-        let removable: Vec<String> = self
-            .records()
-            .filter(|r| {
-                r.versions()
-                    .iter()
-                    .all(|v| v.is_tombstone() && horizon.covers(&v.dot()))
-            })
-            .map(|r| r.id().to_owned())
-            .collect();
-        for id in &removable {
-            if let Some(record) = self.records.remove(id.as_str()) {
-                let before = self.bodies.before(&record);
-                self.bodies.changed(before, None);
-            }
+        let removed = self.records.remove_where(|r| {
+            r.versions()
+                .iter()
+                .all(|v| v.is_tombstone() && horizon.covers(&v.dot()))
+        });
+        let mut removable = Vec::with_capacity(removed.len());
+        for record in removed {
+            let before = self.bodies.before(&record);
+            self.bodies.changed(before, None);
+            removable.push(record.id().to_owned());
         }
+        // In id order, as the records are.
+        removable.sort_unstable();
         removable
     }
 
