@@ -1,6 +1,7 @@
 //! The store's records by id ([`RecordMap`]): a sorted vector of the
 //! records a store was restored with, and of each new id beyond the last
-//! (as when an app appends), beside an ordered map of the others.
+//! while it has room (as when an app appends), beside an ordered map of
+//! the others.
 //!
 //! A database opens by decoding every row into one buffer, sorting it and
 //! merging repeated ids in place. An ordered map built from that buffer
@@ -72,9 +73,12 @@ impl RecordMap {
     pub(crate) fn insert(&mut self, record: Record) -> Option<Record> {
         match self.position(record.id()) {
             Ok(at) => Some(std::mem::replace(&mut self.in_order[at], record)),
-            // Beyond every id held: appended, as when a database opened.
+            // Beyond every id held: appended, as when a database opened,
+            // while the vector has room (growing it would copy a million
+            // records, and WebAssembly memory never shrinks back).
             Err(at)
                 if at == self.in_order.len()
+                    && self.in_order.len() < self.in_order.capacity()
                     && self
                         .others
                         .last_key_value()
@@ -89,16 +93,10 @@ impl RecordMap {
 
     /// Removes every record `remove` picks (one pass), returning them.
     pub(crate) fn remove_where(&mut self, remove: impl Fn(&Record) -> bool) -> Vec<Record> {
-        let mut removed = Vec::new();
-        let mut kept = Vec::with_capacity(self.in_order.len());
-        for record in std::mem::take(&mut self.in_order) {
-            if remove(&record) {
-                removed.push(record);
-            } else {
-                kept.push(record);
-            }
-        }
-        self.in_order = kept;
+        let mut removed: Vec<Record> = self
+            .in_order
+            .extract_if(.., |record| remove(record))
+            .collect();
         let others: Vec<Arc<str>> = self
             .others
             .values()
@@ -267,6 +265,27 @@ mod tests {
         assert_eq!(tag(map.get_key_value("b")), Some(("b".to_owned(), 2)));
     }
 
+    /// Records beyond the last are appended only while the vector has
+    /// room: it never grows (a copy of every record), the rest go to the
+    /// ordered map, and every id is still found once, in order.
+    #[test]
+    fn the_restored_vector_never_grows() {
+        let mut restored = Vec::with_capacity(3);
+        restored.extend([record("a", 1), record("b", 1)]);
+        let mut map = RecordMap::from_sorted(restored);
+        for name in ["c", "d", "e"] {
+            assert!(map.insert(record(name, 1)).is_none());
+        }
+        assert_eq!(map.in_order.capacity(), 3, "the vector grew");
+        assert_eq!(map.in_order.len(), 3);
+        assert!(
+            map.insert(record("d", 2)).is_some(),
+            "d replaced, not added"
+        );
+        let ids: Vec<String> = map.iter().map(|(id, _)| id.to_string()).collect();
+        assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+    }
+
     /// Inserts, replacements and removals at random, against an ordered map,
     /// starting from a restored vector; after each step lookups, whole and
     /// ranged iteration from both ends (and from both at once) agree.
@@ -274,12 +293,9 @@ mod tests {
     fn a_record_map_answers_as_an_ordered_map() {
         let ids: Vec<Arc<str>> = (0..120).map(|n| Arc::from(format!("r{n:03}"))).collect();
         let mut random = Random(0x853C_49E6_748F_EA9B);
-        let restored: Vec<Record> = ids
-            .iter()
-            .step_by(3)
-            .take(25)
-            .map(|id| record(id, 0))
-            .collect();
+        // Room for some records beyond the last, as a restored buffer has.
+        let mut restored: Vec<Record> = Vec::with_capacity(60);
+        restored.extend(ids.iter().step_by(3).take(25).map(|id| record(id, 0)));
         let mut model: BTreeMap<Arc<str>, u64> = restored
             .iter()
             .map(|r| (r.shared_id().clone(), 0))

@@ -1077,7 +1077,7 @@ mod tests {
         store.put("r11", doc(json!({ "pad": "z".repeat(200) })), 30);
         store.make_room(0);
         assert_eq!(resident(&store), vec![6, 10, 11]);
-        // r6 went to the back once: after r10 and r11 it leaves.
+        // r6 went to the back once, behind r10: both leave now.
         store.put("r0", doc(json!({ "pad": "w".repeat(150) })), 40);
         store.make_room(0);
         assert_eq!(resident(&store), vec![0, 11]);

@@ -152,8 +152,8 @@ impl IdSet {
 
 /// Each indexed record's value, to remove it on change: the ids that came
 /// in id order (every id as a database opens, and each new id beyond the
-/// last, as when an app appends) in a sorted vector, the others in a hash
-/// map. A million notes' vector takes 16 MiB in the browser (two pointers
+/// last while the vector has room, as when an app appends) in a sorted
+/// vector, the others in a hash map. A million notes' vector takes 16 MiB in the browser (two pointers
 /// an entry), where a hash map of them took 34 MiB, 51 MiB at its last
 /// growth, and hashed every id twice while the database opened.
 #[derive(Debug, Default)]
@@ -161,7 +161,8 @@ struct ValueOf {
     /// Sorted by id; `None` where the record's value was removed (kept, so
     /// that no id moves; dropped once they are half of the vector).
     in_order: Vec<(Arc<str>, Option<Arc<str>>)>,
-    /// Ids not in `in_order` (every one before its last id).
+    /// Ids not in `in_order`: those that came out of order, or beyond the
+    /// vector's room.
     others: FxHashMap<Arc<str>, Arc<str>>,
     /// Entries of `in_order` that are `None`.
     removed: usize,
@@ -190,10 +191,14 @@ impl ValueOf {
                 }
                 previous
             }
-            // Past the last id: no id there can be among the others, which
-            // all came before the last id of their time, and the vector
-            // never loses its last.
-            Err(at) if at == self.in_order.len() => {
+            // Past the last id, while the vector has room (growing it would
+            // copy a million entries, and WebAssembly memory never shrinks
+            // back), unless the others hold it already.
+            Err(at)
+                if at == self.in_order.len()
+                    && self.in_order.len() < self.in_order.capacity()
+                    && !self.others.contains_key(&**id) =>
+            {
                 self.in_order.push((id.clone(), Some(value)));
                 None
             }
@@ -208,12 +213,9 @@ impl ValueOf {
         let previous = self.in_order[at].1.take();
         if previous.is_some() {
             self.removed += 1;
-            // Keeping the last entry keeps every other id before it.
             if self.removed * 2 > self.in_order.len() {
-                let last = self.in_order.pop();
                 self.in_order.retain(|(_, value)| value.is_some());
-                self.in_order.extend(last);
-                self.removed = usize::from(self.in_order.last().is_some_and(|(_, v)| v.is_none()));
+                self.removed = 0;
             }
         }
         previous
@@ -710,6 +712,9 @@ mod tests {
             .collect();
         let ids: Vec<Arc<str>> = (0..300).map(|n| Arc::from(format!("id{n:03}"))).collect();
         let mut index = FieldIndex::default();
+        // Room for some ids beyond the last, as an index built at open has.
+        index.value_of.in_order.reserve_exact(60);
+        let room = index.value_of.in_order.capacity();
         let mut model: BTreeSet<(String, String)> = BTreeSet::new();
         let mut current: BTreeMap<Arc<str>, String> = BTreeMap::new();
         let mut random = Random(0x2545_F491_4F6C_DD1D);
@@ -770,10 +775,9 @@ mod tests {
             assert!(
                 in_order.windows(2).all(|pair| pair[0].0 < pair[1].0)
                     && index.value_of.others.keys().all(|id| {
-                        in_order.last().is_some_and(|(last, _)| id < last)
-                            && in_order
-                                .binary_search_by(|(probe, _)| probe.cmp(id))
-                                .is_err()
+                        in_order
+                            .binary_search_by(|(probe, _)| probe.cmp(id))
+                            .is_err()
                     }),
                 "step {step}: ids out of order or kept twice"
             );
@@ -785,6 +789,7 @@ mod tests {
             assert!(!empty, "step {step}: a value with no ids is kept");
         }
         assert!(largest > FEW_IDS, "no value held more than {FEW_IDS} ids");
+        assert_eq!(index.value_of.in_order.capacity(), room, "the vector grew");
     }
 
     /// Ids handed over out of order and some more than once (as storage

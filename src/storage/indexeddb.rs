@@ -760,6 +760,11 @@ impl IndexedDbStorage {
         if self.reads_back.get() {
             return Ok(true);
         }
+        // Never reopens a connection: a database closed meanwhile stays
+        // closed (an open connection would block other tabs' upgrades).
+        if self.connection.borrow().is_none() {
+            return Ok(false);
+        }
         if !self.every_part_listed().await? {
             return Ok(false);
         }
