@@ -37,6 +37,8 @@ pub mod platform;
 pub mod query;
 pub mod storage;
 pub mod sync;
+#[cfg(test)]
+mod test_random;
 pub mod transport;
 
 #[cfg(target_arch = "wasm32")]

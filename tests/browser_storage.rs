@@ -516,20 +516,9 @@ mod indexeddb_specifics {
         .await
         .unwrap();
         assert!(!db.storage().reads_records(), "small when opened");
-        let document = |i: usize, round: usize| json!({ "i": i, "round": round, "group": format!("g{}", i % 3), "pad": format!("{i:04}").repeat(250) });
         let mut expected = std::collections::BTreeMap::new();
         for round in 0..2 {
-            for start in (0..120).step_by(20) {
-                let batch: Vec<(String, pluresdb::crdt::Document)> = (start..start + 20)
-                    .map(|i| {
-                        let id = format!("d{i:03}");
-                        expected.insert(id.clone(), document(i, round));
-                        let value = pluresdb::crdt::Document::from_value(&document(i, round));
-                        (id, value.unwrap())
-                    })
-                    .collect();
-                db.put_many(batch).await.unwrap();
-            }
+            write_documents_of_a_kilobyte(&db, round, &mut expected).await;
         }
         // Upkeep runs once writes pause.
         let mut stats = db.stats().unwrap();
@@ -558,6 +547,27 @@ mod indexeddb_specifics {
         db.close().await.unwrap();
     }
 
+    /// Writes `d000` to `d119` (about 1 KB each, in three groups) in six
+    /// batches, noting what each holds in `expected`.
+    async fn write_documents_of_a_kilobyte(
+        db: &Database<IndexedDbStorage>,
+        round: usize,
+        expected: &mut std::collections::BTreeMap<String, serde_json::Value>,
+    ) {
+        let document = |i: usize| json!({ "i": i, "round": round, "group": format!("g{}", i % 3), "pad": format!("{i:04}").repeat(250) });
+        for start in (0..120).step_by(20) {
+            let batch: Vec<(String, pluresdb::crdt::Document)> = (start..start + 20)
+                .map(|i| {
+                    let id = format!("d{i:03}");
+                    expected.insert(id.clone(), document(i));
+                    let value = pluresdb::crdt::Document::from_value(&document(i));
+                    (id, value.unwrap())
+                })
+                .collect();
+            db.put_many(batch).await.unwrap();
+        }
+    }
+
     /// A tab that only merges what another tab writes runs no upkeep of its
     /// own: it asks storage as announcements come in, and bounds its
     /// documents once the other tab has listed every part.
@@ -582,20 +592,9 @@ mod indexeddb_specifics {
         let reader = open(cache_bytes).await;
         let writer = open(usize::MAX).await;
         assert!(!reader.storage().reads_records(), "small when opened");
-        let document = |i: usize, round: usize| json!({ "i": i, "round": round, "group": format!("g{}", i % 3), "pad": format!("{i:04}").repeat(250) });
         let mut expected = std::collections::BTreeMap::new();
         for round in 0..2 {
-            for start in (0..120).step_by(20) {
-                let batch: Vec<(String, pluresdb::crdt::Document)> = (start..start + 20)
-                    .map(|i| {
-                        let id = format!("d{i:03}");
-                        expected.insert(id.clone(), document(i, round));
-                        let value = pluresdb::crdt::Document::from_value(&document(i, round));
-                        (id, value.unwrap())
-                    })
-                    .collect();
-                writer.put_many(batch).await.unwrap();
-            }
+            write_documents_of_a_kilobyte(&writer, round, &mut expected).await;
             // The writer's upkeep lists every part once its writes pause.
             for _ in 0..200 {
                 if writer.storage().reads_records() {

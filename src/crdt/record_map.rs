@@ -215,18 +215,7 @@ impl<'a> DoubleEndedIterator for Iter<'a> {
 mod tests {
     use super::*;
     use crate::crdt::{ActorId, Hlc, VectorClock, Version};
-
-    /// A small deterministic generator (xorshift), so failures replay.
-    struct Random(u64);
-
-    impl Random {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
+    use crate::test_random::Random;
 
     fn record(id: &str, wall_ms: u64) -> Record {
         let writer = ActorId::from_bytes([1; 16]);

@@ -670,19 +670,8 @@ fn candidates(index: &FieldIndex, conditions: &[&Condition]) -> Option<Vec<Arc<s
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_random::Random;
     use std::collections::BTreeSet;
-
-    /// A small deterministic generator (xorshift), so failures replay.
-    struct Random(u64);
-
-    impl Random {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
 
     /// What the index must answer, as plainly as possible: (value, id)
     /// pairs in order.
