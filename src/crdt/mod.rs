@@ -23,4 +23,4 @@ pub use record::{
     Version, DOCUMENT_OVERHEAD_BYTES, MAX_DOCUMENT_BYTES, MAX_EMBEDDING_DIM, MAX_ID_BYTES, NO_HINT,
     RECORD_ENCODING_VERSION,
 };
-pub use store::{Change, ChangeKind, CrdtStore, Preview, RestoredRecords};
+pub use store::{Change, ChangeKind, ChangePlan, CrdtStore, Preview, RestoredRecords};

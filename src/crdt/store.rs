@@ -60,6 +60,82 @@ impl FromIterator<Record> for RestoredRecords {
     }
 }
 
+/// Appends the versions of `record` that `seen` lacks to `ops`.
+fn push_changes_of(record: &Record, seen: &VersionVector, ops: &mut Vec<CrdtOperation>) {
+    for version in record.versions() {
+        if !seen.covers(&version.dot()) {
+            ops.push(CrdtOperation {
+                id: record.shared_id().clone(),
+                version: version.clone(),
+            });
+        }
+    }
+}
+
+/// A delta planned without copying it ([`CrdtStore::plan_changes`]): the
+/// id and dot of each version, in dot order, cut into chunks.
+#[derive(Debug, Clone, Default)]
+pub struct ChangePlan {
+    /// The writers, in the order first met (`PlannedVersion::actor`).
+    actors: Vec<ActorId>,
+    versions: Vec<PlannedVersion>,
+    /// Where each chunk ends in `versions`.
+    ends: Vec<usize>,
+}
+
+/// One planned version: its record, its dot (the writer an index into
+/// `ChangePlan::actors`, the sequence number in two halves, so an entry is
+/// aligned to 4 bytes) and its encoded size.
+#[derive(Debug, Clone)]
+struct PlannedVersion {
+    id: Arc<str>,
+    seq: [u32; 2],
+    actor: u32,
+    size: u32,
+}
+
+impl PlannedVersion {
+    fn seq(&self) -> u64 {
+        u64::from(self.seq[0]) | u64::from(self.seq[1]) << 32
+    }
+}
+
+impl ChangePlan {
+    /// How many chunks (none when nothing is missing).
+    pub fn chunk_count(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// How many versions.
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// True when nothing is missing.
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
+    /// The last dot of chunk `chunk`.
+    pub fn last_dot(&self, chunk: usize) -> Dot {
+        self.dot(&self.versions[self.ends[chunk] - 1])
+    }
+
+    fn range(&self, chunk: usize) -> std::ops::Range<usize> {
+        let start = chunk
+            .checked_sub(1)
+            .map_or(0, |previous| self.ends[previous]);
+        start..self.ends[chunk]
+    }
+
+    fn dot(&self, planned: &PlannedVersion) -> Dot {
+        Dot {
+            actor: self.actors[planned.actor as usize],
+            seq: planned.seq(),
+        }
+    }
+}
+
 /// The in-memory CRDT state of one replica.
 #[derive(Debug, Clone)]
 pub struct CrdtStore {
@@ -949,14 +1025,182 @@ impl CrdtStore {
     pub fn changes_since(&self, seen: &VersionVector) -> Vec<CrdtOperation> {
         let mut ops = Vec::new();
         for record in self.records() {
+            push_changes_of(record, seen, &mut ops);
+        }
+        ops
+    }
+
+    /// Plans [`changes_since`](Self::changes_since)`(seen)`, without the
+    /// versions up to `after`, as chunks of at most `chunk_bytes` encoded
+    /// bytes in dot order (a larger operation alone in its chunk), holding
+    /// each version's id, dot and size (24 bytes in WebAssembly, 32
+    /// natively), not the version: [`planned_chunk`](Self::planned_chunk)
+    /// gives a chunk's operations when it is sent, so a database far larger
+    /// than memory can answer a peer that has nothing.
+    pub fn plan_changes(
+        &self,
+        seen: &VersionVector,
+        after: Option<Dot>,
+        chunk_bytes: usize,
+    ) -> ChangePlan {
+        let wanted = |dot: &Dot| !seen.covers(dot) && after.is_none_or(|after| *dot > after);
+        // Counted first, so the plan is one allocation of its exact size
+        // (a vector grown by doubling would copy it, and in WebAssembly
+        // memory never shrinks back).
+        let count = self
+            .records()
+            .map(|record| {
+                record
+                    .versions()
+                    .iter()
+                    .filter(|v| wanted(&v.dot()))
+                    .count()
+            })
+            .sum();
+        let mut actors: Vec<ActorId> = Vec::new();
+        let mut index_of: FxHashMap<ActorId, u32> = FxHashMap::default();
+        let mut versions = Vec::with_capacity(count);
+        for record in self.records() {
             for version in record.versions() {
-                if !seen.covers(&version.dot()) {
-                    ops.push(CrdtOperation {
-                        id: record.shared_id().clone(),
-                        version: version.clone(),
-                    });
+                let dot = version.dot();
+                if !wanted(&dot) {
+                    continue;
+                }
+                let actor = *index_of.entry(dot.actor).or_insert_with(|| {
+                    actors.push(dot.actor);
+                    (actors.len() - 1) as u32
+                });
+                let size = CrdtOperation::encoded_len_of(record.id(), version);
+                versions.push(PlannedVersion {
+                    id: record.shared_id().clone(),
+                    seq: [dot.seq as u32, (dot.seq >> 32) as u32],
+                    actor,
+                    size: u32::try_from(size).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        // Dot order: writers by id, then sequence numbers.
+        let mut by_id: Vec<u32> = (0..actors.len() as u32).collect();
+        by_id.sort_unstable_by_key(|&index| actors[index as usize]);
+        let mut rank = vec![0u32; actors.len()];
+        for (position, &index) in by_id.iter().enumerate() {
+            rank[index as usize] = position as u32;
+        }
+        versions.sort_unstable_by_key(|version| (rank[version.actor as usize], version.seq()));
+        let mut ends = Vec::new();
+        let mut bytes = 0usize;
+        for (at, version) in versions.iter().enumerate() {
+            let size = version.size as usize;
+            if at > 0 && bytes.saturating_add(size) > chunk_bytes {
+                ends.push(at);
+                bytes = 0;
+            }
+            bytes = bytes.saturating_add(size);
+        }
+        if !versions.is_empty() {
+            ends.push(versions.len());
+        }
+        ChangePlan {
+            actors,
+            versions,
+            ends,
+        }
+    }
+
+    /// The first of the versions `seen` lacks after the dot `after` (from
+    /// the first when `None`), in dot order: as many as fit in `max_bytes`
+    /// encoded (at least one), and whether that was all of them. One pass
+    /// over the records holding only what it returns, so the changes of a
+    /// database far larger than memory can be read window by window.
+    pub fn changes_after(
+        &self,
+        seen: &VersionVector,
+        after: Option<Dot>,
+        max_bytes: usize,
+    ) -> (Vec<CrdtOperation>, bool) {
+        use std::collections::BinaryHeap;
+        // The smallest dots met so far whose sizes, less the largest's,
+        // stay under `max_bytes`; the largest on top.
+        let mut window: BinaryHeap<(Dot, usize, Arc<str>)> = BinaryHeap::new();
+        let mut bytes = 0usize;
+        let mut cut = false;
+        for record in self.records() {
+            for version in record.versions() {
+                let dot = version.dot();
+                if seen.covers(&dot) || after.is_some_and(|after| dot <= after) {
+                    continue;
+                }
+                let full = window
+                    .peek()
+                    .is_some_and(|(_, size, _)| bytes - size >= max_bytes);
+                if full && window.peek().is_some_and(|(largest, _, _)| dot > *largest) {
+                    cut = true;
+                    continue;
+                }
+                let size = CrdtOperation::encoded_len_of(record.id(), version);
+                window.push((dot, size, record.shared_id().clone()));
+                bytes += size;
+                while window.len() > 1
+                    && window
+                        .peek()
+                        .is_some_and(|(_, size, _)| bytes - size >= max_bytes)
+                {
+                    let (_, size, _) = window.pop().expect("checked");
+                    bytes -= size;
+                    cut = true;
                 }
             }
+        }
+        let ops = window
+            .into_sorted_vec()
+            .into_iter()
+            .filter_map(|(dot, _, id)| {
+                let record = self.records.get(&id)?;
+                let version = record.versions().iter().find(|v| v.dot() == dot)?;
+                Some(CrdtOperation {
+                    id,
+                    version: version.clone(),
+                })
+            })
+            .collect();
+        (ops, !cut)
+    }
+
+    /// Chunk `chunk` of `plan` as the store stands now: each planned
+    /// version still here (in dot order), and the ids of the records whose
+    /// planned version was superseded since (see
+    /// [`current_changes_of`](Self::current_changes_of)).
+    pub fn planned_chunk(
+        &self,
+        plan: &ChangePlan,
+        chunk: usize,
+    ) -> (Vec<CrdtOperation>, Vec<Arc<str>>) {
+        let mut ops = Vec::new();
+        let mut superseded = Vec::new();
+        for planned in &plan.versions[plan.range(chunk)] {
+            let dot = plan.dot(planned);
+            let version = self
+                .records
+                .get(&planned.id)
+                .and_then(|record| record.versions().iter().find(|v| v.dot() == dot));
+            match version {
+                Some(version) => ops.push(CrdtOperation {
+                    id: planned.id.clone(),
+                    version: version.clone(),
+                }),
+                None => superseded.push(planned.id.clone()),
+            }
+        }
+        (ops, superseded)
+    }
+
+    /// The versions of records `ids` that `seen` lacks, as they stand now:
+    /// what superseded planned versions (a record gone altogether, its
+    /// tombstone compacted, has none).
+    pub fn current_changes_of(&self, ids: &[Arc<str>], seen: &VersionVector) -> Vec<CrdtOperation> {
+        let mut ops = Vec::new();
+        for record in ids.iter().filter_map(|id| self.records.get(id)) {
+            push_changes_of(record, seen, &mut ops);
         }
         ops
     }
@@ -1081,6 +1325,115 @@ mod tests {
         store.put("r0", doc(json!({ "pad": "w".repeat(150) })), 40);
         store.make_room(0);
         assert_eq!(resident(&store), vec![0, 11]);
+    }
+
+    /// A planned delta resolved chunk by chunk carries exactly the
+    /// changes, in dot order, in chunks of the planned size; a version
+    /// superseded after the plan is named by its record, whose current
+    /// versions cover it.
+    #[test]
+    fn a_planned_delta_resolves_to_the_changes_in_dot_order_and_chunk_sizes() {
+        let mut random = crate::test_random::Random(17);
+        let mut stores: Vec<CrdtStore> = (1..=3).map(|n| CrdtStore::new(actor(n))).collect();
+        for step in 0..600u64 {
+            let writer = random.below(3) as usize;
+            let id = format!("r{:03}", random.below(150));
+            if random.below(8) == 0 {
+                stores[writer].delete(&id, step);
+            } else {
+                let pad = "p".repeat(random.below(300) as usize);
+                stores[writer].put(&id, doc(json!({ "step": step, "pad": pad })), step);
+            }
+            // Now and then one replica merges another's changes (causality
+            // across writers, concurrent versions, gaps in sequences).
+            if random.below(10) == 0 {
+                let from = random.below(3) as usize;
+                let ops = stores[from].changes_since(stores[writer].version_vector());
+                for op in ops {
+                    stores[writer].apply(op, step);
+                }
+            }
+        }
+        let mut store = stores.remove(0);
+        for other in &stores {
+            for op in other.changes_since(&VersionVector::new()) {
+                store.apply(op, 1_000);
+            }
+        }
+        let seen = stores[0].version_vector().clone();
+        let mut expected = store.changes_since(&seen);
+        expected.sort_unstable_by_key(|op| op.version.dot());
+        assert!(expected.len() > 100, "{} changes", expected.len());
+        let chunk_bytes = 2_000;
+        let plan = store.plan_changes(&seen, None, chunk_bytes);
+        assert_eq!(plan.len(), expected.len());
+        let mut resolved: Vec<CrdtOperation> = Vec::new();
+        for chunk in 0..plan.chunk_count() {
+            let (ops, superseded) = store.planned_chunk(&plan, chunk);
+            assert!(superseded.is_empty());
+            assert_eq!(
+                ops.last().map(|op| op.version.dot()),
+                Some(plan.last_dot(chunk))
+            );
+            let bytes: usize = ops.iter().map(|op| op.to_bytes().len()).sum();
+            assert!(bytes <= chunk_bytes || ops.len() == 1, "{bytes} bytes");
+            // Filled as far as the next operation allows.
+            if chunk + 1 < plan.chunk_count() {
+                let next = &expected[resolved.len() + ops.len()];
+                assert!(bytes + next.to_bytes().len() > chunk_bytes);
+            }
+            resolved.extend(ops);
+        }
+        assert_eq!(resolved, expected);
+        // Planned after a dot: only what follows it.
+        let after = expected[expected.len() / 2].version.dot();
+        let rest_plan = store.plan_changes(&seen, Some(after), chunk_bytes);
+        let rest: Vec<CrdtOperation> = (0..rest_plan.chunk_count())
+            .flat_map(|chunk| store.planned_chunk(&rest_plan, chunk).0)
+            .collect();
+        assert_eq!(rest, expected[expected.len() / 2 + 1..].to_vec());
+        // A version superseded after the plan: its record is named, and its
+        // current versions cover the planned one.
+        let victim = expected[0].clone();
+        store.put(&victim.id, doc(json!({ "newer": true })), 2_000);
+        let (ops, superseded) = store.planned_chunk(&plan, 0);
+        assert_eq!(superseded, vec![victim.id.clone()]);
+        assert!(!ops
+            .iter()
+            .any(|op| op.version.dot() == victim.version.dot()));
+        let current = store.current_changes_of(&superseded, &seen);
+        assert!(!current.is_empty());
+        assert!(current
+            .iter()
+            .all(|op| op.id == victim.id && op.version.clock.covers(&victim.version.dot())));
+        let mut everything = VersionVector::new();
+        for n in 1..=3 {
+            everything.raise(actor(n), crate::crdt::MAX_COUNTER);
+        }
+        assert!(store
+            .plan_changes(&everything, None, chunk_bytes)
+            .is_empty());
+        // Read window by window: the same changes, each window within its
+        // bytes, the last one known to be the last.
+        let mut expected = store.changes_since(&seen);
+        expected.sort_unstable_by_key(|op| op.version.dot());
+        let mut windows = Vec::new();
+        let mut after = None;
+        loop {
+            let (ops, all) = store.changes_after(&seen, after, chunk_bytes);
+            let bytes: usize = ops.iter().map(|op| op.to_bytes().len()).sum();
+            assert!(bytes < chunk_bytes + ops.last().map_or(0, |op| op.to_bytes().len()));
+            after = ops.last().map(|op| op.version.dot());
+            windows.extend(ops);
+            if all {
+                break;
+            }
+        }
+        assert_eq!(windows, expected);
+        assert_eq!(
+            store.changes_after(&everything, None, chunk_bytes),
+            (Vec::new(), true)
+        );
     }
 
     #[test]

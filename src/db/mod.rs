@@ -18,7 +18,7 @@ use futures::StreamExt;
 
 use crate::crdt::{
     decode_operations, validate_id, ActorId, Change, ChangeKind, CrdtOperation, CrdtStore,
-    Document, Record, RestoredRecords, Version, VersionVector,
+    Document, Dot, Record, RestoredRecords, Version, VersionVector,
 };
 use crate::error::{Error, InputError, Result, StorageError};
 use crate::index::{IndexConfig, VectorIndex};
@@ -1188,6 +1188,154 @@ impl<S: Storage> Database<S> {
         Ok((ops, vector))
     }
 
+    /// The next window of the changes a replica whose vector is `seen`
+    /// lacks: those after the dot `after`, in dot order, about `max_bytes`
+    /// of them ([`CrdtStore::changes_after`]), their documents read back
+    /// from storage without entering the cache; with the dot to read on
+    /// from, or `None` once this was the last window.
+    pub(crate) async fn changes_window(
+        &self,
+        seen: &VersionVector,
+        after: Option<Dot>,
+        max_bytes: usize,
+    ) -> Result<(Vec<CrdtOperation>, Option<Dot>)> {
+        let ((mut ops, all), has_stored_bodies) = {
+            let state = self.readable()?;
+            (
+                state.store.changes_after(seen, after, max_bytes),
+                state.store.has_stored_bodies(),
+            )
+        };
+        let next = if all {
+            None
+        } else {
+            ops.last().map(|op| op.version.dot())
+        };
+        if has_stored_bodies {
+            self.read_back_delta_documents(&mut ops, seen).await?;
+            crate::sync::protocol::sort_by_dot(&mut ops);
+        }
+        Ok((ops, next))
+    }
+
+    /// Plans the changes a replica whose vector is `seen` lacks, to be read
+    /// and sent chunk by chunk ([`CrdtStore::plan_changes`]), with the
+    /// version vector they bring, read together: chunks of about
+    /// `chunk_bytes`, without the versions up to the dot `after` names for
+    /// that vector. The plan holds each version's id and dot, not the
+    /// version: a database far larger than memory answers a peer that has
+    /// nothing within its cache and about 20 bytes a version;
+    /// [`next_planned_chunks`](Self::next_planned_chunks) reads the chunks.
+    pub(crate) fn plan_changes(
+        &self,
+        seen: &VersionVector,
+        after: impl FnOnce(&VersionVector) -> Option<Dot>,
+        chunk_bytes: usize,
+    ) -> Result<PlannedChanges> {
+        let state = self.readable()?;
+        let vector = state.store.version_vector().clone();
+        let after = after(&vector);
+        let plan = state.store.plan_changes(seen, after, chunk_bytes);
+        Ok(PlannedChanges {
+            seen: seen.clone(),
+            vector,
+            plan,
+            next: 0,
+            chunk_bytes,
+            superseded: Vec::new(),
+        })
+    }
+
+    /// The next chunks of `plan`, about `batch_bytes` of them (at least
+    /// one), each with its index, as the database stands now, their
+    /// documents read back from storage in batches without entering the
+    /// cache. Each planned chunk holds its planned versions still current,
+    /// in dot order (one span of dots, which a receiver's resume hint
+    /// counts on). The last chunk holds what superseded the others since
+    /// the plan, whatever their dots: the plan's vector claims the versions
+    /// they cover, so they must travel with it. Empty once every chunk was
+    /// given, and when that last chunk would be larger than
+    /// [`MAX_SUPERSEDING_BYTES`] (writes that fast outrun the delta: the
+    /// receiver never completes it and asks again).
+    pub(crate) async fn next_planned_chunks(
+        &self,
+        plan: &mut PlannedChanges,
+        batch_bytes: usize,
+    ) -> Result<Vec<(usize, Vec<CrdtOperation>)>> {
+        let planned = plan.plan.chunk_count();
+        let start = plan.next;
+        if start > planned {
+            return Ok(Vec::new());
+        }
+        if start == planned {
+            plan.next += 1;
+            let mut ids = std::mem::take(&mut plan.superseded);
+            ids.sort_unstable();
+            ids.dedup();
+            let (mut ops, has_stored_bodies) = {
+                let state = self.readable()?;
+                (
+                    state.store.current_changes_of(&ids, &plan.seen),
+                    state.store.has_stored_bodies(),
+                )
+            };
+            if has_stored_bodies {
+                self.read_back_delta_documents(&mut ops, &plan.seen).await?;
+            }
+            crate::sync::protocol::sort_by_dot(&mut ops);
+            let bytes: usize = ops
+                .iter()
+                .map(|op| CrdtOperation::encoded_len_of(&op.id, &op.version))
+                .sum();
+            if bytes > MAX_SUPERSEDING_BYTES {
+                tracing::warn!(
+                    bytes,
+                    "sync: writes superseded too much of a delta while it was sent; the peer asks again"
+                );
+                return Ok(Vec::new());
+            }
+            return Ok(vec![(planned, ops)]);
+        }
+        let count = (batch_bytes / plan.chunk_bytes.max(1))
+            .max(1)
+            .min(planned - start);
+        let (chunks, has_stored_bodies) = {
+            let state = self.readable()?;
+            let chunks: Vec<_> = (start..start + count)
+                .map(|chunk| state.store.planned_chunk(&plan.plan, chunk))
+                .collect();
+            (chunks, state.store.has_stored_bodies())
+        };
+        plan.next += count;
+        let mut given = Vec::with_capacity(count);
+        for (index, (mut ops, superseded)) in (start..).zip(chunks) {
+            plan.superseded.extend(superseded);
+            if has_stored_bodies {
+                self.read_back_delta_documents(&mut ops, &plan.seen).await?;
+                // A version another writer of this storage superseded comes
+                // back as what superseded it: within this chunk's span of
+                // dots it stays, else its record goes to the last chunk.
+                let after = index
+                    .checked_sub(1)
+                    .map(|previous| plan.plan.last_dot(previous));
+                let last = plan.plan.last_dot(index);
+                let mut outside = Vec::new();
+                ops.retain(|op| {
+                    let dot = op.version.dot();
+                    let inside = dot <= last && after.is_none_or(|after| dot > after);
+                    if !inside {
+                        outside.push(op.id.clone());
+                    }
+                    inside
+                });
+                plan.superseded.extend(outside);
+                crate::sync::protocol::sort_by_dot(&mut ops);
+            }
+            given.push((index, ops));
+        }
+        Ok(given)
+    }
+
     /// Fills the documents of `ops` (a delta for a replica whose vector is
     /// `seen`) that were left in storage, reading them in batches without
     /// putting them in the cache. A version another writer superseded
@@ -1531,6 +1679,36 @@ fn bound_documents_once_storage_reads_back<S: Storage>(shared: &Shared<S>) {
     let mut state = shared.state();
     if !state.store.keeps_bodies_within_a_budget() {
         state.store.keep_bodies_within(shared.cache_bytes);
+    }
+}
+
+/// Changes planned for a replica, read chunk by chunk
+/// ([`Database::plan_changes`]).
+#[derive(Debug)]
+pub(crate) struct PlannedChanges {
+    /// The replica's vector.
+    seen: VersionVector,
+    /// This database's vector when the plan was made: what the changes
+    /// bring the replica to.
+    pub vector: VersionVector,
+    plan: crate::crdt::ChangePlan,
+    /// The first chunk not given yet.
+    next: usize,
+    chunk_bytes: usize,
+    /// Records whose planned versions were superseded by the time their
+    /// chunk was read: their current versions make the last chunk.
+    superseded: Vec<Arc<str>>,
+}
+
+/// The most bytes the last chunk of a planned delta (the versions that
+/// superseded planned ones while it was sent) may take.
+pub(crate) const MAX_SUPERSEDING_BYTES: usize = 2 * 1024 * 1024;
+
+impl PlannedChanges {
+    /// How many chunks: the planned ones and the last one, of what
+    /// superseded planned versions meanwhile (empty as a rule).
+    pub fn chunk_count(&self) -> usize {
+        self.plan.chunk_count() + 1
     }
 }
 
@@ -2171,5 +2349,90 @@ mod announcement_tests {
         assert!(decode_announcement(&[]).is_err());
         assert!(decode_announcement(&[9, 1, 0, 0, 0, 0]).is_err());
         assert!(decode_announcement(&[0, 1, 5, 0, 0, 0]).is_err());
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod planned_changes_tests {
+    use super::*;
+    use crate::storage::SqliteStorage;
+    use serde_json::json;
+
+    /// A delta read chunk by chunk from a database whose documents are
+    /// mostly in storage: every planned chunk once, in order, each in dot
+    /// order within its span; the versions that superseded planned ones
+    /// while it was read travel in the last chunk, so a replica that takes
+    /// it all and adopts its vector holds everything the vector claims.
+    #[tokio::test]
+    async fn a_delta_read_chunk_by_chunk_carries_what_superseded_planned_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = OpenOptions {
+            cache_bytes: 16 * 1024,
+            ..OpenOptions::default()
+        };
+        let storage = SqliteStorage::open(dir.path().join("a.db")).unwrap();
+        let db = Database::open(storage, options).await.unwrap();
+        let pad = "x".repeat(200);
+        let entries = (0..2_000).map(|i| {
+            let document = Document::from_value(&json!({ "i": i, "pad": pad })).unwrap();
+            (format!("k{i:04}"), document)
+        });
+        db.put_many(entries).await.unwrap();
+        let seen = VersionVector::new();
+        let mut plan = db.plan_changes(&seen, |_| None, 16 * 1024).unwrap();
+        let vector = plan.vector.clone();
+        let count = plan.chunk_count();
+        assert!(count > 10, "{count} chunks");
+        let mut chunks = db.next_planned_chunks(&mut plan, 32 * 1024).await.unwrap();
+        assert_eq!(chunks.len(), 2);
+        // Writes supersede planned versions: one already read (sent as it
+        // was), two of chunks not read yet.
+        db.put("k0000", json!({ "again": 0 })).await.unwrap();
+        db.put("k1999", json!({ "again": 1999 })).await.unwrap();
+        db.delete("k1500").await.unwrap();
+        loop {
+            let next = db.next_planned_chunks(&mut plan, 32 * 1024).await.unwrap();
+            if next.is_empty() {
+                break;
+            }
+            chunks.extend(next);
+        }
+        let indices: Vec<usize> = chunks.iter().map(|(index, _)| *index).collect();
+        assert_eq!(indices, (0..count).collect::<Vec<_>>());
+        for (_, ops) in &chunks[..count - 1] {
+            assert!(ops
+                .windows(2)
+                .all(|pair| pair[0].version.dot() < pair[1].version.dot()));
+            assert!(ops.iter().all(|op| op.version.document().is_some()));
+        }
+        let last: Vec<&str> = chunks[count - 1].1.iter().map(|op| &*op.id).collect();
+        assert_eq!(last, vec!["k1999", "k1500"]);
+        // A replica that took it all holds what the vector claims.
+        let mut replica = CrdtStore::new(ActorId::from_bytes([9; 16]));
+        let ops: Vec<CrdtOperation> = chunks.into_iter().flat_map(|(_, ops)| ops).collect();
+        replica.apply_delta(ops, &vector, 1);
+        for i in 0..2_000 {
+            let id = format!("k{i:04}");
+            let record = replica
+                .record(&id)
+                .unwrap_or_else(|| panic!("{id} missing"));
+            assert!(record.is_resident());
+        }
+        assert!(replica.record("k1500").unwrap().is_deleted());
+        assert_eq!(
+            replica.get("k1999").map(|d| d.as_str().to_owned()),
+            Some(r#"{"again":1999}"#.to_owned())
+        );
+        // (k0000's new version came after the plan and is not claimed: it
+        // reaches peers as every new write does.)
+        assert!(!vector.covers(
+            &db.shared
+                .state()
+                .store
+                .record("k0000")
+                .unwrap()
+                .winner()
+                .dot()
+        ));
     }
 }

@@ -21,10 +21,10 @@ use futures::channel::oneshot;
 use futures::{FutureExt, StreamExt};
 
 use super::{Database, Origin, SyncEvent};
-use crate::crdt::{CrdtOperation, VersionVector};
+use crate::crdt::{CrdtOperation, Dot, VersionVector};
 use crate::error::{Error, InputError, Result};
 use crate::storage::{meta_keys, Storage};
-use crate::sync::protocol::{vector_digest, ResumeHint, STALL_TICKS};
+use crate::sync::protocol::{vector_digest, ResumeHint, CHUNK_BYTES, STALL_TICKS};
 use crate::sync::{Incoming, PeerId, SyncIdentity, SyncProtocol};
 use crate::transport::{Connector, Link, Outgoing, Rendezvous, TransportEvent};
 
@@ -48,6 +48,36 @@ type Publication = (Vec<CrdtOperation>, VersionVector);
 
 /// Kept envelopes in flight: (send sequence, vector it brings, bytes).
 type InFlight = VecDeque<(u32, VersionVector, usize)>;
+
+/// Publications read from the offline queue ahead of the transport, at
+/// most (a refill reads half as many at a time).
+const QUEUED_CHUNKS: usize = 16;
+
+/// The offline queue of a session: the changes since the published vector
+/// when it started, read a window at a time ([`Engine::refill`]).
+struct OfflineQueue {
+    /// The published vector when the session started.
+    seen: VersionVector,
+    /// The version vector when the session started.
+    vector: VersionVector,
+    /// The published vector the groups queued so far bring.
+    reached: VersionVector,
+    /// The last dot read.
+    after: Option<Dot>,
+}
+
+/// Publications not yet stored by the transport: in flight, queued, still
+/// to be read, and live ones waiting behind the offline queue.
+fn pending_publications(
+    unstored: &InFlight,
+    queued: &VecDeque<Publication>,
+    offline: &Option<OfflineQueue>,
+    deferred: &VecDeque<Publication>,
+) -> u64 {
+    // A queue not read to its end counts one more.
+    let unread = usize::from(offline.is_some());
+    (unstored.len() + queued.len() + unread + deferred.len()) as u64
+}
 
 /// Seals and sends queued publications while fewer than [`WINDOW_BYTES`]
 /// are in flight (always at least one); `false` when the link is gone.
@@ -408,13 +438,28 @@ impl<S: Storage> Engine<S> {
             outbound.unbounded_send(Outgoing { envelope, keep }).is_ok()
         };
         // The offline queue: everything peers may lack since the last
-        // publication that the transport stored, and the vector it brings
-        // the publication to, read together.
-        let Ok((ops, vector)) = self.db.changes_and_vector(&published).await else {
+        // publication that the transport stored, up to the vector read
+        // with it, read a window at a time as the transport stores what
+        // went before.
+        let Ok(vector) = self.db.version_vector_checked() else {
             return SessionEnd::Stopped;
         };
         let mut alive = send(self.protocol.hello(&vector), false, &mut sent);
-        queued.extend(self.offline_queue(ops, &published, &vector));
+        let mut offline = Some(OfflineQueue {
+            seen: published.clone(),
+            reached: published.clone(),
+            vector,
+            after: None,
+        });
+        // Live changes wait behind the offline queue: their vectors cover it.
+        let mut deferred: VecDeque<Publication> = VecDeque::new();
+        if self
+            .refill(&mut offline, &mut queued, &mut deferred)
+            .await
+            .is_err()
+        {
+            return SessionEnd::Stopped;
+        }
         alive &= pump(
             &self.protocol,
             &mut queued,
@@ -423,7 +468,7 @@ impl<S: Storage> Engine<S> {
             &mut sent,
         );
         let mut stored_since_write = 0usize;
-        let pending = (unstored.len() + queued.len()) as u64;
+        let pending = pending_publications(&unstored, &queued, &offline, &deferred);
         self.update(|s| {
             s.state = if pending == 0 {
                 SyncState::Synced
@@ -481,10 +526,13 @@ impl<S: Storage> Engine<S> {
                                     break SessionEnd::Stopped;
                                 }
                             }
+                            if self.refill(&mut offline, &mut queued, &mut deferred).await.is_err() {
+                                break SessionEnd::Stopped;
+                            }
                             if !pump(&self.protocol, &mut queued, &mut unstored, &outbound, &mut sent) {
                                 break SessionEnd::Disconnected;
                             }
-                            let pending = (unstored.len() + queued.len()) as u64;
+                            let pending = pending_publications(&unstored, &queued, &offline, &deferred);
                             self.update(|s| {
                                 s.pending = pending;
                                 s.state = if pending == 0 { SyncState::Synced } else { SyncState::Syncing };
@@ -529,13 +577,14 @@ impl<S: Storage> Engine<S> {
                     // The vector as of this batch's commit: one read now
                     // could cover later commits not yet sent.
                     let vector = VersionVector::clone(&batch.vector);
+                    let waiting = if offline.is_some() { &mut deferred } else { &mut queued };
                     for group in SyncProtocol::live_groups(batch.ops.to_vec()) {
-                        queued.push_back((group, vector.clone()));
+                        waiting.push_back((group, vector.clone()));
                     }
                     if !pump(&self.protocol, &mut queued, &mut unstored, &outbound, &mut sent) {
                         break SessionEnd::Disconnected;
                     }
-                    let pending = (unstored.len() + queued.len()) as u64;
+                    let pending = pending_publications(&unstored, &queued, &offline, &deferred);
                     self.update(|s| {
                         s.pending = pending;
                         s.state = SyncState::Syncing;
@@ -561,40 +610,60 @@ impl<S: Storage> Engine<S> {
         end
     }
 
-    /// The offline queue: groups of `ops` (what peers may lack since
-    /// `published`) for LIVE envelopes, each with the published vector it
-    /// brings once the transport stored it and every envelope before it. The operations
-    /// go in dot order (by writer, then sequence number), so after a prefix
-    /// every current version of the writers done, and of the writer in
-    /// progress up to its last sequence number sent, is out: a later
-    /// `changes_since` of that vector resends nothing stored. The last
-    /// envelope brings `vector`.
-    fn offline_queue(
+    /// Moves the offline queue's next window into `queued` while fewer than
+    /// [`QUEUED_CHUNKS`] publications wait there (read from the database,
+    /// documents left in storage too), in groups for LIVE envelopes, each
+    /// with the published vector it brings once the transport stored it
+    /// and every envelope before it. The operations go in dot order (by
+    /// writer, then sequence number), so after a prefix every current
+    /// version of the writers done, and of the writer in progress up to
+    /// its last sequence number sent, is out: a later `changes_since` of
+    /// that vector resends nothing stored. The last group brings the
+    /// vector read when the session started. Once the queue is read, the
+    /// live changes that waited behind it follow.
+    async fn refill(
         &self,
-        mut ops: Vec<CrdtOperation>,
-        published: &VersionVector,
-        vector: &VersionVector,
-    ) -> Vec<Publication> {
-        crate::sync::protocol::sort_by_dot(&mut ops);
-        let groups = SyncProtocol::live_groups(ops);
-        let count = groups.len();
-        let mut reached = published.clone();
-        let mut queue = Vec::with_capacity(count);
-        for (index, group) in groups.into_iter().enumerate() {
-            if index + 1 == count {
-                reached.merge(vector);
-            } else if let Some(last) = group.last().map(|op| op.version.dot()) {
-                // Writers before the one in progress are done.
-                for (actor, seq) in vector.iter() {
-                    if *actor < last.actor {
-                        reached.raise(*actor, seq);
-                    }
-                }
-                reached.raise(last.actor, last.seq);
+        offline: &mut Option<OfflineQueue>,
+        queued: &mut VecDeque<Publication>,
+        deferred: &mut VecDeque<Publication>,
+    ) -> Result<()> {
+        while let Some(queue) = offline.as_mut() {
+            if queued.len() >= QUEUED_CHUNKS {
+                return Ok(());
             }
-            queue.push((group, reached.clone()));
+            let (ops, next) = self
+                .db
+                .changes_window(&queue.seen, queue.after, QUEUED_CHUNKS / 2 * CHUNK_BYTES)
+                .await?;
+            let groups = SyncProtocol::live_groups(ops);
+            let count = groups.len();
+            for (index, group) in groups.into_iter().enumerate() {
+                if next.is_none() && index + 1 == count {
+                    queue.reached.merge(&queue.vector);
+                } else if let Some(last) = group.last().map(|op| op.version.dot()) {
+                    // Writers before the one in progress are done.
+                    for (actor, seq) in queue.vector.iter() {
+                        if *actor < last.actor {
+                            queue.reached.raise(*actor, seq);
+                        }
+                    }
+                    // (A write that came since the session started is
+                    // published as such; the queue claims no more than the
+                    // vector read then.)
+                    let seq = last.seq.min(queue.vector.get(&last.actor));
+                    queue.reached.raise(last.actor, seq);
+                }
+                queued.push_back((group, queue.reached.clone()));
+            }
+            match next {
+                Some(after) => queue.after = Some(after),
+                None => {
+                    queued.append(deferred);
+                    *offline = None;
+                }
+            }
         }
-        queue
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -655,26 +724,56 @@ impl<S: Storage> Engine<S> {
                     self.answered.pop_front();
                 }
                 self.answered.push_back((key, ticks));
-                // Read together: a vector read after a later commit would
-                // make the peer adopt a write the delta does not carry.
-                let (ops, mine) = self
+                // Planned together with the vector: a vector read after a
+                // later commit would make the peer adopt a write the delta
+                // does not carry. When the peer holds a prefix of a delta
+                // this instance sent at this same vector, only the rest is
+                // sent.
+                let mut plan = self
                     .db
-                    .changes_and_vector(&vector)
-                    .await
+                    .plan_changes(
+                        &vector,
+                        |mine| {
+                            resume
+                                .filter(|(digest, _)| *digest == vector_digest(mine))
+                                .map(|(_, after)| after)
+                        },
+                        CHUNK_BYTES,
+                    )
                     .map_err(|_| HandleError::Closed)?;
-                // The peer holds a prefix of a delta this instance sent at
-                // this same vector: send the rest only.
-                let resume_after = resume
-                    .filter(|(digest, _)| *digest == vector_digest(&mine))
-                    .map(|(_, after)| after);
-                for envelope in self.protocol.delta(peer, &ops, &mine, resume_after) {
-                    *sent = sent.wrapping_add(1);
-                    outbound
-                        .unbounded_send(Outgoing {
-                            envelope,
-                            keep: false,
-                        })
-                        .map_err(|_| HandleError::Transport)?;
+                let mine = plan.vector.clone();
+                // Read, sealed and sent a few chunks at a time. There is
+                // always at least one chunk (the last, of what superseded
+                // planned versions meanwhile), so an empty delta still
+                // tells the peer it is up to date.
+                let delta = self.protocol.next_delta_id();
+                let count = plan.chunk_count();
+                loop {
+                    let chunks = self
+                        .db
+                        .next_planned_chunks(&mut plan, QUEUED_CHUNKS / 2 * CHUNK_BYTES)
+                        .await
+                        .map_err(|_| HandleError::Closed)?;
+                    if chunks.is_empty() {
+                        break;
+                    }
+                    // The transport's writer takes what was sent before more
+                    // is read and sealed (in a browser it runs only once
+                    // this task yields): a delta far larger than memory
+                    // never waits whole in the queue.
+                    crate::platform::yield_to_callers().await;
+                    for (index, ops) in chunks {
+                        let envelope = self
+                            .protocol
+                            .seal_delta_chunk(peer, delta, index, count, &mine, ops);
+                        *sent = sent.wrapping_add(1);
+                        outbound
+                            .unbounded_send(Outgoing {
+                                envelope,
+                                keep: false,
+                            })
+                            .map_err(|_| HandleError::Transport)?;
+                    }
                 }
                 // The peer may hold writes this instance lacks (it may have
                 // been online first, so it never saw this instance's hello,

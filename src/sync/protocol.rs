@@ -24,7 +24,9 @@
 //! sees that the peer has writes it lacks asks that peer alone, instead of
 //! greeting everyone again.
 //!
-//! Deltas go in dot order (by writer, then sequence number). A delta cut
+//! Deltas go in dot order (by writer, then sequence number), but for the
+//! last chunk of one sent chunk by chunk, which holds the versions that
+//! superseded planned ones while it was read (whatever their dots). A delta cut
 //! off (a disconnect) can resume: the receiver's next HELLO carries, per
 //! peer whose delta it holds a prefix of (chunks `0..=k` committed), a hint
 //! `(peer, digest of that delta's vector, last dot of chunk k)`. A peer
@@ -609,8 +611,7 @@ impl SyncProtocol {
         vector: &VersionVector,
         resume_after: Option<Dot>,
     ) -> Vec<Vec<u8>> {
-        let delta = self.next_delta;
-        self.next_delta = self.next_delta.wrapping_add(1);
+        let delta = self.next_delta_id();
         let mut ops: Vec<CrdtOperation> = ops
             .iter()
             .filter(|op| resume_after.is_none_or(|after| op.version.dot() > after))
@@ -618,21 +619,43 @@ impl SyncProtocol {
             .collect();
         sort_by_dot(&mut ops);
         let chunks = chunk_ops(ops);
-        let count = crate::codec::len_u32(chunks.len());
+        let count = chunks.len();
         chunks
             .into_iter()
             .enumerate()
-            .map(|(index, ops)| {
-                self.seal(&Message::Delta {
-                    to,
-                    delta,
-                    chunk: index as u32,
-                    chunks: count,
-                    vector: vector.clone(),
-                    ops,
-                })
-            })
+            .map(|(index, ops)| self.seal_delta_chunk(to, delta, index, count, vector, ops))
             .collect()
+    }
+
+    /// A new delta id, for a delta sent chunk by chunk
+    /// ([`seal_delta_chunk`](Self::seal_delta_chunk)).
+    pub fn next_delta_id(&mut self) -> u32 {
+        let delta = self.next_delta;
+        self.next_delta = self.next_delta.wrapping_add(1);
+        delta
+    }
+
+    /// The DELTA envelope of chunk `chunk` of `chunks` of delta `delta` to
+    /// `to`: `ops` (in dot order, the chunk's span of dots), bringing the
+    /// peer to `vector` once every chunk is applied. A delta sealed chunk
+    /// by chunk never holds more than one chunk in memory.
+    pub fn seal_delta_chunk(
+        &self,
+        to: PeerId,
+        delta: u32,
+        chunk: usize,
+        chunks: usize,
+        vector: &VersionVector,
+        ops: Vec<CrdtOperation>,
+    ) -> Vec<u8> {
+        self.seal(&Message::Delta {
+            to,
+            delta,
+            chunk: crate::codec::len_u32(chunk),
+            chunks: crate::codec::len_u32(chunks),
+            vector: vector.clone(),
+            ops,
+        })
     }
 
     /// Opens and interprets an envelope from the transport. A replay of an

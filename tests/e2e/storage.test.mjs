@@ -394,7 +394,7 @@ test('storageStatus reports persistence, usage, quota and eviction risk', async 
 // queued and a document's overhead counted in the cache; 324 before the
 // field index shared ids and values, 2026-12-07); the bound leaves about
 // 15 % of room.
-test('a database of 1,000,000 notes opens in a fresh page and reads, lists and queries within a memory bound', async () => {
+test('a database of 1,000,000 notes opens in a fresh page, reads, lists, queries and syncs with a fresh peer within a memory bound', async () => {
   const count = 1_000_000;
   const writer = await openFixture();
   await writer.evaluate(async (count) => {
@@ -414,6 +414,7 @@ test('a database of 1,000,000 notes opens in a fresh page and reads, lists and q
   const result = await reader.evaluate(async () => {
     const started = performance.now();
     const db = await globalThis.api.PluresDB.open('million', { indexes: ['category'], cacheBytes: 32 * 1024 * 1024 });
+    globalThis.db = db;
     const note = await db.get('note:0000042');
     const openMs = performance.now() - started;
     const length = db.explain({ prefix: 'note:' }).reads;
@@ -425,7 +426,6 @@ test('a database of 1,000,000 notes opens in a fresh page and reads, lists and q
     await db.put('note:1000000', { title: 'one more', category: 'c3', n: -1 });
     const added = await db.query({ where: { category: 'c3', n: { $lt: 0 } } });
     const memoryMiB = globalThis.wasmMemoryBytes() / 1048576;
-    await db.destroy();
     return {
       openMs, note, length, listed: listed.items.map((item) => item.id),
       indexed: indexed.map((hit) => hit.id), plan, scanned: scanned.length, added: added.map((hit) => hit.id), memoryMiB,
@@ -442,6 +442,47 @@ test('a database of 1,000,000 notes opens in a fresh page and reads, lists and q
   assert.equal(result.scanned, 10);
   assert.deepEqual(result.added, ['note:1000000']);
   assert.ok(result.memoryMiB < 235, `wasm memory ${result.memoryMiB.toFixed(0)} MiB`);
+
+  // Sync with a peer that has nothing: the reader publishes its million
+  // notes (the offline queue) and answers the peer's hello with a delta of
+  // all of them, most documents read back from IndexedDB, a few chunks at
+  // a time, within the same memory bound.
+  const started = Date.now();
+  const invite = await reader.evaluate(async (relay) => {
+    const invite = await globalThis.db.createInvite();
+    globalThis.db.sync(relay);
+    return invite;
+  }, server.relayUrl);
+  const peer = await openFixture();
+  await peer.evaluate(async ({ invite, relay }) => {
+    globalThis.db = await globalThis.api.PluresDB.open('million-peer', { invite, relay });
+  }, { invite, relay: server.relayUrl });
+  const deadline = Date.now() + 240_000;
+  for (;;) {
+    const held = await peer.evaluate(() => globalThis.db.explain({ prefix: 'note:' }).reads);
+    if (held === count + 1) break;
+    assert.ok(Date.now() < deadline, `the peer holds ${held} of ${count + 1} notes after 240 s`);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+  const synced = await peer.evaluate(async () => [await globalThis.db.get('note:0999999'), await globalThis.db.get('note:1000000')]);
+  assert.deepEqual(synced, [{ title: 'Note 999999', category: 'c9', n: 999_999 }, { title: 'one more', category: 'c3', n: -1 }]);
+  // And back: a write on the peer reaches the reader live.
+  await peer.evaluate(() => globalThis.db.put('from-peer', { hello: 'reader' }));
+  const back = await reader.evaluate(async () => {
+    for (let tries = 0; tries < 600; tries++) {
+      const doc = await globalThis.db.get('from-peer');
+      if (doc) return doc;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    return null;
+  });
+  assert.deepEqual(back, { hello: 'reader' });
+  const afterSync = await reader.evaluate(() => globalThis.wasmMemoryBytes() / 1048576);
+  console.log(`1,000,000 notes: a fresh peer caught up in ${((Date.now() - started) / 1000).toFixed(1)} s; reader's wasm memory ${afterSync.toFixed(0)} MiB`);
+  assert.ok(afterSync < 235, `wasm memory after the sync ${afterSync.toFixed(0)} MiB`);
+  await peer.evaluate(() => globalThis.db.destroy());
+  await reader.evaluate(() => globalThis.db.destroy());
+  await peer.close();
   await reader.close();
 });
 
