@@ -539,7 +539,7 @@ impl<S: Storage> Engine<S> {
                             });
                         }
                         TransportEvent::Envelope { envelope, cursor: frame_cursor, from } => {
-                            match self.handle(&envelope, from, &mut peers, &mut known, frame_cursor, &outbound, &mut sent).await {
+                            match self.handle(&envelope, from, &mut peers, &mut known, frame_cursor, &outbound, &mut sent, stop).await {
                                 // The cursor moves past an envelope only once
                                 // what it carried is committed (or it was
                                 // nothing to commit).
@@ -676,6 +676,7 @@ impl<S: Storage> Engine<S> {
         cursor: Option<u64>,
         outbound: &futures::channel::mpsc::UnboundedSender<Outgoing>,
         sent: &mut u32,
+        stop: &mut oneshot::Receiver<()>,
     ) -> std::result::Result<(), HandleError> {
         let incoming = match self.protocol.receive(envelope) {
             Ok(incoming) => incoming,
@@ -762,6 +763,10 @@ impl<S: Storage> Engine<S> {
                     // this task yields): a delta far larger than memory
                     // never waits whole in the queue.
                     crate::platform::yield_to_callers().await;
+                    // A stop does not wait for the rest of a long delta.
+                    if !matches!(stop.try_recv(), Ok(None)) {
+                        return Err(HandleError::Closed);
+                    }
                     for (index, ops) in chunks {
                         let envelope = self
                             .protocol
