@@ -1091,7 +1091,11 @@ impl CrdtStore {
         let mut bytes = 0usize;
         for (at, version) in versions.iter().enumerate() {
             let size = version.size as usize;
-            if at > 0 && bytes.saturating_add(size) > chunk_bytes {
+            // A dot claimed twice (by two records) is never split between
+            // chunks: a resume hint names a chunk's largest dot.
+            let repeated = at > 0
+                && (version.actor, version.seq) == (versions[at - 1].actor, versions[at - 1].seq);
+            if at > 0 && !repeated && bytes.saturating_add(size) > chunk_bytes {
                 ends.push(at);
                 bytes = 0;
             }
@@ -1145,9 +1149,15 @@ impl CrdtStore {
                         .peek()
                         .is_some_and(|(_, size, _)| bytes - size >= max_bytes)
                 {
-                    let (_, size, _) = window.pop().expect("checked");
+                    let (largest, size, _) = window.pop().expect("checked");
                     bytes -= size;
                     cut = true;
+                    // A dot claimed twice (by two records) leaves whole: the
+                    // next window starts after it.
+                    while window.peek().is_some_and(|(dot, _, _)| *dot == largest) {
+                        let (_, size, _) = window.pop().expect("checked");
+                        bytes -= size;
+                    }
                 }
             }
         }

@@ -1206,16 +1206,17 @@ impl<S: Storage> Database<S> {
                 state.store.has_stored_bodies(),
             )
         };
-        let next = if all {
-            None
-        } else {
-            ops.last().map(|op| op.version.dot())
-        };
+        let last = ops.last().map(|op| op.version.dot());
         if has_stored_bodies {
             self.read_back_delta_documents(&mut ops, seen).await?;
-            crate::sync::protocol::sort_by_dot(&mut ops);
+            // What another writer of this storage superseded a version with
+            // stays only up to the window's last dot: the published vector
+            // a window brings must not run past what was read (beyond it,
+            // that writer's commit is published as its own).
+            ops.retain(|op| last.is_some_and(|last| op.version.dot() <= last));
+            sort_and_dedup_by_dot(&mut ops);
         }
-        Ok((ops, next))
+        Ok((ops, if all { None } else { last }))
     }
 
     /// Plans the changes a replica whose vector is `seen` lacks, to be read
@@ -1224,7 +1225,7 @@ impl<S: Storage> Database<S> {
     /// `chunk_bytes`, without the versions up to the dot `after` names for
     /// that vector. The plan holds each version's id and dot, not the
     /// version: a database far larger than memory answers a peer that has
-    /// nothing within its cache and about 20 bytes a version;
+    /// nothing within its cache and 24 bytes a version (32 natively);
     /// [`next_planned_chunks`](Self::next_planned_chunks) reads the chunks.
     pub(crate) fn plan_changes(
         &self,
@@ -1249,14 +1250,22 @@ impl<S: Storage> Database<S> {
     /// The next chunks of `plan`, about `batch_bytes` of them (at least
     /// one), each with its index, as the database stands now, their
     /// documents read back from storage in batches without entering the
-    /// cache. Each planned chunk holds its planned versions still current,
-    /// in dot order (one span of dots, which a receiver's resume hint
-    /// counts on). The last chunk holds what superseded the others since
-    /// the plan, whatever their dots: the plan's vector claims the versions
-    /// they cover, so they must travel with it. Empty once every chunk was
-    /// given, and when that last chunk would be larger than
-    /// [`MAX_SUPERSEDING_BYTES`] (writes that fast outrun the delta: the
-    /// receiver never completes it and asks again).
+    /// cache.
+    ///
+    /// A planned chunk holds its planned versions still current, in dot
+    /// order. A planned version superseded since (in memory, or in storage
+    /// by another writer) is replaced by the current versions of its record
+    /// (which cover it: the plan's vector claims it), each in the first
+    /// chunk from this one on whose last dot is not below its own, or in
+    /// an extra last chunk. So no chunk holds a dot beyond its planned last
+    /// one, and a receiver that committed chunks `0..=k` holds, for every
+    /// planned version up to their largest dot, that version or what
+    /// covers it: what its resume hint lets the sender leave out. The
+    /// last chunk is not given when it would exceed
+    /// [`MAX_SUPERSEDING_BYTES`] (writes outran the delta: the receiver
+    /// never completes it, and its next hello, resumed after the planned
+    /// chunks, brings what superseded them). Empty once every chunk was
+    /// given.
     pub(crate) async fn next_planned_chunks(
         &self,
         plan: &mut PlannedChanges,
@@ -1269,71 +1278,67 @@ impl<S: Storage> Database<S> {
         }
         if start == planned {
             plan.next += 1;
-            let mut ids = std::mem::take(&mut plan.superseded);
-            ids.sort_unstable();
-            ids.dedup();
+            plan.superseded.sort_unstable();
+            plan.superseded.dedup();
             let (mut ops, has_stored_bodies) = {
                 let state = self.readable()?;
                 (
-                    state.store.current_changes_of(&ids, &plan.seen),
+                    state.store.current_changes_of(&plan.superseded, &plan.seen),
                     state.store.has_stored_bodies(),
                 )
             };
-            if has_stored_bodies {
-                self.read_back_delta_documents(&mut ops, &plan.seen).await?;
-            }
-            crate::sync::protocol::sort_by_dot(&mut ops);
+            plan.superseded.clear();
             let bytes: usize = ops
                 .iter()
                 .map(|op| CrdtOperation::encoded_len_of(&op.id, &op.version))
                 .sum();
-            if bytes > MAX_SUPERSEDING_BYTES {
+            if bytes > MAX_SUPERSEDING_BYTES && ops.len() > 1 {
                 tracing::warn!(
                     bytes,
                     "sync: writes superseded too much of a delta while it was sent; the peer asks again"
                 );
                 return Ok(Vec::new());
             }
+            if has_stored_bodies {
+                self.read_back_delta_documents(&mut ops, &plan.seen).await?;
+            }
+            sort_and_dedup_by_dot(&mut ops);
             return Ok(vec![(planned, ops)]);
         }
         let count = (batch_bytes / plan.chunk_bytes.max(1))
             .max(1)
             .min(planned - start);
-        let (chunks, has_stored_bodies) = {
+        let (mut chunks, has_stored_bodies) = {
             let state = self.readable()?;
-            let chunks: Vec<_> = (start..start + count)
-                .map(|chunk| state.store.planned_chunk(&plan.plan, chunk))
-                .collect();
+            let mut chunks = Vec::with_capacity(count);
+            for index in start..start + count {
+                let (mut ops, superseded) = state.store.planned_chunk(&plan.plan, index);
+                plan.superseded.extend(superseded);
+                plan.place_superseding(&state.store, index, &mut ops);
+                chunks.push((index, ops));
+            }
             (chunks, state.store.has_stored_bodies())
         };
         plan.next += count;
-        let mut given = Vec::with_capacity(count);
-        for (index, (mut ops, superseded)) in (start..).zip(chunks) {
-            plan.superseded.extend(superseded);
+        for (index, ops) in &mut chunks {
             if has_stored_bodies {
-                self.read_back_delta_documents(&mut ops, &plan.seen).await?;
                 // A version another writer of this storage superseded comes
-                // back as what superseded it: within this chunk's span of
-                // dots it stays, else its record goes to the last chunk.
-                let after = index
-                    .checked_sub(1)
-                    .map(|previous| plan.plan.last_dot(previous));
-                let last = plan.plan.last_dot(index);
-                let mut outside = Vec::new();
+                // back as what superseded it: beyond this chunk's last dot,
+                // its record waits for a later chunk.
+                self.read_back_delta_documents(ops, &plan.seen).await?;
+                let last = plan.plan.last_dot(*index);
+                let superseded = &mut plan.superseded;
                 ops.retain(|op| {
-                    let dot = op.version.dot();
-                    let inside = dot <= last && after.is_none_or(|after| dot > after);
+                    let inside = op.version.dot() <= last;
                     if !inside {
-                        outside.push(op.id.clone());
+                        superseded.push(op.id.clone());
                     }
                     inside
                 });
-                plan.superseded.extend(outside);
-                crate::sync::protocol::sort_by_dot(&mut ops);
             }
-            given.push((index, ops));
+            sort_and_dedup_by_dot(ops);
         }
-        Ok(given)
+        Ok(chunks)
     }
 
     /// Fills the documents of `ops` (a delta for a replica whose vector is
@@ -1682,6 +1687,13 @@ fn bound_documents_once_storage_reads_back<S: Storage>(shared: &Shared<S>) {
     }
 }
 
+/// Sorts operations by dot and drops repeats of one version (a record's
+/// current versions may be added to a chunk that holds one of them).
+fn sort_and_dedup_by_dot(ops: &mut Vec<CrdtOperation>) {
+    ops.sort_unstable_by(|a, b| (a.version.dot(), &a.id).cmp(&(b.version.dot(), &b.id)));
+    ops.dedup_by(|a, b| a.version.dot() == b.version.dot() && a.id == b.id);
+}
+
 /// Changes planned for a replica, read chunk by chunk
 /// ([`Database::plan_changes`]).
 #[derive(Debug)]
@@ -1696,12 +1708,14 @@ pub(crate) struct PlannedChanges {
     next: usize,
     chunk_bytes: usize,
     /// Records whose planned versions were superseded by the time their
-    /// chunk was read: their current versions make the last chunk.
+    /// chunk was read, and whose current versions lie beyond the chunks
+    /// read so far.
     superseded: Vec<Arc<str>>,
 }
 
 /// The most bytes the last chunk of a planned delta (the versions that
-/// superseded planned ones while it was sent) may take.
+/// superseded planned ones while it was sent, beyond the planned chunks)
+/// may take, unless it holds one version.
 pub(crate) const MAX_SUPERSEDING_BYTES: usize = 2 * 1024 * 1024;
 
 impl PlannedChanges {
@@ -1709,6 +1723,28 @@ impl PlannedChanges {
     /// superseded planned versions meanwhile (empty as a rule).
     pub fn chunk_count(&self) -> usize {
         self.plan.chunk_count() + 1
+    }
+
+    /// Adds to `ops` (chunk `index`) the current versions of the records
+    /// whose planned versions were superseded, with dots up to the chunk's
+    /// last; the records with later ones wait for a later chunk.
+    fn place_superseding(&mut self, store: &CrdtStore, index: usize, ops: &mut Vec<CrdtOperation>) {
+        if self.superseded.is_empty() {
+            return;
+        }
+        self.superseded.sort_unstable();
+        self.superseded.dedup();
+        let last = self.plan.last_dot(index);
+        let mut later = Vec::new();
+        for op in store.current_changes_of(&self.superseded, &self.seen) {
+            if op.version.dot() <= last {
+                ops.push(op);
+            } else {
+                later.push(op.id);
+            }
+        }
+        later.dedup();
+        self.superseded = later;
     }
 }
 
@@ -2390,6 +2426,39 @@ mod planned_changes_tests {
         db.put("k0000", json!({ "again": 0 })).await.unwrap();
         db.put("k1999", json!({ "again": 1999 })).await.unwrap();
         db.delete("k1500").await.unwrap();
+        // And a peer's write after a gap in its sequence (the vector does
+        // not move), by a writer whose dots come before every planned one:
+        // it goes in the chunk that planned what it supersedes.
+        let low = ActorId::from_bytes([0; 16]);
+        let planned_k1800 = db
+            .shared
+            .state()
+            .store
+            .record("k1800")
+            .unwrap()
+            .winner()
+            .clone();
+        let mut clock = planned_k1800.clock.clone();
+        clock.observe(low, 5);
+        let superseding = CrdtOperation {
+            id: "k1800".into(),
+            version: Version {
+                writer: low,
+                clock,
+                hlc: crate::crdt::Hlc {
+                    wall_ms: { planned_k1800.hlc.wall_ms } + 1,
+                    logical: 0,
+                },
+                data: Some(crate::crdt::Body::Resident(
+                    Document::from_value(&json!({ "from": "low" })).unwrap(),
+                )),
+                embedding: None,
+            },
+        };
+        db.apply_remote(vec![superseding.clone()], Origin::Peer("low".into()), None)
+            .await
+            .unwrap();
+        assert!(!db.version_vector().covers(&superseding.version.dot()));
         loop {
             let next = db.next_planned_chunks(&mut plan, 32 * 1024).await.unwrap();
             if next.is_empty() {
@@ -2407,6 +2476,24 @@ mod planned_changes_tests {
         }
         let last: Vec<&str> = chunks[count - 1].1.iter().map(|op| &*op.id).collect();
         assert_eq!(last, vec!["k1999", "k1500"]);
+        // The peer's write is in the chunk that planned k1800's version,
+        // first (its dot is the smallest), and no chunk holds a dot beyond
+        // its planned last one.
+        let planned_in = chunks
+            .iter()
+            .position(|(_, ops)| {
+                ops.iter()
+                    .any(|op| &*op.id == "k1799" || &*op.id == "k1801")
+            })
+            .unwrap();
+        assert_eq!(
+            chunks[planned_in].1[0].version.dot(),
+            superseding.version.dot()
+        );
+        for (index, ops) in &chunks[..count - 1] {
+            let last = plan.plan.last_dot(*index);
+            assert!(ops.iter().all(|op| op.version.dot() <= last));
+        }
         // A replica that took it all holds what the vector claims.
         let mut replica = CrdtStore::new(ActorId::from_bytes([9; 16]));
         let ops: Vec<CrdtOperation> = chunks.into_iter().flat_map(|(_, ops)| ops).collect();
@@ -2422,6 +2509,10 @@ mod planned_changes_tests {
         assert_eq!(
             replica.get("k1999").map(|d| d.as_str().to_owned()),
             Some(r#"{"again":1999}"#.to_owned())
+        );
+        assert_eq!(
+            replica.get("k1800").map(|d| d.as_str().to_owned()),
+            Some(r#"{"from":"low"}"#.to_owned())
         );
         // (k0000's new version came after the plan and is not claimed: it
         // reaches peers as every new write does.)

@@ -66,6 +66,20 @@ struct OfflineQueue {
     after: Option<Dot>,
 }
 
+/// How a session ends when reading changes for peers failed: stopped when
+/// the database closed, else disconnected, so the next connection (after
+/// the backoff) reads them again; a storage error (a document another
+/// writer removed meanwhile, I/O) does not end sync for good.
+fn end_after_read_failure(error: &Error) -> SessionEnd {
+    match error {
+        Error::Storage(crate::error::StorageError::Closed) => SessionEnd::Stopped,
+        error => {
+            tracing::warn!(%error, "sync: could not read changes for peers; reconnecting");
+            SessionEnd::Disconnected
+        }
+    }
+}
+
 /// Publications not yet stored by the transport: in flight, queued, still
 /// to be read, and live ones waiting behind the offline queue.
 fn pending_publications(
@@ -453,12 +467,8 @@ impl<S: Storage> Engine<S> {
         });
         // Live changes wait behind the offline queue: their vectors cover it.
         let mut deferred: VecDeque<Publication> = VecDeque::new();
-        if self
-            .refill(&mut offline, &mut queued, &mut deferred)
-            .await
-            .is_err()
-        {
-            return SessionEnd::Stopped;
+        if let Err(error) = self.refill(&mut offline, &mut queued, &mut deferred).await {
+            return end_after_read_failure(&error);
         }
         alive &= pump(
             &self.protocol,
@@ -526,8 +536,8 @@ impl<S: Storage> Engine<S> {
                                     break SessionEnd::Stopped;
                                 }
                             }
-                            if self.refill(&mut offline, &mut queued, &mut deferred).await.is_err() {
-                                break SessionEnd::Stopped;
+                            if let Err(error) = self.refill(&mut offline, &mut queued, &mut deferred).await {
+                                break end_after_read_failure(&error);
                             }
                             if !pump(&self.protocol, &mut queued, &mut unstored, &outbound, &mut sent) {
                                 break SessionEnd::Disconnected;
@@ -546,7 +556,7 @@ impl<S: Storage> Engine<S> {
                                 Ok(()) => cursor = frame_cursor.or(cursor),
                                 Err(HandleError::Closed) => break SessionEnd::Stopped,
                                 Err(HandleError::Transport) => break SessionEnd::Disconnected,
-                                Err(HandleError::NotCommitted) => break SessionEnd::Disconnected,
+                                Err(HandleError::NotCommitted | HandleError::Unreadable) => break SessionEnd::Disconnected,
                             }
                         }
                     }
@@ -754,7 +764,10 @@ impl<S: Storage> Engine<S> {
                         .db
                         .next_planned_chunks(&mut plan, QUEUED_CHUNKS / 2 * CHUNK_BYTES)
                         .await
-                        .map_err(|_| HandleError::Closed)?;
+                        .map_err(|error| match end_after_read_failure(&error) {
+                            SessionEnd::Stopped => HandleError::Closed,
+                            SessionEnd::Disconnected => HandleError::Unreadable,
+                        })?;
                     if chunks.is_empty() {
                         break;
                     }
@@ -885,4 +898,6 @@ enum HandleError {
     Transport,
     /// What arrived could not be committed here.
     NotCommitted,
+    /// The changes a peer asked for could not be read here.
+    Unreadable,
 }
