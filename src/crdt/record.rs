@@ -687,22 +687,16 @@ impl Record {
 
     /// The encoding as a byte vector.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut writer = Writer::with_capacity(self.encoded_len_hint());
+        let mut writer = Writer::with_capacity(self.encoded_len());
         self.encode(&mut writer);
         writer.finish()
     }
 
-    fn encoded_len_hint(&self) -> usize {
-        let per_version: usize = self
-            .versions
-            .iter()
-            .map(|v| {
-                64 + v.clock.len() * 24
-                    + v.data.as_ref().map_or(0, Body::len)
-                    + v.embedding.as_ref().map_or(0, |e| 4 + e.len() * 4)
-            })
-            .sum();
-        8 + self.id.len() + per_version
+    /// The length of [`to_bytes`](Self::to_bytes)' output once every body
+    /// is in memory (see [`Version::encoded_len`]).
+    fn encoded_len(&self) -> usize {
+        let versions: usize = self.versions.iter().map(Version::encoded_len).sum();
+        1 + 4 + self.id.len() + 4 + versions
     }
 
     /// Decodes a record, checking every invariant: a supported version byte,
@@ -989,6 +983,7 @@ mod tests {
         let (from_a, from_b) = concurrent_versions();
         let mut both = from_a.clone();
         both.merge(&from_b);
+        assert_eq!(both.encoded_len(), both.to_bytes().len());
         let mut versions: Vec<Version> = both.versions().to_vec();
         // A later write that saw both: a clock of two actors.
         let mut later = versions[0].clone();
@@ -1013,6 +1008,8 @@ mod tests {
                 CrdtOperation::encoded_len_of(&op.id, &op.version),
                 bytes.len()
             );
+            let whole = Record::new(op.id.clone(), op.version.clone());
+            assert_eq!(whole.encoded_len(), whole.to_bytes().len());
             // A body left in storage counts the length it will have.
             let mut record = Record::new(op.id.clone(), op.version.clone());
             record.leave_bodies_in_storage();
