@@ -10,7 +10,7 @@ const TYPES = {
 };
 const ALLOWED = ['/pkg/', '/pkgprof/', '/bench/pages/', '/bench/lib/', '/bench/tmp/', '/bench/data/', '/node_modules/'];
 
-export async function startStaticServer(root) {
+export async function startStaticServer(root, port = 0) {
   const server = createServer(async (request, response) => {
     const path = normalize(decodeURIComponent(new URL(request.url, 'http://x').pathname));
     if (!ALLOWED.some((prefix) => path.startsWith(prefix))) {
@@ -29,7 +29,7 @@ export async function startStaticServer(root) {
       response.writeHead(404).end();
     }
   });
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
   return {
     url: `http://127.0.0.1:${server.address().port}`,
     close: () => new Promise((resolve) => server.close(resolve)),

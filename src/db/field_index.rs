@@ -23,10 +23,11 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use crate::crdt::{Change, CrdtStore, Record};
 use crate::error::InputError;
-use crate::query::{top_level_fields, Condition, Query};
+use crate::query::{Condition, Query};
 
 /// The most fields a database may index.
 pub(crate) const MAX_INDEXED_FIELDS: usize = 32;
@@ -49,45 +50,160 @@ pub(crate) const MAX_FIELD_NAME: usize = 256;
 /// must be inclusive. Every condition is checked again on each candidate,
 /// so a wider candidate set is never wrong.
 fn encode(value: &Value) -> Option<(String, bool)> {
-    let mut out = String::new();
-    let exact = match value {
-        Value::Null => {
-            out.push('a');
-            true
-        }
-        Value::Bool(flag) => {
-            out.push_str(if *flag { "b1" } else { "b0" });
-            true
-        }
+    match value {
+        Value::Null => Some((encode_null(), true)),
+        Value::Bool(flag) => Some((encode_bool(*flag), true)),
         Value::Number(number) => {
             let float = number.as_f64()?;
-            let bits = float.to_bits();
-            let ordered = if bits >> 63 == 1 {
-                !bits
-            } else {
-                bits | 1 << 63
-            };
-            let _ = write!(out, "c{ordered:016x}");
-            match number.as_i64() {
+            let exact = match number.as_i64() {
                 Some(integer) => float.abs() < 9_007_199_254_740_992.0 && float as i64 == integer,
                 None => number.is_f64(),
-            }
+            };
+            Some((encode_number(float), exact))
         }
-        Value::String(text) => {
-            out.reserve(text.len() + 3);
-            out.push('d');
-            for (at, part) in text.split('\0').enumerate() {
-                if at > 0 {
-                    out.push_str("\0\u{1}");
-                }
-                out.push_str(part);
-            }
-            out.push_str("\0\0");
-            true
-        }
-        Value::Array(_) | Value::Object(_) => return None,
+        Value::String(text) => Some((encode_string(text), true)),
+        Value::Array(_) | Value::Object(_) => None,
+    }
+}
+
+fn encode_null() -> String {
+    "a".to_owned()
+}
+
+fn encode_bool(flag: bool) -> String {
+    (if flag { "b1" } else { "b0" }).to_owned()
+}
+
+fn encode_number(float: f64) -> String {
+    let bits = float.to_bits();
+    let ordered = if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | 1 << 63
     };
-    Some((out, exact))
+    let mut out = String::with_capacity(17);
+    let _ = write!(out, "c{ordered:016x}");
+    out
+}
+
+fn encode_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 3);
+    out.push('d');
+    for (at, part) in text.split('\0').enumerate() {
+        if at > 0 {
+            out.push_str("\0\u{1}");
+        }
+        out.push_str(part);
+    }
+    out.push_str("\0\0");
+    out
+}
+
+/// The encodings ([`encode`]) of the top-level fields of a document's JSON
+/// text at the places `place` gives their names (`None` for a field that
+/// is absent, an array or an object), read straight from the text: no
+/// value is built, a long body is skipped over, and a string is copied
+/// once, into its encoding. A key given twice counts as its last value, as
+/// in a parsed document; a text that is not a JSON object has no fields.
+fn encoded_fields(
+    text: &str,
+    count: usize,
+    place: &dyn Fn(&str) -> Option<usize>,
+) -> SmallVec<[Option<String>; 4]> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use std::borrow::Cow;
+
+    struct Fields<'p> {
+        count: usize,
+        place: &'p dyn Fn(&str) -> Option<usize>,
+    }
+
+    impl<'de> Visitor<'de> for Fields<'_> {
+        type Value = SmallVec<[Option<String>; 4]>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut encoded: Self::Value = smallvec::smallvec![None; self.count];
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                match (self.place)(&key) {
+                    Some(at) => encoded[at] = map.next_value_seed(Scalar)?,
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(encoded)
+        }
+    }
+
+    /// One field's value, as its encoding (`None` for arrays and objects).
+    struct Scalar;
+
+    impl<'de> DeserializeSeed<'de> for Scalar {
+        type Value = Option<String>;
+
+        fn deserialize<D: Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Scalar {
+        type Value = Option<String>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a JSON value")
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Some(encode_null()))
+        }
+
+        fn visit_bool<E>(self, flag: bool) -> Result<Self::Value, E> {
+            Ok(Some(encode_bool(flag)))
+        }
+
+        // As `serde_json::Number::as_f64` reads each kind of number.
+        fn visit_i64<E>(self, number: i64) -> Result<Self::Value, E> {
+            Ok(Some(encode_number(number as f64)))
+        }
+
+        fn visit_u64<E>(self, number: u64) -> Result<Self::Value, E> {
+            Ok(Some(encode_number(number as f64)))
+        }
+
+        fn visit_f64<E>(self, number: f64) -> Result<Self::Value, E> {
+            Ok(Some(encode_number(number)))
+        }
+
+        fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+            Ok(Some(encode_string(text)))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+
+    if !text.starts_with('{') {
+        return smallvec::smallvec![None; count];
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    // The text was produced by serde_json or checked when it was stored.
+    deserializer
+        .deserialize_map(Fields { count, place })
+        .unwrap_or_else(|_| smallvec::smallvec![None; count])
 }
 
 /// The ids under one value of an indexed field, in id order: a sorted
@@ -422,11 +538,11 @@ impl FieldIndexBuilder {
         let Some(document) = record.data() else {
             return;
         };
-        let value = top_level_fields(document.as_str(), &|key| {
-            fields.iter().any(|(field, _)| field == key)
+        let encoded = encoded_fields(document.as_str(), fields.len(), &|key| {
+            fields.iter().position(|(field, _)| field == key)
         });
-        for (field, index) in fields.iter_mut() {
-            if let Some((encoded, _)) = value.get(field.as_str()).and_then(encode) {
+        for ((_, index), encoded) in fields.iter_mut().zip(encoded) {
+            if let Some(encoded) = encoded {
                 index.add(record.shared_id(), encoded);
             }
         }
@@ -510,18 +626,14 @@ impl FieldIndexes {
         if record.is_some_and(|record| !record.is_deleted() && record.data().is_none()) {
             return;
         }
-        let value = record.and_then(|record| record.data()).map(|document| {
-            top_level_fields(document.as_str(), &|key| {
-                self.fields.iter().any(|(field, _)| field == key)
-            })
-        });
-        for (field, index) in &mut self.fields {
-            let encoded = value
-                .as_ref()
-                .and_then(|value| value.as_object())
-                .and_then(|object| object.get(field.as_str()))
-                .and_then(encode)
-                .map(|(encoded, _)| encoded);
+        let fields = &mut self.fields;
+        let encoded = match record.and_then(|record| record.data()) {
+            Some(document) => encoded_fields(document.as_str(), fields.len(), &|key| {
+                fields.iter().position(|(field, _)| field == key)
+            }),
+            None => smallvec::smallvec![None; fields.len()],
+        };
+        for ((_, index), encoded) in fields.iter_mut().zip(encoded) {
             // Most changes leave most indexed fields as they were.
             let current = index.value_of.get(id).map(|value| &**value);
             if current == encoded.as_deref() {
@@ -841,6 +953,79 @@ mod tests {
                 index.insert(id, "c".to_owned());
                 assert_eq!(filed_under(&index, id), vec!["c".to_owned()], "{id} moved");
             }
+        }
+    }
+
+    /// The encodings read straight from a document's text are those of the
+    /// parsed document's fields (what queries compare them with), for
+    /// every kind of value, repeated keys, escapes, nesting, texts that are
+    /// not objects and texts that are not JSON.
+    #[test]
+    fn fields_read_from_the_text_encode_as_the_parsed_values_do() {
+        let values = [
+            "null",
+            "true",
+            "false",
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "18446744073709551615",
+            "-9223372036854775808",
+            "9007199254740993",
+            "1.5",
+            "-2.5e-3",
+            "1e300",
+            "\"\"",
+            "\"plain\"",
+            "\"tab\\there\"",
+            "\"nul\\u0000in\"",
+            "\"é\\u00e9\"",
+            "[]",
+            "[1,{\"a\":2}]",
+            "{}",
+            "{\"a\":{\"b\":[3]}}",
+        ];
+        let keys = ["a", "b", "c", "\\u0061", "z"];
+        let fields = ["a", "b", "z"];
+        let mut random = Random(0x2545_F491_4F6C_DD1D);
+        let mut texts: Vec<String> = vec![
+            "[1,2]".into(),
+            "\"a\"".into(),
+            "7".into(),
+            "null".into(),
+            "{".into(),
+            "{\"a\":1,".into(),
+            "{\"a\":}".into(),
+            " {\"a\":1}".into(),
+            "{}".into(),
+        ];
+        for _ in 0..2_000 {
+            let entries = random.below(5);
+            let body: Vec<String> = (0..entries)
+                .map(|_| {
+                    let key = keys[random.below(keys.len() as u64) as usize];
+                    let value = values[random.below(values.len() as u64) as usize];
+                    format!("\"{key}\": {value}")
+                })
+                .collect();
+            texts.push(format!("{{{}}}", body.join(", ")));
+        }
+        for text in &texts {
+            let found = encoded_fields(text, fields.len(), &|key| {
+                fields.iter().position(|field| *field == key)
+            });
+            let parsed: Option<Value> = serde_json::from_str(text)
+                .ok()
+                .filter(|value: &Value| value.is_object() && text.starts_with('{'));
+            let wanted: Vec<Option<String>> = fields
+                .iter()
+                .map(|field| {
+                    let value = parsed.as_ref()?.get(*field)?;
+                    encode(value).map(|(encoded, _)| encoded)
+                })
+                .collect();
+            assert_eq!(found.to_vec(), wanted, "{text}");
         }
     }
 }
