@@ -915,7 +915,7 @@ impl World {
             pluresdb::crdt::Document::from_value(&json!({ "rogue": seq })).unwrap(),
             wall_ms,
         );
-        op.version.clock = [(rogue, seq)].into_iter().collect();
+        op.version.set_clock([(rogue, seq)].into_iter().collect());
         self.note(format!(
             "rogue: publishes {key} with seq {seq}, wall {wall_ms}"
         ));
@@ -1258,7 +1258,7 @@ impl World {
                         if let Some(record) = &record {
                             for version in record.versions() {
                                 if version.dot() != dot
-                                    && acked.op.version.clock.covers(&version.dot())
+                                    && acked.op.version.clock().covers(&version.dot())
                                 {
                                     return Err(format!(
                                         "{}: delete {dot:?} of {:?} undone by {version:?}, which it had seen",
@@ -1354,7 +1354,7 @@ fn holds(record: Option<&Record>, dot: &Dot) -> bool {
         record
             .versions()
             .iter()
-            .any(|version| version.dot() == *dot || version.clock.covers(dot))
+            .any(|version| version.dot() == *dot || version.clock().covers(dot))
     })
 }
 

@@ -303,6 +303,19 @@ impl VectorClock {
         self.entries.0.is_empty()
     }
 
+    /// Where `actor`'s entry lies among the entries (in actor order), if
+    /// it has one.
+    pub(crate) fn place_of(&self, actor: &ActorId) -> Option<usize> {
+        self.entries.position(actor).ok()
+    }
+
+    /// The `(actor, counter)` entry at `place` (see
+    /// [`place_of`](Self::place_of)).
+    pub(crate) fn entry_at(&self, place: usize) -> (ActorId, u64) {
+        let entry = &self.entries.0[place];
+        (entry.actor, entry.get())
+    }
+
     pub(crate) fn encode(&self, writer: &mut Writer) {
         self.entries.encode(writer);
     }

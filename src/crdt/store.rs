@@ -46,6 +46,11 @@ pub enum ChangeKind {
 pub struct RestoredRecords(Vec<Record>);
 
 impl RestoredRecords {
+    /// Room for `records` without growing.
+    pub fn with_capacity(records: usize) -> Self {
+        Self(Vec::with_capacity(records))
+    }
+
     /// Adds a record read from storage.
     pub fn push(&mut self, record: Record) {
         self.0.push(record);
@@ -409,7 +414,7 @@ impl CrdtStore {
         let mut hlc = HlcClock::new(last_hlc.bounded(now_ms));
         for record in &rows {
             for version in record.versions() {
-                if version.writer == actor {
+                if version.writer() == actor {
                     last_seq = last_seq.max(version.dot().seq);
                 }
                 hlc.observe(version.hlc, now_ms);
@@ -634,26 +639,29 @@ impl CrdtStore {
         embedding: Option<Arc<[f32]>>,
         now_ms: u64,
     ) -> CrdtOperation {
-        let (id, mut clock) = match self.records.get_key_value(id) {
+        let (id, history) = match self.records.get_key_value(id) {
             Some((key, record)) => (key.clone(), record.clock()),
             None => (Arc::<str>::from(id), VectorClock::new()),
         };
         // Counters are capped at 2^53 on decode, so this cannot overflow
         // short of 2^53 local writes.
         self.last_seq = self.last_seq.saturating_add(1);
-        clock.observe(self.actor, self.last_seq);
+        let dot = Dot {
+            actor: self.actor,
+            seq: self.last_seq,
+        };
         let live = data.is_some();
         // `insert` keeps the existing key and replaces the value: one lookup.
         self.pending.insert(id.clone(), (self.last_seq, live));
         CrdtOperation {
             id,
-            version: Version {
-                writer: self.actor,
-                clock,
-                hlc: self.hlc.tick(now_ms),
-                data: data.map(Body::Resident),
+            version: Version::new(
+                dot,
+                history,
+                self.hlc.tick(now_ms),
+                data.map(Body::Resident),
                 embedding,
-            },
+            ),
         }
     }
 
@@ -878,7 +886,7 @@ impl CrdtStore {
     /// versions are durable already. Returns the change, if any.
     pub fn merge_stored(&mut self, record: Record, now_ms: u64) -> Option<Change> {
         for version in record.versions() {
-            if version.writer == self.actor {
+            if version.writer() == self.actor {
                 self.last_seq = self.last_seq.max(version.dot().seq);
             }
             self.hlc.observe(version.hlc, now_ms);
@@ -922,7 +930,7 @@ impl CrdtStore {
     #[cfg(not(target_arch = "wasm32"))]
     fn settle_all(&mut self, ops: &[CrdtOperation]) {
         let actor = self.actor;
-        let local = ops.iter().filter(move |op| op.version.writer == actor);
+        let local = ops.iter().filter(move |op| op.version.writer() == actor);
         let Some(first) = local.clone().next() else {
             return;
         };
@@ -942,7 +950,7 @@ impl CrdtStore {
 
     /// Forgets the pending entry of `op` if it is the latest local write.
     fn settle(&mut self, op: &CrdtOperation) {
-        if op.version.writer != self.actor {
+        if op.version.writer() != self.actor {
             return;
         }
         // One hash lookup in the common case: the entry is this operation's.
@@ -1276,7 +1284,7 @@ fn would_change(record: &Record, version: &Version) -> bool {
     !record
         .versions()
         .iter()
-        .any(|v| v == version || (v.dot() != dot && v.clock.covers(&dot)))
+        .any(|v| v == version || (v.dot() != dot && v.clock().covers(&dot)))
 }
 
 #[cfg(test)]
@@ -1415,7 +1423,7 @@ mod tests {
         assert!(!current.is_empty());
         assert!(current
             .iter()
-            .all(|op| op.id == victim.id && op.version.clock.covers(&victim.version.dot())));
+            .all(|op| op.id == victim.id && op.version.clock().covers(&victim.version.dot())));
         let mut everything = VersionVector::new();
         for n in 1..=3 {
             everything.raise(actor(n), crate::crdt::MAX_COUNTER);
@@ -1662,13 +1670,15 @@ mod tests {
         // Issue #20, bug 2: u64::MAX sequence numbers and timestamps.
         let mut peer = CrdtStore::new(actor(2));
         let mut op = peer.put("x", doc(json!(1)), 10);
-        op.version.clock = [(actor(2), u64::MAX)].into_iter().collect();
+        op.version
+            .set_clock([(actor(2), u64::MAX)].into_iter().collect());
         let bytes = op.to_bytes();
         assert!(
             CrdtOperation::from_bytes(&bytes).is_err(),
             "refused on decode"
         );
-        op.version.clock = [(actor(2), crate::crdt::MAX_COUNTER)].into_iter().collect();
+        op.version
+            .set_clock([(actor(2), crate::crdt::MAX_COUNTER)].into_iter().collect());
         let op = CrdtOperation::from_bytes(&op.to_bytes()).expect("2^53 decodes");
         let mut store = CrdtStore::new(actor(1));
         store.apply(op, 10);

@@ -528,6 +528,14 @@ impl FieldIndexBuilder {
         }
     }
 
+    /// Makes room for `records` more records in each index at once (see
+    /// [`FieldIndexes::build`]).
+    pub fn reserve(&mut self, records: usize) {
+        for (_, index) in &mut self.indexes.fields {
+            index.value_of.in_order.reserve(records);
+        }
+    }
+
     /// Indexes the winning document of `record`, once per record (a
     /// tombstone adds nothing, nor does a document left in storage).
     pub fn add(&mut self, record: &Record) {
@@ -593,9 +601,7 @@ impl FieldIndexes {
         // Room for every record at once: a vector that doubles as it fills
         // holds both buffers at its last growth, and WebAssembly memory
         // never shrinks back.
-        for (_, index) in &mut builder.indexes.fields {
-            index.value_of.in_order.reserve(store.len());
-        }
+        builder.reserve(store.len());
         for record in store.records() {
             builder.add(record);
         }

@@ -384,9 +384,14 @@ impl<S: Storage> Database<S> {
         // away: the peak while opening is what stays resident per record
         // plus the cache, not the whole database.
         let bounded_open = storage.reads_records() && options.cache_bytes != usize::MAX;
-        let mut opening_fields = bounded_open.then(|| FieldIndexBuilder::new(&options.indexes));
+        let rows_at_most = loaded.records.rows_at_most();
+        let mut opening_fields = bounded_open.then(|| {
+            let mut fields = FieldIndexBuilder::new(&options.indexes);
+            fields.reserve(rows_at_most);
+            fields
+        });
         let mut documents_kept = 0usize;
-        let mut records = RestoredRecords::default();
+        let mut records = RestoredRecords::with_capacity(rows_at_most);
         let mut corrupt = HashMap::new();
         for entry in std::mem::take(&mut loaded.records) {
             match entry? {
@@ -1379,7 +1384,7 @@ impl<S: Storage> Database<S> {
                         let mut covering = record
                             .versions()
                             .iter()
-                            .filter(|v| v.clock.covers(&dot))
+                            .filter(|v| v.clock().covers(&dot))
                             .peekable();
                         if covering.peek().is_none() {
                             return Err(body_missing(&op.id).into());
@@ -2438,22 +2443,20 @@ mod planned_changes_tests {
             .unwrap()
             .winner()
             .clone();
-        let mut clock = planned_k1800.clock.clone();
-        clock.observe(low, 5);
         let superseding = CrdtOperation {
             id: "k1800".into(),
-            version: Version {
-                writer: low,
-                clock,
-                hlc: crate::crdt::Hlc {
+            version: Version::new(
+                crate::crdt::Dot { actor: low, seq: 5 },
+                planned_k1800.clock().clone(),
+                crate::crdt::Hlc {
                     wall_ms: { planned_k1800.hlc.wall_ms } + 1,
                     logical: 0,
                 },
-                data: Some(crate::crdt::Body::Resident(
+                Some(crate::crdt::Body::Resident(
                     Document::from_value(&json!({ "from": "low" })).unwrap(),
                 )),
-                embedding: None,
-            },
+                None,
+            ),
         };
         db.apply_remote(vec![superseding.clone()], Origin::Peer("low".into()), None)
             .await

@@ -566,7 +566,7 @@ pub async fn a_stale_writer_never_overwrites_what_it_did_not_see<F: StorageFacto
                 record
                     .versions()
                     .iter()
-                    .any(|v| v.dot() == *dot || v.clock.covers(dot)),
+                    .any(|v| v.dot() == *dot || v.clock().covers(dot)),
                 "A's acknowledged write {dot:?} to `{id}` is kept or superseded by a version \
                  that saw it: {record:?}"
             );

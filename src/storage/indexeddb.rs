@@ -1019,6 +1019,29 @@ fn newest_generation(keys: &Array) -> u64 {
     Array::from(&last).get(0).as_f64().unwrap_or(0.0) as u64
 }
 
+/// How many entries the records store's values hold, as their headers
+/// count them (a chunk's count follows its version byte; a row of an older
+/// format is one): at most the rows a load hands over. Reads five bytes a
+/// value.
+fn entries_counted(keys: &Array, values: &Array) -> usize {
+    keys.iter()
+        .zip(values.iter())
+        .map(|(key, value)| {
+            if key.is_string() {
+                return 1;
+            }
+            match value.dyn_ref::<Uint8Array>() {
+                Some(bytes) if bytes.length() >= 5 => {
+                    let mut header = [0u8; 4];
+                    bytes.subarray(1, 5).copy_to(&mut header);
+                    u32::from_le_bytes(header) as usize
+                }
+                _ => 0,
+            }
+        })
+        .fold(0usize, usize::saturating_add)
+}
+
 /// The records store's values decoded one at a time, newest first (for
 /// [`LiveEntries`]): each is copied into WebAssembly memory and decoded
 /// only when the one before has been consumed, so opening a database never
@@ -1566,8 +1589,10 @@ impl Storage for IndexedDbStorage {
         if self.reads_back.get() {
             *self.loaded_keys.borrow_mut() = Some(keys.clone());
         }
+        let rows_at_most = entries_counted(&keys, &values);
         state.records =
-            LoadedRecords::streamed(LiveEntries::new(StoredValues::new(keys, values).hinted()));
+            LoadedRecords::streamed(LiveEntries::new(StoredValues::new(keys, values).hinted()))
+                .with_rows_at_most(rows_at_most);
         let mut legacy_generation = 0;
         let mut legacy_head = Vec::new();
         let (keys, values) = pairs(1);

@@ -221,14 +221,38 @@ impl std::fmt::Debug for StoredRow {
 /// row (backends that append, like IndexedDB's chunks): its record is the
 /// CRDT merge of every row, which no order changes. An `Err` ends the load:
 /// a stored value could not be read.
-pub struct LoadedRecords(crate::platform::BoxIterator<Result<StoredEntry, StorageError>>);
+pub struct LoadedRecords {
+    entries: crate::platform::BoxIterator<Result<StoredEntry, StorageError>>,
+    rows_at_most: usize,
+}
 
 impl LoadedRecords {
     /// Entries produced as they are read.
     pub fn streamed(
         entries: impl Iterator<Item = Result<StoredEntry, StorageError>> + MaybeSend + 'static,
     ) -> Self {
-        Self(Box::new(entries))
+        Self {
+            entries: Box::new(entries),
+            rows_at_most: 0,
+        }
+    }
+
+    /// The same entries, of which at most `rows` are record rows (as the
+    /// stored values' headers count their entries): the database opening
+    /// makes room for that many records at once. A buffer grown by doubling
+    /// holds its old and new storage at its last growth, and memory that
+    /// WebAssembly grows never shrinks.
+    pub fn with_rows_at_most(self, rows: usize) -> Self {
+        Self {
+            rows_at_most: rows,
+            ..self
+        }
+    }
+
+    /// At most how many record rows there are, when the storage counted
+    /// them (0 when it did not).
+    pub fn rows_at_most(&self) -> usize {
+        self.rows_at_most
     }
 
     /// Record rows already in memory.
@@ -250,7 +274,7 @@ impl Iterator for LoadedRecords {
     type Item = Result<StoredEntry, StorageError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.0.next()
+        self.entries.next()
     }
 }
 

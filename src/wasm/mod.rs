@@ -616,7 +616,11 @@ impl PluresDB {
                 };
                 Reflect::set(&item, &"data".into(), &data)?;
                 Reflect::set(&item, &"deleted".into(), &version.is_tombstone().into())?;
-                Reflect::set(&item, &"writer".into(), &version.writer.to_string().into())?;
+                Reflect::set(
+                    &item,
+                    &"writer".into(),
+                    &version.writer().to_string().into(),
+                )?;
                 Reflect::set(
                     &item,
                     &"timestamp".into(),

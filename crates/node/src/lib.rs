@@ -599,7 +599,7 @@ impl NativeDatabase {
                 json!({
                     "data": data,
                     "deleted": version.is_tombstone(),
-                    "writer": version.writer.to_string(),
+                    "writer": version.writer().to_string(),
                     "timestamp": timestamp,
                 })
             })
