@@ -310,7 +310,9 @@ pub struct Version {
 impl Version {
     /// The write `dot`, made having seen `history` (the dot is added to
     /// it: a version's clock always covers its own write). A dot's sequence
-    /// number starts at 1; a zero one counts as 1.
+    /// number starts at 1; a zero one counts as 1. Clocks never go back: if
+    /// `history` already names the writer at a higher number, the version's
+    /// dot is that one (as observing the dot into the clock leaves it).
     pub fn new(
         dot: Dot,
         history: VectorClock,

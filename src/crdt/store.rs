@@ -46,9 +46,12 @@ pub enum ChangeKind {
 pub struct RestoredRecords(Vec<Record>);
 
 impl RestoredRecords {
-    /// Room for `records` without growing.
+    /// Room for `records` without growing, when memory allows (otherwise
+    /// the buffer grows as records come, and fails only if they do not fit).
     pub fn with_capacity(records: usize) -> Self {
-        Self(Vec::with_capacity(records))
+        let mut rows = Vec::new();
+        let _ = rows.try_reserve_exact(records);
+        Self(rows)
     }
 
     /// Adds a record read from storage.

@@ -34,6 +34,11 @@ use crate::storage::{StoredEntry, StoredRow};
 pub const CHUNK_ENCODING_VERSION: u8 = 1;
 
 const KIND_ROW: u8 = 0;
+/// Fewer bytes than any record row takes in a chunk (its kind, its id and
+/// value with their lengths, and a record of one version whose clock
+/// names its writer: 77 bytes at least), so a value's length bounds how
+/// many rows it can hold whatever its header claims.
+pub const MIN_ROW_ENTRY_BYTES: usize = 64;
 const KIND_REMOVED: u8 = 1;
 const KIND_META: u8 = 2;
 

@@ -1021,8 +1021,9 @@ fn newest_generation(keys: &Array) -> u64 {
 
 /// How many entries the records store's values hold, as their headers
 /// count them (a chunk's count follows its version byte; a row of an older
-/// format is one): at most the rows a load hands over. Reads five bytes a
-/// value.
+/// format is one), each count capped by what its value's length can hold
+/// (a corrupt header cannot make the load reserve more than the rows could
+/// take): at most the rows a load hands over. Reads five bytes a value.
 fn entries_counted(keys: &Array, values: &Array) -> usize {
     keys.iter()
         .zip(values.iter())
@@ -1034,7 +1035,8 @@ fn entries_counted(keys: &Array, values: &Array) -> usize {
                 Some(bytes) if bytes.length() >= 5 => {
                     let mut header = [0u8; 4];
                     bytes.subarray(1, 5).copy_to(&mut header);
-                    u32::from_le_bytes(header) as usize
+                    let room = bytes.length() as usize / super::chunk::MIN_ROW_ENTRY_BYTES;
+                    (u32::from_le_bytes(header) as usize).min(room)
                 }
                 _ => 0,
             }

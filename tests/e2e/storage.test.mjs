@@ -344,6 +344,59 @@ test('an older IndexedDB schema is upgraded; a blocked upgrade is a clear error'
   await page.close();
 });
 
+// A stored chunk's header counts its entries, and opening makes room for
+// that many records at once: a corrupt header claiming four billion
+// entries must be a clear error, not an allocation that aborts the module.
+test('a chunk whose header claims billions of entries is a CorruptDataError at open, and the module keeps working', async () => {
+  const page = await openFixture();
+  const result = await page.evaluate(async () => {
+    const { PluresDB } = globalThis.api;
+    const db = await PluresDB.open('hostile-header');
+    await db.putMany([['a', { n: 1 }], ['b', { n: 2 }], ['c', { n: 3 }]]);
+    await db.close();
+    const request = (r) => new Promise((resolve, reject) => {
+      r.onsuccess = () => resolve(r.result);
+      r.onerror = () => reject(r.error);
+    });
+    const raw = await request(indexedDB.open('pluresdb/hostile-header'));
+    const write = raw.transaction(['records'], 'readwrite');
+    const records = write.objectStore('records');
+    const keys = await request(records.getAllKeys());
+    const chunkKeys = keys.filter((key) => Array.isArray(key));
+    for (const key of chunkKeys) {
+      const bytes = new Uint8Array(await request(records.get(key)));
+      bytes.set([0xff, 0xff, 0xff, 0xff], 1); // the entry count, after the version byte
+      records.put(bytes, key);
+    }
+    await new Promise((resolve) => { write.oncomplete = resolve; });
+    raw.close();
+    // A module that aborted never settles its promises: each step fails
+    // after a while instead.
+    const settled = (promise, what) => Promise.race([promise, new Promise((_, reject) => {
+      setTimeout(() => reject(new Error(`${what} did not settle within 20 s`)), 20_000);
+    })]);
+    let error;
+    try {
+      await settled(PluresDB.open('hostile-header'), 'opening the corrupt database');
+    } catch (e) {
+      error = { name: e.name, message: e.message };
+    }
+    // The module still works: another database opens, writes and reads.
+    const read = await settled((async () => {
+      const other = await PluresDB.open('after-hostile-header');
+      await other.put('x', { ok: true });
+      const value = await other.get('x');
+      await other.close();
+      return value;
+    })(), 'using another database');
+    return { chunks: chunkKeys.length, error, read };
+  });
+  assert.ok(result.chunks >= 1, 'the database has a chunk to corrupt');
+  assert.equal(result.error?.name, 'CorruptDataError', JSON.stringify(result.error));
+  assert.deepEqual(result.read, { ok: true });
+  await page.close();
+});
+
 test('storageStatus reports persistence, usage, quota and eviction risk', async () => {
   const page = await openFixture();
   const result = await page.evaluate(async () => {
