@@ -234,12 +234,13 @@ async function populateNotes(name, dbName, count) {
 
 /**
  * Opens a database of notes in a fresh page and reads one: the time, and
- * the WebAssembly memory the page's PluresDB module holds afterwards.
+ * the WebAssembly memory the page's PluresDB module holds afterwards
+ * (`variant` as for `open`).
  */
-async function coldOpenNotes(name, dbName) {
+async function coldOpenNotes(name, dbName, variant) {
   const contender = contenders[name];
   const start = performance.now();
-  const db = await contender.open(dbName);
+  const db = await contender.open(dbName, variant);
   const note = await contender.get(db, 'note:0000042');
   const elapsed = performance.now() - start;
   if (!note) throw new Error(`${name}: cold open found no note`);
