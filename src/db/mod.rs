@@ -1438,7 +1438,12 @@ impl<S: Storage> Database<S> {
         receiver
     }
 
-    /// A stream of committed batches, for sync transports.
+    /// A stream of committed batches, for sync transports: those written by
+    /// this instance or another instance of the same storage, never what
+    /// came from peers (they have it). A feed of those held every document
+    /// a large delta brought until the session got to skip them: a fresh
+    /// peer taking in a million notes kept them all in memory, whatever its
+    /// cache.
     pub fn subscribe_commits(&self) -> mpsc::UnboundedReceiver<Arc<CommittedBatch>> {
         let (sender, receiver) = mpsc::unbounded();
         self.shared.state().commit_listeners.push(sender);
@@ -1650,7 +1655,20 @@ async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::Unbou
         // promises just resolved have had their turn and queued nothing.
         // So an awaited write does not wait for it, and a run of awaited
         // writes puts it off (the backend then does it at once, rarely).
-        if shared.storage.housekeeping_due() {
+        // Except the upkeep that lets storage read records back, while
+        // documents are unbounded without it: a peer's whole database
+        // coming in never pauses, and every document would stay in memory.
+        let bounds_documents = shared.cache_bytes != usize::MAX
+            && !shared.storage.reads_records()
+            && shared.storage.reads_records_after_housekeeping();
+        if bounds_documents {
+            match shared.storage.housekeeping().await {
+                Ok(Some(generation)) => shared.state().generation = generation,
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "storage upkeep failed; it is retried later"),
+            }
+            bound_documents_once_storage_reads_back(&shared);
+        } else if shared.storage.housekeeping_due() {
             // A write queued meanwhile is taken at once, not after the yield.
             let mut paused = Box::pin(platform::yield_to_callers());
             let next = futures::future::poll_fn(|cx| match jobs.poll_next_unpin(cx) {
@@ -1981,11 +1999,17 @@ async fn commit_jobs<S: Storage>(shared: &Shared<S>, jobs: Vec<CommitJob>) {
                         vector: vector.clone(),
                     })
                     .into_iter()
-                    .chain(spans.iter().map(|(origin, range)| CommittedBatch {
-                        origin: origin.clone(),
-                        ops: ops[range.clone()].to_vec(),
-                        vector: vector.clone(),
-                    }))
+                    .chain(
+                        spans
+                            .iter()
+                            // The feed carries nothing from peers: no copy.
+                            .filter(|(origin, _)| !matches!(origin, Origin::Peer(_)))
+                            .map(|(origin, range)| CommittedBatch {
+                                origin: origin.clone(),
+                                ops: ops[range.clone()].to_vec(),
+                                vector: vector.clone(),
+                            }),
+                    )
                     .collect()
             };
             notify(&mut state, &changes, &batches);
@@ -2356,7 +2380,7 @@ fn notify(state: &mut State, changes: &[Change], batches: &[CommittedBatch]) {
         return;
     }
     for batch in batches {
-        if batch.ops.is_empty() {
+        if batch.ops.is_empty() || matches!(batch.origin, Origin::Peer(_)) {
             continue;
         }
         let batch = Arc::new(batch.clone());

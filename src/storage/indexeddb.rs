@@ -1721,6 +1721,15 @@ impl Storage for IndexedDbStorage {
         self.reads_back.get()
     }
 
+    /// A list pass is due: this instance keeps lists now, and some part
+    /// may lack one.
+    fn reads_records_after_housekeeping(&self) -> bool {
+        !self.reads_back.get()
+            && self.listing.get()
+            && !self.all_listed.get()
+            && self.legacy_generation.get() == 0
+    }
+
     async fn learn_whether_records_read_back(&self) -> Result<bool, StorageError> {
         self.learn_whether_every_part_is_listed().await
     }

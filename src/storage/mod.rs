@@ -476,6 +476,17 @@ pub trait Storage: MaybeSend + MaybeSync + 'static {
         false
     }
 
+    /// True when the next [`housekeeping`](Self::housekeeping) would make
+    /// [`reads_records`](Self::reads_records) true (IndexedDB: a database
+    /// that grew large has parts to list). A database whose documents are
+    /// unbounded until then runs that upkeep at once instead of waiting for
+    /// writes to pause: taking in a large database from a peer, writes
+    /// never pause, and the documents would all stay in memory. False by
+    /// default.
+    fn reads_records_after_housekeeping(&self) -> bool {
+        false
+    }
+
     /// Finds out whether [`reads_records`](Self::reads_records) can turn
     /// true now, because of what other instances of the same storage did
     /// (IndexedDB: another tab listed every part), and makes it so; the

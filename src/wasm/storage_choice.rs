@@ -49,6 +49,13 @@ impl Storage for BrowserStorage {
         }
     }
 
+    fn reads_records_after_housekeeping(&self) -> bool {
+        match self {
+            Self::Memory(s) => s.reads_records_after_housekeeping(),
+            Self::IndexedDb(s) => s.reads_records_after_housekeeping(),
+        }
+    }
+
     async fn learn_whether_records_read_back(&self) -> Result<bool, StorageError> {
         match self {
             Self::Memory(s) => s.learn_whether_records_read_back().await,
