@@ -1661,30 +1661,26 @@ async fn run_committer<S: Storage>(shared: Arc<Shared<S>>, mut jobs: mpsc::Unbou
         let bounds_documents = shared.cache_bytes != usize::MAX
             && !shared.storage.reads_records()
             && shared.storage.reads_records_after_housekeeping();
-        if bounds_documents {
-            match shared.storage.housekeeping().await {
-                Ok(Some(generation)) => shared.state().generation = generation,
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "storage upkeep failed; it is retried later"),
-            }
-            bound_documents_once_storage_reads_back(&shared);
-        } else if shared.storage.housekeeping_due() {
-            // A write queued meanwhile is taken at once, not after the yield.
-            let mut paused = Box::pin(platform::yield_to_callers());
-            let next = futures::future::poll_fn(|cx| match jobs.poll_next_unpin(cx) {
-                std::task::Poll::Ready(job) => std::task::Poll::Ready(Some(job)),
-                std::task::Poll::Pending => {
-                    std::future::Future::poll(paused.as_mut(), cx).map(|()| None)
+        if bounds_documents || shared.storage.housekeeping_due() {
+            if !bounds_documents {
+                // A write queued meanwhile is taken at once, not after the
+                // yield.
+                let mut paused = Box::pin(platform::yield_to_callers());
+                let next = futures::future::poll_fn(|cx| match jobs.poll_next_unpin(cx) {
+                    std::task::Poll::Ready(job) => std::task::Poll::Ready(Some(job)),
+                    std::task::Poll::Pending => {
+                        std::future::Future::poll(paused.as_mut(), cx).map(|()| None)
+                    }
+                })
+                .await;
+                match next {
+                    Some(Some(job)) => {
+                        next_job = Some(job);
+                        continue;
+                    }
+                    Some(None) => return,
+                    None => {}
                 }
-            })
-            .await;
-            match next {
-                Some(Some(job)) => {
-                    next_job = Some(job);
-                    continue;
-                }
-                Some(None) => return,
-                None => {}
             }
             match shared.storage.housekeeping().await {
                 Ok(Some(generation)) => shared.state().generation = generation,
