@@ -142,7 +142,8 @@ function createClass(addon, triple) {
       } else if (embedder !== undefined && embedder !== null) {
         throw invalid("option `embedder` must be an async function (texts) => vectors, 'hash', 'minilm' or 'minilm-static'");
       }
-      for (const key of ['onEmbedderProgress', 'embedderUrl', 'persist', 'durability']) delete rest[key];
+      // Browser-only options (SQLite loads at open).
+      for (const key of ['onEmbedderProgress', 'embedderUrl', 'persist', 'durability', 'loadInBackground']) delete rest[key];
       const json = optionsJson({ ...rest, embedder: named }, 'options');
       const native = await call(addon.open(name, json, jsEmbedder, model));
       return new PluresDB(native);
@@ -150,6 +151,8 @@ function createClass(addon, triple) {
 
     /** The database name. */
     get name() { return this.#native.name; }
+    /** Resolved: a SQLite database is loaded when `open` resolves. */
+    get loaded() { return Promise.resolve(); }
     /** The actor id this instance writes under. */
     get actorId() { return this.#native.actorId; }
     /** Where the data lives: `'sqlite'` or `'memory'`. */

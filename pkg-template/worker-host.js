@@ -23,7 +23,9 @@ const calls = {
     if (options.embedder !== undefined && typeof options.embedder !== 'string') {
       throw Object.assign(new Error("in a worker, `embedder` is a built-in's name, 'hash', 'minilm' or 'minilm-static' (functions cannot cross to a worker)"), { name: 'InvalidInputError' });
     }
-    db = await PluresDB.open(name, options);
+    // The worker answers each call once the database is loaded (the page
+    // is never blocked by the load either way).
+    db = await PluresDB.open(name, { ...options, loadInBackground: false });
     return { name: db.name, actorId: db.actorId, storageKind: db.storageKind, methods: [...methods] };
   },
   watch(id, query) {

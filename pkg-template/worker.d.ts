@@ -6,7 +6,7 @@ import type {
 } from './pluresdb.js';
 
 /** `OpenOptions`, with the built-in embedder chosen by name. */
-export interface WorkerOpenOptions extends Omit<OpenOptions, 'embedder' | 'onEmbedderProgress'> {
+export interface WorkerOpenOptions extends Omit<OpenOptions, 'embedder' | 'onEmbedderProgress' | 'loadInBackground'> {
   /**
    * A built-in embedder by name, run in the worker (functions cannot cross
    * to a worker): `'minilm-static'` (meaning) or `'hash'` (words).

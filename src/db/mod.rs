@@ -29,8 +29,9 @@ mod field_index;
 mod sync;
 mod vector;
 
+use field_index::FieldIndexBuilder;
+pub(crate) use field_index::FieldIndexes;
 pub use field_index::QueryPlan;
-use field_index::{FieldIndexBuilder, FieldIndexes};
 pub use sync::{SyncHandle, SyncState, SyncStatus};
 
 use crate::storage::{
@@ -157,7 +158,15 @@ pub struct OpenOptions {
     /// leaves documents there; elsewhere every document stays in memory.
     /// `usize::MAX` keeps every document in memory.
     pub cache_bytes: usize,
+    /// Let other work run every [`LOAD_SLICE_MS`] while decoding stored
+    /// rows at open (a page keeps answering while a database opened with
+    /// `loadInBackground` loads). Default false.
+    pub load_in_slices: bool,
 }
+
+/// With [`OpenOptions::load_in_slices`], how long opening decodes rows
+/// before letting other work run.
+pub const LOAD_SLICE_MS: u64 = 50;
 
 /// The default of [`OpenOptions::cache_bytes`]: 256 MiB of document text.
 pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
@@ -182,6 +191,7 @@ impl Default for OpenOptions {
             embed_fields: Vec::new(),
             indexes: Vec::new(),
             cache_bytes: DEFAULT_CACHE_BYTES,
+            load_in_slices: false,
         }
     }
 }
@@ -393,7 +403,15 @@ impl<S: Storage> Database<S> {
         let mut documents_kept = 0usize;
         let mut records = RestoredRecords::with_capacity(rows_at_most);
         let mut corrupt = HashMap::new();
-        for entry in std::mem::take(&mut loaded.records) {
+        let mut slice_started = crate::platform::now_ms();
+        for (at, entry) in std::mem::take(&mut loaded.records).enumerate() {
+            if options.load_in_slices
+                && at % 1024 == 0
+                && crate::platform::now_ms().saturating_sub(slice_started) >= LOAD_SLICE_MS
+            {
+                crate::platform::yield_to_callers().await;
+                slice_started = crate::platform::now_ms();
+            }
             match entry? {
                 StoredEntry::Row(row) => match Record::from_stored_bytes(row.bytes()) {
                     Ok(mut record) if record.id().as_bytes() == row.id_bytes() => {

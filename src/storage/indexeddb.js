@@ -136,10 +136,49 @@ export function readStores(db, names, counted) {
   return Promise.all([
     ...names.map((name) => {
       const store = transaction.objectStore(name);
-      return Promise.all([requestPromise(store.getAllKeys()), requestPromise(store.getAll())]);
+      const keys = store.getAllKeys();
+      return Promise.all([requestPromise(keys), readPaged(store, keys)]);
     }),
     ...counted.map((name) => requestPromise(transaction.objectStore(name).count())),
   ]);
+}
+
+// About this many bytes of values are read by each request of a paged read.
+const PAGE_BYTES = 1 << 20;
+
+// Every value of `store` in key order (the keys `keysRequest` lists), read
+// a page of about PAGE_BYTES at a time with one request in flight: another
+// transaction's read (a `get` while a large database loads in the
+// background) is served between two pages instead of after one request of
+// the whole store.
+function readPaged(store, keysRequest) {
+  return new Promise((resolve, reject) => {
+    const values = [];
+    keysRequest.addEventListener('success', () => {
+      const keys = keysRequest.result;
+      let count = 16;
+      const next = (from) => {
+        if (from >= keys.length) {
+          resolve(values);
+          return;
+        }
+        const to = Math.min(from + count, keys.length) - 1;
+        const page = store.getAll(IDBKeyRange.bound(keys[from], keys[to]));
+        page.onerror = () => reject(page.error);
+        page.onsuccess = () => {
+          let bytes = 0;
+          for (const value of page.result) {
+            values.push(value);
+            bytes += value?.byteLength ?? 64;
+          }
+          const average = Math.max(1, bytes / Math.max(1, page.result.length));
+          count = Math.max(1, Math.min(65536, Math.round(PAGE_BYTES / average)));
+          next(to + 1);
+        };
+      };
+      next(0);
+    });
+  });
 }
 
 // The keys of each store of `names`, read in one transaction.
@@ -167,7 +206,15 @@ export function putIdList(store, key, joined) {
 // followed by a newline), in one read-only transaction: the id lists' index
 // gives the chunks' keys, then the chunks are read. Resolves to [keys,
 // values] in key order, as `getAll` would list them.
-export function readChunksHolding(db, recordsName, idsName, joined) {
+//
+// With `onlyIfListed`, resolves to null instead unless the lists name every
+// chunk: no value is a row stored one per record (string keys, which sort
+// before arrays) and the oldest part has its list. Lists are kept from the
+// first listed part on (every part written after one exists is listed: a
+// writer meets it first), and the parts before are listed all at once (one
+// list pass, or a full compaction), so the oldest part's list is enough,
+// and costs two small requests where counting both stores read them whole.
+export function readChunksHolding(db, recordsName, idsName, joined, onlyIfListed) {
   return new Promise((resolve, reject) => {
     let transaction;
     try {
@@ -181,22 +228,46 @@ export function readChunksHolding(db, recordsName, idsName, joined) {
     const ids = joined.split('\n');
     ids.pop();
     const records = transaction.objectStore(recordsName);
-    const index = transaction.objectStore(idsName).index('id');
+    const lists = transaction.objectStore(idsName);
+    const index = lists.index('id');
     const found = new Map();
+    let pending = ids.length;
+    let listed = onlyIfListed ? null : true;
     const readChunks = () => {
+      if (pending !== 0 || listed === null) return;
+      if (!listed) {
+        resolve(null);
+        return;
+      }
       const keys = [...found.values()].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
       getEach(records, keys, (values) => resolve([keys, values]));
     };
-    let pending = ids.length;
     if (pending === 0) {
       resolve([[], []]);
       return;
+    }
+    if (onlyIfListed) {
+      const unchunked = records.count(IDBKeyRange.upperBound([], true));
+      const oldest = records.getAllKeys(null, 1);
+      oldest.onsuccess = () => {
+        if (unchunked.result !== 0 || oldest.result.length === 0) {
+          listed = false;
+          readChunks();
+          return;
+        }
+        const list = lists.count(oldest.result[0]);
+        list.onsuccess = () => {
+          listed = list.result === 1;
+          readChunks();
+        };
+      };
     }
     for (const id of ids) {
       const lookup = index.getAllKeys(id);
       lookup.onsuccess = () => {
         for (const key of lookup.result) found.set(`${key[0]}/${key[1]}`, key);
-        if (--pending === 0) readChunks();
+        pending -= 1;
+        readChunks();
       };
     }
   });

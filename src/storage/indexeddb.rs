@@ -82,6 +82,7 @@ extern "C" {
         records: &str,
         id_lists: &str,
         joined: &str,
+        only_if_listed: bool,
     ) -> js_sys::Promise;
     #[wasm_bindgen(js_name = readValues)]
     fn read_values(database: &IdbDatabase, store: &str, keys: &Array) -> js_sys::Promise;
@@ -242,6 +243,44 @@ pub enum IdbDurability {
     Relaxed,
 }
 
+/// Reads records by id straight from IndexedDB, with nothing loaded: what
+/// a database opened to load in the background answers `get` with until
+/// its load completes. It holds the connection the storage opened.
+pub struct EarlyReader {
+    database: IdbDatabase,
+}
+
+impl EarlyReader {
+    /// The stored row of `id` (its rows merged, as loading merges them),
+    /// `Some(None)` when storage holds none, read in one read-only
+    /// transaction; `None` when this database cannot be read by id in that
+    /// transaction (not every value of the records store has its id list,
+    /// or there is none): only its load tells then.
+    pub async fn read_row(&self, id: &str) -> Result<Option<Option<Vec<u8>>>, StorageError> {
+        let joined = id_list(std::iter::once(id));
+        let found = await_promise(
+            "reading a record before the load completes",
+            read_chunks_holding(&self.database, RECORDS, ID_LISTS, &joined, true),
+        )
+        .await?;
+        if found.is_null() {
+            return Ok(None);
+        }
+        let pair: Array = found.unchecked_into();
+        let ids = [id.to_owned()];
+        let mut rows = live_rows_of(
+            &ids,
+            StoredValues::new(pair.get(0).unchecked_into(), pair.get(1).unchecked_into()),
+        )?;
+        Ok(Some(rows.pop().map(|(_, row)| row)))
+    }
+
+    /// Closes the connection (the storage's too: they are one).
+    pub fn close(&self) {
+        self.database.close();
+    }
+}
+
 /// IndexedDB storage for one named database.
 pub struct IndexedDbStorage {
     name: String,
@@ -318,6 +357,16 @@ impl IndexedDbStorage {
             }
             other => other,
         }
+    }
+
+    /// A reader of this database's records by id that works before its
+    /// load completes (see [`EarlyReader`]); `None` without a connection.
+    pub fn early_reader(&self) -> Option<EarlyReader> {
+        let connection = self.connection.borrow();
+        let connection = connection.as_ref()?;
+        Some(EarlyReader {
+            database: connection.database.clone(),
+        })
     }
 
     fn database_name(name: &str) -> String {
@@ -1743,7 +1792,9 @@ impl Storage for IndexedDbStorage {
         }
         let joined = id_list(ids.iter().map(String::as_str));
         let pair: Array = self
-            .read_reconnecting(|database| read_chunks_holding(database, RECORDS, ID_LISTS, &joined))
+            .read_reconnecting(|database| {
+                read_chunks_holding(database, RECORDS, ID_LISTS, &joined, false)
+            })
             .await?
             .unchecked_into();
         drop(joined);

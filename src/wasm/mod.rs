@@ -243,6 +243,50 @@ fn warn_scan_once(query: &crate::query::Query, plan: &crate::QueryPlan) {
     });
 }
 
+/// The database behind a [`PluresDB`], shared by every call: the load that
+/// opens it, run once (a database loading in the background is awaited by
+/// each call that needs it).
+type Loading = futures::future::Shared<
+    futures::future::LocalBoxFuture<'static, Result<Database<BrowserStorage>, JsValue>>,
+>;
+
+fn still_loading() -> JsValue {
+    make_error(
+        "LoadingError",
+        "the database is still loading (it was opened with `loadInBackground`): await \
+         `db.loaded` before calling this",
+    )
+}
+
+/// `get` before a background load completes, straight from IndexedDB:
+/// `None` when storage cannot answer by id alone (no id lists, an id the
+/// lists cannot hold, a row that does not decode, a failed read), and the
+/// caller waits for the load.
+async fn get_before_load(
+    reader: &crate::storage::EarlyReader,
+    id: &str,
+) -> Option<Result<JsValue, JsValue>> {
+    if id.is_empty() || id.chars().any(char::is_control) {
+        return None;
+    }
+    let row = match reader.read_row(id).await {
+        Ok(Some(row)) => row,
+        Ok(None) | Err(_) => return None,
+    };
+    let Some(row) = row else {
+        return Some(Ok(JsValue::UNDEFINED));
+    };
+    let record = crate::crdt::Record::from_stored_bytes(&row).ok()?;
+    if record.id() != id {
+        return None;
+    }
+    match record.data() {
+        Some(document) if !record.is_deleted() => Some(document_to_js(document)),
+        None if record.is_deleted() => Some(Ok(JsValue::UNDEFINED)),
+        _ => None,
+    }
+}
+
 fn spawn_promise<F>(future: F) -> Promise
 where
     F: std::future::Future<Output = Result<JsValue, JsValue>> + 'static,
@@ -268,7 +312,13 @@ fn promise_of(
 #[wasm_bindgen]
 pub struct PluresDB {
     name: String,
-    db: Database<BrowserStorage>,
+    /// `'indexeddb'` or `'memory'`.
+    storage_kind: &'static str,
+    /// The opened database once its load completed (at once, unless opened
+    /// with `loadInBackground`), or why it failed.
+    db: Loading,
+    /// Reads records from IndexedDB while the load runs in the background.
+    early: Option<std::rc::Rc<crate::storage::EarlyReader>>,
     sync: std::rc::Rc<std::cell::RefCell<Option<crate::SyncHandle>>>,
     /// What the browser last said of the origin's storage.
     health: std::rc::Rc<std::cell::Cell<StorageHealth>>,
@@ -297,6 +347,13 @@ impl PluresDB {
                     )))
                 }
             };
+            let in_background = bool_option(&options, "loadInBackground")?.unwrap_or(false);
+            let request_persist = bool_option(&options, "persist")?.unwrap_or(true);
+            let open_options = open_options(&options)?;
+            crate::db::FieldIndexes::validate(&open_options.indexes)
+                .map_err(|e| to_js_error(&e.into()))?;
+            let invite = string_option(&options, "invite")?;
+            let relay = string_option(&options, "relay")?;
             let storage = match string_option(&options, "storage")?.as_deref() {
                 Some("memory") => BrowserStorage::Memory(MemoryStorage::volatile()),
                 Some("indexeddb") => BrowserStorage::IndexedDb(
@@ -316,40 +373,86 @@ impl PluresDB {
                     )))
                 }
             };
-            let request_persist = bool_option(&options, "persist")?.unwrap_or(true);
-            let health = match &storage {
-                BrowserStorage::IndexedDb(_) => StorageHealth::query(request_persist).await,
-                BrowserStorage::Memory(_) => StorageHealth {
-                    persisted: Some(false),
-                    ..StorageHealth::default()
-                },
+            let (storage_kind, early) = match &storage {
+                BrowserStorage::IndexedDb(idb) => (
+                    "indexeddb",
+                    idb.early_reader()
+                        .filter(|_| in_background)
+                        .map(std::rc::Rc::new),
+                ),
+                BrowserStorage::Memory(_) => ("memory", None),
             };
-            let health = std::rc::Rc::new(std::cell::Cell::new(health));
-            let mut open_options = open_options(&options)?;
-            if let Some(embedder) = embedder_by_name(&options).await? {
-                open_options.embedder = Some(embedder);
-            }
-            let db = Database::open(storage, open_options)
-                .await
-                .map_err(|e| to_js_error(&e))?;
-            if let Some(invite) = string_option(&options, "invite")? {
-                db.join_invite(&invite).await.map_err(|e| to_js_error(&e))?;
-            }
+            let health = std::rc::Rc::new(std::cell::Cell::new(StorageHealth {
+                persisted: Some(false),
+                ..StorageHealth::default()
+            }));
             let sync = std::rc::Rc::new(std::cell::RefCell::new(None));
-            if let Some(relay) = string_option(&options, "relay")? {
-                let handle = db
-                    .sync(crate::transport::RelayConnector::new(relay))
-                    .map_err(|e| to_js_error(&e))?;
-                *sync.borrow_mut() = Some(handle);
+            let load = {
+                let (health, sync) = (health.clone(), sync.clone());
+                async move {
+                    if let BrowserStorage::IndexedDb(_) = &storage {
+                        health.set(StorageHealth::query(request_persist).await);
+                    }
+                    let mut open_options = open_options;
+                    open_options.load_in_slices = in_background;
+                    if let Some(embedder) = embedder_by_name(&options).await? {
+                        open_options.embedder = Some(embedder);
+                    }
+                    let db = Database::open(storage, open_options)
+                        .await
+                        .map_err(|e| to_js_error(&e))?;
+                    if let Some(invite) = invite {
+                        db.join_invite(&invite).await.map_err(|e| to_js_error(&e))?;
+                    }
+                    if let Some(relay) = relay {
+                        let handle = db
+                            .sync(crate::transport::RelayConnector::new(relay))
+                            .map_err(|e| to_js_error(&e))?;
+                        *sync.borrow_mut() = Some(handle);
+                    }
+                    Ok(db)
+                }
+            };
+            let db: Loading = futures::FutureExt::shared(futures::FutureExt::boxed_local(load));
+            if in_background {
+                // Runs the load whether or not a call waits for it.
+                let load = db.clone();
+                wasm_bindgen_futures::spawn_local(async move {
+                    let _ = load.await;
+                });
+            } else {
+                db.clone().await?;
             }
             Ok(PluresDB {
                 name,
+                storage_kind,
                 db,
+                early,
                 sync,
                 health,
             }
             .into())
         })
+    }
+
+    /// Resolves once the database has loaded: at once unless it was opened
+    /// with `loadInBackground`, and then rejects with what made the load
+    /// fail.
+    #[wasm_bindgen(getter, unchecked_return_type = "Promise<void>")]
+    pub fn loaded(&self) -> Promise {
+        let db = self.db.clone();
+        spawn_promise(async move {
+            db.await?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// The database once loaded, for calls that answer at once.
+    fn loaded_db(&self) -> Result<Database<BrowserStorage>, JsValue> {
+        match self.db.peek() {
+            Some(loaded) => loaded.clone(),
+            None => Err(still_loading()),
+        }
     }
 
     /// The database name.
@@ -361,18 +464,15 @@ impl PluresDB {
     /// The actor id this instance writes under (32 hex digits). Each open
     /// instance (tab, worker) holds its own.
     #[wasm_bindgen(getter, js_name = actorId)]
-    pub fn actor_id(&self) -> String {
-        self.db.actor().to_string()
+    pub fn actor_id(&self) -> Result<String, JsValue> {
+        Ok(self.loaded_db()?.actor().to_string())
     }
 
     /// Where the data lives: `'indexeddb'` or `'memory'` (`'sqlite'` on the
     /// Node addon).
     #[wasm_bindgen(getter, js_name = storageKind)]
     pub fn storage_kind(&self) -> String {
-        match self.db.storage() {
-            BrowserStorage::Memory(_) => "memory".into(),
-            BrowserStorage::IndexedDb(_) => "indexeddb".into(),
-        }
+        self.storage_kind.into()
     }
 
     /// Stores `data` (any JSON value) under `id`; resolves once durable.
@@ -385,6 +485,7 @@ impl PluresDB {
         let db = self.db.clone();
         let document = document_from_js(&data);
         spawn_promise(async move {
+            let db = db.await?;
             db.put_document(&id, document?, None)
                 .await
                 .map_err(|e| to_js_error(&e))?;
@@ -402,6 +503,7 @@ impl PluresDB {
         let db = self.db.clone();
         let parsed = parse_entries(&entries);
         spawn_promise(async move {
+            let db = db.await?;
             db.put_many_with_embeddings(parsed?)
                 .await
                 .map_err(|e| to_js_error(&e))?;
@@ -413,7 +515,16 @@ impl PluresDB {
     #[wasm_bindgen(unchecked_return_type = "Promise<unknown>")]
     pub fn get(&self, id: String) -> Promise {
         let db = self.db.clone();
+        let early = self.early.clone().filter(|_| db.peek().is_none());
         spawn_promise(async move {
+            if let Some(reader) = early {
+                if db.peek().is_none() {
+                    if let Some(answer) = get_before_load(&reader, &id).await {
+                        return answer;
+                    }
+                }
+            }
+            let db = db.await?;
             match db.get_document(&id).await.map_err(|e| to_js_error(&e))? {
                 Some(document) => document_to_js(&document),
                 None => Ok(JsValue::UNDEFINED),
@@ -426,6 +537,7 @@ impl PluresDB {
     pub fn delete(&self, id: String) -> Promise {
         let db = self.db.clone();
         spawn_promise(async move {
+            let db = db.await?;
             let deleted = db.delete(&id).await.map_err(|e| to_js_error(&e))?;
             Ok(JsValue::from_bool(deleted))
         })
@@ -440,6 +552,7 @@ impl PluresDB {
     ) -> Promise {
         let db = self.db.clone();
         spawn_promise(async move {
+            let db = db.await?;
             let list_options = ListOptions {
                 prefix: string_option(&options, "prefix")?.unwrap_or_default(),
                 limit: number_option(&options, "limit")?.map(|n| n as usize),
@@ -474,6 +587,7 @@ impl PluresDB {
         let document = document_from_js(&data);
         let vector = vector::vector_from_js(&vector, "vector");
         spawn_promise(async move {
+            let db = db.await?;
             db.put_document(&id, document?, Some(vector?.into()))
                 .await
                 .map_err(|e| to_js_error(&e))?;
@@ -493,6 +607,7 @@ impl PluresDB {
         let db = self.db.clone();
         let request = search_request(&query, &options);
         spawn_promise(async move {
+            let db = db.await?;
             let hits = db.search(&request?).await.map_err(|e| to_js_error(&e))?;
             let out = Array::new();
             for hit in &hits {
@@ -515,7 +630,7 @@ impl PluresDB {
     #[wasm_bindgen(js_name = indexStats, unchecked_return_type = "IndexStats")]
     pub fn index_stats(&self) -> Result<JsValue, JsValue> {
         check_usable()?;
-        let stats = self.db.index_stats();
+        let stats = self.loaded_db()?.index_stats();
         let segments: Array = stats
             .segments
             .iter()
@@ -548,6 +663,7 @@ impl PluresDB {
     pub fn flush_index(&self) -> Promise {
         let db = self.db.clone();
         spawn_promise(async move {
+            let db = db.await?;
             db.flush_index().await.map_err(|e| to_js_error(&e))?;
             Ok(JsValue::UNDEFINED)
         })
@@ -564,6 +680,7 @@ impl PluresDB {
         let db = self.db.clone();
         let parsed = query_from_js(&query);
         spawn_promise(async move {
+            let db = db.await?;
             let query = parsed?;
             let (hits, plan) = db
                 .query_with_plan(&query)
@@ -589,7 +706,7 @@ impl PluresDB {
     ) -> Result<JsValue, JsValue> {
         check_usable()?;
         let plan = self
-            .db
+            .loaded_db()?
             .explain(&query_from_js(&query)?)
             .map_err(|e| to_js_error(&e))?;
         let out = Object::new();
@@ -606,6 +723,7 @@ impl PluresDB {
     pub fn conflicts(&self, id: String) -> Promise {
         let db = self.db.clone();
         spawn_promise(async move {
+            let db = db.await?;
             let versions = db.conflicts(&id).await.map_err(|e| to_js_error(&e))?;
             let out = Array::new();
             for version in &versions {
@@ -649,10 +767,15 @@ impl PluresDB {
         check_usable()?;
         let query = query_from_js(&query)?;
         let db = self.db.clone();
-        let mut events = db.subscribe();
         let active = std::rc::Rc::new(std::cell::Cell::new(true));
         let still_active = active.clone();
         wasm_bindgen_futures::spawn_local(async move {
+            // A database loading in the background is watched once loaded;
+            // one whose load failed calls nothing (`loaded` says why).
+            let Ok(db) = db.await else {
+                return;
+            };
+            let mut events = db.subscribe();
             let mut last: Option<Vec<(String, Document)>> = None;
             loop {
                 if !still_active.get() {
@@ -699,10 +822,14 @@ impl PluresDB {
         #[wasm_bindgen(unchecked_param_type = "(event: ChangeEvent) => void")] listener: Function,
     ) -> Result<Function, JsValue> {
         check_usable()?;
-        let mut events = self.db.subscribe();
+        let db = self.db.clone();
         let active = std::rc::Rc::new(std::cell::Cell::new(true));
         let still_active = active.clone();
         wasm_bindgen_futures::spawn_local(async move {
+            let Ok(db) = db.await else {
+                return;
+            };
+            let mut events = db.subscribe();
             while let Some(event) = events.next().await {
                 if !still_active.get() {
                     break;
@@ -728,6 +855,7 @@ impl PluresDB {
     pub fn create_invite(&self) -> Promise {
         let db = self.db.clone();
         spawn_promise(async move {
+            let db = db.await?;
             let invite = db.create_invite().await.map_err(|e| to_js_error(&e))?;
             Ok(JsValue::from_str(&invite))
         })
@@ -745,14 +873,14 @@ impl PluresDB {
         via: JsValue,
     ) -> Result<(), JsValue> {
         check_usable()?;
+        let db = self.loaded_db()?;
         let handle = if let Some(relay_url) = via.as_string() {
             if !(relay_url.starts_with("ws://") || relay_url.starts_with("wss://")) {
                 return Err(invalid_input(
                     "the relay URL must start with ws:// or wss://",
                 ));
             }
-            self.db
-                .sync(crate::transport::RelayConnector::new(relay_url))
+            db.sync(crate::transport::RelayConnector::new(relay_url))
         } else if Reflect::has(&via, &"hyperswarm".into()).unwrap_or(false) {
             return Err(invalid_input(
                 "{ hyperswarm } is the Node addon's built-in transport; the WebAssembly \
@@ -760,7 +888,7 @@ impl PluresDB {
             ));
         } else {
             let connector = crate::transport::JsConnector::new(via).map_err(invalid_input)?;
-            self.db.sync(connector)
+            db.sync(connector)
         }
         .map_err(|e| to_js_error(&e))?;
         *self.sync.borrow_mut() = Some(handle);
@@ -817,11 +945,11 @@ impl PluresDB {
     /// origin's storage now, and what the cache holds (see `StorageStatus`).
     #[wasm_bindgen(js_name = storageStatus, unchecked_return_type = "Promise<StorageStatus>")]
     pub fn storage_status(&self) -> Promise {
-        let indexed = matches!(self.db.storage(), BrowserStorage::IndexedDb(_));
+        let indexed = self.storage_kind == "indexeddb";
         let cached = self.health.clone();
-        let stats = self.db.stats();
+        let db = self.db.clone();
         spawn_promise(async move {
-            let stats = stats.map_err(|e| to_js_error(&e))?;
+            let stats = db.await?.stats().map_err(|e| to_js_error(&e))?;
             let mut health = cached.get();
             if indexed {
                 let now = StorageHealth::query(false).await;
@@ -859,8 +987,18 @@ impl PluresDB {
     #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
     pub fn close(&self) -> Promise {
         let db = self.db.clone();
-        self.sync.borrow_mut().take();
+        let (sync, early) = (self.sync.clone(), self.early.clone());
+        sync.borrow_mut().take();
         spawn_promise(async move {
+            // A load that failed left nothing open but the connection.
+            let Ok(db) = db.await else {
+                if let Some(reader) = early {
+                    reader.close();
+                }
+                return Ok(JsValue::UNDEFINED);
+            };
+            // A relay named at open starts syncing once loaded.
+            sync.borrow_mut().take();
             db.close().await.map_err(|e| to_js_error(&e))?;
             if let BrowserStorage::IndexedDb(storage) = db.storage() {
                 storage.close();
@@ -884,8 +1022,11 @@ impl PluresDB {
     pub fn destroy(&self) -> Promise {
         let db = self.db.clone();
         let name = self.name.clone();
-        self.sync.borrow_mut().take();
+        let sync = self.sync.clone();
+        sync.borrow_mut().take();
         spawn_promise(async move {
+            let db = db.await?;
+            sync.borrow_mut().take();
             db.close().await.map_err(|e| to_js_error(&e))?;
             if let BrowserStorage::IndexedDb(storage) = db.storage() {
                 storage.close();

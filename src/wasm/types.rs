@@ -37,6 +37,16 @@ export interface OpenOptions {
    * in `storageStatus()`.
    */
   persist?: boolean;
+  /**
+   * Resolve `open` as soon as IndexedDB is open and load the database in the
+   * background (default false: `open` resolves once it is loaded). Until
+   * `db.loaded` resolves, `get` reads the record straight from IndexedDB (a
+   * few milliseconds at any size, once the database keeps id lists: past
+   * 8 MiB of records), every other call that returns a promise waits for
+   * the load, and `actorId`, `indexStats`, `explain` and `sync` throw
+   * `LoadingError`. A load that fails rejects `db.loaded` and those calls.
+   */
+  loadInBackground?: boolean;
   /** Join the database an invite (from `createInvite`) belongs to. */
   invite?: string;
   /** Start syncing through this relay (`ws://` or `wss://`). */
@@ -316,7 +326,8 @@ export type PluresDBErrorName =
   | 'UpgradeBlockedError'
   | 'DimensionMismatchError'
   | 'EmbedderError'
-  | 'StorageError';
+  | 'StorageError'
+  | 'LoadingError';
 
 /** Errors thrown (rejected) by PluresDB. */
 export interface PluresDBError extends Error {

@@ -354,22 +354,7 @@ test('a chunk whose header claims billions of entries is a CorruptDataError at o
     const db = await PluresDB.open('hostile-header');
     await db.putMany([['a', { n: 1 }], ['b', { n: 2 }], ['c', { n: 3 }]]);
     await db.close();
-    const request = (r) => new Promise((resolve, reject) => {
-      r.onsuccess = () => resolve(r.result);
-      r.onerror = () => reject(r.error);
-    });
-    const raw = await request(indexedDB.open('pluresdb/hostile-header'));
-    const write = raw.transaction(['records'], 'readwrite');
-    const records = write.objectStore('records');
-    const keys = await request(records.getAllKeys());
-    const chunkKeys = keys.filter((key) => Array.isArray(key));
-    for (const key of chunkKeys) {
-      const bytes = new Uint8Array(await request(records.get(key)));
-      bytes.set([0xff, 0xff, 0xff, 0xff], 1); // the entry count, after the version byte
-      records.put(bytes, key);
-    }
-    await new Promise((resolve) => { write.oncomplete = resolve; });
-    raw.close();
+    const chunks = await globalThis.corruptChunkHeaders('hostile-header');
     // A module that aborted never settles its promises: each step fails
     // after a while instead.
     const settled = (promise, what) => Promise.race([promise, new Promise((_, reject) => {
@@ -389,11 +374,82 @@ test('a chunk whose header claims billions of entries is a CorruptDataError at o
       await other.close();
       return value;
     })(), 'using another database');
-    return { chunks: chunkKeys.length, error, read };
+    return { chunks, error, read };
   });
   assert.ok(result.chunks >= 1, 'the database has a chunk to corrupt');
   assert.equal(result.error?.name, 'CorruptDataError', JSON.stringify(result.error));
   assert.deepEqual(result.read, { ok: true });
+  await page.close();
+});
+
+test('loadInBackground: get reads IndexedDB before the load (other tabs\' writes and deletes included), a small or corrupt database is answered by its load', async () => {
+  const page = await openFixture();
+  const result = await page.evaluate(async () => {
+    const { PluresDB } = globalThis.api;
+    // Past 8 MiB of records the database keeps id lists (reads by id).
+    let large = await PluresDB.open('background-large');
+    const text = 'x'.repeat(1000);
+    for (let start = 0; start < 10_000; start += 2_000) {
+      const batch = [];
+      for (let i = start; i < start + 2_000; i++) batch.push([`doc:${String(i).padStart(5, '0')}`, { i, text }]);
+      await large.putMany(batch);
+    }
+    // Closing runs the upkeep that lists every part written before the
+    // lists began; then another instance that stays open updates and
+    // deletes.
+    await large.close();
+    large = await PluresDB.open('background-large');
+    await large.put('doc:00007', { i: 7, updated: true });
+    await large.delete('doc:00008');
+    const early = await PluresDB.open('background-large', { loadInBackground: true });
+    const answers = await Promise.all(['doc:00007', 'doc:00008', 'doc:09999', 'absent', 'bad\nid'].map((id) => early.get(id)));
+    await early.loaded;
+    const afterLoad = await Promise.all(['doc:00007', 'doc:00008', 'doc:09999'].map((id) => early.get(id)));
+    await early.put('doc:00007', { i: 7, again: true });
+    // The other instance hears of it (announcements arrive after the
+    // write resolves).
+    let written;
+    for (let tries = 0; tries < 100; tries++) {
+      written = await large.get('doc:00007');
+      if (written?.again) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    await early.close();
+    await large.close();
+
+    const small = await PluresDB.open('background-small');
+    await small.put('a', { n: 1 });
+    await small.close();
+    const smallEarly = await PluresDB.open('background-small', { loadInBackground: true });
+    const smallAnswer = await smallEarly.get('a');
+    await smallEarly.close();
+
+    // A load that fails rejects `loaded` and the calls that wait for it.
+    const corrupt = await PluresDB.open('background-corrupt');
+    await corrupt.putMany([['a', { n: 1 }], ['b', { n: 2 }]]);
+    await corrupt.close();
+    await globalThis.corruptChunkHeaders('background-corrupt');
+    const failing = await PluresDB.open('background-corrupt', { loadInBackground: true });
+    const failures = await Promise.all([
+      failing.loaded.then(() => 'loaded', (error) => error.name),
+      failing.get('a').then(() => 'read', (error) => error.name),
+      failing.put('c', { n: 3 }).then(() => 'written', (error) => error.name),
+    ]);
+    await failing.close();
+    let invalid = null;
+    try {
+      await PluresDB.open('background-bad-option', { loadInBackground: true, indexes: [''] });
+    } catch (error) {
+      invalid = error.name;
+    }
+    return { answers, afterLoad, written, smallAnswer, failures, invalid };
+  });
+  assert.deepEqual(result.answers, [{ i: 7, updated: true }, undefined, { i: 9999, text: 'x'.repeat(1000) }, undefined, undefined]);
+  assert.deepEqual(result.afterLoad, result.answers.slice(0, 3));
+  assert.deepEqual(result.written, { i: 7, again: true });
+  assert.deepEqual(result.smallAnswer, { n: 1 });
+  assert.deepEqual(result.failures, ['CorruptDataError', 'CorruptDataError', 'CorruptDataError']);
+  assert.equal(result.invalid, 'InvalidInputError');
   await page.close();
 });
 
@@ -465,6 +521,42 @@ test('a database of 1,000,000 notes opens in a fresh page, reads, lists, queries
     await db.close();
   }, count);
   await writer.close();
+
+  // Opened to load in the background, the database answers a `get` from
+  // IndexedDB while its million records load; other calls wait for it.
+  const early = await openFixture();
+  const background = await early.evaluate(async () => {
+    const started = performance.now();
+    const db = await globalThis.api.PluresDB.open('million', { indexes: ['category'], loadInBackground: true });
+    const openMs = performance.now() - started;
+    let loadedAt = null;
+    const loaded = db.loaded.then(() => { loadedAt = performance.now() - started; });
+    let actorError = null;
+    try {
+      db.actorId;
+    } catch (error) {
+      actorError = error.name;
+    }
+    const note = await db.get('note:0765432');
+    const getMs = performance.now() - started;
+    const answeredBeforeLoad = loadedAt === null;
+    const missing = await db.get('note:9999999');
+    const listed = await db.list({ prefix: 'note:0765432' });
+    const listedAfterLoad = loadedAt !== null;
+    await loaded;
+    const actorId = db.actorId;
+    await db.close();
+    return { openMs, getMs, loadedAt, actorError, note, answeredBeforeLoad, missing, listed: listed.items, listedAfterLoad, actorId };
+  });
+  console.log(`1,000,000 notes, loadInBackground: open ${background.openMs.toFixed(0)} ms, first get ${background.getMs.toFixed(0)} ms, loaded ${background.loadedAt.toFixed(0)} ms`);
+  assert.deepEqual(background.note, { title: 'Note 765432', category: 'c2', n: 765_432 });
+  assert.ok(background.answeredBeforeLoad, `the get waited for the load (${background.getMs.toFixed(0)} ms, loaded at ${background.loadedAt.toFixed(0)} ms)`);
+  assert.equal(background.missing, undefined);
+  assert.equal(background.actorError, 'LoadingError');
+  assert.deepEqual(background.listed, [{ id: 'note:0765432', data: { title: 'Note 765432', category: 'c2', n: 765_432 } }]);
+  assert.ok(background.listedAfterLoad, 'list waited for the load');
+  assert.match(background.actorId, /^[0-9a-f]{32}$/);
+  await early.close();
 
   const reader = await openFixture();
   const result = await reader.evaluate(async () => {

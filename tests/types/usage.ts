@@ -9,6 +9,7 @@ import init, {
   type IndexStats,
   type ListPage,
   type PluresDBError,
+  type PluresDBErrorName,
   type Query,
   type SearchHit,
   type StorageStatus,
@@ -78,6 +79,14 @@ export async function everyMethod(): Promise<void> {
   const room: number | null = storage.quota;
   const relaxed = await PluresDB.open('relaxed', { durability: 'relaxed', persist: false });
   await relaxed.close();
+  const early = await PluresDB.open('early', { loadInBackground: true });
+  const loading: Promise<void> = early.loaded;
+  const first: unknown = await early.get('a');
+  await loading;
+  await early.close();
+  void first;
+  const loadingError: PluresDBErrorName = 'LoadingError';
+  void loadingError;
   db.stopSync();
   unsubscribe();
   unwatch();
