@@ -216,15 +216,8 @@ export function putIdList(store, key, joined) {
 // and costs two small requests where counting both stores read them whole.
 export function readChunksHolding(db, recordsName, idsName, joined, onlyIfListed) {
   return new Promise((resolve, reject) => {
-    let transaction;
-    try {
-      transaction = db.transaction([recordsName, idsName], 'readonly');
-    } catch (error) {
-      reject(error);
-      return;
-    }
-    transaction.onabort = () => reject(
-      transaction.error ?? new DOMException('the transaction was aborted', 'AbortError'));
+    const transaction = readOnly(db, [recordsName, idsName], reject);
+    if (!transaction) return;
     const ids = joined.split('\n');
     ids.pop();
     const records = transaction.objectStore(recordsName);
@@ -247,20 +240,10 @@ export function readChunksHolding(db, recordsName, idsName, joined, onlyIfListed
       return;
     }
     if (onlyIfListed) {
-      const unchunked = records.count(IDBKeyRange.upperBound([], true));
-      const oldest = records.getAllKeys(null, 1);
-      oldest.onsuccess = () => {
-        if (unchunked.result !== 0 || oldest.result.length === 0) {
-          listed = false;
-          readChunks();
-          return;
-        }
-        const list = lists.count(oldest.result[0]);
-        list.onsuccess = () => {
-          listed = list.result === 1;
-          readChunks();
-        };
-      };
+      whetherEveryPartIsListed(records, lists, (answer) => {
+        listed = answer;
+        readChunks();
+      });
     }
     for (const id of ids) {
       const lookup = index.getAllKeys(id);
@@ -273,19 +256,85 @@ export function readChunksHolding(db, recordsName, idsName, joined, onlyIfListed
   });
 }
 
+// A read-only transaction over `names` whose abort calls `reject` with its
+// error; null, `reject` called, when it cannot start (a closed connection).
+function readOnly(db, names, reject) {
+  try {
+    const transaction = db.transaction(names, 'readonly');
+    transaction.onabort = () => reject(
+      transaction.error ?? new DOMException('the transaction was aborted', 'AbortError'));
+    return transaction;
+  } catch (error) {
+    reject(error);
+    return null;
+  }
+}
+
+// Calls `done(true)` when the id lists name every chunk of the records
+// store (see `readChunksHolding`), `done(false)` otherwise.
+function whetherEveryPartIsListed(records, lists, done) {
+  const unchunked = records.count(IDBKeyRange.upperBound([], true));
+  const oldest = records.getAllKeys(null, 1);
+  oldest.onsuccess = () => {
+    if (unchunked.result !== 0 || oldest.result.length === 0) {
+      done(false);
+      return;
+    }
+    const list = lists.count(oldest.result[0]);
+    list.onsuccess = () => done(list.result === 1);
+  };
+}
+
+// The first `count` ids in order from `from` (after it when `after`) that
+// start with `prefix`, as the id lists' index names them, and every chunk
+// holding an entry of one of them, in one read-only transaction. Resolves
+// to [ids, keys, values, more] (`more`: the index holds further ids under
+// the prefix), or to null unless the lists name every chunk.
+export function readListedFrom(db, recordsName, idsName, from, after, prefix, count) {
+  return new Promise((resolve, reject) => {
+    const transaction = readOnly(db, [recordsName, idsName], reject);
+    if (!transaction) return;
+    const records = transaction.objectStore(recordsName);
+    const lists = transaction.objectStore(idsName);
+    whetherEveryPartIsListed(records, lists, (listed) => {
+      if (!listed) {
+        resolve(null);
+        return;
+      }
+      const ids = [];
+      const found = new Map();
+      const cursor = lists.index('id').openKeyCursor(IDBKeyRange.lowerBound(from, after));
+      const finish = (more) => {
+        const keys = [...found.values()].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+        getEach(records, keys, (values) => resolve([ids, keys, values, more]));
+      };
+      cursor.onsuccess = () => {
+        const at = cursor.result;
+        if (!at || typeof at.key !== 'string' || !at.key.startsWith(prefix)) {
+          finish(false);
+          return;
+        }
+        if (at.key !== ids[ids.length - 1]) {
+          if (ids.length === count) {
+            finish(true);
+            return;
+          }
+          ids.push(at.key);
+        }
+        const key = at.primaryKey;
+        found.set(`${key[0]}/${key[1]}`, key);
+        at.continue();
+      };
+    });
+  });
+}
+
 // Reads the values under `keys` (undefined where there is none) in one
 // read-only transaction of `storeName`; resolves to them in that order.
 export function readValues(db, storeName, keys) {
   return new Promise((resolve, reject) => {
-    let transaction;
-    try {
-      transaction = db.transaction(storeName, 'readonly');
-    } catch (error) {
-      reject(error);
-      return;
-    }
-    transaction.onabort = () => reject(
-      transaction.error ?? new DOMException('the transaction was aborted', 'AbortError'));
+    const transaction = readOnly(db, storeName, reject);
+    if (!transaction) return;
     getEach(transaction.objectStore(storeName), keys, resolve);
   });
 }

@@ -84,6 +84,16 @@ extern "C" {
         joined: &str,
         only_if_listed: bool,
     ) -> js_sys::Promise;
+    #[wasm_bindgen(js_name = readListedFrom)]
+    fn read_listed_from(
+        database: &IdbDatabase,
+        records: &str,
+        id_lists: &str,
+        from: &str,
+        after: bool,
+        prefix: &str,
+        count: u32,
+    ) -> js_sys::Promise;
     #[wasm_bindgen(js_name = readValues)]
     fn read_values(database: &IdbDatabase, store: &str, keys: &Array) -> js_sys::Promise;
     #[wasm_bindgen(js_name = acquireSlotLock)]
@@ -243,6 +253,14 @@ pub enum IdbDurability {
     Relaxed,
 }
 
+/// Ids in order with their stored rows, from [`EarlyReader::read_listed`].
+pub struct ListedRows {
+    /// Each id with its row (`None`: removed).
+    pub rows: Vec<(String, Option<Vec<u8>>)>,
+    /// Storage holds further ids under the prefix.
+    pub more: bool,
+}
+
 /// Reads records by id straight from IndexedDB, with nothing loaded: what
 /// a database opened to load in the background answers `get` with until
 /// its load completes. It holds the connection the storage opened.
@@ -273,6 +291,56 @@ impl EarlyReader {
             StoredValues::new(pair.get(0).unchecked_into(), pair.get(1).unchecked_into()),
         )?;
         Ok(Some(rows.pop().map(|(_, row)| row)))
+    }
+
+    /// The first `count` ids in order from `from` (after it when `after`)
+    /// that start with `prefix`, each with its stored row (`None`: the id
+    /// was removed), and whether storage holds further ids under the
+    /// prefix; read in one read-only transaction. `None` when the database
+    /// cannot be read by id (see [`read_row`](Self::read_row)).
+    pub async fn read_listed(
+        &self,
+        from: &str,
+        after: bool,
+        prefix: &str,
+        count: u32,
+    ) -> Result<Option<ListedRows>, StorageError> {
+        let found = await_promise(
+            "listing records before the load completes",
+            read_listed_from(
+                &self.database,
+                RECORDS,
+                ID_LISTS,
+                from,
+                after,
+                prefix,
+                count,
+            ),
+        )
+        .await?;
+        if found.is_null() {
+            return Ok(None);
+        }
+        let found: Array = found.unchecked_into();
+        let ids: Vec<String> = Array::from(&found.get(0))
+            .iter()
+            .filter_map(|id| id.as_string())
+            .collect();
+        let rows = live_rows_of(
+            &ids,
+            StoredValues::new(found.get(1).unchecked_into(), found.get(2).unchecked_into()),
+        )?;
+        let mut rows: std::collections::HashMap<String, Vec<u8>> = rows.into_iter().collect();
+        Ok(Some(ListedRows {
+            rows: ids
+                .into_iter()
+                .map(|id| {
+                    let row = rows.remove(&id);
+                    (id, row)
+                })
+                .collect(),
+            more: found.get(3).is_truthy(),
+        }))
     }
 
     /// Closes the connection (the storage's too: they are one).

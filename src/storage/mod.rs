@@ -28,7 +28,7 @@ pub mod memory;
 pub mod sqlite;
 
 #[cfg(target_arch = "wasm32")]
-pub use indexeddb::{EarlyReader, IdbDurability, IndexedDbStorage, StorageHealth};
+pub use indexeddb::{EarlyReader, IdbDurability, IndexedDbStorage, ListedRows, StorageHealth};
 pub use memory::MemoryStorage;
 #[cfg(not(target_arch = "wasm32"))]
 pub use sqlite::{Durability, SqliteStorage};

@@ -287,6 +287,74 @@ async fn get_before_load(
     }
 }
 
+/// The most records a `list` before the load reads by itself; a longer
+/// page (or one without a limit) waits for the load.
+const LIST_BEFORE_LOAD_LIMIT: usize = 1000;
+
+fn list_options_from(options: &JsValue) -> Result<ListOptions, JsValue> {
+    Ok(ListOptions {
+        prefix: string_option(options, "prefix")?.unwrap_or_default(),
+        limit: number_option(options, "limit")?.map(|n| n as usize),
+        cursor: string_option(options, "cursor")?,
+    })
+}
+
+/// `list` before a background load completes, straight from IndexedDB:
+/// the id lists' index gives the ids in order, their chunks give their
+/// rows, as many rounds as deleted records make it take. `None` when
+/// storage cannot answer by id (see [`get_before_load`]) or the page has
+/// no limit or a long one, and the caller waits for the load.
+async fn list_before_load(
+    reader: &crate::storage::EarlyReader,
+    options: &ListOptions,
+) -> Option<crate::Page> {
+    let limit = options
+        .limit
+        .filter(|limit| (1..=LIST_BEFORE_LOAD_LIMIT).contains(limit))?;
+    let prefix = options.prefix.as_str();
+    let (mut from, mut after) = match &options.cursor {
+        Some(cursor) if cursor.as_str() >= prefix => (cursor.clone(), true),
+        _ => (prefix.to_owned(), false),
+    };
+    // One more than the page, to know whether a next page exists.
+    let mut items: Vec<(String, Document)> = Vec::new();
+    loop {
+        let wanted = (limit + 1 - items.len()) as u32;
+        let listed = reader
+            .read_listed(&from, after, prefix, wanted)
+            .await
+            .ok()??;
+        for (id, row) in listed.rows {
+            from.clone_from(&id);
+            after = true;
+            // Removed, or a row that does not decode (a loaded database
+            // lists neither).
+            let Some(record) =
+                row.and_then(|row| crate::crdt::Record::from_stored_bytes(&row).ok())
+            else {
+                continue;
+            };
+            if record.id() != id || record.is_deleted() {
+                continue;
+            }
+            items.push((id, record.data()?.clone()));
+            if items.len() > limit {
+                break;
+            }
+        }
+        if items.len() > limit || !listed.more {
+            break;
+        }
+    }
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|(id, _)| id.clone())
+    } else {
+        None
+    };
+    Some(crate::Page { items, next_cursor })
+}
+
 fn spawn_promise<F>(future: F) -> Promise
 where
     F: std::future::Future<Output = Result<JsValue, JsValue>> + 'static,
@@ -348,6 +416,9 @@ impl PluresDB {
                 }
             };
             let in_background = bool_option(&options, "loadInBackground")?.unwrap_or(false);
+            // Not part of the API: the end-to-end tests hold a background
+            // load back to read before it, whatever the machine's speed.
+            let load_delay_ms = number_option(&options, "__loadDelayMsForTests")?;
             let request_persist = bool_option(&options, "persist")?.unwrap_or(true);
             let open_options = open_options(&options)?;
             crate::db::FieldIndexes::validate(&open_options.indexes)
@@ -390,6 +461,10 @@ impl PluresDB {
             let load = {
                 let (health, sync) = (health.clone(), sync.clone());
                 async move {
+                    if let Some(delay) = load_delay_ms {
+                        crate::platform::sleep(std::time::Duration::from_millis(delay as u64))
+                            .await;
+                    }
                     if let BrowserStorage::IndexedDb(_) = &storage {
                         health.set(StorageHealth::query(request_persist).await);
                     }
@@ -551,14 +626,24 @@ impl PluresDB {
         #[wasm_bindgen(unchecked_optional_param_type = "ListOptions")] options: JsValue,
     ) -> Promise {
         let db = self.db.clone();
+        let list_options = list_options_from(&options);
+        let early = self.early.clone().filter(|_| db.peek().is_none());
         spawn_promise(async move {
-            let db = db.await?;
-            let list_options = ListOptions {
-                prefix: string_option(&options, "prefix")?.unwrap_or_default(),
-                limit: number_option(&options, "limit")?.map(|n| n as usize),
-                cursor: string_option(&options, "cursor")?,
+            let list_options = list_options?;
+            let mut early_page = None;
+            if let Some(reader) = early {
+                if db.peek().is_none() {
+                    early_page = list_before_load(&reader, &list_options).await;
+                }
+            }
+            let page = match early_page {
+                Some(page) => page,
+                None => db
+                    .await?
+                    .list(&list_options)
+                    .await
+                    .map_err(|e| to_js_error(&e))?,
             };
-            let page = db.list(&list_options).await.map_err(|e| to_js_error(&e))?;
             let items = Array::new();
             for (id, document) in &page.items {
                 items.push(&record_object(id, document)?);

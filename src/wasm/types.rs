@@ -40,11 +40,12 @@ export interface OpenOptions {
   /**
    * Resolve `open` as soon as IndexedDB is open and load the database in the
    * background (default false: `open` resolves once it is loaded). Until
-   * `db.loaded` resolves, `get` reads the record straight from IndexedDB (a
-   * few milliseconds at any size, once the database keeps id lists: past
-   * 8 MiB of records), every other call that returns a promise waits for
-   * the load, and `actorId`, `indexStats`, `explain` and `sync` throw
-   * `LoadingError`. A load that fails rejects `db.loaded` and those calls.
+   * `db.loaded` resolves, `get` and `list` with a `limit` of at most 1,000
+   * read straight from IndexedDB (a few milliseconds at any size, once the
+   * database keeps id lists: past 8 MiB of records), every other call that
+   * returns a promise waits for the load, and `actorId`, `indexStats`,
+   * `explain` and `sync` throw `LoadingError`. A load that fails rejects
+   * `db.loaded` and those calls.
    */
   loadInBackground?: boolean;
   /** Join the database an invite (from `createInvite`) belongs to. */

@@ -382,7 +382,7 @@ test('a chunk whose header claims billions of entries is a CorruptDataError at o
   await page.close();
 });
 
-test('loadInBackground: get reads IndexedDB before the load (other tabs\' writes and deletes included), a small or corrupt database is answered by its load', async () => {
+test('loadInBackground: get and list read IndexedDB before the load (other tabs\' writes and deletes included), a small or corrupt database is answered by its load', async () => {
   const page = await openFixture();
   const result = await page.evaluate(async () => {
     const { PluresDB } = globalThis.api;
@@ -401,9 +401,32 @@ test('loadInBackground: get reads IndexedDB before the load (other tabs\' writes
     large = await PluresDB.open('background-large');
     await large.put('doc:00007', { i: 7, updated: true });
     await large.delete('doc:00008');
-    const early = await PluresDB.open('background-large', { loadInBackground: true });
-    const answers = await Promise.all(['doc:00007', 'doc:00008', 'doc:09999', 'absent', 'bad\nid'].map((id) => early.get(id)));
+    // The load is held back 3 s (a hook for tests), so every read below
+    // is answered from IndexedDB, before it, however fast the machine.
+    const early = await PluresDB.open('background-large', { loadInBackground: true, __loadDelayMsForTests: 3_000 });
+    const openedAt = performance.now();
+    let loadedAfter = null;
+    early.loaded.then(() => { loadedAfter = performance.now() - openedAt; });
+    const answers = await Promise.all(['doc:00007', 'doc:00008', 'doc:09999', 'absent'].map((id) => early.get(id)));
+    // An id the lists cannot hold waits for the load.
+    const unlistable = early.get('bad\nid');
+    // Pages of `list` before the load, then the same pages once loaded.
+    const pages = [
+      { prefix: 'doc:0000', limit: 8 },
+      { prefix: 'doc:0000', limit: 8, cursor: 'doc:00007' },
+      { prefix: 'doc:0000', limit: 9 },
+      { prefix: 'doc:0999', limit: 3, cursor: 'doc:09997' },
+      { prefix: 'nothing', limit: 5 },
+      { limit: 2, cursor: 'doc:00006' },
+    ];
+    const listed = [];
+    for (const options of pages) listed.push(await early.list(options));
+    const earlyReadsTook = performance.now() - openedAt;
+    const readBeforeLoad = loadedAfter === null;
     await early.loaded;
+    answers.push(await unlistable);
+    const listedAfterLoad = [];
+    for (const options of pages) listedAfterLoad.push(await early.list(options));
     const afterLoad = await Promise.all(['doc:00007', 'doc:00008', 'doc:09999'].map((id) => early.get(id)));
     await early.put('doc:00007', { i: 7, again: true });
     // The other instance hears of it (announcements arrive after the
@@ -442,10 +465,23 @@ test('loadInBackground: get reads IndexedDB before the load (other tabs\' writes
     } catch (error) {
       invalid = error.name;
     }
-    return { answers, afterLoad, written, smallAnswer, failures, invalid };
+    const ids = (pages) => pages.map((page) => [page.items.map((item) => item.id), page.nextCursor]);
+    return { answers, afterLoad, written, smallAnswer, failures, invalid, listed, listedAfterLoad, listedIds: ids(listed), readBeforeLoad, earlyReadsTook, loadedAfter };
   });
+  console.log(`loadInBackground, 10,000 documents: reads before the load took ${result.earlyReadsTook.toFixed(0)} ms; loaded after ${result.loadedAfter.toFixed(0)} ms`);
+  assert.ok(result.readBeforeLoad, 'the reads were answered before the load');
   assert.deepEqual(result.answers, [{ i: 7, updated: true }, undefined, { i: 9999, text: 'x'.repeat(1000) }, undefined, undefined]);
   assert.deepEqual(result.afterLoad, result.answers.slice(0, 3));
+  const upTo7 = ['doc:00000', 'doc:00001', 'doc:00002', 'doc:00003', 'doc:00004', 'doc:00005', 'doc:00006', 'doc:00007'];
+  assert.deepEqual(result.listedIds, [
+    [upTo7, 'doc:00007'],
+    [['doc:00009'], null],
+    [[...upTo7, 'doc:00009'], null],
+    [['doc:09998', 'doc:09999'], null],
+    [[], null],
+    [['doc:00007', 'doc:00009'], 'doc:00009'],
+  ]);
+  assert.deepEqual(result.listed, result.listedAfterLoad);
   assert.deepEqual(result.written, { i: 7, again: true });
   assert.deepEqual(result.smallAnswer, { n: 1 });
   assert.deepEqual(result.failures, ['CorruptDataError', 'CorruptDataError', 'CorruptDataError']);
@@ -539,18 +575,21 @@ test('a database of 1,000,000 notes opens in a fresh page, reads, lists, queries
     }
     const note = await db.get('note:0765432');
     const getMs = performance.now() - started;
+    const page = await db.list({ prefix: 'note:07654', limit: 3, cursor: 'note:0765431' });
     const answeredBeforeLoad = loadedAt === null;
     const missing = await db.get('note:9999999');
-    const listed = await db.list({ prefix: 'note:0765432' });
+    const listed = await db.list({ prefix: 'note:0765432', limit: 5000 });
     const listedAfterLoad = loadedAt !== null;
     await loaded;
     const actorId = db.actorId;
     await db.close();
-    return { openMs, getMs, loadedAt, actorError, note, answeredBeforeLoad, missing, listed: listed.items, listedAfterLoad, actorId };
+    return { openMs, getMs, loadedAt, actorError, note, page, answeredBeforeLoad, missing, listed: listed.items, listedAfterLoad, actorId };
   });
   console.log(`1,000,000 notes, loadInBackground: open ${background.openMs.toFixed(0)} ms, first get ${background.getMs.toFixed(0)} ms, loaded ${background.loadedAt.toFixed(0)} ms`);
   assert.deepEqual(background.note, { title: 'Note 765432', category: 'c2', n: 765_432 });
-  assert.ok(background.answeredBeforeLoad, `the get waited for the load (${background.getMs.toFixed(0)} ms, loaded at ${background.loadedAt.toFixed(0)} ms)`);
+  assert.deepEqual(background.page.items.map((item) => item.id), ['note:0765432', 'note:0765433', 'note:0765434']);
+  assert.equal(background.page.nextCursor, 'note:0765434');
+  assert.ok(background.answeredBeforeLoad, `the get and list waited for the load (${background.getMs.toFixed(0)} ms, loaded at ${background.loadedAt.toFixed(0)} ms)`);
   assert.equal(background.missing, undefined);
   assert.equal(background.actorError, 'LoadingError');
   assert.deepEqual(background.listed, [{ id: 'note:0765432', data: { title: 'Note 765432', category: 'c2', n: 765_432 } }]);
