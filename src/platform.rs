@@ -88,6 +88,46 @@ mod imp {
         });
         let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
     }
+
+    /// Lets other tasks run, through a message posted to a `MessageChannel`
+    /// (a timer of 0 ms is clamped to 4 ms once nested, and browsers hold
+    /// timers of hidden pages back for a second or more); a timer where
+    /// there is no `MessageChannel`.
+    pub async fn yield_to_tasks() {
+        use wasm_bindgen::JsCast;
+        let global = js_sys::global();
+        let channel = js_sys::Reflect::get(&global, &"MessageChannel".into())
+            .ok()
+            .and_then(|constructor| constructor.dyn_into::<js_sys::Function>().ok())
+            .and_then(|constructor| {
+                js_sys::Reflect::construct(&constructor, &js_sys::Array::new()).ok()
+            });
+        let port = |channel: &wasm_bindgen::JsValue, name: &str| {
+            js_sys::Reflect::get(channel, &name.into()).unwrap_or_default()
+        };
+        let method = |target: &wasm_bindgen::JsValue, name: &str| {
+            js_sys::Reflect::get(target, &name.into())
+                .ok()
+                .and_then(|method| method.dyn_into::<js_sys::Function>().ok())
+        };
+        let Some(channel) = channel else {
+            return sleep(Duration::ZERO).await;
+        };
+        let (receiving, sending) = (port(&channel, "port1"), port(&channel, "port2"));
+        let Some(post) = method(&sending, "postMessage") else {
+            return sleep(Duration::ZERO).await;
+        };
+        let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+            let _ = js_sys::Reflect::set(&receiving, &"onmessage".into(), &resolve);
+            let _ = post.call1(&sending, &wasm_bindgen::JsValue::NULL);
+        });
+        let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+        for port in [&receiving, &sending] {
+            if let Some(close) = method(port, "close") {
+                let _ = close.call0(port);
+            }
+        }
+    }
 }
 
 pub use imp::{now_ms, sleep, BoxFuture, BoxIterator, MaybeSend, MaybeSync};
@@ -131,6 +171,16 @@ pub async fn yield_to_callers() {
     tokio::task::yield_now().await;
     #[cfg(target_arch = "wasm32")]
     sleep(std::time::Duration::ZERO).await;
+}
+
+/// Lets the other tasks of the event loop run before continuing (wasm32:
+/// input, rendering, storage callbacks, without the clamping and
+/// throttling of timers; natively: one turn of the tokio scheduler).
+pub async fn yield_to_tasks() {
+    #[cfg(not(target_arch = "wasm32"))]
+    tokio::task::yield_now().await;
+    #[cfg(target_arch = "wasm32")]
+    imp::yield_to_tasks().await;
 }
 
 /// Fills `buf` with cryptographically secure random bytes.

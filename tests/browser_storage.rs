@@ -784,6 +784,51 @@ mod indexeddb_specifics {
         db.close().await.unwrap();
     }
 
+    /// About a kilobyte of text for record `i` of [`kilobyte_rows`].
+    fn kilobyte_text(i: usize) -> String {
+        format!("{i:04}").repeat(250)
+    }
+
+    /// `(key, bytes)` rows: record rows by id, or metadata rows by key.
+    type Rows = Vec<(String, Vec<u8>)>;
+
+    /// Rows of `count` records `v000`, `v001`, … (`kilobyte_text(i)` each)
+    /// written by `actor`, and that writer's version vector as a chunk's
+    /// metadata entry.
+    fn kilobyte_rows(actor: u8, count: usize) -> (Rows, Rows) {
+        let mut tab =
+            pluresdb::crdt::CrdtStore::new(pluresdb::crdt::ActorId::from_bytes([actor; 16]));
+        let mut rows = Vec::new();
+        for i in 0..count {
+            let id = format!("v{i:03}");
+            let document = pluresdb::crdt::Document::from_value(&json!(kilobyte_text(i))).unwrap();
+            tab.put(&id, document, 1_000 + i as u64);
+            rows.push((id.clone(), tab.record(&id).unwrap().to_bytes()));
+        }
+        let meta = vec![(
+            meta_keys::VERSION_VECTOR.to_owned(),
+            tab.version_vector().to_bytes(),
+        )];
+        (rows, meta)
+    }
+
+    /// Stores each chunk under its key (a JavaScript array literal)
+    /// straight in IndexedDB, as an older build would have.
+    async fn store_chunks(database: &str, chunks: &[(&str, &[u8])]) {
+        let global = js_sys::global();
+        let mut statements = Vec::new();
+        for (at, (key, chunk)) in chunks.iter().enumerate() {
+            js_sys::Reflect::set(
+                &global,
+                &format!("storedChunk{at}").into(),
+                &js_sys::Uint8Array::from(*chunk),
+            )
+            .unwrap();
+            statements.push(format!("store.put(globalThis.storedChunk{at}, {key})"));
+        }
+        write_store(database, "records", &statements.join("; ")).await;
+    }
+
     /// A value of many rows far larger than a part (schema 4 stored each
     /// commit as one value) is not listed in place, where every record
     /// read back from it would read it whole: upkeep rewrites the database
@@ -793,37 +838,14 @@ mod indexeddb_specifics {
         let factory = IndexedDbFactory::new();
         let name = "large-value";
         let database = format!("pluresdb/{}-{name}", factory.run);
-        let mut tab = pluresdb::crdt::CrdtStore::new(pluresdb::crdt::ActorId::from_bytes([5; 16]));
-        let text = |i: usize| format!("{i:04}").repeat(250);
-        let mut rows = Vec::new();
-        for i in 0..400 {
-            let id = format!("v{i:03}");
-            let document = pluresdb::crdt::Document::from_value(&json!(text(i))).unwrap();
-            tab.put(&id, document, 1_000 + i as u64);
-            rows.push((id.clone(), tab.record(&id).unwrap().to_bytes()));
-        }
-        let meta = [(
-            meta_keys::VERSION_VECTOR.to_owned(),
-            tab.version_vector().to_bytes(),
-        )];
+        let text = kilobyte_text;
+        let (rows, meta) = kilobyte_rows(5, 400);
         let chunk = pluresdb::storage::chunk::encode_chunk(&rows, &[], &meta);
         assert!(chunk.len() > 400_000);
         // Created by this build, then the one value written as schema 4
         // wrote a commit: whole, without an id list.
         factory.open(name).await.load().await.unwrap();
-        let global = js_sys::global();
-        js_sys::Reflect::set(
-            &global,
-            &"largeChunk".into(),
-            &js_sys::Uint8Array::from(chunk.as_slice()),
-        )
-        .unwrap();
-        write_store(
-            &database,
-            "records",
-            "store.put(globalThis.largeChunk, [1, 0])",
-        )
-        .await;
+        store_chunks(&database, &[("[1, 0]", &chunk)]).await;
 
         let storage = factory.open(name).await;
         storage.load().await.unwrap();
@@ -863,6 +885,39 @@ mod indexeddb_specifics {
             );
         }
         db.close().await.unwrap();
+    }
+
+    /// A list pass that meets a value only a full compaction can list
+    /// writes no list at all: had it kept the lists of the values before
+    /// it, the oldest part would have a list while a later one has none,
+    /// and the reads of a background load, which take the oldest part's
+    /// list for every part's, would miss that value's rows until a full
+    /// compaction succeeded.
+    #[wasm_bindgen_test]
+    async fn a_list_pass_that_stops_at_a_large_value_lists_nothing() {
+        let factory = IndexedDbFactory::new();
+        let name = "partial-list-pass";
+        let database = format!("pluresdb/{}-{name}", factory.run);
+        let (rows, meta) = kilobyte_rows(6, 401);
+        // The oldest value is a small part; the next is one schema 4 wrote
+        // whole.
+        let small = pluresdb::storage::chunk::encode_chunk(&rows[..1], &[], &meta);
+        let large = pluresdb::storage::chunk::encode_chunk(&rows[1..], &[], &meta);
+        assert!(large.len() > 400_000);
+        factory.open(name).await.load().await.unwrap();
+        store_chunks(&database, &[("[1, 0]", &small), ("[2, 0]", &large)]).await;
+
+        let storage = factory.open(name).await;
+        storage.load().await.unwrap();
+        assert!(!storage.list_unlisted_parts_alone().await.unwrap());
+        let lists = read_store(&database, "ids", "store.count()")
+            .await
+            .as_f64()
+            .unwrap();
+        assert_eq!(lists, 0.0, "the pass wrote lists of some parts");
+        // Upkeep then rewrites everything, listed.
+        storage.housekeeping().await.unwrap();
+        assert!(storage.reads_records());
     }
 
     /// A database written before the id lists (schema 4) cannot read a

@@ -409,7 +409,7 @@ impl<S: Storage> Database<S> {
                 && at % 1024 == 0
                 && crate::platform::now_ms().saturating_sub(slice_started) >= LOAD_SLICE_MS
             {
-                crate::platform::yield_to_callers().await;
+                crate::platform::yield_to_tasks().await;
                 slice_started = crate::platform::now_ms();
             }
             match entry? {

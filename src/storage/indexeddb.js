@@ -145,27 +145,37 @@ export function readStores(db, names, counted) {
 
 // About this many bytes of values are read by each request of a paged read.
 const PAGE_BYTES = 1 << 20;
+// Requests of a paged read in flight at once: while one page is handed to
+// the page's thread, IndexedDB reads the next (a million notes opened in
+// 1.09–1.35 s against 1.41–1.52 with one; four or eight were no faster).
+const PAGES_IN_FLIGHT = 2;
 
 // Every value of `store` in key order (the keys `keysRequest` lists), read
-// a page of about PAGE_BYTES at a time with one request in flight: another
-// transaction's read (a `get` while a large database loads in the
-// background) is served between two pages instead of after one request of
-// the whole store.
+// a page of about PAGE_BYTES at a time, PAGES_IN_FLIGHT requests at once:
+// another transaction's read (a `get` while a large database loads in the
+// background) is served after the pages in flight instead of after one
+// request of the whole store.
 function readPaged(store, keysRequest) {
   return new Promise((resolve, reject) => {
     const values = [];
     keysRequest.addEventListener('success', () => {
       const keys = keysRequest.result;
       let count = 16;
-      const next = (from) => {
+      let from = 0;
+      let inFlight = 0;
+      const request = () => {
         if (from >= keys.length) {
-          resolve(values);
+          if (inFlight === 0) resolve(values);
           return;
         }
-        const to = Math.min(from + count, keys.length) - 1;
-        const page = store.getAll(IDBKeyRange.bound(keys[from], keys[to]));
+        const first = from;
+        const to = Math.min(first + count, keys.length) - 1;
+        from = to + 1;
+        inFlight += 1;
+        const page = store.getAll(IDBKeyRange.bound(keys[first], keys[to]));
         page.onerror = () => reject(page.error);
         page.onsuccess = () => {
+          inFlight -= 1;
           let bytes = 0;
           for (const value of page.result) {
             values.push(value);
@@ -173,10 +183,10 @@ function readPaged(store, keysRequest) {
           }
           const average = Math.max(1, bytes / Math.max(1, page.result.length));
           count = Math.max(1, Math.min(65536, Math.round(PAGE_BYTES / average)));
-          next(to + 1);
+          request();
         };
       };
-      next(0);
+      for (let i = 0; i < PAGES_IN_FLIGHT; i++) request();
     });
   });
 }

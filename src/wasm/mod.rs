@@ -299,14 +299,32 @@ fn list_options_from(options: &JsValue) -> Result<ListOptions, JsValue> {
     })
 }
 
+/// At least this many ids are read by each round of a `list` before the
+/// load (more when the page is longer), and at most this many rounds are
+/// made before waiting for the load instead (each round reads past the
+/// removed and deleted records it meets).
+const LIST_BEFORE_LOAD_ROUND: usize = 64;
+const LIST_BEFORE_LOAD_ROUNDS: usize = 16;
+
+/// True when IndexedDB orders `text` among other strings as Rust does:
+/// IndexedDB compares UTF-16 code units, Rust bytes (code points), and the
+/// two disagree only where a character from U+E000 to U+FFFF meets one
+/// above U+FFFF at the same place.
+fn ordered_alike_in_indexeddb(text: &str) -> bool {
+    !text.chars().any(|c| c >= '\u{E000}')
+}
+
 /// `list` before a background load completes, straight from IndexedDB:
 /// the id lists' index gives the ids in order, their chunks give their
-/// rows, as many rounds as deleted records make it take. `None` when
-/// storage cannot answer by id (see [`get_before_load`]) or the page has
-/// no limit or a long one, and the caller waits for the load.
+/// rows, in as many rounds as removed and deleted records make it take.
+/// `None` when storage cannot answer by id (see [`get_before_load`]), the
+/// page has no limit or a long one, an id or the cursor holds characters
+/// IndexedDB orders differently, the rounds run out, or the load completes
+/// meanwhile: the caller waits for the load.
 async fn list_before_load(
     reader: &crate::storage::EarlyReader,
     options: &ListOptions,
+    still_loading: impl Fn() -> bool,
 ) -> Option<crate::Page> {
     let limit = options
         .limit
@@ -316,15 +334,24 @@ async fn list_before_load(
         Some(cursor) if cursor.as_str() >= prefix => (cursor.clone(), true),
         _ => (prefix.to_owned(), false),
     };
+    if !ordered_alike_in_indexeddb(&from) {
+        return None;
+    }
     // One more than the page, to know whether a next page exists.
     let mut items: Vec<(String, Document)> = Vec::new();
-    loop {
-        let wanted = (limit + 1 - items.len()) as u32;
+    for _ in 0..LIST_BEFORE_LOAD_ROUNDS {
+        if !still_loading() {
+            return None;
+        }
+        let wanted = (limit + 1 - items.len()).max(LIST_BEFORE_LOAD_ROUND) as u32;
         let listed = reader
             .read_listed(&from, after, prefix, wanted)
             .await
             .ok()??;
         for (id, row) in listed.rows {
+            if !ordered_alike_in_indexeddb(&id) {
+                return None;
+            }
             from.clone_from(&id);
             after = true;
             // Removed, or a row that does not decode (a loaded database
@@ -343,16 +370,16 @@ async fn list_before_load(
             }
         }
         if items.len() > limit || !listed.more {
-            break;
+            let next_cursor = if items.len() > limit {
+                items.truncate(limit);
+                items.last().map(|(id, _)| id.clone())
+            } else {
+                None
+            };
+            return Some(crate::Page { items, next_cursor });
         }
     }
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|(id, _)| id.clone())
-    } else {
-        None
-    };
-    Some(crate::Page { items, next_cursor })
+    None
 }
 
 fn spawn_promise<F>(future: F) -> Promise
@@ -387,6 +414,9 @@ pub struct PluresDB {
     db: Loading,
     /// Reads records from IndexedDB while the load runs in the background.
     early: Option<std::rc::Rc<crate::storage::EarlyReader>>,
+    /// Set by `close` and `destroy`: reads no longer go to IndexedDB before
+    /// the load (they wait for it, and then for the closed database).
+    closing: std::rc::Rc<std::cell::Cell<bool>>,
     sync: std::rc::Rc<std::cell::RefCell<Option<crate::SyncHandle>>>,
     /// What the browser last said of the origin's storage.
     health: std::rc::Rc<std::cell::Cell<StorageHealth>>,
@@ -490,10 +520,18 @@ impl PluresDB {
             };
             let db: Loading = futures::FutureExt::shared(futures::FutureExt::boxed_local(load));
             if in_background {
-                // Runs the load whether or not a call waits for it.
+                // Runs the load whether or not a call waits for it. A load
+                // that fails leaves the connection to the early reads
+                // alone: it is closed, or it would block other tabs'
+                // upgrades and deleting the database.
                 let load = db.clone();
+                let reader = early.clone();
                 wasm_bindgen_futures::spawn_local(async move {
-                    let _ = load.await;
+                    if load.await.is_err() {
+                        if let Some(reader) = reader {
+                            reader.close();
+                        }
+                    }
                 });
             } else {
                 db.clone().await?;
@@ -503,6 +541,7 @@ impl PluresDB {
                 storage_kind,
                 db,
                 early,
+                closing: std::rc::Rc::new(std::cell::Cell::new(false)),
                 sync,
                 health,
             }
@@ -520,6 +559,39 @@ impl PluresDB {
             db.await?;
             Ok(JsValue::UNDEFINED)
         })
+    }
+
+    /// The database and a subscription to its changes: taken at once when
+    /// it is loaded (no change committed after the call is missed), else
+    /// once it is; `None` when its load failed (`loaded` says why).
+    fn subscription(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Option<(
+            Database<BrowserStorage>,
+            futures::channel::mpsc::UnboundedReceiver<crate::SyncEvent>,
+        )>,
+    > {
+        let now = match self.db.peek() {
+            Some(Ok(db)) => Some((db.clone(), db.subscribe())),
+            _ => None,
+        };
+        let loading = self.db.clone();
+        async move {
+            if now.is_some() {
+                return now;
+            }
+            let db = loading.await.ok()?;
+            let events = db.subscribe();
+            Some((db, events))
+        }
+    }
+
+    /// The reader that answers before the load, while it is running.
+    fn early_reader(&self) -> Option<std::rc::Rc<crate::storage::EarlyReader>> {
+        self.early
+            .clone()
+            .filter(|_| self.db.peek().is_none() && !self.closing.get())
     }
 
     /// The database once loaded, for calls that answer at once.
@@ -590,7 +662,7 @@ impl PluresDB {
     #[wasm_bindgen(unchecked_return_type = "Promise<unknown>")]
     pub fn get(&self, id: String) -> Promise {
         let db = self.db.clone();
-        let early = self.early.clone().filter(|_| db.peek().is_none());
+        let early = self.early_reader();
         spawn_promise(async move {
             if let Some(reader) = early {
                 if db.peek().is_none() {
@@ -627,13 +699,14 @@ impl PluresDB {
     ) -> Promise {
         let db = self.db.clone();
         let list_options = list_options_from(&options);
-        let early = self.early.clone().filter(|_| db.peek().is_none());
+        let early = self.early_reader();
         spawn_promise(async move {
             let list_options = list_options?;
             let mut early_page = None;
             if let Some(reader) = early {
                 if db.peek().is_none() {
-                    early_page = list_before_load(&reader, &list_options).await;
+                    early_page =
+                        list_before_load(&reader, &list_options, || db.peek().is_none()).await;
                 }
             }
             let page = match early_page {
@@ -851,16 +924,13 @@ impl PluresDB {
     ) -> Result<Function, JsValue> {
         check_usable()?;
         let query = query_from_js(&query)?;
-        let db = self.db.clone();
+        let subscription = self.subscription();
         let active = std::rc::Rc::new(std::cell::Cell::new(true));
         let still_active = active.clone();
         wasm_bindgen_futures::spawn_local(async move {
-            // A database loading in the background is watched once loaded;
-            // one whose load failed calls nothing (`loaded` says why).
-            let Ok(db) = db.await else {
+            let Some((db, mut events)) = subscription.await else {
                 return;
             };
-            let mut events = db.subscribe();
             let mut last: Option<Vec<(String, Document)>> = None;
             loop {
                 if !still_active.get() {
@@ -907,14 +977,13 @@ impl PluresDB {
         #[wasm_bindgen(unchecked_param_type = "(event: ChangeEvent) => void")] listener: Function,
     ) -> Result<Function, JsValue> {
         check_usable()?;
-        let db = self.db.clone();
+        let subscription = self.subscription();
         let active = std::rc::Rc::new(std::cell::Cell::new(true));
         let still_active = active.clone();
         wasm_bindgen_futures::spawn_local(async move {
-            let Ok(db) = db.await else {
+            let Some((_db, mut events)) = subscription.await else {
                 return;
             };
-            let mut events = db.subscribe();
             while let Some(event) = events.next().await {
                 if !still_active.get() {
                     break;
@@ -1072,14 +1141,13 @@ impl PluresDB {
     #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
     pub fn close(&self) -> Promise {
         let db = self.db.clone();
-        let (sync, early) = (self.sync.clone(), self.early.clone());
+        let sync = self.sync.clone();
+        self.closing.set(true);
         sync.borrow_mut().take();
         spawn_promise(async move {
-            // A load that failed left nothing open but the connection.
+            // A load that failed left nothing open (its connection is
+            // closed).
             let Ok(db) = db.await else {
-                if let Some(reader) = early {
-                    reader.close();
-                }
                 return Ok(JsValue::UNDEFINED);
             };
             // A relay named at open starts syncing once loaded.
@@ -1108,13 +1176,29 @@ impl PluresDB {
         let db = self.db.clone();
         let name = self.name.clone();
         let sync = self.sync.clone();
+        let indexed = self.storage_kind == "indexeddb";
+        let early = self.early.clone();
+        self.closing.set(true);
         sync.borrow_mut().take();
         spawn_promise(async move {
-            let db = db.await?;
-            sync.borrow_mut().take();
-            db.close().await.map_err(|e| to_js_error(&e))?;
-            if let BrowserStorage::IndexedDb(storage) = db.storage() {
-                storage.close();
+            match db.await {
+                Ok(db) => {
+                    sync.borrow_mut().take();
+                    db.close().await.map_err(|e| to_js_error(&e))?;
+                    if let BrowserStorage::IndexedDb(storage) = db.storage() {
+                        storage.close();
+                    }
+                }
+                // A database whose background load failed (a corrupt one)
+                // can still be deleted once its connection is closed.
+                Err(_) if indexed => {
+                    if let Some(reader) = early {
+                        reader.close();
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+            if indexed {
                 IndexedDbStorage::destroy(&name)
                     .await
                     .map_err(|e| to_js_error(&e.into()))?;

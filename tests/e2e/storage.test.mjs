@@ -401,6 +401,11 @@ test('loadInBackground: get and list read IndexedDB before the load (other tabs\
     large = await PluresDB.open('background-large');
     await large.put('doc:00007', { i: 7, updated: true });
     await large.delete('doc:00008');
+    // 200 deleted in a row: a page past them reads several rounds.
+    for (let i = 100; i < 300; i++) await large.delete(`doc:${String(i).padStart(5, '0')}`);
+    // IndexedDB orders these two the other way round from Rust (UTF-16
+    // code units against code points).
+    await large.putMany([['x\u{FF5E}', { wide: 'tilde' }], ['x\u{1F600}', { emoji: true }]]);
     // The load is held back 3 s (a hook for tests), so every read below
     // is answered from IndexedDB, before it, however fast the machine.
     const early = await PluresDB.open('background-large', { loadInBackground: true, __loadDelayMsForTests: 3_000 });
@@ -418,11 +423,15 @@ test('loadInBackground: get and list read IndexedDB before the load (other tabs\
       { prefix: 'doc:0999', limit: 3, cursor: 'doc:09997' },
       { prefix: 'nothing', limit: 5 },
       { limit: 2, cursor: 'doc:00006' },
+      { prefix: 'doc:00', limit: 2, cursor: 'doc:00098' },
     ];
     const listed = [];
     for (const options of pages) listed.push(await early.list(options));
     const earlyReadsTook = performance.now() - openedAt;
     const readBeforeLoad = loadedAfter === null;
+    // A page whose ids IndexedDB orders differently waits for the load.
+    pages.push({ prefix: 'x', limit: 1 });
+    listed.push(await early.list(pages.at(-1)));
     await early.loaded;
     answers.push(await unlistable);
     const listedAfterLoad = [];
@@ -458,7 +467,10 @@ test('loadInBackground: get and list read IndexedDB before the load (other tabs\
       failing.get('a').then(() => 'read', (error) => error.name),
       failing.put('c', { n: 3 }).then(() => 'written', (error) => error.name),
     ]);
-    await failing.close();
+    // It can still be deleted.
+    await failing.destroy();
+    const left = (await indexedDB.databases()).some((database) => database.name === 'pluresdb/background-corrupt');
+    failures.push(left ? 'still there' : 'destroyed');
     let invalid = null;
     try {
       await PluresDB.open('background-bad-option', { loadInBackground: true, indexes: [''] });
@@ -480,11 +492,13 @@ test('loadInBackground: get and list read IndexedDB before the load (other tabs\
     [['doc:09998', 'doc:09999'], null],
     [[], null],
     [['doc:00007', 'doc:00009'], 'doc:00009'],
+    [['doc:00099', 'doc:00300'], 'doc:00300'],
+    [['x\u{FF5E}'], 'x\u{FF5E}'],
   ]);
   assert.deepEqual(result.listed, result.listedAfterLoad);
   assert.deepEqual(result.written, { i: 7, again: true });
   assert.deepEqual(result.smallAnswer, { n: 1 });
-  assert.deepEqual(result.failures, ['CorruptDataError', 'CorruptDataError', 'CorruptDataError']);
+  assert.deepEqual(result.failures, ['CorruptDataError', 'CorruptDataError', 'CorruptDataError', 'destroyed']);
   assert.equal(result.invalid, 'InvalidInputError');
   await page.close();
 });
