@@ -119,7 +119,10 @@ mod imp {
         };
         let promise = js_sys::Promise::new(&mut |resolve, _reject| {
             let _ = js_sys::Reflect::set(&receiving, &"onmessage".into(), &resolve);
-            let _ = post.call1(&sending, &wasm_bindgen::JsValue::NULL);
+            // No message, no wake-up: go on at once rather than wait for good.
+            if post.call1(&sending, &wasm_bindgen::JsValue::NULL).is_err() {
+                let _ = resolve.call0(&wasm_bindgen::JsValue::UNDEFINED);
+            }
         });
         let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
         for port in [&receiving, &sending] {

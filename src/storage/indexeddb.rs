@@ -804,6 +804,14 @@ impl IndexedDbStorage {
         })
     }
 
+    /// The list pass of upkeep alone (see `list_unlisted_parts`): whether
+    /// it listed every part. For tests: upkeep runs it, and then a full
+    /// compaction when it could not.
+    #[doc(hidden)]
+    pub async fn list_unlisted_parts_alone(&self) -> Result<bool, StorageError> {
+        Ok(self.list_unlisted_parts().await?.is_some())
+    }
+
     /// Writes the id list of every part of a chunk that has none (written
     /// before the database kept lists), without rewriting the parts: one
     /// strict transaction. It also appends an empty chunk, with its list:
@@ -813,15 +821,8 @@ impl IndexedDbStorage {
     /// careful way, which finds the lists. Returns the generation found
     /// and the one written, or `None` when a value cannot be listed in
     /// place (a row stored one per record by a format before chunks): a
-    /// full compaction then rewrites everything.
-    /// The list pass of upkeep alone (see `list_unlisted_parts`): whether
-    /// it listed every part. For tests: upkeep runs it, and then a full
-    /// compaction when it could not.
-    #[doc(hidden)]
-    pub async fn list_unlisted_parts_alone(&self) -> Result<bool, StorageError> {
-        Ok(self.list_unlisted_parts().await?.is_some())
-    }
-
+    /// full compaction then rewrites everything (and nothing is written:
+    /// every list is made before any is queued).
     async fn list_unlisted_parts(&self) -> Result<Option<(u64, u64)>, StorageError> {
         let transaction = self.begin_write_with(false, IdbDurability::Strict).await?;
         let result = async {

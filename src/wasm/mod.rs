@@ -299,10 +299,10 @@ fn list_options_from(options: &JsValue) -> Result<ListOptions, JsValue> {
     })
 }
 
-/// At least this many ids are read by each round of a `list` before the
-/// load (more when the page is longer), and at most this many rounds are
-/// made before waiting for the load instead (each round reads past the
-/// removed and deleted records it meets).
+/// After a first round of a `list` before the load that read one id more
+/// than the page, each further round (past removed and deleted records)
+/// reads at least this many, and at most this many rounds are made before
+/// waiting for the load instead.
 const LIST_BEFORE_LOAD_ROUND: usize = 64;
 const LIST_BEFORE_LOAD_ROUNDS: usize = 16;
 
@@ -339,11 +339,16 @@ async fn list_before_load(
     }
     // One more than the page, to know whether a next page exists.
     let mut items: Vec<(String, Document)> = Vec::new();
-    for _ in 0..LIST_BEFORE_LOAD_ROUNDS {
+    for round in 0..LIST_BEFORE_LOAD_ROUNDS {
         if !still_loading() {
             return None;
         }
-        let wanted = (limit + 1 - items.len()).max(LIST_BEFORE_LOAD_ROUND) as u32;
+        let short = limit + 1 - items.len();
+        let wanted = if round == 0 {
+            short
+        } else {
+            short.max(LIST_BEFORE_LOAD_ROUND)
+        } as u32;
         let listed = reader
             .read_listed(&from, after, prefix, wanted)
             .await
@@ -506,16 +511,31 @@ impl PluresDB {
                     let db = Database::open(storage, open_options)
                         .await
                         .map_err(|e| to_js_error(&e))?;
-                    if let Some(invite) = invite {
-                        db.join_invite(&invite).await.map_err(|e| to_js_error(&e))?;
-                    }
-                    if let Some(relay) = relay {
-                        let handle = db
+                    let joined = match invite {
+                        Some(invite) => db.join_invite(&invite).await,
+                        None => Ok(()),
+                    };
+                    let synced = joined.and_then(|()| match relay {
+                        Some(relay) => db
                             .sync(crate::transport::RelayConnector::new(relay))
-                            .map_err(|e| to_js_error(&e))?;
-                        *sync.borrow_mut() = Some(handle);
+                            .map(Some),
+                        None => Ok(None),
+                    });
+                    match synced {
+                        Ok(handle) => {
+                            *sync.borrow_mut() = handle;
+                            Ok(db)
+                        }
+                        // Opened, but not usable as asked: closed again, so
+                        // its connection and channel do not outlive it.
+                        Err(error) => {
+                            let _ = db.close().await;
+                            if let BrowserStorage::IndexedDb(storage) = db.storage() {
+                                storage.close();
+                            }
+                            Err(to_js_error(&error))
+                        }
                     }
-                    Ok(db)
                 }
             };
             let db: Loading = futures::FutureExt::shared(futures::FutureExt::boxed_local(load));
