@@ -250,7 +250,7 @@ type Loading = futures::future::Shared<
     futures::future::LocalBoxFuture<'static, Result<Database<BrowserStorage>, JsValue>>,
 >;
 
-fn still_loading() -> JsValue {
+fn loading_error() -> JsValue {
     make_error(
         "LoadingError",
         "the database is still loading (it was opened with `loadInBackground`): await \
@@ -618,7 +618,7 @@ impl PluresDB {
     fn loaded_db(&self) -> Result<Database<BrowserStorage>, JsValue> {
         match self.db.peek() {
             Some(loaded) => loaded.clone(),
-            None => Err(still_loading()),
+            None => Err(loading_error()),
         }
     }
 
@@ -722,12 +722,10 @@ impl PluresDB {
         let early = self.early_reader();
         spawn_promise(async move {
             let list_options = list_options?;
+            // (It looks before each round whether the load completed.)
             let mut early_page = None;
             if let Some(reader) = early {
-                if db.peek().is_none() {
-                    early_page =
-                        list_before_load(&reader, &list_options, || db.peek().is_none()).await;
-                }
+                early_page = list_before_load(&reader, &list_options, || db.peek().is_none()).await;
             }
             let page = match early_page {
                 Some(page) => page,
