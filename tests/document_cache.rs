@@ -4,6 +4,7 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use pluresdb::crdt::{Document, VersionVector};
@@ -410,9 +411,13 @@ async fn a_local_write_prepared_during_a_peers_commit_keeps_its_document() {
 /// earlier page missed would split that batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_opened_during_another_writers_commits_sees_whole_batches() {
-    const BATCHES: usize = 60;
+    // The writer goes on until the reader has opened twice while it was
+    // still committing (a fixed number of batches can all be committed
+    // before one slow open ends), with a cap so a broken reader still ends.
+    const MAX_BATCHES: usize = 20_000;
     const PER_BATCH: usize = 40;
-    let batch_id = |i: usize, batch: usize| format!("w{i:02}-{batch:03}");
+    const OPENS_PART_WAY: usize = 2;
+    let batch_id = |i: usize, batch: usize| format!("w{i:02}-{batch:05}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("busy.db");
     let writer = open(&path, usize::MAX).await;
@@ -421,25 +426,30 @@ async fn a_database_opened_during_another_writers_commits_sees_whole_batches() {
         .put_many((0..2_000).map(|n| (id(n), Document::from_value(&document(n)).unwrap())))
         .await
         .unwrap();
-    let writing = tokio::spawn(async move {
-        for batch in 0..BATCHES {
-            writer
-                .put_many((0..PER_BATCH).map(|i| {
-                    let value = json!({ "batch": batch, "i": i, "text": "y".repeat(200) });
-                    (batch_id(i, batch), Document::from_value(&value).unwrap())
-                }))
-                .await
-                .unwrap();
-            tokio::task::yield_now().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut batches = 0;
+            while batches < MAX_BATCHES && !stop.load(Ordering::Acquire) {
+                writer
+                    .put_many((0..PER_BATCH).map(|i| {
+                        let value = json!({ "batch": batches, "i": i, "text": "y".repeat(200) });
+                        (batch_id(i, batches), Document::from_value(&value).unwrap())
+                    }))
+                    .await
+                    .unwrap();
+                batches += 1;
+                tokio::task::yield_now().await;
+            }
+            writer.close().await.unwrap();
+            batches
         }
-        writer.close().await.unwrap();
     });
-    let mut opens = 0;
-    let mut seen_partway = 0;
-    loop {
-        let finished = writing.is_finished();
-        let reader = open(&path, CACHE).await;
-        let mut per_batch = vec![0usize; BATCHES];
+    // Counts the batches one open sees, and checks they are whole: a run of
+    // complete batches from the first, then nothing.
+    let whole_batches_seen = |reader: Database<SqliteStorage>| async move {
+        let mut per_batch: Vec<usize> = Vec::new();
         let mut cursor = None;
         loop {
             let page = reader
@@ -454,6 +464,9 @@ async fn a_database_opened_during_another_writers_commits_sees_whole_batches() {
                 let value = document.to_value();
                 let batch = value["batch"].as_u64().unwrap() as usize;
                 assert_eq!(*id, batch_id(value["i"].as_u64().unwrap() as usize, batch));
+                if per_batch.len() <= batch {
+                    per_batch.resize(batch + 1, 0);
+                }
                 per_batch[batch] += 1;
             }
             match page.next_cursor {
@@ -467,23 +480,29 @@ async fn a_database_opened_during_another_writers_commits_sees_whole_batches() {
             .count();
         assert!(
             per_batch[whole..].iter().all(|count| *count == 0),
-            "open {opens}: batches committed while it loaded are split: {per_batch:?}"
+            "batches committed while it loaded are split: {per_batch:?}"
         );
         assert_eq!(reader.get(&id(1_999)).await.unwrap(), Some(document(1_999)));
-        if whole > 0 && whole < BATCHES {
-            seen_partway += 1;
-        }
         reader.close().await.unwrap();
-        opens += 1;
-        if finished {
-            assert_eq!(whole, BATCHES, "the last open sees every batch");
-            break;
+        whole
+    };
+    let mut opens_part_way = 0;
+    while opens_part_way < OPENS_PART_WAY && !writing.is_finished() {
+        let whole = whole_batches_seen(open(&path, CACHE).await).await;
+        if whole > 0 && !writing.is_finished() {
+            opens_part_way += 1;
         }
     }
-    writing.await.unwrap();
-    assert!(
-        seen_partway > 0,
-        "no open ran while the writer was part way ({opens} opens)"
+    stop.store(true, Ordering::Release);
+    let batches = writing.await.unwrap();
+    assert_eq!(
+        opens_part_way, OPENS_PART_WAY,
+        "the writer committed {batches} batches before the reader opened twice part way"
+    );
+    assert_eq!(
+        whole_batches_seen(open(&path, CACHE).await).await,
+        batches,
+        "an open after the writer closed sees every batch"
     );
 }
 
