@@ -116,6 +116,35 @@ mod indexeddb_specifics {
         db.close().await.unwrap();
     }
 
+    /// A storage dropped without `close` (as when a database's open fails
+    /// after its storage reopened a lost connection) closes the connection
+    /// it holds: left open, with its `versionchange` handler dropped, it
+    /// blocks deleting or upgrading the database until garbage collection.
+    #[wasm_bindgen_test]
+    async fn a_dropped_storage_closes_the_connection_it_reopened() {
+        let factory = IndexedDbFactory::new();
+        let storage = factory.open("dropped").await;
+        storage.simulate_lost_connection();
+        storage
+            .load()
+            .await
+            .expect("the load reopens the connection");
+        drop(storage);
+        let script = format!(
+            r#"new Promise((ok, fail) => {{
+                const request = indexedDB.deleteDatabase({:?});
+                request.onblocked = () => fail(new Error('deleting the database is blocked by an open connection'));
+                request.onsuccess = () => ok();
+                request.onerror = () => fail(request.error);
+            }})"#,
+            format!("pluresdb/{}-dropped", factory.run)
+        );
+        let promise: js_sys::Promise = js_sys::eval(&script).unwrap().into();
+        wasm_bindgen_futures::JsFuture::from(promise)
+            .await
+            .expect("the database is deleted at once");
+    }
+
     /// Rewrites a database as schema 3 or 2 laid it out: chunks without
     /// metadata entries, and a head row (`meta/generation`) holding the
     /// generation and the version vector and HLC (schema 3), or the

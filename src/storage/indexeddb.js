@@ -130,8 +130,11 @@ export function beginOptimisticCommit(db, names, relaxed, key, chunk) {
 
 // Reads whole stores as [keys, values] in key order, in one transaction
 // together with the number of values in each store of `counted` (appended
-// to the result after the pairs).
-export function readStores(db, names, counted) {
+// to the result after the pairs). Async, as every reader here returns a
+// promise that rejects rather than throwing: a transaction that cannot start
+// (a closed connection) must reach Rust as an error, never as an exception
+// unwinding through WebAssembly.
+export async function readStores(db, names, counted) {
   const transaction = db.transaction([...names, ...counted], 'readonly');
   return Promise.all([
     ...names.map((name) => {
@@ -192,7 +195,7 @@ function readPaged(store, keysRequest) {
 }
 
 // The keys of each store of `names`, read in one transaction.
-export function readKeys(db, names) {
+export async function readKeys(db, names) {
   const transaction = db.transaction(names, 'readonly');
   return Promise.all(names.map((name) => requestPromise(transaction.objectStore(name).getAllKeys())));
 }

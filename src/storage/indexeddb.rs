@@ -409,16 +409,17 @@ impl IndexedDbStorage {
         has_indexed_db()
     }
 
-    /// Runs the read `start` begins on the connection, reading records
-    /// back; when the connection was closed under it (another tab
+    /// Runs the read `start` begins on the connection (`what` names it in
+    /// errors); when the connection was closed under it (another tab
     /// upgrading, the browser reclaiming it), reopens and reads once more.
     async fn read_reconnecting(
         &self,
+        what: &str,
         start: impl Fn(&IdbDatabase) -> js_sys::Promise,
     ) -> Result<JsValue, StorageError> {
         let read = || async {
             let database = self.database().await?;
-            await_promise("reading records back", start(&database)).await
+            await_promise(what, start(&database)).await
         };
         match read().await {
             Err(StorageError::ConnectionLost(_)) => {
@@ -923,7 +924,9 @@ impl IndexedDbStorage {
     async fn every_part_listed(&self) -> Result<bool, StorageError> {
         let names = Array::of2(&RECORDS.into(), &ID_LISTS.into());
         let pair: Array = self
-            .read_reconnecting(|database| read_keys(database, &names))
+            .read_reconnecting("checking the id lists", |database| {
+                read_keys(database, &names)
+            })
             .await?
             .unchecked_into();
         let keys: Array = pair.get(0).unchecked_into();
@@ -1663,6 +1666,16 @@ fn decode_head(value: &JsValue) -> Result<(u64, Head), StorageError> {
 
 struct LockRelease(Function);
 
+/// A storage dropped without [`close`](IndexedDbStorage::close) (a database
+/// whose open failed, one dropped unclosed) closes its connection: an open
+/// one whose `versionchange` handler went with it would block other tabs'
+/// upgrades and deleting the database until garbage collection.
+impl Drop for IndexedDbStorage {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 impl Drop for LockRelease {
     fn drop(&mut self) {
         let _ = self.0.call0(&JsValue::UNDEFINED);
@@ -1689,15 +1702,14 @@ impl Storage for IndexedDbStorage {
     }
 
     async fn load(&self) -> Result<LoadedState, StorageError> {
-        let database = self.database().await?;
         let names = Array::of3(&RECORDS.into(), &META.into(), &SEGMENTS.into());
         let counted = Array::of1(&ID_LISTS.into());
-        let stores: Array = await_promise(
-            "loading the database",
-            read_stores(&database, &names, &counted),
-        )
-        .await?
-        .unchecked_into();
+        let stores: Array = self
+            .read_reconnecting("loading the database", |database| {
+                read_stores(database, &names, &counted)
+            })
+            .await?
+            .unchecked_into();
         let mut state = LoadedState::default();
         let pairs = |index: u32| -> (Array, Array) {
             let pair: Array = stores.get(index).unchecked_into();
@@ -1886,7 +1898,7 @@ impl Storage for IndexedDbStorage {
         }
         let joined = id_list(ids.iter().map(String::as_str));
         let pair: Array = self
-            .read_reconnecting(|database| {
+            .read_reconnecting("reading records back", |database| {
                 read_chunks_holding(database, RECORDS, ID_LISTS, &joined, false)
             })
             .await?
@@ -1923,7 +1935,9 @@ impl Storage for IndexedDbStorage {
         // In key order, as loading lists them (walked newest first).
         let keys: Array = places.iter().map(|place| loaded.get(*place)).collect();
         let values: Array = self
-            .read_reconnecting(|database| read_values(database, RECORDS, &keys))
+            .read_reconnecting("reading records back", |database| {
+                read_values(database, RECORDS, &keys)
+            })
             .await?
             .unchecked_into();
         // A value compacted away since is not there: its ids are read the
