@@ -600,69 +600,6 @@ mod indexeddb_specifics {
         }
     }
 
-    /// A delta for a fresh peer reads the documents left in storage where
-    /// the load found their rows, one read per part: not by looking every
-    /// id up in the id lists' index (a request per record, which made a
-    /// fresh peer's catch-up of a million notes take minutes).
-    #[wasm_bindgen_test]
-    async fn a_delta_reads_documents_left_in_storage_where_the_load_found_them() {
-        let factory = IndexedDbFactory::new();
-        let name = format!("{}-delta", factory.run);
-        let open = |cache_bytes: usize| {
-            let name = name.clone();
-            async move {
-                let storage = IndexedDbStorage::open(&name).await.unwrap();
-                storage.list_ids_from_bytes(50_000);
-                let options = OpenOptions {
-                    cache_bytes,
-                    ..Default::default()
-                };
-                Database::open(storage, options).await.unwrap()
-            }
-        };
-        let writer = open(usize::MAX).await;
-        let mut expected = std::collections::BTreeMap::new();
-        write_documents_of_a_kilobyte(&writer, 0, &mut expected).await;
-        writer.close().await.unwrap();
-        // The writer's close listed every part: the reader leaves what its
-        // cache does not hold in storage.
-        let reader = open(4_000).await;
-        assert!(reader.storage().reads_records());
-        let stats = reader.stats().unwrap();
-        assert!(stats.records_in_storage_only >= 110, "{stats:?}");
-        js_sys::eval(
-            "globalThis.indexLookups = 0; \
-             globalThis.indexGetAllKeys = IDBIndex.prototype.getAllKeys; \
-             IDBIndex.prototype.getAllKeys = function (...args) { \
-               globalThis.indexLookups += 1; \
-               return globalThis.indexGetAllKeys.apply(this, args); \
-             };",
-        )
-        .unwrap();
-        let changes = reader
-            .changes_and_vector(&pluresdb::crdt::VersionVector::new())
-            .await;
-        let lookups = js_sys::eval("globalThis.indexLookups")
-            .unwrap()
-            .as_f64()
-            .unwrap();
-        js_sys::eval("IDBIndex.prototype.getAllKeys = globalThis.indexGetAllKeys").unwrap();
-        let (ops, _) = changes.unwrap();
-        let sent: std::collections::BTreeMap<String, serde_json::Value> = ops
-            .iter()
-            .map(|op| {
-                let document = op.version.document().expect("every document is sent");
-                (op.id.to_string(), document.to_value())
-            })
-            .collect();
-        assert_eq!(sent, expected);
-        assert_eq!(
-            lookups, 0.0,
-            "ids looked up one by one in the id lists' index"
-        );
-        reader.close().await.unwrap();
-    }
-
     /// A tab that only merges what another tab writes runs no upkeep of its
     /// own: it asks storage as announcements come in, and bounds its
     /// documents once the other tab has listed every part.

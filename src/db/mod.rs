@@ -1366,12 +1366,8 @@ impl<S: Storage> Database<S> {
 
     /// Fills the documents of `ops` (a delta for a replica whose vector is
     /// `seen`) that were left in storage, reading them in batches without
-    /// putting them in the cache: first where their hints point (one read
-    /// of each known part; looking every id up in the id lists' index cost
-    /// a request per record and made a fresh peer's catch-up of a million
-    /// notes take minutes), then, for the versions not found there, the
-    /// ids' merged rows. A version another writer superseded meanwhile is
-    /// replaced by the versions that superseded it.
+    /// putting them in the cache. A version another writer superseded
+    /// meanwhile is replaced by the versions that superseded it.
     async fn read_back_delta_documents(
         &self,
         ops: &mut Vec<CrdtOperation>,
@@ -1391,26 +1387,7 @@ impl<S: Storage> Database<S> {
         for batch in stored_at.chunks(BODY_READ_BATCH) {
             let mut ids: Vec<String> = batch.iter().map(|&at| ops[at].id.to_string()).collect();
             ids.dedup();
-            let mut stored = read_stored_bodies(&self.shared, ids).await?;
-            let holds_document = |record: Option<&Record>, op: &CrdtOperation| {
-                let dot = op.version.dot();
-                record.is_some_and(|record| {
-                    record
-                        .versions()
-                        .iter()
-                        .any(|v| v.dot() == dot && v.document().is_some())
-                })
-            };
-            let mut unfound: Vec<String> = batch
-                .iter()
-                .map(|&at| &ops[at])
-                .filter(|op| !holds_document(stored.get(&*op.id), op))
-                .map(|op| op.id.to_string())
-                .collect();
-            unfound.dedup();
-            if !unfound.is_empty() {
-                stored.extend(read_stored_records(&self.shared, unfound).await?);
-            }
+            let stored = read_stored_records(&self.shared, ids).await?;
             for &at in batch {
                 let op = &mut ops[at];
                 let Some(record) = stored.get(&*op.id) else {
