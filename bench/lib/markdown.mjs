@@ -96,19 +96,21 @@ function storageSection(docsDir, s) {
     const count = s.notes.count;
     const names = Object.keys(s.notes).filter((n) => n !== 'count');
     out.push(`### Cold open of ${count.toLocaleString('en-US')} small notes until the first get returns`, '');
-    out.push('Notes of about 45 bytes of JSON (`{ title, category, n }`), written in batches of 10,000. A new page opens the database and reads one note. PluresDB holds every record\'s id, clocks and document (45 MB of notes fit its default cache) in WebAssembly memory once open (the memory column, the size of its memory after the read); the others hold nothing until read.', '');
+    out.push('Notes of about 45 bytes of JSON (`{ title, category, n }`), written in batches of 10,000. A new page opens the database and reads one note. PluresDB holds every record\'s id and clocks in WebAssembly memory once open (the memory column, the size of its memory after the read), and its cache (64 MiB by default) fills with the documents read; the others hold nothing until read.', '');
     const noteLabel = (n) => ({ pluresdbNoCache: 'PluresDB, `cacheBytes: 0`', pluresdbBackground: 'PluresDB, `loadInBackground`' }[n] ?? label(n));
     out.push(table(['database', 'populate', 'cold open', 'vs PluresDB', 'wasm memory'], names.map((n) => [
       noteLabel(n), `${fmt(s.notes[n].populateMs / 1000, 1)} s`, range(s.notes[n]), ratio(s.notes[n].median, s.notes.pluresdb.median),
       n.startsWith('pluresdb') ? mib(s.notes[n].wasmBytes) : '–',
     ])), '');
     const bare = s.notes.pluresdbNoCache;
-    if (bare) out.push(`The \`cacheBytes: 0\` row opens the same database keeping no document in memory: what every record's resident metadata (id, versions, clocks) takes alone. The default row holds the notes' text as well (the cache fills as the database opens).`, '');
+    if (bare) out.push(`The \`cacheBytes: 0\` row opens the same database with no cache at all: what every record's resident metadata (id, versions, clocks) takes alone. The default row opens with an empty cache, which fills as documents are read.`, '');
+    const listing = s.notes.pluresdb.afterListing;
+    if (listing) out.push(`Listing every note once (pages of 10,000, ${fmt(listing.elapsed / 1000, 1)} s) fills the default cache with ${mib(listing.cachedBytes)} of documents: the page's WebAssembly memory is then ${mib(listing.wasmBytes)}.`, '');
     const background = s.notes.pluresdbBackground;
     if (background) out.push(`The \`loadInBackground\` row opens the same database with the default cache, \`open\` resolving once IndexedDB is open: its first get reads the note straight from IndexedDB (the id lists' index and one part) while the million records load, and the load completed ${fmt(background.loadedMs)} ms after the open began (median; the memory column is after it). Until then every other call waits for the load.`, '');
     const memoryMet = s.notes.pluresdb.wasmBytes < 100 * 1048576;
     const bareMet = bare && bare.wasmBytes < 100 * 1048576;
-    out.push(`Targets (issue #26): cold open under 250 ms and memory under 100 MiB at 1,000,000 records (measured ${fmt(s.notes.pluresdb.median)} ms and ${mib(s.notes.pluresdb.wasmBytes)} with the default cache${bare ? `, ${mib(bare.wasmBytes)} with no documents kept` : ''}; ${memoryMet ? 'memory met' : bareMet ? 'memory met only with no documents kept' : 'memory not met'}; cold open ${s.notes.pluresdb.median < 250 ? 'met' : background && background.median < 250 ? `met only with \`loadInBackground\` (${fmt(background.median)} ms to the first get; a full load takes ${fmt(background.loadedMs)} ms)` : 'not met: every record\'s metadata is read at open and stays resident'}).`, '');
+    out.push(`Targets (issue #26): cold open under 250 ms and memory under 100 MiB at 1,000,000 records (measured ${fmt(s.notes.pluresdb.median)} ms and ${mib(s.notes.pluresdb.wasmBytes)} with the default cache${bare ? `, ${mib(bare.wasmBytes)} with no cache` : ''}; ${memoryMet ? `memory met after the open${listing ? `, not once the cache is full (${mib(listing.wasmBytes)})` : ''}` : bareMet ? 'memory met only with no cache' : 'memory not met'}; cold open ${s.notes.pluresdb.median < 250 ? 'met' : background && background.median < 250 ? `met only with \`loadInBackground\` (${fmt(background.median)} ms to the first get; a full load takes ${fmt(background.loadedMs)} ms)` : 'not met: every record\'s metadata is read at open and stays resident'}).`, '');
   }
   return out.join('\n');
 }

@@ -253,5 +253,26 @@ async function coldOpenNotes(name, dbName, variant) {
   return { elapsed, loadedMs, wasmBytes };
 }
 
-globalThis.bench = { bulkInsert, singleInserts, singleInsertsInto, reads, populate, coldOpen, gets, populateNotes, coldOpenNotes, destroy, contenders: Object.keys(contenders) };
+// PluresDB's WebAssembly memory once every note was listed (in pages of
+// 10,000): its cache then holds what fits of the documents it read.
+async function memoryAfterListing(name, dbName, variant) {
+  const contender = contenders[name];
+  const db = await contender.open(dbName, variant);
+  if (db.loaded) await db.loaded;
+  const start = performance.now();
+  let cursor;
+  let listed = 0;
+  do {
+    const page = await db.list({ prefix: 'note:', limit: 10_000, cursor });
+    listed += page.items.length;
+    cursor = page.nextCursor;
+  } while (cursor);
+  const elapsed = performance.now() - start;
+  const wasmBytes = wasm.memory.buffer.byteLength;
+  const { cachedBytes } = await db.storageStatus();
+  await contender.close(db);
+  return { listed, elapsed, wasmBytes, cachedBytes };
+}
+
+globalThis.bench = { memoryAfterListing, bulkInsert, singleInserts, singleInsertsInto, reads, populate, coldOpen, gets, populateNotes, coldOpenNotes, destroy, contenders: Object.keys(contenders) };
 document.body.dataset.ready = 'true';

@@ -107,6 +107,15 @@ export async function runStorageSuite({ context, baseUrl, runs, quick }) {
       return { median: sorted[Math.floor(sorted.length / 2)], min: sorted[0], max: sorted.at(-1), runs: times.length, wasmBytes, loadedMs };
     };
     results.notes[name] = { ...(await coldOpens(undefined)), populateMs };
+    if (name === 'pluresdb') {
+      // The cache fills with what is read: the memory once every note was.
+      console.log(`bench: storage/${name}: memory after listing ${notes} small notes`);
+      const fresh = await context.newPage();
+      await fresh.goto(`${baseUrl}/bench/pages/storage.html`);
+      await fresh.waitForSelector('body[data-ready="true"]', { state: 'attached' });
+      results.notes[name].afterListing = await fresh.evaluate(([n, db]) => globalThis.bench.memoryAfterListing(n, db), [name, dbName]);
+      await fresh.close();
+    }
     // The same database with no documents kept: what its metadata alone
     // holds in memory.
     if (name === 'pluresdb') results.notes.pluresdbNoCache = { ...(await coldOpens({ cacheBytes: 0 })), populateMs };

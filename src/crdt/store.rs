@@ -448,10 +448,36 @@ impl CrdtStore {
         if !self.bodies.enabled() {
             self.bodies.resident = self.records().map(Record::resident_bytes).sum();
             self.bodies.stored = self.records().filter(|r| !r.is_resident()).count();
-            self.bodies.unswept = Some(Bound::Unbounded);
+            // Nothing to walk when no body is in memory (a database that
+            // opened with every document in storage).
+            self.bodies.unswept = (self.bodies.resident > 0).then_some(Bound::Unbounded);
         }
         self.bodies.budget = budget;
         self.make_room(0);
+    }
+
+    /// Takes `filled` (a copy of a record whose bodies are in storage,
+    /// filled from its row while the store did not change) in place of the
+    /// record when its documents fit in what the budget leaves: a read of
+    /// several records fills the cache while it has room, and never pushes
+    /// out what is in it. Returns whether it was taken.
+    pub fn admit_if_room(&mut self, filled: Record) -> bool {
+        if !self.bodies.enabled() || !filled.is_resident() {
+            return false;
+        }
+        let Some(record) = self.records.get_mut(filled.id()) else {
+            return false;
+        };
+        let bytes = filled.resident_bytes();
+        let after =
+            (self.bodies.resident.saturating_sub(record.resident_bytes())).saturating_add(bytes);
+        if record.is_resident() || after > self.bodies.budget {
+            return false;
+        }
+        let before = self.bodies.before(record);
+        *record = filled;
+        self.bodies.changed(before, Some(record));
+        true
     }
 
     /// Notes that the record `id` was read by itself while its bodies were

@@ -87,10 +87,12 @@ export interface OpenOptions {
   indexes?: string[];
   /**
    * About how many bytes the documents in memory may take, their text and
-   * 16 bytes each (default 64 MiB in the browser, 256 MiB in Node): past
-   * that, the documents that came in
-   * first are left in the SQLite file or IndexedDB and read back when a
-   * read needs them; a document read often stays. In IndexedDB once the
+   * 16 bytes each (default 64 MiB in the browser, 256 MiB in Node). A
+   * database opens with its documents in the SQLite file or IndexedDB;
+   * the cache fills with those written or read (a list, query or search
+   * only while it has room), and past it the documents that came in
+   * first are left in storage and read back when a read needs them; a
+   * document read often stays. In IndexedDB once the
    * database holds 8 MiB and a moment's pause in writes let it list every
    * part (a smaller one keeps every document in memory). Ids, clocks,
    * embeddings and field indexes stay in memory whatever this is.
